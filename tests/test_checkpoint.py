@@ -1,0 +1,89 @@
+"""Checkpoint round trip, atomic writes and one-line errors for bad files."""
+
+import json
+import struct
+
+import pytest
+import torch
+
+import vivim
+from vivim.checkpoint import file_sha256, read_metadata
+from vivim.errors import CheckpointError
+
+
+@pytest.fixture
+def tiny():
+    model = vivim.create_model("tiny", frames=3, img_size=64).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.1)
+    return model
+
+
+def test_round_trip_restores_weights_config_and_metadata(tmp_path, tiny):
+    path = vivim.save_checkpoint(tiny, tmp_path / "m.safetensors", note="unit test", summary={"dice": 0.5})
+    model, meta = vivim.load_checkpoint(path)
+    assert not model.training
+    assert meta["variant"] == "tiny" and meta["frames"] == 3 and meta["img_size"] == 64
+    assert meta["note"] == "unit test" and meta["summary"] == {"dice": 0.5}
+    assert meta["normalization"]["mean"] == [0.485, 0.456, 0.406]
+    assert meta["package_version"] == vivim.__version__
+    clip = torch.randn(1, 3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(clip), tiny(clip), rtol=0, atol=0)
+    assert read_metadata(path) == meta
+    assert len(file_sha256(path)) == 64
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        vivim.load_checkpoint(tmp_path / "absent.safetensors")
+    with pytest.raises(CheckpointError, match="is a folder"):
+        vivim.load_checkpoint(tmp_path)
+
+
+def test_truncated_file(tmp_path, tiny):
+    path = vivim.save_checkpoint(tiny, tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=str(path.name)):
+        vivim.load_checkpoint(path)
+
+
+def test_garbage_and_foreign_files(tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00\x01not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a safetensors checkpoint"):
+        vivim.load_checkpoint(garbage)
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not a Vivim checkpoint"):
+        vivim.load_checkpoint(foreign)
+
+
+def test_weights_that_do_not_match_their_config(tmp_path, tiny):
+    path = vivim.save_checkpoint(tiny, tmp_path / "m.safetensors")
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + size])
+    meta = json.loads(header["__metadata__"]["vivim"])
+    meta["config"]["embed_dims"] = [32, 64, 160, 256]  # claims to be wider than its weights
+    header["__metadata__"]["vivim"] = json.dumps(meta)
+    new_header = json.dumps(header).encode()
+    new_header += b" " * (-len(new_header) % 8)
+    path.write_bytes(struct.pack("<Q", len(new_header)) + new_header + raw[8 + size:])
+    with pytest.raises(CheckpointError, match="do not match"):
+        vivim.load_checkpoint(path)
+
+
+def test_unwritable_destination(tmp_path, tiny):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        vivim.save_checkpoint(tiny, tmp_path / "no" / "such" / "m.safetensors")
+
+
+def test_fp16_model_is_saved_in_fp32(tmp_path, tiny):
+    tiny.to_inference_dtype(torch.float16)
+    model, _ = vivim.load_checkpoint(vivim.save_checkpoint(tiny, tmp_path / "m.safetensors"))
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -1,0 +1,124 @@
+"""Model structure: shapes, the paper's parameter count, ST-Mamba orderings, single-frame decoding, streaming split."""
+
+import pytest
+import torch
+
+import vivim
+from vivim.model.st_mamba import BRANCHES, STMamba, from_branch_order, to_branch_order
+from vivim.ops import selective_scan_sequential
+
+
+@pytest.mark.parametrize("variant", ["paper", "b1", "b0", "tiny"])
+def test_every_variant_maps_a_clip_to_per_frame_logits(variant):
+    model = vivim.create_model(variant, frames=2, img_size=64).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(1, 2, 3, 64, 64))
+    assert logits.shape == (1, 2, 1, 64, 64)
+    assert torch.isfinite(logits).all()
+
+
+def test_paper_variant_has_59_50_million_parameters():
+    count = sum(p.numel() for p in vivim.create_model("paper").parameters())
+    assert abs(count - 59.50e6) / 59.50e6 <= 0.005
+
+
+def test_variants_lists_the_built_in_configs():
+    assert vivim.variants() == ["paper", "b1", "b0", "tiny"]
+    with pytest.raises(ValueError, match="unknown variant"):
+        vivim.create_model("b7")
+
+
+@pytest.mark.parametrize("frames", [1, 3, 5, 8])
+def test_branch_orders_are_exact_inverses(frames):
+    hw = 6
+    x = torch.randn(2, 4, frames * hw)
+    for branch in BRANCHES:
+        torch.testing.assert_close(from_branch_order(to_branch_order(x, branch, frames), branch, frames), x,
+                                   rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("frames", [1, 3, 5, 8])
+def test_interleaved_order_is_position_major_with_frames_fastest(frames):
+    hw = 4
+    # token value = t * 100 + p in T-major order
+    tokens = torch.tensor([t * 100 + p for t in range(frames) for p in range(hw)], dtype=torch.float32)
+    interleaved = to_branch_order(tokens, "interleaved", frames)
+    expected = torch.tensor([t * 100 + p for p in range(hw) for t in range(frames)], dtype=torch.float32)
+    torch.testing.assert_close(interleaved, expected, rtol=0, atol=0)
+    torch.testing.assert_close(to_branch_order(tokens, "reversed", frames), tokens.flip(0), rtol=0, atol=0)
+
+
+def test_grouped_scan_equals_three_separate_branch_scans(rng_seed):
+    """The one grouped call must compute exactly the paper's three branches, each in its own order, averaged."""
+    frames, hw, dim = 3, 4, 8
+    mixer = STMamba(dim, d_state=4).double()
+    for p in mixer.parameters():  # non-trivial values everywhere, including the zero-initialised biases
+        p.data.normal_(0, 0.3)
+    tokens = torch.randn(2, frames * hw, dim, dtype=torch.float64)
+    got = mixer(tokens, frames)
+
+    xz = mixer.in_proj(tokens).transpose(1, 2)
+    x, z = xz.chunk(2, dim=1)
+    outputs = []
+    for name, branch in zip(BRANCHES, mixer.branches):
+        u, delta, B, C = branch.scan_inputs(to_branch_order(x, name, frames))
+        y = selective_scan_sequential(u, delta, -torch.exp(branch.A_log), B, C, branch.D,
+                                      to_branch_order(z, name, frames), branch.dt_proj.bias, delta_softplus=True)
+        outputs.append(from_branch_order(y, name, frames))
+    expected = mixer.out_proj((sum(outputs) / 3).transpose(1, 2))
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("frames", [1, 3, 5, 8])
+def test_any_clip_length_works(frames):
+    model = vivim.create_model("tiny", frames=frames, img_size=64).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, frames, 3, 64, 64)).shape == (1, frames, 1, 64, 64)
+
+
+def test_frames_are_mixed_by_the_temporal_layers(rng_seed):
+    model = vivim.create_model("tiny", frames=3, img_size=64).eval()
+    clip = torch.randn(1, 3, 3, 64, 64)
+    changed = clip.clone()
+    changed[:, 2] = torch.randn(3, 64, 64)
+    with torch.no_grad():
+        a, b = model(clip), model(changed)
+    assert not torch.allclose(a[:, 0], b[:, 0])  # frame 0's mask depends on frame 2
+
+
+@pytest.mark.parametrize("output_frame,index", [("centre", 2), ("newest", 4), (0, 0), (-2, 3)])
+def test_single_frame_decoding_equals_that_frame_of_the_full_output(rng_seed, output_frame, index):
+    model = vivim.create_model("tiny", frames=5, img_size=64).eval()
+    clip = torch.randn(2, 5, 3, 64, 64)
+    with torch.no_grad():
+        full = model(clip)
+        one = model(clip, output_frame=output_frame)
+    assert one.shape == (2, 1, 1, 64, 64)
+    torch.testing.assert_close(one[:, 0], full[:, index], rtol=1e-5, atol=1e-5)
+
+
+def test_streaming_split_equals_forward(rng_seed):
+    model = vivim.create_model("tiny", frames=4, img_size=64).eval()
+    clip = torch.randn(1, 4, 3, 64, 64)
+    with torch.no_grad():
+        features = torch.stack([model.frame_features(clip[:, t]) for t in range(4)], dim=1)
+        assert features.shape == (1, 4, 16, 16, 16)
+        torch.testing.assert_close(model.forward_from_frame_features(features, "newest"),
+                                   model(clip, output_frame="newest"), rtol=1e-5, atol=1e-5)
+
+
+def test_inference_dtype_keeps_the_scan_parameters_fp32():
+    model = vivim.create_model("tiny", frames=2, img_size=64).to_inference_dtype(torch.float16)
+    fp32 = {id(p) for p in model.ssm_fp32_parameters()}
+    assert len(fp32) == 4 * 2 * 3 * 3  # stages x layers x branches x (A_log, D, dt bias)
+    for p in model.parameters():
+        assert p.dtype == (torch.float32 if id(p) in fp32 else torch.float16)
+
+
+def test_torch_export_has_one_scan_node_per_temporal_layer():
+    model = vivim.create_model("tiny", frames=2, img_size=64).eval()
+    program = torch.export.export(model, (torch.randn(1, 2, 3, 64, 64),))
+    scans = [n for n in program.graph.nodes if n.target == torch.ops.vivim.selective_scan.default]
+    assert len(scans) == 4 * 2  # 4 stages x 2 ST-Mamba layers, each one grouped call (G = 3)
+    for node in scans:
+        assert node.args[3].meta["val"].shape[1] == 3  # B is (batch, G=3, N, L)

@@ -1,0 +1,117 @@
+"""The selective-scan op against a token-by-token float64 oracle, its gradients and its export as one node."""
+
+import pytest
+import torch
+
+from vivim.ops import dispatch, selective_scan, selective_scan_reference, selective_scan_sequential
+
+
+def random_scan_inputs(batch, dim, length, dstate, groups, dtype=torch.float32, grouped_layout=True):
+    u = torch.randn(batch, dim, length, dtype=dtype)
+    delta = torch.randn(batch, dim, length, dtype=dtype) * 0.7
+    A = -torch.exp(torch.randn(dim, dstate) * 0.5)
+    shape = (batch, groups, dstate, length) if grouped_layout else (batch, dstate, length)
+    B = torch.randn(*shape, dtype=dtype)
+    C = torch.randn(*shape, dtype=dtype)
+    D = torch.randn(dim)
+    z = torch.randn(batch, dim, length, dtype=dtype)
+    delta_bias = torch.randn(dim) * 0.3
+    return u, delta, A, B, C, D, z, delta_bias
+
+
+def rel_error(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 64, 129, 1001])
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("with_z,with_D,softplus", [(True, True, True), (False, False, False), (True, False, True),
+                                                     (False, True, False)])
+def test_reference_matches_sequential_float64(rng_seed, length, groups, with_z, with_D, softplus):
+    u, delta, A, B, C, D, z, bias = random_scan_inputs(2, 6, length, 5, groups)
+    if not softplus:  # a step size must be positive; softplus guarantees it, otherwise the caller does
+        delta = delta.abs()
+    kwargs = dict(D=D if with_D else None, z=z if with_z else None, delta_bias=bias if softplus else None,
+                  delta_softplus=softplus)
+    y = selective_scan(u, delta, A, B, C, **kwargs)
+    oracle = selective_scan_sequential(u.double(), delta.double(), A.double(), B.double(), C.double(),
+                                       **{k: (v.double() if torch.is_tensor(v) else v) for k, v in kwargs.items()})
+    assert y.dtype == torch.float32 and y.shape == u.shape
+    assert rel_error(y, oracle) <= 1e-5
+
+
+def test_three_dimensional_B_C_equal_one_group(rng_seed):
+    u, delta, A, B, C, D, z, bias = random_scan_inputs(1, 4, 33, 3, 1, grouped_layout=False)
+    y3 = selective_scan(u, delta, A, B, C, D, z, bias, True)
+    y4 = selective_scan(u, delta, A, B[:, None], C[:, None], D, z, bias, True)
+    torch.testing.assert_close(y3, y4, rtol=0, atol=0)
+
+
+def test_long_sequence_fp32_accuracy(rng_seed):
+    # Vivim's stage-1 length at 256x256 with T = 5
+    u, delta, A, B, C, D, z, bias = random_scan_inputs(1, 3, 20480, 4, 3)
+    y = selective_scan(u, delta, A, B, C, D, z, bias, True)
+    oracle = selective_scan_sequential(*(t.double() for t in (u, delta, A, B, C, D, z, bias)), delta_softplus=True)
+    assert rel_error(y, oracle) <= 1e-5
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 16, 40])
+def test_chunk_size_does_not_change_the_result(rng_seed, chunk):
+    args = random_scan_inputs(2, 3, 40, 4, 3)
+    oracle = selective_scan_sequential(*(t.double() for t in args), delta_softplus=True)
+    assert rel_error(selective_scan_reference(*args, delta_softplus=True, chunk=chunk), oracle) <= 1e-5
+
+
+def test_half_inputs_accumulate_in_fp32(rng_seed):
+    u, delta, A, B, C, D, z, bias = random_scan_inputs(1, 4, 300, 8, 1)
+    y = selective_scan(u.half(), delta.half(), A, B.half(), C.half(), D, z.half(), bias, True)
+    assert y.dtype == torch.float16
+    oracle = selective_scan_sequential(*(t.half().double() for t in (u, delta)), A.double(),
+                                       *(t.half().double() for t in (B, C)), D.double(), z.half().double(),
+                                       bias.double(), delta_softplus=True)
+    assert rel_error(y, oracle) <= 2e-3  # the fp16 rounding of the output only
+
+
+def test_gradients_match_finite_differences(rng_seed):
+    args = [t.double().requires_grad_() for t in random_scan_inputs(1, 2, 9, 3, 2)]
+
+    def fn(*tensors):
+        return selective_scan(*tensors, delta_softplus=True)
+
+    assert torch.autograd.gradcheck(fn, tuple(args), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_gradients_match_the_sequential_oracle(rng_seed):
+    base = random_scan_inputs(2, 6, 50, 4, 3)
+    a = [t.clone().requires_grad_() for t in base]
+    b = [t.double().requires_grad_() for t in base]
+    g_out = torch.randn(2, 6, 50)
+    selective_scan(*a, delta_softplus=True).backward(g_out)
+    selective_scan_sequential(*b, delta_softplus=True).backward(g_out.double())
+    for x, y in zip(a, b):
+        assert rel_error(x.grad, y.grad) <= 1e-5
+
+
+def test_bad_shapes_are_rejected():
+    u, delta, A, B, C, D, z, bias = random_scan_inputs(1, 6, 10, 4, 4)  # 6 channels, 4 groups
+    with pytest.raises(ValueError, match="divisible"):
+        selective_scan_reference(u, delta, A, B, C)
+    with pytest.raises(ValueError, match="delta shape"):
+        selective_scan_reference(u, delta[..., :5], A, B, C)
+
+
+def test_dispatch_uses_the_reference_on_cpu_and_reports_unavailable_impls():
+    assert dispatch.pick("cpu").name == "reference"
+    ok, reason = dispatch.is_available("vivim_cuda", "cpu")
+    assert not ok and reason
+
+
+def test_torch_export_sees_one_op_per_scan(rng_seed):
+    class TwoScans(torch.nn.Module):
+        def forward(self, u, delta, A, B, C, D, z, bias):
+            y = selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True)
+            return selective_scan(y, delta, A, B, C, D, z, bias, delta_softplus=True)
+
+    program = torch.export.export(TwoScans(), random_scan_inputs(1, 6, 12, 4, 3))
+    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.vivim.selective_scan.default) == 2

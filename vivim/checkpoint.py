@@ -1,0 +1,154 @@
+"""Checkpoints: one `.safetensors` file holding the weights, with the model config and metadata as JSON in its header.
+
+Never pickle: safetensors cannot execute code. Writes are atomic (temporary file in the same folder, then rename),
+so an interrupted save never leaves a truncated checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from vivim import __version__
+from vivim.constants import IMAGENET_MEAN, IMAGENET_STD
+from vivim.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch stays out of `import vivim.checkpoint` for metadata-only readers
+    from vivim.model import VivimModel
+
+FORMAT = "vivim-checkpoint"
+FORMAT_VERSION = "1"
+DEMO_NAME = "demo"
+DEMO_FILE = "demo_tiny.safetensors"
+
+PathLike = Union[str, os.PathLike]
+
+
+def resolve_checkpoint(path: PathLike) -> Path:
+    """'demo' -> the bundled demo weights; anything else -> that file, which must exist."""
+    if str(path) == DEMO_NAME:
+        demo = Path(str(resources.files("vivim") / "assets" / DEMO_FILE))
+        if not demo.is_file():
+            raise CheckpointError(f"the bundled demo weights are missing from the package ({demo})")
+        return demo
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: checkpoint not found")
+    if p.is_dir():
+        raise CheckpointError(f"{p}: is a folder, expected a .safetensors checkpoint file")
+    return p
+
+
+def file_sha256(path: PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: PathLike, write: Any) -> None:
+    """Call write(tmp_path) for a temporary file next to `path`, then move it into place atomically."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise CheckpointError(f"{path.parent}: output folder does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_metadata(path: PathLike) -> dict[str, Any]:
+    """The metadata of a checkpoint without loading the weights (plain Python, no torch)."""
+    p = resolve_checkpoint(path)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                raise ValueError("file too short")
+            (size,) = struct.unpack("<Q", head)
+            if size > 100 * 1024 * 1024 or size > p.stat().st_size - 8:
+                raise ValueError("header size out of range")
+            header = json.loads(f.read(size))
+        raw = header.get("__metadata__", {})
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{p}: not a safetensors checkpoint ({exc})") from None
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: not a Vivim checkpoint (no '{FORMAT}' metadata; foreign safetensors file?)")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{p}: checkpoint format version {raw.get('format_version')!r} is not supported "
+                              f"(this package reads version {FORMAT_VERSION})")
+    try:
+        return json.loads(raw["vivim"])
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{p}: damaged checkpoint metadata ({exc})") from None
+
+
+def save_checkpoint(model: "VivimModel", path: PathLike, **metadata: Any) -> Path:
+    """Write the model's weights, config and `metadata` (JSON-serialisable) to one .safetensors file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    config = model.config
+    meta = {
+        "variant": config.name,
+        "frames": config.frames,
+        "img_size": config.img_size,
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "package_version": __version__,
+        **metadata,
+        "config": config.to_dict(),
+    }
+    try:
+        header = {"format": FORMAT, "format_version": FORMAT_VERSION, "vivim": json.dumps(meta)}
+    except TypeError as exc:
+        raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {exc}") from None
+    # fp32 on the CPU, contiguous and unshared: what safetensors stores and every loader expects
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
+    atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    return path
+
+
+def load_checkpoint(path: PathLike, map_location: str = "cpu") -> tuple["VivimModel", dict[str, Any]]:
+    """Load a checkpoint ('demo' for the bundled demo weights) -> (model in eval mode, metadata)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from vivim.model import VivimConfig, VivimModel
+
+    p = resolve_checkpoint(path)
+    metadata = read_metadata(p)
+    try:
+        config = VivimConfig.from_dict(metadata["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{p}: checkpoint config is invalid ({exc})") from None
+    try:
+        state = load_file(str(p), device=str(map_location))
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise CheckpointError(f"{p}: cannot read the weights (truncated or damaged file?): {exc}") from None
+    model = VivimModel(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{label}: {len(keys)} (e.g. {keys[0]})" for label, keys in
+                           (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
+        raise CheckpointError(f"{p}: weights do not match the '{config.name}' model in its config ({detail})")
+    model.load_state_dict(state)
+    model.to(map_location)
+    return model.eval(), metadata

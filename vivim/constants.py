@@ -1,0 +1,23 @@
+"""Constants shared by training, export and the runtime (no torch import here)."""
+
+# ImageNet normalisation, as in the paper's pre-processing (SegFormer backbone pretrained on ImageNet/ADE20K).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Which frame of a T-frame clip a prediction belongs to.
+OUTPUT_FRAMES = ("centre", "newest")
+
+
+def output_frame_index(output_frame: "str | int", frames: int) -> int:
+    """Index of the decoded frame inside a clip of `frames` frames ("centre" = T // 2, "newest" = T - 1)."""
+    if isinstance(output_frame, int):
+        index = output_frame
+    elif output_frame in ("centre", "center"):
+        index = frames // 2
+    elif output_frame == "newest":
+        index = frames - 1
+    else:
+        raise ValueError(f"output frame must be 'centre', 'newest' or an index, got {output_frame!r}")
+    if not -frames <= index < frames:
+        raise ValueError(f"output frame index {index} is outside a clip of {frames} frames")
+    return index % frames

@@ -1,0 +1,9 @@
+"""User-facing errors: one line, naming the file, device or flag at fault."""
+
+
+class VivimError(Exception):
+    """An error caused by the user's input or environment, reported as one line without a traceback."""
+
+
+class CheckpointError(VivimError):
+    """A checkpoint is missing, truncated, foreign or does not match the requested model."""

@@ -1,0 +1,75 @@
+"""Model variants as dataclass configs (no torch import: the runtime reads configs on torch-free devices)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class VivimConfig:
+    name: str
+    embed_dims: tuple[int, ...] = (64, 128, 320, 512)
+    depths: tuple[int, ...] = (3, 4, 18, 3)  # SegFormer blocks per stage
+    num_heads: tuple[int, ...] = (1, 2, 5, 8)
+    sr_ratios: tuple[int, ...] = (8, 4, 2, 1)  # key/value spatial reduction of efficient self-attention
+    patch_sizes: tuple[int, ...] = (7, 3, 3, 3)
+    strides: tuple[int, ...] = (4, 2, 2, 2)
+    mlp_ratio: int = 4
+    decoder_dim: int = 768
+    drop_path_rate: float = 0.1  # stochastic depth, linear over all SegFormer blocks
+    decoder_dropout: float = 0.1
+    mamba_layers: int = 2  # temporal (Mamba) layers after each stage
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dsf_ratio: int = 4  # hidden width of the detail-specific feed-forward
+    frames: int = 5  # clip length T, also the interleave period of the spatial branch
+    img_size: int = 256
+    in_chans: int = 3
+    num_classes: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        stages = len(self.embed_dims)
+        for name in ("depths", "num_heads", "sr_ratios", "patch_sizes", "strides"):
+            if len(getattr(self, name)) != stages:
+                raise ValueError(f"config {self.name}: {name} needs {stages} entries")
+        if self.frames < 1:
+            raise ValueError(f"config {self.name}: frames must be >= 1, got {self.frames}")
+        if self.img_size < 32:
+            raise ValueError(f"config {self.name}: img_size must be >= 32, got {self.img_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VivimConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields: {', '.join(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "VivimConfig":
+        return dataclasses.replace(self, **changes)
+
+
+VARIANTS: dict[str, VivimConfig] = {
+    # Paper: SegFormer/MiT-B3 encoder and decode head, 2 ST-Mamba layers per stage (59.50 M parameters).
+    "paper": VivimConfig("paper"),
+    # Edge variants: MiT-B1 / MiT-B0 widths with shallower SegFormer stages and a lighter decoder.
+    "b1": VivimConfig("b1", embed_dims=(64, 128, 320, 512), depths=(2, 2, 2, 2), decoder_dim=256),
+    "b0": VivimConfig("b0", embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), decoder_dim=256),
+    # For fast CPU tests and the bundled demo: every mechanism of the paper model at a fraction of the width.
+    "tiny": VivimConfig("tiny", embed_dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 4),
+                        decoder_dim=64, d_state=8, drop_path_rate=0.0),
+}
+
+
+def variant_config(name: str, **overrides: Any) -> VivimConfig:
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose one of: {', '.join(VARIANTS)}")
+    return VARIANTS[name].replace(**overrides) if overrides else VARIANTS[name]

@@ -1,0 +1,163 @@
+"""Vivim: SegFormer (MiT) stages per frame, ST-Mamba temporal layers after each stage, SegFormer all-MLP decoder.
+
+Input (batch, T, 3, H, W) -> logits (batch, T, 1, H, W). Frames are folded into the batch for the per-frame parts
+(b-major: index b*T + t) and unfolded into T-major token sequences for the temporal layers.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vivim.constants import output_frame_index
+from vivim.model.config import VivimConfig
+from vivim.model.segformer import OverlapPatchEmbed, SegFormerBlock, init_segformer_weights
+from vivim.model.temporal import MambaLayer
+
+OutputFrame = Optional[Union[str, int]]
+
+
+class SegFormerHead(nn.Module):
+    """All-MLP decoder, per frame: project each stage to E channels, upsample to stage-1 size, fuse, classify."""
+
+    def __init__(self, in_dims: tuple[int, ...], dim: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.linear_c = nn.ModuleList(nn.Linear(c, dim) for c in in_dims)
+        self.linear_fuse = nn.Conv2d(dim * len(in_dims), dim, 1, bias=False)
+        self.batch_norm = nn.BatchNorm2d(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Conv2d(dim, num_classes, 1)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        size = features[0].shape[-2:]
+        projected = []
+        for feature, linear in zip(features, self.linear_c):
+            n, _, h, w = feature.shape
+            x = linear(feature.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(n, -1, h, w)
+            projected.append(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+        # SegFormer concatenates the deepest stage first
+        x = self.linear_fuse(torch.cat(projected[::-1], dim=1))
+        x = self.dropout(F.relu(self.batch_norm(x)))
+        return self.classifier(x)
+
+
+class VivimModel(nn.Module):
+    def __init__(self, config: VivimConfig):
+        super().__init__()
+        self.config = config
+        dims = config.embed_dims
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        self.patch_embeds = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        self.temporal = nn.ModuleList()
+        in_chans, block_index = config.in_chans, 0
+        for i, dim in enumerate(dims):
+            self.patch_embeds.append(OverlapPatchEmbed(in_chans, dim, config.patch_sizes[i], config.strides[i]))
+            self.blocks.append(nn.ModuleList(
+                SegFormerBlock(dim, config.num_heads[i], config.sr_ratios[i], config.mlp_ratio, rates[block_index + j])
+                for j in range(config.depths[i])))
+            block_index += config.depths[i]
+            self.temporal.append(nn.ModuleList(
+                MambaLayer(dim, config.d_state, config.d_conv, config.expand, config.dsf_ratio)
+                for _ in range(config.mamba_layers)))
+            in_chans = dim
+        self.decode_head = SegFormerHead(dims, config.decoder_dim, config.num_classes, config.decoder_dropout)
+        init_segformer_weights(self.patch_embeds)
+        init_segformer_weights(self.blocks)
+        init_segformer_weights(self.decode_head)
+
+    @property
+    def frames(self) -> int:
+        return self.config.frames
+
+    @property
+    def img_size(self) -> int:
+        return self.config.img_size
+
+    # -- per-frame part -------------------------------------------------------------------------------------------
+    def _spatial_stage(self, i: int, x: Tensor) -> tuple[Tensor, int, int]:
+        tokens, h, w = self.patch_embeds[i](x)
+        for block in self.blocks[i]:
+            tokens = block(tokens, h, w)
+        return tokens, h, w  # the stage-final SegFormer LayerNorm is skipped, as in the official model
+
+    def frame_features(self, frames: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, C1, H/4, W/4): everything before the first temporal layer, computed per frame.
+
+        A stream computes this once per new frame and keeps the result in a ring of T slots.
+        """
+        tokens, h, w = self._spatial_stage(0, frames)
+        return tokens.transpose(1, 2).reshape(frames.shape[0], -1, h, w)
+
+    # -- temporal part ----------------------------------------------------------------------------------------------
+    def _temporal_stage(self, i: int, maps: Tensor, batch: int, frames: int) -> Tensor:
+        """maps (batch*T, C, h, w) -> the same after the stage's Mamba layers, mixing the T frames of each clip."""
+        n, c, h, w = maps.shape
+        tokens = maps.reshape(batch, frames, c, h * w).permute(0, 1, 3, 2).reshape(batch, frames * h * w, c)
+        for layer in self.temporal[i]:
+            tokens = layer(tokens, frames, h, w)
+        return tokens.reshape(batch, frames, h * w, c).permute(0, 1, 3, 2).reshape(n, c, h, w)
+
+    def forward_from_frame_features(self, features: Tensor, output_frame: OutputFrame = None,
+                                    out_size: Optional[tuple[int, int]] = None) -> Tensor:
+        """features (batch, T, C1, H/4, W/4) from `frame_features` -> logits like `forward`.
+
+        `out_size` is the input's (H, W); it defaults to 4x the feature size (exact when H and W are multiples of 4).
+        """
+        batch, frames = features.shape[:2]
+        maps = self._temporal_stage(0, features.flatten(0, 1), batch, frames)
+        stage_outputs = [maps]
+        for i in range(1, len(self.patch_embeds)):
+            tokens, h, w = self._spatial_stage(i, maps)
+            maps = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+            maps = self._temporal_stage(i, maps, batch, frames)
+            stage_outputs.append(maps)
+        return self._decode(stage_outputs, batch, frames, output_frame, out_size)
+
+    def _decode(self, stage_outputs: list[Tensor], batch: int, frames: int, output_frame: OutputFrame,
+                out_size: Optional[tuple[int, int]]) -> Tensor:
+        if output_frame is not None:  # decode one frame of each clip only: the decoder works per frame
+            t = output_frame_index(output_frame, frames)
+            stage_outputs = [s.reshape(batch, frames, *s.shape[1:])[:, t] for s in stage_outputs]
+            frames = 1
+        logits = self.decode_head(stage_outputs)
+        size = out_size or (stage_outputs[0].shape[-2] * 4, stage_outputs[0].shape[-1] * 4)
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits.reshape(batch, frames, *logits.shape[1:])
+
+    def forward(self, clip: Tensor, output_frame: OutputFrame = None) -> Tensor:
+        """clip (batch, T, 3, H, W), ImageNet-normalised -> logits (batch, T, 1, H, W).
+
+        With `output_frame` ('centre', 'newest' or an index) only that frame is decoded: (batch, 1, 1, H, W),
+        equal to that frame of the full output (in eval mode).
+        """
+        if clip.dim() != 5:
+            raise ValueError(f"expected a clip (batch, T, C, H, W), got shape {tuple(clip.shape)}")
+        batch, frames = clip.shape[:2]
+        features = self.frame_features(clip.flatten(0, 1))
+        features = features.reshape(batch, frames, *features.shape[1:])
+        return self.forward_from_frame_features(features, output_frame, out_size=(clip.shape[-2], clip.shape[-1]))
+
+    # -- deployment helpers -------------------------------------------------------------------------------------------
+    def ssm_fp32_parameters(self) -> list[nn.Parameter]:
+        """A_log, D and the dt bias of every branch: kept fp32 in any precision (the scan's contract)."""
+        params = []
+        for stage in self.temporal:
+            for layer in stage:
+                for branch in layer.mixer.branches:
+                    params += [branch.A_log, branch.D, branch.dt_proj.bias]
+        return params
+
+    def to_inference_dtype(self, dtype: torch.dtype) -> "VivimModel":
+        """Cast for inference (e.g. fp16) while A_log, D and the dt bias stay fp32."""
+        keep = {id(p) for p in self.ssm_fp32_parameters()}
+        for p in self.parameters():
+            if id(p) not in keep:
+                p.data = p.data.to(dtype)
+        for b in self.buffers():
+            if b.is_floating_point():
+                b.data = b.data.to(dtype)
+        return self

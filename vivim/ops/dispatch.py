@@ -1,0 +1,150 @@
+"""Which selective-scan implementation runs a call.
+
+Implementations register with a priority and an availability check. A call picks, in order of priority, the first
+implementation that is available for the tensors' device: the project's CUDA kernel ('vivim_cuda', when built),
+mamba-ssm's kernel on CUDA ('mamba_ssm', when installed), then the PyTorch reference (always). `use_impl(name)`
+forces one, for benchmarks and cross-checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from vivim.errors import VivimError
+from vivim.ops.reference import selective_scan_reference
+
+# fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> out
+ScanFn = Callable[..., Tensor]
+
+
+@dataclass
+class ScanImpl:
+    name: str
+    fn: ScanFn
+    priority: int
+    available: Callable[[], bool]
+    devices: tuple[str, ...]  # device types it runs on
+    differentiable: bool  # True when fn itself supports autograd (used to compute the backward)
+
+
+_REGISTRY: dict[str, ScanImpl] = {}
+_forced = threading.local()
+
+
+def register_impl(
+    name: str,
+    fn: ScanFn,
+    priority: int,
+    available: Callable[[], bool] = lambda: True,
+    devices: tuple[str, ...] = ("cuda",),
+    differentiable: bool = False,
+) -> None:
+    """Add (or replace) an implementation of the selective scan."""
+    _REGISTRY[name] = ScanImpl(name, fn, priority, available, devices, differentiable)
+
+
+def implementations() -> list[ScanImpl]:
+    return sorted(_REGISTRY.values(), key=lambda impl: -impl.priority)
+
+
+def is_available(name: str, device_type: str = "cuda") -> tuple[bool, str]:
+    """(available, reason) for an implementation on a device type; the reason explains a 'no'."""
+    _load_optional_impls()
+    impl = _REGISTRY.get(name)
+    if impl is None:
+        return False, f"unknown selective-scan implementation {name!r} (known: {', '.join(sorted(_REGISTRY))})"
+    if device_type not in impl.devices:
+        return False, f"{name} does not run on {device_type}"
+    try:
+        if not impl.available():
+            return False, f"{name} is not available here"
+    except Exception as exc:  # an availability probe must never break a forward pass
+        return False, f"{name} is not available here ({exc})"
+    return True, ""
+
+
+@contextlib.contextmanager
+def use_impl(name: Optional[str], device_type: str = "cuda") -> Iterator[None]:
+    """Force one implementation inside the block (None = automatic choice)."""
+    if name is not None:
+        ok, reason = is_available(name, device_type)
+        if not ok:
+            raise VivimError(reason)
+    previous = getattr(_forced, "name", None)
+    _forced.name = name
+    try:
+        yield
+    finally:
+        _forced.name = previous
+
+
+def pick(device_type: str, need_grad: bool = False) -> ScanImpl:
+    """The implementation a call on `device_type` uses now."""
+    _load_optional_impls()
+    forced = getattr(_forced, "name", None)
+    if forced is not None and not need_grad:
+        return _REGISTRY[forced]
+    for impl in implementations():
+        if need_grad and not impl.differentiable:
+            continue
+        if is_available(impl.name, device_type)[0]:
+            return impl
+    return _REGISTRY["reference"]
+
+
+_optional_loaded = False
+
+
+def _load_optional_impls() -> None:
+    """Register the CUDA implementations lazily: probing them at import time would slow down `import vivim.ops`."""
+    global _optional_loaded
+    if _optional_loaded:
+        return
+    _optional_loaded = True
+    if not torch.cuda.is_available():
+        return
+    if importlib.util.find_spec("mamba_ssm") is not None:
+        register_impl("mamba_ssm", _mamba_ssm_scan, priority=50, available=_mamba_ssm_available,
+                      devices=("cuda",), differentiable=True)
+    try:
+        from vivim.ops import _cuda_ext  # the project's kernel; builds on first use
+    except ImportError:
+        return
+    try:
+        _cuda_ext.try_register()
+    except Exception:  # never let an optional accelerator break the reference path
+        pass
+
+
+def _mamba_ssm_available() -> bool:
+    try:
+        import selective_scan_cuda  # noqa: F401  (mamba-ssm's compiled extension)
+    except ImportError:
+        return False
+    return True
+
+
+def _mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    dtype = u.dtype
+    B = B.to(dtype).contiguous()
+    C = C.to(dtype).contiguous()
+    return selective_scan_fn(u.contiguous(), delta.contiguous(), A.float().contiguous(), B, C,
+                             None if D is None else D.float(), None if z is None else z.contiguous(),
+                             None if delta_bias is None else delta_bias.float(), bool(delta_softplus))
+
+
+def _reference_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
+
+
+register_impl("reference", _reference_scan, priority=0, available=lambda: True,
+              devices=("cpu", "cuda", "mps", "meta"), differentiable=True)
