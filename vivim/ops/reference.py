@@ -128,6 +128,17 @@ def selective_scan_reference(
     C_k = tokens_first(Cf, (batch, groups, dstate)).unsqueeze(3)
     A_g = A.to(acc).reshape(groups, per_group, dstate, 1)
 
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, delta_bias))
+    scan = _scan_chunks_autograd if needs_grad else _scan_chunks_inplace
+    y = scan(dt_k, du_k, B_k, C_k, A_g)  # (k, b, G, Dg, c)
+    y = y.movedim(0, -1).reshape(batch, dim, n_chunks * k)[..., :length]
+    return _finish(y, uf, D, z, u.dtype)
+
+
+def _scan_chunks_autograd(dt_k: Tensor, du_k: Tensor, B_k: Tensor, C_k: Tensor, A_g: Tensor) -> Tensor:
+    """The three passes of the chunked scan with out-of-place ops, so autograd can differentiate them."""
+    k, n_chunks = dt_k.shape[0], dt_k.shape[-1]
     # 1) the state at the end of every chunk, scanned from zero
     h = du_k[0] * B_k[0]
     for t in range(1, k):
@@ -143,6 +154,31 @@ def selective_scan_reference(
     for t in range(k):
         h = torch.addcmul(du_k[t] * B_k[t], torch.exp(dt_k[t] * A_g), h)
         ys.append((h * C_k[t]).sum(-2))
-    y = torch.stack(ys)  # (k, b, G, Dg, c)
-    y = y.movedim(0, -1).reshape(batch, dim, n_chunks * k)[..., :length]
-    return _finish(y, uf, D, z, u.dtype)
+    return torch.stack(ys)
+
+
+@torch.no_grad()
+def _scan_chunks_inplace(dt_k: Tensor, du_k: Tensor, B_k: Tensor, C_k: Tensor, A_g: Tensor) -> Tensor:
+    """The same three passes for inference, in preallocated buffers (no allocation inside the loops)."""
+    k, n_chunks = dt_k.shape[0], dt_k.shape[-1]
+    decay = torch.empty(torch.broadcast_shapes(dt_k.shape[1:], A_g.shape), dtype=dt_k.dtype, device=dt_k.device)
+    h = torch.zeros_like(decay)
+
+    def step(t: int) -> None:
+        torch.mul(dt_k[t], A_g, out=decay)
+        decay.exp_()
+        h.mul_(decay).addcmul_(du_k[t], B_k[t])
+
+    for t in range(k):
+        step(t)
+    chunk_decay = torch.exp(dt_k.sum(0) * A_g)
+    chunk_end = h.clone()
+    h[..., 0] = 0
+    for c in range(1, n_chunks):  # h[..., c] becomes the state entering chunk c
+        h[..., c] = chunk_decay[..., c - 1] * h[..., c - 1] + chunk_end[..., c - 1]
+    y = torch.empty(k, *decay.shape[:-2], n_chunks, dtype=dt_k.dtype, device=dt_k.device)
+    product = torch.empty_like(decay)
+    for t in range(k):
+        step(t)
+        torch.sum(torch.mul(h, C_k[t], out=product), dim=-2, out=y[t])
+    return y
