@@ -1,0 +1,432 @@
+"""Build a TensorRT engine from the exported ONNX (with our selective-scan plugin) and describe it.
+
+The engine stays a plain TensorRT plan; next to it `<engine>.json` (the sidecar) records what the
+engine is bound to (GPU, compute capability, TensorRT/CUDA versions, plugin library and hash) and
+what it contains (I/O tensors, model metadata, source hashes). The runtime reads the sidecar with
+read_sidecar() and refuses a mismatching machine with check_engine_compatible().
+
+TensorRT is imported lazily, so this module imports (and its pure-Python parts work) without it.
+Networks are built strongly typed: precision comes from the ONNX graph itself (TensorRT 11 has no
+other mode; on 10.x the STRONGLY_TYPED flag gives the same behaviour).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from vivim.errors import VivimError
+
+if TYPE_CHECKING:  # annotations only; the real import happens inside build_engine
+    import tensorrt
+
+SIDECAR_SCHEMA = "vivim-engine/1"
+PLUGIN_NAME = "VivimSelectiveScan"
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = "vivim"
+
+
+def tensorrt_missing_message(rerun: str = "the same command") -> str:
+    return (
+        "TensorRT is not installed: on Jetson it comes with JetPack (sudo apt install nvidia-tensorrt / "
+        f"python3-libnvinfer); on desktop pip install tensorrt; then rerun {rerun}"
+    )
+
+
+def installed_tensorrt_version() -> str | None:
+    """Version string of the importable TensorRT, or None."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError):
+        return None
+    return str(trt.__version__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small file helpers
+
+
+def sidecar_path(engine_path: Path) -> Path:
+    """`model.engine` -> `model.engine.json`."""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine facts (CUDA driver API through ctypes: no torch, no cuda-python needed)
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str  # "8.7"
+    cuda_driver: str  # CUDA version the driver supports, "12.6"
+
+
+def _load_first(names: tuple[str, ...]) -> ctypes.CDLL | None:
+    for name in names:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
+def _cuda_version_string(value: int) -> str:
+    return f"{value // 1000}.{(value % 1000) // 10}"
+
+
+def current_gpu(index: int = 0) -> GpuInfo | None:
+    """Name and compute capability of CUDA device `index`, or None without a usable driver/GPU."""
+    cuda = _load_first(("libcuda.so.1", "libcuda.so", "nvcuda.dll"))
+    if cuda is None or cuda.cuInit(0) != 0:
+        return None
+    device = ctypes.c_int()
+    if cuda.cuDeviceGet(ctypes.byref(device), index) != 0:
+        return None
+    name = ctypes.create_string_buffer(256)
+    major, minor, driver = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    # 75 / 76 = CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR (stable driver API values).
+    if (
+        cuda.cuDeviceGetName(name, len(name), device) != 0
+        or cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, device) != 0
+        or cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, device) != 0
+        or cuda.cuDriverGetVersion(ctypes.byref(driver)) != 0
+    ):
+        return None
+    return GpuInfo(
+        name=name.value.decode(errors="replace"),
+        compute_capability=f"{major.value}.{minor.value}",
+        cuda_driver=_cuda_version_string(driver.value),
+    )
+
+
+def cuda_runtime_version() -> str | None:
+    """Version of the CUDA runtime library the process can load (what the plugin links), or None."""
+    cudart = _load_first(("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0"))
+    if cudart is None:
+        return None
+    value = ctypes.c_int()
+    if cudart.cudaRuntimeGetVersion(ctypes.byref(value)) != 0:
+        return None
+    return _cuda_version_string(value.value)
+
+
+def onnx_metadata(onnx_path: Path) -> dict[str, str]:
+    """The ONNX model's metadata_props (variant, frames, size, normalisation, ...); {} without onnx."""
+    try:
+        import onnx
+    except ImportError:
+        return {}
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ... for a bad file
+        raise VivimError(f"{onnx_path}: not a readable ONNX model ({exc})") from exc
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sidecar: write, read, check
+
+
+def rebuild_command(sidecar: Mapping[str, Any]) -> str:
+    """The commands that rebuild this engine on the current machine (plugin first: it is per-arch)."""
+    onnx = sidecar.get("source_onnx", {}).get("path", "model.onnx")
+    engine = sidecar.get("engine", {}).get("path", "model.engine")
+    plugin = sidecar.get("plugin", {}).get("path", "plugins/libvivim_trt_plugin.so")
+    precision = sidecar.get("precision", "fp16")
+    flag = " --fp16" if precision == "fp16" else ""
+    plugin_dir = str(Path(plugin).parent)
+    return f"vivim-export plugin -o {plugin_dir} && vivim-export trt {onnx}{flag} -o {engine} --plugin {plugin}"
+
+
+def write_sidecar(engine_path: Path, sidecar: Mapping[str, Any]) -> Path:
+    path = sidecar_path(engine_path)
+    _write_atomic(path, (json.dumps(sidecar, indent=2, sort_keys=False) + "\n").encode())
+    return path
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """Read `<engine>.json`; `path` may be the engine or the sidecar itself."""
+    path = Path(path)
+    side = path if path.suffix == ".json" else sidecar_path(path)
+    if not side.is_file():
+        raise VivimError(
+            f"{side}: engine sidecar not found; engines built by vivim-export trt have one "
+            "(rebuild the engine with vivim-export trt MODEL.onnx --fp16 -o ENGINE)"
+        )
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VivimError(f"{side}: unreadable engine sidecar ({exc})") from exc
+    if not isinstance(data, dict) or data.get("schema") != SIDECAR_SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise VivimError(f"{side}: not a Vivim engine sidecar (schema {found!r}, expected {SIDECAR_SCHEMA!r})")
+    for key in ("gpu", "tensorrt_version", "engine", "inputs", "outputs"):
+        if key not in data:
+            raise VivimError(f"{side}: engine sidecar lacks '{key}'")
+    return data
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """'10.3.0.30' -> (10, 3, 0): engines are tied to the TensorRT release, not the build number."""
+    parts: list[int] = []
+    for token in str(version).split(".")[:3]:
+        digits = "".join(ch for ch in token if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def _normalise_cc(cc: str | tuple[int, int]) -> str:
+    if isinstance(cc, tuple):
+        return f"{cc[0]}.{cc[1]}"
+    text = str(cc).strip().replace("sm_", "")
+    if "." not in text and text.isdigit() and len(text) >= 2:
+        text = f"{text[:-1]}.{text[-1]}"
+    return text
+
+
+def check_engine_compatible(
+    sidecar: Mapping[str, Any],
+    gpu_name: str,
+    cc: str | tuple[int, int],
+    trt_version: str,
+    *,
+    plugin_sha256: str | None = None,
+) -> None:
+    """Raise VivimError (with the rebuild command) unless the engine was built for this machine.
+
+    TensorRT plans are specific to the GPU model and the TensorRT release that built them; the
+    plugin library must be the one the engine was built with.
+    """
+    built_gpu = sidecar.get("gpu", {})
+    built_name = str(built_gpu.get("name", "?"))
+    built_cc = _normalise_cc(str(built_gpu.get("compute_capability", "?")))
+    built_trt = str(sidecar.get("tensorrt_version", "?"))
+    engine = sidecar.get("engine", {}).get("path", "the engine")
+    problems: list[str] = []
+    if built_name != gpu_name or built_cc != _normalise_cc(cc):
+        problems.append(f"GPU {built_name} (sm {built_cc}) vs this {gpu_name} (sm {_normalise_cc(cc)})")
+    if _release(built_trt) != _release(trt_version):
+        problems.append(f"TensorRT {built_trt} vs installed {trt_version}")
+    built_plugin = sidecar.get("plugin", {}).get("sha256")
+    if plugin_sha256 is not None and built_plugin is not None and built_plugin != plugin_sha256:
+        problems.append("plugin library differs from the one it was built with (sha256 mismatch)")
+    if problems:
+        raise VivimError(
+            f"{engine} was built for another setup ({'; '.join(problems)}); rebuild it here: {rebuild_command(sidecar)}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine build (TensorRT Python API)
+
+
+def _dtype_name(dtype: object) -> str:
+    """`DataType.HALF` -> 'HALF' (stable across TensorRT versions)."""
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+PRECISION_OF_DTYPE = {"HALF": "fp16", "BF16": "bf16", "FLOAT": "fp32"}
+
+
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    plugin_path: Path,
+    workspace_gib: float = 2.0,
+    timing_cache: Path | None = None,
+    verbose: bool = False,
+    *,
+    precision: str | None = None,
+    rerun: str | None = None,
+) -> Path:
+    """Parse `onnx_path`, build a strongly typed engine with our plugin, write it and its sidecar.
+
+    precision ('fp16' | 'bf16' | 'fp32' | None): what the caller expects the graph to be; a
+    mismatch is an error because strong typing never converts precision on its own.
+    """
+    onnx_path, engine_path, plugin_path = Path(onnx_path), Path(engine_path), Path(plugin_path)
+    rerun = rerun or f"vivim-export trt {onnx_path} -o {engine_path}"
+    if not onnx_path.is_file():
+        raise VivimError(f"{onnx_path}: no such ONNX file")
+    if not plugin_path.is_file():
+        raise VivimError(f"--plugin {plugin_path}: no such plugin library (build it with vivim-export plugin)")
+    if workspace_gib <= 0:
+        raise VivimError(f"--workspace {workspace_gib}: must be a positive number of GiB")
+    if precision is not None and precision not in PRECISION_OF_DTYPE.values():
+        raise VivimError(f"precision {precision!r}: expected one of fp16, bf16, fp32")
+    engine_dir = engine_path.parent if str(engine_path.parent) else Path(".")
+    if not engine_dir.is_dir() or not os.access(engine_dir, os.W_OK):
+        raise VivimError(f"-o {engine_path}: folder {engine_dir} does not exist or is not writable")
+
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as exc:
+        raise VivimError(tensorrt_missing_message(rerun)) from exc
+
+    class _Logger(trt.ILogger):
+        """Prints warnings (everything with --verbose) and remembers the last error for the one-line message."""
+
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.last_error = ""
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            if severity <= trt.ILogger.ERROR:
+                self.last_error = msg.strip().splitlines()[-1] if msg.strip() else msg
+            if verbose or severity <= trt.ILogger.WARNING:
+                print(f"[TensorRT] {msg}", file=sys.stderr)
+
+    logger = _Logger()
+
+    registry = trt.get_plugin_registry()
+    try:
+        handle = registry.load_library(str(plugin_path))
+    except Exception as exc:  # pybind raises RuntimeError/TypeError depending on the version
+        raise VivimError(f"--plugin {plugin_path}: TensorRT could not load it ({exc})") from exc
+    if handle is None or registry.get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
+        raise VivimError(
+            f"--plugin {plugin_path}: no {PLUGIN_NAMESPACE}::{PLUGIN_NAME} v{PLUGIN_VERSION} creator after loading; "
+            f"rebuild it against TensorRT {trt.__version__} headers with vivim-export plugin"
+        )
+
+    builder = trt.Builder(logger)
+    flags = 0
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed is not None:  # TensorRT 11 keeps the flag (always strongly typed anyway)
+        flags |= 1 << int(strongly_typed)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        first = errors[0].strip().replace("\n", " ") if errors else logger.last_error
+        raise VivimError(f"{onnx_path}: TensorRT could not parse it ({len(errors)} error(s); first: {first})")
+
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    outputs = [network.get_output(i) for i in range(network.num_outputs)]
+    for tensor in inputs:
+        if any(extent < 0 for extent in _shape(tensor)):
+            raise VivimError(
+                f"{onnx_path}: input {tensor.name} has a dynamic shape {_shape(tensor)}; "
+                "export with static shapes (the default of vivim-export onnx)"
+            )
+    graph_precision = _graph_precision(network)
+    if precision is not None and precision != graph_precision:
+        raise VivimError(
+            f"{onnx_path}: the graph computes in {graph_precision} but {precision} was requested; TensorRT builds "
+            f"strongly typed, so export the ONNX in {precision} (vivim-export onnx ... --{precision})"
+        )
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    cache_bytes = b""
+    if timing_cache is not None and Path(timing_cache).is_file():
+        cache_bytes = Path(timing_cache).read_bytes()
+    cache = config.create_timing_cache(cache_bytes)
+    if not config.set_timing_cache(cache, False):
+        print(f"warning: timing cache {timing_cache} does not match this TensorRT/GPU; starting a new one", file=sys.stderr)
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise VivimError(f"TensorRT could not build {engine_path}: {logger.last_error or 'see the log above'}")
+    _write_atomic(engine_path, bytes(memoryview(serialized)))
+    if timing_cache is not None:
+        _write_atomic(Path(timing_cache), bytes(memoryview(config.get_timing_cache().serialize())))
+
+    gpu = current_gpu()
+    sidecar: dict[str, Any] = {
+        "schema": SIDECAR_SCHEMA,
+        "engine": {"path": str(engine_path), "sha256": file_sha256(engine_path), "bytes": engine_path.stat().st_size},
+        "gpu": {
+            "name": gpu.name if gpu else None,
+            "compute_capability": gpu.compute_capability if gpu else None,
+        },
+        "tensorrt_version": str(trt.__version__),
+        "cuda": {"driver": gpu.cuda_driver if gpu else None, "runtime": cuda_runtime_version()},
+        "precision": graph_precision,
+        "strongly_typed": True,
+        "workspace_gib": workspace_gib,
+        "plugin": {
+            "path": str(plugin_path.resolve()),
+            "sha256": file_sha256(plugin_path),
+            "name": PLUGIN_NAME,
+            "version": PLUGIN_VERSION,
+            "namespace": PLUGIN_NAMESPACE,
+        },
+        "inputs": [_describe(t) for t in inputs],
+        "outputs": [_describe(t) for t in outputs],
+        "model": onnx_metadata(onnx_path),
+        "source_onnx": {"path": str(onnx_path.resolve()), "sha256": file_sha256(onnx_path)},
+        "built": {
+            "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "host": platform.node(),
+            "machine": platform.machine(),
+            "package_version": _package_version(),
+        },
+    }
+    write_sidecar(engine_path, sidecar)
+    return engine_path
+
+
+def _shape(tensor: tensorrt.ITensor) -> list[int]:
+    dims = tensor.shape
+    return [int(dims[i]) for i in range(len(dims))]
+
+
+def _describe(tensor: tensorrt.ITensor) -> dict[str, Any]:
+    return {"name": str(tensor.name), "shape": _shape(tensor), "dtype": _dtype_name(tensor.dtype)}
+
+
+def _graph_precision(network: tensorrt.INetworkDefinition) -> str:
+    """fp16/bf16 if any layer produces such a tensor (A/D/dt_bias stay fp32 in an fp16 graph), else fp32."""
+    seen: set[str] = set()
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for j in range(layer.num_outputs):
+            seen.add(_dtype_name(layer.get_output(j).dtype))
+    for dtype, name in (("HALF", "fp16"), ("BF16", "bf16")):
+        if dtype in seen:
+            return name
+    return "fp32"
+
+
+def _package_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("vivim-edge")
+    except Exception:  # not installed as a distribution (plain checkout)
+        return None

@@ -1,0 +1,987 @@
+// Vivim selective scan, forward: chunked along the sequence so that batch 1 with a long L fills the GPU.
+//
+// The recurrence h_t = a_t * h_{t-1} + b_t (per channel d and state n) is linear, so a chunk of tokens
+// [t0, t1) acts on its incoming state as h_out = P * h_in + h_loc, where P = exp(A * sum(dt)) and h_loc is
+// the chunk's end state started from zero. Three kernels:
+//   1. chunk pass, FINAL=false: each block scans one chunk for a tile of channels from a zero state and
+//      writes h_loc and sum(dt) into the workspace.
+//   2. carry pass: per (batch, channel, state), a short scan over the chunks turns h_loc into the true
+//      state entering each chunk (in place).
+//   3. chunk pass, FINAL=true: each block rescans its chunk from that state and writes y.
+// A problem with a single chunk runs kernel 3 alone from a zero state (no workspace).
+//
+// Two kernel families share this structure (VIVIM_SCAN_KERNEL selects; 2 is the default):
+//   variant 2 (chunk_pass_v2, carry_pass_v2): each channel is handled by K = N/8 lanes of one warp, 8 states
+//     per lane in registers; y is reduced over the K lanes with warp shuffles. Kernels 2 and 3 use
+//     programmatic dependent launch on sm_90+ so they overlap their launch and first staging with the
+//     kernel before them.
+//   variant 1 (chunk_pass, carry_pass): one thread per channel holding all N states (the first version).
+// In both, B_t and C_t (shared by every channel of a group) are staged per 16-token tile in shared memory
+// and read as 16-byte broadcasts, and each thread stages its own channel's row segment with 16-byte loads.
+// The cost is dominated by the exp2 per (channel, state, token) on the special-function unit, twice
+// (kernels 1 and 3). Measured numbers and the analysis: benchmarks/kernel_notes.md.
+//
+// No allocation, no synchronisation with the host: CUDA-graph capturable. Deterministic (no atomics); the
+// chunking depends only on the problem sizes, so results do not depend on the GPU model.
+#include "vivim/selective_scan.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <utility>
+
+namespace vivim_scan {
+
+constexpr int kTileTokens = 16;      // tokens staged per shared-memory tile; chunk lengths are multiples of it
+constexpr int kMaxChannels = 128;    // channels per block (= threads per block)
+constexpr int kTargetBlocks = 512;   // enough blocks to fill a large GPU several times over, evenly
+constexpr int kMaxChunks = 512;     // bounds the workspace and the carry pass (n_chunks <= want <= 512)
+constexpr int kCarrySegments = 16;   // chunk-carry scan: segments scanned in parallel per (channel, state)
+constexpr int kCarryPairs = 32;      // chunk-carry scan: (channel, state) pairs per block
+constexpr float kLog2e = 1.4426950408889634f;
+
+// ---------------------------------------------------------------------------------------------------
+// Launch geometry, shared by the workspace-size query and the launcher so they always agree.
+struct Geometry {
+    int channels_per_block;   // DT: 32, 64, 96 or 128
+    int64_t tiles_per_group;  // ceil(dim_per_group / DT)
+    int64_t chunk_len;        // multiple of kTileTokens
+    int64_t n_chunks;
+};
+
+// Which kernel family runs: 2 (lanes per channel, default) or 1 (one thread per channel, the first version,
+// kept for comparison). VIVIM_SCAN_KERNEL=1 selects it; read once.
+static int kernel_variant() {
+    static const int v = [] {
+        const char* e = getenv("VIVIM_SCAN_KERNEL");
+        return (e != nullptr && e[0] == '1' && e[1] == '\0') ? 1 : 2;
+    }();
+    return v;
+}
+
+// Blocks the chunking aims at (enough to fill a large GPU a few times over, evenly). Variant 2 blocks are
+// lighter (6 per SM), so it aims at twice as many. VIVIM_SCAN_TARGET_BLOCKS overrides it (for tuning).
+static int64_t target_blocks(int variant) {
+    static const int64_t from_env = [] {
+        const char* e = getenv("VIVIM_SCAN_TARGET_BLOCKS");
+        const long v = e != nullptr ? strtol(e, nullptr, 10) : 0;
+        return (int64_t)(v >= 1 && v <= 65536 ? v : 0);
+    }();
+    if (from_env > 0) return from_env;
+    return variant == 1 ? kTargetBlocks : 2 * kTargetBlocks;
+}
+
+// Lanes per channel of variant 2: 8 states per lane.
+static int lanes_per_channel(int64_t dstate) {
+    return dstate <= 8 ? 1 : dstate <= 16 ? 2 : dstate <= 32 ? 4 : 8;
+}
+
+static Geometry make_geometry(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate, int64_t n_groups) {
+    Geometry g;
+    const int variant = kernel_variant();
+    const int64_t lanes = variant == 1 ? 1 : lanes_per_channel(dstate);
+    const int64_t max_channels = kMaxChannels / lanes;
+    const int64_t quantum = lanes >= 32 ? 1 : 32 / lanes;  // keep whole warps
+    const int64_t per_group = dim / n_groups;
+    const int64_t dt = ((per_group + quantum - 1) / quantum) * quantum;
+    g.channels_per_block = (int)(dt < max_channels ? dt : max_channels);
+    g.tiles_per_group = (per_group + g.channels_per_block - 1) / g.channels_per_block;
+    const int64_t channel_blocks = batch * n_groups * g.tiles_per_group;
+    const int64_t target = target_blocks(variant);
+    int64_t want = (target + channel_blocks - 1) / channel_blocks;  // chunks wanted
+    const int64_t max_chunks = (seqlen + kTileTokens - 1) / kTileTokens;
+    if (want > max_chunks) want = max_chunks;
+    if (want > kMaxChunks) want = kMaxChunks;
+    if (want < 1) want = 1;
+    int64_t len = (seqlen + want - 1) / want;
+    len = ((len + kTileTokens - 1) / kTileTokens) * kTileTokens;
+    g.chunk_len = len;
+    g.n_chunks = (seqlen + len - 1) / len;
+    return g;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Element access.
+template <typename T> struct Elem;
+template <> struct Elem<float> {
+    static __device__ __forceinline__ float load(const float* p) { return __ldg(p); }
+    static __device__ __forceinline__ float store(float v) { return v; }
+};
+template <> struct Elem<__half> {
+    static __device__ __forceinline__ float load(const __half* p) { return __half2float(__ldg(p)); }
+    static __device__ __forceinline__ __half store(float v) { return __float2half_rn(v); }
+};
+template <> struct Elem<__nv_bfloat16> {
+    static __device__ __forceinline__ float load(const __nv_bfloat16* p) {
+        return __bfloat162float(__ldg(p));
+    }
+    static __device__ __forceinline__ __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
+};
+
+// One special-function-unit instruction; relative error ~2^-22, enough for the fp32 contract.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// softplus(x) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1]; log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3,
+// by its odd series to s^15: relative error ~1e-6 over the whole range, a third of the cost of log1pf(expf(x)).
+// Programmatic dependent launch (sm_90+): a kernel launched with the PDL attribute may start while its
+// predecessor in the stream still runs; it must wait here before reading what the predecessor wrote. Without
+// the attribute, or below sm_90, these are no-ops.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_allow_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+__device__ __forceinline__ float softplus(float x) {
+    const float e = __expf(-fabsf(x));
+    const float s = __fdividef(e, 2.f + e);
+    const float s2 = s * s;
+    float q = 1.f / 15.f;
+    q = q * s2 + 1.f / 13.f;
+    q = q * s2 + 1.f / 11.f;
+    q = q * s2 + 1.f / 9.f;
+    q = q * s2 + 1.f / 7.f;
+    q = q * s2 + 1.f / 5.f;
+    q = q * s2 + 1.f / 3.f;
+    q = q * s2 + 1.f;
+    return fmaxf(x, 0.f) + 2.f * s * q;
+}
+
+// z * sigmoid(z); for very negative z the denominator overflows and __fdividef gives 0, the right limit.
+__device__ __forceinline__ float silu(float x) { return __fdividef(x, 1.f + __expf(-x)); }
+
+// 16 consecutive tokens of one row <-> 16 floats in registers. `vec`: the row segment is 16-byte aligned and
+// complete, so 16-byte loads/stores are used; otherwise element by element, padding with zeros.
+union Pack4 {
+    uint4 q;
+    unsigned int w[4];
+};
+
+__device__ __forceinline__ float2 unpack2(unsigned int w, __half) {
+    __half2 h;
+    memcpy(&h, &w, 4);
+    return __half22float2(h);
+}
+__device__ __forceinline__ float2 unpack2(unsigned int w, __nv_bfloat16) {
+    __nv_bfloat162 h;
+    memcpy(&h, &w, 4);
+    return __bfloat1622float2(h);
+}
+__device__ __forceinline__ unsigned int pack2(float a, float b, __half) {
+    __half2 h = __floats2half2_rn(a, b);
+    unsigned int w;
+    memcpy(&w, &h, 4);
+    return w;
+}
+__device__ __forceinline__ unsigned int pack2(float a, float b, __nv_bfloat16) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    unsigned int w;
+    memcpy(&w, &h, 4);
+    return w;
+}
+
+template <typename T>
+__device__ __forceinline__ void load_row16(const T* __restrict__ p, int nt, bool vec, float (&v)[16]) {
+    if (vec && nt == kTileTokens) {
+        if constexpr (sizeof(T) == 4) {
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const float4 f = __ldg(reinterpret_cast<const float4*>(p) + k);
+                v[4 * k] = f.x, v[4 * k + 1] = f.y, v[4 * k + 2] = f.z, v[4 * k + 3] = f.w;
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < 2; ++k) {
+                Pack4 pk;
+                pk.q = __ldg(reinterpret_cast<const uint4*>(p) + k);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const float2 f = unpack2(pk.w[j], T());
+                    v[8 * k + 2 * j] = f.x, v[8 * k + 2 * j + 1] = f.y;
+                }
+            }
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < kTileTokens; ++k) v[k] = k < nt ? Elem<T>::load(p + k) : 0.f;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_row16(T* __restrict__ p, int nt, bool vec, const float (&v)[16]) {
+    if (vec && nt == kTileTokens) {
+        if constexpr (sizeof(T) == 4) {
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+                reinterpret_cast<float4*>(p)[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
+        } else {
+#pragma unroll
+            for (int k = 0; k < 2; ++k) {
+                Pack4 pk;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) pk.w[j] = pack2(v[8 * k + 2 * j], v[8 * k + 2 * j + 1], T());
+                reinterpret_cast<uint4*>(p)[k] = pk.q;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < kTileTokens; ++k)
+            if (k < nt) p[k] = Elem<T>::store(v[k]);
+    }
+}
+
+// M consecutive tokens (M = 16 / lanes per channel) of one row; 16-byte accesses when M elements fill whole
+// 16-byte words and the row segment is aligned, else element by element (padding with zeros).
+template <typename T, int M>
+__device__ __forceinline__ void load_rowM(const T* __restrict__ p, int nvalid, bool vec, float (&v)[M]) {
+    if constexpr (M == kTileTokens) {
+        load_row16(p, nvalid, vec, v);
+    } else {
+        if constexpr ((M * sizeof(T)) % 16 == 0) {
+            if (vec && nvalid >= M) {
+                constexpr int kWords = M * sizeof(T) / 16;
+#pragma unroll
+                for (int w = 0; w < kWords; ++w) {
+                    if constexpr (sizeof(T) == 4) {
+                        const float4 f = __ldg(reinterpret_cast<const float4*>(p) + w);
+                        v[4 * w] = f.x, v[4 * w + 1] = f.y, v[4 * w + 2] = f.z, v[4 * w + 3] = f.w;
+                    } else {
+                        Pack4 pk;
+                        pk.q = __ldg(reinterpret_cast<const uint4*>(p) + w);
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) {
+                            const float2 f = unpack2(pk.w[j], T());
+                            v[8 * w + 2 * j] = f.x, v[8 * w + 2 * j + 1] = f.y;
+                        }
+                    }
+                }
+                return;
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < M; ++k) v[k] = k < nvalid ? Elem<T>::load(p + k) : 0.f;
+    }
+}
+
+template <typename T, int M>
+__device__ __forceinline__ void store_rowM(T* __restrict__ p, int nvalid, bool vec, const float (&v)[M]) {
+    if constexpr (M == kTileTokens) {
+        store_row16(p, nvalid, vec, v);
+    } else {
+        if constexpr ((M * sizeof(T)) % 16 == 0) {
+            if (vec && nvalid >= M) {
+                constexpr int kWords = M * sizeof(T) / 16;
+#pragma unroll
+                for (int w = 0; w < kWords; ++w) {
+                    if constexpr (sizeof(T) == 4) {
+                        reinterpret_cast<float4*>(p)[w] = make_float4(v[4 * w], v[4 * w + 1], v[4 * w + 2], v[4 * w + 3]);
+                    } else {
+                        Pack4 pk;
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) pk.w[j] = pack2(v[8 * w + 2 * j], v[8 * w + 2 * j + 1], T());
+                        reinterpret_cast<uint4*>(p)[w] = pk.q;
+                    }
+                }
+                return;
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < M; ++k)
+            if (k < nvalid) p[k] = Elem<T>::store(v[k]);
+    }
+}
+
+struct KernelArgs {
+    const void* u;
+    const void* delta;
+    const float* A;
+    const void* B;
+    const void* C;
+    const float* D;
+    const void* z;
+    const float* delta_bias;
+    void* out;
+    int64_t dim, seqlen, n_groups, per_group, tiles_per_group, chunk_len, n_chunks;
+    int dstate;
+    int softplus;
+    int vec;              // every row segment of a full tile is 16-byte aligned
+    float* chunk_dt_sum;  // [batch, n_chunks, dim]
+    float* chunk_state;   // [batch, n_chunks, dim, dstate]
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Kernels 1 and 3. grid = (n_groups * tiles_per_group, n_chunks, batch), block = DT threads, thread = channel.
+// Per tile of 16 tokens: each thread loads its own channel's u, delta (and z) row segment into registers;
+// threads < N stage the group's B (and C) rows into shared memory; one barrier; then each thread runs the
+// 16-token recurrence for its N states (fully unrolled: padded tokens have dt = 0, u = 0, B = 0, an identity
+// step) and writes its output row segment straight from registers.
+template <typename T, int NMAX, bool FINAL>
+__global__ void __launch_bounds__(kMaxChannels, NMAX <= 16 ? 4 : NMAX <= 32 ? 3 : 1)
+chunk_pass(const KernelArgs p) {
+    constexpr int kRow = NMAX + 4;  // +4 words keeps rows 16-byte aligned for the broadcast reads
+    __shared__ __align__(16) float s_B[kTileTokens][kRow];
+    __shared__ __align__(16) float s_C[FINAL ? kTileTokens : 1][kRow];
+    // Per-thread columns (thread = channel): dt, u (then y) and z of the tile, [token][channel] so that a
+    // warp's accesses for one token hit 32 consecutive words.
+    __shared__ float s_dt[kTileTokens][kMaxChannels];
+    __shared__ float s_u[kTileTokens][kMaxChannels];
+    __shared__ float s_z[FINAL ? kTileTokens : 1][kMaxChannels];
+
+    // The last chunk's end state is never needed: kernel 1 skips it (the carry pass ignores that slot).
+    if (!FINAL && blockIdx.y == p.n_chunks - 1) return;
+    const int DT = blockDim.x;
+    const int tid = threadIdx.x;
+    const int64_t group = blockIdx.x / p.tiles_per_group;
+    const int64_t d0 = group * p.per_group + (blockIdx.x % p.tiles_per_group) * DT;
+    const int64_t d_end_group = (group + 1) * p.per_group;
+    const int n_ch = (int)((d_end_group - d0) < DT ? (d_end_group - d0) : DT);
+    const int64_t chunk = blockIdx.y;
+    const int64_t b = blockIdx.z;
+    const int64_t t_begin = chunk * p.chunk_len;
+    int64_t t_end = t_begin + p.chunk_len;
+    if (t_end > p.seqlen) t_end = p.seqlen;
+    const bool vec = p.vec != 0;
+
+    const bool active = tid < n_ch;
+    const int64_t d = d0 + (active ? tid : 0);
+    const int64_t row_off = (b * p.dim + d) * p.seqlen;
+    const T* u_row = static_cast<const T*>(p.u) + row_off;
+    const T* delta_row = static_cast<const T*>(p.delta) + row_off;
+    const T* z_row = (FINAL && p.z != nullptr) ? static_cast<const T*>(p.z) + row_off : nullptr;
+    T* out_row = FINAL ? static_cast<T*>(p.out) + row_off : nullptr;
+    const T* Bg = static_cast<const T*>(p.B) + (b * p.n_groups + group) * p.dstate * p.seqlen;
+    const T* Cg = static_cast<const T*>(p.C) + (b * p.n_groups + group) * p.dstate * p.seqlen;
+
+    float A2[NMAX];
+    float h[NMAX];
+#pragma unroll
+    for (int n = 0; n < NMAX; ++n) {
+        A2[n] = (active && n < p.dstate) ? p.A[d * p.dstate + n] * kLog2e : 0.f;
+        h[n] = 0.f;
+    }
+    if (FINAL && chunk > 0 && active) {
+        const float* hin = p.chunk_state + ((b * p.n_chunks + chunk) * p.dim + d) * p.dstate;
+#pragma unroll
+        for (int n = 0; n < NMAX; ++n)
+            if (n < p.dstate) h[n] = hin[n];
+    }
+    const float bias = (p.delta_bias != nullptr && active) ? p.delta_bias[d] : 0.f;
+    const float Dd = (FINAL && p.D != nullptr && active) ? p.D[d] : 0.f;
+    float dt_sum = 0.f;
+
+    for (int64_t t0 = t_begin; t0 < t_end; t0 += kTileTokens) {
+        const int nt = (int)((t_end - t0) < kTileTokens ? (t_end - t0) : kTileTokens);
+        if (active) {
+            float uv[kTileTokens], dv[kTileTokens];
+            load_row16(u_row + t0, nt, vec, uv);
+            load_row16(delta_row + t0, nt, vec, dv);
+            if (FINAL && z_row != nullptr) {
+                float zv[kTileTokens];
+                load_row16(z_row + t0, nt, vec, zv);
+#pragma unroll
+                for (int k = 0; k < kTileTokens; ++k) s_z[FINAL ? k : 0][tid] = zv[k];
+            }
+#pragma unroll
+            for (int k = 0; k < kTileTokens; ++k) {
+                float x = dv[k] + bias;
+                if (p.softplus) x = softplus(x);
+                x = k < nt ? x : 0.f;  // padded tokens: dt = 0 leaves the state unchanged
+                dt_sum += x;
+                s_dt[k][tid] = x;
+                s_u[k][tid] = uv[k];
+            }
+        }
+        for (int n = tid; n < NMAX; n += DT) {
+            float bv[kTileTokens];
+            if (n < p.dstate) {
+                load_row16(Bg + n * p.seqlen + t0, nt, vec, bv);
+            } else {
+#pragma unroll
+                for (int k = 0; k < kTileTokens; ++k) bv[k] = 0.f;
+            }
+#pragma unroll
+            for (int k = 0; k < kTileTokens; ++k) s_B[k][n] = bv[k];
+            if (FINAL) {
+                if (n < p.dstate) {
+                    load_row16(Cg + n * p.seqlen + t0, nt, vec, bv);
+                } else {
+#pragma unroll
+                    for (int k = 0; k < kTileTokens; ++k) bv[k] = 0.f;
+                }
+#pragma unroll
+                for (int k = 0; k < kTileTokens; ++k) s_C[FINAL ? k : 0][n] = bv[k];
+            }
+        }
+        __syncthreads();
+        if (active) {
+#pragma unroll 2
+            for (int k = 0; k < kTileTokens; ++k) {
+                const float dtv = s_dt[k][tid];
+                const float uk = s_u[k][tid];
+                const float dtu = dtv * uk;
+                float y0 = 0.f, y1 = 0.f, y2 = 0.f, y3 = 0.f;
+#pragma unroll
+                for (int n = 0; n < NMAX; n += 4) {
+                    const float4 bq = *reinterpret_cast<const float4*>(&s_B[k][n]);
+                    h[n + 0] = fast_exp2(dtv * A2[n + 0]) * h[n + 0] + dtu * bq.x;
+                    h[n + 1] = fast_exp2(dtv * A2[n + 1]) * h[n + 1] + dtu * bq.y;
+                    h[n + 2] = fast_exp2(dtv * A2[n + 2]) * h[n + 2] + dtu * bq.z;
+                    h[n + 3] = fast_exp2(dtv * A2[n + 3]) * h[n + 3] + dtu * bq.w;
+                    if (FINAL) {
+                        const float4 cq = *reinterpret_cast<const float4*>(&s_C[FINAL ? k : 0][n]);
+                        y0 += cq.x * h[n + 0];
+                        y1 += cq.y * h[n + 1];
+                        y2 += cq.z * h[n + 2];
+                        y3 += cq.w * h[n + 3];
+                    }
+                }
+                if (FINAL) s_u[k][tid] = (y0 + y1) + (y2 + y3) + Dd * uk;  // own column: no barrier needed
+            }
+            if (FINAL) {
+                float yv[kTileTokens];
+#pragma unroll
+                for (int k = 0; k < kTileTokens; ++k) {
+                    float y = s_u[k][tid];
+                    if (z_row != nullptr) y *= silu(s_z[FINAL ? k : 0][tid]);
+                    yv[k] = y;
+                }
+                store_row16(out_row + t0, nt, vec, yv);
+            }
+        }
+        __syncthreads();  // the next tile overwrites the shared tiles
+    }
+    if (!FINAL && active) {
+        const int64_t cd = (b * p.n_chunks + chunk) * p.dim + d;
+        p.chunk_dt_sum[cd] = dt_sum;
+        float* hout = p.chunk_state + cd * p.dstate;
+#pragma unroll
+        for (int n = 0; n < NMAX; ++n)
+            if (n < p.dstate) hout[n] = h[n];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Kernel 2: turn per-chunk local end states into the state entering each chunk, in place.
+// block = (kCarryPairs, kCarrySegments): x walks consecutive (channel, state) pairs (coalesced), y splits
+// the chunks into segments that are first reduced in parallel, then combined, then rescanned. Loads go in
+// batches of kCarryBatch so their latencies overlap.
+constexpr int kCarryBatch = 8;
+
+__global__ void __launch_bounds__(kCarryPairs * kCarrySegments)
+carry_pass(const KernelArgs p, int64_t n_pairs) {
+    __shared__ float s_h[kCarrySegments][kCarryPairs];
+    __shared__ float s_sum[kCarrySegments][kCarryPairs];
+    const int64_t q = (int64_t)blockIdx.x * kCarryPairs + threadIdx.x;
+    const int s = threadIdx.y;
+    const bool valid = q < n_pairs;
+    const int64_t qq = valid ? q : 0;
+    const int64_t n = qq % p.dstate;
+    const int64_t d = (qq / p.dstate) % p.dim;
+    const int64_t b = qq / (p.dstate * p.dim);
+    const float a2 = p.A[d * p.dstate + n] * kLog2e;
+    const int64_t seg_len = (p.n_chunks + kCarrySegments - 1) / kCarrySegments;
+    const int64_t c_begin = s * seg_len;
+    const int64_t c_end = (c_begin + seg_len) < p.n_chunks ? (c_begin + seg_len) : p.n_chunks;
+    const int64_t sum_stride = p.dim;
+    const int64_t state_stride = p.dim * p.dstate;
+    const float* __restrict__ sums = p.chunk_dt_sum + (b * p.n_chunks) * p.dim + d;
+    float* __restrict__ states = p.chunk_state + (b * p.n_chunks) * state_stride + d * p.dstate + n;
+
+    float hacc = 0.f, sacc = 0.f;
+    if (valid) {
+        for (int64_t c0 = c_begin; c0 < c_end; c0 += kCarryBatch) {
+            float sc[kCarryBatch], st[kCarryBatch];
+#pragma unroll
+            for (int k = 0; k < kCarryBatch; ++k) {
+                const bool in = c0 + k < c_end;
+                sc[k] = in ? sums[(c0 + k) * sum_stride] : 0.f;
+                st[k] = in ? states[(c0 + k) * state_stride] : 0.f;
+            }
+#pragma unroll
+            for (int k = 0; k < kCarryBatch; ++k) {
+                hacc = fast_exp2(a2 * sc[k]) * hacc + st[k];  // padded entries: (1, 0), the identity
+                sacc += sc[k];
+            }
+        }
+    }
+    s_h[s][threadIdx.x] = hacc;
+    s_sum[s][threadIdx.x] = sacc;
+    __syncthreads();
+    if (s == 0) {
+        float run = 0.f;
+        for (int k = 0; k < kCarrySegments; ++k) {
+            const float hk = s_h[k][threadIdx.x];
+            s_h[k][threadIdx.x] = run;  // state entering segment k
+            run = fast_exp2(a2 * s_sum[k][threadIdx.x]) * run + hk;
+        }
+    }
+    __syncthreads();
+    if (valid) {
+        float hin = s_h[s][threadIdx.x];
+        for (int64_t c0 = c_begin; c0 < c_end; c0 += kCarryBatch) {
+            float sc[kCarryBatch], st[kCarryBatch];
+#pragma unroll
+            for (int k = 0; k < kCarryBatch; ++k) {
+                const bool in = c0 + k < c_end;
+                sc[k] = in ? sums[(c0 + k) * sum_stride] : 0.f;
+                st[k] = in ? states[(c0 + k) * state_stride] : 0.f;
+            }
+#pragma unroll
+            for (int k = 0; k < kCarryBatch; ++k) {
+                if (c0 + k < c_end) states[(c0 + k) * state_stride] = hin;
+                hin = fast_exp2(a2 * sc[k]) * hin + st[k];
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Variant 2 (default). Same three passes, but each channel is handled by K = N/8 lanes of one warp, 8 states
+// per lane: the per-token critical path is 8 exp2 instead of N, so a block walks its chunk K times faster and
+// small problems (Vivim's later stages) are no longer bound by one thread's latency; registers stay low, so
+// more blocks share an SM. The lanes of a channel reduce y with K-1 warp shuffles per token and split the
+// staging and the write-out of their row segment (16/K tokens each).
+constexpr int kStatesPerLane = 8;
+
+template <typename T, int K, bool FINAL>
+__global__ void __launch_bounds__(kMaxChannels, K == 1 ? 4 : 6)
+chunk_pass_v2(const KernelArgs p) {
+    constexpr int NPT = kStatesPerLane;
+    constexpr int NMAX = K * NPT;
+    constexpr int M = kTileTokens / K;  // tokens of a row each lane stages and writes
+    constexpr int kRow = NMAX + 4;
+    __shared__ __align__(16) float s_B[kTileTokens][kRow];
+    __shared__ __align__(16) float s_C[FINAL ? kTileTokens : 1][kRow];
+    __shared__ float s_dt[kTileTokens][kMaxChannels / K];
+    __shared__ float s_u[kTileTokens][kMaxChannels / K];
+    __shared__ float s_z[FINAL ? kTileTokens : 1][kMaxChannels / K];
+    __shared__ float s_y[FINAL ? kTileTokens : 1][kMaxChannels / K];
+
+    if (!FINAL) pdl_allow_dependents();  // the carry pass may launch now; it waits for our results itself
+    if (!FINAL && blockIdx.y == p.n_chunks - 1) return;  // the last chunk's end state is never needed
+    const int tid = threadIdx.x;
+    const int CPB = blockDim.x / K;  // channels per block
+    const int c = tid / K;           // channel within the block
+    const int j = tid % K;           // lane within the channel: states [j*8, j*8+8), tokens [j*M, j*M+M)
+    const int64_t group = blockIdx.x / p.tiles_per_group;
+    const int64_t d0 = group * p.per_group + (blockIdx.x % p.tiles_per_group) * CPB;
+    const int64_t d_end_group = (group + 1) * p.per_group;
+    const int n_ch = (int)((d_end_group - d0) < CPB ? (d_end_group - d0) : CPB);
+    const int64_t chunk = blockIdx.y;
+    const int64_t b = blockIdx.z;
+    const int64_t t_begin = chunk * p.chunk_len;
+    int64_t t_end = t_begin + p.chunk_len;
+    if (t_end > p.seqlen) t_end = p.seqlen;
+    const bool vec = p.vec != 0;
+
+    const bool active = c < n_ch;
+    const int64_t d = d0 + (active ? c : 0);
+    const int64_t row_off = (b * p.dim + d) * p.seqlen;
+    const T* u_row = static_cast<const T*>(p.u) + row_off;
+    const T* delta_row = static_cast<const T*>(p.delta) + row_off;
+    const T* z_row = (FINAL && p.z != nullptr) ? static_cast<const T*>(p.z) + row_off : nullptr;
+    T* out_row = FINAL ? static_cast<T*>(p.out) + row_off : nullptr;
+    const T* Bg = static_cast<const T*>(p.B) + (b * p.n_groups + group) * p.dstate * p.seqlen;
+    const T* Cg = static_cast<const T*>(p.C) + (b * p.n_groups + group) * p.dstate * p.seqlen;
+    const int n0 = j * NPT;
+
+    float A2[NPT];
+    float h[NPT];
+#pragma unroll
+    for (int i = 0; i < NPT; ++i) {
+        A2[i] = (active && n0 + i < p.dstate) ? p.A[d * p.dstate + n0 + i] * kLog2e : 0.f;
+        h[i] = 0.f;
+    }
+    // Kernel 3 reads the carried state only after the first tile is staged (see below): with PDL, the
+    // prologue and that staging overlap the carry pass.
+    const float bias = (p.delta_bias != nullptr && active) ? p.delta_bias[d] : 0.f;
+    const float Dd = (FINAL && p.D != nullptr && active) ? p.D[d] : 0.f;
+    float dt_sum = 0.f;
+
+    for (int64_t t0 = t_begin; t0 < t_end; t0 += kTileTokens) {
+        const int nt = (int)((t_end - t0) < kTileTokens ? (t_end - t0) : kTileTokens);
+        const int k0 = j * M;  // this lane's token slice of the tile
+        if (active) {
+            float uv[M], dv[M];
+            load_rowM<T, M>(u_row + t0 + k0, nt - k0, vec, uv);
+            load_rowM<T, M>(delta_row + t0 + k0, nt - k0, vec, dv);
+            if (FINAL && z_row != nullptr) {
+                float zv[M];
+                load_rowM<T, M>(z_row + t0 + k0, nt - k0, vec, zv);
+#pragma unroll
+                for (int k = 0; k < M; ++k) s_z[FINAL ? k0 + k : 0][c] = zv[k];
+            }
+#pragma unroll
+            for (int k = 0; k < M; ++k) {
+                float x = dv[k] + bias;
+                if (p.softplus) x = softplus(x);
+                x = k0 + k < nt ? x : 0.f;  // padded tokens: dt = 0 leaves the state unchanged
+                dt_sum += x;
+                s_dt[k0 + k][c] = x;
+                s_u[k0 + k][c] = uv[k];
+            }
+        } else {
+            // idle channels still run the recurrence (their lanes take part in the warp shuffles): zeros
+#pragma unroll
+            for (int k = 0; k < M; ++k) {
+                s_dt[k0 + k][c] = 0.f;
+                s_u[k0 + k][c] = 0.f;
+            }
+        }
+        for (int n = tid; n < NMAX; n += blockDim.x) {
+            float bv[kTileTokens];
+            if (n < p.dstate) {
+                load_row16(Bg + n * p.seqlen + t0, nt, vec, bv);
+            } else {
+#pragma unroll
+                for (int k = 0; k < kTileTokens; ++k) bv[k] = 0.f;
+            }
+#pragma unroll
+            for (int k = 0; k < kTileTokens; ++k) s_B[k][n] = bv[k];
+            if (FINAL) {
+                if (n < p.dstate) {
+                    load_row16(Cg + n * p.seqlen + t0, nt, vec, bv);
+                } else {
+#pragma unroll
+                    for (int k = 0; k < kTileTokens; ++k) bv[k] = 0.f;
+                }
+#pragma unroll
+                for (int k = 0; k < kTileTokens; ++k) s_C[FINAL ? k : 0][n] = bv[k];
+            }
+        }
+        if (FINAL && t0 == t_begin) {
+            pdl_wait();  // the carry pass (and kernel 1 before it) are complete and visible from here on
+            if (chunk > 0 && active) {
+                const float* hin = p.chunk_state + ((b * p.n_chunks + chunk) * p.dim + d) * p.dstate;
+#pragma unroll
+                for (int i = 0; i < NPT; ++i)
+                    if (n0 + i < p.dstate) h[i] = hin[n0 + i];
+            }
+        }
+        __syncthreads();
+#pragma unroll 2
+        for (int k = 0; k < kTileTokens; ++k) {
+            const float dtv = s_dt[k][c];
+            const float uk = s_u[k][c];
+            const float dtu = dtv * uk;
+            float y0 = 0.f, y1 = 0.f;
+#pragma unroll
+            for (int i = 0; i < NPT; i += 4) {
+                const float4 bq = *reinterpret_cast<const float4*>(&s_B[k][n0 + i]);
+                h[i + 0] = fast_exp2(dtv * A2[i + 0]) * h[i + 0] + dtu * bq.x;
+                h[i + 1] = fast_exp2(dtv * A2[i + 1]) * h[i + 1] + dtu * bq.y;
+                h[i + 2] = fast_exp2(dtv * A2[i + 2]) * h[i + 2] + dtu * bq.z;
+                h[i + 3] = fast_exp2(dtv * A2[i + 3]) * h[i + 3] + dtu * bq.w;
+                if (FINAL) {
+                    const float4 cq = *reinterpret_cast<const float4*>(&s_C[FINAL ? k : 0][n0 + i]);
+                    y0 += cq.x * h[i + 0] + cq.z * h[i + 2];
+                    y1 += cq.y * h[i + 1] + cq.w * h[i + 3];
+                }
+            }
+            if (FINAL) {
+                float y = y0 + y1;
+#pragma unroll
+                for (int off = K / 2; off > 0; off >>= 1) y += __shfl_xor_sync(0xffffffffu, y, off);
+                if (j == 0) s_y[FINAL ? k : 0][c] = y + Dd * uk;
+            }
+        }
+        if (FINAL) {
+            __syncwarp();  // s_y of a channel is written by its lane 0 and read by its K lanes, all in one warp
+            if (active) {
+                float yv[M];
+#pragma unroll
+                for (int k = 0; k < M; ++k) {
+                    float y = s_y[FINAL ? k0 + k : 0][c];
+                    if (z_row != nullptr) y *= silu(s_z[FINAL ? k0 + k : 0][c]);
+                    yv[k] = y;
+                }
+                store_rowM<T, M>(out_row + t0 + k0, nt - k0, vec, yv);
+            }
+        }
+        __syncthreads();  // the next tile overwrites the shared tiles
+    }
+    if (!FINAL) {
+#pragma unroll
+        for (int off = K / 2; off > 0; off >>= 1) dt_sum += __shfl_xor_sync(0xffffffffu, dt_sum, off);
+        if (active) {
+            const int64_t cd = (b * p.n_chunks + chunk) * p.dim + d;
+            if (j == 0) p.chunk_dt_sum[cd] = dt_sum;
+            float* hout = p.chunk_state + cd * p.dstate;
+#pragma unroll
+            for (int i = 0; i < NPT; ++i)
+                if (n0 + i < p.dstate) hout[n0 + i] = h[i];
+        }
+    }
+}
+
+// Variant 2 of the chunk-carry pass: each thread owns up to 16 consecutive chunks of one (channel, state)
+// pair, loads them once into registers (one memory round trip), and the segments of a pair are combined
+// through shared memory. block = (32 pairs, S segments), S = ceil(n_chunks / 16) <= 32.
+constexpr int kCarryPerThread = 16;
+constexpr int kCarryPairsV2 = 16;  // x: pairs per block; y: up to kMaxChunks / 16 = 32 segments
+
+__global__ void __launch_bounds__(kCarryPairsV2 * kMaxChunks / kCarryPerThread)
+carry_pass_v2(const KernelArgs p, int64_t n_pairs) {
+    __shared__ float s_h[kMaxChunks / kCarryPerThread][kCarryPairsV2];
+    __shared__ float s_sum[kMaxChunks / kCarryPerThread][kCarryPairsV2];
+    pdl_allow_dependents();  // kernel 3 may launch and stage its first tile; it waits for us before reading
+    pdl_wait();              // kernel 1's chunk states are complete and visible
+    const int64_t q = (int64_t)blockIdx.x * kCarryPairsV2 + threadIdx.x;
+    const int s = threadIdx.y;
+    const int S = blockDim.y;
+    const bool valid = q < n_pairs;
+    const int64_t qq = valid ? q : 0;
+    const int64_t n = qq % p.dstate;
+    const int64_t d = (qq / p.dstate) % p.dim;
+    const int64_t b = qq / (p.dstate * p.dim);
+    const float a2 = p.A[d * p.dstate + n] * kLog2e;
+    const int64_t c_begin = (int64_t)s * kCarryPerThread;
+    const int64_t sum_stride = p.dim;
+    const int64_t state_stride = p.dim * p.dstate;
+    const float* __restrict__ sums = p.chunk_dt_sum + (b * p.n_chunks) * p.dim + d;
+    float* __restrict__ states = p.chunk_state + (b * p.n_chunks) * state_stride + d * p.dstate + n;
+
+    float sc[kCarryPerThread], st[kCarryPerThread];
+#pragma unroll
+    for (int k = 0; k < kCarryPerThread; ++k) {
+        const bool in = valid && c_begin + k < p.n_chunks - 1;  // the last chunk's slot is never written
+        sc[k] = in ? sums[(c_begin + k) * sum_stride] : 0.f;
+        st[k] = in ? states[(c_begin + k) * state_stride] : 0.f;
+    }
+    float hacc = 0.f, sacc = 0.f;
+#pragma unroll
+    for (int k = 0; k < kCarryPerThread; ++k) {
+        hacc = fast_exp2(a2 * sc[k]) * hacc + st[k];  // padded entries: (decay 1, input 0), the identity
+        sacc += sc[k];
+    }
+    s_h[s][threadIdx.x] = hacc;
+    s_sum[s][threadIdx.x] = sacc;
+    __syncthreads();
+    if (s == 0) {
+        float run = 0.f;
+        for (int k = 0; k < S; ++k) {
+            const float hk = s_h[k][threadIdx.x];
+            s_h[k][threadIdx.x] = run;  // state entering segment k
+            run = fast_exp2(a2 * s_sum[k][threadIdx.x]) * run + hk;
+        }
+    }
+    __syncthreads();
+    float hin = s_h[s][threadIdx.x];
+#pragma unroll
+    for (int k = 0; k < kCarryPerThread; ++k) {
+        if (valid && c_begin + k < p.n_chunks) states[(c_begin + k) * state_stride] = hin;
+        hin = fast_exp2(a2 * sc[k]) * hin + st[k];
+    }
+}
+
+// Programmatic dependent launch for kernels 2 and 3 (they overlap their launch, prologue and first staging
+// with their predecessor) on sm_90+; VIVIM_SCAN_PDL=0 turns it off. The device query is a host call, allowed
+// while a stream is being captured.
+static bool pdl_enabled() {
+    static const bool env_on = [] {
+        const char* e = getenv("VIVIM_SCAN_PDL");
+        return !(e != nullptr && e[0] == '0');
+    }();
+    if (!env_on) return false;
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+    static int major_of[64] = {0};  // 0 = unknown; benign race (same value written)
+    if (major_of[dev] == 0) {
+        int major = 0;
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+        major_of[dev] = major > 0 ? major : -1;
+    }
+    return major_of[dev] >= 9;
+}
+
+template <typename... KArgs, typename... Args>
+static cudaError_t launch_maybe_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl,
+                                   Args&&... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+template <typename T, int K>
+static cudaError_t launch_v2(const KernelArgs& a, const Geometry& g, int64_t batch, cudaStream_t stream) {
+    const dim3 block((unsigned)(g.channels_per_block * K));
+    const dim3 grid((unsigned)(a.n_groups * g.tiles_per_group), (unsigned)g.n_chunks, (unsigned)batch);
+    if (g.n_chunks > 1) {
+        const bool pdl = pdl_enabled();
+        chunk_pass_v2<T, K, false><<<grid, block, 0, stream>>>(a);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+        const int64_t pairs = batch * a.dim * a.dstate;
+        const unsigned segs = (unsigned)((g.n_chunks + kCarryPerThread - 1) / kCarryPerThread);
+        const dim3 cblock(kCarryPairsV2, segs);
+        const dim3 cgrid((unsigned)((pairs + kCarryPairsV2 - 1) / kCarryPairsV2));
+        e = launch_maybe_pdl(carry_pass_v2, cgrid, cblock, stream, pdl, a, pairs);
+        if (e != cudaSuccess) return e;
+        return launch_maybe_pdl(chunk_pass_v2<T, K, true>, grid, block, stream, pdl, a);
+    }
+    chunk_pass_v2<T, K, true><<<grid, block, 0, stream>>>(a);
+    return cudaGetLastError();
+}
+
+template <typename T>
+static cudaError_t launch_lanes(const KernelArgs& a, const Geometry& g, int64_t batch, cudaStream_t stream) {
+    switch (lanes_per_channel(a.dstate)) {
+        case 1: return launch_v2<T, 1>(a, g, batch, stream);
+        case 2: return launch_v2<T, 2>(a, g, batch, stream);
+        case 4: return launch_v2<T, 4>(a, g, batch, stream);
+        default: return launch_v2<T, 8>(a, g, batch, stream);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+template <typename T, int NMAX>
+static cudaError_t launch_typed(const KernelArgs& a, const Geometry& g, int64_t batch, cudaStream_t stream) {
+    const dim3 block((unsigned)g.channels_per_block);
+    const dim3 grid((unsigned)(a.n_groups * g.tiles_per_group), (unsigned)g.n_chunks, (unsigned)batch);
+    if (g.n_chunks > 1) {
+        chunk_pass<T, NMAX, false><<<grid, block, 0, stream>>>(a);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+        const int64_t pairs = batch * a.dim * a.dstate;
+        const dim3 cblock(kCarryPairs, kCarrySegments);
+        const dim3 cgrid((unsigned)((pairs + kCarryPairs - 1) / kCarryPairs));
+        carry_pass<<<cgrid, cblock, 0, stream>>>(a, pairs);
+        e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+    }
+    chunk_pass<T, NMAX, true><<<grid, block, 0, stream>>>(a);
+    return cudaGetLastError();
+}
+
+template <typename T>
+static cudaError_t launch_nmax(const KernelArgs& a, const Geometry& g, int64_t batch, cudaStream_t stream) {
+    if (a.dstate <= 8) return launch_typed<T, 8>(a, g, batch, stream);
+    if (a.dstate <= 16) return launch_typed<T, 16>(a, g, batch, stream);
+    if (a.dstate <= 32) return launch_typed<T, 32>(a, g, batch, stream);
+    return launch_typed<T, 64>(a, g, batch, stream);
+}
+
+static size_t workspace_bytes_for(int64_t batch, int64_t dim, int64_t dstate, const Geometry& g) {
+    if (g.n_chunks <= 1) return 0;
+    const size_t floats = (size_t)batch * (size_t)g.n_chunks * (size_t)dim * (size_t)(dstate + 1);
+    return floats * sizeof(float) + 256;  // +256: room to align the state block
+}
+
+// What the size query answers: an upper bound of workspace_bytes_for() over every chunking the launcher may
+// pick (both kernel variants, any target), non-decreasing in batch and in seqlen, so a caller such as a
+// TensorRT plugin can size its scratch once at a profile's largest shape. Why it bounds: n_chunks <= min(
+// ceil(L/16), kMaxChunks) and n_chunks <= want = ceil(T / (batch * tiles)), so batch * n_chunks <=
+// min(batch * ceil(L/16), ceil(T / tiles) + batch), with T the largest target and tiles the fewest channel
+// tiles of any variant (blocks of at most 128 channels).
+static size_t workspace_bound(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate, int64_t n_groups) {
+    int64_t max_chunks = (seqlen + kTileTokens - 1) / kTileTokens;
+    if (max_chunks > kMaxChunks) max_chunks = kMaxChunks;
+    if (max_chunks <= 1) return 0;  // a single chunk needs no scratch
+    const int64_t per_group = dim / n_groups;
+    const int64_t tiles = n_groups * ((per_group + kMaxChannels - 1) / kMaxChannels);
+    int64_t target = target_blocks(1);
+    if (target_blocks(2) > target) target = target_blocks(2);
+    const int64_t by_length = batch * max_chunks;
+    const int64_t by_target = (target + tiles - 1) / tiles + batch;
+    const int64_t slots = by_length < by_target ? by_length : by_target;
+    return (size_t)slots * (size_t)dim * (size_t)(dstate + 1) * sizeof(float) + 256;
+}
+
+}  // namespace vivim_scan
+
+extern "C" size_t vivim_selective_scan_workspace_size(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate,
+                                                      int64_t n_groups) {
+    if (batch < 1 || dim < 1 || seqlen < 1 || dstate < 1 || dstate > 64 || n_groups < 1 || dim % n_groups != 0)
+        return 0;
+    return vivim_scan::workspace_bound(batch, dim, seqlen, dstate, n_groups);
+}
+
+extern "C" cudaError_t vivim_selective_scan_fwd(const vivim_scan_params_t* params, void* workspace,
+                                                size_t workspace_bytes, cudaStream_t stream) {
+    using namespace vivim_scan;
+    if (params == nullptr) return cudaErrorInvalidValue;
+    const vivim_scan_params_t& q = *params;
+    if (q.batch < 1 || q.dim < 1 || q.seqlen < 1 || q.dstate < 1 || q.dstate > 64 || q.n_groups < 1 ||
+        q.dim % q.n_groups != 0)
+        return cudaErrorInvalidValue;
+    if (q.batch > 65535 || q.dim / q.n_groups > (int64_t)1 << 40) return cudaErrorInvalidValue;
+    if (!q.u || !q.delta || !q.A || !q.B || !q.C || !q.out) return cudaErrorInvalidValue;
+    if (q.dtype != VIVIM_DTYPE_F32 && q.dtype != VIVIM_DTYPE_F16 && q.dtype != VIVIM_DTYPE_BF16)
+        return cudaErrorInvalidValue;
+    const Geometry g = make_geometry(q.batch, q.dim, q.seqlen, q.dstate, q.n_groups);
+    if (q.n_groups * g.tiles_per_group > 0x7fffffff) return cudaErrorInvalidValue;
+    const size_t need = workspace_bytes_for(q.batch, q.dim, q.dstate, g);
+    if (need > 0 && (workspace == nullptr || workspace_bytes < need)) return cudaErrorInvalidValue;
+
+    KernelArgs a;
+    a.u = q.u;
+    a.delta = q.delta;
+    a.A = q.A;
+    a.B = q.B;
+    a.C = q.C;
+    a.D = q.D;
+    a.z = q.z;
+    a.delta_bias = q.delta_bias;
+    a.out = q.out;
+    a.dim = q.dim;
+    a.seqlen = q.seqlen;
+    a.n_groups = q.n_groups;
+    a.per_group = q.dim / q.n_groups;
+    a.tiles_per_group = g.tiles_per_group;
+    a.chunk_len = g.chunk_len;
+    a.n_chunks = g.n_chunks;
+    a.dstate = (int)q.dstate;
+    a.softplus = q.delta_softplus ? 1 : 0;
+    {
+        // 16-byte row-segment accesses need every base 16-byte aligned and rows a multiple of 16 bytes long.
+        const size_t es = q.dtype == VIVIM_DTYPE_F32 ? 4 : 2;
+        auto al = [](const void* ptr) { return ptr == nullptr || (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
+        a.vec = ((size_t)q.seqlen * es) % 16 == 0 && al(q.u) && al(q.delta) && al(q.B) && al(q.C) && al(q.z) &&
+                al(q.out);
+    }
+    a.chunk_dt_sum = nullptr;
+    a.chunk_state = nullptr;
+    if (need > 0) {
+        // Layout: [dt sums | pad to 256 B | states]; the caller's pointer may have any alignment >= 4.
+        float* base = static_cast<float*>(workspace);
+        a.chunk_dt_sum = base;
+        const size_t sums = (size_t)q.batch * (size_t)g.n_chunks * (size_t)q.dim;
+        uintptr_t st = reinterpret_cast<uintptr_t>(base + sums);
+        st = (st + 255) & ~(uintptr_t)255;
+        a.chunk_state = reinterpret_cast<float*>(st);
+    }
+    if (kernel_variant() == 1) {
+        switch (q.dtype) {
+            case VIVIM_DTYPE_F32: return launch_nmax<float>(a, g, q.batch, stream);
+            case VIVIM_DTYPE_F16: return launch_nmax<__half>(a, g, q.batch, stream);
+            default: return launch_nmax<__nv_bfloat16>(a, g, q.batch, stream);
+        }
+    }
+    switch (q.dtype) {
+        case VIVIM_DTYPE_F32: return launch_lanes<float>(a, g, q.batch, stream);
+        case VIVIM_DTYPE_F16: return launch_lanes<__half>(a, g, q.batch, stream);
+        default: return launch_lanes<__nv_bfloat16>(a, g, q.batch, stream);
+    }
+}

@@ -1,0 +1,273 @@
+"""export/tensorrt_build.py without TensorRT: type-checked against tensorrt-stubs, sidecar round trip,
+compatibility refusal, and the TensorRT-missing path. Building an engine needs TensorRT and a GPU and is
+not exercised here.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from vivim.errors import VivimError
+from vivim.export import tensorrt_build as tb
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# mypy against tensorrt-stubs
+
+
+def _stub_packages() -> dict[str, Path]:
+    """Folders of the stub-only packages shipped by tensorrt-stubs (tensorrt/, tensorrt_bindings/)."""
+    try:
+        dist = metadata.distribution("tensorrt-stubs")
+    except metadata.PackageNotFoundError:
+        return {}
+    folders: dict[str, Path] = {}
+    for file in dist.files or []:
+        if file.name.endswith(".pyi") and len(file.parts) == 2:
+            folders[file.parts[0]] = Path(str(dist.locate_file(file))).parent
+    return folders
+
+
+def _sanitised_stubs(target: Path) -> Path:
+    """Copy the stubs into a MYPYPATH folder, replacing the few signatures Python cannot parse.
+
+    tensorrt-stubs 10.13 has parameters named `in` and a required parameter after defaulted ones
+    (5 `def` lines); those methods become `(*args, **kwargs)` with their return type kept.
+    Without a py.typed marker mypy would otherwise ignore the stubs altogether (everything Any).
+    """
+    for name, folder in _stub_packages().items():
+        out_dir = target / name
+        out_dir.mkdir(parents=True)
+        for stub in folder.glob("*.pyi"):
+            lines = []
+            for line in stub.read_text().splitlines(keepends=True):
+                text = line.strip()
+                if text.startswith("def ") and text.endswith(":"):
+                    try:
+                        ast.parse(text + " ...")
+                    except SyntaxError:
+                        m = re.match(r"^(\s*)def (\w+)\(.*\)\s*->\s*(.*):\s*$", line.rstrip("\n"))
+                        assert m, line
+                        line = f"{m.group(1)}def {m.group(2)}(self, *args: typing.Any, **kwargs: typing.Any) -> {m.group(3)}:\n"
+                lines.append(line)
+            (out_dir / stub.name).write_text("".join(lines))
+    return target
+
+
+def _mypy_config(tmp_path: Path) -> Path:
+    stubs = _sanitised_stubs(tmp_path / "stubs")
+    config = tmp_path / "mypy.ini"
+    config.write_text(
+        "[mypy]\n"
+        "strict = True\n"
+        "ignore_missing_imports = True\n"
+        "follow_imports = silent\n"
+        f"mypy_path = {stubs}\n"
+        # Third-party stubs and unrelated package modules are not what this test judges.
+        "[mypy-tensorrt,tensorrt.*,tensorrt_bindings,tensorrt_bindings.*,tensorrt_libs]\n"
+        "ignore_errors = True\n"
+        "[mypy-torch,torch.*,vivim,vivim.model.*,vivim.ops.*,vivim.data.*,vivim.checkpoint]\n"
+        "follow_imports = skip\n"
+    )
+    return config
+
+
+def _run_mypy(config: Path, target: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", str(config), "--cache-dir", str(tmp_path / "cache"), str(target)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )
+
+
+def test_tensorrt_build_type_checks_against_tensorrt_stubs(tmp_path: Path) -> None:
+    pytest.importorskip("mypy")
+    if not _stub_packages():
+        pytest.skip("tensorrt-stubs is not installed (pip install --no-deps tensorrt-stubs)")
+    config = _mypy_config(tmp_path)
+    # The check must not be vacuous: the stubs resolve to real classes, and a wrong call is caught.
+    probe = tmp_path / "probe.py"
+    probe.write_text("import tensorrt as trt\nreveal_type(trt.Builder)\ntrt.Builder(trt.Logger(), 3)\n")
+    probed = _run_mypy(config, probe, tmp_path)
+    assert "tensorrt_bindings.tensorrt.Builder" in probed.stdout, probed.stdout
+    assert "Too many arguments" in probed.stdout, probed.stdout
+
+    result = _run_mypy(config, ROOT / "export" / "tensorrt_build.py", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Sidecar
+
+
+def _sidecar(tmp_path: Path) -> dict[str, object]:
+    return {
+        "schema": tb.SIDECAR_SCHEMA,
+        "engine": {"path": str(tmp_path / "model.engine"), "sha256": "ab" * 32, "bytes": 1234},
+        "gpu": {"name": "NVIDIA Jetson AGX Orin", "compute_capability": "8.7"},
+        "tensorrt_version": "10.3.0.30",
+        "cuda": {"driver": "12.6", "runtime": "12.6"},
+        "precision": "fp16",
+        "strongly_typed": True,
+        "workspace_gib": 2.0,
+        "plugin": {"path": str(tmp_path / "vivim_plugin" / "libvivim_trt_plugin.so"), "sha256": "cd" * 32,
+                   "name": tb.PLUGIN_NAME, "version": tb.PLUGIN_VERSION, "namespace": tb.PLUGIN_NAMESPACE},
+        "inputs": [{"name": "clip", "shape": [1, 5, 3, 256, 256], "dtype": "HALF"}],
+        "outputs": [{"name": "logits", "shape": [1, 1, 1, 256, 256], "dtype": "HALF"}],
+        "model": {"variant": "tiny", "frames": "5", "img_size": "256"},
+        "source_onnx": {"path": str(tmp_path / "model.onnx"), "sha256": "ef" * 32},
+    }
+
+
+def test_sidecar_round_trip_is_atomic(tmp_path: Path) -> None:
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(os.urandom(64))
+    written = tb.write_sidecar(engine, _sidecar(tmp_path))
+    assert written == tmp_path / "model.engine.json"
+    assert tb.read_sidecar(engine) == _sidecar(tmp_path)
+    assert tb.read_sidecar(written) == _sidecar(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.engine", "model.engine.json"]  # no temp files left
+
+
+def test_missing_corrupt_and_foreign_sidecars_are_refused(tmp_path: Path) -> None:
+    engine = tmp_path / "model.engine"
+    with pytest.raises(VivimError, match="model.engine.json: engine sidecar not found"):
+        tb.read_sidecar(engine)
+    tb.sidecar_path(engine).write_text("{not json")
+    with pytest.raises(VivimError, match="unreadable engine sidecar"):
+        tb.read_sidecar(engine)
+    tb.sidecar_path(engine).write_text(json.dumps({"schema": "someone-else/3"}))
+    with pytest.raises(VivimError, match="not a Vivim engine sidecar"):
+        tb.read_sidecar(engine)
+    partial = _sidecar(tmp_path)
+    del partial["gpu"]
+    tb.sidecar_path(engine).write_text(json.dumps(partial))
+    with pytest.raises(VivimError, match="lacks 'gpu'"):
+        tb.read_sidecar(engine)
+
+
+def test_compatible_machine_passes(tmp_path: Path) -> None:
+    side = _sidecar(tmp_path)
+    # The same release with another build number, and every spelling of the compute capability.
+    for cc in ("8.7", "87", "sm_87", (8, 7)):
+        tb.check_engine_compatible(side, "NVIDIA Jetson AGX Orin", cc, "10.3.0.26")
+    tb.check_engine_compatible(side, "NVIDIA Jetson AGX Orin", "8.7", "10.3.0.30", plugin_sha256="cd" * 32)
+
+
+@pytest.mark.parametrize(
+    "gpu, cc, trt, plugin_sha, reason",
+    [
+        ("NVIDIA H100 80GB HBM3", "9.0", "10.3.0.30", None, r"GPU NVIDIA Jetson AGX Orin \(sm 8.7\) vs this NVIDIA H100"),
+        ("NVIDIA Jetson AGX Orin", "8.7", "11.1.0.106", None, r"TensorRT 10.3.0.30 vs installed 11.1.0.106"),
+        ("NVIDIA Jetson AGX Orin", "8.7", "10.3.1.5", None, r"TensorRT 10.3.0.30 vs installed 10.3.1.5"),
+        ("NVIDIA Jetson AGX Orin", "8.7", "10.3.0.30", "00" * 32, r"plugin library differs"),
+    ],
+)
+def test_incompatible_machine_is_refused_with_rebuild_command(
+    tmp_path: Path, gpu: str, cc: str, trt: str, plugin_sha: str | None, reason: str
+) -> None:
+    side = _sidecar(tmp_path)
+    with pytest.raises(VivimError) as info:
+        tb.check_engine_compatible(side, gpu, cc, trt, plugin_sha256=plugin_sha)
+    message = str(info.value)
+    assert re.search(reason, message), message
+    assert "\n" not in message
+    plugin_dir = tmp_path / "vivim_plugin"
+    assert message.endswith(
+        f"rebuild it here: vivim-export plugin -o {plugin_dir} && vivim-export trt {tmp_path / 'model.onnx'} --fp16 "
+        f"-o {tmp_path / 'model.engine'} --plugin {plugin_dir / 'libvivim_trt_plugin.so'}"
+    ), message
+
+
+def test_file_sha256_matches_hashlib(tmp_path: Path) -> None:
+    data = os.urandom(3 * (1 << 20) + 17)  # spans several read chunks
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    assert tb.file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_onnx_metadata_is_read_from_metadata_props(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4])],
+    )
+    model = helper.make_model(graph)
+    props = {"variant": "tiny", "frames": "5", "normalization": json.dumps({"mean": [0.485], "std": [0.229]})}
+    helper.set_model_props(model, props)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    assert tb.onnx_metadata(path) == props
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\xff" * 64)
+    with pytest.raises(VivimError, match="junk.onnx: not a readable ONNX model"):
+        tb.onnx_metadata(junk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Without TensorRT
+
+
+@pytest.fixture
+def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `import tensorrt` fail even where TensorRT is installed."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+
+
+def _inputs(tmp_path: Path) -> tuple[Path, Path]:
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(b"onnx bytes")
+    plugin = tmp_path / "libvivim_trt_plugin.so"
+    plugin.write_bytes(b"\x7fELF")
+    return onnx_path, plugin
+
+
+def test_missing_tensorrt_explains_how_to_install(no_tensorrt: None, tmp_path: Path) -> None:
+    onnx_path, plugin = _inputs(tmp_path)
+    assert tb.installed_tensorrt_version() is None
+    with pytest.raises(VivimError) as info:
+        tb.build_engine(onnx_path, tmp_path / "model.engine", plugin, rerun="vivim-export trt model.onnx --fp16 -o model.engine")
+    message = str(info.value)
+    assert message.startswith("TensorRT is not installed: on Jetson it comes with JetPack (sudo apt install nvidia-tensorrt")
+    assert "pip install tensorrt" in message
+    assert message.endswith("then rerun vivim-export trt model.onnx --fp16 -o model.engine")
+    assert not (tmp_path / "model.engine").exists()
+
+
+def test_bad_arguments_fail_before_tensorrt(no_tensorrt: None, tmp_path: Path) -> None:
+    onnx_path, plugin = _inputs(tmp_path)
+    engine = tmp_path / "model.engine"
+    with pytest.raises(VivimError, match="missing.onnx: no such ONNX file"):
+        tb.build_engine(tmp_path / "missing.onnx", engine, plugin)
+    with pytest.raises(VivimError, match="--plugin .*nope.so: no such plugin library"):
+        tb.build_engine(onnx_path, engine, tmp_path / "nope.so")
+    with pytest.raises(VivimError, match="--workspace 0"):
+        tb.build_engine(onnx_path, engine, plugin, workspace_gib=0)
+    with pytest.raises(VivimError, match="does not exist or is not writable"):
+        tb.build_engine(onnx_path, tmp_path / "no" / "such" / "dir" / "model.engine", plugin)
+    with pytest.raises(VivimError, match="precision 'int8'"):
+        tb.build_engine(onnx_path, engine, plugin, precision="int8")
+
+
+def test_no_cuda_driver_means_no_gpu_info(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(name: str) -> None:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(tb.ctypes, "CDLL", refuse)
+    assert tb.current_gpu() is None
+    assert tb.cuda_runtime_version() is None

@@ -1,0 +1,236 @@
+"""`vivim-bench`: the same Vivim model through every backend and precision, one process, one table.
+
+    vivim-bench --variant paper --device cuda --streaming --long-clips --out runs/bench/h100
+    vivim-bench --checkpoint demo --device cpu --backends torch,ort-cpu --iters 20
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from vivim.cli_utils import next_command, run_app, warn
+from vivim.errors import VivimError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+                  help="Benchmark Vivim latency: PyTorch eager/FP16/CUDA graph per scan kernel, ONNX Runtime, "
+                       "TensorRT, streaming and long clips. Writes results.json/.csv/.md and PNG plots.")
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise VivimError(f"--device {device}: CUDA is not available (torch {torch.__version__}, "
+                             f"built for CUDA {torch.version.cuda})")
+        return device
+    if device != "cpu":
+        raise VivimError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    return device
+
+
+def _output_frame(text: str) -> str | int:
+    if text in ("centre", "center", "newest"):
+        return "centre" if text == "center" else text
+    try:
+        return int(text)
+    except ValueError:
+        raise VivimError(f"--output-frame must be centre, newest or a frame index, got {text!r}") from None
+
+
+@app.command()
+def bench(
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c",
+                                             help="Checkpoint (.safetensors, or 'demo') to benchmark."),
+    variant: Optional[str] = typer.Option(None, "--variant", "-v",
+                                          help="Model variant with random weights (paper, b1, b0, tiny)."),
+    frames: Optional[int] = typer.Option(None, "--frames", "-t", help="Clip length T (default: the checkpoint's, else 5)."),
+    size: Optional[int] = typer.Option(None, "--size", "-s", help="Square input size (default: the checkpoint's, else 256)."),
+    batch: int = typer.Option(1, "--batch", help="Clips per call."),
+    device: str = typer.Option("auto", "--device", "-d", help="cpu, cuda, cuda:N or auto."),
+    backends: str = typer.Option("all", "--backends", "-b",
+                                 help="Comma list of torch, torch-fp16, torch-graph, ort-cpu, ort-cuda, tensorrt "
+                                      "(or all). The FP32 eager reference row always runs."),
+    scans: str = typer.Option("all", "--scans",
+                              help="Scan implementations for the PyTorch rows: reference, mamba_ssm, vivim_cuda "
+                                   "(or all); unavailable ones are reported as skipped."),
+    reference_scan: str = typer.Option("auto", "--reference-scan",
+                                       help="Scan of the FP32 eager reference row (auto: mamba_ssm on CUDA when "
+                                            "installed, else the dispatcher's choice)."),
+    iters: int = typer.Option(100, "--iters", "-n", help="Timed iterations per row."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed warm-up iterations per row."),
+    max_row_seconds: float = typer.Option(60.0, "--max-row-seconds",
+                                          help="Time budget of one row; slower rows time fewer iterations "
+                                               "(0 = no limit)."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", "-o", help="Results folder."),
+    streaming: bool = typer.Option(False, "--streaming",
+                                   help="Add per-new-frame streaming rows, the full-clip recompute they replace, "
+                                        "and the vivim-run pipeline rows."),
+    output_frame: str = typer.Option("newest", "--output-frame",
+                                     help="Output frame of the streaming rows: newest (no lag), centre (T//2 frames "
+                                          "of lag, the paper's protocol) or an index."),
+    stream_scan: str = typer.Option("auto", "--stream-scan",
+                                    help="Scan of the streaming and long-clip rows (auto: the dispatcher's choice)."),
+    long_clips: bool = typer.Option(False, "--long-clips", help="Add the clip-length sweep (time and memory vs T)."),
+    long_frames: str = typer.Option("5,16,32,64,150", "--long-frames", help="Clip lengths of the sweep."),
+    long_precisions: str = typer.Option("fp32,fp16", "--long-precisions", help="Precisions of the sweep."),
+    long_iters: int = typer.Option(10, "--long-iters", help="Timed iterations per clip length."),
+    fp16_mode: str = typer.Option("half", "--fp16-mode",
+                                  help="half: fp16 weights and activations (scan parameters stay fp32); "
+                                       "autocast: torch.autocast over fp32 weights."),
+    video: Optional[str] = typer.Option(None, "--video",
+                                        help="Video file for the vivim-run pipeline rows (default: a synthetic 640x480 clip)."),
+    pipeline_frames: int = typer.Option(120, "--pipeline-frames", help="Frames per vivim-run pipeline row."),
+    engine: Optional[Path] = typer.Option(None, "--engine", help="Prebuilt TensorRT engine to benchmark "
+                                                                 "(otherwise built from the FP16 ONNX)."),
+    trt_plugin: Optional[Path] = typer.Option(None, "--trt-plugin",
+                                              help="TensorRT plugin library (default: ./vivim_plugin/libvivim_trt_plugin.so)."),
+    keep_onnx: Optional[Path] = typer.Option(None, "--keep-onnx", help="Keep the exported ONNX files here."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    threads: Optional[int] = typer.Option(None, "--threads",
+                                          help="CPU threads for PyTorch (torch.set_num_threads; default: torch's)."),
+) -> None:
+    """Measure latency per backend and precision in one process and write the results folder."""
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise VivimError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    try:
+        # Every option except the thread count goes on to _bench, by name.
+        _bench(**{k: v for k, v in locals().items() if k not in ("torch", "previous_threads", "threads")})
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optional[int], size: Optional[int],
+           batch: int, device: str, backends: str, scans: str, reference_scan: str, iters: int, warmup: int,
+           max_row_seconds: float, out: Path, streaming: bool, output_frame: str, stream_scan: str,
+           long_clips: bool, long_frames: str, long_precisions: str, long_iters: int, fp16_mode: str,
+           video: Optional[str], pipeline_frames: int, engine: Optional[Path], trt_plugin: Optional[Path],
+           keep_onnx: Optional[Path], seed: int, plots: bool, progress: bool) -> None:
+    from vivim.bench import backends as rows_mod
+    from vivim.bench import report
+    from vivim.bench.env import collect_environment
+    from vivim.bench.records import apply_speedups
+
+    if checkpoint is not None and variant is not None:
+        raise VivimError("give --checkpoint or --variant, not both")
+    if checkpoint is None and variant is None:
+        variant = "paper"
+        warn("no --checkpoint or --variant: benchmarking the 'paper' variant with random weights")
+    if variant is not None:
+        import vivim
+
+        if variant not in vivim.variants():
+            raise VivimError(f"--variant must be one of {', '.join(vivim.variants())}, got {variant!r}")
+    for flag, value, low in (("--iters", iters, 1), ("--warmup", warmup, 0), ("--batch", batch, 1),
+                             ("--long-iters", long_iters, 1), ("--pipeline-frames", pipeline_frames, 1)):
+        if value < low:
+            raise VivimError(f"{flag} must be >= {low}, got {value}")
+    if fp16_mode not in ("half", "autocast"):
+        raise VivimError(f"--fp16-mode must be half or autocast, got {fp16_mode!r}")
+    backend_list = rows_mod.parse_list(backends, rows_mod.BACKENDS, "--backends")
+    scan_list = rows_mod.parse_list(scans, rows_mod.SCANS, "--scans")
+    for flag, name in (("--reference-scan", reference_scan), ("--stream-scan", stream_scan)):
+        if name != "auto" and name not in rows_mod.SCANS:
+            raise VivimError(f"{flag} must be auto or one of {', '.join(rows_mod.SCANS)}, got {name!r}")
+    long_list = rows_mod.parse_frames_list(long_frames) if long_clips else []
+    long_precision_list = rows_mod.parse_list(long_precisions, ("fp32", "fp16"), "--long-precisions")
+    device = _resolve_device(device)
+    if video is not None and not Path(video).is_file():
+        raise VivimError(f"--video {video}: no such file")
+    if engine is not None and not engine.is_file():
+        raise VivimError(f"--engine {engine}: no such file")
+    if trt_plugin is not None and not trt_plugin.is_file():
+        raise VivimError(f"--trt-plugin {trt_plugin}: no such file")
+
+    settings = rows_mod.BenchSettings(
+        variant=variant, checkpoint=checkpoint, frames=frames or 5, size=size or 256, batch=batch, device=device,
+        warmup=warmup, iters=iters, max_row_seconds=max_row_seconds or None, output_frame=_output_frame(output_frame),
+        fp16_mode=fp16_mode, reference_scan=reference_scan, seed=seed, keep_onnx=keep_onnx, video=video,
+        pipeline_frames=pipeline_frames, long_iters=long_iters, engine=engine, trt_plugin=trt_plugin,
+    )
+    source = rows_mod.ModelSource(settings)
+    if checkpoint is not None:
+        trained_frames, trained_size = source.checkpoint_defaults()
+        settings.frames = frames or int(trained_frames or 5)
+        settings.size = size or int(trained_size or 256)
+    if settings.frames < 1 or settings.size < 32 or settings.size % 32:
+        raise VivimError(f"--frames must be >= 1 and --size a multiple of 32, got {settings.frames} and "
+                         f"{settings.size}")
+
+    env = collect_environment(device)
+    print(report.format_environment(env))
+    print(f"model: {checkpoint or variant}, clip {settings.batch}x{settings.frames}x3x{settings.size}x{settings.size}, "
+          f"device {device}, warm-up {warmup}, iterations {iters}")
+
+    plan = rows_mod.plan_rows(settings, backends=backend_list, scans=scan_list, streaming=streaming,
+                              long_clips=long_list, long_precisions=long_precision_list, stream_scan=stream_scan,
+                              source=source)
+    if device.startswith("cuda") and plan.reference_scan != "mamba_ssm":
+        warn(f"the FP32 eager reference row uses the '{plan.reference_scan}' scan (mamba-ssm is not available); "
+             "speed-ups are relative to it, not to the mamba-ssm anchor")
+
+    config: dict[str, Any] = {
+        "checkpoint": checkpoint, "variant": variant or source.metadata.get("variant"), "frames": settings.frames,
+        "size": settings.size, "batch": settings.batch, "device": device, "warmup": warmup, "iters": iters,
+        "max_row_seconds": settings.max_row_seconds, "backends": backend_list, "scans": scan_list,
+        "reference_scan": plan.reference_scan, "streaming": streaming, "output_frame": settings.output_frame,
+        "long_clips": long_list, "fp16_mode": fp16_mode, "seed": seed, "complete": False,
+        "scan_availability": {name: rows_mod.scan_unavailable_reason(name, device) or "available"
+                              for name in rows_mod.SCANS},
+    }
+    finished: list[Any] = []
+
+    def on_row(row: Any) -> None:
+        from tqdm import tqdm
+
+        timing_text = f"{row.latency.mean:.2f} ms mean, p99 {row.latency.p99:.2f} ms" if row.latency else ""
+        tqdm.write(f"{row.label}: {row.status}{'  ' + timing_text if timing_text else ''}")
+        # Rewrite the JSON and CSV after every row: a run cut short (time limit, crash) keeps what it measured.
+        finished.append(row)
+        apply_speedups(finished)
+        report.write_json(out / "results.json", finished, env, config)
+        report.write_csv(out / "results.csv", finished, env)
+
+    rows = rows_mod.run_rows(plan, progress=progress, on_row=on_row)
+    apply_speedups(rows)
+    config["complete"] = True
+    written = report.write_all(out, rows, env, config, plots=plots)
+    print()
+    print(report.format_table(rows))
+    summary = best_streaming_summary(rows)
+    if summary:
+        print(summary)
+    print(f"\nResults saved to {out}: {', '.join(p.name for p in written)}")
+    next_command(f"paste {out / 'results.md'} into benchmarks/RESULTS.md with the card and date")
+
+
+def best_streaming_summary(rows: list[Any]) -> str | None:
+    """The issue-7 target line: best per-new-frame PyTorch path vs the FP32 eager reference of the same run."""
+    reference = next((r for r in rows if r.reference and r.ok), None)
+    candidates = [r for r in rows if r.ok and r.mode in ("stream", "recompute") and r.speedup is not None
+                  and not r.backend.startswith("TensorRT")]
+    if reference is None or not candidates:
+        return None
+    best = max(candidates, key=lambda r: r.speedup)
+    return (f"best per-new-frame PyTorch path: {best.label}, {best.latency.mean:.2f} ms mean "
+            f"({best.speedup:.2f}x the FP32 eager reference {reference.latency.mean:.2f} ms; target >= 5x)")
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

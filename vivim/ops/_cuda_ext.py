@@ -1,0 +1,175 @@
+"""The project's CUDA selective-scan kernel as a PyTorch extension, built on first use and cached.
+
+`try_register()` (called lazily by `vivim.ops.dispatch` when a CUDA tensor is first scanned) registers the
+implementation 'vivim_cuda' (priority 100). Its availability check builds the extension once with
+`torch.utils.cpp_extension.load` (nvcc + ninja) into ~/.cache/vivim/torch_extensions/... (or
+$TORCH_EXTENSIONS_DIR); when that is impossible it answers False and dispatch falls back to mamba-ssm or the
+reference. Forward only: the custom op's backward recomputes with a differentiable implementation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_EXT_NAME = "vivim_selective_scan_ext"
+_REPO_PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+_SOURCES = (
+    _REPO_PLUGINS / "torch_binding" / "selective_scan_binding.cpp",
+    _REPO_PLUGINS / "selective_scan" / "src" / "selective_scan.cu",
+)
+_INCLUDE = _REPO_PLUGINS / "selective_scan" / "include"
+
+_lock = threading.Lock()
+_module: Optional[ModuleType] = None
+_failure: Optional[str] = None
+
+
+def build_directory() -> Path:
+    """Where the compiled extension is cached (one folder per torch/CUDA version)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "vivim" / "torch_extensions"
+    tag = f"torch{torch.__version__.split('+')[0]}_cu{(torch.version.cuda or 'none').replace('.', '')}"
+    return base / tag / _EXT_NAME
+
+
+def _build_tools_present() -> tuple[bool, str]:
+    if not all(p.is_file() for p in _SOURCES):
+        return False, f"kernel sources not found under {_REPO_PLUGINS} (installed without the plugins/ folder)"
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    nvcc = Path(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else None
+    if nvcc is None or not nvcc.exists():
+        if shutil.which("nvcc") is None:
+            return False, "nvcc not found (set CUDA_HOME)"
+    if shutil.which("ninja") is None:
+        try:
+            import ninja  # noqa: F401
+        except ImportError:
+            return False, "ninja not found (pip install ninja)"
+    return True, ""
+
+
+def load_extension() -> ModuleType:
+    """The compiled extension; builds it on the first call (prints one line), raises RuntimeError on failure."""
+    global _module, _failure
+    if _module is not None:
+        return _module
+    with _lock:
+        if _module is not None:
+            return _module
+        if _failure is not None:
+            raise RuntimeError(_failure)
+        ok, why = _build_tools_present()
+        if not ok:
+            _failure = f"vivim: cannot build the CUDA selective-scan extension: {why}"
+            raise RuntimeError(_failure)
+        from torch.utils.cpp_extension import load
+
+        build_dir = build_directory()
+        build_dir.mkdir(parents=True, exist_ok=True)
+        if not any(build_dir.glob(f"{_EXT_NAME}*.so")):
+            print(f"vivim: building the CUDA selective-scan extension (once, cached in {build_dir})",
+                  file=sys.stderr, flush=True)
+        try:
+            _module = load(
+                name=_EXT_NAME,
+                sources=[str(s) for s in _SOURCES],
+                extra_include_paths=[str(_INCLUDE)],
+                extra_cflags=["-O3"],
+                extra_cuda_cflags=["-O3", "-lineinfo"],
+                build_directory=str(build_dir),
+                verbose=os.environ.get("VIVIM_BUILD_VERBOSE", "") == "1",
+            )
+        except Exception as exc:  # compiler missing or failing: remember, fall back elsewhere
+            _failure = f"vivim: building the CUDA selective-scan extension failed: {str(exc).splitlines()[-1:]}"
+            raise RuntimeError(_failure) from exc
+        return _module
+
+
+def available() -> bool:
+    """True when a CUDA device is present and the extension is (or can be) built; never raises."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        load_extension()
+    except Exception as exc:
+        if not getattr(available, "_warned", False):
+            available._warned = True  # type: ignore[attr-defined]
+            print(f"{exc}; using another selective-scan implementation", file=sys.stderr)
+        return False
+    return True
+
+
+def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor) -> None:
+    """The common shape mistakes, caught before the extension (cheap: a few integer comparisons)."""
+    from vivim.errors import VivimError
+
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise VivimError(f"vivim selective_scan (CUDA): u and delta must be (batch, dim, seqlen), got "
+                         f"{tuple(u.shape)} and {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != u.shape[1] or not 1 <= A.shape[1] <= 64:
+        raise VivimError(f"vivim selective_scan (CUDA): A must be (dim, dstate) with dim {u.shape[1]} and dstate "
+                         f"in 1..64, got {tuple(A.shape)}")
+    groups = B.shape[1] if B.dim() == 4 else 1
+    if groups < 1 or u.shape[1] % groups:
+        raise VivimError(f"vivim selective_scan (CUDA): dim {u.shape[1]} must be divisible by the number of "
+                         f"groups {groups}")
+
+
+def selective_scan_cuda(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+) -> Tensor:
+    """Forward selective scan with the project's kernel (mamba-ssm `selective_scan_fn` semantics).
+
+    u, delta, z, B, C in one of fp32/fp16/bf16 (B and C are cast to u's dtype when they differ); A, D,
+    delta_bias are used in fp32. Runs on torch's current stream; no host synchronisation. Bad shapes or
+    dtypes raise VivimError with a one-line message.
+    """
+    ext = load_extension()
+    _check_shapes(u, delta, A, B)
+    dtype = u.dtype
+    if B.dtype != dtype:
+        B = B.to(dtype)
+    if C.dtype != dtype:
+        C = C.to(dtype)
+    if delta.dtype != dtype:
+        delta = delta.to(dtype)
+    if z is not None and z.dtype != dtype:
+        z = z.to(dtype)
+    out = ext.fwd(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
+    if out is None:  # the binding reports bad arguments without C++ exceptions
+        from vivim.errors import VivimError
+
+        raise VivimError(ext.last_error())
+    return out
+
+
+def try_register() -> bool:
+    """Register 'vivim_cuda' with the dispatcher (priority 100). Never raises; False when it could not."""
+    try:
+        if not torch.cuda.is_available():
+            return False
+        from vivim.ops import dispatch
+
+        dispatch.register_impl("vivim_cuda", selective_scan_cuda, priority=100, available=available,
+                               devices=("cuda",), differentiable=False)
+        return True
+    except Exception:
+        return False
