@@ -42,13 +42,19 @@ def tensorrt_missing_message(rerun: str = "the same command") -> str:
     )
 
 
-def installed_tensorrt_version() -> str | None:
-    """Version string of the importable TensorRT, or None."""
+def import_tensorrt() -> Any:
+    """The real `tensorrt` module, or None. tensorrt-stubs alone leaves an empty namespace package that imports."""
     try:
         import tensorrt as trt
     except (ImportError, OSError):
         return None
-    return str(trt.__version__)
+    return trt if hasattr(trt, "Builder") else None
+
+
+def installed_tensorrt_version() -> str | None:
+    """Version string of the importable TensorRT, or None."""
+    trt = import_tensorrt()
+    return None if trt is None else str(trt.__version__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,6 +301,8 @@ def build_engine(
         import tensorrt as trt
     except (ImportError, OSError) as exc:
         raise VivimError(tensorrt_missing_message(rerun)) from exc
+    if not hasattr(trt, "Builder"):  # tensorrt-stubs alone leaves an importable, empty namespace package
+        raise VivimError(tensorrt_missing_message(rerun))
 
     class _Logger(trt.ILogger):
         """Prints warnings (everything with --verbose) and remembers the last error for the one-line message."""

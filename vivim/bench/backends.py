@@ -535,15 +535,11 @@ def ort_row(artifacts: Artifacts, settings: BenchSettings, *, provider: str, pre
 # ------------------------------------------------------------------------------------------- TensorRT row
 def tensorrt_unavailable_reason() -> str | None:
     try:
-        import tensorrt
-    except Exception:  # noqa: BLE001
-        return "TensorRT not installed"
-    if getattr(tensorrt, "__file__", None) is None or not hasattr(tensorrt, "Builder"):
-        return "TensorRT not installed (only type stubs found)"
-    try:
-        importlib.import_module("vivim.export.tensorrt_build")
+        tensorrt_build = importlib.import_module("vivim.export.tensorrt_build")
     except Exception as exc:  # noqa: BLE001
         return f"vivim.export.tensorrt_build not importable ({type(exc).__name__}: {one_line(str(exc))})"
+    if tensorrt_build.import_tensorrt() is None:
+        return "TensorRT not installed"
     return None
 
 

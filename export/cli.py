@@ -1,0 +1,214 @@
+"""`vivim-export`: checkpoint -> ONNX -> parity check -> TensorRT plugin -> TensorRT engine.
+
+    vivim-export onnx demo -o model.onnx --fp16
+    vivim-export check demo --onnx model.onnx --json parity.json
+    vivim-export plugin -o vivim_plugin --arch 87
+    vivim-export trt model.onnx --fp16 -o model.engine --plugin vivim_plugin/libvivim_trt_plugin.so
+
+The commands are thin: the work lives in onnx_export, parity, plugin and tensorrt_build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import typer
+
+from vivim.cli_utils import next_command, run_app, warn
+from vivim.errors import VivimError
+
+app = typer.Typer(
+    name="vivim-export",
+    help="Export Vivim checkpoints to ONNX (one VivimSelectiveScan node per scan) and TensorRT engines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_PLUGIN_DIR = Path("vivim_plugin")
+PLUGIN_LIBRARY_NAME = "libvivim_trt_plugin.so"
+
+
+def _mb(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB"
+
+
+@app.command()
+def onnx(
+    checkpoint: str = typer.Argument(..., help="Checkpoint (.safetensors) or 'demo' for the packaged demo weights."),
+    output: Path = typer.Option(Path("model.onnx"), "-o", "--output", help="ONNX file to write."),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 graph (A, D, delta_bias stay fp32); what TensorRT 11 needs for FP16."),
+    frames: int | None = typer.Option(None, "--frames", "-T", help="Clip length T (default: the checkpoint's)."),
+    size: tuple[int, int] | None = typer.Option(None, "--size", help="Input H W (multiples of 32; default: the checkpoint's).", show_default=False),
+    output_frame: str = typer.Option("all", "--output-frame", help="Logits for all frames, or only the centre / newest one."),
+    opset: int | None = typer.Option(None, "--opset", help="Default-domain ONNX opset (default: the exporter's)."),
+    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Full ONNX optimizer, or constant folding only (faster export)."),
+) -> None:
+    """Export a checkpoint to a static-shape ONNX with one vivim::VivimSelectiveScan node per selective scan."""
+    from vivim.export.onnx_export import export_onnx
+
+    result = export_onnx(checkpoint, output, fp16=fp16, frames=frames, size=size, output_frame=output_frame, opset=opset,
+                         optimize=optimize)
+    for label, tensors in (("input", result.inputs), ("output", result.outputs)):
+        for name, shape, dtype in tensors:
+            print(f"  {label:6s} {name:8s} {tuple(shape)} {dtype}")
+    print(f"ONNX: export success {result.seconds:.1f}s, saved as '{result.path}' ({_mb(result.size_bytes)}), "
+          f"{result.nodes} nodes of which {result.scan_nodes} vivim::VivimSelectiveScan")
+    precision = " --fp16" if fp16 else ""
+    engine = result.path.with_suffix(".engine")
+    next_command(f"vivim-export check {checkpoint} --onnx {result.path}")
+    next_command(f"vivim-export trt {result.path}{precision} -o {engine}")
+
+
+@app.command()
+def check(
+    checkpoint: str = typer.Argument(..., help="The checkpoint the ONNX was exported from (or 'demo')."),
+    onnx_path: Path = typer.Option(..., "--onnx", help="ONNX file from `vivim-export onnx`."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the comparison as JSON here."),
+    atol: float | None = typer.Option(None, "--atol", help="Max |logit difference| (default 1e-3 FP32, 0.5 FP16)."),
+    min_dice: float | None = typer.Option(None, "--min-dice", help="Min Dice between masks (default 0.999 FP32, 0.98 FP16)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic clip."),
+) -> None:
+    """Run the ONNX in ONNX Runtime (NumPy VivimSelectiveScan) and the FP32 PyTorch model on a synthetic clip."""
+    from vivim.export.parity import check_parity
+
+    if json_out is not None:
+        _probe_writable(json_out, "--json")
+    result = check_parity(checkpoint, onnx_path, atol=atol, min_dice=min_dice, seed=seed)
+    if not result.checkpoint_matches:
+        warn(f"{onnx_path} was exported from another checkpoint file than {result.checkpoint} (sha256 differs)")
+    rows = [
+        ("input", f"{tuple(result.input_shape)} synthetic clip, seed {seed}"),
+        ("precision", f"{result.precision} ONNX vs fp32 PyTorch, output frame {result.output_frame}"),
+        ("max |logit diff|", f"{result.max_abs_err:.3g}  (tolerance {result.atol:g}; max |logit| {result.max_abs_logit:.3g})"),
+        ("mean |logit diff|", f"{result.mean_abs_err:.3g}"),
+        ("Dice (logit > 0)", f"{result.dice:.5f}  (minimum {result.min_dice:g}; mask pixels {result.mask_pixels_onnx} vs {result.mask_pixels_torch})"),
+        ("time", f"onnxruntime {result.seconds_onnxruntime:.2f}s, pytorch {result.seconds_torch:.2f}s (CPU)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+    if json_out is not None:
+        _write_text_atomic(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"  {'json':<{width}}  {json_out}")
+    if not result.passed:
+        print(f"PARITY FAILED: {onnx_path} differs from the PyTorch model beyond tolerance")
+        raise typer.Exit(1)
+    print(f"parity OK: {onnx_path} matches the PyTorch model")
+    flag = " --fp16" if result.precision == "fp16" else ""
+    next_command(f"vivim-export trt {onnx_path}{flag} -o {Path(onnx_path).with_suffix('.engine')}")
+
+
+@app.command()
+def plugin(
+    output_dir: Path = typer.Option(DEFAULT_PLUGIN_DIR, "-o", "--output", help="Folder for the plugin library."),
+    arch: str | None = typer.Option(None, "--arch", help="CUDA compute capability, e.g. 87 (Orin), 90 (H100); default: this GPU's."),
+    tensorrt_include: Path | None = typer.Option(None, "--tensorrt-include", help="Folder with NvInferRuntime.h (default: TENSORRT_ROOT or system paths)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the CMake/compiler output."),
+) -> None:
+    """Build the TensorRT IPluginV3 library (VivimSelectiveScan) with CMake + nvcc."""
+    from vivim.export.plugin import build_plugin
+
+    library = build_plugin(output_dir, arch, tensorrt_include, verbose=verbose)
+    print(f"plugin: built {library} ({_mb(library.stat().st_size)})")
+    next_command(f"vivim-export trt model.onnx --fp16 -o model.engine --plugin {library}")
+
+
+@app.command()
+def trt(
+    source: str = typer.Argument(..., help="An ONNX from `vivim-export onnx`, or a checkpoint / 'demo' (exported first)."),
+    output: Path = typer.Option(Path("model.engine"), "-o", "--output", help="Engine file to write (+ .json sidecar)."),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 engine (the ONNX must be an FP16 graph: strongly typed build)."),
+    plugin_path: Path | None = typer.Option(None, "--plugin", help=f"Plugin library (default: ./{DEFAULT_PLUGIN_DIR}/{PLUGIN_LIBRARY_NAME})."),
+    workspace: float = typer.Option(2.0, "--workspace", help="Builder workspace in GiB."),
+    timing_cache: Path | None = typer.Option(None, "--timing-cache", help="Timing cache file (read and updated)."),
+    verbose: bool = typer.Option(False, "--verbose", help="TensorRT builder log."),
+) -> None:
+    """Build a TensorRT engine (strongly typed) with the VivimSelectiveScan plugin."""
+    from vivim.export.tensorrt_build import build_engine, tensorrt_missing_message
+
+    rerun = f"vivim-export trt {source}{' --fp16' if fp16 else ''} -o {output}"
+    # fail before a long ONNX export when TensorRT is missing
+    if not _tensorrt_installed():
+        raise VivimError(tensorrt_missing_message(rerun))
+    plugin_path = _resolve_plugin(plugin_path, output)
+    onnx_path = _onnx_for_engine(source, output, fp16)
+    engine = build_engine(onnx_path, output, plugin_path, workspace, timing_cache, verbose,
+                          precision="fp16" if fp16 else None, rerun=rerun)
+    print(f"TensorRT: engine saved as '{engine}' ({_mb(engine.stat().st_size)}), sidecar '{engine}.json'")
+    next_command(f"vivim-run --engine {engine} --video VIDEO.mp4")
+
+
+def _tensorrt_installed() -> bool:
+    from vivim.export.tensorrt_build import import_tensorrt
+
+    return import_tensorrt() is not None
+
+
+def _resolve_plugin(plugin_path: Path | None, engine: Path) -> Path:
+    if plugin_path is not None:
+        return plugin_path
+    for candidate in (DEFAULT_PLUGIN_DIR / PLUGIN_LIBRARY_NAME, engine.parent / PLUGIN_LIBRARY_NAME):
+        if candidate.is_file():
+            return candidate
+    raise VivimError(f"no plugin library given and none at ./{DEFAULT_PLUGIN_DIR}/{PLUGIN_LIBRARY_NAME}: "
+                     f"build it with `vivim-export plugin -o {DEFAULT_PLUGIN_DIR}` or pass --plugin")
+
+
+def _onnx_for_engine(source: str, engine: Path, fp16: bool) -> Path:
+    """The ONNX to build from: `source` itself, or a fresh export of the checkpoint next to the engine."""
+    if source.endswith(".onnx"):
+        path = Path(source)
+        if not path.is_file():
+            raise VivimError(f"{path}: ONNX file not found")
+        precision = _onnx_precision(path)
+        if fp16 and precision == "fp32":
+            raise VivimError(f"{path} is an FP32 graph; --fp16 needs an FP16 ONNX: vivim-export onnx CHECKPOINT --fp16 -o {path.with_name(path.stem + '_fp16.onnx')}")
+        if not fp16 and precision == "fp16":
+            warn(f"{path} is an FP16 graph: the engine is FP16 (strong typing keeps the graph's types)")
+        return path
+    from vivim.export.onnx_export import export_onnx
+
+    onnx_path = engine.with_suffix(".onnx")
+    print(f"exporting {source} to {onnx_path} first")
+    export_onnx(source, onnx_path, fp16=fp16)
+    return onnx_path
+
+
+def _onnx_precision(path: Path) -> str | None:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise VivimError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
+    return {p.key: p.value for p in model.metadata_props}.get("precision")
+
+
+def _probe_writable(path: Path, flag: str) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK) or path.is_dir():
+        raise VivimError(f"{flag} {path}: cannot write there (missing or read-only folder)")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""Checkpoint -> ONNX with one `vivim::VivimSelectiveScan` node per selective scan (dynamo exporter).
+
+The torch op `vivim::selective_scan` is opaque to torch.export (it has a fake implementation), and the
+translation below turns each call into a single node of the v1 contract:
+
+    VivimSelectiveScan(u, delta, A, B, C, D, z, delta_bias) -> y      domain "vivim", opset_import ("vivim", 1)
+    attributes: delta_softplus (INT), plugin_version = "1", plugin_namespace = "vivim" (STRINGs)
+
+which the TensorRT ONNX parser maps to our plugin (op_type = plugin name, version/namespace from the attributes)
+and `ort_ops` runs in ONNX Runtime. A, D and delta_bias stay fp32 in an FP16 graph (the model keeps them fp32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+import onnxscript
+import torch
+from onnxscript import FLOAT
+from vivim.export.ort_ops import INPUT_NAMES, OP_DOMAIN, OP_TYPE
+
+import vivim
+from vivim.cli_utils import warn
+from vivim.errors import VivimError
+
+OUTPUT_FRAMES = ("all", "centre", "newest")
+INPUT_NAME = "frames"
+OUTPUT_NAME = "logits"
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = "vivim"
+MIN_OPSET = 18
+
+if TYPE_CHECKING:
+    from vivim.model import VivimModel
+
+_vivim_opset = onnxscript.values.Opset(OP_DOMAIN, 1)
+
+
+# Parameters mirror the torch op's schema positionally; the annotations are needed by onnxscript (FLOAT also
+# accepts FLOAT16 inputs: the node's types come from the graph). `delta_softplus` keeps the op's default (False):
+# an argument equal to its default is dropped from the FX node, so the default here is what the node gets.
+@onnxscript.script()
+def selective_scan_translation(
+    u: FLOAT,
+    delta: FLOAT,
+    A: FLOAT,
+    B: FLOAT,
+    C: FLOAT,
+    D: FLOAT,
+    z: FLOAT,
+    delta_bias: FLOAT,
+    delta_softplus: bool = False,
+) -> FLOAT:
+    return _vivim_opset.VivimSelectiveScan(
+        u, delta, A, B, C, D, z, delta_bias,
+        delta_softplus=delta_softplus, plugin_version="1", plugin_namespace="vivim",
+    )
+
+
+def translation_table(op: Any = None) -> dict:
+    """`custom_translation_table` for torch.onnx.export; `op` defaults to torch.ops.vivim.selective_scan.default."""
+    if op is None:
+        import vivim.ops  # noqa: F401  (registers torch.ops.vivim.selective_scan)
+
+        op = torch.ops.vivim.selective_scan.default
+    return {op: selective_scan_translation}
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    inputs: list = field(default_factory=list)  # (name, shape, dtype)
+    outputs: list = field(default_factory=list)
+    nodes: int = 0
+    scan_nodes: int = 0
+    size_bytes: int = 0
+    seconds: float = 0.0
+    metadata: dict = field(default_factory=dict)
+
+
+class _ClipModel(torch.nn.Module):
+    """The exported graph: frames (1, T, 3, H, W) -> logits for all frames or the chosen one."""
+
+    def __init__(self, model: torch.nn.Module, output_frame: str):
+        super().__init__()
+        self.model = model
+        self.output_frame = output_frame
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.output_frame == "all":
+            return self.model(frames)
+        return self.model(frames, output_frame=self.output_frame)
+
+
+def load_model(checkpoint: str | os.PathLike[str]) -> tuple[VivimModel, dict, Path]:
+    """(model in eval mode on CPU, checkpoint metadata, checkpoint file); 'demo' = the packaged demo weights."""
+    from vivim.checkpoint import load_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    model, metadata = load_checkpoint(path)
+    return model.eval(), dict(metadata), path
+
+
+def _normalise_output_frame(output_frame: str) -> str:
+    value = {"center": "centre"}.get(output_frame, output_frame)
+    if value not in OUTPUT_FRAMES:
+        raise VivimError(f"--output-frame must be one of {', '.join(OUTPUT_FRAMES)}, got {output_frame!r}")
+    return value
+
+
+def _check_writable(path: Path) -> None:
+    """Fail early (before a long export) when the output cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise VivimError(f"{path}: cannot write the output ({exc.strerror or exc})") from exc
+    if path.is_dir():
+        raise VivimError(f"{path}: is a directory, give a file name such as {path / 'model.onnx'}")
+
+
+def save_model_atomic(model: onnx.ModelProto, path: Path) -> None:
+    """Write next to the target and rename, so a crash never leaves a half-written model."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(model.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter logs progress lines and library warnings; keep the CLI output to our own summary."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(open(os.devnull, "w")) as devnull:
+                try:
+                    yield
+                finally:
+                    devnull.close()
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _light_optimize(model) -> None:
+    """Constant folding (e.g. A = -exp(A_log) becomes an fp32 initializer) and dead-node cleanup, in place."""
+    import onnx_ir
+    import onnx_ir.passes.common as passes
+    from onnxscript.optimizer import fold_constants_ir
+
+    fold_constants_ir(model)
+    onnx_ir.passes.Sequential(
+        passes.RemoveUnusedNodesPass(),
+        passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        passes.DeduplicateInitializersPass(),
+        passes.CommonSubexpressionEliminationPass(),
+        passes.RemoveUnusedNodesPass(),
+    )(model)
+
+
+def _tensor_info(value_info: onnx.ValueInfoProto) -> tuple[str, list, str]:
+    tt = value_info.type.tensor_type
+    shape = [d.dim_param or d.dim_value for d in tt.shape.dim]
+    return value_info.name, shape, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+
+
+def scan_nodes(model: onnx.ModelProto) -> list:
+    return [n for n in model.graph.node if n.op_type == OP_TYPE and n.domain == OP_DOMAIN]
+
+
+def validate_scan_nodes(model: onnx.ModelProto) -> int:
+    """Check the v1 node contract on every scan node (count, inputs, attributes, opset); returns the count."""
+    nodes = scan_nodes(model)
+    if not nodes:
+        raise VivimError(f"export produced no {OP_DOMAIN}::{OP_TYPE} node (is the model using vivim.ops?)")
+    if not any(o.domain == OP_DOMAIN and o.version == 1 for o in model.opset_import):
+        raise VivimError(f"exported model lacks opset_import ('{OP_DOMAIN}', 1)")
+    for node in nodes:
+        if len(node.input) != len(INPUT_NAMES) or any(not name for name in node.input):
+            raise VivimError(
+                f"{OP_TYPE} node '{node.name}' has inputs {list(node.input)}; the contract needs all of "
+                f"{', '.join(INPUT_NAMES)} (pass D, z and delta_bias to the op)"
+            )
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("plugin_version") != PLUGIN_VERSION.encode() or attrs.get("plugin_namespace") != PLUGIN_NAMESPACE.encode():
+            raise VivimError(f"{OP_TYPE} node '{node.name}' has wrong plugin attributes {attrs}")
+    return len(nodes)
+
+
+def build_metadata(
+    metadata: dict, *, frames: int, size: Sequence[int], output_frame: str, fp16: bool, checkpoint_path: Path
+) -> dict[str, str]:
+    """metadata_props (all strings; JSON for structured values) read back by `check`, `trt` and `vivim-run`."""
+    from vivim.checkpoint import file_sha256
+    from vivim.constants import IMAGENET_MEAN, IMAGENET_STD
+
+    normalization = metadata.get("normalization") or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    return {
+        "variant": str(metadata.get("variant", "")),
+        "frames": str(frames),
+        "img_size": json.dumps([int(size[0]), int(size[1])]),
+        "normalization": json.dumps(normalization),
+        "output_frame": output_frame,
+        "precision": "fp16" if fp16 else "fp32",
+        "input_layout": "NTCHW, RGB, float, (x/255 - mean) / std",
+        "output": "logits (sigmoid > 0.5 = lesion, i.e. logit > 0)",
+        "package_version": vivim.__version__,
+        "checkpoint_sha256": file_sha256(checkpoint_path),
+        "checkpoint_name": checkpoint_path.name,
+        "scan_contract": f"{OP_DOMAIN}::{OP_TYPE} v{PLUGIN_VERSION}",
+    }
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def export_onnx(
+    checkpoint: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    fp16: bool = False,
+    frames: int | None = None,
+    size: Sequence[int] | None = None,
+    output_frame: str = "all",
+    opset: int | None = None,
+    optimize: bool = True,
+    log=print,
+) -> ExportResult:
+    """Export a checkpoint ('demo' or a .safetensors path) to a static-shape ONNX file (batch 1).
+
+    optimize=True runs the exporter's full ONNX optimizer; False only folds constants and removes dead nodes
+    (about half the export time, ~2 % more nodes, same scan nodes; TensorRT and ORT fuse the rest themselves).
+    """
+    start = time.perf_counter()
+    output = Path(output)
+    output_frame = _normalise_output_frame(output_frame)
+    _check_writable(output)
+    model, metadata, ckpt_path = load_model(checkpoint)
+
+    trained_size = model.img_size
+    frames = int(frames or model.frames)
+    size = (trained_size, trained_size) if size is None else (int(size[0]), int(size[1]))
+    if frames < 1 or min(size) < 32 or size[0] % 32 or size[1] % 32:
+        raise VivimError(f"--frames must be >= 1 and --size multiples of 32, got frames={frames} size={size}")
+    # the network accepts other T and sizes (no positional embeddings), but accuracy is only known for the trained ones
+    if frames != model.frames:
+        warn(f"the checkpoint was trained on clips of {model.frames} frames; exporting --frames {frames}")
+    if size != (trained_size, trained_size):
+        warn(f"the checkpoint was trained at {trained_size}x{trained_size}; exporting --size {size[0]} {size[1]}")
+
+    dtype = torch.float16 if fp16 else torch.float32
+    if fp16:
+        # keeps A_log, D and dt bias fp32 (A = -exp(A_log) in fp32) so the scan node gets fp32 A/D/delta_bias
+        model.to_inference_dtype(torch.float16)
+    clip = _ClipModel(model, output_frame).eval()
+    example = torch.randn(1, frames, 3, size[0], size[1], generator=torch.Generator().manual_seed(0)).to(dtype)
+
+    log(f"PyTorch: {metadata.get('variant', '?')} from {ckpt_path.name}, input (1, {frames}, 3, {size[0]}, {size[1]}) "
+        f"{'fp16' if fp16 else 'fp32'}, output frame {output_frame}")
+    log(f"ONNX: exporting with torch.onnx.export(dynamo=True) {torch.__version__} ...")
+    kwargs: dict[str, Any] = {}
+    if opset is not None:
+        # torch's exporter builds opset-18 graphs and only converts upwards reliably (a down-conversion to 17
+        # leaves opset-18 attributes behind, e.g. Split's num_outputs), so lower opsets are refused up front.
+        if opset < MIN_OPSET:
+            raise VivimError(f"--opset {opset}: the dynamo exporter needs opset {MIN_OPSET} or newer")
+        kwargs["opset_version"] = int(opset)
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                clip, (example,), dynamo=True, custom_translation_table=translation_table(),
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False, optimize=optimize, **kwargs,
+            )
+            if not optimize and program is not None:
+                _light_optimize(program.model)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VivimError(f"ONNX export of {ckpt_path.name} failed: {first[:300]}") from exc
+    assert program is not None  # dynamo=True always returns a program
+    proto = program.model_proto
+
+    n_scans = validate_scan_nodes(proto)
+    meta = build_metadata(metadata, frames=frames, size=size, output_frame=output_frame, fp16=fp16,
+                          checkpoint_path=ckpt_path)
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "vivim-export"
+    proto.producer_version = vivim.__version__
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise VivimError(f"exported ONNX failed onnx.checker: {str(exc).splitlines()[0]}") from exc
+    save_model_atomic(proto, output)
+
+    return ExportResult(
+        path=output,
+        inputs=[_tensor_info(v) for v in proto.graph.input],
+        outputs=[_tensor_info(v) for v in proto.graph.output],
+        nodes=len(proto.graph.node),
+        scan_nodes=n_scans,
+        size_bytes=output.stat().st_size,
+        seconds=time.perf_counter() - start,
+        metadata=meta,
+    )

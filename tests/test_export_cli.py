@@ -1,0 +1,145 @@
+"""`vivim-export` end to end: onnx -> check (pass and fail) -> trt without TensorRT, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+from vivim.export.cli import app
+
+from vivim.errors import VivimError
+
+FRAMES, SIZE = 3, (64, 64)
+
+
+def vivim_export(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the real command line (run_app wrapper included) in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-m", "vivim.export.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def tensorrt_installed() -> bool:
+    try:
+        import tensorrt
+    except (ImportError, OSError):
+        return False
+    return hasattr(tensorrt, "Builder")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    import torch
+
+    import vivim
+
+    folder = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(7)
+    vivim.save_checkpoint(vivim.create_model("tiny", frames=FRAMES, img_size=SIZE[0]), folder / "tiny.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported_onnx(workdir) -> Path:
+    proc = vivim_export("onnx", "tiny.safetensors", "-o", "out/model_fp16.onnx", "--fp16", "--frames", FRAMES,
+                        "--size", *SIZE, "--output-frame", "newest", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "input  frames   (1, 3, 3, 64, 64) float16" in out
+    assert "output logits   (1, 1, 1, 64, 64) float16" in out
+    assert "8 vivim::VivimSelectiveScan" in out and "MB" in out
+    assert "next: vivim-export check tiny.safetensors --onnx out/model_fp16.onnx" in out
+    assert "next: vivim-export trt out/model_fp16.onnx --fp16 -o out/model_fp16.engine" in out
+    return workdir / "out" / "model_fp16.onnx"
+
+
+def test_onnx_then_check_passes_and_writes_json(workdir, exported_onnx):
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(exported_onnx).metadata_props}
+    assert meta["output_frame"] == "newest" and meta["precision"] == "fp16" and meta["frames"] == str(FRAMES)
+    proc = vivim_export("check", "tiny.safetensors", "--onnx", exported_onnx, "--json", "out/parity.json", cwd=workdir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "parity OK" in proc.stdout and "Dice" in proc.stdout
+    report = json.loads((workdir / "out" / "parity.json").read_text())
+    assert report["passed"] is True and report["precision"] == "fp16" and report["output_frame"] == "newest"
+    assert report["max_abs_err"] <= report["atol"] and report["dice"] >= report["min_dice"]
+    assert "next: vivim-export trt" in proc.stdout
+
+
+def test_check_exits_nonzero_beyond_tolerance(workdir, exported_onnx):
+    proc = vivim_export("check", "tiny.safetensors", "--onnx", exported_onnx, "--atol", "1e-9",
+                        "--json", "out/fail.json", cwd=workdir)
+    assert proc.returncode == 1
+    assert "PARITY FAILED" in proc.stdout
+    assert json.loads((workdir / "out" / "fail.json").read_text())["passed"] is False
+
+
+@pytest.mark.skipif(tensorrt_installed(), reason="TensorRT is installed here; this checks the message without it")
+def test_trt_without_tensorrt_is_a_clear_error(workdir, exported_onnx):
+    proc = vivim_export("trt", exported_onnx, "--fp16", "-o", "out/model.engine", cwd=workdir)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: TensorRT is not installed")
+    assert "JetPack" in lines[0] and "pip install tensorrt" in lines[0]
+    assert "Traceback" not in proc.stderr
+    # from a checkpoint it fails before spending time on an ONNX export
+    proc = vivim_export("trt", "tiny.safetensors", "--fp16", "-o", "out/from_ckpt.engine", cwd=workdir)
+    assert proc.returncode != 0 and "TensorRT is not installed" in proc.stderr
+    assert not (workdir / "out" / "from_ckpt.onnx").exists()
+
+
+def test_missing_checkpoint_is_one_line_error(workdir):
+    proc = vivim_export("onnx", "missing.safetensors", "-o", "out/x.onnx", cwd=workdir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: missing.safetensors: checkpoint not found"]
+
+
+runner = CliRunner()
+
+
+def _error(args: list[str]) -> BaseException:
+    result = runner.invoke(app, args)
+    assert result.exit_code != 0
+    return result.exception
+
+
+def test_cli_error_paths_in_process(workdir):
+    (workdir / "foreign.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}       ")
+    cases = [
+        (["onnx", str(workdir / "foreign.safetensors"), "-o", str(workdir / "x.onnx")], "foreign.safetensors"),
+        (["onnx", str(workdir / "tiny.safetensors"), "-o", str(workdir / "tiny.safetensors" / "x.onnx")], "cannot write"),
+        (["onnx", str(workdir / "tiny.safetensors"), "--output-frame", "middle"], "--output-frame"),
+        (["check", str(workdir / "tiny.safetensors"), "--onnx", str(workdir / "none.onnx")], "none.onnx"),
+        (["check", str(workdir / "tiny.safetensors"), "--onnx", str(workdir / "tiny.safetensors")], "tiny.safetensors"),
+        (["trt", str(workdir / "none.onnx"), "--fp16", "-o", str(workdir / "m.engine"), "--plugin", str(workdir / "tiny.safetensors")],
+         "TensorRT is not installed" if not tensorrt_installed() else "none.onnx"),
+    ]
+    for args, needle in cases:
+        exc = _error(args)
+        assert isinstance(exc, VivimError) and needle in str(exc), (args, exc)
+        assert "\n" not in str(exc)
+
+
+def test_plugin_build_errors_surface_as_one_line(workdir, tmp_path):
+    """Without nvcc/CMake/TensorRT headers (CPU CI) the plugin command fails with one readable line."""
+    exc = _error(["plugin", "-o", str(tmp_path / "plug"), "--tensorrt-include", str(tmp_path / "no_headers")])
+    assert isinstance(exc, VivimError) and "\n" not in str(exc)
+
+
+def test_demo_checkpoint_is_accepted():
+    """`CHECKPOINT` may be `demo`: it resolves to the packaged weights (export itself is covered above)."""
+    from vivim.export.onnx_export import load_model
+
+    from vivim.checkpoint import resolve_checkpoint
+    from vivim.errors import CheckpointError
+
+    try:
+        path = resolve_checkpoint("demo")
+    except CheckpointError as exc:
+        pytest.skip(f"demo weights not packaged in this checkout: {exc}")
+    model, metadata, resolved = load_model("demo")
+    assert resolved == path and metadata["variant"] == model.config.name
