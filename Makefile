@@ -1,0 +1,36 @@
+# Vivim Edge: `make demo` (set up a fresh machine, run the live runtime on the bundled clip), `make test`.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip install --disable-pip-version-check -q
+# CPU-only machines can fetch the smaller CPU wheel: make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+DEMO_CLIP ?= vivim/assets/demo_clip.mp4
+DEMO_OUT ?= runs/demo
+# One intra-op thread: immune to OpenMP oversubscription on shared CI cores (try DEMO_THREADS=2 on an idle machine).
+DEMO_THREADS ?= 1
+STAMP := build/.demo-deps
+
+.PHONY: demo setup test clean-demo
+
+# Install once per pyproject.toml change (the stamp lives in the git-ignored build/ folder).
+$(STAMP): pyproject.toml
+	$(PIP) "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(PIP) -e ".[runtime,data]"
+	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	@test -f $(DEMO_CLIP) || { echo "error: $(DEMO_CLIP) is missing (it ships with the package; regenerate it with vivim-data)"; exit 2; }
+	@echo "vivim-run --video $(DEMO_CLIP) --checkpoint demo --device cpu --threads $(DEMO_THREADS) --headless --save $(DEMO_OUT)/overlay.mp4 --stats $(DEMO_OUT)/stats.json --strip $(DEMO_OUT)/strip.png"
+	$(PYTHON) -m vivim.runtime.cli --video $(DEMO_CLIP) --checkpoint demo --device cpu --threads $(DEMO_THREADS) --headless \
+		--save $(DEMO_OUT)/overlay.mp4 --stats $(DEMO_OUT)/stats.json --strip $(DEMO_OUT)/strip.png
+	@echo "next: open $(DEMO_OUT)/overlay.mp4 and $(DEMO_OUT)/strip.png; live camera: vivim-run --camera /dev/video0 --checkpoint demo --show"
+
+# The full CPU test suite (installs the test dependencies the same way CI does).
+test:
+	bash .ci/install
+	$(PYTHON) -m pytest -q
+
+clean-demo:
+	rm -rf $(DEMO_OUT)

@@ -1,0 +1,283 @@
+"""The `vivim-run` pipeline: source -> preprocess -> ring of T -> infer -> overlay -> sinks, plus the summary.
+
+Order of work is chosen so mistakes fail fast and cheaply: flags and paths first, then the input is opened and
+one frame read, then the model is loaded and warmed up, and only then does the capture thread start (a live
+source would otherwise count the model's loading time as dropped frames).
+
+Shutdown: the first Ctrl-C (or SIGTERM) asks the loop to stop after the current frame; every sink is closed in
+a `finally` block (the mp4 gets its index and is renamed into place) and the summary is still printed and
+written. A second Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from vivim.errors import VivimError
+from vivim.runtime.backends import Backend, create_backend
+from vivim.runtime.config import RunConfig
+from vivim.runtime.overlay import draw_hud, draw_mask, logit, mask_from_logits, parse_color
+from vivim.runtime.ring import ClipWindow, Emission
+from vivim.runtime.sinks import (
+    MaskFolderSink, Sink, StripSink, VideoSink, WindowSink, display_available, opencv_has_gui,
+)
+from vivim.runtime.sources import FrameSource, create_source
+from vivim.runtime.stats import RunStats, format_summary, write_json_atomic
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class GracefulStop:
+    """SIGINT/SIGTERM set a flag the loop checks; a second SIGINT raises KeyboardInterrupt (hard abort)."""
+
+    def __init__(self, log: Log) -> None:
+        self.requested = False
+        self._log = log
+        self._previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._log("stopping after the current frame (Ctrl-C again to abort)")
+
+
+class Pipeline:
+    """Per-frame work after capture: push into the ring, infer when a mask is due, draw, hand to the sinks."""
+
+    def __init__(self, cfg: RunConfig, backend: Backend, sinks: List[Sink], window: ClipWindow, stats: RunStats):
+        self.backend = backend
+        self.sinks = sinks
+        self.window = window
+        self.stats = stats
+        self.color = parse_color(cfg.overlay.color)
+        self.overlay_cfg = cfg.overlay
+        self.threshold = cfg.backend.threshold
+        self.hud_tail = f"{backend.name} {backend.device.split(' ')[0]} | {cfg.backend.output_frame} (lag {window.lag})"
+
+    def push(self, frame: Any) -> None:
+        t0 = time.perf_counter()
+        item = self.backend.preprocess(frame.image)  # includes the per-frame network part with the stream cache
+        self.stats.preprocess_ms.append((time.perf_counter() - t0) * 1000.0)
+        self._emit(self.window.push(frame, item))
+
+    def flush(self) -> None:
+        """End of a finite run: repeat the last frame until every lagged frame has its mask."""
+        while self.window.pending:
+            self._emit(self.window.pad())
+
+    def _emit(self, emission: Optional[Emission]) -> None:
+        if emission is None:
+            return
+        frame = emission.record  # the frame this mask belongs to (T // 2 frames old in centre mode)
+        t0 = time.perf_counter()
+        logits = self.backend.infer(emission.clip, emission.index)
+        infer_s = time.perf_counter() - t0
+        mask = mask_from_logits(logits, frame.image.shape, self.threshold)
+        o = self.overlay_cfg
+        overlay = draw_mask(frame.image, mask, self.color, o.alpha, o.contour, o.contour_thickness)
+        self.stats.record(frame.t_capture, infer_s)
+        if o.hud:
+            fps = self.stats.live_fps
+            draw_hud(
+                overlay,
+                [f"{fps:5.1f} FPS  latency {self.stats.latency_ms[-1]:.0f} ms" if fps else
+                 f"  --  FPS  latency {self.stats.latency_ms[-1]:.0f} ms", self.hud_tail],
+            )
+        for sink in self.sinks:
+            sink.write(frame.index, overlay, mask)
+
+
+def build_sinks(cfg: RunConfig, log: Log) -> List[Sink]:
+    s = cfg.sink
+    sinks: List[Sink] = []
+    if s.save:
+        sinks.append(VideoSink(s.save, fps=s.save_fps or 0.0))
+    if s.save_masks:
+        sinks.append(MaskFolderSink(s.save_masks))
+    if s.strip:
+        sinks.append(StripSink(s.strip, count=s.strip_frames))
+    if not s.headless and s.show is not False:
+        if not display_available():
+            if s.show:
+                log("warning: --show ignored: no display (DISPLAY/WAYLAND_DISPLAY unset); running headless")
+        elif s.show or opencv_has_gui():  # an explicit --show without a GUI build is an error (WindowSink says so)
+            sinks.append(WindowSink())
+    return sinks
+
+
+def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr, out: Log = print) -> Dict[str, Any]:
+    """Run the pipeline until the input ends, --max-frames is reached, q is pressed or Ctrl-C; return the summary."""
+    parse_color(cfg.overlay.color)  # flag errors before any heavy work
+    logit(cfg.backend.threshold)
+    source: FrameSource = create_source(cfg.source, log=log)
+    sinks = build_sinks(cfg, log)
+    source.open()
+    try:
+        if backend is None:
+            backend = create_backend(cfg.backend, cfg.preprocess.interpolation, log=log)
+        window = ClipWindow(backend.frames, cfg.backend.output_frame)
+        if backend.fixed_output_index is not None and backend.fixed_output_index != window.index:
+            raise VivimError(
+                f"--output-frame {cfg.backend.output_frame}: this model decodes clip frame "
+                f"{backend.fixed_output_index} only; pass the matching --output-frame or re-export with --output-frame all"
+            )
+        assert source.frame_shape is not None
+        backend.prepare(source.frame_shape)
+    except BaseException:
+        source.stop()
+        raise
+    for sink in sinks:
+        if isinstance(sink, VideoSink) and not cfg.sink.save_fps:
+            sink.fps = source.fps or 25.0
+    if not sinks and not cfg.sink.stats:
+        log("warning: nothing is saved or shown; add --save OUT.mp4, --save-masks DIR, --stats OUT.json or --show")
+    stats = RunStats()
+    pipeline = Pipeline(cfg, backend, sinks, window, stats)
+    stopped_by = "end of input"
+    if not cfg.sink.quiet:
+        log(f"running: {source.name} -> {backend.name} on {backend.device}, T={backend.frames}, "
+            f"output frame {cfg.backend.output_frame} (lag {window.lag}); Ctrl-C stops")
+    progress = _Progress(cfg, stats, log)
+    failure: Optional[BaseException] = None
+    with GracefulStop(log) as stop:
+        try:
+            source.start()
+            while True:
+                if stop.requested:
+                    stopped_by = "interrupted (Ctrl-C)"
+                    break
+                if any(getattr(sink, "quit_requested", False) for sink in sinks):
+                    stopped_by = "window closed"
+                    break
+                frame = source.read(0.1)
+                if frame is None:
+                    if source.finished:
+                        frame = source.read(0.0)  # the thread may have queued its last frame just before ending
+                        if frame is None:
+                            stopped_by = "max frames" if _hit_max(cfg, source) else "end of input"
+                            break
+                    else:
+                        continue
+                pipeline.push(frame)
+                progress.update()
+            if not stop.requested:
+                pipeline.flush()
+        except BaseException as exc:  # still close the files and write the summary, then re-raise
+            failure = exc
+            stopped_by = "error"
+        finally:
+            source.stop()
+            progress.close()
+            for sink in sinks:
+                try:
+                    sink.close()
+                except Exception as exc:  # one broken sink must not keep the others from closing
+                    log(f"warning: closing {type(sink).__name__} failed: {exc}")
+                    failure = failure or exc
+            backend.close()
+    summary = stats.summary(
+        frames_captured=source.frames_captured,
+        frames_dropped=source.frames_dropped,
+        reconnects=source.reconnects,
+        source=source.name,
+        output_frame=cfg.backend.output_frame,
+        frames_per_clip=backend.frames,
+        lag_frames=window.lag,
+        stopped_by=stopped_by,
+        **backend.describe(),
+    )
+    if not cfg.sink.quiet:
+        out(format_summary(summary))
+    if cfg.sink.stats:
+        write_json_atomic(cfg.sink.stats, summary)
+    if not cfg.sink.quiet:
+        for label, path in (("overlay video", cfg.sink.save), ("masks", cfg.sink.save_masks),
+                            ("strip", cfg.sink.strip), ("stats", cfg.sink.stats)):
+            if path:
+                out(f"saved {label}: {path}")
+    if failure is not None:
+        raise failure
+    if source.error is not None:
+        raise source.error
+    return summary
+
+
+def _hit_max(cfg: RunConfig, source: FrameSource) -> bool:
+    return cfg.source.max_frames is not None and source.frames_captured >= cfg.source.max_frames
+
+
+class _Progress:
+    """A tqdm bar for finite inputs, a status line every few seconds for live ones."""
+
+    def __init__(self, cfg: RunConfig, stats: RunStats, log: Log) -> None:
+        self._stats = stats
+        self._log = log
+        self._bar = None
+        self._next = time.monotonic() + 5.0
+        self._quiet = cfg.sink.quiet
+        if self._quiet:
+            return
+        total = cfg.source.max_frames
+        if total is None and cfg.source.kind in ("video", "frames") and not cfg.source.loop:
+            total = _count_frames(cfg.source.kind, str(cfg.source.location))
+        if cfg.source.kind in ("video", "frames"):
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, unit="frame", desc="vivim-run", mininterval=1.0, leave=False)
+            except ImportError:
+                self._bar = None
+
+    def update(self) -> None:
+        if self._quiet:
+            return
+        if self._bar is not None:
+            self._bar.update(self._stats.frames_processed - self._bar.n)
+            return
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + 5.0
+            lat = self._stats.latency_ms[-1] if self._stats.latency_ms else float("nan")
+            fps = self._stats.live_fps or 0.0
+            self._log(f"{self._stats.frames_processed} frames, {fps:.1f} FPS, latency {lat:.0f} ms")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _count_frames(kind: str, location: str) -> Optional[int]:
+    if kind == "frames":
+        from vivim.runtime.sources import ImageFolder
+
+        try:
+            return len(ImageFolder(location).files)
+        except VivimError:
+            return None
+    import cv2
+
+    capture = cv2.VideoCapture(location)
+    try:
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+    finally:
+        capture.release()
+    return count if count > 0 else None

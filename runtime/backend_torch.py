@@ -1,0 +1,202 @@
+"""PyTorch backend (--checkpoint CKPT|demo): streaming inference with a cache of per-frame features.
+
+Vivim's network splits in two: `frame_features` (the first SegFormer stage, before any temporal layer) depends
+on one frame only, so each new frame runs it once and the ring keeps its (C1, H/4, W/4) output; per clip only
+`forward_from_frame_features` runs (the temporal layers and the rest of the encoder over T frames, then the
+decoder for the output frame alone). Without the cache (`stream_cache=False`) the ring keeps normalised frames
+and every step recomputes the whole clip: same logits, more work (see benchmarks/streaming_notes.md).
+
+On CUDA the selective scans go through `vivim.ops` dispatch (our kernel when built, then mamba-ssm, then the
+reference); `fp16` casts the model for inference (scan parameters stay fp32), `cuda_graph` captures both parts
+as CUDA graphs (replayed with static buffers: removes the launch overhead that dominates at batch 1).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from vivim.errors import VivimError
+from vivim.runtime.preprocess import Normalization, resize_rgb
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise VivimError(f"--device {device}: PyTorch sees no CUDA device (torch {torch.__version__}); use --device cpu")
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise VivimError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+class TorchBackend:
+    name = "pytorch"
+    fixed_output_index: Optional[int] = None
+
+    def __init__(
+        self,
+        model: Any,  # vivim.model.VivimModel
+        *,
+        normalization: Normalization = Normalization(),
+        device: str = "auto",
+        fp16: bool = False,
+        cuda_graph: bool = False,
+        stream_cache: bool = True,
+        threads: Optional[int] = None,
+        interpolation: str = "area",
+        source: str = "model",
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self._device = resolve_device(device)
+        self._log = log
+        on_cuda = self._device.type == "cuda"
+        if fp16 and not on_cuda:
+            log("warning: --fp16 needs --device cuda; running fp32 on the CPU")
+            fp16 = False
+        if cuda_graph and not on_cuda:
+            log("warning: --cuda-graph needs --device cuda; running eagerly on the CPU")
+            cuda_graph = False
+        if threads and not on_cuda:
+            # on a shared or small CPU, fewer threads than cores avoids OpenMP oversubscription stalls
+            torch.set_num_threads(threads)
+        self.dtype = torch.float16 if fp16 else torch.float32
+        model = model.eval().to(self._device)
+        if fp16:
+            model.to_inference_dtype(torch.float16)  # keeps A_log, D and dt bias fp32 (the scan's contract)
+        self.model = model
+        self.frames = int(model.frames)
+        size = model.img_size
+        self.input_size: Tuple[int, int] = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.normalization = normalization
+        self.stream_cache = stream_cache
+        self.cuda_graph = cuda_graph
+        self.interpolation = interpolation
+        self.source = source
+        self.device = str(self._device) + (f" ({torch.cuda.get_device_name(self._device)})" if on_cuda else "")
+        self._mean = torch.tensor(normalization.mean, device=self._device).view(1, 3, 1, 1)
+        self._inv_std = 1.0 / torch.tensor(normalization.std, device=self._device).view(1, 3, 1, 1)
+        # CUDA-graph state: the per-frame graph and one decode graph per output index
+        self._frame_graph: Optional[Tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = None
+        self._clip_graphs: Dict[int, Tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str, **kwargs: Any) -> "TorchBackend":
+        if checkpoint != "demo" and not os.path.isfile(checkpoint):
+            raise VivimError(f"--checkpoint {checkpoint}: no such file")
+        import vivim
+
+        model, metadata = vivim.load_checkpoint(checkpoint, map_location="cpu")
+        norm = Normalization.from_metadata(metadata.get("normalization"))
+        return cls(model, normalization=norm, source=checkpoint, **kwargs)
+
+    # -- interface ---------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prepare(self, frame_shape: Sequence[int]) -> None:
+        """Warm up (first-use kernel builds, cuDNN choices) and capture CUDA graphs before timing starts."""
+        dummy = np.zeros((int(frame_shape[0]), int(frame_shape[1]), 3), dtype=np.uint8)
+        item = self.preprocess(dummy)  # eager: no graph captured yet
+        stacked = torch.stack([item] * self.frames)[None]
+        indices = sorted({self.frames - 1, self.frames // 2})  # newest and centre
+        for index in indices:
+            self._clip_part(stacked, index)
+        if self.cuda_graph:
+            try:
+                if self.stream_cache:
+                    self._frame_graph = self._capture(self._frame_part, self._upload(dummy))
+                for index in indices:
+                    self._clip_graphs[index] = self._capture(functools.partial(self._clip_part, index=index), stacked)
+            except RuntimeError as exc:
+                self._log(f"warning: CUDA graph capture failed ({str(exc).splitlines()[0]}); running eagerly")
+                self.cuda_graph = False
+                self.close()
+        self._sync()
+
+    @torch.inference_mode()
+    def preprocess(self, frame_bgr: np.ndarray) -> torch.Tensor:
+        x = self._upload(frame_bgr)
+        if not self.stream_cache:
+            return x[0]
+        if self._frame_graph is not None:
+            graph, static_in, static_out = self._frame_graph
+            static_in.copy_(x)
+            graph.replay()
+            return static_out[0].clone()  # the ring keeps it; the static buffer is reused next frame
+        return self._frame_part(x)[0]
+
+    @torch.inference_mode()
+    def infer(self, clip: List[torch.Tensor], index: int) -> np.ndarray:
+        stacked = torch.stack(clip)[None]
+        if self.cuda_graph:
+            if index not in self._clip_graphs:
+                self._clip_graphs[index] = self._capture(functools.partial(self._clip_part, index=index), stacked)
+            graph, static_in, static_out = self._clip_graphs[index]
+            static_in.copy_(stacked)
+            graph.replay()
+            logits = static_out
+        else:
+            logits = self._clip_part(stacked, index)
+        return logits[0, 0, 0].float().cpu().numpy()
+
+    def describe(self) -> Dict[str, Any]:
+        try:
+            from vivim.ops import dispatch
+
+            scan = dispatch.pick(self._device.type).name
+        except Exception:  # reporting only
+            scan = "unknown"
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "model": self.source,
+            "precision": "fp16" if self.dtype == torch.float16 else "fp32",
+            "cuda_graph": self.cuda_graph,
+            "stream_cache": self.stream_cache,
+            "scan_impl": scan,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads() if self._device.type == "cpu" else None,
+        }
+
+    def close(self) -> None:
+        self._frame_graph = None
+        self._clip_graphs.clear()
+
+    # -- the two network parts ---------------------------------------------------------------------------------
+    def _upload(self, frame_bgr: np.ndarray) -> torch.Tensor:
+        """Resize on the CPU (uint8, small upload), normalise on the device: (1, 3, H, W) in the model dtype."""
+        rgb = torch.from_numpy(resize_rgb(frame_bgr, self.input_size, self.interpolation))
+        x = rgb.to(self._device, non_blocking=True).permute(2, 0, 1)[None].float().mul_(1.0 / 255.0)
+        return ((x - self._mean) * self._inv_std).to(self.dtype)
+
+    def _frame_part(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.frame_features(x)
+
+    def _clip_part(self, stacked: torch.Tensor, index: int) -> torch.Tensor:
+        if self.stream_cache:
+            return self.model.forward_from_frame_features(stacked, output_frame=index, out_size=self.input_size)
+        return self.model(stacked, output_frame=index)
+
+    def _capture(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor):
+        """Record `fn` on a static input as a CUDA graph (warm-up on a side stream first, as CUDA graphs need)."""
+        static_in = example.clone()
+        side = torch.cuda.Stream(self._device)
+        side.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.inference_mode(), torch.cuda.stream(side):
+            for _ in range(2):
+                fn(static_in)
+        torch.cuda.current_stream(self._device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph):
+            static_out = fn(static_in)
+        return graph, static_in, static_out
+
+    def _sync(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)

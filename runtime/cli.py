@@ -1,0 +1,213 @@
+"""`vivim-run`: live Vivim segmentation of a camera, video file, image folder or GStreamer pipeline.
+
+vivim-run --video clip.mp4 --checkpoint demo --device cpu --headless --save out.mp4 --stats stats.json
+vivim-run --camera /dev/video0 --engine vivim.engine --output-frame newest --show
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from vivim.cli_utils import run_app
+from vivim.errors import VivimError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Segment a live video stream with Vivim: a rolling buffer of the last T frames, the mask drawn on the "
+    "frame it belongs to, FPS and capture-to-mask latency reported.",
+)
+
+_SRC = "Input (one of)"
+_MODEL = "Model (one of)"
+_RUN = "Inference"
+_OUT = "Output"
+
+
+def _one_of(kind: str, **given: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    chosen = [(name, value) for name, value in given.items() if value is not None]
+    if len(chosen) > 1:
+        flags = ", ".join("--" + name for name, _ in chosen)
+        raise VivimError(f"give one {kind}, not several ({flags})")
+    return chosen[0] if chosen else (None, None)
+
+
+@app.command()
+def run(
+    camera: Optional[str] = typer.Option(
+        None, "--camera", help="V4L2 device path or index, e.g. /dev/video0 or 0.", rich_help_panel=_SRC
+    ),
+    video: Optional[str] = typer.Option(None, "--video", help="Video file.", rich_help_panel=_SRC),
+    frames: Optional[str] = typer.Option(
+        None, "--frames", help="Folder of images, read in name order.", rich_help_panel=_SRC
+    ),
+    gst: Optional[str] = typer.Option(
+        None, "--gst", help="GStreamer pipeline ending in appsink (OpenCV built with GStreamer).", rich_help_panel=_SRC
+    ),
+    checkpoint: Optional[str] = typer.Option(
+        None, "--checkpoint", help="PyTorch checkpoint (.safetensors) or 'demo'.", rich_help_panel=_MODEL
+    ),
+    onnx: Optional[str] = typer.Option(
+        None, "--onnx", help="ONNX model from `vivim-export onnx` (ONNX Runtime).", rich_help_panel=_MODEL
+    ),
+    engine: Optional[str] = typer.Option(
+        None,
+        "--engine",
+        help="TensorRT engine from `vivim-export trt` (with its .json sidecar).",
+        rich_help_panel=_MODEL,
+    ),
+    config: Optional[str] = typer.Option(
+        None, "--config", help="YAML file with sections source/preprocess/backend/overlay/sink; flags override it."
+    ),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="cpu, cuda or cuda:N (default: cuda when available).", rich_help_panel=_RUN
+    ),
+    output_frame: Optional[str] = typer.Option(
+        None,
+        "--output-frame",
+        help="centre: the paper's protocol, T//2 frames lag; newest: no lag.",
+        rich_help_panel=_RUN,
+    ),
+    fp16: Optional[bool] = typer.Option(
+        None, "--fp16/--fp32", help="PyTorch on CUDA: half precision.", rich_help_panel=_RUN
+    ),
+    cuda_graph: Optional[bool] = typer.Option(
+        None, "--cuda-graph/--no-cuda-graph", help="PyTorch on CUDA: replay CUDA graphs.", rich_help_panel=_RUN
+    ),
+    stream_cache: Optional[bool] = typer.Option(
+        None,
+        "--stream-cache/--no-stream-cache",
+        help="PyTorch: compute per-frame features once per frame (default) or recompute the whole clip.",
+        rich_help_panel=_RUN,
+    ),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="PyTorch on the CPU: intra-op threads (1 is fastest on a busy machine).",
+        rich_help_panel=_RUN,
+    ),
+    plugin: Optional[str] = typer.Option(
+        None,
+        "--plugin",
+        help="TensorRT plugin library (default: the one named in the engine's sidecar).",
+        rich_help_panel=_RUN,
+    ),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", help="Mask = sigmoid(logits) > threshold (default 0.5).", rich_help_panel=_RUN
+    ),
+    loop: Optional[bool] = typer.Option(
+        None, "--loop/--no-loop", help="Files/folders: start again at the end.", rich_help_panel=_SRC
+    ),
+    realtime: Optional[bool] = typer.Option(
+        None,
+        "--realtime/--no-realtime",
+        help="Files/folders: pace at the frame rate and keep only the newest frame, like a camera.",
+        rich_help_panel=_SRC,
+    ),
+    fps: Optional[float] = typer.Option(
+        None, "--fps", help="Camera: requested rate; folders: rate for --realtime.", rich_help_panel=_SRC
+    ),
+    width: Optional[int] = typer.Option(None, "--width", help="Camera: requested width.", rich_help_panel=_SRC),
+    height: Optional[int] = typer.Option(None, "--height", help="Camera: requested height.", rich_help_panel=_SRC),
+    fourcc: Optional[str] = typer.Option(
+        None, "--fourcc", help="Camera: pixel format, e.g. MJPG or YUYV.", rich_help_panel=_SRC
+    ),
+    buffer_size: Optional[int] = typer.Option(
+        None,
+        "--buffer-size",
+        help="Camera: V4L2 driver buffers (default 1: newest frame, least latency).",
+        rich_help_panel=_SRC,
+    ),
+    max_frames: Optional[int] = typer.Option(
+        None, "--max-frames", help="Stop after N frames (each gets its mask).", rich_help_panel=_SRC
+    ),
+    reconnect_attempts: Optional[int] = typer.Option(
+        None,
+        "--reconnect-attempts",
+        help="Live sources: reopen attempts (exponential back-off) before giving up.",
+        rich_help_panel=_SRC,
+    ),
+    alpha: Optional[float] = typer.Option(
+        None, "--alpha", help="Mask opacity 0..1 (default 0.45).", rich_help_panel=_OUT
+    ),
+    contour: Optional[bool] = typer.Option(
+        None, "--contour/--no-contour", help="Draw the mask outline (default on).", rich_help_panel=_OUT
+    ),
+    color: Optional[str] = typer.Option(
+        None, "--color", help="Mask colour: R,G,B, #RRGGBB or a name (default green).", rich_help_panel=_OUT
+    ),
+    hud: Optional[bool] = typer.Option(
+        None, "--hud/--no-hud", help="FPS and latency text on the picture (default on).", rich_help_panel=_OUT
+    ),
+    show: Optional[bool] = typer.Option(
+        None,
+        "--show/--no-show",
+        help="Window with the overlay (default: shown when there is a display and OpenCV has a GUI).",
+        rich_help_panel=_OUT,
+    ),
+    headless: Optional[bool] = typer.Option(
+        None, "--headless", help="Never open a window (automatic without a display).", rich_help_panel=_OUT
+    ),
+    save: Optional[str] = typer.Option(None, "--save", help="Overlay video (.mp4).", rich_help_panel=_OUT),
+    save_masks: Optional[str] = typer.Option(
+        None, "--save-masks", help="Folder for one binary mask PNG per frame.", rich_help_panel=_OUT
+    ),
+    stats: Optional[str] = typer.Option(
+        None, "--stats", help="Summary JSON (frames, FPS, latency percentiles).", rich_help_panel=_OUT
+    ),
+    strip: Optional[str] = typer.Option(
+        None, "--strip", help="PNG strip of frames with their masks.", rich_help_panel=_OUT
+    ),
+    quiet: Optional[bool] = typer.Option(
+        None, "--quiet", help="No progress and no summary on the console.", rich_help_panel=_OUT
+    ),
+) -> None:
+    """Run Vivim on a live or recorded stream and draw the masks."""
+    from vivim.runtime.app import run as run_pipeline
+    from vivim.runtime.config import RunConfig
+
+    source_kind, location = _one_of("input", camera=camera, video=video, frames=frames, gst=gst)
+    model_kind, model = _one_of("model", checkpoint=checkpoint, onnx=onnx, engine=engine)
+    cfg = RunConfig.build(
+        config,
+        {
+            "source": dict(
+                kind=source_kind,
+                location=location,
+                loop=loop,
+                realtime=realtime,
+                fps=fps,
+                width=width,
+                height=height,
+                fourcc=fourcc,
+                buffer_size=buffer_size,
+                max_frames=max_frames,
+                reconnect_attempts=reconnect_attempts,
+            ),
+            "backend": dict(
+                kind=model_kind,
+                model=model,
+                device=device,
+                fp16=fp16,
+                cuda_graph=cuda_graph,
+                stream_cache=stream_cache,
+                threads=threads,
+                plugin=plugin,
+                output_frame=output_frame,
+                threshold=threshold,
+            ),
+            "overlay": dict(alpha=alpha, contour=contour, color=color, hud=hud),
+            "sink": dict(
+                show=show, headless=headless, save=save, save_masks=save_masks, stats=stats, strip=strip, quiet=quiet
+            ),
+        },
+    )
+    run_pipeline(cfg)
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Run configuration: one dataclass per pipeline stage, filled from defaults <- YAML file <- command-line flags.
+
+The YAML file mirrors Holoscan apps: one top-level section per stage (`source`, `preprocess`, `backend`,
+`overlay`, `sink`), keys = the stage's fields below. A flag given on the command line always wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from vivim.errors import VivimError
+
+SOURCE_KINDS = ("camera", "video", "frames", "gst")
+MODEL_KINDS = ("checkpoint", "onnx", "engine")
+
+
+@dataclass
+class SourceConfig:
+    kind: Optional[str] = None  # camera | video | frames | gst
+    location: Optional[str] = None  # device path/index, file, folder or GStreamer pipeline
+    loop: bool = False  # files/folders: start again at the end
+    realtime: bool = False  # files/folders: pace at the file's frame rate and behave like a live source
+    fps: Optional[float] = None  # camera: requested rate; folders: pacing rate with --realtime
+    width: Optional[int] = None  # camera: requested frame size
+    height: Optional[int] = None
+    fourcc: Optional[str] = None  # camera: pixel format, e.g. MJPG or YUYV (set before size and rate)
+    buffer_size: int = 1  # camera: driver buffers; 1 keeps the newest frame closest to the sensor
+    max_frames: Optional[int] = None  # stop after this many frames (every one of them gets a mask)
+    reconnect_attempts: int = 10  # live sources: reopen a lost device this many times before giving up
+    reconnect_delay: float = 0.5  # first back-off in seconds, doubled after each failed attempt
+    reconnect_max_delay: float = 5.0
+
+
+@dataclass
+class PreprocessConfig:
+    interpolation: str = "area"  # area | linear: downscaling filter for the model input
+
+
+@dataclass
+class BackendConfig:
+    kind: Optional[str] = None  # checkpoint | onnx | engine
+    model: Optional[str] = None  # checkpoint path or 'demo', .onnx file or .engine file
+    device: str = "auto"  # auto | cpu | cuda (auto = cuda when available)
+    fp16: bool = False  # PyTorch backend on CUDA
+    cuda_graph: bool = False  # PyTorch backend on CUDA: capture both network parts as CUDA graphs
+    stream_cache: bool = True  # PyTorch backend: per-frame features computed once and kept in the ring
+    threads: Optional[int] = None  # PyTorch on the CPU: intra-op threads (default: torch's choice)
+    plugin: Optional[str] = None  # TensorRT plugin library (default: from the engine's sidecar)
+    output_frame: str = "centre"  # centre (T//2 frames lag, the paper's protocol) | newest (no lag)
+    threshold: float = 0.5  # mask = sigmoid(logits) > threshold
+
+
+@dataclass
+class OverlayConfig:
+    alpha: float = 0.45  # opacity of the filled mask
+    contour: bool = True  # draw the mask outline
+    contour_thickness: int = 2
+    color: str = "0,255,0"  # mask colour as R,G,B, #RRGGBB or a name (green, red, yellow, cyan, magenta, blue)
+    hud: bool = True  # FPS / latency text in the corner
+
+
+@dataclass
+class SinkConfig:
+    show: Optional[bool] = None  # window; None = automatic (shown when there is a display and OpenCV has a GUI)
+    headless: bool = False  # never open a window
+    save: Optional[str] = None  # overlay video (.mp4)
+    save_fps: Optional[float] = None  # default: the source's frame rate
+    save_masks: Optional[str] = None  # folder of binary mask PNGs, one per processed frame
+    stats: Optional[str] = None  # summary JSON
+    strip: Optional[str] = None  # PNG strip of frames with their masks
+    strip_frames: int = 6
+    quiet: bool = False
+
+
+@dataclass
+class RunConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def build(
+        cls, config_file: Optional[str] = None, overrides: Optional[Mapping[str, Mapping[str, Any]]] = None
+    ) -> "RunConfig":
+        """Defaults, then the YAML file's sections, then every override that is not None."""
+        config = cls()
+        if config_file is not None:
+            for section, values in load_yaml(config_file).items():
+                _apply(config, section, values, origin=config_file)
+        for section, flags in (overrides or {}).items():
+            _apply(config, section, {k: v for k, v in flags.items() if v is not None}, origin="flags")
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        s, b, o = self.source, self.backend, self.overlay
+        if s.kind is None or s.location is None:
+            raise VivimError("no input: give one of --camera DEV, --video FILE, --frames DIR, --gst PIPELINE")
+        if s.kind not in SOURCE_KINDS:
+            raise VivimError(f"source.kind must be one of {', '.join(SOURCE_KINDS)}, got {s.kind!r}")
+        if b.kind is None or b.model is None:
+            raise VivimError("no model: give one of --checkpoint CKPT (or 'demo'), --onnx M.onnx, --engine M.engine")
+        if b.kind not in MODEL_KINDS:
+            raise VivimError(f"backend.kind must be one of {', '.join(MODEL_KINDS)}, got {b.kind!r}")
+        if b.device not in ("auto", "cpu", "cuda") and not b.device.startswith("cuda:"):
+            raise VivimError(f"--device must be cpu, cuda or cuda:N, got {b.device!r}")
+        if b.output_frame not in ("centre", "center", "newest"):
+            raise VivimError(f"--output-frame must be 'centre' or 'newest', got {b.output_frame!r}")
+        if b.output_frame == "center":
+            b.output_frame = "centre"
+        if not 0.0 <= o.alpha <= 1.0:
+            raise VivimError(f"--alpha must be within [0, 1], got {o.alpha}")
+        if b.threads is not None and b.threads < 1:
+            raise VivimError(f"--threads must be at least 1, got {b.threads}")
+        if s.max_frames is not None and s.max_frames < 1:
+            raise VivimError(f"--max-frames must be at least 1, got {s.max_frames}")
+        if self.sink.save is not None and not self.sink.save.lower().endswith((".mp4", ".avi", ".mkv")):
+            raise VivimError(f"--save {self.sink.save}: use a .mp4 (or .avi/.mkv) file name")
+        if self.preprocess.interpolation not in ("area", "linear"):
+            raise VivimError(f"preprocess.interpolation must be 'area' or 'linear', got {self.preprocess.interpolation!r}")
+
+
+def load_yaml(path: str) -> dict[str, dict[str, Any]]:
+    """Read a run config file; every top-level key must name a stage and hold a mapping."""
+    import yaml  # optional dependency, only needed with --config
+
+    data: Any
+    if not os.path.isfile(path):
+        raise VivimError(f"--config {path}: no such file")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise VivimError(f"--config {path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise VivimError(f"--config {path}: expected sections {', '.join(_SECTIONS)} at the top level")
+    for section, values in data.items():
+        if section not in _SECTIONS:
+            raise VivimError(f"--config {path}: unknown section {section!r} (expected {', '.join(_SECTIONS)})")
+        if values is not None and not isinstance(values, dict):
+            raise VivimError(f"--config {path}: section {section!r} must be a mapping of keys to values")
+    return {k: (v or {}) for k, v in data.items()}
+
+
+_SECTIONS = ("source", "preprocess", "backend", "overlay", "sink")
+
+
+def _apply(config: RunConfig, section: str, values: Mapping[str, Any], origin: str) -> None:
+    if section not in _SECTIONS:
+        raise VivimError(f"{origin}: unknown section {section!r} (expected {', '.join(_SECTIONS)})")
+    target = getattr(config, section)
+    known = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        if key not in known:
+            raise VivimError(f"{origin}: unknown key {section}.{key} (known: {', '.join(known)})")
+        setattr(target, key, _coerce(value, getattr(target, key), f"{origin}: {section}.{key}"))
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    """Keep YAML types honest: a bool field gets a bool, a number field a number."""
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise VivimError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise VivimError(f"{where} must be a number, got {value!r}")
+        return type(current)(value) if isinstance(current, float) else value
+    if value is not None and isinstance(value, (dict, list)):
+        raise VivimError(f"{where} must be a single value, got {type(value).__name__}")
+    return str(value) if isinstance(value, (int, float)) and isinstance(current, str) else value

@@ -1,0 +1,59 @@
+"""Frame preprocessing with OpenCV/NumPy only (the TensorRT and ONNX Runtime paths run without torch).
+
+A frame is resized to the model's input size, converted BGR -> RGB, scaled to [0, 1] and normalised with the
+checkpoint's mean/std (ImageNet by default), channels first: (3, H, W). Done once per frame; the ring keeps it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import numpy as np
+
+from vivim.constants import IMAGENET_MEAN, IMAGENET_STD
+
+import cv2  # noqa: E402  (after numpy; sources.py silences OpenCV's logging)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def from_metadata(cls, value: object) -> "Normalization":
+        """Accepts {'mean': [...], 'std': [...]} as written in checkpoints and ONNX metadata; else ImageNet."""
+        if isinstance(value, dict) and "mean" in value and "std" in value:
+            return cls(tuple(float(v) for v in value["mean"]), tuple(float(v) for v in value["std"]))  # type: ignore[arg-type]
+        return cls()
+
+
+_INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
+
+
+def resize_rgb(image_bgr: np.ndarray, size: "int | Sequence[int]", interpolation: str = "area") -> np.ndarray:
+    """BGR uint8 (h, w, 3) -> RGB uint8 (H, W, 3) at the model's input size (uint8 keeps the upload small)."""
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if image_bgr.shape[:2] != (height, width):
+        image_bgr = cv2.resize(image_bgr, (width, height), interpolation=_INTERPOLATION[interpolation])
+    return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+
+
+def normalize_chw(rgb: np.ndarray, norm: Normalization, dtype: "np.dtype | type" = np.float32) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> normalised (3, H, W) in `dtype` (float32 maths, cast at the end)."""
+    scale = np.float32(1.0 / 255.0)
+    mean = np.asarray(norm.mean, dtype=np.float32)
+    inv_std = 1.0 / np.asarray(norm.std, dtype=np.float32)
+    chw = ((rgb.astype(np.float32) * scale - mean) * inv_std).transpose(2, 0, 1)
+    return np.ascontiguousarray(chw, dtype=dtype)
+
+
+def preprocess(
+    image_bgr: np.ndarray,
+    size: "int | Sequence[int]",
+    norm: Normalization = Normalization(),
+    interpolation: str = "area",
+    dtype: "np.dtype | type" = np.float32,
+) -> np.ndarray:
+    return normalize_chw(resize_rgb(image_bgr, size, interpolation), norm, dtype)

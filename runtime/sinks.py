@@ -1,0 +1,199 @@
+"""Sinks: where each composited frame goes (window, overlay video, mask PNGs, a summary strip).
+
+Every file is written to a temporary name in the target folder and renamed into place when complete, so an
+interrupted run (Ctrl-C, a crash in the model) leaves either a finished file or none, never a broken one;
+`close()` runs from the app's `finally` block.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from typing import List, Optional, Protocol, Tuple
+
+import numpy as np
+
+from vivim.errors import VivimError
+
+import cv2  # noqa: E402
+
+
+class Sink(Protocol):
+    def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _temp_path(path: str, suffix: str) -> str:
+    """A unique temporary file beside `path` whose suffix keeps OpenCV's format detection working."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
+    os.close(fd)
+    return tmp
+
+
+def write_image_atomic(path: str, image: np.ndarray) -> None:
+    suffix = os.path.splitext(path)[1] or ".png"
+    ok, data = cv2.imencode(suffix, image)
+    if not ok:
+        raise VivimError(f"{path}: OpenCV cannot encode {suffix} images")
+    tmp = _temp_path(path, suffix)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data.tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class VideoSink:
+    """The overlay video; opened lazily on the first frame (its size is known then)."""
+
+    _FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+
+    def __init__(self, path: str, fps: float) -> None:
+        self.path = path
+        self.fps = fps if fps and fps > 0 else 25.0
+        self.frames_written = 0
+        self._writer: Optional[cv2.VideoWriter] = None
+        self._tmp: Optional[str] = None
+        self._size: Optional[Tuple[int, int]] = None
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise VivimError(f"--save {path}: folder is not writable")
+
+    def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
+        if self._writer is None:
+            suffix = os.path.splitext(self.path)[1].lower()
+            self._tmp = _temp_path(self.path, suffix)
+            self._size = (overlay.shape[1], overlay.shape[0])
+            fourcc = cv2.VideoWriter.fourcc(*self._FOURCC.get(suffix, "mp4v"))
+            self._writer = cv2.VideoWriter(self._tmp, fourcc, self.fps, self._size)
+            if not self._writer.isOpened():
+                self._discard()
+                raise VivimError(f"--save {self.path}: OpenCV cannot write this video format here")
+        if (overlay.shape[1], overlay.shape[0]) != self._size:  # a camera changed mode after a reconnect
+            overlay = cv2.resize(overlay, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(overlay)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.release()  # writes the container index: without it the mp4 is unreadable
+        self._writer = None
+        if self._tmp is not None:
+            os.replace(self._tmp, self.path)
+            self._tmp = None
+
+    def _discard(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._tmp is not None and os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+        self._tmp = None
+
+
+class MaskFolderSink:
+    """One binary PNG (0/255) per processed frame, named by the frame's capture index."""
+
+    def __init__(self, folder: str) -> None:
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise VivimError(f"--save-masks {folder}: exists and is not a folder")
+        os.makedirs(folder, exist_ok=True)
+        self.folder = folder
+        self.written = 0
+
+    def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
+        write_image_atomic(os.path.join(self.folder, f"{index:06d}.png"), mask.astype(np.uint8) * 255)
+        self.written += 1
+
+    def close(self) -> None:
+        pass
+
+
+def opencv_has_gui() -> bool:
+    for line in cv2.getBuildInformation().splitlines():
+        text = line.strip()
+        if text.startswith(("GTK", "QT", "Win32 UI", "Cocoa")) and ":" in text:
+            if text.split(":", 1)[1].strip().upper().startswith("YES"):
+                return True
+    return False
+
+
+class WindowSink:
+    """An OpenCV window; pressing q or Esc asks the app to stop."""
+
+    def __init__(self, title: str = "vivim-run") -> None:
+        if not opencv_has_gui():
+            raise VivimError(
+                "--show: this OpenCV build has no GUI (opencv-python-headless); use --headless with --save, "
+                "or install opencv-python"
+            )
+        self.title = title
+        self.quit_requested = False
+        cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+
+    def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
+        cv2.imshow(self.title, overlay)
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            self.quit_requested = True
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.title)
+        except cv2.error:
+            pass
+
+
+class StripSink:
+    """A PNG strip of up to `count` frames with their masks, spread over the run.
+
+    The run length is unknown for live sources, so frames are sampled with a stride that doubles whenever the
+    strip is full (keeping every other sample): the kept frames stay evenly spread over the whole run.
+    """
+
+    def __init__(self, path: str, count: int = 6, height: int = 192) -> None:
+        if not path.lower().endswith(".png"):
+            raise VivimError(f"--strip {path}: use a .png file name")
+        self.path = path
+        self.count = max(1, count)
+        self.height = height
+        self._stride = 1
+        self._seen = 0
+        self._kept: List[Tuple[int, np.ndarray]] = []
+
+    def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
+        if self._seen % self._stride == 0:
+            scale = self.height / overlay.shape[0]
+            thumb = cv2.resize(overlay, (max(1, round(overlay.shape[1] * scale)), self.height), interpolation=cv2.INTER_AREA)
+            self._kept.append((index, thumb))
+            if len(self._kept) > 2 * self.count:
+                self._kept = self._kept[::2]
+                self._stride *= 2
+        self._seen += 1
+
+    def close(self) -> None:
+        if not self._kept:
+            return
+        picks = sorted({round(i * (len(self._kept) - 1) / max(1, self.count - 1)) for i in range(self.count)})
+        chosen = [self._kept[i] for i in picks]  # evenly spread, first and last kept frame included
+        tiles = []
+        for index, thumb in chosen:
+            tile = thumb.copy()
+            cv2.putText(tile, f"#{index}", (6, self.height - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+            tiles.append(tile)
+            tiles.append(np.full((self.height, 4, 3), 255, dtype=np.uint8))  # white separator
+        write_image_atomic(self.path, np.hstack(tiles[:-1]))
+
+
+def display_available() -> bool:
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True

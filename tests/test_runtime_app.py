@@ -1,0 +1,406 @@
+"""`vivim-run` end to end on the CPU: synthetic video in, N masks out, errors as one line, Ctrl-C, no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from vivim.errors import VivimError
+from vivim.runtime.app import run
+from vivim.runtime.config import RunConfig
+from vivim.runtime.sources import opencv_has_gstreamer
+
+torch = pytest.importorskip("torch")
+import vivim  # noqa: E402
+
+N_FRAMES = 9
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # 2 shared CI cores
+
+BLOCK_TORCH = """
+import importlib.abc, sys
+class _BlockTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test: " + name)
+        return None
+sys.meta_path.insert(0, _BlockTorch())
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("runtime_app")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(workdir):
+    torch.manual_seed(0)
+    model = vivim.create_model("tiny", frames=5, img_size=32)
+    path = workdir / "tiny32.safetensors"
+    vivim.save_checkpoint(model, path)
+    return str(path)
+
+
+def write_clip(path, n=N_FRAMES, size=(48, 40), fps=10.0):
+    """A bright disc moving over a speckled background (an ultrasound-ish synthetic clip)."""
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
+    for k in range(n):
+        image = rng.integers(20, 60, size=(size[1], size[0], 3), dtype=np.uint8)
+        cv2.circle(image, (10 + 3 * k, size[1] // 2), 8, (220, 220, 220), -1)
+        writer.write(image)
+    writer.release()
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def clip(workdir):
+    return write_clip(workdir / "clip.mp4")
+
+
+def count_frames(path):
+    capture = cv2.VideoCapture(str(path))
+    assert capture.isOpened(), path
+    n = 0
+    while capture.read()[0]:
+        n += 1
+    capture.release()
+    return n
+
+
+def cfg(**sections):
+    return RunConfig.build(None, sections)
+
+
+@pytest.mark.parametrize("output_frame", ["centre", "newest"])
+def test_synthetic_video_end_to_end(tmp_path, checkpoint, clip, output_frame):
+    out = tmp_path / "run"
+    lines = []
+    summary = run(
+        cfg(
+            source={"kind": "video", "location": clip},
+            backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu", "output_frame": output_frame},
+            sink={"headless": True, "save": str(out / "overlay.mp4"), "save_masks": str(out / "masks"),
+                  "stats": str(out / "stats.json"), "strip": str(out / "strip.png")},
+        ),
+        log=lines.append,
+        out=lines.append,
+    )
+    assert count_frames(out / "overlay.mp4") == N_FRAMES  # N frames in -> N frames in the overlay video
+    masks = sorted(os.listdir(out / "masks"))
+    assert masks == [f"{k:06d}.png" for k in range(N_FRAMES)]  # ... and N masks, one per frame index
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["frames_captured"] == stats["frames_processed"] == N_FRAMES and stats["frames_dropped"] == 0
+    assert stats["fps"] > 0 and set(stats["latency_ms"]) >= {"p50", "p90", "p99"}
+    assert stats["latency_ms"]["p50"] <= stats["latency_ms"]["p90"] <= stats["latency_ms"]["p99"]
+    assert stats["backend"] == "pytorch" and stats["device"] == "cpu" and stats["output_frame"] == output_frame
+    assert stats["lag_frames"] == (2 if output_frame == "centre" else 0)
+    assert summary == stats
+    assert cv2.imread(str(out / "strip.png")).shape[0] == 192
+    assert any("latency" in line for line in lines)
+    # overlay frame k shows frame k: the video matches the source plus the drawn mask, never a lagged frame
+    source, overlay = cv2.VideoCapture(clip), cv2.VideoCapture(str(out / "overlay.mp4"))
+    for k in range(N_FRAMES):
+        a, b = source.read()[1], overlay.read()[1]
+        mask = cv2.imread(str(out / "masks" / f"{k:06d}.png"), cv2.IMREAD_GRAYSCALE) > 0
+        keep = ~cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+        keep[:60, :] = False  # the HUD
+        if keep.any():
+            assert np.abs(a[keep].astype(int) - b[keep].astype(int)).mean() < 12, k
+    source.release()
+    overlay.release()
+
+
+DEMO_CLIP = os.path.join(os.path.dirname(vivim.__file__), "assets", "demo_clip.mp4")
+
+
+@pytest.mark.skipif(not os.path.isfile(DEMO_CLIP), reason="bundled demo clip not present")
+def test_bundled_demo_clip_with_demo_weights(tmp_path):
+    """What `make demo` runs, on the first frames: the shipped weights find the lesion on the shipped clip."""
+    summary = run(
+        cfg(source={"kind": "video", "location": DEMO_CLIP, "max_frames": 8},
+            backend={"kind": "checkpoint", "model": "demo", "device": "cpu"},
+            sink={"headless": True, "quiet": True, "save_masks": str(tmp_path / "m"), "strip": str(tmp_path / "s.png")}),
+        log=lambda m: None,
+    )
+    assert summary["frames_processed"] == 8 and summary["model"] == "demo"
+    fractions = [(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) > 0).mean() for p in sorted((tmp_path / "m").iterdir())]
+    assert all(0.005 < f < 0.5 for f in fractions), fractions  # a lesion-sized mask, neither empty nor everything
+
+
+def test_loop_with_max_frames_and_config_file(tmp_path, checkpoint, clip):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"source: {{kind: video, location: {clip}, loop: true, max_frames: 14}}\n"
+        f"backend: {{kind: checkpoint, model: {checkpoint}, device: cpu}}\n"
+        "overlay: {contour: false, color: '#ff0000', hud: false}\n"
+        f"sink: {{headless: true, save_masks: {tmp_path / 'masks'}, quiet: true}}\n"
+    )
+    summary = run(RunConfig.build(str(config), {"backend": {"output_frame": "newest"}}), log=lambda m: None)
+    assert summary["frames_processed"] == 14 and summary["output_frame"] == "newest"
+    assert len(os.listdir(tmp_path / "masks")) == 14
+
+
+def test_image_folder_end_to_end(tmp_path, checkpoint):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(4):
+        cv2.imwrite(str(folder / f"img_{k:03d}.png"), rng.integers(0, 256, size=(36, 44), dtype=np.uint8))  # grey
+    summary = run(
+        cfg(source={"kind": "frames", "location": str(folder)},
+            backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu", "output_frame": "centre"},
+            sink={"headless": True, "quiet": True, "save_masks": str(tmp_path / "masks")}),
+        log=lambda m: None,
+    )
+    assert summary["frames_processed"] == 4 and summary["source"].startswith("frames")
+    shapes = {cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).shape for p in (tmp_path / "masks").iterdir()}
+    assert shapes == {(36, 44)}  # masks at the frame's own resolution
+
+
+def test_realtime_video_behaves_like_a_live_source(tmp_path, checkpoint, workdir):
+    fast = write_clip(workdir / "fast.mp4", n=30, fps=200.0)  # faster than the CPU model: frames must drop
+    summary = run(
+        cfg(source={"kind": "video", "location": fast, "realtime": True},
+            backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu"},
+            sink={"headless": True, "quiet": True, "stats": str(tmp_path / "s.json")}),
+        log=lambda m: None,
+    )
+    assert summary["frames_captured"] == 30
+    assert summary["frames_dropped"] > 0
+    assert summary["frames_processed"] + summary["frames_dropped"] == 30
+
+
+def _cli(argv, capsys):
+    from vivim.runtime.cli import main
+
+    old = sys.argv
+    sys.argv = ["vivim-run", *argv]
+    try:
+        with pytest.raises(SystemExit) as info:
+            main()
+    finally:
+        sys.argv = old
+    captured = capsys.readouterr()
+    return info.value.code, captured.err
+
+
+def _error_cases(tmp_path, checkpoint, clip):
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(os.urandom(5000))
+    model = ["--checkpoint", checkpoint, "--device", "cpu"]
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    lonely = tmp_path / "lonely.engine"
+    lonely.write_bytes(b"plan")
+    (tmp_path / "m.engine.json").write_text(json.dumps({
+        "schema": "vivim-engine/1", "gpu": {"name": "NVIDIA Jetson AGX Orin", "compute_capability": "8.7"},
+        "tensorrt_version": "10.3.0.30", "engine": {"path": str(engine)}, "inputs": [], "outputs": [],
+        "plugin": {"path": str(tmp_path / "libvivim_trt_plugin.so")},
+    }))
+    cases = [
+        (["--video", str(tmp_path / "missing.mp4"), *model], "missing.mp4: no such file"),
+        (["--video", clip, "--engine", str(lonely)], "sidecar not found"),
+        (["--video", clip, "--engine", str(tmp_path / "nope.engine")], "nope.engine: no such file"),
+        (["--video", str(corrupt), *model], "corrupt.mp4: cannot open"),
+        (["--frames", str(tmp_path / "nodir"), *model], "nodir: no such folder"),
+        (["--camera", "/dev/video97", *model], "/dev/video97: no such device"),
+        (["--video", clip, "--checkpoint", str(tmp_path / "nope.safetensors")], "nope.safetensors: no such file"),
+        (["--video", clip, "--onnx", str(tmp_path / "nope.onnx")], "nope.onnx: no such file"),
+        (["--video", clip, "--engine", str(tmp_path / "m.engine"), "--device", "cpu"], "GPU only"),
+        (["--video", clip, "--camera", "0", *model], "give one input"),
+        (["--video", clip], "no model"),
+        (["--video", clip, *model, "--color", "purple-ish"], "--color"),
+        (["--video", clip, *model, "--output-frame", "middle"], "--output-frame"),
+        (["--video", clip, *model, "--config", str(tmp_path / "none.yaml")], "--config"),
+    ]
+    cases.append((["--video", clip, "--engine", str(engine)], _expected_engine_refusal()))
+    if not opencv_has_gstreamer():
+        cases.append((["--gst", "videotestsrc ! appsink", *model], "no GStreamer support"))
+    return cases
+
+
+def _expected_engine_refusal():
+    """What refuses an engine built for a Jetson Orin with TensorRT 10.3, depending on this machine."""
+    import importlib.util
+
+    try:
+        import tensorrt
+
+        has_trt = hasattr(tensorrt, "Runtime")
+    except ImportError:
+        has_trt = False
+    if not has_trt:
+        return "TensorRT is not installed"
+    if importlib.util.find_spec("pycuda") is None:
+        return "needs pycuda"
+    from vivim.export.tensorrt_build import current_gpu
+
+    if current_gpu() is None:
+        return "no usable NVIDIA GPU"
+    return "libvivim_trt_plugin.so not found"  # the plugin is checked before the GPU/TensorRT match
+
+
+def test_every_error_is_one_line(tmp_path, checkpoint, clip, capsys):
+    for argv, message in _error_cases(tmp_path, checkpoint, clip):
+        code, err = _cli(argv, capsys)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2, (argv, err)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (argv, err)
+
+
+def test_error_in_a_subprocess_has_no_traceback(tmp_path, checkpoint):
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000))
+    proc = subprocess.run(
+        [sys.executable, "-m", "vivim.runtime.cli", "--video", str(corrupt), "--checkpoint", checkpoint, "--headless"],
+        capture_output=True, text=True, env=ENV, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [
+        line for line in proc.stderr.splitlines() if line.startswith("error: ") and "corrupt.mp4" in line
+    ]
+
+
+def test_ctrl_c_stops_cleanly_and_the_video_is_readable(tmp_path, checkpoint, clip):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vivim.runtime.cli", "--video", clip, "--loop", "--checkpoint", checkpoint,
+         "--device", "cpu", "--headless", "--save", str(out / "overlay.mp4"), "--save-masks", str(out / "masks"),
+         "--stats", str(out / "stats.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # wait until a few masks are out (the run would loop forever)
+            if (out / "masks").is_dir() and len(os.listdir(out / "masks")) >= 3:
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["stopped_by"].startswith("interrupted")
+    assert stats["frames_processed"] >= 3
+    assert count_frames(out / "overlay.mp4") == stats["frames_processed"]
+    assert not [f for f in os.listdir(out) if f.startswith(".")]  # no temporary file left behind
+    assert "frames" in stdout and "latency" in stdout
+
+
+def test_runtime_imports_without_torch():
+    code = BLOCK_TORCH + (
+        "import vivim, vivim.runtime\n"
+        "from vivim.runtime import app, backends, backend_ort, backend_trt, cli, config, overlay, preprocess, ring, sinks, sources, stats\n"
+        "assert 'torch' not in sys.modules\n"
+        "try:\n"
+        "    import torch\n"
+        "except ImportError:\n"
+        "    print('blocked ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "blocked ok" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def onnx_model(workdir, checkpoint):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime_extensions")
+    from vivim.export.onnx_export import export_onnx
+
+    path = workdir / "tiny32.onnx"
+    export_onnx(checkpoint, path, log=lambda m: None)
+    return str(path)
+
+
+def test_onnx_runtime_backend_without_torch_matches_pytorch(tmp_path, onnx_model, checkpoint, clip):
+    out = tmp_path / "ort"
+    code = BLOCK_TORCH + (
+        "from vivim.runtime.cli import main\n"
+        f"sys.argv = ['vivim-run', '--onnx', {onnx_model!r}, '--video', {clip!r}, '--device', 'cpu', '--headless',"
+        f" '--save', {str(out / 'o.mp4')!r}, '--save-masks', {str(out / 'masks')!r}, '--stats', {str(out / 's.json')!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        "    assert 'torch' not in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads((out / "s.json").read_text())
+    assert stats["backend"] == "onnxruntime" and stats["frames_processed"] == N_FRAMES
+    assert count_frames(out / "o.mp4") == N_FRAMES
+    # same stream through the PyTorch backend: the masks agree
+    run(cfg(source={"kind": "video", "location": clip},
+            backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu"},
+            sink={"headless": True, "quiet": True, "save_masks": str(tmp_path / "torch_masks")}), log=lambda m: None)
+    for k in range(N_FRAMES):
+        a = cv2.imread(str(out / "masks" / f"{k:06d}.png"), cv2.IMREAD_GRAYSCALE)
+        b = cv2.imread(str(tmp_path / "torch_masks" / f"{k:06d}.png"), cv2.IMREAD_GRAYSCALE)
+        assert (a != b).mean() < 0.002, k  # pixels right at the threshold may flip
+
+
+def test_onnx_backend_logits_match_pytorch(onnx_model, checkpoint):
+    from vivim.runtime.backend_ort import OrtBackend
+    from vivim.runtime.backend_torch import TorchBackend
+
+    ort_backend = OrtBackend(onnx_model, device="cpu")
+    torch_backend = TorchBackend.from_checkpoint(checkpoint, device="cpu", log=lambda m: None)
+    assert (ort_backend.frames, ort_backend.input_size) == (5, (32, 32)) and ort_backend.fixed_output_index is None
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8) for _ in range(5)]
+    a = ort_backend.infer([ort_backend.preprocess(f) for f in frames], 2)
+    b = torch_backend.infer([torch_backend.preprocess(f) for f in frames], 2)
+    np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_output_frame_must_match_a_single_frame_graph(tmp_path, onnx_model, clip):
+    """A graph exported for one output frame refuses the other policy with a one-line error."""
+    import onnx
+
+    from vivim.runtime.backends import output_index_from_metadata
+
+    meta = {p.key: p.value for p in onnx.load(onnx_model, load_external_data=False).metadata_props}
+    assert meta["output_frame"] == "all"
+    assert output_index_from_metadata({"output_frame": "centre"}, 5, 1) == 2
+    assert output_index_from_metadata({"output_frame": "newest"}, 5, 1) == 4
+    assert output_index_from_metadata({"output_frame": "all"}, 5, 5) is None
+    with pytest.raises(VivimError, match="unknown output frame"):
+        output_index_from_metadata({"output_frame": "sideways"}, 5, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("flags", [{}, {"fp16": True, "cuda_graph": True}])
+def test_cuda_end_to_end(tmp_path, checkpoint, clip, flags):
+    summary = run(
+        cfg(source={"kind": "video", "location": clip},
+            backend={"kind": "checkpoint", "model": checkpoint, "device": "cuda", **flags},
+            sink={"headless": True, "quiet": True, "save": str(tmp_path / "o.mp4"), "save_masks": str(tmp_path / "m")}),
+        log=print,
+    )
+    assert summary["frames_processed"] == N_FRAMES and summary["device"].startswith("cuda")
+    assert summary["cuda_graph"] == bool(flags.get("cuda_graph")), "CUDA graph capture fell back to eager"
+    print("CUDA run:", summary["scan_impl"], summary["precision"], summary["latency_ms"], summary["infer_ms"])
+    assert count_frames(tmp_path / "o.mp4") == N_FRAMES

@@ -1,0 +1,82 @@
+"""Run configuration: YAML sections per stage, flags override the file, clear errors for bad keys and values."""
+
+from __future__ import annotations
+
+import pytest
+
+from vivim.errors import VivimError
+from vivim.runtime.config import RunConfig
+
+BASE = {"source": {"kind": "video", "location": "x.mp4"}, "backend": {"kind": "checkpoint", "model": "demo"}}
+
+
+def test_yaml_sections_then_flags(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "source: {kind: camera, location: /dev/video0, width: 1280, fourcc: MJPG}\n"
+        "backend: {kind: onnx, model: m.onnx, output_frame: newest}\n"
+        "overlay: {alpha: 0.3, contour: false, color: red}\n"
+        "sink: {headless: true, stats: s.json}\n"
+        "preprocess: {interpolation: linear}\n"
+    )
+    cfg = RunConfig.build(str(path))
+    assert (cfg.source.kind, cfg.source.location, cfg.source.width, cfg.source.fourcc) == ("camera", "/dev/video0", 1280, "MJPG")
+    assert cfg.backend.output_frame == "newest" and cfg.overlay.alpha == 0.3 and cfg.overlay.contour is False
+    assert cfg.preprocess.interpolation == "linear"
+    cfg = RunConfig.build(str(path), {"source": {"kind": "video", "location": "clip.mp4", "width": None},
+                                      "overlay": {"contour": True, "alpha": None}, "backend": {"output_frame": "centre"}})
+    assert (cfg.source.kind, cfg.source.location, cfg.source.width) == ("video", "clip.mp4", 1280)
+    assert cfg.overlay.contour is True and cfg.overlay.alpha == 0.3 and cfg.backend.output_frame == "centre"
+
+
+def test_defaults_need_an_input_and_a_model():
+    with pytest.raises(VivimError, match="no input"):
+        RunConfig.build(None, {"backend": BASE["backend"]})
+    with pytest.raises(VivimError, match="no model"):
+        RunConfig.build(None, {"source": BASE["source"]})
+    cfg = RunConfig.build(None, BASE)
+    assert cfg.backend.output_frame == "centre" and cfg.backend.device == "auto"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("camera: {}\n", "unknown section 'camera'"),
+        ("source: {speed: 3}\n", "unknown key source.speed"),
+        ("overlay: {contour: 'yes'}\n", "overlay.contour must be true or false"),
+        ("overlay: {alpha: fast}\n", "overlay.alpha must be a number"),
+        ("source: [1, 2]\n", "must be a mapping"),
+        ("- just\n- a list\n", "expected sections"),
+        ("source: {kind: video\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_files(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(VivimError, match=message):
+        RunConfig.build(str(path), BASE)
+
+
+def test_bad_values():
+    for section, values, message in [
+        ("backend", {"output_frame": "middle"}, "--output-frame"),
+        ("backend", {"device": "tpu"}, "--device"),
+        ("overlay", {"alpha": 1.5}, "--alpha"),
+        ("source", {"max_frames": 0}, "--max-frames"),
+        ("backend", {"threads": 0}, "--threads"),
+        ("sink", {"save": "out.gif"}, "--save"),
+    ]:
+        overrides = {k: dict(v) for k, v in BASE.items()}
+        overrides.setdefault(section, {}).update(values)
+        with pytest.raises(VivimError, match=message):
+            RunConfig.build(None, overrides)
+    with pytest.raises(VivimError, match="--config"):
+        RunConfig.build("/nonexistent/run.yaml", BASE)
+
+
+def test_example_config_loads():
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "runtime", "example.yaml")
+    cfg = RunConfig.build(path)
+    assert cfg.source.kind == "camera" and cfg.backend.model == "demo" and cfg.source.buffer_size == 1

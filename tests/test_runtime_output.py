@@ -1,0 +1,172 @@
+"""Overlay, sinks and statistics: blend maths, thresholds, video/mask/strip files, latency percentiles."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from vivim.errors import VivimError
+from vivim.runtime.overlay import draw_hud, draw_mask, mask_from_logits, parse_color
+from vivim.runtime.preprocess import Normalization, preprocess
+from vivim.runtime.sinks import MaskFolderSink, StripSink, VideoSink
+from vivim.runtime.stats import RunStats, write_json_atomic
+
+
+def test_parse_color_forms():
+    assert parse_color("255,0,0") == (0, 0, 255)  # R,G,B in, BGR out
+    assert parse_color("#00ff80") == (128, 255, 0)
+    assert parse_color("green") == (0, 255, 0)
+    for bad in ("1,2", "red-ish", "300,0,0", "#12345"):
+        with pytest.raises(VivimError, match="--color"):
+            parse_color(bad)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.8])
+def test_mask_threshold_matches_sigmoid(threshold):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, size=(16, 16)).astype(np.float32)
+    mask = mask_from_logits(logits, (16, 16, 3), threshold)
+    np.testing.assert_array_equal(mask, 1.0 / (1.0 + np.exp(-logits.astype(np.float64))) > threshold)
+
+
+def test_mask_upsampled_to_the_frame():
+    logits = np.full((8, 8), -5.0, np.float32)
+    logits[2:6, 2:6] = 5.0
+    mask = mask_from_logits(logits, (32, 48, 3))
+    assert mask.shape == (32, 48)
+    assert mask[16, 24] and not mask[0, 0] and not mask[31, 47]
+
+
+def test_draw_mask_blends_inside_and_keeps_outside():
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    mask = np.zeros((20, 30), bool)
+    mask[5:12, 8:20] = True
+    out = draw_mask(frame, mask, color_bgr=(10, 200, 30), alpha=0.25, contour=False)
+    expected = frame.astype(np.float64)
+    expected[mask] = expected[mask] * 0.75 + np.array([10, 200, 30]) * 0.25
+    np.testing.assert_allclose(out.astype(np.float64), expected, atol=1.0)
+    np.testing.assert_array_equal(out[~mask], frame[~mask])
+    assert not np.shares_memory(out, frame)
+    with_outline = draw_mask(frame, mask, color_bgr=(10, 200, 30), alpha=0.0, contour=True)
+    assert (with_outline != frame).any() and (with_outline[0, 0] == frame[0, 0]).all()
+
+
+def test_hud_draws_text():
+    image = np.zeros((120, 200, 3), np.uint8)
+    draw_hud(image, ["12.0 FPS  latency 40 ms", "pytorch cpu"])
+    assert image[:40].any() and not image[80:].any()
+
+
+def test_preprocess_matches_formula():
+    rng = np.random.default_rng(2)
+    frame = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    norm = Normalization()
+    out = preprocess(frame, 64, norm)
+    rgb = frame[..., ::-1].astype(np.float64) / 255.0
+    expected = ((rgb - np.array(norm.mean)) / np.array(norm.std)).transpose(2, 0, 1)
+    assert out.shape == (3, 64, 64) and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert preprocess(frame, (32, 48), norm).shape == (3, 32, 48)
+
+
+def _frames(n, h=40, w=56):
+    return [np.full((h, w, 3), (15 * k) % 256, np.uint8) for k in range(n)]
+
+
+def test_video_sink_writes_every_frame_atomically(tmp_path):
+    path = tmp_path / "sub" / "out.mp4"
+    sink = VideoSink(str(path), fps=12.0)
+    for k, frame in enumerate(_frames(9)):
+        sink.write(k, frame, np.zeros(frame.shape[:2], bool))
+        assert not path.exists()  # only the temporary file exists while writing
+    sink.close()
+    capture = cv2.VideoCapture(str(path))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 9
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(12.0)
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    assert count == 9
+    assert os.listdir(path.parent) == ["out.mp4"]
+
+
+def test_video_sink_without_frames_writes_nothing(tmp_path):
+    sink = VideoSink(str(tmp_path / "empty.mp4"), fps=10.0)
+    sink.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_mask_folder_sink(tmp_path):
+    sink = MaskFolderSink(str(tmp_path / "masks"))
+    rng = np.random.default_rng(3)
+    masks = [rng.random((10, 12)) > 0.5 for _ in range(3)]
+    for k, mask in enumerate(masks):
+        sink.write(k + 5, np.zeros((10, 12, 3), np.uint8), mask)
+    sink.close()
+    assert sorted(os.listdir(tmp_path / "masks")) == ["000005.png", "000006.png", "000007.png"]
+    back = cv2.imread(str(tmp_path / "masks" / "000006.png"), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(back, masks[1].astype(np.uint8) * 255)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(VivimError, match="not a folder"):
+        MaskFolderSink(str(tmp_path / "file"))
+
+
+@pytest.mark.parametrize("n", [1, 4, 50])
+def test_strip_spreads_frames_over_the_run(tmp_path, n):
+    path = tmp_path / "strip.png"
+    sink = StripSink(str(path), count=6, height=40)
+    for k, frame in enumerate(_frames(n)):
+        sink.write(k, frame, np.zeros(frame.shape[:2], bool))
+    sink.close()
+    strip = cv2.imread(str(path))
+    tiles = min(n, 6)
+    assert strip.shape == (40, tiles * 56 + (tiles - 1) * 4, 3)
+    with pytest.raises(VivimError, match=".png"):
+        StripSink(str(tmp_path / "strip.jpg"))
+
+
+def test_run_stats_percentiles_match_numpy():
+    stats = RunStats()
+    rng = np.random.default_rng(4)
+    t = 100.0
+    latencies = rng.uniform(0.01, 0.2, size=50)
+    for k, lat in enumerate(latencies):
+        t += 0.05
+        stats.record(t_capture=t - lat, infer_s=lat / 2, t_done=t)
+    summary = stats.summary(frames_captured=60, frames_dropped=10, backend="x")
+    ms = latencies * 1000
+    for q in (50, 90, 99):
+        assert summary["latency_ms"][f"p{q}"] == pytest.approx(np.percentile(ms, q), abs=1e-3)
+    assert summary["frames_captured"] == 60 and summary["frames_dropped"] == 10 and summary["frames_processed"] == 50
+    # FPS from the first capture to the last mask
+    assert summary["fps"] == pytest.approx(50 / (t - (100.05 - latencies[0])), rel=1e-3)
+    empty = RunStats().summary()
+    assert empty["latency_ms"]["p50"] is None and empty["frames_processed"] == 0
+
+
+def test_write_json_atomic(tmp_path):
+    path = tmp_path / "a" / "stats.json"
+    write_json_atomic(str(path), {"fps": 1.5})
+    assert json.loads(path.read_text()) == {"fps": 1.5}
+    assert os.listdir(path.parent) == ["stats.json"]
+
+
+def test_headless_is_automatic_without_a_display(monkeypatch, tmp_path):
+    from vivim.runtime.app import build_sinks
+    from vivim.runtime.config import RunConfig
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    base = {"source": {"kind": "video", "location": "x.mp4"}, "backend": {"kind": "onnx", "model": "m.onnx"}}
+    messages = []
+    assert build_sinks(RunConfig.build(None, base), messages.append) == [] and messages == []
+    sinks = build_sinks(RunConfig.build(None, {**base, "sink": {"show": True, "strip": str(tmp_path / "s.png")}}),
+                        messages.append)
+    assert [type(s).__name__ for s in sinks] == ["StripSink"]
+    assert len(messages) == 1 and "no display" in messages[0]

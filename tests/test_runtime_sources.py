@@ -1,0 +1,264 @@
+"""Frame sources: every frame from files, newest-only for live sources, drop counting, reconnects, bad input."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from vivim.errors import VivimError
+from vivim.runtime import sources
+from vivim.runtime.config import SourceConfig
+from vivim.runtime.sources import FrameSource, ImageFolder, create_source
+
+
+def make_video(path, n=6, size=(48, 40), fps=10.0):
+    """Frame k has brightness 20 * k + 10 everywhere, so the decoded order can be read back."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
+    assert writer.isOpened()
+    for k in range(n):
+        writer.write(np.full((size[1], size[0], 3), (20 * k + 10) % 256, np.uint8))
+    writer.release()
+    return path
+
+
+def make_folder(path, n=5):
+    path.mkdir()
+    for k in range(n):
+        cv2.imwrite(str(path / f"{k:04d}.png"), np.full((24, 32, 3), 30 * k, np.uint8))
+    return path
+
+
+def drain(source, limit=10.0):
+    frames, deadline = [], time.monotonic() + limit
+    while time.monotonic() < deadline:
+        frame = source.read(0.05)
+        if frame is not None:
+            frames.append(frame)
+        elif source.finished:
+            frame = source.read(0.0)
+            if frame is None:
+                break
+            frames.append(frame)
+    return frames
+
+
+def test_video_file_delivers_every_frame_in_order(tmp_path):
+    path = make_video(tmp_path / "clip.mp4", n=7)
+    source = create_source(SourceConfig(kind="video", location=str(path))).open()
+    assert source.frame_shape == (40, 48, 3)
+    assert source.fps == pytest.approx(10.0)
+    source.start()
+    time.sleep(0.2)  # a slow consumer must not lose file frames
+    frames = drain(source)
+    source.stop()
+    assert [f.index for f in frames] == list(range(7))
+    levels = [int(f.image.mean()) for f in frames]
+    assert levels == sorted(levels) and abs(levels[0] - 10) <= 3 and abs(levels[-1] - 130) <= 3
+    stamps = [f.t_capture for f in frames]
+    assert stamps == sorted(stamps)
+    assert source.frames_dropped == 0 and source.frames_captured == 7 and source.error is None
+
+
+def test_folder_loop_and_max_frames(tmp_path):
+    folder = make_folder(tmp_path / "frames", n=4)
+    source = create_source(SourceConfig(kind="frames", location=str(folder), loop=True, max_frames=10)).start()
+    frames = drain(source)
+    source.stop()
+    assert len(frames) == 10
+    assert [round(f.image.mean()) for f in frames] == [30 * (k % 4) for k in range(10)]
+
+
+def test_realtime_paces_at_the_frame_rate(tmp_path):
+    folder = make_folder(tmp_path / "frames", n=6)
+    source = create_source(SourceConfig(kind="frames", location=str(folder), realtime=True, fps=20.0))
+    assert source.live  # --realtime behaves like a camera: newest frame only
+    t0 = time.monotonic()
+    source.start()
+    frames = drain(source)
+    elapsed = time.monotonic() - t0
+    source.stop()
+    assert elapsed >= 5 / 20.0 * 0.9
+    assert len(frames) + source.frames_dropped == 6
+
+
+class SyntheticDevice:
+    """A stand-in capture device: frame k is filled with k % 256; it can fail after `fail_after` reads."""
+
+    def __init__(self, counter, fail_after=None, period=0.0):
+        self.counter = counter
+        self.fail_after = fail_after
+        self.period = period
+        self.reads = 0
+
+    def read(self):
+        if self.fail_after is not None and self.reads >= self.fail_after:
+            return False, None
+        self.reads += 1
+        if self.period:
+            time.sleep(self.period)
+        value = self.counter[0] % 256
+        self.counter[0] += 1
+        return True, np.full((8, 8, 3), value, np.uint8)
+
+    def release(self):
+        pass
+
+
+def test_live_source_keeps_newest_and_counts_drops():
+    counter = [0]
+    source = FrameSource("fake camera", lambda: SyntheticDevice(counter, period=0.002), live=True, reconnect=True,
+                         max_frames=200)
+    source.open().start()
+    got = []
+    while True:
+        frame = source.read(0.05)
+        if frame is None and source.finished:
+            frame = source.read(0.0)  # the last frame may land between the timeout and the check
+            if frame is None:
+                break
+        if frame is not None:
+            got.append(frame)
+            time.sleep(0.02)  # a model ten times slower than the camera
+    source.stop()
+    indices = [f.index for f in got]
+    assert indices == sorted(set(indices))  # newest only, never out of order
+    assert source.frames_dropped > 0
+    assert source.frames_captured == 200
+    assert len(got) + source.frames_dropped == source.frames_captured
+
+
+def test_reconnects_with_backoff_after_the_device_is_lost():
+    counter = [0]
+    opens = []
+    messages = []
+
+    def opener():
+        opens.append(time.monotonic())
+        attempt = len(opens)
+        if attempt == 1:
+            return SyntheticDevice(counter, fail_after=4)  # probe + 3 frames, then the cable is pulled
+        if attempt in (2, 3):
+            raise VivimError("camera gone")
+        return SyntheticDevice(counter, fail_after=None)
+
+    source = FrameSource("fake camera", opener, live=False, reconnect=True, max_frames=10,
+                         reconnect_delay=0.02, reconnect_max_delay=1.0, log=messages.append)
+    source.open().start()
+    frames = drain(source)
+    source.stop()
+    assert source.error is None
+    assert source.reconnects == 1
+    assert len(opens) == 4
+    # back-off doubles: 0.02, 0.04, 0.08 s between the failing attempts
+    gaps = np.diff(opens[1:])
+    assert gaps[0] >= 0.035 and gaps[1] >= 0.07
+    assert any("attempt 1/10" in m for m in messages) and any("reconnected after 3" in m for m in messages)
+    # the live probe frame (value 0) is not delivered; the rest arrive in order across the reconnect
+    assert [f.index for f in frames] == list(range(10))
+    assert [int(f.image[0, 0, 0]) for f in frames] == list(range(1, 11))
+
+
+def test_gives_up_after_the_last_attempt():
+    counter = [0]
+    opens = []
+
+    def opener():
+        opens.append(1)
+        if len(opens) == 1:
+            return SyntheticDevice(counter, fail_after=2)
+        raise VivimError("camera gone")
+
+    source = FrameSource("fake camera", opener, live=True, reconnect=True, reconnect_attempts=3,
+                         reconnect_delay=0.01, log=lambda m: None)
+    source.open().start()
+    drain(source)
+    source.stop()
+    assert source.finished
+    assert isinstance(source.error, VivimError) and "not recovered after 3" in str(source.error)
+    assert len(opens) == 4
+
+
+# -- error paths: one VivimError naming the input ---------------------------------------------------------------
+
+
+def test_missing_video(tmp_path):
+    with pytest.raises(VivimError, match="no such file"):
+        create_source(SourceConfig(kind="video", location=str(tmp_path / "nope.mp4")))
+
+
+def test_folder_given_as_video(tmp_path):
+    with pytest.raises(VivimError, match="is a folder"):
+        create_source(SourceConfig(kind="video", location=str(tmp_path)))
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage" * 1000, b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000)])
+def test_corrupt_video(tmp_path, content):
+    path = tmp_path / "broken.mp4"
+    path.write_bytes(content)
+    source = create_source(SourceConfig(kind="video", location=str(path)))
+    with pytest.raises(VivimError, match="broken.mp4") as info:
+        source.open()
+    assert "\n" not in str(info.value)
+
+
+def test_frames_folder_errors(tmp_path):
+    with pytest.raises(VivimError, match="no such folder"):
+        create_source(SourceConfig(kind="frames", location=str(tmp_path / "missing")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VivimError, match="no images"):
+        create_source(SourceConfig(kind="frames", location=str(tmp_path / "empty")))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "0000.png").write_bytes(b"not a png")
+    with pytest.raises(VivimError, match="unreadable image"):
+        create_source(SourceConfig(kind="frames", location=str(bad))).open()
+
+
+def test_missing_camera_device():
+    with pytest.raises(VivimError, match="/dev/video97: no such device"):
+        create_source(SourceConfig(kind="camera", location="/dev/video97"))
+
+
+def test_camera_index_that_does_not_open():
+    source = create_source(SourceConfig(kind="camera", location="97"))
+    with pytest.raises(VivimError, match="--camera 97: cannot open"):
+        source.open()
+
+
+def test_bad_fourcc():
+    with pytest.raises(VivimError, match="four characters"):
+        sources.open_camera("0", fourcc="MJPEG")
+
+
+@pytest.mark.skipif(sources.opencv_has_gstreamer(), reason="this OpenCV has GStreamer")
+def test_gstreamer_missing_in_opencv():
+    with pytest.raises(VivimError, match="no GStreamer support"):
+        create_source(SourceConfig(kind="gst", location="videotestsrc ! videoconvert ! appsink"))
+
+
+def test_image_folder_reads_in_name_order(tmp_path):
+    folder = make_folder(tmp_path / "f", n=3)
+    (folder / "notes.txt").write_text("ignored")
+    reader = ImageFolder(str(folder))
+    values = []
+    while True:
+        ok, image = reader.read()
+        if not ok:
+            break
+        values.append(int(image.mean()))
+    assert values == [0, 30, 60]
+
+
+def test_stop_unblocks_a_waiting_capture_thread(tmp_path):
+    path = make_video(tmp_path / "clip.mp4", n=30)
+    source = create_source(SourceConfig(kind="video", location=str(path))).start()
+    time.sleep(0.1)  # the queue is full, the thread waits for the consumer
+    t0 = time.monotonic()
+    source.stop()
+    assert time.monotonic() - t0 < 2.0
+    assert not any(t.name.startswith("capture") and t.is_alive() for t in threading.enumerate())
