@@ -64,6 +64,7 @@ def atomic_write_bytes(path: PathLike, write: Any) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints and package data must be readable by others
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -57,6 +57,7 @@ class BenchSettings:
     long_iters: int = 10
     engine: Path | None = None  # a prebuilt TensorRT engine to benchmark instead of building one
     trt_plugin: Path | None = None  # plugin library for building/running the engine
+    compile: bool = False  # add torch.compile (Inductor) variants of the FP16 CUDA-graph rows
 
 
 @dataclass
@@ -252,10 +253,12 @@ def _clip(settings: BenchSettings, frames: int, dtype: Any) -> Any:
 # ------------------------------------------------------------------------------------------- PyTorch rows
 def torch_clip_row(source: ModelSource, settings: BenchSettings, *, precision: str, graph: bool, scan: str,
                    reference: bool = False, mode: str = "clip", output_frame: str | int | None = None,
-                   frames: int | None = None, iters: int | None = None, warmup: int | None = None) -> Row:
-    """PyTorch forward of a whole clip (eager or replayed from a CUDA graph) with one scan implementation."""
+                   frames: int | None = None, iters: int | None = None, warmup: int | None = None,
+                   compiled: bool = False) -> Row:
+    """PyTorch forward of a whole clip (eager or replayed from a CUDA graph) with one scan implementation;
+    `compiled` runs it through torch.compile first (Inductor fuses the small ops the graph would replay)."""
     frames = frames or settings.frames
-    backend = TORCH_GRAPH if graph else TORCH_EAGER
+    backend = (TORCH_GRAPH if graph else TORCH_EAGER) + (" compiled" if compiled else "")
     row = Row(backend=backend, precision=precision, mode=mode, scan=scan, frames=frames, size=settings.size,
               batch=settings.batch, output_frame=output_frame, reference=reference)
     if (graph or precision == "fp16") and not cuda_ready(settings.device):
@@ -275,10 +278,11 @@ def torch_clip_row(source: ModelSource, settings: BenchSettings, *, precision: s
         model, dtype = _to_precision(base, precision, settings)
         x = _clip(settings, frames, dtype)
         kwargs = {} if output_frame is None else {"output_frame": output_frame}
+        forward = _compiled(model, compiled)
         with _scan_scope(scan, settings.device), torch.inference_mode(), _precision_scope(precision, settings):
             if graph:
                 static_x = x.clone()
-                cuda_graph, _ = timing.capture_cuda_graph(lambda: model(static_x, **kwargs))
+                cuda_graph, _ = timing.capture_cuda_graph(lambda: forward(static_x, **kwargs))
 
                 def step() -> Any:
                     static_x.copy_(x)  # a new clip arrives in the captured input buffer
@@ -287,7 +291,7 @@ def torch_clip_row(source: ModelSource, settings: BenchSettings, *, precision: s
             else:
 
                 def step() -> Any:
-                    return model(x, **kwargs)
+                    return forward(x, **kwargs)
 
             _apply_measurement(row, _measure(settings, step, iters=iters, warmup=warmup), settings.device)
 
@@ -295,13 +299,13 @@ def torch_clip_row(source: ModelSource, settings: BenchSettings, *, precision: s
 
 
 def torch_stream_row(source: ModelSource, settings: BenchSettings, *, precision: str, graph: bool,
-                     scan: str) -> Row:
+                     scan: str, compiled: bool = False) -> Row:
     """Cost per new frame of the streaming path: frame_features(new frame) + forward_from_frame_features(window).
 
     The per-frame features of the last T frames stay on the device; each step computes the newest frame's
     features once, shifts the window by one and runs the temporal part and the decoder for one output frame.
     """
-    backend = TORCH_STREAM_GRAPH if graph else TORCH_STREAM
+    backend = (TORCH_STREAM_GRAPH if graph else TORCH_STREAM) + (" compiled" if compiled else "")
     row = Row(backend=backend, precision=precision, mode="stream", scan=scan, frames=settings.frames,
               size=settings.size, batch=settings.batch, output_frame=settings.output_frame)
     if (graph or precision == "fp16") and not cuda_ready(settings.device):
@@ -326,9 +330,10 @@ def torch_stream_row(source: ModelSource, settings: BenchSettings, *, precision:
         new_frame = clip[:, -1].contiguous()  # (B, 3, H, W): the frame that just arrived
         with _scan_scope(scan, settings.device), torch.inference_mode(), _precision_scope(precision, settings):
             window = StreamingWindow(model, clip, settings.output_frame)
+            window_step = _compiled(window.step, compiled)
             if graph:
                 static_frame = new_frame.clone()
-                cuda_graph, _ = timing.capture_cuda_graph(lambda: window.step(static_frame))
+                cuda_graph, _ = timing.capture_cuda_graph(lambda: window_step(static_frame))
 
                 def step() -> Any:
                     static_frame.copy_(new_frame)  # the new frame arrives in the captured input buffer
@@ -337,11 +342,16 @@ def torch_stream_row(source: ModelSource, settings: BenchSettings, *, precision:
             else:
 
                 def step() -> Any:
-                    return window.step(new_frame)
+                    return window_step(new_frame)
 
             _apply_measurement(row, _measure(settings, step), settings.device)
 
     return guarded(row, settings.device, body)
+
+
+def _compiled(fn: Any, enabled: bool) -> Any:
+    """torch.compile with static shapes (compiled on the first call, i.e. during warm-up or graph capture)."""
+    return _torch().compile(fn, dynamic=False) if enabled else fn
 
 
 class StreamingWindow:
@@ -845,6 +855,12 @@ def plan_rows(settings: BenchSettings, *, backends: Sequence[str], scans: Sequen
                 scan=best_scan, mode="recompute", output_frame=settings.output_frame)
             add(f"stream {tag}", torch_stream_row, source, settings, precision=precision, graph=graph,
                 scan=best_scan)
+        if settings.compile and cuda:
+            tag = f"fp16 graph compiled [{best_scan}]"
+            add(f"recompute {tag}", torch_clip_row, source, settings, precision="fp16", graph=True,
+                scan=best_scan, mode="recompute", output_frame=settings.output_frame, compiled=True)
+            add(f"stream {tag}", torch_stream_row, source, settings, precision="fp16", graph=True,
+                scan=best_scan, compiled=True)
         for precision, graph in variants:
             for cache in (False, True):
                 add(f"vivim-run backend {'stream' if cache else 'recompute'} {precision}{' graph' if graph else ''}",

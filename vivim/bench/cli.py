@@ -77,6 +77,9 @@ def bench(
     stream_scan: str = typer.Option("auto", "--stream-scan",
                                     help="Scan of the streaming and long-clip rows (auto: the dispatcher's choice)."),
     long_clips: bool = typer.Option(False, "--long-clips", help="Add the clip-length sweep (time and memory vs T)."),
+    compile_rows: bool = typer.Option(False, "--compile",
+                                      help="With --streaming on CUDA: add torch.compile (Inductor) variants of the "
+                                           "FP16 CUDA-graph recompute and streaming rows."),
     long_frames: str = typer.Option("5,16,32,64,150", "--long-frames", help="Clip lengths of the sweep."),
     long_precisions: str = typer.Option("fp32,fp16", "--long-precisions", help="Precisions of the sweep."),
     long_iters: int = typer.Option(10, "--long-iters", help="Timed iterations per clip length."),
@@ -115,8 +118,8 @@ def bench(
 def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optional[int], size: Optional[int],
            batch: int, device: str, backends: str, scans: str, reference_scan: str, iters: int, warmup: int,
            max_row_seconds: float, out: Path, streaming: bool, output_frame: str, stream_scan: str,
-           long_clips: bool, long_frames: str, long_precisions: str, long_iters: int, fp16_mode: str,
-           video: Optional[str], pipeline_frames: int, engine: Optional[Path], trt_plugin: Optional[Path],
+           long_clips: bool, compile_rows: bool, long_frames: str, long_precisions: str, long_iters: int,
+           fp16_mode: str, video: Optional[str], pipeline_frames: int, engine: Optional[Path], trt_plugin: Optional[Path],
            keep_onnx: Optional[Path], seed: int, plots: bool, progress: bool) -> None:
     from vivim.bench import backends as rows_mod
     from vivim.bench import report
@@ -159,6 +162,7 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
         warmup=warmup, iters=iters, max_row_seconds=max_row_seconds or None, output_frame=_output_frame(output_frame),
         fp16_mode=fp16_mode, reference_scan=reference_scan, seed=seed, keep_onnx=keep_onnx, video=video,
         pipeline_frames=pipeline_frames, long_iters=long_iters, engine=engine, trt_plugin=trt_plugin,
+        compile=compile_rows,
     )
     source = rows_mod.ModelSource(settings)
     if checkpoint is not None:

@@ -137,23 +137,29 @@ def selective_scan_reference(
 
 
 def _scan_chunks_autograd(dt_k: Tensor, du_k: Tensor, B_k: Tensor, C_k: Tensor, A_g: Tensor) -> Tensor:
-    """The three passes of the chunked scan with out-of-place ops, so autograd can differentiate them."""
+    """The three passes of the chunked scan with out-of-place ops, so autograd can differentiate them.
+
+    Per-step slices come from unbind(): indexing one step at a time would make the backward allocate a full-size
+    gradient buffer per slice.
+    """
     k, n_chunks = dt_k.shape[0], dt_k.shape[-1]
+    dts, dus, Bs, Cs = dt_k.unbind(0), du_k.unbind(0), B_k.unbind(0), C_k.unbind(0)
     # 1) the state at the end of every chunk, scanned from zero
-    h = du_k[0] * B_k[0]
+    h = dus[0] * Bs[0]
     for t in range(1, k):
-        h = torch.addcmul(du_k[t] * B_k[t], torch.exp(dt_k[t] * A_g), h)
+        h = torch.addcmul(dus[t] * Bs[t], torch.exp(dts[t] * A_g), h)
     # 2) carry those states across chunks; a chunk's total decay is exp(A * sum(dt)), in (0, 1]
     chunk_decay = torch.exp(dt_k.sum(0) * A_g)  # (b, G, Dg, N, c)
-    carried = [torch.zeros_like(h[..., 0])]
+    h_cols, decay_cols = h.unbind(-1), chunk_decay.unbind(-1)
+    carried = [torch.zeros_like(h_cols[0])]
     for c in range(n_chunks - 1):
-        carried.append(torch.addcmul(h[..., c], chunk_decay[..., c], carried[-1]))
+        carried.append(torch.addcmul(h_cols[c], decay_cols[c], carried[-1]))
     h = torch.stack(carried, dim=-1)  # state entering each chunk
     # 3) rescan every chunk from its true initial state, reading out y_t = C_t . h_t
     ys = []
     for t in range(k):
-        h = torch.addcmul(du_k[t] * B_k[t], torch.exp(dt_k[t] * A_g), h)
-        ys.append((h * C_k[t]).sum(-2))
+        h = torch.addcmul(dus[t] * Bs[t], torch.exp(dts[t] * A_g), h)
+        ys.append((h * Cs[t]).sum(-2))
     return torch.stack(ys)
 
 

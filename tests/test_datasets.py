@@ -1,0 +1,266 @@
+"""Dataset layouts (DAVIS, Vivim/VTUS), clip sampling, transforms and every one-line error case."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vivim.constants import IMAGENET_MEAN, IMAGENET_STD
+from vivim.data.clips import clip_indices
+from vivim.data.dataset import ClipDataset
+from vivim.data.image_io import read_mask
+from vivim.data.layouts import discover_videos, split_by_video
+from vivim.data.synth_dataset import write_synthetic_dataset
+from vivim.data.transforms import TrainAugment
+from vivim.errors import VivimError
+
+
+@pytest.fixture(scope="module")
+def davis(tmp_path_factory):
+    root = tmp_path_factory.mktemp("davis")
+    write_synthetic_dataset(root, videos=3, frames=6, size=48, seed=1, mp4=False, sheet=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def vtus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vtus")
+    write_synthetic_dataset(root, videos=3, frames=4, size=48, seed=2, layout="vtus", test_fraction=0.34, mp4=False, sheet=False)
+    return root
+
+
+def _copy(src, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ------------------------------------------------------------------------------------------ clip sampling
+
+
+def _expected_clip(i, n, t, mode):
+    # definition written out independently: centre = i at position t//2, newest = i last, clamp to [0, n-1]
+    first = i - t // 2 if mode == "centre" else i - (t - 1)
+    return [min(max(j, 0), n - 1) for j in range(first, first + t)]
+
+
+@pytest.mark.parametrize("mode", ["centre", "newest"])
+@pytest.mark.parametrize("t", [1, 2, 3, 5])
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_clip_indices_all_frames(mode, t, n):
+    for i in range(n):
+        assert clip_indices(i, n, t, mode) == _expected_clip(i, n, t, mode)
+
+
+def test_clip_indices_at_video_ends():
+    assert clip_indices(0, 10, 5, "centre") == [0, 0, 0, 1, 2]
+    assert clip_indices(9, 10, 5, "centre") == [7, 8, 9, 9, 9]
+    assert clip_indices(0, 10, 5, "newest") == [0, 0, 0, 0, 0]
+    assert clip_indices(1, 10, 5, "newest") == [0, 0, 0, 0, 1]
+    assert clip_indices(9, 10, 5, "newest") == [5, 6, 7, 8, 9]
+    with pytest.raises(IndexError):
+        clip_indices(10, 10, 5)
+
+
+# ------------------------------------------------------------------------------------------ layouts
+
+
+def test_davis_layout_discovery(davis):
+    videos = discover_videos(davis)
+    assert [v.name for v in videos] == ["synth_0000", "synth_0001", "synth_0002"]
+    assert all(len(v) == 6 for v in videos)
+    assert [p.stem for p in videos[0].masks] == [p.stem for p in videos[0].frames]
+
+
+def test_vtus_layout_train_and_test_are_separate(vtus):
+    train = discover_videos(vtus, "train")
+    test = discover_videos(vtus, "test")
+    assert [v.name for v in train] == ["0000", "0001"] and [v.name for v in test] == ["0002"]
+    assert all("Train" in str(v.frames[0]) and "Train_GT" in str(v.masks[0]) for v in train)
+    assert len(discover_videos(vtus, "all")) == 3
+
+
+def test_davis_2017_resolution_folder_and_imagesets(tmp_path, davis):
+    root = tmp_path / "DAVIS"
+    for top in ("JPEGImages", "Annotations"):
+        shutil.copytree(davis / top, root / top / "480p")
+    (root / "ImageSets/2017").mkdir(parents=True)
+    (root / "ImageSets/2017/train.txt").write_text("synth_0000\nsynth_0002\n")
+    (root / "ImageSets/2017/val.txt").write_text("synth_0001\n")
+    assert [v.name for v in discover_videos(root, "train")] == ["synth_0000", "synth_0002"]
+    assert [v.name for v in discover_videos(root, "val")] == ["synth_0001"]
+    assert len(discover_videos(root, "all")) == 3
+    assert "480p" in str(discover_videos(root, "val")[0].masks[0])
+
+
+def test_frames_sort_numerically(tmp_path, davis):
+    root = _copy(davis, tmp_path)
+    video = root / "JPEGImages/synth_0000"
+    for p in sorted(video.glob("*.jpg")):  # 00000.jpg -> 0.jpg ... so '10' would sort before '2' as text
+        p.rename(video / f"{int(p.stem)}.jpg")
+    ann = root / "Annotations/synth_0000"
+    for p in sorted(ann.glob("*.png")):
+        p.rename(ann / f"{int(p.stem)}.png")
+    (video / "5.jpg").rename(video / "10.jpg")
+    (ann / "5.png").rename(ann / "10.png")
+    names = [p.name for p in discover_videos(root)[0].frames]
+    assert names == ["0.jpg", "1.jpg", "2.jpg", "3.jpg", "4.jpg", "10.jpg"]
+
+
+def test_split_by_video_is_by_whole_videos(davis):
+    videos = discover_videos(davis)
+    train, val = split_by_video(videos, 0.34, seed=3)
+    assert len(val) == 1 and len(train) == 2
+    assert not {v.name for v in train} & {v.name for v in val}
+    assert split_by_video(videos, 0.34, seed=3)[1][0].name == val[0].name  # deterministic
+
+
+# ------------------------------------------------------------------------------------------ dataset items
+
+
+def _unnormalise(clip):
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    return (clip * std + mean) * 255.0
+
+
+@pytest.mark.parametrize("mode", ["centre", "newest"])
+def test_items_hold_the_right_frames_and_mask(davis, mode):
+    videos = discover_videos(davis)
+    ds = ClipDataset(videos, frames=3, size=32, output_frame=mode)
+    assert len(ds) == 18
+    for idx in (0, 5, 7):
+        item = ds[idx]
+        assert item["clip"].shape == (3, 3, 32, 32) and item["clip"].dtype == torch.float32
+        assert item["mask"].shape == (1, 32, 32)
+        v, i = ds.samples[idx]
+        assert item["video"] == videos[v].name and item["frame"] == i
+        expected = _expected_clip(i, 6, 3, mode)
+        for k, j in enumerate(expected):
+            rgb = cv2.cvtColor(cv2.imread(str(videos[v].frames[j])), cv2.COLOR_BGR2RGB)
+            ref = cv2.resize(rgb, (32, 32), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1).astype(np.float32)
+            np.testing.assert_allclose(_unnormalise(item["clip"][k]).numpy(), ref, atol=1e-3)
+        raw = cv2.imread(str(videos[v].masks[i]), cv2.IMREAD_GRAYSCALE) > 127
+        soft = cv2.resize(raw.astype(np.float32), (32, 32), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(item["mask"][0].numpy(), soft, atol=1e-6)
+
+
+def test_augmentation_is_clip_consistent_and_reproducible(davis):
+    videos = discover_videos(davis)
+    geometry_only = TrainAugment(brightness=(1.0, 1.0), contrast=(1.0, 1.0), saturation=(1.0, 1.0), sharpness=(1.0, 1.0), mask_noise=0.0)
+    plain = ClipDataset(videos, frames=3, size=32)
+    aug = ClipDataset(videos, frames=3, size=32, augment=geometry_only, seed=9)
+    seen = set()
+    for idx in range(len(aug)):
+        a, p = aug[idx], plain[idx]
+        ref_clip, ref_mask = p["clip"], p["mask"]
+        # find the one flip combination that maps the plain clip to the augmented one; it must fit all frames + mask
+        matches = []
+        for flip_dims in ([], [-2], [-1], [-2, -1]):
+            c = torch.flip(ref_clip, flip_dims) if flip_dims else ref_clip
+            m = torch.flip(ref_mask, flip_dims) if flip_dims else ref_mask
+            if torch.allclose(c, a["clip"], atol=0.05) and torch.allclose(m, a["mask"]):
+                matches.append(tuple(flip_dims))
+        assert matches, f"item {idx}: frames and mask were not transformed together"
+        seen.add(matches[0])
+    assert len(seen) > 1, "geometry changes between clips"
+    assert torch.equal(aug[4]["clip"], aug[4]["clip"])
+    aug.set_epoch(1)
+    assert not all(torch.equal(aug[i]["clip"], ClipDataset(videos, frames=3, size=32, augment=geometry_only, seed=9)[i]["clip"]) for i in range(len(aug)))
+
+
+def test_colour_jitter_differs_per_frame(davis):
+    videos = discover_videos(davis)
+    ds = ClipDataset(videos, frames=3, size=32, augment=TrainAugment(flip_p=0.0, rotate180_p=0.0, mask_noise=0.0), seed=0)
+    item = ds[8]  # a middle frame: the 3 clip frames are different images, so compare mean-brightness ratios
+    plain = ClipDataset(videos, frames=3, size=32)[8]
+    ratios = [(_unnormalise(item["clip"][k]).mean() / _unnormalise(plain["clip"][k]).mean()).item() for k in range(3)]
+    assert max(ratios) - min(ratios) > 0.02
+
+
+def test_dataloader_batches(davis):
+    ds = ClipDataset(discover_videos(davis), frames=3, size=32, augment=TrainAugment(), seed=0)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    assert batch["clip"].shape == (4, 3, 3, 32, 32) and batch["mask"].shape == (4, 1, 32, 32)
+    assert len(batch["video"]) == 4 and batch["frame"].tolist() == [0, 1, 2, 3]
+    assert 0.0 <= batch["mask"].min() and batch["mask"].max() <= 1.0
+
+
+def test_mask_reading_conventions(tmp_path):
+    palette = Image.fromarray(np.array([[0, 1], [2, 0]], np.uint8), mode="P")
+    palette.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (256 * 3 - 9))
+    palette.save(tmp_path / "p.png")
+    Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8)).save(tmp_path / "01.png")
+    Image.fromarray(np.array([[0, 255], [100, 200]], np.uint8)).save(tmp_path / "255.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "p.png"), [[False, True], [True, False]])
+    np.testing.assert_array_equal(read_mask(tmp_path / "01.png"), [[False, True], [True, False]])
+    np.testing.assert_array_equal(read_mask(tmp_path / "255.png"), [[False, True], [False, True]])
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def _error(fn) -> str:
+    with pytest.raises(VivimError) as info:
+        fn()
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_error_missing_folder_and_unknown_layout(tmp_path):
+    assert str(tmp_path / "nope") in _error(lambda: discover_videos(tmp_path / "nope"))
+    (tmp_path / "random").mkdir()
+    assert "not a dataset folder" in _error(lambda: discover_videos(tmp_path / "random"))
+    assert "--split" in _error(lambda: discover_videos(tmp_path / "random", "dev"))
+
+
+def test_error_missing_mask(tmp_path, davis):
+    root = _copy(davis, tmp_path)
+    missing = root / "Annotations/synth_0001/00003.png"
+    missing.unlink()
+    assert str(missing) in _error(lambda: discover_videos(root))
+
+
+def test_error_missing_mask_folder(tmp_path, davis, vtus):
+    root = _copy(davis, tmp_path)
+    shutil.rmtree(root / "Annotations/synth_0002")
+    assert str(root / "Annotations/synth_0002") in _error(lambda: discover_videos(root))
+    shutil.rmtree(root / "Annotations")
+    assert "Annotations" in _error(lambda: discover_videos(root))
+    assert "Val" in _error(lambda: discover_videos(vtus, "val"))
+
+
+def test_error_empty_video_folder(tmp_path, vtus):
+    root = _copy(vtus, tmp_path)
+    for p in (root / "Train/0001").iterdir():
+        p.unlink()
+    assert str(root / "Train/0001") in _error(lambda: discover_videos(root, "train"))
+    shutil.rmtree(root / "Test")
+    (root / "Test").mkdir()
+    assert str(root / "Test") in _error(lambda: discover_videos(root, "test"))
+
+
+def test_error_size_mismatch(tmp_path, davis):
+    root = _copy(davis, tmp_path)
+    bad = root / "Annotations/synth_0000/00002.png"
+    cv2.imwrite(str(bad), np.zeros((40, 48), np.uint8))
+    ds = ClipDataset(discover_videos(root), frames=3, size=32)
+    message = _error(lambda: ds[2])
+    assert str(bad) in message and "48x40" in message
+
+
+def test_error_unreadable_frame_and_mask(tmp_path, davis):
+    root = _copy(davis, tmp_path)
+    frame = root / "JPEGImages/synth_0000/00001.jpg"
+    frame.write_bytes(b"not a jpeg")
+    mask = root / "Annotations/synth_0001/00000.png"
+    mask.write_bytes(b"not a png")
+    ds = ClipDataset(discover_videos(root), frames=3, size=32)
+    assert str(frame) in _error(lambda: ds[0])
+    assert str(mask) in _error(lambda: ds[6])

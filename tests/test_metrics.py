@@ -1,0 +1,138 @@
+"""Metrics against hand-computed cases (empty masks included) and a brute-force 256-threshold reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vivim.losses import boundary_weight, structure_loss
+from vivim.metrics import MetricAccumulator, fixed_threshold_scores, frame_scores, threshold_sweep_scores
+
+
+def _scores(prob, gt):
+    s = fixed_threshold_scores(torch.tensor([prob], dtype=torch.float64), torch.tensor([gt], dtype=torch.bool))
+    return {k: float(v[0]) for k, v in s.items()}
+
+
+def test_hand_computed_frame():
+    prob = [[0.9, 0.2], [0.6, 0.1]]
+    gt = [[1, 0], [0, 1]]
+    # prediction [[1,0],[1,0]]: TP=1 FP=1 FN=1 TN=1
+    s = _scores(prob, gt)
+    assert s["dice"] == pytest.approx(0.5)
+    assert s["jaccard"] == pytest.approx(1 / 3)
+    assert s["precision"] == pytest.approx(0.5) and s["recall"] == pytest.approx(0.5)
+    assert s["specificity"] == pytest.approx(0.5)
+    record = frame_scores(torch.tensor([prob]), torch.tensor([gt], dtype=torch.bool))[0]
+    assert record["mae"] == pytest.approx((0.1 + 0.2 + 0.6 + 0.9) / 4)
+
+
+def test_hand_computed_uneven_frame():
+    prob = [[0.7, 0.8, 0.4], [0.51, 0.5, 0.0]]  # p > 0.5 is strict: 0.5 is background
+    gt = [[1, 1, 1], [0, 1, 0]]
+    # prediction [[1,1,0],[1,0,0]]: TP=2 FP=1 FN=2 TN=1
+    s = _scores(prob, gt)
+    assert s["dice"] == pytest.approx(4 / 7)
+    assert s["jaccard"] == pytest.approx(2 / 5)
+    assert s["precision"] == pytest.approx(2 / 3) and s["recall"] == pytest.approx(2 / 4)
+    assert s["specificity"] == pytest.approx(1 / 2)
+
+
+def test_empty_mask_conventions():
+    # empty GT, empty prediction: every ratio with a zero denominator is 0 (the released code's convention)
+    s = _scores([[0.1, 0.2], [0.3, 0.0]], [[0, 0], [0, 0]])
+    assert s == {"dice": 0.0, "jaccard": 0.0, "precision": 0.0, "recall": 0.0, "specificity": 1.0}
+    # empty GT, a false positive
+    s = _scores([[0.9, 0.2], [0.3, 0.0]], [[0, 0], [0, 0]])
+    assert s["dice"] == 0.0 and s["precision"] == 0.0 and s["recall"] == 0.0 and s["specificity"] == pytest.approx(3 / 4)
+    # lesion missed entirely
+    s = _scores([[0.1, 0.2], [0.3, 0.0]], [[1, 0], [0, 0]])
+    assert s["dice"] == 0.0 and s["precision"] == 0.0 and s["recall"] == 0.0
+    # all foreground, all predicted: no background, specificity 0
+    s = _scores([[0.9, 0.9], [0.9, 0.9]], [[1, 1], [1, 1]])
+    assert s["dice"] == 1.0 and s["specificity"] == 0.0
+
+
+def _sweep_reference(prob: np.ndarray, gt: np.ndarray) -> dict:
+    """Loop over the 256 thresholds exactly as spec §6 describes (numpy, float64)."""
+    out = {k: [] for k in ("dice", "jaccard", "precision", "recall", "specificity")}
+    for tau in np.linspace(1, 0, 256):
+        pred = prob > tau
+        tp = np.sum(pred & gt)
+        fp = np.sum(pred & ~gt)
+        fn = np.sum(~pred & gt)
+        tn = np.sum(~pred & ~gt)
+        div = lambda a, b: a / b if b else 0.0  # noqa: E731
+        out["dice"].append(div(2 * tp, 2 * tp + fp + fn))
+        out["jaccard"].append(div(tp, tp + fp + fn))
+        out["precision"].append(div(tp, tp + fp))
+        out["recall"].append(div(tp, tp + fn))
+        out["specificity"].append(div(tn, tn + fp))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def test_threshold_sweep_matches_brute_force():
+    rng = np.random.default_rng(0)
+    prob = rng.random((4, 17, 13))
+    prob[0, :3] = np.linspace(1, 0, 256)[rng.integers(0, 256, (3, 13))]  # values exactly on thresholds (strict >)
+    prob[1] = 0.0
+    prob[2, :, :4] = 1.0
+    gt = rng.random((4, 17, 13)) > 0.6
+    gt[3] = False  # an empty mask
+    got = threshold_sweep_scores(torch.from_numpy(prob), torch.from_numpy(gt))
+    for n in range(4):
+        ref = _sweep_reference(prob[n], gt[n])
+        for key, value in ref.items():
+            assert float(got[key][n]) == pytest.approx(value, abs=1e-12), (n, key)
+
+
+def test_threshold_sweep_of_a_perfect_binary_prediction():
+    gt = torch.zeros(1, 8, 8, dtype=torch.bool)
+    gt[0, 2:5, 2:6] = True
+    got = threshold_sweep_scores(gt.double(), gt)
+    # p = 1 on the lesion, 0 elsewhere: tau = 1 predicts nothing (Dice 0); every other tau, tau = 0 included
+    # (p > 0 is strict), predicts exactly the lesion (Dice 1)
+    assert float(got["dice"][0]) == pytest.approx(255 / 256)
+    assert float(got["recall"][0]) == pytest.approx(255 / 256)
+
+
+def test_accumulator_means_per_frame_and_per_video():
+    acc = MetricAccumulator()
+    prob = torch.zeros(3, 4, 4)
+    gt = torch.zeros(3, 4, 4, dtype=torch.bool)
+    gt[:, :2] = True
+    prob[0, :2] = 0.9  # perfect
+    prob[1, :1] = 0.9  # half the lesion: dice 2*4/(8+4) = 2/3
+    # frame 2 predicts nothing: dice 0
+    acc.add(prob, gt, ["a", "a", "b"], [0, 1, 0])
+    s = acc.summary()
+    assert s["dice"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert s["per_video"]["a"]["dice"] == pytest.approx((1 + 2 / 3) / 2) and s["per_video"]["b"]["dice"] == 0.0
+    assert s["frames"] == 3 and s["videos"] == 2 and s["empty_gt_frames"] == 0
+    assert [r["frame"] for r in acc.worst(2)] == [0, 1] and acc.worst(1)[0]["video"] == "b"
+    assert "thresholds_256" in s and set(s["thresholds_256"]) >= {"dice", "jaccard", "precision", "recall"}
+
+
+def test_structure_loss_matches_the_formula():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 40, 40)
+    target = (torch.rand(2, 1, 40, 40) > 0.7).float()
+    p = torch.sigmoid(logits)
+    # weight map written out with an explicit 31x31 box sum (zero padding, divisor 961 like avg_pool2d's default)
+    padded = torch.nn.functional.pad(target, (15, 15, 15, 15))
+    box = torch.zeros_like(target)
+    for dy in range(31):
+        for dx in range(31):
+            box += padded[:, :, dy : dy + 40, dx : dx + 40]
+    w = 1 + 5 * (box / 961 - target).abs()
+    torch.testing.assert_close(boundary_weight(target), w)
+    bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+    inter = (p * target * w).sum((2, 3))
+    union = ((p + target) * w).sum((2, 3))
+    wiou = (1 - (inter + 1) / (union - inter + 1)).mean()
+    assert float(structure_loss(logits, target)) == pytest.approx(float(bce + wiou), rel=1e-5)
+    weighted = structure_loss(logits, target, weighted_bce=True)
+    assert math.isfinite(float(weighted)) and float(weighted) != pytest.approx(float(bce + wiou), rel=1e-3)

@@ -1,0 +1,137 @@
+"""Synthetic B-mode generator: determinism, speckle statistics, mask/frame alignment, on-disk layout, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from vivim.data.synthetic import _convolve_complex, _pulse_echo_psf, make_video
+from vivim.data.synth_dataset import write_synthetic_dataset
+
+
+def test_same_seed_same_video_and_other_seed_differs():
+    a = make_video(3, 1, frames=4, size=64)
+    b = make_video(3, 1, frames=4, size=64)
+    c = make_video(4, 1, frames=4, size=64)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(a.masks, b.masks)
+    assert a.info == b.info
+    assert not np.array_equal(a.frames, c.frames)
+
+
+def test_video_k_does_not_depend_on_how_many_videos_are_written(tmp_path):
+    write_synthetic_dataset(tmp_path / "two", videos=2, frames=3, size=48, seed=5, mp4=False, sheet=False)
+    write_synthetic_dataset(tmp_path / "one", videos=1, frames=3, size=48, seed=5, mp4=False, sheet=False, first_index=1)
+    for i in range(3):
+        name = f"{i:05d}"
+        a = cv2.imread(str(tmp_path / "two/Annotations/synth_0001" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        b = cv2.imread(str(tmp_path / "one/Annotations/synth_0001" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_complex_psf_convolution_matches_direct_complex_correlation():
+    rng = np.random.default_rng(0)
+    re, im = rng.standard_normal((2, 20, 24)).astype(np.float32)
+    kr, ki = _pulse_echo_psf(256, np.random.default_rng(1))
+    out_re, out_im = _convolve_complex(re, im, kr, ki)
+    # independent reference: explicit complex correlation with reflected borders (OpenCV's BORDER_REFLECT = 'symmetric')
+    field = np.pad(re + 1j * im, ((kr.shape[0] // 2,) * 2, (kr.shape[1] // 2,) * 2), mode="symmetric")
+    kernel = kr + 1j * ki
+    ref = np.zeros(re.shape, complex)
+    for dz in range(kernel.shape[0]):
+        for dx in range(kernel.shape[1]):
+            ref += kernel[dz, dx] * field[dz : dz + re.shape[0], dx : dx + re.shape[1]]
+    np.testing.assert_allclose(out_re, ref.real, atol=1e-4)
+    np.testing.assert_allclose(out_im, ref.imag, atol=1e-4)
+
+
+def test_speckle_envelope_is_rayleigh():
+    """Complex Gaussian scatterers through the PSF: envelope A has E[A]^2 / E[A^2] = pi/4 (Rayleigh) and a
+    speckle SNR mean/std = 1.91, unlike multiplicative uniform or Gaussian noise."""
+    rng = np.random.default_rng(2)
+    re, im = rng.standard_normal((2, 256, 256)).astype(np.float32)
+    kr, ki = _pulse_echo_psf(256, rng)
+    out_re, out_im = _convolve_complex(re, im, kr, ki)
+    env = np.hypot(out_re, out_im).astype(np.float64)
+    assert abs(env.mean() ** 2 / (env**2).mean() - np.pi / 4) < 0.01
+    assert abs(env.mean() / env.std() - 1.91) < 0.08
+
+
+@pytest.mark.parametrize("sector", [False, True])
+def test_masks_mark_dark_lesions_that_move_smoothly(sector):
+    video = make_video(11, 0, frames=8, size=96, sector=sector, lesions=1, text=False)
+    assert video.frames.shape == video.masks.shape == (8, 96, 96)
+    assert set(np.unique(video.masks)) <= {0, 1}
+    kernel = np.ones((7, 7), np.uint8)
+    ious = []
+    for t in range(8):
+        mask = video.masks[t].astype(bool)
+        assert mask.sum() > 20, "lesion visible in every frame"
+        ring = cv2.dilate(video.masks[t], kernel, iterations=2).astype(bool) & ~mask & (video.frames[t] > 0)
+        # hypoechoic: the masked pixels are darker than the tissue right around them
+        assert video.frames[t][mask].mean() < video.frames[t][ring].mean() - 10
+        if t:
+            prev = video.masks[t - 1].astype(bool)
+            ious.append((mask & prev).sum() / (mask | prev).sum())
+    assert min(ious) > 0.6, "smooth motion: consecutive masks overlap"
+    assert not np.array_equal(video.masks[0], video.masks[-1]), "the lesion moves or deforms"
+
+
+def test_sector_mask_stays_inside_the_fan_and_text_is_outside_the_lesion():
+    video = make_video(2, 0, frames=2, size=96, sector=True, text=True)
+    plain = make_video(2, 0, frames=2, size=96, sector=True, text=False)
+    text_pixels = video.frames != plain.frames
+    assert text_pixels.any(), "scanner text is drawn"
+    assert not (text_pixels & (video.masks > 0)).any(), "text never covers the lesion"
+    fan = plain.frames[0] > 0
+    assert not fan[:, :4].any() and not fan[:8].any(), "black outside the sector and in the text band"
+
+
+def test_davis_layout_mp4_and_contact_sheet(tmp_path):
+    summary = write_synthetic_dataset(tmp_path, videos=2, frames=4, size=64, seed=0)
+    assert summary.videos == ["synth_0000", "synth_0001"]
+    for name in summary.videos:
+        frames = sorted((tmp_path / "JPEGImages" / name).glob("*.jpg"))
+        masks = sorted((tmp_path / "Annotations" / name).glob("*.png"))
+        assert [p.name for p in frames] == [f"{i:05d}.jpg" for i in range(4)]
+        assert [p.stem for p in masks] == [p.stem for p in frames]
+        image = cv2.imread(str(frames[0]), cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED)
+        assert image.shape == (64, 64, 3) and mask.shape == (64, 64)
+        assert set(np.unique(mask)) <= {0, 255}
+        cap = cv2.VideoCapture(str(tmp_path / f"{name}.mp4"))
+        count = 0
+        while cap.read()[0]:
+            count += 1
+        cap.release()
+        assert count == 4
+    sheet = cv2.imread(str(tmp_path / "contact_sheet.png"))
+    assert sheet is not None and sheet.shape[0] > 64
+    info = json.loads((tmp_path / "synth.json").read_text())
+    assert info["seed"] == 0 and len(info["videos"]) == 2
+
+
+def test_vtus_layout_splits_videos(tmp_path):
+    summary = write_synthetic_dataset(tmp_path, videos=4, frames=2, size=48, seed=0, layout="vtus", test_fraction=0.25, mp4=False)
+    assert summary.videos == ["0000", "0001", "0002"] and summary.test_videos == ["0003"]
+    assert (tmp_path / "Train/0000/0000.jpg").is_file() and (tmp_path / "Train_GT/0000/0001.png").is_file()
+    assert (tmp_path / "Test/0003/0000.jpg").is_file() and (tmp_path / "Test_GT/0003/0000.png").is_file()
+
+
+def test_cli_synth_and_check(tmp_path):
+    from typer.testing import CliRunner
+
+    from vivim.data.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["synth", str(tmp_path / "d"), "--videos", "2", "--frames", "3", "--size", "48", "--seed", "4", "--no-mp4"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 videos x 3 frames" in result.output and "next: vivim-train" in result.output
+    result = runner.invoke(app, ["check", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert "2 videos, 6 frames" in result.output
+    result = runner.invoke(app, ["synth", str(tmp_path / "e"), "--layout", "coco"])
+    assert result.exit_code != 0

@@ -1,0 +1,185 @@
+"""vivim-train: a short run lowers the loss and writes loadable checkpoints, --resume continues exactly, DDP with
+two gloo processes keeps both ranks identical, CLI smoke tests. Tiny variant, 32x32, T=3: seconds on a CPU."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import pytest
+import torch
+
+import vivim
+from vivim.data.synth_dataset import write_synthetic_dataset
+from vivim.errors import VivimError
+from vivim.train import TrainConfig, load_state, output_paths, run_training
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # a shared 2-core CI box: one intra-op thread is much faster than two fighting other processes
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic_dataset(root, videos=3, frames=4, size=48, seed=0, mp4=False, sheet=False)
+    return root
+
+
+def _cfg(data, out, **overrides) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), variant="tiny", epochs=2, frames=3, size=32, batch=2, workers=0, lr=1e-3,
+                val_fraction=0.0, seed=0, device="cpu", progress=False)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def _plain_types_only(obj, path="state"):
+    """The resume state must hold only tensors / numbers / strings / lists / dicts (safe with weights_only=True)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            assert isinstance(k, (str, int)), f"{path}: key {k!r}"
+            _plain_types_only(v, f"{path}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _plain_types_only(v, f"{path}[{i}]")
+    else:
+        assert obj is None or isinstance(obj, (torch.Tensor, int, float, str, bool)), f"{path}: {type(obj).__name__}"
+
+
+def test_short_run_lowers_loss_and_writes_loadable_checkpoints(data, tmp_path):
+    cfg = _cfg(data, tmp_path / "run" / "model.safetensors", epochs=5, val_fraction=0.34, augment=False)
+    result = run_training(cfg)
+    per_epoch = len(result.step_losses) // 5
+    first, last = result.step_losses[:per_epoch], result.step_losses[-per_epoch:]
+    assert sum(last) / len(last) < sum(first) / len(first)
+    assert len(result.val_dice) == 5 and all(0.0 <= d <= 1.0 for d in result.val_dice)
+
+    best, last_path, state_path = output_paths(cfg.out)
+    assert best == tmp_path / "run/model.safetensors" and last_path.name == "model.last.safetensors"
+    model, meta = vivim.load_checkpoint(best)
+    assert meta["variant"] == "tiny" and meta["frames"] == 3 and meta["img_size"] == 32
+    training = meta["training"]
+    assert training["kind"] == "best" and training["seed"] == 0 and training["data"] == str(data)
+    assert training["best_val_dice"] == pytest.approx(max(result.val_dice), abs=1e-6)
+    _, last_meta = vivim.load_checkpoint(last_path)
+    assert last_meta["training"]["epochs_done"] == 5
+    x = torch.randn(1, 3, 3, 32, 32)
+    assert model(x, output_frame="centre").shape == (1, 1, 1, 32, 32)
+
+    state = load_state(state_path)  # torch.load(weights_only=True) inside
+    _plain_types_only(state)
+    assert state["epoch"] == 4 and len(state["history"]["epoch_loss"]) == 5
+
+
+def test_resume_gives_identical_next_step_loss(data, tmp_path):
+    full = run_training(_cfg(data, tmp_path / "full.safetensors"))
+    steps_per_epoch = len(full.step_losses) // 2
+    first = run_training(_cfg(data, tmp_path / "part.safetensors", max_steps=steps_per_epoch))
+    assert first.step_losses == full.step_losses[:steps_per_epoch]
+    resumed = run_training(_cfg(data, tmp_path / "part.safetensors", resume=True))
+    assert resumed.step_losses[0] == full.step_losses[steps_per_epoch]  # bit-identical next step
+    assert resumed.step_losses == full.step_losses[steps_per_epoch:]
+    for key, value in full.final_state.items():
+        assert torch.equal(value, resumed.final_state[key]), key
+
+
+def test_resume_errors(data, tmp_path):
+    with pytest.raises(VivimError, match="no training state"):
+        run_training(_cfg(data, tmp_path / "none.safetensors", resume=True))
+    run_training(_cfg(data, tmp_path / "a.safetensors", max_steps=1, epochs=1))
+    with pytest.raises(VivimError, match="frames"):
+        run_training(_cfg(data, tmp_path / "a.safetensors", resume=True, frames=5))
+    with pytest.raises(VivimError, match="--epochs 1"):
+        run_training(_cfg(data, tmp_path / "a.safetensors", resume=True, epochs=3))
+
+
+def test_init_from_a_vivim_checkpoint(data, tmp_path):
+    source = run_training(_cfg(data, tmp_path / "src.safetensors", epochs=1, max_steps=2))
+    # with a vanishing learning rate the fine-tuned weights stay those of the checkpoint it started from
+    tuned = run_training(_cfg(data, tmp_path / "tuned.safetensors", epochs=1, max_steps=1, lr=1e-20, init=str(source.best_path)))
+    start, _ = vivim.load_checkpoint(source.best_path)
+    for key, value in start.state_dict().items():
+        if "running_" in key or "num_batches" in key:
+            continue
+        torch.testing.assert_close(tuned.final_state[key], value, rtol=0, atol=1e-12, msg=key)
+    other = tmp_path / "b0.safetensors"
+    vivim.save_checkpoint(vivim.create_model("b0", frames=3, img_size=32), other)
+    with pytest.raises(VivimError, match="cannot initialise"):
+        run_training(_cfg(data, tmp_path / "x.safetensors", epochs=1, max_steps=1, init=str(other)))
+
+
+def test_init_from_local_segformer_weights(data, tmp_path):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    c = vivim.create_model("tiny", frames=3, img_size=32).config
+    hf = transformers.SegformerForSemanticSegmentation(transformers.SegformerConfig(
+        num_encoder_blocks=4, depths=list(c.depths), hidden_sizes=list(c.embed_dims), num_attention_heads=list(c.num_heads),
+        sr_ratios=list(c.sr_ratios), decoder_hidden_size=c.decoder_dim, num_labels=150))
+    hf.save_pretrained(tmp_path / "segformer")  # a local folder with model.safetensors, as users download it
+    result = run_training(_cfg(data, tmp_path / "seg.safetensors", epochs=1, max_steps=1, lr=1e-20, init=str(tmp_path / "segformer")))
+    # every mapped SegFormer tensor arrives unchanged (names follow vivim.model.segformer_import)
+    from vivim.model.segformer_import import segformer_key_to_vivim
+
+    checked = 0
+    for key, value in hf.state_dict().items():
+        target = segformer_key_to_vivim(key)
+        if target in result.final_state and "running_" not in target and "num_batches" not in target:
+            torch.testing.assert_close(result.final_state[target], value, rtol=0, atol=1e-12, msg=key)
+            checked += 1
+    assert checked > 20
+
+
+def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+    from safetensors.torch import save_file
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    result = run_training(_cfg(data, out, epochs=1, max_steps=2, val_fraction=0.34))
+    save_file({k: v.contiguous() for k, v in result.final_state.items()}, f"{out}.rank{rank}.safetensors")
+    dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes_end_with_identical_weights(data, tmp_path):
+    from safetensors.torch import load_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "ddp.safetensors")
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(data), out), nprocs=2, join=True)
+    rank0, rank1 = load_file(f"{out}.rank0.safetensors"), load_file(f"{out}.rank1.safetensors")
+    init = vivim.create_model("tiny", frames=3, img_size=32).state_dict()
+    params = [k for k in rank0 if "running_" not in k and "num_batches" not in k]  # BN statistics are per rank
+    assert params
+    for key in params:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert any(not torch.equal(rank0[k], init[k]) for k in params), "the weights were updated"
+    model, meta = vivim.load_checkpoint(out)  # only rank 0 writes, and it did
+    assert meta["training"]["world_size"] == 2
+
+
+def test_cli_smoke_and_one_line_errors(data, tmp_path, monkeypatch, capsys):
+    from typer.testing import CliRunner
+
+    from vivim.train import app, main
+
+    out = tmp_path / "cli.safetensors"
+    args = ["--data", str(data), "--variant", "tiny", "--size", "32", "--frames", "3", "--epochs", "1", "--batch", "2",
+            "--workers", "0", "--max-steps", "1", "--val-fraction", "0.34", "--out", str(out), "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "next: vivim-eval" in result.output and out.is_file()
+
+    monkeypatch.setattr(sys, "argv", ["vivim-train", "--data", str(tmp_path / "missing"), "--variant", "tiny", "--out", str(out)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "missing" in err[0]

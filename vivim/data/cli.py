@@ -1,0 +1,92 @@
+"""`vivim-data`: make synthetic ultrasound datasets and look at datasets on disk."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vivim.cli_utils import next_command, run_app
+from vivim.errors import VivimError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic ultrasound data and dataset checks.")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Output folder (created)."),
+    videos: int = typer.Option(8, "--videos", "-n", min=1, help="Number of videos."),
+    frames: int = typer.Option(30, "--frames", "-f", min=1, help="Frames per video."),
+    size: int = typer.Option(256, "--size", "-s", min=32, help="Frame width = height in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Seed; video k is the same for a given (seed, k) whatever --videos is."),
+    layout: str = typer.Option("davis", "--layout", help="davis (JPEGImages/, Annotations/) or vtus (Train/, Train_GT/, Test/, Test_GT/)."),
+    test_fraction: float = typer.Option(0.25, "--test-fraction", min=0.0, max=0.9, help="vtus layout: share of videos written to Test/."),
+    probe: str = typer.Option("mixed", "--probe", help="linear, convex (sector) or mixed (drawn per video)."),
+    first_index: int = typer.Option(0, "--first-index", min=0, help="Start at video index k (held-out sets: same seed, other indices)."),
+    fps: float = typer.Option(25.0, "--fps", min=1.0, help="Frame rate written into the .mp4 files."),
+    mp4: bool = typer.Option(True, "--mp4/--no-mp4", help="Also write one .mp4 per video."),
+) -> None:
+    """Write procedural B-mode ultrasound videos with exact lesion masks (+ .mp4s and contact_sheet.png)."""
+    from tqdm import tqdm
+
+    from vivim.data.synth_dataset import LAYOUTS, write_synthetic_dataset
+
+    if layout not in LAYOUTS:
+        raise VivimError(f"--layout {layout!r}: choose davis or vtus")
+    sector = {"linear": False, "convex": True, "mixed": None}.get(probe, "bad")
+    if sector == "bad":
+        raise VivimError(f"--probe {probe!r}: choose linear, convex or mixed")
+    start = time.perf_counter()
+    with tqdm(total=videos, unit="video", desc="synth") as bar:
+        summary = write_synthetic_dataset(
+            out, videos=videos, frames=frames, size=size, seed=seed, layout=layout, test_fraction=test_fraction,
+            sector=sector, mp4=mp4, fps=fps, first_index=first_index, progress=lambda k: bar.update(1),  # type: ignore[arg-type]
+        )
+    elapsed = time.perf_counter() - start
+    split = f" ({len(summary.videos)} train / {len(summary.test_videos)} test)" if layout == "vtus" else ""
+    print(f"wrote {videos} videos x {frames} frames at {size}x{size}{split} to {out} in {elapsed:.1f} s; "
+          f"lesion pixels {100 * summary.foreground:.1f} %")
+    if summary.contact_sheet:
+        print(f"contact sheet: {summary.contact_sheet}")
+    next_command(f"vivim-train --data {out} --variant tiny --size {min(size, 256)} --epochs 20 --out runs/synth.safetensors")
+
+
+@app.command()
+def check(
+    data: Path = typer.Argument(..., help="Dataset folder (DAVIS or Vivim/VTUS layout)."),
+    split: str = typer.Option("all", "--split", help="train, val, test or all."),
+) -> None:
+    """Read every frame and mask of a dataset and report videos, frames, sizes and lesion area."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from vivim.data.image_io import read_frame, read_mask
+    from vivim.data.layouts import detect_layout, discover_videos
+
+    videos = discover_videos(data, split)
+    sizes: set[tuple[int, int]] = set()
+    fg, empty = [], 0
+    total = sum(len(v) for v in videos)
+    with tqdm(total=total, unit="frame", desc="check") as bar:
+        for video in videos:
+            for frame, mask_path in zip(video.frames, video.masks):
+                image, mask = read_frame(frame), read_mask(mask_path)
+                if image.shape[:2] != mask.shape:
+                    raise VivimError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but frame {frame} is {image.shape[1]}x{image.shape[0]}")
+                sizes.add((image.shape[1], image.shape[0]))
+                fg.append(float(mask.mean()))
+                empty += int(not mask.any())
+                bar.update(1)
+    size_text = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
+    print(f"{data}: {detect_layout(Path(data))} layout, split {split}: {len(videos)} videos, {total} frames, sizes {size_text}, "
+          f"lesion pixels {100 * float(np.mean(fg)):.1f} % on average, {empty} frames with an empty mask")
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

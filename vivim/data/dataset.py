@@ -1,0 +1,95 @@
+"""Torch dataset of clips: one sample per annotated frame, the clip built around it (centre or newest)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vivim.constants import output_frame_index
+from vivim.data.clips import clip_indices
+from vivim.data.image_io import read_frame, read_mask
+from vivim.data.layouts import VideoRecord
+from vivim.data.transforms import TrainAugment, apply_geometry, normalise, resize_frame, resize_mask, salt_and_pepper
+from vivim.errors import VivimError
+
+
+class ClipDataset(Dataset):
+    """Samples are (video, frame) pairs; item = {'clip': (T,3,S,S) float32, 'mask': (1,S,S) float32 in [0,1],
+    'video': name, 'frame': index}. The mask is the supervised frame's (soft after the bilinear resize).
+
+    Randomness (augmentation) is a pure function of (seed, epoch, index): identical across worker counts,
+    processes and resumed runs. Call `set_epoch` each epoch.
+    """
+
+    def __init__(
+        self,
+        videos: Sequence[VideoRecord],
+        *,
+        frames: int = 5,
+        size: int = 256,
+        output_frame: str = "centre",
+        augment: TrainAugment | None = None,
+        seed: int = 0,
+        cache: bool = False,
+    ) -> None:
+        if not videos:
+            raise VivimError("dataset has no videos")
+        output_frame_index(output_frame, frames)  # validates the name early
+        self.videos = list(videos)
+        self.frames = frames
+        self.size = size
+        self.output_frame = output_frame
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.cache: dict[str, np.ndarray] | None = {} if cache else None
+        self._shapes: dict[str, tuple[int, int]] = {}  # native (H, W) of frames read so far
+        self.samples = [(v, i) for v, video in enumerate(self.videos) for i in range(len(video))]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _frame(self, path) -> np.ndarray:
+        key = str(path)
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        native = read_frame(path)
+        self._shapes[key] = native.shape[:2]
+        image = resize_frame(native, self.size)
+        if self.cache is not None:
+            self.cache[key] = image
+        return image
+
+    def _mask(self, video: VideoRecord, index: int, rng: np.random.Generator | None) -> np.ndarray:
+        mask_path, frame_path = video.masks[index], video.frames[index]
+        mask = read_mask(mask_path)
+        frame_shape = self._shapes.get(str(frame_path)) or read_frame(frame_path).shape[:2]
+        if mask.shape != frame_shape:
+            raise VivimError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but frame {frame_path} is {frame_shape[1]}x{frame_shape[0]}")
+        if rng is not None and self.augment is not None and self.augment.mask_noise > 0:
+            return resize_mask(salt_and_pepper(mask, self.augment.mask_noise, rng), self.size)
+        return resize_mask(mask, self.size)
+
+    def __getitem__(self, idx: int) -> dict:
+        v, i = self.samples[idx]
+        video = self.videos[v]
+        indices = clip_indices(i, len(video), self.frames, self.output_frame)
+        rng = np.random.default_rng([self.seed, self.epoch, idx]) if self.augment is not None else None
+        clip = np.stack([self._frame(video.frames[j]) for j in indices])
+        mask = self._mask(video, i, rng)
+        if rng is not None and self.augment is not None:
+            geometry = self.augment.geometry(rng)
+            clip = np.stack([self.augment.jitter(apply_geometry(f, *geometry), rng) for f in clip])
+            mask = apply_geometry(mask, *geometry)
+        return {
+            "clip": torch.from_numpy(normalise(clip)),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)[None]),
+            "video": video.name,
+            "frame": i,
+        }

@@ -1,0 +1,97 @@
+"""Reading frames and masks with one-line errors; atomic writes of images and .mp4 videos."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+from vivim.errors import VivimError
+
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def read_frame(path: str | Path) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) image; greyscale files are expanded to three equal channels."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        if not Path(path).is_file():
+            raise VivimError(f"{path}: frame file is missing")
+        raise VivimError(f"{path}: cannot decode this frame (not a readable image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A boolean (H, W) foreground mask.
+
+    Foreground = palette index > 0 (DAVIS palette PNGs), value > 0 for 0/1 masks, else value > 127
+    (0/255 masks, robust to a little compression noise)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            palette = img.mode == "P"
+            array = np.asarray(img)
+    except FileNotFoundError:
+        raise VivimError(f"{path}: mask file is missing") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise VivimError(f"{path}: cannot decode this mask ({exc.__class__.__name__})") from None
+    if array.ndim == 3:
+        array = array[..., :3].max(axis=2)
+    if palette or array.max(initial=0) <= 1:
+        return array > 0
+    return array > 127
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; datasets are meant to be shared
+    return fd, tmp
+
+
+def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
+    """Write a BGR/grey image atomically (JPEG quality `quality`, lossless PNG)."""
+    path = Path(path)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, data = cv2.imencode(path.suffix, image, params)
+    if not ok:
+        raise VivimError(f"{path}: OpenCV could not encode this image type")
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.0) -> None:
+    """Write BGR/grey frames to an .mp4 (MPEG-4 Part 2, plays in OpenCV/ffmpeg/browsers with a plugin), atomically."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    writer = None
+    try:
+        for frame in frames:
+            bgr = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR) if frame.ndim == 2 else frame
+            if writer is None:
+                height, width = bgr.shape[:2]
+                writer = cv2.VideoWriter(tmp, cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
+                if not writer.isOpened():
+                    raise VivimError(f"{path}: OpenCV cannot write .mp4 here (no FFmpeg backend?)")
+            writer.write(bgr)
+        if writer is None:
+            raise VivimError(f"{path}: no frames to write")
+        writer.release()
+        writer = None
+        os.replace(tmp, path)
+    finally:
+        if writer is not None:
+            writer.release()
+        Path(tmp).unlink(missing_ok=True)

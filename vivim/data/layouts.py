@@ -1,0 +1,124 @@
+"""Find videos on disk: DAVIS layout (JPEGImages/, Annotations/) or Vivim/VTUS layout (Train/, Train_GT/, Test/, Test_GT/)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from vivim.data.image_io import FRAME_EXTENSIONS
+from vivim.errors import VivimError
+
+SPLITS = ("train", "val", "test", "all")
+_VTUS_FOLDERS = {"train": ("Train",), "val": ("Val",), "test": ("Test",), "all": ("Train", "Val", "Test")}
+
+
+@dataclass
+class VideoRecord:
+    """One video: its frame files in temporal order and the matching mask file for each frame."""
+
+    name: str
+    frames: list[Path]
+    masks: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def detect_layout(root: Path) -> str:
+    if not root.is_dir():
+        raise VivimError(f"{root}: dataset folder not found")
+    if (root / "JPEGImages").is_dir():
+        return "davis"
+    if any((root / name).is_dir() for name in ("Train", "Test", "Val")):
+        return "vtus"
+    raise VivimError(f"{root}: not a dataset folder (expected JPEGImages/ + Annotations/, or Train/ + Train_GT/)")
+
+
+def _frame_order(path: Path) -> tuple[int, int | str]:
+    # integer stems sort numerically (2 < 10); anything else lexicographically after them
+    match = re.search(r"(\d+)$", path.stem)
+    return (0, int(match.group(1))) if match else (1, path.stem)
+
+
+def _list_frames(folder: Path) -> list[Path]:
+    frames = sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and not p.name.startswith(".")), key=_frame_order)
+    if not frames:
+        raise VivimError(f"{folder}: no frame images (.jpg/.png) in this video folder")
+    return frames
+
+
+def _video_record(name: str, frame_dir: Path, mask_dir: Path) -> VideoRecord:
+    if not mask_dir.is_dir():
+        raise VivimError(f"{mask_dir}: mask folder for video '{name}' is missing")
+    frames = _list_frames(frame_dir)
+    masks = []
+    for frame in frames:
+        mask = mask_dir / f"{frame.stem}.png"
+        if not mask.is_file():
+            raise VivimError(f"{mask}: mask for frame {frame} is missing")
+        masks.append(mask)
+    return VideoRecord(name, frames, masks)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _davis_videos(root: Path, split: str) -> list[VideoRecord]:
+    images, annotations = root / "JPEGImages", root / "Annotations"
+    if not annotations.is_dir():
+        raise VivimError(f"{annotations}: mask folder is missing (DAVIS layout needs Annotations/ beside JPEGImages/)")
+    # DAVIS 2017 keeps a resolution level (480p / Full-Resolution) between the two
+    if (images / "480p").is_dir() and not any(p.suffix for p in images.iterdir() if p.is_file()):
+        images, annotations = images / "480p", annotations / "480p"
+    names = [p.name for p in _subfolders(images)]
+    if split != "all":
+        lists = sorted((root / "ImageSets").glob(f"**/{split}.txt")) if (root / "ImageSets").is_dir() else []
+        if lists:
+            wanted = {line.strip() for line in lists[-1].read_text().splitlines() if line.strip()}
+            names = [n for n in names if n in wanted]
+    if not names:
+        raise VivimError(f"{images}: no video folders found")
+    return [_video_record(n, images / n, annotations / n) for n in names]
+
+
+def _vtus_videos(root: Path, split: str) -> list[VideoRecord]:
+    folders = [f for f in _VTUS_FOLDERS[split] if (root / f).is_dir()]
+    if not folders:
+        raise VivimError(f"{root / _VTUS_FOLDERS[split][0]}: split folder '{split}' is missing")
+    videos = []
+    for folder in folders:
+        names = [p.name for p in _subfolders(root / folder)]
+        if not names:
+            raise VivimError(f"{root / folder}: no video folders found")
+        videos += [_video_record(n, root / folder / n, root / f"{folder}_GT" / n) for n in names]
+    return videos
+
+
+def discover_videos(root: str | Path, split: str = "all") -> list[VideoRecord]:
+    """All videos of `split` under `root`; every frame must have a mask (<stem>.png) or a one-line error names it.
+
+    DAVIS layout: split 'all' = every video; 'train'/'val'/'test' use ImageSets/**/<split>.txt when present
+    (else every video). VTUS layout: 'train' = Train/, 'test' = Test/, 'val' = Val/, 'all' = all of them.
+    """
+    if split not in SPLITS:
+        raise VivimError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    root = Path(root)
+    layout = detect_layout(root)
+    return _davis_videos(root, split) if layout == "davis" else _vtus_videos(root, split)
+
+
+def split_by_video(videos: list[VideoRecord], val_fraction: float, seed: int) -> tuple[list[VideoRecord], list[VideoRecord]]:
+    """Carve a validation split by whole videos (frames of one video never land on both sides)."""
+    import random
+
+    if val_fraction <= 0:
+        return list(videos), []
+    if len(videos) < 2:
+        raise VivimError(f"{videos[0].frames[0].parent}: only one video, cannot carve a validation split (pass --val DIR or --val-fraction 0)")
+    order = list(range(len(videos)))
+    random.Random(seed).shuffle(order)
+    n_val = min(len(videos) - 1, max(1, int(round(val_fraction * len(videos)))))
+    val_ids = set(order[:n_val])
+    return [v for i, v in enumerate(videos) if i not in val_ids], [v for i, v in enumerate(videos) if i in val_ids]

@@ -1,0 +1,106 @@
+"""Write generated videos as a dataset on disk: DAVIS or Vivim/VTUS layout, an .mp4 per video, a contact sheet."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from vivim.data.contact_sheet import write_contact_sheet
+from vivim.data.image_io import write_image, write_video
+from vivim.data.synthetic import make_video
+
+LAYOUTS = ("davis", "vtus")
+
+
+@dataclass
+class SynthSummary:
+    root: Path
+    layout: str
+    videos: list[str]
+    test_videos: list[str]
+    frames: int
+    size: int
+    contact_sheet: Path | None
+    foreground: float  # mean fraction of lesion pixels
+
+
+def write_synthetic_dataset(
+    out: str | Path,
+    *,
+    videos: int = 8,
+    frames: int = 30,
+    size: int = 256,
+    seed: int = 0,
+    layout: str = "davis",
+    test_fraction: float = 0.25,
+    sector: bool | None = None,
+    mp4: bool = True,
+    sheet: bool = True,
+    fps: float = 25.0,
+    first_index: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> SynthSummary:
+    """Generate `videos` videos (video k uses stream (seed, first_index + k)) and write them under `out`.
+
+    davis: JPEGImages/<v>/00000.jpg + Annotations/<v>/00000.png + <v>.mp4.
+    vtus:  Train/<v>/0000.jpg + Train_GT/<v>/0000.png (Test, Test_GT for the last `test_fraction` of videos)
+           + videos/<v>.mp4.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    n_test = int(round(videos * test_fraction)) if layout == "vtus" else 0
+    if layout == "vtus" and videos >= 2:
+        n_test = min(max(n_test, 1), videos - 1)
+    names: list[str] = []
+    test_names: list[str] = []
+    sheet_rows: list[tuple[str, np.ndarray, np.ndarray]] = []
+    foreground = []
+    manifest = []
+    for k in range(videos):
+        index = first_index + k
+        video = make_video(seed, index, frames=frames, size=size, sector=sector, fps=fps)
+        if layout == "davis":
+            name = f"synth_{index:04d}"
+            frame_dir, mask_dir, stem_digits = root / "JPEGImages" / name, root / "Annotations" / name, 5
+            mp4_path = root / f"{name}.mp4"
+        else:
+            name = f"{index:04d}"
+            split = "Test" if k >= videos - n_test else "Train"
+            frame_dir, mask_dir, stem_digits = root / split / name, root / f"{split}_GT" / name, 4
+            mp4_path = root / "videos" / f"{name}.mp4"
+        (test_names if layout == "vtus" and k >= videos - n_test else names).append(name)
+        for i in range(frames):
+            stem = f"{i:0{stem_digits}d}"
+            rgb_like = np.repeat(video.frames[i][..., None], 3, axis=2)  # RGB with grey content, like VTUS
+            write_image(frame_dir / f"{stem}.jpg", rgb_like)
+            write_image(mask_dir / f"{stem}.png", video.masks[i] * np.uint8(255))
+        if mp4:
+            write_video(mp4_path, video.frames, fps)
+        if len(sheet_rows) < 6:
+            sheet_rows.append((name, video.frames, video.masks))
+        foreground.append(float(video.masks.mean()))
+        manifest.append({"name": name, **video.info})
+        if progress is not None:
+            progress(k + 1)
+    sheet_path = write_contact_sheet(root / "contact_sheet.png", sheet_rows) if sheet else None
+    info = {
+        "generator": "vivim.data.synthetic",
+        "layout": layout,
+        "seed": seed,
+        "frames": frames,
+        "size": size,
+        "videos": manifest,
+        "test_videos": test_names,
+        "note": "synthetic B-mode ultrasound, for software testing and demos only; not for clinical use",
+    }
+    tmp = root / ".synth.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, root / "synth.json")
+    return SynthSummary(root, layout, names, test_names, frames, size, sheet_path, float(np.mean(foreground)) if foreground else 0.0)

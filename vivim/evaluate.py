@@ -1,0 +1,202 @@
+"""`vivim-eval`: score a checkpoint on a dataset — Dice, Jaccard, precision, recall, specificity, MAE per frame,
+frame-level and per-video means, at a fixed 0.5 threshold and with the paper's mean-over-256-thresholds protocol.
+
+Conventions (see vivim.metrics): predictions and ground truth at the model's input size (the released code's
+protocol), ground truth binarised at 0.5 after the bilinear resize, a zero denominator scores 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vivim.cli_utils import run_app
+from vivim.errors import VivimError
+
+ROWS = ("dice", "jaccard", "precision", "recall", "specificity", "mae")
+
+
+def default_split(data: str | Path) -> str:
+    """VTUS layout: Test/; DAVIS layout: ImageSets' val list when there is one, else every video."""
+    from vivim.data.layouts import detect_layout
+
+    return "test" if detect_layout(Path(data)) == "vtus" else "val"
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    data: str,
+    *,
+    split: Optional[str] = None,
+    output_frame: Optional[str] = None,
+    device: Optional[str] = None,
+    batch: int = 8,
+    workers: int = 0,
+    sweep: bool = True,
+    progress: bool = True,
+    model_and_meta=None,
+):
+    """Run the model over every annotated frame of `data`; returns (summary dict, accumulator, dataset, model)."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    import vivim
+    from vivim.constants import output_frame_index
+    from vivim.data.dataset import ClipDataset
+    from vivim.data.layouts import discover_videos
+    from vivim.metrics import MetricAccumulator
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VivimError(f"--device {device}: CUDA is not available here (use --device cpu)")
+    model, meta = model_and_meta or vivim.load_checkpoint(checkpoint, map_location=device)
+    model.to(device).eval()
+    frames, size = int(meta["frames"]), int(meta["img_size"])
+    output_frame = output_frame or meta.get("output_frame", "centre")
+    try:
+        output_frame_index(output_frame, frames)
+    except ValueError as exc:
+        raise VivimError(f"--output-frame: {exc}") from None
+    split = split or default_split(data)
+    videos = discover_videos(data, split)
+    dataset = ClipDataset(videos, frames=frames, size=size, output_frame=output_frame)
+    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers)
+    acc = MetricAccumulator(sweep=sweep)
+    start = time.perf_counter()
+    with torch.no_grad(), tqdm(total=len(dataset), unit="frame", desc="eval", disable=not progress, dynamic_ncols=True) as bar:
+        for item in loader:
+            logits = model(item["clip"].to(device), output_frame=output_frame)
+            prob = torch.sigmoid(logits.float()[:, 0, 0])
+            acc.add(prob, item["mask"][:, 0] > 0.5, item["video"], item["frame"].tolist())
+            bar.update(len(prob))
+    seconds = time.perf_counter() - start
+    summary = acc.summary()
+    summary = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "split": split,
+        "output_frame": output_frame,
+        "variant": meta.get("variant"),
+        "frames_per_clip": frames,
+        "img_size": size,
+        "threshold": 0.5,
+        **summary,
+        "seconds": round(seconds, 2),
+        "conventions": "metrics at the model input size; GT = bilinear-resized mask > 0.5; prediction = sigmoid > 0.5 "
+                       "(top level) or mean over 256 thresholds linspace(1,0,256) with p > t (thresholds_256); a zero "
+                       "denominator scores 0 (empty GT and empty prediction -> Dice 0); means over frames, per_video "
+                       "= mean over that video's frames",
+    }
+    return summary, acc, dataset, model
+
+
+def format_table(summary: dict) -> str:
+    """A readable table: one row per video, then the frame-level means, for both protocols."""
+    head = f"{'video':<18}{'frames':>7}" + "".join(f"{k:>12}" for k in ROWS)
+    lines = [head, "-" * len(head)]
+    for name, block in summary["per_video"].items():
+        lines.append(f"{name[:18]:<18}{block['frames']:>7}" + "".join(f"{block[k]:>12.4f}" for k in ROWS))
+    lines.append("-" * len(head))
+    lines.append(f"{'all @0.5':<18}{summary['frames']:>7}" + "".join(f"{summary[k]:>12.4f}" for k in ROWS))
+    if "thresholds_256" in summary:
+        sweep = summary["thresholds_256"]
+        lines.append(f"{'all 256-thr mean':<18}{summary['frames']:>7}" + "".join(f"{sweep[k]:>12.4f}" for k in ROWS[:-1]) + f"{'':>12}")
+    return "\n".join(lines)
+
+
+def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame: str, device: Optional[str] = None) -> list[Path]:
+    """Images of the `worst` frames by Dice: the input frame with ground truth (green) and prediction (red)."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from vivim.data.contact_sheet import GT_COLOUR, PRED_COLOUR, draw_outline
+    from vivim.data.image_io import read_frame, write_image
+    from vivim.data.transforms import resize_frame
+
+    index = {(dataset.videos[v].name, i): k for k, (v, i) in enumerate(dataset.samples)}
+    device = device or next(model.parameters()).device
+    written = []
+    for rank, record in enumerate(acc.worst(worst), start=1):
+        k = index[(record["video"], record["frame"])]
+        item = dataset[k]
+        with torch.no_grad():
+            logits = model(item["clip"][None].to(device), output_frame=output_frame)
+        pred = (torch.sigmoid(logits.float()[0, 0, 0]) > 0.5).cpu().numpy()
+        gt = item["mask"][0].numpy() > 0.5
+        v, i = dataset.samples[k]
+        frame = cv2.cvtColor(resize_frame(read_frame(dataset.videos[v].frames[i]), dataset.size), cv2.COLOR_RGB2BGR)
+        scale = max(1, 384 // dataset.size)
+        big = lambda a: cv2.resize(a, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)  # noqa: E731
+        tinted = big(frame).copy()
+        fill = big(pred.astype(np.uint8)) > 0
+        tinted[fill] = (0.6 * tinted[fill] + 0.4 * np.array(PRED_COLOUR)).astype(np.uint8)
+        picture = draw_outline(draw_outline(tinted, big(gt.astype(np.uint8)), GT_COLOUR, 2), big(pred.astype(np.uint8)), PRED_COLOUR, 1)
+        cv2.putText(picture, f"{record['video']} #{record['frame']}  Dice {record['dice']:.3f}  (green GT, red prediction)",
+                    (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        path = out_dir / f"{rank:03d}_{record['video']}_{record['frame']:05d}.png"
+        write_image(path, np.hstack([big(frame), picture]))
+        written.append(path)
+    return written
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(payload, indent=1, allow_nan=False, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+app = typer.Typer(add_completion=False, help="Evaluate a Vivim checkpoint on a dataset.")
+
+
+@app.command()
+def evaluate(
+    checkpoint: str = typer.Argument(..., help="A .safetensors checkpoint, or 'demo' for the bundled demo weights."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder (DAVIS or Vivim/VTUS layout)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write all numbers (per frame, per video, means) here."),
+    split: Optional[str] = typer.Option(None, "--split", help="train, val, test or all (default: test for VTUS, val for DAVIS)."),
+    output_frame: Optional[str] = typer.Option(None, "--output-frame", help="centre or newest (default: the checkpoint's)."),
+    overlays: Optional[Path] = typer.Option(None, "--overlays", help="Folder for overlay images of the worst frames."),
+    worst: int = typer.Option(8, "--worst", min=1, help="How many worst frames get an overlay."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:N or cpu."),
+    batch: int = typer.Option(8, "--batch", min=1, help="Clips per forward pass."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Dice, Jaccard, precision, recall, MAE (threshold 0.5 and mean over 256 thresholds), per video and overall."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    summary, acc, dataset, model = evaluate_checkpoint(checkpoint, str(data), split=split, output_frame=output_frame,
+                                                       device=device, batch=batch, workers=workers, progress=progress)
+    print(format_table(summary))
+    print(f"{summary['frames']} frames of {summary['videos']} videos ({summary['split']} split, {summary['output_frame']} frame), "
+          f"{summary['empty_gt_frames']} with an empty mask; Dice {summary['dice']:.4f} at threshold 0.5, "
+          f"{summary['thresholds_256']['dice']:.4f} as the mean over 256 thresholds")
+    if json_out:
+        _write_json(json_out, {**summary, "per_frame": acc.records})
+        print(f"wrote {json_out}")
+    if overlays:
+        paths = write_overlays(overlays, acc, dataset, model, worst, summary["output_frame"], device)
+        print(f"wrote {len(paths)} overlay images of the worst frames to {overlays}")
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

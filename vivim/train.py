@@ -1,0 +1,505 @@
+"""`vivim-train`: train Vivim on a video segmentation dataset (the paper's recipe by default), one GPU, CPU, or
+several GPUs through `torchrun` (DistributedDataParallel).
+
+Recipe (spec §3): Adam lr 1e-4 (no weight decay), cosine to 1e-6 stepped per epoch, batch 8 clips, 256², T = 5,
+structure loss (BCE + weighted IoU) on the supervised frame only. Validation every epoch on videos held out from
+the training folder (never its test split); the best-by-Dice (threshold 0.5, mean over frames) and the last
+weights are saved as Vivim checkpoints, and `<out stem>.state.pt` holds everything `--resume` needs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from vivim.cli_utils import next_command, run_app, warn
+from vivim.errors import VivimError
+
+STATE_FORMAT = "vivim-train-state-1"
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    variant: str = "paper"
+    epochs: int = 100
+    frames: int = 5
+    size: int = 256
+    batch: int = 8
+    workers: int = 2
+    lr: float = 1e-4
+    min_lr: float = 1e-6
+    val: Optional[str] = None
+    val_fraction: float = 0.2
+    seed: int = 1234
+    resume: bool = False
+    init: Optional[str] = None
+    amp: Optional[bool] = None  # None = on for CUDA, off on CPU
+    output_frame: str = "centre"
+    device: Optional[str] = None
+    threads: Optional[int] = None
+    cache: Optional[bool] = None  # keep decoded frames in memory (None = when the dataset is small)
+    max_steps: Optional[int] = None  # stop early (smoke tests); the epoch still ends, validates and saves
+    progress: bool = True
+    augment: bool = True
+
+
+@dataclass
+class TrainResult:
+    best_path: Path
+    last_path: Path
+    state_path: Path
+    best_dice: float
+    best_epoch: int
+    epochs_done: int
+    step_losses: list[float] = field(default_factory=list)
+    val_dice: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    final_state: Optional[dict] = None  # the model's final weights (tests compare DDP ranks with it)
+
+
+def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
+    """best = OUT, last = <stem>.last.safetensors, resume state = <stem>.state.pt (all beside OUT)."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        out = out.with_suffix(out.suffix + ".safetensors") if out.suffix else out.with_suffix(".safetensors")
+    stem = out.with_suffix("")
+    return out, stem.with_name(stem.name + ".last.safetensors"), stem.with_name(stem.name + ".state.pt")
+
+
+# ----------------------------------------------------------------------------------------------- state file
+
+
+def _rng_state() -> dict:
+    """Python, numpy and torch RNG states as tensors / lists / ints only (loadable with weights_only=True)."""
+    import numpy as np
+    import torch
+
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(internal), "gauss": gauss if gauss is not None else "none"},
+        "numpy": {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), None if py["gauss"] == "none" else py["gauss"]))
+    nps = state["numpy"]
+    np.random.set_state((nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"], nps["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_state(path: Path) -> dict:
+    import torch
+
+    if not path.is_file():
+        raise VivimError(f"{path}: no training state to resume from (it is written after each epoch)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # damaged or foreign file
+        raise VivimError(f"{path}: cannot read the training state ({exc.__class__.__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise VivimError(f"{path}: not a vivim-train state file")
+    return state
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class _Dist:
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_name: Optional[str]) -> tuple[_Dist, Any]:
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    d = _Dist(world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")))
+    if device_name is None:
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise VivimError(f"--device {device_name}: CUDA is not available here (use --device cpu)")
+        device = torch.device("cuda", d.local_rank if world > 1 else (torch.device(device_name).index or 0))
+        torch.cuda.set_device(device)
+    elif device_name == "cpu":
+        device = torch.device("cpu")
+    else:
+        raise VivimError(f"--device {device_name!r}: use cpu, cuda or cuda:N")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+def _val_videos(path: str):
+    from vivim.data.layouts import detect_layout, discover_videos
+
+    root = Path(path)
+    layout = detect_layout(root)
+    if layout == "vtus":  # Val/ when there is one, else that folder's Train/ — never its Test/
+        return discover_videos(root, "val" if (root / "Val").is_dir() else "train")
+    return discover_videos(root, "val")
+
+
+def _should_cache(videos, size: int) -> bool:
+    frames = sum(len(v) for v in videos)
+    return frames * size * size * 3 < 2 * 1024**3  # decoded, resized frames under 2 GiB
+
+
+def _validate(model, loader, device, output_frame: str, dist_info: _Dist, amp_dtype) -> float:
+    """Mean Dice (threshold 0.5) over this rank's share of validation frames, reduced over ranks."""
+    import torch
+    import torch.distributed as dist
+
+    from vivim.metrics import fixed_threshold_scores
+
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for batch in loader:
+            clip = batch["clip"].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(clip, output_frame=output_frame)
+            prob = torch.sigmoid(logits.float()[:, 0, 0])
+            gt = batch["mask"].to(device)[:, 0] > 0.5
+            dice = fixed_threshold_scores(prob, gt)["dice"]
+            total += torch.stack([dice.sum(), torch.tensor(float(len(dice)), dtype=torch.float64, device=device)])
+    if dist_info.world > 1:
+        dist.all_reduce(total)
+    model.train()
+    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+
+def _initialise(model, source: str, verbose: bool) -> None:
+    """--init: a Vivim checkpoint (fine-tune; same variant, any T / size) or local SegFormer weights."""
+    from vivim.checkpoint import FORMAT, read_metadata
+
+    path = Path(source)
+    if path.is_file() and path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            is_vivim = (handle.metadata() or {}).get("format") == FORMAT
+        if is_vivim:
+            from safetensors.torch import load_file
+
+            meta = read_metadata(path)
+            if meta.get("variant") != model.config.name:
+                raise VivimError(f"--init {path}: a '{meta.get('variant')}' checkpoint cannot initialise the '{model.config.name}' variant")
+            state = load_file(str(path))
+            ours = model.state_dict()
+            wrong = [k for k in ours if k not in state or state[k].shape != ours[k].shape]
+            if wrong:
+                raise VivimError(f"--init {path}: {len(wrong)} tensors do not fit this model (e.g. {wrong[0]})")
+            model.load_state_dict(state)
+            if verbose:
+                print(f"initialised all weights from Vivim checkpoint {path}")
+            return
+    from vivim.model.segformer_import import load_segformer_weights
+
+    report = load_segformer_weights(model, source)
+    if verbose:
+        print(f"initialised {len(report.mapped)} tensors from SegFormer weights {source}")
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def run_training(cfg: TrainConfig) -> TrainResult:
+    """Train as configured; returns paths, losses and the best validation Dice (rank 0 writes all files)."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
+    from tqdm import tqdm
+
+    import vivim
+    from vivim.constants import output_frame_index
+    from vivim.data.dataset import ClipDataset
+    from vivim.data.layouts import detect_layout, discover_videos, split_by_video
+    from vivim.data.transforms import TrainAugment
+    from vivim.losses import structure_loss
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.variant not in vivim.variants():
+        raise VivimError(f"--variant {cfg.variant!r}: choose one of {', '.join(vivim.variants())}")
+    try:
+        output_frame_index(cfg.output_frame, cfg.frames)
+    except ValueError as exc:
+        raise VivimError(f"--output-frame: {exc}") from None
+    for flag, value in (("--epochs", cfg.epochs), ("--frames", cfg.frames), ("--batch", cfg.batch), ("--size", cfg.size)):
+        if value < 1:
+            raise VivimError(f"{flag} must be at least 1, got {value}")
+    if cfg.size % 32:
+        raise VivimError(f"--size {cfg.size}: must be a multiple of 32 (the encoder downsamples 32x)")
+    best_path, last_path, state_path = output_paths(cfg.out)
+    if not best_path.parent.exists():
+        best_path.parent.mkdir(parents=True, exist_ok=True)
+
+    dist_info, device = _init_distributed(cfg.device)
+    use_amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+    if use_amp and device.type != "cuda":
+        if dist_info.main:
+            warn("--amp needs CUDA; training in fp32 on the CPU")
+        use_amp = False
+    amp_dtype = torch.float16 if use_amp else None
+
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # data: train on the folder's train split, validate on whole held-out videos (never the test split)
+    all_train = discover_videos(cfg.data, "train")
+    if cfg.val:
+        train_videos, val_videos = all_train, _val_videos(cfg.val)
+    else:
+        train_videos, val_videos = split_by_video(all_train, cfg.val_fraction, cfg.seed)
+    cache = cfg.cache if cfg.cache is not None else _should_cache(train_videos + val_videos, cfg.size)
+    augment = TrainAugment() if cfg.augment else None
+    train_ds = ClipDataset(train_videos, frames=cfg.frames, size=cfg.size, output_frame=cfg.output_frame,
+                           augment=augment, seed=cfg.seed, cache=cache)
+    sampler: DistributedSampler = DistributedSampler(train_ds, num_replicas=dist_info.world, rank=dist_info.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=False)
+    loader_args: dict[str, Any] = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda",
+                                   "persistent_workers": cfg.workers > 0}
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch, sampler=sampler, **loader_args)
+    val_loader = None
+    if val_videos:
+        val_ds = ClipDataset(val_videos, frames=cfg.frames, size=cfg.size, output_frame=cfg.output_frame, cache=cache)
+        shard = Subset(val_ds, list(range(dist_info.rank, len(val_ds), dist_info.world)))
+        val_loader = DataLoader(shard, batch_size=cfg.batch, shuffle=False, **loader_args)
+
+    model = vivim.create_model(cfg.variant, frames=cfg.frames, img_size=cfg.size)
+    if cfg.init and not cfg.resume:
+        _initialise(model, cfg.init, dist_info.main)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.min_lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+
+    start_epoch, best_dice, best_epoch = 0, -1.0, -1
+    history: dict[str, list] = {"epoch_loss": [], "val_dice": [], "lr": []}
+    elapsed_before = 0.0
+    if cfg.resume:
+        state = load_state(state_path)
+        saved = state["config"]
+        for key in ("variant", "frames", "size", "output_frame"):
+            if saved[key] != getattr(cfg, key):
+                raise VivimError(f"{state_path}: was trained with {key}={saved[key]!r}, not {getattr(cfg, key)!r}")
+        if saved["epochs"] != cfg.epochs:  # the cosine schedule's length is part of the state
+            raise VivimError(f"{state_path}: the run was planned for --epochs {saved['epochs']}; resume with that value "
+                             f"(or start a new run with --init {last_path} to train longer)")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_dice, best_epoch = state["epoch"] + 1, state["best_dice"], state["best_epoch"]
+        history = state["history"]
+        elapsed_before = state["seconds"]
+        _set_rng_state(state["rng"][dist_info.rank] if dist_info.rank < len(state["rng"]) else state["rng"][0])
+        if dist_info.main:
+            print(f"resuming from {state_path} at epoch {start_epoch + 1}/{cfg.epochs} (best Dice so far {best_dice:.4f})")
+    if start_epoch >= cfg.epochs and dist_info.main:
+        warn(f"{state_path}: already trained {start_epoch} of --epochs {cfg.epochs}; nothing to do")
+
+    if dist_info.world > 1:
+        import warnings
+
+        # the depthwise Conv3d weight grads differ from DDP's bucket view only in the stride of a size-1 dim: harmless
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.world > 1 else model
+
+    if dist_info.main:
+        print(f"training {cfg.variant} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on {device} x{dist_info.world}: "
+              f"{len(train_videos)} videos / {len(train_ds)} clips for training, {len(val_videos)} videos for validation; "
+              f"T={cfg.frames}, {cfg.size}x{cfg.size}, batch {cfg.batch}{' per process' if dist_info.world > 1 else ''}, "
+              f"{'AMP fp16' if use_amp else 'fp32'}")
+
+    step_losses: list[float] = []
+    val_history: list[float] = []
+    steps = 0
+    start = time.perf_counter()
+    metadata_base = {"output_frame": cfg.output_frame}
+    stopped = False
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        net.train()
+        bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not (cfg.progress and dist_info.main), dynamic_ncols=True)
+        epoch_loss, epoch_batches, epoch_clips, t_epoch = 0.0, 0, 0, time.perf_counter()
+        for batch in train_loader:
+            clip = batch["clip"].to(device, non_blocking=True)
+            target = batch["mask"].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = net(clip, output_frame=cfg.output_frame)[:, 0]  # (B, 1, H, W) of the supervised frame
+            loss = structure_loss(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise VivimError(f"training diverged at epoch {epoch + 1} (loss {loss_value}); try a lower --lr or --no-amp")
+            step_losses.append(loss_value)
+            epoch_loss += loss_value
+            epoch_batches += 1
+            epoch_clips += clip.shape[0] * dist_info.world
+            steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{epoch_loss / epoch_batches:.4f}", clips_s=f"{epoch_clips / (time.perf_counter() - t_epoch):.2f}")
+            if cfg.max_steps is not None and steps >= cfg.max_steps:
+                stopped = True
+                break
+        bar.close()
+        scheduler.step()
+        dice = _validate(model, val_loader, device, cfg.output_frame, dist_info, amp_dtype) if val_loader is not None else float("nan")
+        val_history.append(dice)
+        history["epoch_loss"].append(epoch_loss / max(1, epoch_batches))
+        history["val_dice"].append(dice if math.isfinite(dice) else -1.0)
+        history["lr"].append(optimizer.param_groups[0]["lr"])
+        improved = (not math.isfinite(dice)) or dice > best_dice
+        if improved:
+            best_dice, best_epoch = (dice if math.isfinite(dice) else best_dice), epoch
+        seconds = elapsed_before + time.perf_counter() - start
+        if dist_info.main:
+            summary = {
+                "epochs_done": epoch + 1, "epochs": cfg.epochs, "best_val_dice": round(best_dice, 6) if best_dice >= 0 else None,
+                "best_epoch": best_epoch + 1, "data": str(cfg.data), "val": cfg.val or f"{len(val_videos)} videos carved from --data",
+                "seed": cfg.seed, "seconds": round(seconds, 1), "lr": cfg.lr, "batch": cfg.batch, "world_size": dist_info.world,
+                "device": str(device), "amp": use_amp, "train_videos": len(train_videos), "val_videos": [v.name for v in val_videos],
+                "init": cfg.init,
+            }
+            vivim.save_checkpoint(model, last_path, **metadata_base, training={**summary, "kind": "last"})
+            if improved:
+                vivim.save_checkpoint(model, best_path, **metadata_base, training={**summary, "kind": "best", "val_dice": round(dice, 6) if math.isfinite(dice) else None})
+            rngs = [_rng_state()]
+            if dist_info.world > 1:  # every rank's RNG, so a resumed DDP run draws the same numbers
+                gathered: list = [None] * dist_info.world
+                dist.gather_object(rngs[0], gathered, dst=0)
+                rngs = gathered
+            _atomic_torch_save({
+                "format": STATE_FORMAT, "config": {k: v for k, v in asdict(cfg).items() if v is not None},
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "best_dice": best_dice, "best_epoch": best_epoch, "history": history,
+                "seconds": seconds, "rng": rngs,
+            }, state_path)
+            shown = f"val Dice {dice:.4f}" if math.isfinite(dice) else "no validation set"
+            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {history['epoch_loss'][-1]:.4f}, {shown}, "
+                  f"lr {optimizer.param_groups[0]['lr']:.2e}, {time.perf_counter() - t_epoch:.0f} s{' (best)' if improved else ''}")
+        elif dist_info.world > 1:
+            dist.gather_object(_rng_state(), None, dst=0)
+        if stopped:
+            break
+
+    seconds = elapsed_before + time.perf_counter() - start
+    if dist_info.world > 1:
+        dist.barrier()
+    result = TrainResult(best_path, last_path, state_path, best_dice, best_epoch + 1, len(history["epoch_loss"]),
+                         step_losses, val_history, seconds, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+    if dist_info.main and history["epoch_loss"]:
+        best_text = f"best val Dice {best_dice:.4f} (epoch {best_epoch + 1})" if best_dice >= 0 else "no validation"
+        print(f"done: {len(history['epoch_loss'])} epochs in {seconds / 60:.1f} min, {best_text}; "
+              f"best {best_path}, last {last_path}, resume state {state_path}")
+        report = best_path.with_suffix(".eval.json")
+        if detect_layout(Path(cfg.data)) == "vtus" and (Path(cfg.data) / "Test").is_dir():
+            next_command(f"vivim-eval {best_path} --data {cfg.data} --split test --json {report}")
+        else:  # a DAVIS folder has no test split of its own: score on videos the model never saw
+            print(f"note: {cfg.data} holds the training videos; give vivim-eval a held-out dataset for a fair score")
+            next_command(f"vivim-eval {best_path} --data HELD_OUT_DIR --json {report}")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+app = typer.Typer(add_completion=False, help="Train Vivim on a video segmentation dataset (DAVIS or Vivim/VTUS layout).")
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="Dataset folder (DAVIS: JPEGImages/ + Annotations/; VTUS: Train/ + Train_GT/)."),
+    out: Path = typer.Option(Path("runs/vivim.safetensors"), "--out", help="Best checkpoint; <stem>.last.safetensors and <stem>.state.pt go beside it."),
+    variant: str = typer.Option("paper", "--variant", help="paper, b1, b0 or tiny."),
+    epochs: int = typer.Option(100, "--epochs", help="Epochs (cosine schedule length)."),
+    frames: int = typer.Option(5, "--frames", help="Clip length T."),
+    size: int = typer.Option(256, "--size", help="Input size (square, multiple of 32)."),
+    batch: int = typer.Option(8, "--batch", help="Clips per step (per process under torchrun)."),
+    workers: int = typer.Option(2, "--workers", help="Data-loading worker processes."),
+    lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (cosine to 1e-6)."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Validation dataset folder (default: carve --val-fraction of the videos from --data)."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9, help="Share of training videos held out for validation (0 = none)."),
+    seed: int = typer.Option(1234, "--seed", help="Seed for initialisation, split, shuffling and augmentation."),
+    resume: bool = typer.Option(False, "--resume", help="Continue exactly from <out stem>.state.pt."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from local SegFormer weights (folder or file) or a Vivim checkpoint of the same variant (fine-tuning)."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: on with CUDA)."),
+    output_frame: str = typer.Option("centre", "--output-frame", help="Supervised frame: centre (paper, offline) or newest (causal, live)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:N or cpu (default: cuda when available)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps (smoke tests)."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Turn the paper's augmentations off."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Train with the paper's recipe; validation each epoch, best + last checkpoints, exact --resume."""
+    cfg = TrainConfig(
+        data=str(data), out=str(out), variant=variant, epochs=epochs, frames=frames, size=size, batch=batch,
+        workers=workers, lr=lr, val=str(val) if val else None, val_fraction=val_fraction, seed=seed, resume=resume,
+        init=str(init) if init else None, amp=amp, output_frame=output_frame, device=device, threads=threads,
+        max_steps=max_steps, progress=progress, augment=not no_augment,
+    )
+    try:
+        run_training(cfg)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()
