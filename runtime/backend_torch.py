@@ -49,6 +49,7 @@ class TorchBackend:
         device: str = "auto",
         fp16: bool = False,
         cuda_graph: bool = False,
+        compile: bool = False,
         stream_cache: bool = True,
         threads: Optional[int] = None,
         interpolation: str = "area",
@@ -72,6 +73,15 @@ class TorchBackend:
         if fp16:
             model.to_inference_dtype(torch.float16)  # keeps A_log, D and dt bias fp32 (the scan's contract)
         self.model = model
+        self.compiled = compile
+        # the two network parts (and the whole clip without the stream cache), compiled on their first call
+        self._frame_fn: Callable[..., torch.Tensor] = model.frame_features
+        self._from_features_fn: Callable[..., torch.Tensor] = model.forward_from_frame_features
+        self._clip_fn: Callable[..., torch.Tensor] = model
+        if compile:
+            log("compiling the model with torch.compile (once, at start-up)")
+            self._frame_fn, self._from_features_fn, self._clip_fn = (
+                torch.compile(fn, dynamic=False) for fn in (self._frame_fn, self._from_features_fn, self._clip_fn))
         self.frames = int(model.frames)
         size = model.img_size
         self.input_size: Tuple[int, int] = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -158,6 +168,7 @@ class TorchBackend:
             "model": self.source,
             "precision": "fp16" if self.dtype == torch.float16 else "fp32",
             "cuda_graph": self.cuda_graph,
+            "compiled": self.compiled,
             "stream_cache": self.stream_cache,
             "scan_impl": scan,
             "torch": torch.__version__,
@@ -176,12 +187,12 @@ class TorchBackend:
         return ((x - self._mean) * self._inv_std).to(self.dtype)
 
     def _frame_part(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.frame_features(x)
+        return self._frame_fn(x)
 
     def _clip_part(self, stacked: torch.Tensor, index: int) -> torch.Tensor:
         if self.stream_cache:
-            return self.model.forward_from_frame_features(stacked, output_frame=index, out_size=self.input_size)
-        return self.model(stacked, output_frame=index)
+            return self._from_features_fn(stacked, output_frame=index, out_size=self.input_size)
+        return self._clip_fn(stacked, output_frame=index)
 
     def _capture(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor):
         """Record `fn` on a static input as a CUDA graph (warm-up on a side stream first, as CUDA graphs need)."""

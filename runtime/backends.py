@@ -46,7 +46,7 @@ def create_backend(cfg, interpolation: str = "area", log=print) -> Backend:  # c
         from vivim.runtime.backend_torch import TorchBackend
 
         return TorchBackend.from_checkpoint(
-            cfg.model, device=cfg.device, fp16=cfg.fp16, cuda_graph=cfg.cuda_graph,
+            cfg.model, device=cfg.device, fp16=cfg.fp16, cuda_graph=cfg.cuda_graph, compile=cfg.compile,
             stream_cache=cfg.stream_cache, threads=cfg.threads, interpolation=interpolation, log=log,
         )
     _reject_torch_only_flags(cfg, log)
@@ -66,6 +66,8 @@ def _reject_torch_only_flags(cfg, log) -> None:
         log("warning: --fp16 applies to --checkpoint only; an ONNX model or engine runs in the precision it was exported with")
     if cfg.cuda_graph:
         log("warning: --cuda-graph applies to --checkpoint only; ignored")
+    if cfg.compile:
+        log("warning: --compile applies to --checkpoint only; ignored")
     if cfg.threads:
         log("warning: --threads applies to --checkpoint only; ignored")
 

@@ -76,6 +76,11 @@ def run(
     cuda_graph: Optional[bool] = typer.Option(
         None, "--cuda-graph/--no-cuda-graph", help="PyTorch on CUDA: replay CUDA graphs.", rich_help_panel=_RUN
     ),
+    compile_model: Optional[bool] = typer.Option(
+        None, "--compile/--no-compile",
+        help="PyTorch: torch.compile the network (Inductor; about a minute at start-up). With --fp16 --cuda-graph "
+             "the fastest PyTorch path.", rich_help_panel=_RUN
+    ),
     stream_cache: Optional[bool] = typer.Option(
         None,
         "--stream-cache/--no-stream-cache",
@@ -190,6 +195,7 @@ def run(
                 device=device,
                 fp16=fp16,
                 cuda_graph=cuda_graph,
+                compile=compile_model,
                 stream_cache=stream_cache,
                 threads=threads,
                 plugin=plugin,

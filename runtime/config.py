@@ -46,6 +46,7 @@ class BackendConfig:
     device: str = "auto"  # auto | cpu | cuda (auto = cuda when available)
     fp16: bool = False  # PyTorch backend on CUDA
     cuda_graph: bool = False  # PyTorch backend on CUDA: capture both network parts as CUDA graphs
+    compile: bool = False  # PyTorch backend: torch.compile (Inductor) both network parts before capturing/running
     stream_cache: bool = True  # PyTorch backend: per-frame features computed once and kept in the ring
     threads: Optional[int] = None  # PyTorch on the CPU: intra-op threads (default: torch's choice)
     plugin: Optional[str] = None  # TensorRT plugin library (default: from the engine's sidecar)

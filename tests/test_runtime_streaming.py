@@ -106,18 +106,20 @@ def test_fp16_and_cuda_graph_fall_back_on_cpu(tiny_model):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
-@pytest.mark.parametrize("fp16, cuda_graph", [(False, False), (False, True), (True, True)])
-def test_cuda_stream_matches_cpu_reference(tiny_model, fp16, cuda_graph):
+@pytest.mark.parametrize("fp16, cuda_graph, compiled", [(False, False, False), (False, True, False),
+                                                      (True, True, False), (True, True, True)])
+def test_cuda_stream_matches_cpu_reference(tiny_model, fp16, cuda_graph, compiled):
     import copy
 
     rng = np.random.default_rng(8)
     frames = [rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8) for _ in range(6)]
     expected = _reference(tiny_model, frames, 2)
-    backend = TorchBackend(copy.deepcopy(tiny_model), device="cuda", fp16=fp16, cuda_graph=cuda_graph, log=print)
+    backend = TorchBackend(copy.deepcopy(tiny_model), device="cuda", fp16=fp16, cuda_graph=cuda_graph,
+                           compile=compiled, log=print)
     backend.prepare(frames[0].shape)
     got, _ = _stream(backend, frames, "centre")
     info = backend.describe()
-    assert info["precision"] == ("fp16" if fp16 else "fp32")
+    assert info["precision"] == ("fp16" if fp16 else "fp32") and info["compiled"] == compiled
     print("scan implementation on CUDA:", info["scan_impl"])
     for k in range(6):
         scale = float(np.abs(expected[k]).max())
