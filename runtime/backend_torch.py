@@ -74,14 +74,13 @@ class TorchBackend:
             model.to_inference_dtype(torch.float16)  # keeps A_log, D and dt bias fp32 (the scan's contract)
         self.model = model
         self.compiled = compile
-        # the two network parts (and the whole clip without the stream cache), compiled on their first call
-        self._frame_fn: Callable[..., torch.Tensor] = model.frame_features
-        self._from_features_fn: Callable[..., torch.Tensor] = model.forward_from_frame_features
-        self._clip_fn: Callable[..., torch.Tensor] = model
+        # --compile: the two network parts (and the whole clip, without the stream cache) through torch.compile;
+        # each compiles on its first call, i.e. in prepare()
+        self._compiled_parts: Dict[str, Callable[..., torch.Tensor]] = {}
         if compile:
             log("compiling the model with torch.compile (once, at start-up)")
-            self._frame_fn, self._from_features_fn, self._clip_fn = (
-                torch.compile(fn, dynamic=False) for fn in (self._frame_fn, self._from_features_fn, self._clip_fn))
+            self._compiled_parts = {part: torch.compile(getattr(model, part), dynamic=False)
+                                    for part in ("frame_features", "forward_from_frame_features", "__call__")}
         self.frames = int(model.frames)
         size = model.img_size
         self.input_size: Tuple[int, int] = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -186,13 +185,17 @@ class TorchBackend:
         x = rgb.to(self._device, non_blocking=True).permute(2, 0, 1)[None].float().mul_(1.0 / 255.0)
         return ((x - self._mean) * self._inv_std).to(self.dtype)
 
+    def _network(self, part: str) -> Callable[..., torch.Tensor]:
+        """A part of the model ('frame_features', 'forward_from_frame_features', '__call__'), compiled if asked."""
+        return self._compiled_parts.get(part) or getattr(self.model, part)
+
     def _frame_part(self, x: torch.Tensor) -> torch.Tensor:
-        return self._frame_fn(x)
+        return self._network("frame_features")(x)
 
     def _clip_part(self, stacked: torch.Tensor, index: int) -> torch.Tensor:
         if self.stream_cache:
-            return self._from_features_fn(stacked, output_frame=index, out_size=self.input_size)
-        return self._clip_fn(stacked, output_frame=index)
+            return self._network("forward_from_frame_features")(stacked, output_frame=index, out_size=self.input_size)
+        return self._network("__call__")(stacked, output_frame=index)
 
     def _capture(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor):
         """Record `fn` on a static input as a CUDA graph (warm-up on a side stream first, as CUDA graphs need)."""

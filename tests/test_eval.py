@@ -17,13 +17,6 @@ from vivim.data.synth_dataset import write_synthetic_dataset
 from vivim.evaluate import evaluate_checkpoint, format_table
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

@@ -35,13 +35,6 @@ sys.meta_path.insert(0, _BlockTorch())
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):

@@ -13,14 +13,6 @@ from vivim.runtime.preprocess import Normalization, preprocess  # noqa: E402
 from vivim.runtime.ring import ClipWindow  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """CI has 2 shared cores: one intra-op thread avoids oversubscription stalls (restored afterwards)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def tiny_model():

@@ -16,14 +16,6 @@ from vivim.errors import VivimError
 from vivim.train import TrainConfig, load_state, output_paths, run_training
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # a shared 2-core CI box: one intra-op thread is much faster than two fighting other processes
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
