@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import typer
 
+from vivim import atomic
 from vivim.cli_utils import next_command, run_app, warn
 from vivim.errors import VivimError
 
@@ -92,7 +92,7 @@ def check(
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
     if json_out is not None:
-        _write_text_atomic(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+        atomic.write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
         print(f"  {'json':<{width}}  {json_out}")
     if not result.passed:
         print(f"PARITY FAILED: {onnx_path} differs from the PyTorch model beyond tolerance")
@@ -192,18 +192,6 @@ def _probe_writable(path: Path, flag: str) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir() or not os.access(parent, os.W_OK) or path.is_dir():
         raise VivimError(f"{flag} {path}: cannot write there (missing or read-only folder)")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def main() -> None:

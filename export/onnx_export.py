@@ -28,6 +28,7 @@ import onnx
 import onnxscript
 import torch
 from onnxscript import FLOAT
+from vivim import atomic
 from vivim.export.ort_ops import INPUT_NAMES, OP_DOMAIN, OP_TYPE
 
 import vivim
@@ -133,15 +134,7 @@ def _check_writable(path: Path) -> None:
 
 def save_model_atomic(model: onnx.ModelProto, path: Path) -> None:
     """Write next to the target and rename, so a crash never leaves a half-written model."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic.write_bytes(path, model.SerializeToString())
 
 
 @contextlib.contextmanager

@@ -11,10 +11,10 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from vivim import atomic
 from vivim.errors import VivimError
 
 PLUGIN_LIBRARY_NAME = "libvivim_trt_plugin.so"
@@ -186,14 +186,8 @@ def _run_step(command: list[str], log_path: Path, step: str, verbose: bool) -> N
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    os.close(fd)
-    try:
+    with atomic.atomic_path(dst, mode=0o755) as tmp:
         shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_plugin(

@@ -19,11 +19,11 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from vivim import atomic
 from vivim.errors import VivimError
 
 if TYPE_CHECKING:  # annotations only; the real import happens inside build_engine
@@ -73,20 +73,6 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +165,7 @@ def rebuild_command(sidecar: Mapping[str, Any]) -> str:
 
 def write_sidecar(engine_path: Path, sidecar: Mapping[str, Any]) -> Path:
     path = sidecar_path(engine_path)
-    _write_atomic(path, (json.dumps(sidecar, indent=2, sort_keys=False) + "\n").encode())
+    atomic.write_bytes(path, (json.dumps(sidecar, indent=2, sort_keys=False) + "\n").encode())
     return path
 
 
@@ -370,9 +356,9 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise VivimError(f"TensorRT could not build {engine_path}: {logger.last_error or 'see the log above'}")
-    _write_atomic(engine_path, bytes(memoryview(serialized)))
+    atomic.write_bytes(engine_path, bytes(memoryview(serialized)))
     if timing_cache is not None:
-        _write_atomic(Path(timing_cache), bytes(memoryview(config.get_timing_cache().serialize())))
+        atomic.write_bytes(Path(timing_cache), bytes(memoryview(config.get_timing_cache().serialize())))
 
     gpu = current_gpu()
     sidecar: dict[str, Any] = {

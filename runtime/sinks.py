@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from typing import List, Optional, Protocol, Tuple
 
 import numpy as np
 
+from vivim import atomic
+from vivim.data.image_io import write_image
 from vivim.errors import VivimError
 
 import cv2  # noqa: E402
@@ -23,31 +24,6 @@ class Sink(Protocol):
     def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None: ...
 
     def close(self) -> None: ...
-
-
-def _temp_path(path: str, suffix: str) -> str:
-    """A unique temporary file beside `path` whose suffix keeps OpenCV's format detection working."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
-    os.close(fd)
-    return tmp
-
-
-def write_image_atomic(path: str, image: np.ndarray) -> None:
-    suffix = os.path.splitext(path)[1] or ".png"
-    ok, data = cv2.imencode(suffix, image)
-    if not ok:
-        raise VivimError(f"{path}: OpenCV cannot encode {suffix} images")
-    tmp = _temp_path(path, suffix)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class VideoSink:
@@ -70,7 +46,7 @@ class VideoSink:
     def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
         if self._writer is None:
             suffix = os.path.splitext(self.path)[1].lower()
-            self._tmp = _temp_path(self.path, suffix)
+            self._tmp = atomic.temp_beside(self.path, suffix)  # OpenCV picks the container from the name
             self._size = (overlay.shape[1], overlay.shape[0])
             fourcc = cv2.VideoWriter.fourcc(*self._FOURCC.get(suffix, "mp4v"))
             self._writer = cv2.VideoWriter(self._tmp, fourcc, self.fps, self._size)
@@ -88,15 +64,15 @@ class VideoSink:
         self._writer.release()  # writes the container index: without it the mp4 is unreadable
         self._writer = None
         if self._tmp is not None:
-            os.replace(self._tmp, self.path)
+            atomic.commit(self._tmp, self.path)
             self._tmp = None
 
     def _discard(self) -> None:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        if self._tmp is not None and os.path.exists(self._tmp):
-            os.unlink(self._tmp)
+        if self._tmp is not None:
+            atomic.discard(self._tmp)
         self._tmp = None
 
 
@@ -111,7 +87,7 @@ class MaskFolderSink:
         self.written = 0
 
     def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
-        write_image_atomic(os.path.join(self.folder, f"{index:06d}.png"), mask.astype(np.uint8) * 255)
+        write_image(os.path.join(self.folder, f"{index:06d}.png"), mask.astype(np.uint8) * 255)
         self.written += 1
 
     def close(self) -> None:
@@ -190,7 +166,7 @@ class StripSink:
             cv2.putText(tile, f"#{index}", (6, self.height - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
             tiles.append(tile)
             tiles.append(np.full((self.height, 4, 3), 255, dtype=np.uint8))  # white separator
-        write_image_atomic(self.path, np.hstack(tiles[:-1]))
+        write_image(self.path, np.hstack(tiles[:-1]))
 
 
 def display_available() -> bool:

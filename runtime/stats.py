@@ -8,12 +8,11 @@ holds the per-frame network part when the PyTorch stream cache is on).
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
+from vivim import atomic
 from vivim.bench.stats import summarize
 
 _LATENCY_KEYS = ("p50", "p90", "p95", "p99", "mean", "min", "max", "std", "n")
@@ -103,15 +102,5 @@ def format_summary(summary: Dict[str, Any]) -> str:
 
 def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic.write_json(path, data)

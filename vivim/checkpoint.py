@@ -10,12 +10,12 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from vivim import __version__
+from vivim.atomic import atomic_path
 from vivim.constants import IMAGENET_MEAN, IMAGENET_STD
 from vivim.errors import CheckpointError
 
@@ -51,25 +51,6 @@ def file_sha256(path: PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def atomic_write_bytes(path: PathLike, write: Any) -> None:
-    """Call write(tmp_path) for a temporary file next to `path`, then move it into place atomically."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise CheckpointError(f"{path.parent}: output folder does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints and package data must be readable by others
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_metadata(path: PathLike) -> dict[str, Any]:
@@ -120,7 +101,10 @@ def save_checkpoint(model: "VivimModel", path: PathLike, **metadata: Any) -> Pat
     # fp32 on the CPU, contiguous and unshared: what safetensors stores and every loader expects
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
-    atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    if not path.parent.is_dir():
+        raise CheckpointError(f"{path.parent}: output folder does not exist")
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=header)
     return path
 
 

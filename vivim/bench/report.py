@@ -12,10 +12,10 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from vivim import atomic
 from vivim.bench.env import environment_lines
 from vivim.bench.records import Row
 from vivim.cli_utils import warn
@@ -38,16 +38,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write text via a temporary file in the same folder and os.replace, so readers never see half a file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    return atomic.write_text(target, text)
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -205,14 +196,8 @@ def _caption(env: dict[str, Any]) -> str:
 
 def _save_figure(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic.atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

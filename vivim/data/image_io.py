@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import cv2
 import numpy as np
 
+from vivim import atomic
 from vivim.errors import VivimError
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -47,35 +46,23 @@ def read_mask(path: str | Path) -> np.ndarray:
     return array > 127
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; datasets are meant to be shared
-    return fd, tmp
-
-
 def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
     """Write a BGR/grey image atomically (JPEG quality `quality`, lossless PNG)."""
     path = Path(path)
-    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
-    ok, data = cv2.imencode(path.suffix, image, params)
+    extension = path.suffix or ".png"  # a name without an extension gets a PNG
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if extension.lower() in (".jpg", ".jpeg") else []
+    ok, data = cv2.imencode(extension, image, params)
     if not ok:
         raise VivimError(f"{path}: OpenCV could not encode this image type")
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(path, data.tobytes())
 
 
 def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.0) -> None:
     """Write BGR/grey frames to an .mp4 (MPEG-4 Part 2, plays in OpenCV/ffmpeg/browsers with a plugin), atomically."""
     path = Path(path)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic.temp_beside(path, suffix=f".tmp{path.suffix}")  # OpenCV picks the container from the name
     writer = None
     try:
         for frame in frames:
@@ -88,10 +75,10 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.
             writer.write(bgr)
         if writer is None:
             raise VivimError(f"{path}: no frames to write")
-        writer.release()
+        writer.release()  # writes the container index
         writer = None
-        os.replace(tmp, path)
+        atomic.commit(tmp, path)
     finally:
         if writer is not None:
             writer.release()
-        Path(tmp).unlink(missing_ok=True)
+        atomic.discard(tmp)

@@ -1,0 +1,37 @@
+"""Atomic writes: the target is replaced whole or not at all, and ends up readable by others."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from vivim import atomic
+
+
+def test_write_replaces_whole_file_with_shared_permissions(tmp_path):
+    target = tmp_path / "stats.json"
+    target.write_text("old")
+    atomic.write_json(target, {"fps": 30.5})
+    assert json.loads(target.read_text()) == {"fps": 30.5}
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.json"]
+
+
+def test_an_error_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"previous")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_path(target) as tmp:
+            with open(tmp, "wb") as handle:
+                handle.write(b"half a fi")
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_temporary_keeps_the_extension_for_format_sniffing_writers(tmp_path):
+    tmp = atomic.temp_beside(tmp_path / "overlay.mp4", suffix=".mp4")
+    assert tmp.endswith(".mp4") and os.path.dirname(tmp) == str(tmp_path)
+    atomic.commit(tmp, tmp_path / "overlay.mp4", mode=0o600)
+    assert stat.S_IMODE(os.stat(tmp_path / "overlay.mp4").st_mode) == 0o600

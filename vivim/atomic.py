@@ -1,0 +1,67 @@
+"""Atomic file writes, shared by every writer in the project (checkpoints, datasets, ONNX, engines, videos, stats).
+
+A file is written under a temporary name in its own folder, flushed to disk, given ordinary permissions and renamed
+over the target: a reader never sees half a file, and a crash or Ctrl-C leaves the previous file (or none).
+No torch import: the runtime uses this on torch-free devices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+FILE_MODE = 0o644  # mkstemp creates 0600 files; checkpoints, datasets and package data are meant to be shared
+
+
+def temp_beside(path: PathLike, suffix: str = ".tmp") -> str:
+    """A new empty temporary file in `path`'s folder. Keep the real extension as `suffix` where a library (OpenCV)
+    picks the format from the file name."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent if str(target.parent) else ".")
+    os.close(fd)
+    return tmp
+
+
+def commit(tmp: PathLike, path: PathLike, mode: int = FILE_MODE) -> Path:
+    """Flush `tmp` to disk and move it onto `path` in one step."""
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    return Path(path)
+
+
+def discard(tmp: PathLike) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, *, suffix: str = ".tmp", mode: int = FILE_MODE) -> Iterator[str]:
+    """Yield a temporary path to write; on success it replaces `path`, on any error it is removed."""
+    tmp = temp_beside(path, suffix)
+    try:
+        yield tmp
+        commit(tmp, path, mode)
+    finally:
+        discard(tmp)
+
+
+def write_bytes(path: PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: PathLike, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2) + "\n")
