@@ -251,6 +251,17 @@ def _clip(settings: BenchSettings, frames: int, dtype: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------- PyTorch rows
+def torch_row_unavailable_reason(settings: BenchSettings, *, precision: str, graph: bool, scan: str) -> str | None:
+    """Why a PyTorch row cannot run here (FP16 and CUDA graphs need CUDA; the scan must be available), or None."""
+    if (graph or precision == "fp16") and not cuda_ready(settings.device):
+        return f"CUDA only (device is {settings.device})"
+    return scan_unavailable_reason(scan, settings.device)
+
+
+def _precision_notes(precision: str, settings: BenchSettings) -> list[str]:
+    return ["fp16 via torch.autocast (fp32 weights)"] if precision == "fp16" and settings.fp16_mode == "autocast" else []
+
+
 def torch_clip_row(source: ModelSource, settings: BenchSettings, *, precision: str, graph: bool, scan: str,
                    reference: bool = False, mode: str = "clip", output_frame: str | int | None = None,
                    frames: int | None = None, iters: int | None = None, warmup: int | None = None,
@@ -261,15 +272,11 @@ def torch_clip_row(source: ModelSource, settings: BenchSettings, *, precision: s
     backend = (TORCH_GRAPH if graph else TORCH_EAGER) + (" compiled" if compiled else "")
     row = Row(backend=backend, precision=precision, mode=mode, scan=scan, frames=frames, size=settings.size,
               batch=settings.batch, output_frame=output_frame, reference=reference)
-    if (graph or precision == "fp16") and not cuda_ready(settings.device):
-        row.status = skipped(f"CUDA only (device is {settings.device})")
-        return row
-    reason = scan_unavailable_reason(scan, settings.device)
+    reason = torch_row_unavailable_reason(settings, precision=precision, graph=graph, scan=scan)
     if reason is not None:
         row.status = skipped(reason)
         return row
-    if precision == "fp16" and settings.fp16_mode == "autocast":
-        row.notes.append("fp16 via torch.autocast (fp32 weights)")
+    row.notes.extend(_precision_notes(precision, settings))
 
     def body(row: Row) -> None:
         torch = _torch()
@@ -308,10 +315,7 @@ def torch_stream_row(source: ModelSource, settings: BenchSettings, *, precision:
     backend = (TORCH_STREAM_GRAPH if graph else TORCH_STREAM) + (" compiled" if compiled else "")
     row = Row(backend=backend, precision=precision, mode="stream", scan=scan, frames=settings.frames,
               size=settings.size, batch=settings.batch, output_frame=settings.output_frame)
-    if (graph or precision == "fp16") and not cuda_ready(settings.device):
-        row.status = skipped(f"CUDA only (device is {settings.device})")
-        return row
-    reason = scan_unavailable_reason(scan, settings.device)
+    reason = torch_row_unavailable_reason(settings, precision=precision, graph=graph, scan=scan)
     if reason is not None:
         row.status = skipped(reason)
         return row
@@ -319,8 +323,7 @@ def torch_stream_row(source: ModelSource, settings: BenchSettings, *, precision:
     if not (hasattr(base, "frame_features") and hasattr(base, "forward_from_frame_features")):
         row.status = skipped("model has no frame_features/forward_from_frame_features streaming split")
         return row
-    if precision == "fp16" and settings.fp16_mode == "autocast":
-        row.notes.append("fp16 via torch.autocast (fp32 weights)")
+    row.notes.extend(_precision_notes(precision, settings))
 
     def body(row: Row) -> None:
         torch = _torch()
@@ -660,10 +663,7 @@ def runtime_stream_row(source: ModelSource, settings: BenchSettings, *, precisio
     row = Row(backend=RUNTIME_STREAM + (" CUDA graph" if graph else ""), precision=precision,
               mode="stream" if cache else "recompute", scan=scan, frames=settings.frames, size=settings.size,
               batch=1, output_frame=settings.output_frame)
-    if (graph or precision == "fp16") and not cuda_ready(settings.device):
-        row.status = skipped(f"CUDA only (device is {settings.device})")
-        return row
-    reason = scan_unavailable_reason(scan, settings.device)
+    reason = torch_row_unavailable_reason(settings, precision=precision, graph=graph, scan=scan)
     if reason is None and importlib.util.find_spec("cv2") is None:
         reason = "OpenCV not installed (the runtime resizes frames with it: pip install opencv-python-headless)"
     if reason is None:
