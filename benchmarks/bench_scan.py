@@ -148,7 +148,7 @@ def main() -> None:
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "gpu": props.name, "sm_count": props.multi_processor_count, "torch": torch.__version__,
         "cuda": torch.version.cuda, "copy_bandwidth_GBps": bw / 1e9, "N": 16,
-        "kernel_variant": os.environ.get("VIVIM_SCAN_KERNEL", "2"),
+        "kernel_variant": os.environ.get("VIVIM_SCAN_KERNEL", "4"),
         "env": {k: v for k, v in os.environ.items() if k.startswith("VIVIM_SCAN_")},
         "call": "z, D, delta_bias, delta_softplus=True", "rows": [], "grouped": [],
     }

@@ -31,13 +31,17 @@ NVCC = _nvcc()
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found (install the CUDA toolkit to compile-check the kernel)")
 
 
+# torch.utils.cpp_extension compiles the kernel with these (no implicit half/bfloat16 conversions); the CMake and
+# TensorRT builds do not. Compiling with them covers both.
+_TORCH_EXTENSION_MACROS = ("-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                           "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__")
 _OBJECTS: dict[str, Path] = {}  # arch -> compiled object, reused by the host-side workspace check
 
 
 def _compile(arch: str, out_dir: Path) -> Path:
     obj = out_dir / f"selective_scan_sm{arch}.o"
     cmd = [NVCC, "-c", "-O3", "-std=c++17", f"-I{INCLUDE}", f"-gencode=arch=compute_{arch},code=sm_{arch}",
-           "-Werror", "all-warnings", str(KERNEL), "-o", str(obj)]
+           "-Werror", "all-warnings", *_TORCH_EXTENSION_MACROS, str(KERNEL), "-o", str(obj)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"nvcc failed for sm_{arch}:\n{proc.stderr[-4000:]}"
     _OBJECTS[arch] = obj

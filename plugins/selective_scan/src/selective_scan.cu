@@ -10,16 +10,17 @@
 //   3. chunk pass, FINAL=true: each block rescans its chunk from that state and writes y.
 // A problem with a single chunk runs kernel 3 alone from a zero state (no workspace).
 //
-// Two kernel families share this structure (VIVIM_SCAN_KERNEL selects; 2 is the default):
-//   variant 2 (chunk_pass_v2, carry_pass_v2): each channel is handled by K = N/8 lanes of one warp, 8 states
-//     per lane in registers; y is reduced over the K lanes with warp shuffles. Kernels 2 and 3 use
-//     programmatic dependent launch on sm_90+ so they overlap their launch and first staging with the
-//     kernel before them.
-//   variant 1 (chunk_pass, carry_pass): one thread per channel holding all N states (the first version).
-// In both, B_t and C_t (shared by every channel of a group) are staged per 16-token tile in shared memory
-// and read as 16-byte broadcasts, and each thread stages its own channel's row segment with 16-byte loads.
-// The cost is dominated by the exp2 per (channel, state, token) on the special-function unit, twice
-// (kernels 1 and 3). Measured numbers and the analysis: benchmarks/kernel_notes.md.
+// Each channel is handled by K = N/8 lanes of one warp, 8 states per lane in registers; y is reduced over the K
+// lanes with warp shuffles. B_t and C_t (shared by every channel of a group) are staged per 16-token tile in
+// shared memory and read as 16-byte broadcasts; each lane stages its slice of its channel's row with 16-byte
+// loads. Two versions of kernels 1 and 3 (VIVIM_SCAN_KERNEL selects):
+//   variant 4 (chunk_pass_v4, the default): softplus once (kernel 1 caches dt for kernel 3), the next tile's
+//     loads in flight during the current one, one block barrier per tile; problems with at most 8 chunks skip
+//     the carry pass (kernel 3 folds the chunk states itself);
+//   variant 2 (chunk_pass_v2): the previous version, kept for comparison.
+// Kernels 2 and 3 use programmatic dependent launch on sm_90+ (they overlap their launch and first staging with
+// the kernel before them). The cost is dominated by the exp2 per (channel, state, token) on the special-function
+// unit, twice (kernels 1 and 3). Measured numbers and the analysis: benchmarks/kernel_notes.md.
 //
 // No allocation, no synchronisation with the host: CUDA-graph capturable. Deterministic (no atomics); the
 // chunking depends only on the problem sizes, so results do not depend on the GPU model.
@@ -39,10 +40,8 @@ namespace vivim_scan {
 
 constexpr int kTileTokens = 16;      // tokens staged per shared-memory tile; chunk lengths are multiples of it
 constexpr int kMaxChannels = 128;    // channels per block (= threads per block)
-constexpr int kTargetBlocks = 512;   // enough blocks to fill a large GPU several times over, evenly
+constexpr int kTargetBlocks = 1024;  // enough blocks to fill a large GPU several times over, evenly
 constexpr int kMaxChunks = 512;     // bounds the workspace and the carry pass (n_chunks <= want <= 512)
-constexpr int kCarrySegments = 16;   // chunk-carry scan: segments scanned in parallel per (channel, state)
-constexpr int kCarryPairs = 32;      // chunk-carry scan: (channel, state) pairs per block
 constexpr float kLog2e = 1.4426950408889634f;
 
 // ---------------------------------------------------------------------------------------------------
@@ -54,26 +53,44 @@ struct Geometry {
     int64_t n_chunks;
 };
 
-// Which kernel family runs: 2 (lanes per channel, default) or 1 (one thread per channel, the first version,
-// kept for comparison). VIVIM_SCAN_KERNEL=1 selects it; read once.
+// Which kernel family runs: 4 (default) or 2 (its predecessor, kept for comparison: VIVIM_SCAN_KERNEL=2).
 static int kernel_variant() {
     static const int v = [] {
         const char* e = getenv("VIVIM_SCAN_KERNEL");
-        return (e != nullptr && e[0] == '1' && e[1] == '\0') ? 1 : 2;
+        return (e != nullptr && e[0] == '2' && e[1] == '\0') ? 2 : 4;
     }();
     return v;
 }
 
-// Blocks the chunking aims at (enough to fill a large GPU a few times over, evenly). Variant 2 blocks are
-// lighter (6 per SM), so it aims at twice as many. VIVIM_SCAN_TARGET_BLOCKS overrides it (for tuning).
-static int64_t target_blocks(int variant) {
+// Blocks the chunking aims at (enough to fill a large GPU a few times over, evenly). VIVIM_SCAN_TARGET_BLOCKS
+// overrides it (for tuning).
+static int64_t target_blocks() {
     static const int64_t from_env = [] {
         const char* e = getenv("VIVIM_SCAN_TARGET_BLOCKS");
         const long v = e != nullptr ? strtol(e, nullptr, 10) : 0;
         return (int64_t)(v >= 1 && v <= 65536 ? v : 0);
     }();
-    if (from_env > 0) return from_env;
-    return variant == 1 ? kTargetBlocks : 2 * kTargetBlocks;
+    return from_env > 0 ? from_env : kTargetBlocks;
+}
+
+// Variant 4: channels per block at most (64, the shared-memory tiles' size; VIVIM_SCAN_CPB=16|32 for tuning), and
+// the largest chunk count for which kernel 3 folds the chunk states itself instead of a carry pass
+// (VIVIM_SCAN_FOLD_MAX, tuning).
+static int64_t v4_channel_cap() {
+    static const int64_t v = [] {
+        const char* e = getenv("VIVIM_SCAN_CPB");
+        const long x = e != nullptr ? strtol(e, nullptr, 10) : 0;
+        return (int64_t)(x == 16 || x == 32 ? x : 64);
+    }();
+    return v;
+}
+static int64_t v4_fold_max() {
+    static const int64_t v = [] {
+        const char* e = getenv("VIVIM_SCAN_FOLD_MAX");
+        const long x = e != nullptr ? strtol(e, nullptr, 10) : -1;
+        return (int64_t)(x >= 0 && x <= 512 ? x : 8);
+    }();
+    return v;
 }
 
 // Lanes per channel of variant 2: 8 states per lane.
@@ -84,17 +101,25 @@ static int lanes_per_channel(int64_t dstate) {
 static Geometry make_geometry(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate, int64_t n_groups) {
     Geometry g;
     const int variant = kernel_variant();
-    const int64_t lanes = variant == 1 ? 1 : lanes_per_channel(dstate);
-    const int64_t max_channels = kMaxChannels / lanes;
+    const int64_t lanes = lanes_per_channel(dstate);
+    int64_t max_channels = kMaxChannels / lanes;
+    if (variant == 4 && max_channels > v4_channel_cap()) max_channels = v4_channel_cap();
     const int64_t quantum = lanes >= 32 ? 1 : 32 / lanes;  // keep whole warps
     const int64_t per_group = dim / n_groups;
     const int64_t dt = ((per_group + quantum - 1) / quantum) * quantum;
     g.channels_per_block = (int)(dt < max_channels ? dt : max_channels);
     g.tiles_per_group = (per_group + g.channels_per_block - 1) / g.channels_per_block;
-    const int64_t channel_blocks = batch * n_groups * g.tiles_per_group;
-    const int64_t target = target_blocks(variant);
-    int64_t want = (target + channel_blocks - 1) / channel_blocks;  // chunks wanted
+    const int64_t target = target_blocks();
     const int64_t max_chunks = (seqlen + kTileTokens - 1) / kTileTokens;
+    // Variant 4: when even one-tile chunks leave the grid under half the target (short sequences), halve the
+    // channel tiles once (64 -> 32): measured faster at Vivim's last stage (D 1024, L 320), slower below 32.
+    if (variant == 4 && g.channels_per_block == 64 &&
+        batch * n_groups * g.tiles_per_group * (max_chunks < kMaxChunks ? max_chunks : kMaxChunks) < target / 2) {
+        g.channels_per_block = 32;
+        g.tiles_per_group = (per_group + 31) / 32;
+    }
+    const int64_t channel_blocks = batch * n_groups * g.tiles_per_group;
+    int64_t want = (target + channel_blocks - 1) / channel_blocks;  // chunks wanted
     if (want > max_chunks) want = max_chunks;
     if (want > kMaxChunks) want = kMaxChunks;
     if (want < 1) want = 1;
@@ -159,6 +184,15 @@ __device__ __forceinline__ float softplus(float x) {
     q = q * s2 + 1.f / 3.f;
     q = q * s2 + 1.f;
     return fmaxf(x, 0.f) + 2.f * s * q;
+}
+
+// softplus(x) = max(x, 0) + ln2 * log2(1 + 2^(-|x| log2 e)): two special-function instructions and four fp32 ops
+// (variant 4). Absolute error ~1e-7 (1 + e rounds to fp32 when e is tiny, where softplus ~ e is itself tiny).
+__device__ __forceinline__ float softplus_fast(float x) {
+    float e, l;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(-fabsf(x) * kLog2e));
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(l) : "f"(1.f + e));
+    return fmaf(l, 0.6931471805599453f, fmaxf(x, 0.f));
 }
 
 // z * sigmoid(z); for very negative z the denominator overflows and __fdividef gives 0, the right limit.
@@ -321,233 +355,10 @@ struct KernelArgs {
     int vec;              // every row segment of a full tile is 16-byte aligned
     float* chunk_dt_sum;  // [batch, n_chunks, dim]
     float* chunk_state;   // [batch, n_chunks, dim, dstate]
+    float* dt_cache;      // variant 4: [batch, dim, seqlen] softplus'd dt from kernel 1, or null
+    int vec_dt;           // dt_cache rows allow 16-byte accesses
+    int fold;             // variant 4: kernel 3 folds the chunk states itself (no carry pass)
 };
-
-// ---------------------------------------------------------------------------------------------------
-// Kernels 1 and 3. grid = (n_groups * tiles_per_group, n_chunks, batch), block = DT threads, thread = channel.
-// Per tile of 16 tokens: each thread loads its own channel's u, delta (and z) row segment into registers;
-// threads < N stage the group's B (and C) rows into shared memory; one barrier; then each thread runs the
-// 16-token recurrence for its N states (fully unrolled: padded tokens have dt = 0, u = 0, B = 0, an identity
-// step) and writes its output row segment straight from registers.
-template <typename T, int NMAX, bool FINAL>
-__global__ void __launch_bounds__(kMaxChannels, NMAX <= 16 ? 4 : NMAX <= 32 ? 3 : 1)
-chunk_pass(const KernelArgs p) {
-    constexpr int kRow = NMAX + 4;  // +4 words keeps rows 16-byte aligned for the broadcast reads
-    __shared__ __align__(16) float s_B[kTileTokens][kRow];
-    __shared__ __align__(16) float s_C[FINAL ? kTileTokens : 1][kRow];
-    // Per-thread columns (thread = channel): dt, u (then y) and z of the tile, [token][channel] so that a
-    // warp's accesses for one token hit 32 consecutive words.
-    __shared__ float s_dt[kTileTokens][kMaxChannels];
-    __shared__ float s_u[kTileTokens][kMaxChannels];
-    __shared__ float s_z[FINAL ? kTileTokens : 1][kMaxChannels];
-
-    // The last chunk's end state is never needed: kernel 1 skips it (the carry pass ignores that slot).
-    if (!FINAL && blockIdx.y == p.n_chunks - 1) return;
-    const int DT = blockDim.x;
-    const int tid = threadIdx.x;
-    const int64_t group = blockIdx.x / p.tiles_per_group;
-    const int64_t d0 = group * p.per_group + (blockIdx.x % p.tiles_per_group) * DT;
-    const int64_t d_end_group = (group + 1) * p.per_group;
-    const int n_ch = (int)((d_end_group - d0) < DT ? (d_end_group - d0) : DT);
-    const int64_t chunk = blockIdx.y;
-    const int64_t b = blockIdx.z;
-    const int64_t t_begin = chunk * p.chunk_len;
-    int64_t t_end = t_begin + p.chunk_len;
-    if (t_end > p.seqlen) t_end = p.seqlen;
-    const bool vec = p.vec != 0;
-
-    const bool active = tid < n_ch;
-    const int64_t d = d0 + (active ? tid : 0);
-    const int64_t row_off = (b * p.dim + d) * p.seqlen;
-    const T* u_row = static_cast<const T*>(p.u) + row_off;
-    const T* delta_row = static_cast<const T*>(p.delta) + row_off;
-    const T* z_row = (FINAL && p.z != nullptr) ? static_cast<const T*>(p.z) + row_off : nullptr;
-    T* out_row = FINAL ? static_cast<T*>(p.out) + row_off : nullptr;
-    const T* Bg = static_cast<const T*>(p.B) + (b * p.n_groups + group) * p.dstate * p.seqlen;
-    const T* Cg = static_cast<const T*>(p.C) + (b * p.n_groups + group) * p.dstate * p.seqlen;
-
-    float A2[NMAX];
-    float h[NMAX];
-#pragma unroll
-    for (int n = 0; n < NMAX; ++n) {
-        A2[n] = (active && n < p.dstate) ? p.A[d * p.dstate + n] * kLog2e : 0.f;
-        h[n] = 0.f;
-    }
-    if (FINAL && chunk > 0 && active) {
-        const float* hin = p.chunk_state + ((b * p.n_chunks + chunk) * p.dim + d) * p.dstate;
-#pragma unroll
-        for (int n = 0; n < NMAX; ++n)
-            if (n < p.dstate) h[n] = hin[n];
-    }
-    const float bias = (p.delta_bias != nullptr && active) ? p.delta_bias[d] : 0.f;
-    const float Dd = (FINAL && p.D != nullptr && active) ? p.D[d] : 0.f;
-    float dt_sum = 0.f;
-
-    for (int64_t t0 = t_begin; t0 < t_end; t0 += kTileTokens) {
-        const int nt = (int)((t_end - t0) < kTileTokens ? (t_end - t0) : kTileTokens);
-        if (active) {
-            float uv[kTileTokens], dv[kTileTokens];
-            load_row16(u_row + t0, nt, vec, uv);
-            load_row16(delta_row + t0, nt, vec, dv);
-            if (FINAL && z_row != nullptr) {
-                float zv[kTileTokens];
-                load_row16(z_row + t0, nt, vec, zv);
-#pragma unroll
-                for (int k = 0; k < kTileTokens; ++k) s_z[FINAL ? k : 0][tid] = zv[k];
-            }
-#pragma unroll
-            for (int k = 0; k < kTileTokens; ++k) {
-                float x = dv[k] + bias;
-                if (p.softplus) x = softplus(x);
-                x = k < nt ? x : 0.f;  // padded tokens: dt = 0 leaves the state unchanged
-                dt_sum += x;
-                s_dt[k][tid] = x;
-                s_u[k][tid] = uv[k];
-            }
-        }
-        for (int n = tid; n < NMAX; n += DT) {
-            float bv[kTileTokens];
-            if (n < p.dstate) {
-                load_row16(Bg + n * p.seqlen + t0, nt, vec, bv);
-            } else {
-#pragma unroll
-                for (int k = 0; k < kTileTokens; ++k) bv[k] = 0.f;
-            }
-#pragma unroll
-            for (int k = 0; k < kTileTokens; ++k) s_B[k][n] = bv[k];
-            if (FINAL) {
-                if (n < p.dstate) {
-                    load_row16(Cg + n * p.seqlen + t0, nt, vec, bv);
-                } else {
-#pragma unroll
-                    for (int k = 0; k < kTileTokens; ++k) bv[k] = 0.f;
-                }
-#pragma unroll
-                for (int k = 0; k < kTileTokens; ++k) s_C[FINAL ? k : 0][n] = bv[k];
-            }
-        }
-        __syncthreads();
-        if (active) {
-#pragma unroll 2
-            for (int k = 0; k < kTileTokens; ++k) {
-                const float dtv = s_dt[k][tid];
-                const float uk = s_u[k][tid];
-                const float dtu = dtv * uk;
-                float y0 = 0.f, y1 = 0.f, y2 = 0.f, y3 = 0.f;
-#pragma unroll
-                for (int n = 0; n < NMAX; n += 4) {
-                    const float4 bq = *reinterpret_cast<const float4*>(&s_B[k][n]);
-                    h[n + 0] = fast_exp2(dtv * A2[n + 0]) * h[n + 0] + dtu * bq.x;
-                    h[n + 1] = fast_exp2(dtv * A2[n + 1]) * h[n + 1] + dtu * bq.y;
-                    h[n + 2] = fast_exp2(dtv * A2[n + 2]) * h[n + 2] + dtu * bq.z;
-                    h[n + 3] = fast_exp2(dtv * A2[n + 3]) * h[n + 3] + dtu * bq.w;
-                    if (FINAL) {
-                        const float4 cq = *reinterpret_cast<const float4*>(&s_C[FINAL ? k : 0][n]);
-                        y0 += cq.x * h[n + 0];
-                        y1 += cq.y * h[n + 1];
-                        y2 += cq.z * h[n + 2];
-                        y3 += cq.w * h[n + 3];
-                    }
-                }
-                if (FINAL) s_u[k][tid] = (y0 + y1) + (y2 + y3) + Dd * uk;  // own column: no barrier needed
-            }
-            if (FINAL) {
-                float yv[kTileTokens];
-#pragma unroll
-                for (int k = 0; k < kTileTokens; ++k) {
-                    float y = s_u[k][tid];
-                    if (z_row != nullptr) y *= silu(s_z[FINAL ? k : 0][tid]);
-                    yv[k] = y;
-                }
-                store_row16(out_row + t0, nt, vec, yv);
-            }
-        }
-        __syncthreads();  // the next tile overwrites the shared tiles
-    }
-    if (!FINAL && active) {
-        const int64_t cd = (b * p.n_chunks + chunk) * p.dim + d;
-        p.chunk_dt_sum[cd] = dt_sum;
-        float* hout = p.chunk_state + cd * p.dstate;
-#pragma unroll
-        for (int n = 0; n < NMAX; ++n)
-            if (n < p.dstate) hout[n] = h[n];
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Kernel 2: turn per-chunk local end states into the state entering each chunk, in place.
-// block = (kCarryPairs, kCarrySegments): x walks consecutive (channel, state) pairs (coalesced), y splits
-// the chunks into segments that are first reduced in parallel, then combined, then rescanned. Loads go in
-// batches of kCarryBatch so their latencies overlap.
-constexpr int kCarryBatch = 8;
-
-__global__ void __launch_bounds__(kCarryPairs * kCarrySegments)
-carry_pass(const KernelArgs p, int64_t n_pairs) {
-    __shared__ float s_h[kCarrySegments][kCarryPairs];
-    __shared__ float s_sum[kCarrySegments][kCarryPairs];
-    const int64_t q = (int64_t)blockIdx.x * kCarryPairs + threadIdx.x;
-    const int s = threadIdx.y;
-    const bool valid = q < n_pairs;
-    const int64_t qq = valid ? q : 0;
-    const int64_t n = qq % p.dstate;
-    const int64_t d = (qq / p.dstate) % p.dim;
-    const int64_t b = qq / (p.dstate * p.dim);
-    const float a2 = p.A[d * p.dstate + n] * kLog2e;
-    const int64_t seg_len = (p.n_chunks + kCarrySegments - 1) / kCarrySegments;
-    const int64_t c_begin = s * seg_len;
-    const int64_t c_end = (c_begin + seg_len) < p.n_chunks ? (c_begin + seg_len) : p.n_chunks;
-    const int64_t sum_stride = p.dim;
-    const int64_t state_stride = p.dim * p.dstate;
-    const float* __restrict__ sums = p.chunk_dt_sum + (b * p.n_chunks) * p.dim + d;
-    float* __restrict__ states = p.chunk_state + (b * p.n_chunks) * state_stride + d * p.dstate + n;
-
-    float hacc = 0.f, sacc = 0.f;
-    if (valid) {
-        for (int64_t c0 = c_begin; c0 < c_end; c0 += kCarryBatch) {
-            float sc[kCarryBatch], st[kCarryBatch];
-#pragma unroll
-            for (int k = 0; k < kCarryBatch; ++k) {
-                const bool in = c0 + k < c_end;
-                sc[k] = in ? sums[(c0 + k) * sum_stride] : 0.f;
-                st[k] = in ? states[(c0 + k) * state_stride] : 0.f;
-            }
-#pragma unroll
-            for (int k = 0; k < kCarryBatch; ++k) {
-                hacc = fast_exp2(a2 * sc[k]) * hacc + st[k];  // padded entries: (1, 0), the identity
-                sacc += sc[k];
-            }
-        }
-    }
-    s_h[s][threadIdx.x] = hacc;
-    s_sum[s][threadIdx.x] = sacc;
-    __syncthreads();
-    if (s == 0) {
-        float run = 0.f;
-        for (int k = 0; k < kCarrySegments; ++k) {
-            const float hk = s_h[k][threadIdx.x];
-            s_h[k][threadIdx.x] = run;  // state entering segment k
-            run = fast_exp2(a2 * s_sum[k][threadIdx.x]) * run + hk;
-        }
-    }
-    __syncthreads();
-    if (valid) {
-        float hin = s_h[s][threadIdx.x];
-        for (int64_t c0 = c_begin; c0 < c_end; c0 += kCarryBatch) {
-            float sc[kCarryBatch], st[kCarryBatch];
-#pragma unroll
-            for (int k = 0; k < kCarryBatch; ++k) {
-                const bool in = c0 + k < c_end;
-                sc[k] = in ? sums[(c0 + k) * sum_stride] : 0.f;
-                st[k] = in ? states[(c0 + k) * state_stride] : 0.f;
-            }
-#pragma unroll
-            for (int k = 0; k < kCarryBatch; ++k) {
-                if (c0 + k < c_end) states[(c0 + k) * state_stride] = hin;
-                hin = fast_exp2(a2 * sc[k]) * hin + st[k];
-            }
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------------
 // Variant 2 (default). Same three passes, but each channel is handled by K = N/8 lanes of one warp, 8 states
@@ -755,28 +566,30 @@ carry_pass_v2(const KernelArgs p, int64_t n_pairs) {
     const float* __restrict__ sums = p.chunk_dt_sum + (b * p.n_chunks) * p.dim + d;
     float* __restrict__ states = p.chunk_state + (b * p.n_chunks) * state_stride + d * p.dstate + n;
 
-    float sc[kCarryPerThread], st[kCarryPerThread];
+    // Each chunk's decay exp2(a * sum dt) is computed up front (independent), so the two walks below are chains
+    // of one FMA per chunk.
+    float dec[kCarryPerThread], st[kCarryPerThread];
+    float sacc = 0.f;
 #pragma unroll
     for (int k = 0; k < kCarryPerThread; ++k) {
         const bool in = valid && c_begin + k < p.n_chunks - 1;  // the last chunk's slot is never written
-        sc[k] = in ? sums[(c_begin + k) * sum_stride] : 0.f;
+        const float sc = in ? sums[(c_begin + k) * sum_stride] : 0.f;
         st[k] = in ? states[(c_begin + k) * state_stride] : 0.f;
+        dec[k] = fast_exp2(a2 * sc);  // padded entries: (decay 1, input 0), the identity
+        sacc += sc;
     }
-    float hacc = 0.f, sacc = 0.f;
+    float hacc = 0.f;
 #pragma unroll
-    for (int k = 0; k < kCarryPerThread; ++k) {
-        hacc = fast_exp2(a2 * sc[k]) * hacc + st[k];  // padded entries: (decay 1, input 0), the identity
-        sacc += sc[k];
-    }
+    for (int k = 0; k < kCarryPerThread; ++k) hacc = fmaf(dec[k], hacc, st[k]);
     s_h[s][threadIdx.x] = hacc;
-    s_sum[s][threadIdx.x] = sacc;
+    s_sum[s][threadIdx.x] = fast_exp2(a2 * sacc);  // the segment's decay
     __syncthreads();
     if (s == 0) {
         float run = 0.f;
         for (int k = 0; k < S; ++k) {
             const float hk = s_h[k][threadIdx.x];
             s_h[k][threadIdx.x] = run;  // state entering segment k
-            run = fast_exp2(a2 * s_sum[k][threadIdx.x]) * run + hk;
+            run = fmaf(s_sum[k][threadIdx.x], run, hk);
         }
     }
     __syncthreads();
@@ -784,7 +597,340 @@ carry_pass_v2(const KernelArgs p, int64_t n_pairs) {
 #pragma unroll
     for (int k = 0; k < kCarryPerThread; ++k) {
         if (valid && c_begin + k < p.n_chunks) states[(c_begin + k) * state_stride] = hin;
-        hin = fast_exp2(a2 * sc[k]) * hin + st[k];
+        hin = fmaf(dec[k], hin, st[k]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Variant 4 (default): variant 2's thread mapping (K = N/8 lanes per channel, 8 states per lane) with less work
+// per (channel, state, token) and no wait on memory inside the tile loop:
+//  - softplus runs once: kernel 1 writes dt (fp32) to the workspace and kernel 3 reads it back (a problem with
+//    a single chunk runs kernel 3 alone and computes dt itself);
+//  - staging stores (dt, dt*u) as one 8-byte word, so the inner loop is exp2 + three fp32 ops per state (+ one FMA
+//    for y); softplus is the two-instruction form (softplus_fast);
+//  - y stays in registers: after the K-lane shuffle every lane holds the token's y and keeps the tokens it
+//    writes, and it applies D*u and silu(z) from its own staged values (no shared y, no extra barrier);
+//  - the next tile's global loads are issued before the current tile is computed (raw values in registers),
+//    and shared tiles are double-buffered, so each 16-token tile costs one block barrier.
+// B and C rows are staged by all threads, two tokens each. Blocks hold at most 64 channels (shared memory).
+constexpr int kMaxChannelsV4 = 64;
+__host__ __device__ constexpr int v4_threads(int K) {
+    return (kMaxChannels / K < kMaxChannelsV4 ? kMaxChannels / K : kMaxChannelsV4) * K;
+}
+
+// M consecutive elements of one row, as raw words in registers (loaded now, converted later).
+template <typename T, int M>
+struct RowRaw {
+    static constexpr int kWords = M * (int)sizeof(T) / 4;  // M >= 2, so whole 32-bit words
+    unsigned int w[kWords];
+};
+
+template <typename T, int M>
+__device__ __forceinline__ void load_raw(const T* __restrict__ p, int nvalid, bool vec, RowRaw<T, M>& r) {
+    constexpr int W = RowRaw<T, M>::kWords;
+    if (vec && nvalid >= M) {
+        if constexpr (W % 4 == 0) {
+#pragma unroll
+            for (int q = 0; q < W / 4; ++q) {
+                const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + q);
+                r.w[4 * q] = v.x, r.w[4 * q + 1] = v.y, r.w[4 * q + 2] = v.z, r.w[4 * q + 3] = v.w;
+            }
+        } else if constexpr (W == 2) {
+            const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+            r.w[0] = v.x, r.w[1] = v.y;
+        } else {
+            r.w[0] = __ldg(reinterpret_cast<const unsigned int*>(p));
+        }
+        return;
+    }
+    T e[M];
+#pragma unroll
+    for (int k = 0; k < M; ++k) e[k] = k < nvalid ? p[k] : Elem<T>::store(0.f);
+    memcpy(r.w, e, sizeof(e));
+}
+
+template <typename T, int M>
+__device__ __forceinline__ void zero_raw(RowRaw<T, M>& r) {
+#pragma unroll
+    for (int q = 0; q < RowRaw<T, M>::kWords; ++q) r.w[q] = 0u;  // +0.0 in every type
+}
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T, int M>
+__device__ __forceinline__ void unpack_raw(const RowRaw<T, M>& r, float (&v)[M]) {
+    T e[M];
+    memcpy(e, r.w, sizeof(e));
+#pragma unroll
+    for (int k = 0; k < M; ++k) {
+        v[k] = to_float(e[k]);
+    }
+}
+
+// What one lane loads for one tile: its channel's row slices, and its share of the group's B (and C) rows.
+template <typename T, int M, int BC_ITEMS, bool FINAL>
+struct TileRaw {
+    RowRaw<T, M> u;
+    RowRaw<T, M> delta;    // raw delta (used when dt is not cached)
+    RowRaw<float, M> dt;   // cached dt (kernel 3 of a multi-chunk problem)
+    RowRaw<T, M> z;
+    RowRaw<T, 2> b[BC_ITEMS];
+    RowRaw<T, 2> c[FINAL ? BC_ITEMS : 1];
+};
+
+template <typename T, int K, bool FINAL>
+__global__ void __launch_bounds__(v4_threads(K), FINAL ? (sizeof(T) == 4 ? 4 : 5) : 6)
+chunk_pass_v4(const KernelArgs p) {
+    constexpr int NPT = kStatesPerLane;
+    constexpr int NMAX = K * NPT;
+    constexpr int M = kTileTokens / K;  // tokens of a row each lane stages and writes
+    constexpr int kRow = NMAX + 4;      // +4 words keeps rows 16-byte aligned for the broadcast reads
+    constexpr int THREADS = v4_threads(K);  // block size at most
+    constexpr int CPB_MAX = THREADS / K;
+    constexpr int BC_PAIRS = NMAX * kTileTokens / 2;  // (row, token pair) items of a B tile
+    constexpr int BC_ITEMS = (BC_PAIRS + THREADS - 1) / THREADS;
+    __shared__ __align__(16) float s_B[2][kTileTokens][kRow];
+    __shared__ __align__(16) float s_C[FINAL ? 2 : 1][FINAL ? kTileTokens : 1][kRow];
+    __shared__ float2 s_dt[2][kTileTokens][CPB_MAX];  // (dt, dt * u)
+    // kernel 3: each lane's own D*u and silu(z) for the tokens it writes (written and read back by that lane
+    // only, so one buffer is enough)
+    __shared__ float s_du[FINAL ? kTileTokens : 1][CPB_MAX];
+    __shared__ float s_gate[FINAL ? kTileTokens : 1][CPB_MAX];
+    __shared__ float s_y[FINAL ? kTileTokens : 1][CPB_MAX];
+
+    if (!FINAL) pdl_allow_dependents();  // the carry pass may launch now; it waits for our results itself
+    if (!FINAL && blockIdx.y == p.n_chunks - 1) return;  // the last chunk's end state is never needed
+    const int tid = threadIdx.x;
+    const int CPB = blockDim.x / K;
+    const int c = tid / K;
+    const int j = tid % K;
+    const int64_t group = blockIdx.x / p.tiles_per_group;
+    const int64_t d0 = group * p.per_group + (blockIdx.x % p.tiles_per_group) * CPB;
+    const int64_t d_end_group = (group + 1) * p.per_group;
+    const int n_ch = (int)((d_end_group - d0) < CPB ? (d_end_group - d0) : CPB);
+    const int64_t chunk = blockIdx.y;
+    const int64_t b = blockIdx.z;
+    const int64_t t_begin = chunk * p.chunk_len;
+    int64_t t_end = t_begin + p.chunk_len;
+    if (t_end > p.seqlen) t_end = p.seqlen;
+    const bool vec = p.vec != 0;
+    // kernel 1 computed dt already (for every chunk but the last, which it skips)
+    const bool use_cache = FINAL && p.dt_cache != nullptr && chunk < p.n_chunks - 1;
+
+    const bool active = c < n_ch;
+    const int64_t d = d0 + (active ? c : 0);
+    const int64_t row_off = (b * p.dim + d) * p.seqlen;
+    const T* u_row = static_cast<const T*>(p.u) + row_off;
+    const T* delta_row = static_cast<const T*>(p.delta) + row_off;
+    const T* z_row = (FINAL && p.z != nullptr) ? static_cast<const T*>(p.z) + row_off : nullptr;
+    T* out_row = FINAL ? static_cast<T*>(p.out) + row_off : nullptr;
+    float* dt_row = p.dt_cache != nullptr ? p.dt_cache + row_off : nullptr;
+    const T* Bg = static_cast<const T*>(p.B) + (b * p.n_groups + group) * p.dstate * p.seqlen;
+    const T* Cg = static_cast<const T*>(p.C) + (b * p.n_groups + group) * p.dstate * p.seqlen;
+    const int n0 = j * NPT;
+    const int k0 = j * M;  // this lane's token slice of a tile
+
+    float A2[NPT];
+    float h[NPT];
+#pragma unroll
+    for (int i = 0; i < NPT; ++i) {
+        A2[i] = (active && n0 + i < p.dstate) ? p.A[d * p.dstate + n0 + i] * kLog2e : 0.f;
+        h[i] = 0.f;
+    }
+    const float bias = (p.delta_bias != nullptr && active) ? p.delta_bias[d] : 0.f;
+    const float Dd = (FINAL && p.D != nullptr && active) ? p.D[d] : 0.f;
+    float dt_sum = 0.f;
+
+    // Loads of one tile into registers. `dt_ready`: the cached dt may be read (kernel 3 reads it only after
+    // the PDL wait, as kernel 1 wrote it).
+    TileRaw<T, M, BC_ITEMS, FINAL> raw;
+    auto load_tile = [&](int64_t t0, bool dt_ready) {
+        const int nt = (int)((t_end - t0) < kTileTokens ? (t_end - t0) : kTileTokens);
+        if (active) {
+            load_raw<T, M>(u_row + t0 + k0, nt - k0, vec, raw.u);
+            if (use_cache) {
+                if (dt_ready) load_raw<float, M>(dt_row + t0 + k0, nt - k0, p.vec_dt != 0, raw.dt);
+            } else {
+                load_raw<T, M>(delta_row + t0 + k0, nt - k0, vec, raw.delta);
+            }
+            if (FINAL && z_row != nullptr) load_raw<T, M>(z_row + t0 + k0, nt - k0, vec, raw.z);
+        }
+#pragma unroll
+        for (int it = 0; it < BC_ITEMS; ++it) {
+            const int item = tid + it * (int)blockDim.x;
+            const int n = item / (kTileTokens / 2);
+            const int kk = 2 * (item % (kTileTokens / 2));
+            if (item < BC_PAIRS && n < p.dstate) {
+                load_raw<T, 2>(Bg + n * p.seqlen + t0 + kk, nt - kk, vec, raw.b[it]);
+                if (FINAL) load_raw<T, 2>(Cg + n * p.seqlen + t0 + kk, nt - kk, vec, raw.c[FINAL ? it : 0]);
+            } else {
+                zero_raw<T, 2>(raw.b[it]);
+                if (FINAL) zero_raw<T, 2>(raw.c[FINAL ? it : 0]);
+            }
+        }
+    };
+
+    load_tile(t_begin, !FINAL);
+    if (FINAL) {
+        pdl_wait();  // the carry pass (and kernel 1 before it) are complete and visible from here on
+        if (use_cache && active) {
+            const int nt = (int)((t_end - t_begin) < kTileTokens ? (t_end - t_begin) : kTileTokens);
+            load_raw<float, M>(dt_row + t_begin + k0, nt - k0, p.vec_dt != 0, raw.dt);
+        }
+        if (chunk > 0 && active) {
+            if (p.fold) {
+                // Few chunks: fold the end states of chunks 0..chunk-1 (kernel 1) in order, h <- exp(A s) h + h_loc.
+                for (int64_t q = 0; q < chunk; ++q) {
+                    const int64_t cd = (b * p.n_chunks + q) * p.dim + d;
+                    const float sq = p.chunk_dt_sum[cd];
+                    const float* hq = p.chunk_state + cd * p.dstate;
+#pragma unroll
+                    for (int i = 0; i < NPT; ++i)
+                        if (n0 + i < p.dstate) h[i] = fmaf(fast_exp2(A2[i] * sq), h[i], hq[n0 + i]);
+                }
+            } else {
+                const float* hin = p.chunk_state + ((b * p.n_chunks + chunk) * p.dim + d) * p.dstate;
+#pragma unroll
+                for (int i = 0; i < NPT; ++i)
+                    if (n0 + i < p.dstate) h[i] = hin[n0 + i];
+            }
+        }
+    }
+
+    int buf = 0;
+    for (int64_t t0 = t_begin; t0 < t_end; t0 += kTileTokens) {
+        const int nt = (int)((t_end - t0) < kTileTokens ? (t_end - t0) : kTileTokens);
+        // 1. Registers -> shared tile `buf` (dt, dt*u; B, C; kernel 3: D*u and the gate).
+        {
+            float uv[M], dv[M];
+            if (active) {
+                unpack_raw<T, M>(raw.u, uv);
+                if (use_cache) {
+                    unpack_raw<float, M>(raw.dt, dv);
+                } else {
+                    unpack_raw<T, M>(raw.delta, dv);
+#pragma unroll
+                    for (int k = 0; k < M; ++k) {
+                        float x = dv[k] + bias;
+                        if (p.softplus) x = softplus_fast(x);
+                        dv[k] = x;
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int k = 0; k < M; ++k) uv[k] = dv[k] = 0.f;
+            }
+#pragma unroll
+            for (int k = 0; k < M; ++k) {
+                const float x = k0 + k < nt ? dv[k] : 0.f;  // padded tokens: dt = 0 leaves the state unchanged
+                dv[k] = x;
+                dt_sum += x;
+                s_dt[buf][k0 + k][c] = make_float2(x, x * uv[k]);
+            }
+            if (!FINAL && dt_row != nullptr && active) store_rowM<float, M>(dt_row + t0 + k0, nt - k0, p.vec_dt != 0, dv);
+            if (FINAL) {
+                float zv[M];
+                if (z_row != nullptr && active) unpack_raw<T, M>(raw.z, zv);
+#pragma unroll
+                for (int k = 0; k < M; ++k) {
+                    s_du[FINAL ? k0 + k : 0][c] = Dd * uv[k];
+                    s_gate[FINAL ? k0 + k : 0][c] = (z_row != nullptr && active) ? silu(zv[k]) : 1.f;
+                }
+            }
+#pragma unroll
+            for (int it = 0; it < BC_ITEMS; ++it) {
+                const int item = tid + it * (int)blockDim.x;
+                if (item < BC_PAIRS) {
+                    const int n = item / (kTileTokens / 2);
+                    const int kk = 2 * (item % (kTileTokens / 2));
+                    float bv[2];
+                    unpack_raw<T, 2>(raw.b[it], bv);
+                    s_B[buf][kk][n] = bv[0];
+                    s_B[buf][kk + 1][n] = bv[1];
+                    if (FINAL) {
+                        unpack_raw<T, 2>(raw.c[FINAL ? it : 0], bv);
+                        s_C[FINAL ? buf : 0][FINAL ? kk : 0][n] = bv[0];
+                        s_C[FINAL ? buf : 0][FINAL ? kk + 1 : 0][n] = bv[1];
+                    }
+                }
+            }
+        }
+        // Items beyond the prefetched ones (blocks smaller than the largest): loaded and staged here.
+        for (int item = tid + BC_ITEMS * (int)blockDim.x; item < BC_PAIRS; item += blockDim.x) {
+            const int n = item / (kTileTokens / 2);
+            const int kk = 2 * (item % (kTileTokens / 2));
+            RowRaw<T, 2> rb, rc;
+            float bv[2];
+            if (n < p.dstate) {
+                load_raw<T, 2>(Bg + n * p.seqlen + t0 + kk, nt - kk, vec, rb);
+                if (FINAL) load_raw<T, 2>(Cg + n * p.seqlen + t0 + kk, nt - kk, vec, rc);
+            } else {
+                zero_raw<T, 2>(rb);
+                zero_raw<T, 2>(rc);
+            }
+            unpack_raw<T, 2>(rb, bv);
+            s_B[buf][kk][n] = bv[0];
+            s_B[buf][kk + 1][n] = bv[1];
+            if (FINAL) {
+                unpack_raw<T, 2>(rc, bv);
+                s_C[FINAL ? buf : 0][FINAL ? kk : 0][n] = bv[0];
+                s_C[FINAL ? buf : 0][FINAL ? kk + 1 : 0][n] = bv[1];
+            }
+        }
+        // 2. The next tile's loads go out now and land while this tile is computed.
+        if (t0 + kTileTokens < t_end) load_tile(t0 + kTileTokens, true);
+        __syncthreads();  // tile `buf` complete; every thread is past the tile that last used buf ^ 1
+        // 3. The recurrence over the 16 tokens (padded tokens are identity steps). After the K-lane shuffle every
+        //    lane of the channel has y; the lane that writes the token keeps it (its own shared column: no barrier).
+#pragma unroll 4
+        for (int k = 0; k < kTileTokens; ++k) {
+            const float2 dd = s_dt[buf][k][c];
+            const float dtv = dd.x, dtu = dd.y;
+            float y = 0.f;
+#pragma unroll
+            for (int i = 0; i < NPT; i += 4) {
+                const float4 bq = *reinterpret_cast<const float4*>(&s_B[buf][k][n0 + i]);
+                h[i + 0] = fmaf(fast_exp2(dtv * A2[i + 0]), h[i + 0], dtu * bq.x);
+                h[i + 1] = fmaf(fast_exp2(dtv * A2[i + 1]), h[i + 1], dtu * bq.y);
+                h[i + 2] = fmaf(fast_exp2(dtv * A2[i + 2]), h[i + 2], dtu * bq.z);
+                h[i + 3] = fmaf(fast_exp2(dtv * A2[i + 3]), h[i + 3], dtu * bq.w);
+                if (FINAL) {
+                    const float4 cq = *reinterpret_cast<const float4*>(&s_C[FINAL ? buf : 0][FINAL ? k : 0][n0 + i]);
+                    y = fmaf(cq.x, h[i + 0], y);
+                    y = fmaf(cq.y, h[i + 1], y);
+                    y = fmaf(cq.z, h[i + 2], y);
+                    y = fmaf(cq.w, h[i + 3], y);
+                }
+            }
+            if (FINAL) {
+#pragma unroll
+                for (int off = K / 2; off > 0; off >>= 1) y += __shfl_xor_sync(0xffffffffu, y, off);
+                if ((unsigned)(k - k0) < (unsigned)M) s_y[FINAL ? k : 0][c] = y;  // a token this lane writes
+            }
+        }
+        // 4. Kernel 3: this lane's output slice.
+        if (FINAL && active) {
+            float yv[M];
+#pragma unroll
+            for (int k = 0; k < M; ++k)
+                yv[k] = (s_y[FINAL ? k0 + k : 0][c] + s_du[FINAL ? k0 + k : 0][c]) * s_gate[FINAL ? k0 + k : 0][c];
+            store_rowM<T, M>(out_row + t0 + k0, nt - k0, vec, yv);
+        }
+        buf ^= 1;
+    }
+    if (!FINAL) {
+#pragma unroll
+        for (int off = K / 2; off > 0; off >>= 1) dt_sum += __shfl_xor_sync(0xffffffffu, dt_sum, off);
+        if (active) {
+            const int64_t cd = (b * p.n_chunks + chunk) * p.dim + d;
+            if (j == 0) p.chunk_dt_sum[cd] = dt_sum;
+            float* hout = p.chunk_state + cd * p.dstate;
+#pragma unroll
+            for (int i = 0; i < NPT; ++i)
+                if (n0 + i < p.dstate) hout[n0 + i] = h[i];
+        }
     }
 }
 
@@ -824,69 +970,54 @@ static cudaError_t launch_maybe_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 bl
     return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
-template <typename T, int K>
-static cudaError_t launch_v2(const KernelArgs& a, const Geometry& g, int64_t batch, cudaStream_t stream) {
+// Kernels 1-3 of the lane-mapped families (variant 2 or 4).
+template <typename T, int K, bool V4>
+static cudaError_t launch_lane_family(const KernelArgs& a, const Geometry& g, int64_t batch, cudaStream_t stream) {
+    auto local = V4 ? chunk_pass_v4<T, K, false> : chunk_pass_v2<T, K, false>;
+    auto final_pass = V4 ? chunk_pass_v4<T, K, true> : chunk_pass_v2<T, K, true>;
     const dim3 block((unsigned)(g.channels_per_block * K));
     const dim3 grid((unsigned)(a.n_groups * g.tiles_per_group), (unsigned)g.n_chunks, (unsigned)batch);
     if (g.n_chunks > 1) {
         const bool pdl = pdl_enabled();
-        chunk_pass_v2<T, K, false><<<grid, block, 0, stream>>>(a);
+        local<<<grid, block, 0, stream>>>(a);
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return e;
+        if (a.fold) return launch_maybe_pdl(final_pass, grid, block, stream, pdl, a);
         const int64_t pairs = batch * a.dim * a.dstate;
         const unsigned segs = (unsigned)((g.n_chunks + kCarryPerThread - 1) / kCarryPerThread);
         const dim3 cblock(kCarryPairsV2, segs);
         const dim3 cgrid((unsigned)((pairs + kCarryPairsV2 - 1) / kCarryPairsV2));
         e = launch_maybe_pdl(carry_pass_v2, cgrid, cblock, stream, pdl, a, pairs);
         if (e != cudaSuccess) return e;
-        return launch_maybe_pdl(chunk_pass_v2<T, K, true>, grid, block, stream, pdl, a);
+        return launch_maybe_pdl(final_pass, grid, block, stream, pdl, a);
     }
-    chunk_pass_v2<T, K, true><<<grid, block, 0, stream>>>(a);
+    KernelArgs single = a;
+    single.dt_cache = nullptr;  // one chunk: kernel 3 alone computes dt itself
+    final_pass<<<grid, block, 0, stream>>>(single);
     return cudaGetLastError();
 }
 
 template <typename T>
 static cudaError_t launch_lanes(const KernelArgs& a, const Geometry& g, int64_t batch, cudaStream_t stream) {
+    const bool v4 = kernel_variant() == 4;
     switch (lanes_per_channel(a.dstate)) {
-        case 1: return launch_v2<T, 1>(a, g, batch, stream);
-        case 2: return launch_v2<T, 2>(a, g, batch, stream);
-        case 4: return launch_v2<T, 4>(a, g, batch, stream);
-        default: return launch_v2<T, 8>(a, g, batch, stream);
+        case 1: return v4 ? launch_lane_family<T, 1, true>(a, g, batch, stream) : launch_lane_family<T, 1, false>(a, g, batch, stream);
+        case 2: return v4 ? launch_lane_family<T, 2, true>(a, g, batch, stream) : launch_lane_family<T, 2, false>(a, g, batch, stream);
+        case 4: return v4 ? launch_lane_family<T, 4, true>(a, g, batch, stream) : launch_lane_family<T, 4, false>(a, g, batch, stream);
+        default: return v4 ? launch_lane_family<T, 8, true>(a, g, batch, stream) : launch_lane_family<T, 8, false>(a, g, batch, stream);
     }
 }
 
-// ---------------------------------------------------------------------------------------------------
-template <typename T, int NMAX>
-static cudaError_t launch_typed(const KernelArgs& a, const Geometry& g, int64_t batch, cudaStream_t stream) {
-    const dim3 block((unsigned)g.channels_per_block);
-    const dim3 grid((unsigned)(a.n_groups * g.tiles_per_group), (unsigned)g.n_chunks, (unsigned)batch);
-    if (g.n_chunks > 1) {
-        chunk_pass<T, NMAX, false><<<grid, block, 0, stream>>>(a);
-        cudaError_t e = cudaGetLastError();
-        if (e != cudaSuccess) return e;
-        const int64_t pairs = batch * a.dim * a.dstate;
-        const dim3 cblock(kCarryPairs, kCarrySegments);
-        const dim3 cgrid((unsigned)((pairs + kCarryPairs - 1) / kCarryPairs));
-        carry_pass<<<cgrid, cblock, 0, stream>>>(a, pairs);
-        e = cudaGetLastError();
-        if (e != cudaSuccess) return e;
-    }
-    chunk_pass<T, NMAX, true><<<grid, block, 0, stream>>>(a);
-    return cudaGetLastError();
+// Workspace layout: [chunk dt sums | pad to 256 B | chunk states | pad | dt cache (variant 4)].
+static size_t dt_cache_bytes(int64_t batch, int64_t dim, int64_t seqlen) {
+    return (size_t)batch * (size_t)dim * (size_t)seqlen * sizeof(float) + 256;
 }
 
-template <typename T>
-static cudaError_t launch_nmax(const KernelArgs& a, const Geometry& g, int64_t batch, cudaStream_t stream) {
-    if (a.dstate <= 8) return launch_typed<T, 8>(a, g, batch, stream);
-    if (a.dstate <= 16) return launch_typed<T, 16>(a, g, batch, stream);
-    if (a.dstate <= 32) return launch_typed<T, 32>(a, g, batch, stream);
-    return launch_typed<T, 64>(a, g, batch, stream);
-}
-
-static size_t workspace_bytes_for(int64_t batch, int64_t dim, int64_t dstate, const Geometry& g) {
+static size_t workspace_bytes_for(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate, const Geometry& g) {
     if (g.n_chunks <= 1) return 0;
     const size_t floats = (size_t)batch * (size_t)g.n_chunks * (size_t)dim * (size_t)(dstate + 1);
-    return floats * sizeof(float) + 256;  // +256: room to align the state block
+    const size_t cache = kernel_variant() == 4 ? dt_cache_bytes(batch, dim, seqlen) : 0;
+    return floats * sizeof(float) + 256 + cache;
 }
 
 // What the size query answers: an upper bound of workspace_bytes_for() over every chunking the launcher may
@@ -901,12 +1032,11 @@ static size_t workspace_bound(int64_t batch, int64_t dim, int64_t seqlen, int64_
     if (max_chunks <= 1) return 0;  // a single chunk needs no scratch
     const int64_t per_group = dim / n_groups;
     const int64_t tiles = n_groups * ((per_group + kMaxChannels - 1) / kMaxChannels);
-    int64_t target = target_blocks(1);
-    if (target_blocks(2) > target) target = target_blocks(2);
+    const int64_t target = target_blocks();
     const int64_t by_length = batch * max_chunks;
     const int64_t by_target = (target + tiles - 1) / tiles + batch;
     const int64_t slots = by_length < by_target ? by_length : by_target;
-    return (size_t)slots * (size_t)dim * (size_t)(dstate + 1) * sizeof(float) + 256;
+    return (size_t)slots * (size_t)dim * (size_t)(dstate + 1) * sizeof(float) + 256 + dt_cache_bytes(batch, dim, seqlen);
 }
 
 }  // namespace vivim_scan
@@ -932,7 +1062,7 @@ extern "C" cudaError_t vivim_selective_scan_fwd(const vivim_scan_params_t* param
         return cudaErrorInvalidValue;
     const Geometry g = make_geometry(q.batch, q.dim, q.seqlen, q.dstate, q.n_groups);
     if (q.n_groups * g.tiles_per_group > 0x7fffffff) return cudaErrorInvalidValue;
-    const size_t need = workspace_bytes_for(q.batch, q.dim, q.dstate, g);
+    const size_t need = workspace_bytes_for(q.batch, q.dim, q.seqlen, q.dstate, g);
     if (need > 0 && (workspace == nullptr || workspace_bytes < need)) return cudaErrorInvalidValue;
 
     KernelArgs a;
@@ -963,20 +1093,23 @@ extern "C" cudaError_t vivim_selective_scan_fwd(const vivim_scan_params_t* param
     }
     a.chunk_dt_sum = nullptr;
     a.chunk_state = nullptr;
+    a.dt_cache = nullptr;
+    a.vec_dt = 0;
+    a.fold = kernel_variant() == 4 && g.n_chunks <= v4_fold_max() ? 1 : 0;
     if (need > 0) {
-        // Layout: [dt sums | pad to 256 B | states]; the caller's pointer may have any alignment >= 4.
+        // Layout: [dt sums | pad to 256 B | states | pad | dt cache]; the caller's pointer may have any alignment >= 4.
         float* base = static_cast<float*>(workspace);
         a.chunk_dt_sum = base;
         const size_t sums = (size_t)q.batch * (size_t)g.n_chunks * (size_t)q.dim;
         uintptr_t st = reinterpret_cast<uintptr_t>(base + sums);
         st = (st + 255) & ~(uintptr_t)255;
         a.chunk_state = reinterpret_cast<float*>(st);
-    }
-    if (kernel_variant() == 1) {
-        switch (q.dtype) {
-            case VIVIM_DTYPE_F32: return launch_nmax<float>(a, g, q.batch, stream);
-            case VIVIM_DTYPE_F16: return launch_nmax<__half>(a, g, q.batch, stream);
-            default: return launch_nmax<__nv_bfloat16>(a, g, q.batch, stream);
+        if (kernel_variant() == 4) {
+            const size_t states = (size_t)q.batch * (size_t)g.n_chunks * (size_t)q.dim * (size_t)q.dstate;
+            uintptr_t dc = reinterpret_cast<uintptr_t>(a.chunk_state + states);
+            dc = (dc + 255) & ~(uintptr_t)255;
+            a.dt_cache = reinterpret_cast<float*>(dc);
+            a.vec_dt = q.seqlen % 4 == 0 ? 1 : 0;
         }
     }
     switch (q.dtype) {
