@@ -608,8 +608,9 @@ carry_pass_v2(const KernelArgs p, int64_t n_pairs) {
 //    a single chunk runs kernel 3 alone and computes dt itself);
 //  - staging stores (dt, dt*u) as one 8-byte word, so the inner loop is exp2 + three fp32 ops per state (+ one FMA
 //    for y); softplus is the two-instruction form (softplus_fast);
-//  - y stays in registers: after the K-lane shuffle every lane holds the token's y and keeps the tokens it
-//    writes, and it applies D*u and silu(z) from its own staged values (no shared y, no extra barrier);
+//  - after the K-lane shuffle every lane holds the token's y; the lane that writes the token keeps it in its own
+//    shared column, beside the D*u and silu(z) it staged there (no extra barrier);
+//  - problems with at most 8 chunks skip the carry pass: kernel 3 folds the chunk end states itself;
 //  - the next tile's global loads are issued before the current tile is computed (raw values in registers),
 //    and shared tiles are double-buffered, so each 16-token tile costs one block barrier.
 // B and C rows are staged by all threads, two tokens each. Blocks hold at most 64 channels (shared memory).
