@@ -148,12 +148,11 @@ def main() -> None:
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "gpu": props.name, "sm_count": props.multi_processor_count, "torch": torch.__version__,
         "cuda": torch.version.cuda, "copy_bandwidth_GBps": bw / 1e9, "N": 16,
-        "kernel_variant": os.environ.get("VIVIM_SCAN_KERNEL", "4"),
         "env": {k: v for k, v in os.environ.items() if k.startswith("VIVIM_SCAN_")},
         "call": "z, D, delta_bias, delta_softplus=True", "rows": [], "grouped": [],
     }
     print(f"{props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, CUDA {torch.version.cuda}; "
-          f"device copy {bw / 1e12:.2f} TB/s; our kernel variant {result['kernel_variant']}")
+          f"device copy {bw / 1e12:.2f} TB/s")
     hdr = (f"{'dtype':5} {'b':>2} {'D':>5} {'L':>6} | {'ours eager':>10} {'ours graph':>10} | {'mamba eager':>11} "
            f"{'mamba graph':>11} | {'x eager':>7} {'x graph':>7} | {'floor':>6} {'%floor':>6} | {'ref':>9}")
     print(hdr)

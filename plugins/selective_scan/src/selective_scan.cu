@@ -13,11 +13,9 @@
 // Each channel is handled by K = N/8 lanes of one warp, 8 states per lane in registers; y is reduced over the K
 // lanes with warp shuffles. B_t and C_t (shared by every channel of a group) are staged per 16-token tile in
 // shared memory and read as 16-byte broadcasts; each lane stages its slice of its channel's row with 16-byte
-// loads. Two versions of kernels 1 and 3 (VIVIM_SCAN_KERNEL selects):
-//   variant 4 (chunk_pass_v4, the default): softplus once (kernel 1 caches dt for kernel 3), the next tile's
-//     loads in flight during the current one, one block barrier per tile; problems with at most 8 chunks skip
-//     the carry pass (kernel 3 folds the chunk states itself);
-//   variant 2 (chunk_pass_v2): the previous version, kept for comparison.
+// loads. Softplus runs once (kernel 1 caches dt for kernel 3), the next tile's loads are in flight during the
+// current one, and a tile costs one block barrier; problems with at most 8 chunks skip the carry pass (kernel 3
+// folds the chunk states itself).
 // Kernels 2 and 3 use programmatic dependent launch on sm_90+ (they overlap their launch and first staging with
 // the kernel before them). The cost is dominated by the exp2 per (channel, state, token) on the special-function
 // unit, twice (kernels 1 and 3). Measured numbers and the analysis: benchmarks/kernel_notes.md.
@@ -47,20 +45,11 @@ constexpr float kLog2e = 1.4426950408889634f;
 // ---------------------------------------------------------------------------------------------------
 // Launch geometry, shared by the workspace-size query and the launcher so they always agree.
 struct Geometry {
-    int channels_per_block;   // DT: 32, 64, 96 or 128
-    int64_t tiles_per_group;  // ceil(dim_per_group / DT)
+    int channels_per_block;   // CPB: a multiple of 32 / K, at most 64
+    int64_t tiles_per_group;  // ceil(dim_per_group / CPB)
     int64_t chunk_len;        // multiple of kTileTokens
     int64_t n_chunks;
 };
-
-// Which kernel family runs: 4 (default) or 2 (its predecessor, kept for comparison: VIVIM_SCAN_KERNEL=2).
-static int kernel_variant() {
-    static const int v = [] {
-        const char* e = getenv("VIVIM_SCAN_KERNEL");
-        return (e != nullptr && e[0] == '2' && e[1] == '\0') ? 2 : 4;
-    }();
-    return v;
-}
 
 // Blocks the chunking aims at (enough to fill a large GPU a few times over, evenly). VIVIM_SCAN_TARGET_BLOCKS
 // overrides it (for tuning).
@@ -73,10 +62,9 @@ static int64_t target_blocks() {
     return from_env > 0 ? from_env : kTargetBlocks;
 }
 
-// Variant 4: channels per block at most (64, the shared-memory tiles' size; VIVIM_SCAN_CPB=16|32 for tuning), and
-// the largest chunk count for which kernel 3 folds the chunk states itself instead of a carry pass
-// (VIVIM_SCAN_FOLD_MAX, tuning).
-static int64_t v4_channel_cap() {
+// Channels per block at most (64, the shared-memory tiles' size; VIVIM_SCAN_CPB=16|32 for tuning), and the largest
+// chunk count for which kernel 3 folds the chunk states itself instead of a carry pass (VIVIM_SCAN_FOLD_MAX, tuning).
+static int64_t channel_cap() {
     static const int64_t v = [] {
         const char* e = getenv("VIVIM_SCAN_CPB");
         const long x = e != nullptr ? strtol(e, nullptr, 10) : 0;
@@ -84,7 +72,7 @@ static int64_t v4_channel_cap() {
     }();
     return v;
 }
-static int64_t v4_fold_max() {
+static int64_t fold_max() {
     static const int64_t v = [] {
         const char* e = getenv("VIVIM_SCAN_FOLD_MAX");
         const long x = e != nullptr ? strtol(e, nullptr, 10) : -1;
@@ -93,17 +81,16 @@ static int64_t v4_fold_max() {
     return v;
 }
 
-// Lanes per channel of variant 2: 8 states per lane.
+// Lanes per channel: 8 states per lane.
 static int lanes_per_channel(int64_t dstate) {
     return dstate <= 8 ? 1 : dstate <= 16 ? 2 : dstate <= 32 ? 4 : 8;
 }
 
 static Geometry make_geometry(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate, int64_t n_groups) {
     Geometry g;
-    const int variant = kernel_variant();
     const int64_t lanes = lanes_per_channel(dstate);
     int64_t max_channels = kMaxChannels / lanes;
-    if (variant == 4 && max_channels > v4_channel_cap()) max_channels = v4_channel_cap();
+    if (max_channels > channel_cap()) max_channels = channel_cap();
     const int64_t quantum = lanes >= 32 ? 1 : 32 / lanes;  // keep whole warps
     const int64_t per_group = dim / n_groups;
     const int64_t dt = ((per_group + quantum - 1) / quantum) * quantum;
@@ -111,9 +98,9 @@ static Geometry make_geometry(int64_t batch, int64_t dim, int64_t seqlen, int64_
     g.tiles_per_group = (per_group + g.channels_per_block - 1) / g.channels_per_block;
     const int64_t target = target_blocks();
     const int64_t max_chunks = (seqlen + kTileTokens - 1) / kTileTokens;
-    // Variant 4: when even one-tile chunks leave the grid under half the target (short sequences), halve the
-    // channel tiles once (64 -> 32): measured faster at Vivim's last stage (D 1024, L 320), slower below 32.
-    if (variant == 4 && g.channels_per_block == 64 &&
+    // When even one-tile chunks leave the grid under half the target (short sequences), halve the channel tiles
+    // once (64 -> 32): measured faster at Vivim's last stage (D 1024, L 320), slower below 32.
+    if (g.channels_per_block == 64 &&
         batch * n_groups * g.tiles_per_group * (max_chunks < kMaxChunks ? max_chunks : kMaxChunks) < target / 2) {
         g.channels_per_block = 32;
         g.tiles_per_group = (per_group + 31) / 32;
@@ -155,8 +142,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
     return y;
 }
 
-// softplus(x) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1]; log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3,
-// by its odd series to s^15: relative error ~1e-6 over the whole range, a third of the cost of log1pf(expf(x)).
 // Programmatic dependent launch (sm_90+): a kernel launched with the PDL attribute may start while its
 // predecessor in the stream still runs; it must wait here before reading what the predecessor wrote. Without
 // the attribute, or below sm_90, these are no-ops.
@@ -171,23 +156,8 @@ __device__ __forceinline__ void pdl_allow_dependents() {
 #endif
 }
 
-__device__ __forceinline__ float softplus(float x) {
-    const float e = __expf(-fabsf(x));
-    const float s = __fdividef(e, 2.f + e);
-    const float s2 = s * s;
-    float q = 1.f / 15.f;
-    q = q * s2 + 1.f / 13.f;
-    q = q * s2 + 1.f / 11.f;
-    q = q * s2 + 1.f / 9.f;
-    q = q * s2 + 1.f / 7.f;
-    q = q * s2 + 1.f / 5.f;
-    q = q * s2 + 1.f / 3.f;
-    q = q * s2 + 1.f;
-    return fmaxf(x, 0.f) + 2.f * s * q;
-}
-
-// softplus(x) = max(x, 0) + ln2 * log2(1 + 2^(-|x| log2 e)): two special-function instructions and four fp32 ops
-// (variant 4). Absolute error ~1e-7 (1 + e rounds to fp32 when e is tiny, where softplus ~ e is itself tiny).
+// softplus(x) = max(x, 0) + ln2 * log2(1 + 2^(-|x| log2 e)): two special-function instructions and four fp32
+// ops. Absolute error ~1e-7 (1 + e rounds to fp32 when e is tiny, where softplus ~ e is itself tiny).
 __device__ __forceinline__ float softplus_fast(float x) {
     float e, l;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(-fabsf(x) * kLog2e));
@@ -205,16 +175,6 @@ union Pack4 {
     unsigned int w[4];
 };
 
-__device__ __forceinline__ float2 unpack2(unsigned int w, __half) {
-    __half2 h;
-    memcpy(&h, &w, 4);
-    return __half22float2(h);
-}
-__device__ __forceinline__ float2 unpack2(unsigned int w, __nv_bfloat16) {
-    __nv_bfloat162 h;
-    memcpy(&h, &w, 4);
-    return __bfloat1622float2(h);
-}
 __device__ __forceinline__ unsigned int pack2(float a, float b, __half) {
     __half2 h = __floats2half2_rn(a, b);
     unsigned int w;
@@ -226,33 +186,6 @@ __device__ __forceinline__ unsigned int pack2(float a, float b, __nv_bfloat16) {
     unsigned int w;
     memcpy(&w, &h, 4);
     return w;
-}
-
-template <typename T>
-__device__ __forceinline__ void load_row16(const T* __restrict__ p, int nt, bool vec, float (&v)[16]) {
-    if (vec && nt == kTileTokens) {
-        if constexpr (sizeof(T) == 4) {
-#pragma unroll
-            for (int k = 0; k < 4; ++k) {
-                const float4 f = __ldg(reinterpret_cast<const float4*>(p) + k);
-                v[4 * k] = f.x, v[4 * k + 1] = f.y, v[4 * k + 2] = f.z, v[4 * k + 3] = f.w;
-            }
-        } else {
-#pragma unroll
-            for (int k = 0; k < 2; ++k) {
-                Pack4 pk;
-                pk.q = __ldg(reinterpret_cast<const uint4*>(p) + k);
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const float2 f = unpack2(pk.w[j], T());
-                    v[8 * k + 2 * j] = f.x, v[8 * k + 2 * j + 1] = f.y;
-                }
-            }
-        }
-    } else {
-#pragma unroll
-        for (int k = 0; k < kTileTokens; ++k) v[k] = k < nt ? Elem<T>::load(p + k) : 0.f;
-    }
 }
 
 template <typename T>
@@ -280,37 +213,6 @@ __device__ __forceinline__ void store_row16(T* __restrict__ p, int nt, bool vec,
 
 // M consecutive tokens (M = 16 / lanes per channel) of one row; 16-byte accesses when M elements fill whole
 // 16-byte words and the row segment is aligned, else element by element (padding with zeros).
-template <typename T, int M>
-__device__ __forceinline__ void load_rowM(const T* __restrict__ p, int nvalid, bool vec, float (&v)[M]) {
-    if constexpr (M == kTileTokens) {
-        load_row16(p, nvalid, vec, v);
-    } else {
-        if constexpr ((M * sizeof(T)) % 16 == 0) {
-            if (vec && nvalid >= M) {
-                constexpr int kWords = M * sizeof(T) / 16;
-#pragma unroll
-                for (int w = 0; w < kWords; ++w) {
-                    if constexpr (sizeof(T) == 4) {
-                        const float4 f = __ldg(reinterpret_cast<const float4*>(p) + w);
-                        v[4 * w] = f.x, v[4 * w + 1] = f.y, v[4 * w + 2] = f.z, v[4 * w + 3] = f.w;
-                    } else {
-                        Pack4 pk;
-                        pk.q = __ldg(reinterpret_cast<const uint4*>(p) + w);
-#pragma unroll
-                        for (int j = 0; j < 4; ++j) {
-                            const float2 f = unpack2(pk.w[j], T());
-                            v[8 * w + 2 * j] = f.x, v[8 * w + 2 * j + 1] = f.y;
-                        }
-                    }
-                }
-                return;
-            }
-        }
-#pragma unroll
-        for (int k = 0; k < M; ++k) v[k] = k < nvalid ? Elem<T>::load(p + k) : 0.f;
-    }
-}
-
 template <typename T, int M>
 __device__ __forceinline__ void store_rowM(T* __restrict__ p, int nvalid, bool vec, const float (&v)[M]) {
     if constexpr (M == kTileTokens) {
@@ -355,203 +257,28 @@ struct KernelArgs {
     int vec;              // every row segment of a full tile is 16-byte aligned
     float* chunk_dt_sum;  // [batch, n_chunks, dim]
     float* chunk_state;   // [batch, n_chunks, dim, dstate]
-    float* dt_cache;      // variant 4: [batch, dim, seqlen] softplus'd dt from kernel 1, or null
+    float* dt_cache;      // [batch, dim, seqlen] softplus'd dt from kernel 1, or null
     int vec_dt;           // dt_cache rows allow 16-byte accesses
-    int fold;             // variant 4: kernel 3 folds the chunk states itself (no carry pass)
+    int fold;             // kernel 3 folds the chunk states itself (no carry pass)
 };
 
 // ---------------------------------------------------------------------------------------------------
-// Variant 2 (default). Same three passes, but each channel is handled by K = N/8 lanes of one warp, 8 states
-// per lane: the per-token critical path is 8 exp2 instead of N, so a block walks its chunk K times faster and
-// small problems (Vivim's later stages) are no longer bound by one thread's latency; registers stay low, so
-// more blocks share an SM. The lanes of a channel reduce y with K-1 warp shuffles per token and split the
-// staging and the write-out of their row segment (16/K tokens each).
+// Kernels 1 and 3: each channel is handled by K = N/8 lanes of one warp, 8 states per lane.
 constexpr int kStatesPerLane = 8;
 
-template <typename T, int K, bool FINAL>
-__global__ void __launch_bounds__(kMaxChannels, K == 1 ? 4 : 6)
-chunk_pass_v2(const KernelArgs p) {
-    constexpr int NPT = kStatesPerLane;
-    constexpr int NMAX = K * NPT;
-    constexpr int M = kTileTokens / K;  // tokens of a row each lane stages and writes
-    constexpr int kRow = NMAX + 4;
-    __shared__ __align__(16) float s_B[kTileTokens][kRow];
-    __shared__ __align__(16) float s_C[FINAL ? kTileTokens : 1][kRow];
-    __shared__ float s_dt[kTileTokens][kMaxChannels / K];
-    __shared__ float s_u[kTileTokens][kMaxChannels / K];
-    __shared__ float s_z[FINAL ? kTileTokens : 1][kMaxChannels / K];
-    __shared__ float s_y[FINAL ? kTileTokens : 1][kMaxChannels / K];
-
-    if (!FINAL) pdl_allow_dependents();  // the carry pass may launch now; it waits for our results itself
-    if (!FINAL && blockIdx.y == p.n_chunks - 1) return;  // the last chunk's end state is never needed
-    const int tid = threadIdx.x;
-    const int CPB = blockDim.x / K;  // channels per block
-    const int c = tid / K;           // channel within the block
-    const int j = tid % K;           // lane within the channel: states [j*8, j*8+8), tokens [j*M, j*M+M)
-    const int64_t group = blockIdx.x / p.tiles_per_group;
-    const int64_t d0 = group * p.per_group + (blockIdx.x % p.tiles_per_group) * CPB;
-    const int64_t d_end_group = (group + 1) * p.per_group;
-    const int n_ch = (int)((d_end_group - d0) < CPB ? (d_end_group - d0) : CPB);
-    const int64_t chunk = blockIdx.y;
-    const int64_t b = blockIdx.z;
-    const int64_t t_begin = chunk * p.chunk_len;
-    int64_t t_end = t_begin + p.chunk_len;
-    if (t_end > p.seqlen) t_end = p.seqlen;
-    const bool vec = p.vec != 0;
-
-    const bool active = c < n_ch;
-    const int64_t d = d0 + (active ? c : 0);
-    const int64_t row_off = (b * p.dim + d) * p.seqlen;
-    const T* u_row = static_cast<const T*>(p.u) + row_off;
-    const T* delta_row = static_cast<const T*>(p.delta) + row_off;
-    const T* z_row = (FINAL && p.z != nullptr) ? static_cast<const T*>(p.z) + row_off : nullptr;
-    T* out_row = FINAL ? static_cast<T*>(p.out) + row_off : nullptr;
-    const T* Bg = static_cast<const T*>(p.B) + (b * p.n_groups + group) * p.dstate * p.seqlen;
-    const T* Cg = static_cast<const T*>(p.C) + (b * p.n_groups + group) * p.dstate * p.seqlen;
-    const int n0 = j * NPT;
-
-    float A2[NPT];
-    float h[NPT];
-#pragma unroll
-    for (int i = 0; i < NPT; ++i) {
-        A2[i] = (active && n0 + i < p.dstate) ? p.A[d * p.dstate + n0 + i] * kLog2e : 0.f;
-        h[i] = 0.f;
-    }
-    // Kernel 3 reads the carried state only after the first tile is staged (see below): with PDL, the
-    // prologue and that staging overlap the carry pass.
-    const float bias = (p.delta_bias != nullptr && active) ? p.delta_bias[d] : 0.f;
-    const float Dd = (FINAL && p.D != nullptr && active) ? p.D[d] : 0.f;
-    float dt_sum = 0.f;
-
-    for (int64_t t0 = t_begin; t0 < t_end; t0 += kTileTokens) {
-        const int nt = (int)((t_end - t0) < kTileTokens ? (t_end - t0) : kTileTokens);
-        const int k0 = j * M;  // this lane's token slice of the tile
-        if (active) {
-            float uv[M], dv[M];
-            load_rowM<T, M>(u_row + t0 + k0, nt - k0, vec, uv);
-            load_rowM<T, M>(delta_row + t0 + k0, nt - k0, vec, dv);
-            if (FINAL && z_row != nullptr) {
-                float zv[M];
-                load_rowM<T, M>(z_row + t0 + k0, nt - k0, vec, zv);
-#pragma unroll
-                for (int k = 0; k < M; ++k) s_z[FINAL ? k0 + k : 0][c] = zv[k];
-            }
-#pragma unroll
-            for (int k = 0; k < M; ++k) {
-                float x = dv[k] + bias;
-                if (p.softplus) x = softplus(x);
-                x = k0 + k < nt ? x : 0.f;  // padded tokens: dt = 0 leaves the state unchanged
-                dt_sum += x;
-                s_dt[k0 + k][c] = x;
-                s_u[k0 + k][c] = uv[k];
-            }
-        } else {
-            // idle channels still run the recurrence (their lanes take part in the warp shuffles): zeros
-#pragma unroll
-            for (int k = 0; k < M; ++k) {
-                s_dt[k0 + k][c] = 0.f;
-                s_u[k0 + k][c] = 0.f;
-            }
-        }
-        for (int n = tid; n < NMAX; n += blockDim.x) {
-            float bv[kTileTokens];
-            if (n < p.dstate) {
-                load_row16(Bg + n * p.seqlen + t0, nt, vec, bv);
-            } else {
-#pragma unroll
-                for (int k = 0; k < kTileTokens; ++k) bv[k] = 0.f;
-            }
-#pragma unroll
-            for (int k = 0; k < kTileTokens; ++k) s_B[k][n] = bv[k];
-            if (FINAL) {
-                if (n < p.dstate) {
-                    load_row16(Cg + n * p.seqlen + t0, nt, vec, bv);
-                } else {
-#pragma unroll
-                    for (int k = 0; k < kTileTokens; ++k) bv[k] = 0.f;
-                }
-#pragma unroll
-                for (int k = 0; k < kTileTokens; ++k) s_C[FINAL ? k : 0][n] = bv[k];
-            }
-        }
-        if (FINAL && t0 == t_begin) {
-            pdl_wait();  // the carry pass (and kernel 1 before it) are complete and visible from here on
-            if (chunk > 0 && active) {
-                const float* hin = p.chunk_state + ((b * p.n_chunks + chunk) * p.dim + d) * p.dstate;
-#pragma unroll
-                for (int i = 0; i < NPT; ++i)
-                    if (n0 + i < p.dstate) h[i] = hin[n0 + i];
-            }
-        }
-        __syncthreads();
-#pragma unroll 2
-        for (int k = 0; k < kTileTokens; ++k) {
-            const float dtv = s_dt[k][c];
-            const float uk = s_u[k][c];
-            const float dtu = dtv * uk;
-            float y0 = 0.f, y1 = 0.f;
-#pragma unroll
-            for (int i = 0; i < NPT; i += 4) {
-                const float4 bq = *reinterpret_cast<const float4*>(&s_B[k][n0 + i]);
-                h[i + 0] = fast_exp2(dtv * A2[i + 0]) * h[i + 0] + dtu * bq.x;
-                h[i + 1] = fast_exp2(dtv * A2[i + 1]) * h[i + 1] + dtu * bq.y;
-                h[i + 2] = fast_exp2(dtv * A2[i + 2]) * h[i + 2] + dtu * bq.z;
-                h[i + 3] = fast_exp2(dtv * A2[i + 3]) * h[i + 3] + dtu * bq.w;
-                if (FINAL) {
-                    const float4 cq = *reinterpret_cast<const float4*>(&s_C[FINAL ? k : 0][n0 + i]);
-                    y0 += cq.x * h[i + 0] + cq.z * h[i + 2];
-                    y1 += cq.y * h[i + 1] + cq.w * h[i + 3];
-                }
-            }
-            if (FINAL) {
-                float y = y0 + y1;
-#pragma unroll
-                for (int off = K / 2; off > 0; off >>= 1) y += __shfl_xor_sync(0xffffffffu, y, off);
-                if (j == 0) s_y[FINAL ? k : 0][c] = y + Dd * uk;
-            }
-        }
-        if (FINAL) {
-            __syncwarp();  // s_y of a channel is written by its lane 0 and read by its K lanes, all in one warp
-            if (active) {
-                float yv[M];
-#pragma unroll
-                for (int k = 0; k < M; ++k) {
-                    float y = s_y[FINAL ? k0 + k : 0][c];
-                    if (z_row != nullptr) y *= silu(s_z[FINAL ? k0 + k : 0][c]);
-                    yv[k] = y;
-                }
-                store_rowM<T, M>(out_row + t0 + k0, nt - k0, vec, yv);
-            }
-        }
-        __syncthreads();  // the next tile overwrites the shared tiles
-    }
-    if (!FINAL) {
-#pragma unroll
-        for (int off = K / 2; off > 0; off >>= 1) dt_sum += __shfl_xor_sync(0xffffffffu, dt_sum, off);
-        if (active) {
-            const int64_t cd = (b * p.n_chunks + chunk) * p.dim + d;
-            if (j == 0) p.chunk_dt_sum[cd] = dt_sum;
-            float* hout = p.chunk_state + cd * p.dstate;
-#pragma unroll
-            for (int i = 0; i < NPT; ++i)
-                if (n0 + i < p.dstate) hout[n0 + i] = h[i];
-        }
-    }
-}
-
-// Variant 2 of the chunk-carry pass: each thread owns up to 16 consecutive chunks of one (channel, state)
-// pair, loads them once into registers (one memory round trip), and the segments of a pair are combined
-// through shared memory. block = (32 pairs, S segments), S = ceil(n_chunks / 16) <= 32.
+// Kernel 2, the chunk-carry pass: each thread owns up to 16 consecutive chunks of one (channel, state) pair,
+// loads them once into registers (one memory round trip), and the segments of a pair are combined through
+// shared memory. block = (16 pairs, S segments), S = ceil(n_chunks / 16) <= 32.
 constexpr int kCarryPerThread = 16;
-constexpr int kCarryPairsV2 = 16;  // x: pairs per block; y: up to kMaxChunks / 16 = 32 segments
+constexpr int kCarryPairs = 16;  // x: pairs per block; y: up to kMaxChunks / 16 = 32 segments
 
-__global__ void __launch_bounds__(kCarryPairsV2 * kMaxChunks / kCarryPerThread)
-carry_pass_v2(const KernelArgs p, int64_t n_pairs) {
-    __shared__ float s_h[kMaxChunks / kCarryPerThread][kCarryPairsV2];
-    __shared__ float s_sum[kMaxChunks / kCarryPerThread][kCarryPairsV2];
+__global__ void __launch_bounds__(kCarryPairs * kMaxChunks / kCarryPerThread)
+carry_pass(const KernelArgs p, int64_t n_pairs) {
+    __shared__ float s_h[kMaxChunks / kCarryPerThread][kCarryPairs];
+    __shared__ float s_sum[kMaxChunks / kCarryPerThread][kCarryPairs];
     pdl_allow_dependents();  // kernel 3 may launch and stage its first tile; it waits for us before reading
     pdl_wait();              // kernel 1's chunk states are complete and visible
-    const int64_t q = (int64_t)blockIdx.x * kCarryPairsV2 + threadIdx.x;
+    const int64_t q = (int64_t)blockIdx.x * kCarryPairs + threadIdx.x;
     const int s = threadIdx.y;
     const int S = blockDim.y;
     const bool valid = q < n_pairs;
@@ -602,8 +329,7 @@ carry_pass_v2(const KernelArgs p, int64_t n_pairs) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Variant 4 (default): variant 2's thread mapping (K = N/8 lanes per channel, 8 states per lane) with less work
-// per (channel, state, token) and no wait on memory inside the tile loop:
+// Little work per (channel, state, token) and no wait on memory inside the tile loop:
 //  - softplus runs once: kernel 1 writes dt (fp32) to the workspace and kernel 3 reads it back (a problem with
 //    a single chunk runs kernel 3 alone and computes dt itself);
 //  - staging stores (dt, dt*u) as one 8-byte word, so the inner loop is exp2 + three fp32 ops per state (+ one FMA
@@ -614,9 +340,9 @@ carry_pass_v2(const KernelArgs p, int64_t n_pairs) {
 //  - the next tile's global loads are issued before the current tile is computed (raw values in registers),
 //    and shared tiles are double-buffered, so each 16-token tile costs one block barrier.
 // B and C rows are staged by all threads, two tokens each. Blocks hold at most 64 channels (shared memory).
-constexpr int kMaxChannelsV4 = 64;
-__host__ __device__ constexpr int v4_threads(int K) {
-    return (kMaxChannels / K < kMaxChannelsV4 ? kMaxChannels / K : kMaxChannelsV4) * K;
+constexpr int kMaxBlockChannels = 64;
+__host__ __device__ constexpr int block_threads(int K) {
+    return (kMaxChannels / K < kMaxBlockChannels ? kMaxChannels / K : kMaxBlockChannels) * K;
 }
 
 // M consecutive elements of one row, as raw words in registers (loaded now, converted later).
@@ -682,13 +408,13 @@ struct TileRaw {
 };
 
 template <typename T, int K, bool FINAL>
-__global__ void __launch_bounds__(v4_threads(K), FINAL ? (sizeof(T) == 4 ? 4 : 5) : 6)
-chunk_pass_v4(const KernelArgs p) {
+__global__ void __launch_bounds__(block_threads(K), FINAL ? (sizeof(T) == 4 ? 4 : 5) : 6)
+chunk_pass(const KernelArgs p) {
     constexpr int NPT = kStatesPerLane;
     constexpr int NMAX = K * NPT;
     constexpr int M = kTileTokens / K;  // tokens of a row each lane stages and writes
     constexpr int kRow = NMAX + 4;      // +4 words keeps rows 16-byte aligned for the broadcast reads
-    constexpr int THREADS = v4_threads(K);  // block size at most
+    constexpr int THREADS = block_threads(K);  // block size at most
     constexpr int CPB_MAX = THREADS / K;
     constexpr int BC_PAIRS = NMAX * kTileTokens / 2;  // (row, token pair) items of a B tile
     constexpr int BC_ITEMS = (BC_PAIRS + THREADS - 1) / THREADS;
@@ -744,42 +470,54 @@ chunk_pass_v4(const KernelArgs p) {
     const float Dd = (FINAL && p.D != nullptr && active) ? p.D[d] : 0.f;
     float dt_sum = 0.f;
 
+    auto tile_len = [&](int64_t t0) { return (int)((t_end - t0) < kTileTokens ? (t_end - t0) : kTileTokens); };
+    // B/C item `item`: row n, tokens kk and kk + 1 of a tile. Loaded raw into registers, later staged.
+    auto load_bc = [&](int item, int64_t t0, RowRaw<T, 2>& rb, RowRaw<T, 2>& rc) {
+        const int n = item / (kTileTokens / 2), kk = 2 * (item % (kTileTokens / 2));
+        if (item < BC_PAIRS && n < p.dstate) {
+            load_raw<T, 2>(Bg + n * p.seqlen + t0 + kk, tile_len(t0) - kk, vec, rb);
+            if (FINAL) load_raw<T, 2>(Cg + n * p.seqlen + t0 + kk, tile_len(t0) - kk, vec, rc);
+        } else {  // rows beyond N: zeros
+            zero_raw<T, 2>(rb);
+            if (FINAL) zero_raw<T, 2>(rc);
+        }
+    };
+    auto stage_bc = [&](int item, int sbuf, const RowRaw<T, 2>& rb, const RowRaw<T, 2>& rc) {
+        if (item >= BC_PAIRS) return;
+        const int n = item / (kTileTokens / 2), kk = 2 * (item % (kTileTokens / 2));
+        float v[2];
+        unpack_raw<T, 2>(rb, v);
+        s_B[sbuf][kk][n] = v[0];
+        s_B[sbuf][kk + 1][n] = v[1];
+        if (FINAL) {
+            unpack_raw<T, 2>(rc, v);
+            s_C[FINAL ? sbuf : 0][FINAL ? kk : 0][n] = v[0];
+            s_C[FINAL ? sbuf : 0][FINAL ? kk + 1 : 0][n] = v[1];
+        }
+    };
     // Loads of one tile into registers. `dt_ready`: the cached dt may be read (kernel 3 reads it only after
     // the PDL wait, as kernel 1 wrote it).
     TileRaw<T, M, BC_ITEMS, FINAL> raw;
+    auto load_dt = [&](int64_t t0) { load_raw<float, M>(dt_row + t0 + k0, tile_len(t0) - k0, p.vec_dt != 0, raw.dt); };
     auto load_tile = [&](int64_t t0, bool dt_ready) {
-        const int nt = (int)((t_end - t0) < kTileTokens ? (t_end - t0) : kTileTokens);
+        const int nt = tile_len(t0);
         if (active) {
             load_raw<T, M>(u_row + t0 + k0, nt - k0, vec, raw.u);
             if (use_cache) {
-                if (dt_ready) load_raw<float, M>(dt_row + t0 + k0, nt - k0, p.vec_dt != 0, raw.dt);
+                if (dt_ready) load_dt(t0);
             } else {
                 load_raw<T, M>(delta_row + t0 + k0, nt - k0, vec, raw.delta);
             }
             if (FINAL && z_row != nullptr) load_raw<T, M>(z_row + t0 + k0, nt - k0, vec, raw.z);
         }
 #pragma unroll
-        for (int it = 0; it < BC_ITEMS; ++it) {
-            const int item = tid + it * (int)blockDim.x;
-            const int n = item / (kTileTokens / 2);
-            const int kk = 2 * (item % (kTileTokens / 2));
-            if (item < BC_PAIRS && n < p.dstate) {
-                load_raw<T, 2>(Bg + n * p.seqlen + t0 + kk, nt - kk, vec, raw.b[it]);
-                if (FINAL) load_raw<T, 2>(Cg + n * p.seqlen + t0 + kk, nt - kk, vec, raw.c[FINAL ? it : 0]);
-            } else {
-                zero_raw<T, 2>(raw.b[it]);
-                if (FINAL) zero_raw<T, 2>(raw.c[FINAL ? it : 0]);
-            }
-        }
+        for (int it = 0; it < BC_ITEMS; ++it) load_bc(tid + it * (int)blockDim.x, t0, raw.b[it], raw.c[FINAL ? it : 0]);
     };
 
     load_tile(t_begin, !FINAL);
     if (FINAL) {
         pdl_wait();  // the carry pass (and kernel 1 before it) are complete and visible from here on
-        if (use_cache && active) {
-            const int nt = (int)((t_end - t_begin) < kTileTokens ? (t_end - t_begin) : kTileTokens);
-            load_raw<float, M>(dt_row + t_begin + k0, nt - k0, p.vec_dt != 0, raw.dt);
-        }
+        if (use_cache && active) load_dt(t_begin);
         if (chunk > 0 && active) {
             if (p.fold) {
                 // Few chunks: fold the end states of chunks 0..chunk-1 (kernel 1) in order, h <- exp(A s) h + h_loc.
@@ -802,7 +540,7 @@ chunk_pass_v4(const KernelArgs p) {
 
     int buf = 0;
     for (int64_t t0 = t_begin; t0 < t_end; t0 += kTileTokens) {
-        const int nt = (int)((t_end - t0) < kTileTokens ? (t_end - t0) : kTileTokens);
+        const int nt = tile_len(t0);
         // 1. Registers -> shared tile `buf` (dt, dt*u; B, C; kernel 3: D*u and the gate).
         {
             float uv[M], dv[M];
@@ -841,44 +579,13 @@ chunk_pass_v4(const KernelArgs p) {
                 }
             }
 #pragma unroll
-            for (int it = 0; it < BC_ITEMS; ++it) {
-                const int item = tid + it * (int)blockDim.x;
-                if (item < BC_PAIRS) {
-                    const int n = item / (kTileTokens / 2);
-                    const int kk = 2 * (item % (kTileTokens / 2));
-                    float bv[2];
-                    unpack_raw<T, 2>(raw.b[it], bv);
-                    s_B[buf][kk][n] = bv[0];
-                    s_B[buf][kk + 1][n] = bv[1];
-                    if (FINAL) {
-                        unpack_raw<T, 2>(raw.c[FINAL ? it : 0], bv);
-                        s_C[FINAL ? buf : 0][FINAL ? kk : 0][n] = bv[0];
-                        s_C[FINAL ? buf : 0][FINAL ? kk + 1 : 0][n] = bv[1];
-                    }
-                }
-            }
+            for (int it = 0; it < BC_ITEMS; ++it) stage_bc(tid + it * (int)blockDim.x, buf, raw.b[it], raw.c[FINAL ? it : 0]);
         }
         // Items beyond the prefetched ones (blocks smaller than the largest): loaded and staged here.
         for (int item = tid + BC_ITEMS * (int)blockDim.x; item < BC_PAIRS; item += blockDim.x) {
-            const int n = item / (kTileTokens / 2);
-            const int kk = 2 * (item % (kTileTokens / 2));
             RowRaw<T, 2> rb, rc;
-            float bv[2];
-            if (n < p.dstate) {
-                load_raw<T, 2>(Bg + n * p.seqlen + t0 + kk, nt - kk, vec, rb);
-                if (FINAL) load_raw<T, 2>(Cg + n * p.seqlen + t0 + kk, nt - kk, vec, rc);
-            } else {
-                zero_raw<T, 2>(rb);
-                zero_raw<T, 2>(rc);
-            }
-            unpack_raw<T, 2>(rb, bv);
-            s_B[buf][kk][n] = bv[0];
-            s_B[buf][kk + 1][n] = bv[1];
-            if (FINAL) {
-                unpack_raw<T, 2>(rc, bv);
-                s_C[FINAL ? buf : 0][FINAL ? kk : 0][n] = bv[0];
-                s_C[FINAL ? buf : 0][FINAL ? kk + 1 : 0][n] = bv[1];
-            }
+            load_bc(item, t0, rb, rc);
+            stage_bc(item, buf, rb, rc);
         }
         // 2. The next tile's loads go out now and land while this tile is computed.
         if (t0 + kTileTokens < t_end) load_tile(t0 + kTileTokens, true);
@@ -971,45 +678,42 @@ static cudaError_t launch_maybe_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 bl
     return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
-// Kernels 1-3 of the lane-mapped families (variant 2 or 4).
-template <typename T, int K, bool V4>
-static cudaError_t launch_lane_family(const KernelArgs& a, const Geometry& g, int64_t batch, cudaStream_t stream) {
-    auto local = V4 ? chunk_pass_v4<T, K, false> : chunk_pass_v2<T, K, false>;
-    auto final_pass = V4 ? chunk_pass_v4<T, K, true> : chunk_pass_v2<T, K, true>;
+// Kernels 1-3 for K lanes per channel.
+template <typename T, int K>
+static cudaError_t launch_k(const KernelArgs& a, const Geometry& g, int64_t batch, cudaStream_t stream) {
     const dim3 block((unsigned)(g.channels_per_block * K));
     const dim3 grid((unsigned)(a.n_groups * g.tiles_per_group), (unsigned)g.n_chunks, (unsigned)batch);
     if (g.n_chunks > 1) {
         const bool pdl = pdl_enabled();
-        local<<<grid, block, 0, stream>>>(a);
+        chunk_pass<T, K, false><<<grid, block, 0, stream>>>(a);
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return e;
-        if (a.fold) return launch_maybe_pdl(final_pass, grid, block, stream, pdl, a);
+        if (a.fold) return launch_maybe_pdl(chunk_pass<T, K, true>, grid, block, stream, pdl, a);
         const int64_t pairs = batch * a.dim * a.dstate;
         const unsigned segs = (unsigned)((g.n_chunks + kCarryPerThread - 1) / kCarryPerThread);
-        const dim3 cblock(kCarryPairsV2, segs);
-        const dim3 cgrid((unsigned)((pairs + kCarryPairsV2 - 1) / kCarryPairsV2));
-        e = launch_maybe_pdl(carry_pass_v2, cgrid, cblock, stream, pdl, a, pairs);
+        const dim3 cblock(kCarryPairs, segs);
+        const dim3 cgrid((unsigned)((pairs + kCarryPairs - 1) / kCarryPairs));
+        e = launch_maybe_pdl(carry_pass, cgrid, cblock, stream, pdl, a, pairs);
         if (e != cudaSuccess) return e;
-        return launch_maybe_pdl(final_pass, grid, block, stream, pdl, a);
+        return launch_maybe_pdl(chunk_pass<T, K, true>, grid, block, stream, pdl, a);
     }
     KernelArgs single = a;
     single.dt_cache = nullptr;  // one chunk: kernel 3 alone computes dt itself
-    final_pass<<<grid, block, 0, stream>>>(single);
+    chunk_pass<T, K, true><<<grid, block, 0, stream>>>(single);
     return cudaGetLastError();
 }
 
 template <typename T>
 static cudaError_t launch_lanes(const KernelArgs& a, const Geometry& g, int64_t batch, cudaStream_t stream) {
-    const bool v4 = kernel_variant() == 4;
     switch (lanes_per_channel(a.dstate)) {
-        case 1: return v4 ? launch_lane_family<T, 1, true>(a, g, batch, stream) : launch_lane_family<T, 1, false>(a, g, batch, stream);
-        case 2: return v4 ? launch_lane_family<T, 2, true>(a, g, batch, stream) : launch_lane_family<T, 2, false>(a, g, batch, stream);
-        case 4: return v4 ? launch_lane_family<T, 4, true>(a, g, batch, stream) : launch_lane_family<T, 4, false>(a, g, batch, stream);
-        default: return v4 ? launch_lane_family<T, 8, true>(a, g, batch, stream) : launch_lane_family<T, 8, false>(a, g, batch, stream);
+        case 1: return launch_k<T, 1>(a, g, batch, stream);
+        case 2: return launch_k<T, 2>(a, g, batch, stream);
+        case 4: return launch_k<T, 4>(a, g, batch, stream);
+        default: return launch_k<T, 8>(a, g, batch, stream);
     }
 }
 
-// Workspace layout: [chunk dt sums | pad to 256 B | chunk states | pad | dt cache (variant 4)].
+// Workspace layout: [chunk dt sums | pad to 256 B | chunk states | pad | dt cache].
 static size_t dt_cache_bytes(int64_t batch, int64_t dim, int64_t seqlen) {
     return (size_t)batch * (size_t)dim * (size_t)seqlen * sizeof(float) + 256;
 }
@@ -1017,16 +721,15 @@ static size_t dt_cache_bytes(int64_t batch, int64_t dim, int64_t seqlen) {
 static size_t workspace_bytes_for(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate, const Geometry& g) {
     if (g.n_chunks <= 1) return 0;
     const size_t floats = (size_t)batch * (size_t)g.n_chunks * (size_t)dim * (size_t)(dstate + 1);
-    const size_t cache = kernel_variant() == 4 ? dt_cache_bytes(batch, dim, seqlen) : 0;
-    return floats * sizeof(float) + 256 + cache;
+    return floats * sizeof(float) + 256 + dt_cache_bytes(batch, dim, seqlen);
 }
 
 // What the size query answers: an upper bound of workspace_bytes_for() over every chunking the launcher may
-// pick (both kernel variants, any target), non-decreasing in batch and in seqlen, so a caller such as a
+// pick (any channel tiling, any target), non-decreasing in batch and in seqlen, so a caller such as a
 // TensorRT plugin can size its scratch once at a profile's largest shape. Why it bounds: n_chunks <= min(
 // ceil(L/16), kMaxChunks) and n_chunks <= want = ceil(T / (batch * tiles)), so batch * n_chunks <=
 // min(batch * ceil(L/16), ceil(T / tiles) + batch), with T the largest target and tiles the fewest channel
-// tiles of any variant (blocks of at most 128 channels).
+// tiles any tiling could have (blocks of at most 128 channels; they hold at most 64).
 static size_t workspace_bound(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate, int64_t n_groups) {
     int64_t max_chunks = (seqlen + kTileTokens - 1) / kTileTokens;
     if (max_chunks > kMaxChunks) max_chunks = kMaxChunks;
@@ -1096,7 +799,7 @@ extern "C" cudaError_t vivim_selective_scan_fwd(const vivim_scan_params_t* param
     a.chunk_state = nullptr;
     a.dt_cache = nullptr;
     a.vec_dt = 0;
-    a.fold = kernel_variant() == 4 && g.n_chunks <= v4_fold_max() ? 1 : 0;
+    a.fold = g.n_chunks <= fold_max() ? 1 : 0;
     if (need > 0) {
         // Layout: [dt sums | pad to 256 B | states | pad | dt cache]; the caller's pointer may have any alignment >= 4.
         float* base = static_cast<float*>(workspace);
@@ -1105,13 +808,11 @@ extern "C" cudaError_t vivim_selective_scan_fwd(const vivim_scan_params_t* param
         uintptr_t st = reinterpret_cast<uintptr_t>(base + sums);
         st = (st + 255) & ~(uintptr_t)255;
         a.chunk_state = reinterpret_cast<float*>(st);
-        if (kernel_variant() == 4) {
-            const size_t states = (size_t)q.batch * (size_t)g.n_chunks * (size_t)q.dim * (size_t)q.dstate;
-            uintptr_t dc = reinterpret_cast<uintptr_t>(a.chunk_state + states);
-            dc = (dc + 255) & ~(uintptr_t)255;
-            a.dt_cache = reinterpret_cast<float*>(dc);
-            a.vec_dt = q.seqlen % 4 == 0 ? 1 : 0;
-        }
+        const size_t states = (size_t)q.batch * (size_t)g.n_chunks * (size_t)q.dim * (size_t)q.dstate;
+        uintptr_t dc = reinterpret_cast<uintptr_t>(a.chunk_state + states);
+        dc = (dc + 255) & ~(uintptr_t)255;
+        a.dt_cache = reinterpret_cast<float*>(dc);
+        a.vec_dt = q.seqlen % 4 == 0 ? 1 : 0;
     }
     switch (q.dtype) {
         case VIVIM_DTYPE_F32: return launch_lanes<float>(a, g, q.batch, stream);
