@@ -7,3 +7,7 @@ class VivimError(Exception):
 
 class CheckpointError(VivimError):
     """A checkpoint is missing, truncated, foreign or does not match the requested model."""
+
+
+class ScanShapeError(VivimError, ValueError):
+    """Selective-scan arguments of inconsistent shapes (also a ValueError, as for any torch op)."""

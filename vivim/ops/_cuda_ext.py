@@ -20,6 +20,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vivim.ops.reference import check_shapes
+
 _EXT_NAME = "vivim_selective_scan_ext"
 _REPO_PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 _SOURCES = (
@@ -109,22 +111,6 @@ def available() -> bool:
     return True
 
 
-def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor) -> None:
-    """The common shape mistakes, caught before the extension (cheap: a few integer comparisons)."""
-    from vivim.errors import VivimError
-
-    if u.dim() != 3 or delta.shape != u.shape:
-        raise VivimError(f"vivim selective_scan (CUDA): u and delta must be (batch, dim, seqlen), got "
-                         f"{tuple(u.shape)} and {tuple(delta.shape)}")
-    if A.dim() != 2 or A.shape[0] != u.shape[1] or not 1 <= A.shape[1] <= 64:
-        raise VivimError(f"vivim selective_scan (CUDA): A must be (dim, dstate) with dim {u.shape[1]} and dstate "
-                         f"in 1..64, got {tuple(A.shape)}")
-    groups = B.shape[1] if B.dim() == 4 else 1
-    if groups < 1 or u.shape[1] % groups:
-        raise VivimError(f"vivim selective_scan (CUDA): dim {u.shape[1]} must be divisible by the number of "
-                         f"groups {groups}")
-
-
 def selective_scan_cuda(
     u: Tensor,
     delta: Tensor,
@@ -143,7 +129,7 @@ def selective_scan_cuda(
     dtypes raise VivimError with a one-line message.
     """
     ext = load_extension()
-    _check_shapes(u, delta, A, B)
+    check_shapes(u, delta, A, B, C, max_dstate=64)  # the common mistakes, before the extension
     dtype = u.dtype
     if B.dtype != dtype:
         B = B.to(dtype)

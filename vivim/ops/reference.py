@@ -18,23 +18,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vivim.errors import ScanShapeError
 
-def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tuple[int, int, int, int, int]:
+
+def check_shapes(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, max_dstate: Optional[int] = None
+) -> tuple[int, int, int, int, int]:
+    """(batch, D, L, N, G) of a selective-scan call, or a one-line ScanShapeError; `max_dstate` bounds N (kernels)."""
     if u.dim() != 3:
-        raise ValueError(f"u must be (batch, D, L), got shape {tuple(u.shape)}")
+        raise ScanShapeError(f"u must be (batch, D, L), got shape {tuple(u.shape)}")
     batch, dim, length = u.shape
     if delta.shape != u.shape:
-        raise ValueError(f"delta shape {tuple(delta.shape)} differs from u shape {tuple(u.shape)}")
+        raise ScanShapeError(f"delta shape {tuple(delta.shape)} differs from u shape {tuple(u.shape)}")
     if A.dim() != 2 or A.shape[0] != dim:
-        raise ValueError(f"A must be (D={dim}, N), got shape {tuple(A.shape)}")
+        raise ScanShapeError(f"A must be (D={dim}, N), got shape {tuple(A.shape)}")
     dstate = A.shape[1]
+    if max_dstate is not None and not 1 <= dstate <= max_dstate:
+        raise ScanShapeError(f"A must be (D={dim}, N) with N (dstate) in 1..{max_dstate}, got shape {tuple(A.shape)}")
     groups = 1 if B.dim() == 3 else B.shape[1]
     for name, m in (("B", B), ("C", C)):
         expected = (batch, dstate, length) if m.dim() == 3 else (batch, groups, dstate, length)
         if tuple(m.shape) != expected:
-            raise ValueError(f"{name} must be {expected}, got shape {tuple(m.shape)}")
-    if dim % groups:
-        raise ValueError(f"D={dim} is not divisible by the number of groups G={groups}")
+            raise ScanShapeError(f"{name} must be {expected}, got shape {tuple(m.shape)}")
+    if groups < 1 or dim % groups:
+        raise ScanShapeError(f"D={dim} is not divisible by the number of groups G={groups}")
     return batch, dim, length, dstate, groups
 
 
@@ -67,7 +74,7 @@ def selective_scan_sequential(
     delta_softplus: bool = False,
 ) -> Tensor:
     """Token-by-token recurrence h_t = exp(dt A) h_{t-1} + dt B_t u_t, y_t = C_t . h_t: the test oracle."""
-    batch, dim, length, dstate, groups = _check_shapes(u, delta, A, B, C)
+    batch, dim, length, dstate, groups = check_shapes(u, delta, A, B, C)
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
     uf = u.to(acc)
     dt = _prepare_delta(delta, delta_bias, delta_softplus, acc)
@@ -101,7 +108,7 @@ def selective_scan_reference(
     chunk: Optional[int] = None,
 ) -> Tensor:
     """Chunked selective scan, exact in fp32, differentiable, no Python loop over the sequence."""
-    batch, dim, length, dstate, groups = _check_shapes(u, delta, A, B, C)
+    batch, dim, length, dstate, groups = check_shapes(u, delta, A, B, C)
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
     k = chunk or default_chunk(length)
     n_chunks = -(-length // k)
