@@ -70,18 +70,38 @@ def draw_mask(
     contour: bool = True,
     thickness: int = 2,
 ) -> np.ndarray:
-    """A new image: the frame with the mask blended in at `alpha` and (optionally) its outline drawn."""
-    out = frame_bgr.copy()
+    """A new image: the frame with the mask blended in at `alpha` and (optionally) its outline drawn.
+
+    The cost depends on the frame size only, not on the mask's shape: a speckled mask (an untrained model, noisy
+    ultrasound) must not stall the live loop. Traced, anti-aliased contours of 700 specks took 23 ms at 640x480 on
+    one core; the outline here is a morphological band (dilate minus erode), ~0.5 ms whatever the mask.
+    """
     if mask.shape != frame_bgr.shape[:2]:
         raise ValueError(f"mask {mask.shape} does not match the frame {frame_bgr.shape[:2]}")
-    if alpha > 0 and mask.any():
-        colour = np.asarray(color_bgr, dtype=np.float32)
-        region = out[mask].astype(np.float32)
-        out[mask] = np.clip(region * (1.0 - alpha) + colour * alpha + 0.5, 0, 255).astype(np.uint8)
-    if contour and mask.any():
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, color_bgr, thickness, lineType=cv2.LINE_AA)
+    out = frame_bgr.copy()
+    mask_u8 = mask.view(np.uint8) if mask.dtype == np.bool_ else (mask != 0).view(np.uint8)
+    if not mask_u8.any():
+        return out
+    fill = np.empty_like(frame_bgr)
+    fill[:] = color_bgr
+    if alpha > 0:
+        blended = cv2.addWeighted(frame_bgr, 1.0 - alpha, fill, alpha, 0.0)
+        cv2.copyTo(blended, mask_u8, out)
+    if contour and thickness > 0:
+        cv2.copyTo(fill, _outline_band(mask_u8, thickness), out)
     return out
+
+
+def _outline_band(mask_u8: np.ndarray, thickness: int) -> np.ndarray:
+    """Pixels within `thickness` of the mask's edge, half outside and half inside (as a drawn contour would be)."""
+    grow, shrink = thickness // 2, thickness - thickness // 2
+    outer = cv2.dilate(mask_u8, _disc(grow)) if grow > 0 else mask_u8
+    inner = cv2.erode(mask_u8, _disc(shrink))
+    return cv2.subtract(outer, inner)
+
+
+def _disc(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
 def draw_hud(image: np.ndarray, lines: Iterable[str]) -> None:

@@ -56,6 +56,32 @@ def test_draw_mask_blends_inside_and_keeps_outside():
     assert (with_outline != frame).any() and (with_outline[0, 0] == frame[0, 0]).all()
 
 
+def _near_edge(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(inner edge: mask pixels with a 4-neighbour outside the mask, pixels within one step of any such edge)."""
+    padded = np.pad(mask, 1, mode="edge")
+    inner = mask & ~(padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+    outer = ~mask & (padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:])
+    return inner, inner | outer
+
+
+@pytest.mark.parametrize("kind", ["rectangle", "speckle"])
+def test_outline_is_a_thin_band_on_the_mask_edge(kind):
+    rng = np.random.default_rng(3)
+    frame = np.full((40, 60, 3), 7, np.uint8)
+    if kind == "rectangle":
+        mask = np.zeros((40, 60), bool)
+        mask[10:25, 12:40] = True
+    else:  # an untrained model's output: hundreds of specks
+        mask = rng.random((40, 60)) > 0.6
+    color = (10, 200, 30)
+    out = draw_mask(frame, mask, color_bgr=color, alpha=0.0, contour=True, thickness=2)
+    drawn = (out != frame).any(axis=2)
+    inner_edge, near = _near_edge(mask)
+    assert (out[drawn] == color).all()
+    assert not (drawn & ~near).any(), "outline pixels away from the mask edge"
+    assert drawn[inner_edge].all(), "mask edge pixels without outline"
+
+
 def test_hud_draws_text():
     image = np.zeros((120, 200, 3), np.uint8)
     draw_hud(image, ["12.0 FPS  latency 40 ms", "pytorch cpu"])
