@@ -12,6 +12,7 @@ shared, and the three outputs (restored to T-major order) are averaged.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -79,21 +80,26 @@ class STMamba(nn.Module):
         self.branches = nn.ModuleList(SSMBranch(self.d_inner, d_state, d_conv, dt_rank) for _ in BRANCHES)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
+    def branch_list(self) -> list[SSMBranch]:
+        """The branches in BRANCHES order, typed (an nn.ModuleList iterates as plain Modules)."""
+        return [cast(SSMBranch, b) for b in self.branches]
+
     def forward(self, tokens: Tensor, frames: int) -> Tensor:
         """tokens (batch, L = T*h*w, C) in T-major order -> (batch, L, C)."""
         xz = self.in_proj(tokens).transpose(1, 2)  # (batch, 2*d_inner, L)
         x, z = xz.chunk(2, dim=1)
-        parts = [branch.scan_inputs(to_branch_order(x, name, frames)) for name, branch in zip(BRANCHES, self.branches)]
+        branches = self.branch_list()
+        parts = [branch.scan_inputs(to_branch_order(x, name, frames)) for name, branch in zip(BRANCHES, branches)]
         dtype = x.dtype
         u = torch.cat([p[0] for p in parts], dim=1).to(dtype)
         delta = torch.cat([p[1] for p in parts], dim=1).to(dtype)
         B = torch.stack([p[2] for p in parts], dim=1).to(dtype)  # (batch, G=3, N, L)
         C = torch.stack([p[3] for p in parts], dim=1).to(dtype)
         gate = torch.cat([to_branch_order(z, name, frames) for name in BRANCHES], dim=1).to(dtype)
-        A = torch.cat([-torch.exp(_at_least_fp32(b.A_log)) for b in self.branches])
-        D = torch.cat([_at_least_fp32(b.D) for b in self.branches])
-        dt_bias = torch.cat([_at_least_fp32(b.dt_proj.bias) for b in self.branches])
+        A = torch.cat([-torch.exp(_at_least_fp32(b.A_log)) for b in branches])
+        D = torch.cat([_at_least_fp32(b.D) for b in branches])
+        dt_bias = torch.cat([_at_least_fp32(b.dt_proj.bias) for b in branches])
         y = selective_scan(u, delta, A, B, C, D, gate, dt_bias, delta_softplus=True)
         ys = y.chunk(len(BRANCHES), dim=1)
-        merged = sum(from_branch_order(yb, name, frames) for name, yb in zip(BRANCHES, ys)) / len(BRANCHES)
+        merged = cast(Tensor, sum(from_branch_order(yb, name, frames) for name, yb in zip(BRANCHES, ys))) / len(BRANCHES)
         return self.out_proj(merged.transpose(1, 2).to(tokens.dtype))

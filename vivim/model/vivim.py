@@ -6,7 +6,7 @@ Input (batch, T, 3, H, W) -> logits (batch, T, 1, H, W). Frames are folded into 
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +80,7 @@ class VivimModel(nn.Module):
     # -- per-frame part -------------------------------------------------------------------------------------------
     def _spatial_stage(self, i: int, x: Tensor) -> tuple[Tensor, int, int]:
         tokens, h, w = self.patch_embeds[i](x)
-        for block in self.blocks[i]:
+        for block in cast(nn.ModuleList, self.blocks[i]):
             tokens = block(tokens, h, w)
         return tokens, h, w  # the stage-final SegFormer LayerNorm is skipped, as in the official model
 
@@ -97,7 +97,7 @@ class VivimModel(nn.Module):
         """maps (batch*T, C, h, w) -> the same after the stage's Mamba layers, mixing the T frames of each clip."""
         n, c, h, w = maps.shape
         tokens = maps.reshape(batch, frames, c, h * w).permute(0, 1, 3, 2).reshape(batch, frames * h * w, c)
-        for layer in self.temporal[i]:
+        for layer in cast(nn.ModuleList, self.temporal[i]):
             tokens = layer(tokens, frames, h, w)
         return tokens.reshape(batch, frames, h * w, c).permute(0, 1, 3, 2).reshape(n, c, h, w)
 
@@ -142,12 +142,12 @@ class VivimModel(nn.Module):
         return self.forward_from_frame_features(features, output_frame, out_size=(clip.shape[-2], clip.shape[-1]))
 
     # -- deployment helpers -------------------------------------------------------------------------------------------
-    def ssm_fp32_parameters(self) -> list[nn.Parameter]:
+    def ssm_fp32_parameters(self) -> list[Tensor]:
         """A_log, D and the dt bias of every branch: kept fp32 in any precision (the scan's contract)."""
-        params = []
+        params: list[Tensor] = []
         for stage in self.temporal:
-            for layer in stage:
-                for branch in layer.mixer.branches:
+            for layer in cast(nn.ModuleList, stage):
+                for branch in cast(MambaLayer, layer).mixer.branch_list():
                     params += [branch.A_log, branch.D, branch.dt_proj.bias]
         return params
 
