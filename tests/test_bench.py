@@ -184,7 +184,7 @@ def test_streaming_window_equals_full_clip_forward() -> None:
     import torch
 
     import vivim
-    from vivim.bench.backends import StreamingWindow
+    from vivim.bench.rows_torch import StreamingWindow
 
     torch.manual_seed(0)
     threads = torch.get_num_threads()
@@ -344,7 +344,7 @@ def _needs_cuda():
 def test_streaming_window_cuda_graph_replays_the_eager_step() -> None:
     torch = _needs_cuda()
     import vivim
-    from vivim.bench.backends import StreamingWindow
+    from vivim.bench.rows_torch import StreamingWindow
 
     torch.manual_seed(0)
     model = vivim.create_model("tiny", frames=3, img_size=64).eval().cuda()

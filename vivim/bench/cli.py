@@ -121,9 +121,10 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
            long_clips: bool, compile_rows: bool, long_frames: str, long_precisions: str, long_iters: int,
            fp16_mode: str, video: Optional[str], pipeline_frames: int, engine: Optional[Path], trt_plugin: Optional[Path],
            keep_onnx: Optional[Path], seed: int, plots: bool, progress: bool) -> None:
-    from vivim.bench import backends as rows_mod
     from vivim.bench import report
+    from vivim.bench.common import BenchSettings, ModelSource, scan_unavailable_reason
     from vivim.bench.env import collect_environment
+    from vivim.bench.plan import BACKENDS, SCANS, parse_frames_list, parse_list, plan_rows, run_rows
     from vivim.bench.records import apply_speedups
 
     if checkpoint is not None and variant is not None:
@@ -142,13 +143,13 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
             raise VivimError(f"{flag} must be >= {low}, got {value}")
     if fp16_mode not in ("half", "autocast"):
         raise VivimError(f"--fp16-mode must be half or autocast, got {fp16_mode!r}")
-    backend_list = rows_mod.parse_list(backends, rows_mod.BACKENDS, "--backends")
-    scan_list = rows_mod.parse_list(scans, rows_mod.SCANS, "--scans")
+    backend_list = parse_list(backends, BACKENDS, "--backends")
+    scan_list = parse_list(scans, SCANS, "--scans")
     for flag, name in (("--reference-scan", reference_scan), ("--stream-scan", stream_scan)):
-        if name != "auto" and name not in rows_mod.SCANS:
-            raise VivimError(f"{flag} must be auto or one of {', '.join(rows_mod.SCANS)}, got {name!r}")
-    long_list = rows_mod.parse_frames_list(long_frames) if long_clips else []
-    long_precision_list = rows_mod.parse_list(long_precisions, ("fp32", "fp16"), "--long-precisions")
+        if name != "auto" and name not in SCANS:
+            raise VivimError(f"{flag} must be auto or one of {', '.join(SCANS)}, got {name!r}")
+    long_list = parse_frames_list(long_frames) if long_clips else []
+    long_precision_list = parse_list(long_precisions, ("fp32", "fp16"), "--long-precisions")
     device = _resolve_device(device)
     if video is not None and not Path(video).is_file():
         raise VivimError(f"--video {video}: no such file")
@@ -157,14 +158,14 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     if trt_plugin is not None and not trt_plugin.is_file():
         raise VivimError(f"--trt-plugin {trt_plugin}: no such file")
 
-    settings = rows_mod.BenchSettings(
+    settings = BenchSettings(
         variant=variant, checkpoint=checkpoint, frames=frames or 5, size=size or 256, batch=batch, device=device,
         warmup=warmup, iters=iters, max_row_seconds=max_row_seconds or None, output_frame=_output_frame(output_frame),
         fp16_mode=fp16_mode, reference_scan=reference_scan, seed=seed, keep_onnx=keep_onnx, video=video,
         pipeline_frames=pipeline_frames, long_iters=long_iters, engine=engine, trt_plugin=trt_plugin,
         compile=compile_rows,
     )
-    source = rows_mod.ModelSource(settings)
+    source = ModelSource(settings)
     if checkpoint is not None:
         trained_frames, trained_size = source.checkpoint_defaults()
         settings.frames = frames or int(trained_frames or 5)
@@ -178,7 +179,7 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     print(f"model: {checkpoint or variant}, clip {settings.batch}x{settings.frames}x3x{settings.size}x{settings.size}, "
           f"device {device}, warm-up {warmup}, iterations {iters}")
 
-    plan = rows_mod.plan_rows(settings, backends=backend_list, scans=scan_list, streaming=streaming,
+    plan = plan_rows(settings, backends=backend_list, scans=scan_list, streaming=streaming,
                               long_clips=long_list, long_precisions=long_precision_list, stream_scan=stream_scan,
                               source=source)
     if device.startswith("cuda") and plan.reference_scan != "mamba_ssm":
@@ -191,8 +192,8 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
         "max_row_seconds": settings.max_row_seconds, "backends": backend_list, "scans": scan_list,
         "reference_scan": plan.reference_scan, "streaming": streaming, "output_frame": settings.output_frame,
         "long_clips": long_list, "fp16_mode": fp16_mode, "seed": seed, "complete": False,
-        "scan_availability": {name: rows_mod.scan_unavailable_reason(name, device) or "available"
-                              for name in rows_mod.SCANS},
+        "scan_availability": {name: scan_unavailable_reason(name, device) or "available"
+                              for name in SCANS},
     }
     finished: list[Any] = []
 
@@ -207,7 +208,7 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
         report.write_json(out / "results.json", finished, env, config)
         report.write_csv(out / "results.csv", finished, env)
 
-    rows = rows_mod.run_rows(plan, progress=progress, on_row=on_row)
+    rows = run_rows(plan, progress=progress, on_row=on_row)
     apply_speedups(rows)
     config["complete"] = True
     written = report.write_all(out, rows, env, config, plots=plots)
