@@ -10,8 +10,8 @@
 //   3. chunk pass, FINAL=true: each block rescans its chunk from that state and writes y.
 // A problem with a single chunk runs kernel 3 alone from a zero state (no workspace).
 //
-// Each channel is handled by K = N/8 lanes of one warp, 8 states per lane in registers; y is reduced over the K
-// lanes with warp shuffles. B_t and C_t (shared by every channel of a group) are staged per 16-token tile in
+// Each channel is handled by K = N/8 lanes of one warp, 8 states per lane in registers; y of a token is the sum of
+// the K lanes' partial sums, added from shared memory by the lane that writes the token. B_t and C_t (shared by every channel of a group) are staged per 16-token tile in
 // shared memory and read as 16-byte broadcasts; each lane stages its slice of its channel's row with 16-byte
 // loads. Softplus runs once (kernel 1 caches dt for kernel 3), the next tile's loads are in flight during the
 // current one, and a tile costs one block barrier; problems with at most 8 chunks skip the carry pass (kernel 3
@@ -165,8 +165,14 @@ __device__ __forceinline__ float softplus_fast(float x) {
     return fmaf(l, 0.6931471805599453f, fmaxf(x, 0.f));
 }
 
-// z * sigmoid(z); for very negative z the denominator overflows and __fdividef gives 0, the right limit.
-__device__ __forceinline__ float silu(float x) { return __fdividef(x, 1.f + __expf(-x)); }
+// z * sigmoid(z) with two special-function instructions and no range fix-ups: for very negative z, 2^(-z log2 e)
+// overflows to +inf and rcp gives 0, the right limit; relative error ~2^-21.
+__device__ __forceinline__ float silu(float x) {
+    float e, r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(-x * kLog2e));
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.f + e));
+    return x * r;
+}
 
 // 16 consecutive tokens of one row <-> 16 floats in registers. `vec`: the row segment is 16-byte aligned and
 // complete, so 16-byte loads/stores are used; otherwise element by element, padding with zeros.
@@ -334,8 +340,8 @@ carry_pass(const KernelArgs p, int64_t n_pairs) {
 //    a single chunk runs kernel 3 alone and computes dt itself);
 //  - staging stores (dt, dt*u) as one 8-byte word, so the inner loop is exp2 + three fp32 ops per state (+ one FMA
 //    for y); softplus is the two-instruction form (softplus_fast);
-//  - after the K-lane shuffle every lane holds the token's y; the lane that writes the token keeps it in its own
-//    shared column, beside the D*u and silu(z) it staged there (no extra barrier);
+//  - kernel 3: each lane leaves its partial y of every token in shared memory (no shuffle in the token loop); the
+//    lane that writes a token adds the K partials, beside the (D*u, silu(z)) it staged there (no extra barrier);
 //  - problems with at most 8 chunks skip the carry pass: kernel 3 folds the chunk end states itself;
 //  - the next tile's global loads are issued before the current tile is computed (raw values in registers),
 //    and shared tiles are double-buffered, so each 16-token tile costs one block barrier.
@@ -421,11 +427,11 @@ chunk_pass(const KernelArgs p) {
     __shared__ __align__(16) float s_B[2][kTileTokens][kRow];
     __shared__ __align__(16) float s_C[FINAL ? 2 : 1][FINAL ? kTileTokens : 1][kRow];
     __shared__ float2 s_dt[2][kTileTokens][CPB_MAX];  // (dt, dt * u)
-    // kernel 3: each lane's own D*u and silu(z) for the tokens it writes (written and read back by that lane
-    // only, so one buffer is enough)
-    __shared__ float s_du[FINAL ? kTileTokens : 1][CPB_MAX];
-    __shared__ float s_gate[FINAL ? kTileTokens : 1][CPB_MAX];
-    __shared__ float s_y[FINAL ? kTileTokens : 1][CPB_MAX];
+    // kernel 3: each lane's own (D*u, silu(z)) for the tokens it writes (written and read back by that lane only,
+    // so one buffer is enough), and every lane's partial y of each token (read back by the writing lane of its
+    // channel, in the same warp, after __syncwarp; rewritten only after the next tile's barrier)
+    __shared__ float2 s_dg[FINAL ? kTileTokens : 1][CPB_MAX];
+    __shared__ __align__(16) float s_part[FINAL ? kTileTokens : 1][FINAL ? THREADS : 1];
 
     if (!FINAL) pdl_allow_dependents();  // the carry pass may launch now; it waits for our results itself
     if (!FINAL && blockIdx.y == p.n_chunks - 1) return;  // the last chunk's end state is never needed
@@ -570,13 +576,17 @@ chunk_pass(const KernelArgs p) {
             }
             if (!FINAL && dt_row != nullptr && active) store_rowM<float, M>(dt_row + t0 + k0, nt - k0, p.vec_dt != 0, dv);
             if (FINAL) {
-                float zv[M];
-                if (z_row != nullptr && active) unpack_raw<T, M>(raw.z, zv);
+                float gate[M];
+                if (z_row != nullptr && active) {  // uniform but for inactive lanes of the last channel tile
+                    unpack_raw<T, M>(raw.z, gate);
 #pragma unroll
-                for (int k = 0; k < M; ++k) {
-                    s_du[FINAL ? k0 + k : 0][c] = Dd * uv[k];
-                    s_gate[FINAL ? k0 + k : 0][c] = (z_row != nullptr && active) ? silu(zv[k]) : 1.f;
+                    for (int k = 0; k < M; ++k) gate[k] = silu(gate[k]);
+                } else {
+#pragma unroll
+                    for (int k = 0; k < M; ++k) gate[k] = 1.f;
                 }
+#pragma unroll
+                for (int k = 0; k < M; ++k) s_dg[FINAL ? k0 + k : 0][c] = make_float2(Dd * uv[k], gate[k]);
             }
 #pragma unroll
             for (int it = 0; it < BC_ITEMS; ++it) stage_bc(tid + it * (int)blockDim.x, buf, raw.b[it], raw.c[FINAL ? it : 0]);
@@ -590,8 +600,8 @@ chunk_pass(const KernelArgs p) {
         // 2. The next tile's loads go out now and land while this tile is computed.
         if (t0 + kTileTokens < t_end) load_tile(t0 + kTileTokens, true);
         __syncthreads();  // tile `buf` complete; every thread is past the tile that last used buf ^ 1
-        // 3. The recurrence over the 16 tokens (padded tokens are identity steps). After the K-lane shuffle every
-        //    lane of the channel has y; the lane that writes the token keeps it (its own shared column: no barrier).
+        // 3. The recurrence over the 16 tokens (padded tokens are identity steps); kernel 3 leaves each lane's
+        //    partial y of every token in s_part.
 #pragma unroll 4
         for (int k = 0; k < kTileTokens; ++k) {
             const float2 dd = s_dt[buf][k][c];
@@ -612,19 +622,35 @@ chunk_pass(const KernelArgs p) {
                     y = fmaf(cq.w, h[i + 3], y);
                 }
             }
-            if (FINAL) {
-#pragma unroll
-                for (int off = K / 2; off > 0; off >>= 1) y += __shfl_xor_sync(0xffffffffu, y, off);
-                if ((unsigned)(k - k0) < (unsigned)M) s_y[FINAL ? k : 0][c] = y;  // a token this lane writes
-            }
+            if (FINAL) s_part[FINAL ? k : 0][FINAL ? tid : 0] = y;
         }
-        // 4. Kernel 3: this lane's output slice.
-        if (FINAL && active) {
-            float yv[M];
+        // 4. Kernel 3: this lane's output slice; y of a token = the sum of its channel's K partials.
+        if (FINAL) {
+            __syncwarp();  // the channel's K lanes are in this warp
+            if (active) {
+                float yv[M];
 #pragma unroll
-            for (int k = 0; k < M; ++k)
-                yv[k] = (s_y[FINAL ? k0 + k : 0][c] + s_du[FINAL ? k0 + k : 0][c]) * s_gate[FINAL ? k0 + k : 0][c];
-            store_rowM<T, M>(out_row + t0 + k0, nt - k0, vec, yv);
+                for (int k = 0; k < M; ++k) {
+                    const float* part = &s_part[FINAL ? k0 + k : 0][FINAL ? c * K : 0];
+                    float y;
+                    if constexpr (K == 1) {
+                        y = part[0];
+                    } else if constexpr (K == 2) {
+                        const float2 v = *reinterpret_cast<const float2*>(part);
+                        y = v.x + v.y;
+                    } else {
+                        y = 0.f;
+#pragma unroll
+                        for (int q = 0; q < K; q += 4) {
+                            const float4 v = *reinterpret_cast<const float4*>(part + q);
+                            y += (v.x + v.y) + (v.z + v.w);
+                        }
+                    }
+                    const float2 dg = s_dg[FINAL ? k0 + k : 0][c];
+                    yv[k] = (y + dg.x) * dg.y;
+                }
+                store_rowM<T, M>(out_row + t0 + k0, nt - k0, vec, yv);
+            }
         }
         buf ^= 1;
     }
