@@ -119,6 +119,8 @@ class RunConfig:
             b.output_frame = "centre"
         if not 0.0 <= o.alpha <= 1.0:
             raise VivimError(f"--alpha must be within [0, 1], got {o.alpha}")
+        if o.contour_thickness < 1:
+            raise VivimError(f"overlay.contour_thickness must be >= 1 pixel, got {o.contour_thickness}")
         if b.threads is not None and b.threads < 1:
             raise VivimError(f"--threads must be at least 1, got {b.threads}")
         if s.max_frames is not None and s.max_frames < 1:

@@ -51,7 +51,7 @@ class Capture(Protocol):
 
 
 class Logger(Protocol):
-    def __call__(self, message: str) -> None: ...
+    def __call__(self, message: str, /) -> None: ...
 
 
 def _stderr(message: str) -> None:

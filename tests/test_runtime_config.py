@@ -62,6 +62,7 @@ def test_bad_values():
         ("backend", {"output_frame": "middle"}, "--output-frame"),
         ("backend", {"device": "tpu"}, "--device"),
         ("overlay", {"alpha": 1.5}, "--alpha"),
+        ("overlay", {"contour_thickness": 0}, "contour_thickness"),
         ("source", {"max_frames": 0}, "--max-frames"),
         ("backend", {"threads": 0}, "--threads"),
         ("sink", {"save": "out.gif"}, "--save"),

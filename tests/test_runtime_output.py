@@ -58,19 +58,23 @@ def test_draw_mask_blends_inside_and_keeps_outside():
 
 def _near_edge(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(inner edge: mask pixels with a 4-neighbour outside the mask, pixels within one step of any such edge)."""
-    padded = np.pad(mask, 1, mode="edge")
+    padded = np.pad(mask, 1, constant_values=False)  # the frame border is an edge of the mask
     inner = mask & ~(padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
     outer = ~mask & (padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:])
     return inner, inner | outer
 
 
-@pytest.mark.parametrize("kind", ["rectangle", "speckle"])
+@pytest.mark.parametrize("kind", ["rectangle", "speckle", "touching the frame, with a hole"])
 def test_outline_is_a_thin_band_on_the_mask_edge(kind):
     rng = np.random.default_rng(3)
     frame = np.full((40, 60, 3), 7, np.uint8)
     if kind == "rectangle":
         mask = np.zeros((40, 60), bool)
         mask[10:25, 12:40] = True
+    elif kind.startswith("touching"):
+        mask = np.zeros((40, 60), bool)
+        mask[:30, :45] = True
+        mask[10:15, 20:30] = False
     else:  # an untrained model's output: hundreds of specks
         mask = rng.random((40, 60)) > 0.6
     color = (10, 200, 30)

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from vivim.bench.common import CAPTURE_SHAPE, BenchSettings, ModelSource
+from vivim.bench.common import CAPTURE_SHAPE, BenchSettings, ModelSource, quiet
 from vivim.bench.records import one_line
 from vivim.errors import VivimError
 
@@ -68,7 +68,7 @@ class Artifacts:
             s = self.settings
             target = self.folder() / f"vivim_{s.frames}x{s.size}_{precision}.onnx"
             export_onnx(self.checkpoint(), target, fp16=precision == "fp16", frames=s.frames, size=(s.size, s.size),
-                        output_frame="all", log=lambda *args, **kwargs: None)
+                        output_frame="all", log=quiet)
             return target
 
         return self._once(f"onnx-{precision}", make, f"ONNX export ({precision})")

@@ -179,9 +179,8 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     print(f"model: {checkpoint or variant}, clip {settings.batch}x{settings.frames}x3x{settings.size}x{settings.size}, "
           f"device {device}, warm-up {warmup}, iterations {iters}")
 
-    plan = plan_rows(settings, backends=backend_list, scans=scan_list, streaming=streaming,
-                              long_clips=long_list, long_precisions=long_precision_list, stream_scan=stream_scan,
-                              source=source)
+    plan = plan_rows(settings, backends=backend_list, scans=scan_list, streaming=streaming, long_clips=long_list,
+                     long_precisions=long_precision_list, stream_scan=stream_scan, source=source)
     if device.startswith("cuda") and plan.reference_scan != "mamba_ssm":
         warn(f"the FP32 eager reference row uses the '{plan.reference_scan}' scan (mamba-ssm is not available); "
              "speed-ups are relative to it, not to the mamba-ssm anchor")

@@ -184,14 +184,24 @@ def guarded(row: Row, device: str, body: Callable[[Row], None]) -> Row:
     return row
 
 
-def apply_measurement(row: Row, measurement: timing.Measurement, device: str) -> None:
+def apply_measurement(row: Row, measurement: timing.Measurement, device: str | None) -> None:
+    """Copy a measurement into its row; `device` None: a runtime whose memory torch does not see (no memory
+    columns)."""
     row.set_samples(measurement.samples_ms, measurement.host_ms)
     row.warmup = measurement.warmup
     row.iters = measurement.iters
     row.timer = measurement.timer
     row.notes.extend(measurement.notes)
-    row.memory_mb = timing.peak_memory_mb(device)
-    row.reserved_mb = timing.peak_reserved_mb(device)
+    if device is not None:
+        row.memory_mb = timing.peak_memory_mb(device)
+        row.reserved_mb = timing.peak_reserved_mb(device)
+
+
+def measure_on_host(settings: BenchSettings, fn: Callable[[], Any]) -> timing.Measurement:
+    """Wall-clock timing, for runtimes whose calls return when the work is done (ONNX Runtime, TensorRT's synced
+    infer): the host clock is the latency."""
+    return timing.measure(fn, device="cpu", warmup=settings.warmup, iters=settings.iters,
+                          max_seconds=settings.max_row_seconds)
 
 
 def measure(settings: BenchSettings, fn: Callable[[], Any], *, iters: int | None = None,

@@ -8,9 +8,10 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from vivim.bench import timing
 from vivim.bench.artifacts import Artifacts
-from vivim.bench.common import BenchSettings, capture_frame, cuda_ready, guarded, quiet
+from vivim.bench.common import (
+    BenchSettings, apply_measurement, capture_frame, cuda_ready, guarded, measure_on_host, quiet,
+)
 from vivim.bench.records import Row, one_line, skipped
 from vivim.errors import VivimError
 
@@ -66,12 +67,7 @@ def ort_row(artifacts: Artifacts, settings: BenchSettings, *, provider: str, pre
         feed = {inputs[0].name: x}
         row.notes.append("host latency: includes host<->device copies" if provider != "CPUExecutionProvider"
                          else "ONNX Runtime CPU, synchronous")
-        # ORT runs synchronously on the host: wall-clock timing is the right timer (device='cpu').
-        measurement = timing.measure(lambda: session.run(None, feed), device="cpu", warmup=settings.warmup,
-                                     iters=settings.iters, max_seconds=settings.max_row_seconds)
-        row.set_samples(measurement.samples_ms, measurement.host_ms)
-        row.warmup, row.iters, row.timer = measurement.warmup, measurement.iters, measurement.timer
-        row.notes.extend(measurement.notes)
+        apply_measurement(row, measure_on_host(settings, lambda: session.run(None, feed)), None)
 
     return guarded(row, settings.device, body)
 
@@ -131,7 +127,6 @@ def tensorrt_rows(artifacts: Artifacts, settings: BenchSettings) -> list[Row]:
         return Path(state["engine"])
 
     def body(row: Row, per_frame: bool) -> None:
-
         from vivim.constants import output_frame_index
 
         backend = TensorRTBackend(str(engine_path()), device=settings.device,
@@ -151,12 +146,8 @@ def tensorrt_rows(artifacts: Artifacts, settings: BenchSettings) -> list[Row]:
                 def step() -> Any:
                     return backend.infer(clip, index)
 
-            # infer() synchronises its stream: host wall clock is the latency (TensorRT memory is not torch's).
-            measurement = timing.measure(step, device="cpu", warmup=settings.warmup, iters=settings.iters,
-                                         max_seconds=settings.max_row_seconds)
-            row.set_samples(measurement.samples_ms, measurement.host_ms)
-            row.warmup, row.iters, row.timer = measurement.warmup, measurement.iters, "perf_counter (stream synced)"
-            row.notes.extend(measurement.notes)
+            apply_measurement(row, measure_on_host(settings, step), None)  # infer() synchronises its stream
+            row.timer = "perf_counter (stream synced)"
             row.notes.append(f"engine {engine_path().name}, TensorRT {backend.trt_version}")
         finally:
             backend.close()

@@ -52,7 +52,6 @@ def runtime_stream_row(source: ModelSource, settings: BenchSettings, *, precisio
         return row
 
     def body(row: Row) -> None:
-
         from vivim.constants import output_frame_index
 
         timing.reset_peak_memory(settings.device)

@@ -10,10 +10,10 @@
 //   3. chunk pass, FINAL=true: each block rescans its chunk from that state and writes y.
 // A problem with a single chunk runs kernel 3 alone from a zero state (no workspace).
 //
-// Each channel is handled by K = N/8 lanes of one warp, 8 states per lane in registers; y of a token is the sum of
-// the K lanes' partial sums, added from shared memory by the lane that writes the token. B_t and C_t (shared by every channel of a group) are staged per 16-token tile in
-// shared memory and read as 16-byte broadcasts; each lane stages its slice of its channel's row with 16-byte
-// loads. Softplus runs once (kernel 1 caches dt for kernel 3), the next tile's loads are in flight during the
+// Each channel is handled by K = N/8 lanes of one warp, 8 states per lane in registers; y of a token is the sum
+// of the K lanes' partial sums, added from shared memory by the lane that writes the token. B_t and C_t (shared
+// by every channel of a group) are staged per 16-token tile in shared memory and read as 16-byte broadcasts; each
+// lane stages its slice of its channel's row with 16-byte loads. Softplus runs once (kernel 1 caches dt for kernel 3), the next tile's loads are in flight during the
 // current one, and a tile costs one block barrier; problems with at most 8 chunks skip the carry pass (kernel 3
 // folds the chunk states itself).
 // Kernels 2 and 3 use programmatic dependent launch on sm_90+ (they overlap their launch and first staging with
@@ -166,7 +166,8 @@ __device__ __forceinline__ float softplus_fast(float x) {
 }
 
 // z * sigmoid(z) with two special-function instructions and no range fix-ups: for very negative z, 2^(-z log2 e)
-// overflows to +inf and rcp gives 0, the right limit; relative error ~2^-21.
+// overflows to +inf and rcp gives 0, the right limit; relative error ~2^-21 for |z| up to ~20 (the rounding of
+// -z log2 e grows with |z|, where silu is ~0 or ~z).
 __device__ __forceinline__ float silu(float x) {
     float e, r;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(-x * kLog2e));
@@ -626,7 +627,7 @@ chunk_pass(const KernelArgs p) {
         }
         // 4. Kernel 3: this lane's output slice; y of a token = the sum of its channel's K partials.
         if (FINAL) {
-            __syncwarp();  // the channel's K lanes are in this warp
+            if constexpr (K > 1) __syncwarp();  // the channel's K lanes are in this warp
             if (active) {
                 float yv[M];
 #pragma unroll
