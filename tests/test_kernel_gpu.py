@@ -180,6 +180,19 @@ def test_matches_float64_reference(case):
     assert torch.equal(out, again)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_extreme_gate_values(dtype):
+    """silu(z) for |z| up to ~200: 2^(-z log2 e) overflows to inf below z ~ -88, where the gate must be 0, not NaN."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    args = list(make_inputs(2, 96, 333, 16, 1, dtype, True, True, True, True, seed))
+    args[6] = (args[6].float() * 50.0).to(dtype)  # z
+    out = run_poisoned(tuple(args), True)
+    assert torch.isfinite(out).all().item()
+    ref = reference_f64(*args, delta_softplus=True)
+    err = rel_err(out, ref)
+    assert err <= TOL[dtype], f"relative error {err:.3g} > {TOL[dtype]} (seed {seed})"
+
+
 def test_dispatch_uses_the_kernel_and_autograd_falls_back():
     from vivim.ops import dispatch, selective_scan
 
