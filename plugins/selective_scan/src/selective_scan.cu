@@ -159,8 +159,8 @@ __device__ __forceinline__ void pdl_allow_dependents() {
 // softplus(x) = max(x, 0) + ln2 * log2(1 + 2^(-|x| log2 e)): two special-function instructions and four fp32
 // ops. Absolute error ~1e-7 (1 + e rounds to fp32 when e is tiny, where softplus ~ e is itself tiny).
 __device__ __forceinline__ float softplus_fast(float x) {
-    float e, l;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(-fabsf(x) * kLog2e));
+    const float e = fast_exp2(-fabsf(x) * kLog2e);
+    float l;
     asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(l) : "f"(1.f + e));
     return fmaf(l, 0.6931471805599453f, fmaxf(x, 0.f));
 }
@@ -169,9 +169,8 @@ __device__ __forceinline__ float softplus_fast(float x) {
 // overflows to +inf and rcp gives 0, the right limit; relative error ~2^-21 for |z| up to ~20 (the rounding of
 // -z log2 e grows with |z|, where silu is ~0 or ~z).
 __device__ __forceinline__ float silu(float x) {
-    float e, r;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(-x * kLog2e));
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.f + e));
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.f + fast_exp2(-x * kLog2e)));
     return x * r;
 }
 
