@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -93,7 +93,8 @@ class TorchBackend:
         self.device = str(self._device) + (f" ({torch.cuda.get_device_name(self._device)})" if on_cuda else "")
         # On CUDA the frame is uploaded whole and resized there (OpenCV's area resize costs ~1.5 ms per VGA frame on
         # the CPU while the GPU waits); on the CPU, OpenCV is the faster of the two.
-        self._device_resize = DeviceResizer(self.input_size, interpolation, self._device) if on_cuda else None
+        self._device_resize = DeviceResizer(self.input_size, interpolation, self._device, log) if on_cuda else None
+        self._warned_sizes: Set[Tuple[int, ...]] = set()  # sizes told about running their preprocessing eagerly
         self._mean = torch.tensor(normalization.mean, device=self._device).view(1, 3, 1, 1)
         self._inv_std = 1.0 / torch.tensor(normalization.std, device=self._device).view(1, 3, 1, 1)
         # CUDA-graph state: the per-frame graph and one decode graph per output index
@@ -126,6 +127,7 @@ class TorchBackend:
                 if self._device_resize is not None and self._device_resize.handles(dummy):
                     image = self._device_resize.upload(dummy)
                     self._prep_graphs[tuple(image.shape)] = self._capture(self._device_prep, image)
+                    self._device_resize.keep(image.shape)
                 if self.stream_cache:
                     self._frame_graph = self._capture(self._frame_part, self._upload(dummy))
                 for index in indices:
@@ -186,6 +188,8 @@ class TorchBackend:
         self._frame_graph = None
         self._clip_graphs.clear()
         self._prep_graphs.clear()
+        if self._device_resize is not None:
+            self._device_resize.clear()
 
     # -- the two network parts ---------------------------------------------------------------------------------
     def _upload(self, frame_bgr: np.ndarray) -> torch.Tensor:
@@ -195,6 +199,10 @@ class TorchBackend:
             image = self._device_resize.upload(frame_bgr)
             graph = self._prep_graphs.get(tuple(image.shape))
             if graph is None:
+                if self._prep_graphs and image.shape not in self._warned_sizes:  # captured at start, for another size
+                    self._warned_sizes.add(image.shape)
+                    self._log(f"frame size changed to {image.shape[1]}x{image.shape[0]}: its preprocessing runs "
+                              "without a CUDA graph (restart to capture one)")
                 return self._device_prep(image)
             replay, static_in, static_out = graph
             static_in.copy_(image)

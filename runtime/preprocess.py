@@ -2,7 +2,7 @@
 
 A frame is resized to the model's input size, converted BGR -> RGB, scaled to [0, 1] and normalised with the
 checkpoint's mean/std (ImageNet by default), channels first: (3, H, W). Done once per frame; the ring keeps it.
-The PyTorch backend on CUDA resizes on the GPU instead, to the same uint8 values (resample.py).
+The PyTorch backend on CUDA resizes on the GPU instead, at most a level apart from these values (resample.py).
 """
 
 from __future__ import annotations

@@ -10,10 +10,21 @@ cv2 = pytest.importorskip("cv2")
 
 from vivim.runtime.resample import DeviceResizer, area_weights, resample_weights, resize_bgr_to_rgb  # noqa: E402
 
-# (source h, w) -> (model H, W): VGA, 1080p, integer factors (OpenCV's fast area path), a near-identity shrink,
-# mixed integer / non-integer axes, the identity, and an enlargement (linear only)
+# (source h, w) -> (model H, W): VGA, 1080p, integer factors (OpenCV's integer area paths: 2x2, 3x4, 2x4, 2x1), a
+# near-identity shrink, mixed integer / non-integer axes, the identity, and an enlargement (linear only)
 SIZES = [((480, 640), (256, 256)), ((1080, 1920), (256, 256)), ((512, 512), (256, 256)), ((768, 1024), (256, 256)),
-         ((300, 301), (256, 256)), ((480, 640), (224, 320)), ((256, 256), (256, 256)), ((200, 100), (256, 256))]
+         ((512, 1024), (256, 256)), ((512, 256), (256, 256)), ((300, 301), (256, 256)), ((480, 640), (224, 320)),
+         ((256, 256), (256, 256)), ((200, 100), (256, 256))]
+
+
+def _min_identical(src: tuple, dst: tuple, mode: str) -> float:
+    """Share of values that must equal OpenCV's. Non-integer area factors: all but rare exact halves. Integer area
+    factors: OpenCV rounds exact halves to even (up in its 2x2 path), we round them up; with an even block size,
+    up to a quarter of the values (2x1) are exact halves. Linear: OpenCV's 11-bit fixed-point weights."""
+    if mode == "linear":
+        return 0.8
+    integer_axis = any(s % d == 0 and s != d for s, d in zip(src, dst))
+    return 0.7 if integer_axis else 0.999
 FLAGS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
 
@@ -36,7 +47,7 @@ def test_matches_opencv(src, dst, mode):
     # Same uint8 grid; a level apart only where the two roundings straddle a half (OpenCV's linear path also uses
     # 11-bit fixed-point weights).
     assert diff.max() <= 1.0, f"seed {seed}"
-    assert (diff == 0).mean() >= (0.95 if mode == "area" else 0.8), f"seed {seed}"
+    assert (diff == 0).mean() >= _min_identical(src, dst, mode), f"seed {seed}"
 
 
 @pytest.mark.parametrize("mode", ["area", "linear"])
@@ -63,6 +74,22 @@ def test_device_resizer_takes_only_what_it_reproduces():
     assert DeviceResizer((256, 256), "linear", torch.device("cpu")).handles(np.zeros((200, 100, 3), np.uint8))
 
 
+def test_device_resizer_holds_two_recent_sizes_and_the_kept_ones():
+    """A camera that changes resolution, or a folder of mixed images, does not grow the buffers; a size a CUDA graph
+    reads is never dropped. (Bookkeeping only: runs on the CPU; no CUDA call is made before upload.)"""
+    messages: list = []
+    resizer = DeviceResizer((8, 8), "area", torch.device("cpu"), log=messages.append)
+    resizer.keep((16, 16))
+    for size in [(20, 20), (24, 24), (32, 32), (40, 40)]:
+        resizer.resize(torch.zeros((*size, 3), dtype=torch.uint8))
+    assert resizer.cached_sizes == [(16, 16), (32, 32), (40, 40)]
+    resizer.resize(torch.zeros((32, 32, 3), dtype=torch.uint8))  # used again: now the most recent
+    resizer.resize(torch.zeros((48, 48, 3), dtype=torch.uint8))
+    assert resizer.cached_sizes == [(16, 16), (32, 32), (48, 48)]
+    resizer.clear()
+    assert resizer.cached_sizes == []
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 @pytest.mark.parametrize("mode", ["area", "linear"])
@@ -73,8 +100,15 @@ def test_device_resizer_on_gpu_back_to_back(mode):
     rng = np.random.default_rng(seed)
     resizer = DeviceResizer((256, 256), mode, torch.device("cuda"))
     frames = [rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8) for _ in range(4)]
-    outs = [resizer(frame) for frame in frames]
+    resizer(frames[0])  # buffers and matrices made, outside the timed part
+    saved_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True  # an application's setting must not change the values
+    try:
+        torch.cuda._sleep(200_000_000)  # keep the stream busy: every upload below is still queued when the next
+        outs = [resizer(frame) for frame in frames]  # frame is written to the host buffer, unless upload waits
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved_tf32
     for frame, out in zip(frames, outs):
         assert out.shape == (1, 3, 256, 256) and out.device.type == "cuda"
         diff = np.abs(out[0].cpu().numpy() - _opencv_rgb(frame, (256, 256), mode))
-        assert diff.max() <= 1.0 and (diff == 0).mean() >= (0.95 if mode == "area" else 0.8), f"seed {seed}"
+        assert diff.max() <= 1.0 and (diff == 0).mean() >= _min_identical((480, 640), (256, 256), mode), f"seed {seed}"

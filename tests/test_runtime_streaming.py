@@ -98,15 +98,16 @@ def test_fp16_and_cuda_graph_fall_back_on_cpu(tiny_model):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
-@pytest.mark.parametrize("fp16, cuda_graph, compiled", [(False, False, False), (False, True, False),
-                                                      (True, True, False), (True, True, True)])
-def test_cuda_stream_matches_cpu_reference(tiny_model, fp16, cuda_graph, compiled):
+@pytest.mark.parametrize("fp16, cuda_graph, compiled, frame_size", [
+    (False, False, False, 64), (False, True, False, 64), (True, True, False, 64), (True, True, True, 64),
+    (False, True, False, 32)])
+def test_cuda_stream_matches_cpu_reference(tiny_model, fp16, cuda_graph, compiled, frame_size):
     import copy
 
     rng = np.random.default_rng(8)
-    # larger than the model's 32x32 input: the backend resizes on the device, the reference with OpenCV (a factor
-    # of 2, where both give the same uint8 values; other factors are compared with OpenCV in test_runtime_resample)
-    frames = [rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8) for _ in range(6)]
+    # 64x64: larger than the model's 32x32 input, so the backend resizes on the device and the reference with OpenCV
+    # (a factor of 2, where both give the same uint8 values; other factors: test_runtime_resample); 32x32: no resize
+    frames = [rng.integers(0, 256, size=(frame_size, frame_size, 3), dtype=np.uint8) for _ in range(6)]
     expected = _reference(tiny_model, frames, 2)
     backend = TorchBackend(copy.deepcopy(tiny_model), device="cuda", fp16=fp16, cuda_graph=cuda_graph,
                            compile=compiled, log=print)
@@ -121,3 +122,5 @@ def test_cuda_stream_matches_cpu_reference(tiny_model, fp16, cuda_graph, compile
         assert float(np.abs(got[k] - expected[k]).max()) <= tol, (k, fp16, cuda_graph)
     if cuda_graph:
         assert backend.cuda_graph, "CUDA graph capture fell back to eager"
+        # the preprocessing graph exists exactly when the frame needs a resize
+        assert bool(backend._prep_graphs) == (frame_size != 32)

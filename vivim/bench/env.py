@@ -61,8 +61,9 @@ def _git_commit() -> str | None:
         return None
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        result = subprocess.run([exe, "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                timeout=5, check=False)
+        # --dirty: a run from a tree with uncommitted changes says so (the numbers are not that commit's)
+        result = subprocess.run([exe, "-C", here, "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
+                                text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() or None if result.returncode == 0 else None
