@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-cv2 = pytest.importorskip("cv2")
+pytest.importorskip("cv2")  # the CPU path the device resize must match
 
+from vivim.runtime.preprocess import resize_rgb  # noqa: E402
 from vivim.runtime.resample import DeviceResizer, area_weights, resample_weights, resize_bgr_to_rgb  # noqa: E402
 
 # (source h, w) -> (model H, W): VGA, 1080p, integer factors (OpenCV's integer area paths: 2x2, 3x4, 2x4, 2x1), a
@@ -25,12 +26,11 @@ def _min_identical(src: tuple, dst: tuple, mode: str) -> float:
         return 0.8
     integer_axis = any(s % d == 0 and s != d for s, d in zip(src, dst))
     return 0.7 if integer_axis else 0.999
-FLAGS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
 
 def _opencv_rgb(image: np.ndarray, size: tuple, mode: str) -> np.ndarray:
-    resized = cv2.resize(image, (size[1], size[0]), interpolation=FLAGS[mode])
-    return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB).transpose(2, 0, 1).astype(np.float32)
+    """The CPU path (OpenCV), which the device resize must reproduce, as (3, H, W) float."""
+    return resize_rgb(image, size, mode).transpose(2, 0, 1).astype(np.float32)
 
 
 @pytest.mark.parametrize("mode", ["area", "linear"])
