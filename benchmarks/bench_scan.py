@@ -246,8 +246,8 @@ def main() -> None:
                 per: dict[str, float] = {}
                 for ev in prof.key_averages():
                     t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
-                    if t and ("chunk_pass" in ev.key or "carry_pass" in ev.key):
-                        name = ("carry" if "carry_pass" in ev.key
+                    if t and any(k in ev.key for k in ("chunk_pass", "carry_pass", "resident_pass")):
+                        name = ("carry" if "carry_pass" in ev.key else "resident" if "resident_pass" in ev.key
                                 else "final" if ("true>" in ev.key or "Lb1E" in ev.key) else "local")
                         per[name] = per.get(name, 0.0) + t / 20
                 result["kernels"][f"{dim}x{L}"] = per

@@ -9,6 +9,7 @@ reference. Forward only: the custom op's backward recomputes with a differentiab
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -29,6 +30,7 @@ _SOURCES = (
     _REPO_PLUGINS / "selective_scan" / "src" / "selective_scan.cu",
 )
 _INCLUDE = _REPO_PLUGINS / "selective_scan" / "include"
+_KERNEL_DIR = _REPO_PLUGINS / "selective_scan" / "src"
 
 _lock = threading.Lock()
 _module: Optional[ModuleType] = None
@@ -60,6 +62,15 @@ def _build_tools_present() -> tuple[bool, str]:
     return True, ""
 
 
+def _kernel_sources_digest() -> str:
+    """A digest of the kernel's headers, passed as a define: torch rebuilds a cached extension when its sources or
+    flags change, and this makes an edit of an included header count as one."""
+    digest = hashlib.sha256()
+    for path in sorted(_KERNEL_DIR.glob("*.cuh")) + sorted(_INCLUDE.rglob("*.h")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def load_extension() -> ModuleType:
     """The compiled extension; builds it on the first call (prints one line), raises RuntimeError on failure."""
     global _module, _failure
@@ -87,7 +98,7 @@ def load_extension() -> ModuleType:
                 sources=[str(s) for s in _SOURCES],
                 extra_include_paths=[str(_INCLUDE)],
                 extra_cflags=["-O3"],
-                extra_cuda_cflags=["-O3", "-lineinfo"],
+                extra_cuda_cflags=["-O3", "-lineinfo", f"-DVIVIM_SCAN_SOURCES={_kernel_sources_digest()}"],
                 build_directory=str(build_dir),
                 verbose=os.environ.get("VIVIM_BUILD_VERBOSE", "") == "1",
             )

@@ -8,7 +8,8 @@
 //   2. carry pass: per (batch, channel, state), a short scan over the chunks turns h_loc into the true
 //      state entering each chunk (in place).
 //   3. chunk pass, FINAL=true: each block rescans its chunk from that state and writes y.
-// A problem with a single chunk runs kernel 3 alone from a zero state (no workspace).
+// A problem with a single chunk runs kernel 3 alone from a zero state (no workspace). Small problems with short
+// sequences (L <= 512, N <= 16, batch * dim * L <= 2^20) take the resident pass instead (resident_pass.cuh).
 //
 // Each channel is handled by K = N/8 lanes of one warp, 8 states per lane in registers; y of a token is the sum
 // of the K lanes' partial sums, added from shared memory by the lane that writes the token. B_t and C_t (shared
@@ -266,6 +267,9 @@ struct KernelArgs {
     float* dt_cache;      // [batch, dim, seqlen] softplus'd dt from kernel 1, or null
     int vec_dt;           // dt_cache rows allow 16-byte accesses
     int fold;             // kernel 3 folds the chunk states itself (no carry pass)
+    int res_channels;     // resident pass: channels per block
+    int res_lanes;        // resident pass: lanes per channel, ceil(seqlen / 4)
+    int res_tiles;        // resident pass: blocks per group, ceil(per_group / res_channels)
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -399,6 +403,19 @@ __device__ __forceinline__ void unpack_raw(const RowRaw<T, M>& r, float (&v)[M])
 #pragma unroll
     for (int k = 0; k < M; ++k) {
         v[k] = to_float(e[k]);
+    }
+}
+
+// silu(z) of M raw gate values, or 1 where the call has no gate.
+template <typename T, int M>
+__device__ __forceinline__ void gate_of(const RowRaw<T, M>& raw, bool has_z, float (&gate)[M]) {
+    if (has_z) {
+        unpack_raw<T, M>(raw, gate);
+#pragma unroll
+        for (int k = 0; k < M; ++k) gate[k] = silu(gate[k]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < M; ++k) gate[k] = 1.f;
     }
 }
 
@@ -577,14 +594,7 @@ chunk_pass(const KernelArgs p) {
             if (!FINAL && dt_row != nullptr && active) store_rowM<float, M>(dt_row + t0 + k0, nt - k0, p.vec_dt != 0, dv);
             if (FINAL) {
                 float gate[M];
-                if (z_row != nullptr && active) {  // uniform but for inactive lanes of the last channel tile
-                    unpack_raw<T, M>(raw.z, gate);
-#pragma unroll
-                    for (int k = 0; k < M; ++k) gate[k] = silu(gate[k]);
-                } else {
-#pragma unroll
-                    for (int k = 0; k < M; ++k) gate[k] = 1.f;
-                }
+                gate_of<T, M>(raw.z, z_row != nullptr && active, gate);  // uniform but for inactive lanes
 #pragma unroll
                 for (int k = 0; k < M; ++k) s_dg[FINAL ? k0 + k : 0][c] = make_float2(Dd * uv[k], gate[k]);
             }
@@ -667,6 +677,8 @@ chunk_pass(const KernelArgs p) {
         }
     }
 }
+
+#include "resident_pass.cuh"  // one kernel, one exp2 per element, for short sequences (L <= 512, N <= 16)
 
 // Programmatic dependent launch for kernels 2 and 3 (they overlap their launch, prologue and first staging
 // with their predecessor) on sm_90+; VIVIM_SCAN_PDL=0 turns it off. The device query is a host call, allowed
@@ -790,9 +802,10 @@ extern "C" cudaError_t vivim_selective_scan_fwd(const vivim_scan_params_t* param
     if (!q.u || !q.delta || !q.A || !q.B || !q.C || !q.out) return cudaErrorInvalidValue;
     if (q.dtype != VIVIM_DTYPE_F32 && q.dtype != VIVIM_DTYPE_F16 && q.dtype != VIVIM_DTYPE_BF16)
         return cudaErrorInvalidValue;
+    const bool resident = resident_fits(q.batch, q.dim, q.seqlen, q.dstate);
     const Geometry g = make_geometry(q.batch, q.dim, q.seqlen, q.dstate, q.n_groups);
     if (q.n_groups * g.tiles_per_group > 0x7fffffff) return cudaErrorInvalidValue;
-    const size_t need = workspace_bytes_for(q.batch, q.dim, q.seqlen, q.dstate, g);
+    const size_t need = resident ? 0 : workspace_bytes_for(q.batch, q.dim, q.seqlen, q.dstate, g);
     if (need > 0 && (workspace == nullptr || workspace_bytes < need)) return cudaErrorInvalidValue;
 
     KernelArgs a;
@@ -839,6 +852,13 @@ extern "C" cudaError_t vivim_selective_scan_fwd(const vivim_scan_params_t* param
         dc = (dc + 255) & ~(uintptr_t)255;
         a.dt_cache = reinterpret_cast<float*>(dc);
         a.vec_dt = q.seqlen % 4 == 0 ? 1 : 0;
+    }
+    if (resident) {
+        switch (q.dtype) {
+            case VIVIM_DTYPE_F32: return launch_resident<float>(a, q.batch, stream);
+            case VIVIM_DTYPE_F16: return launch_resident<__half>(a, q.batch, stream);
+            default: return launch_resident<__nv_bfloat16>(a, q.batch, stream);
+        }
     }
     switch (q.dtype) {
         case VIVIM_DTYPE_F32: return launch_lanes<float>(a, g, q.batch, stream);

@@ -1,0 +1,261 @@
+// The resident pass: for short sequences (L <= 512, N <= 16) a block keeps whole sequences of its channels on
+// chip, so each decay exp2(dt * A) is computed once, in one kernel without workspace. The chunked passes of
+// selective_scan.cu compute it twice (a chunk's local scan, then its rescan from the true state) over three
+// launches, which dominate at Vivim's last stage.
+//
+// A lane owns 4 consecutive tokens and all N states of one channel; a block holds the segments of a few channels
+// of one group back to back (lane l: channel l / lanes, segment l % lanes), and first stages the group's B and C
+// rows in shared memory as fp32 (converted once per block, read as 16-byte words). Three steps:
+//   1. The lane scans its 4 tokens from a zero state. Per (token, state) it keeps in registers the weight
+//      W = C_t[n] * (product of the decays since its first token): how the state entering the segment reaches
+//      y_t. It publishes the segment's (decay, end state) per state; a channel's last segment publishes (0, 0),
+//      so that no fold crosses into the next channel.
+//   2. The segments are folded in sequence order (deterministic): in each warp by one lane per state, walking the
+//      32 segments through shared memory; then each warp folds the aggregates of the warps before it (one block
+//      barrier).
+//   3. y_t += sum_n W_t[n] * h_in[n], one FMA per (token, state) and no exp2; then D * u and the silu(z) gate.
+// Measured against the chunked passes: benchmarks/kernel_notes.md (sixth session).
+// Included by selective_scan.cu inside namespace vivim_scan (uses its loaders, KernelArgs and fast math).
+
+constexpr int kResTokens = 4;       // tokens per lane
+constexpr int kResMaxLanes = 512;   // blocks of at most 16 warps
+constexpr int64_t kResMaxLen = 512; // B and C of a whole sequence are staged in shared memory (fp32)
+constexpr int kResRow = 33;         // a warp's fold buffer row (one state): 32 segments + 1 to spread the banks
+
+// B/C staging row length (floats): a multiple of 8 tokens, so 16-byte staging items never cross rows.
+__host__ __device__ constexpr int64_t resident_bc_row(int64_t seqlen) { return ((seqlen + 7) / 8) * 8; }
+
+// Dynamic shared memory: B and C rows of the block's group as fp32 [2][NS][row], A * log2(e) of the block's channels
+// [channels][NS], then each warp's [state][segment] (decay, state) rows, then the warps' aggregates.
+__host__ __device__ constexpr size_t resident_smem_bytes(int64_t seqlen, int channels, int n_warps, int ns) {
+    return ((size_t)2 * ns * resident_bc_row(seqlen) + (size_t)channels * ns) * sizeof(float) +
+           (size_t)n_warps * (size_t)ns * (size_t)(kResRow + 1) * sizeof(float2);
+}
+
+template <typename T, int NS>
+__global__ void __launch_bounds__(kResMaxLanes, 1) resident_pass(const KernelArgs p) {
+    extern __shared__ __align__(16) float s_resf[];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int n_warps = blockDim.x >> 5;
+    const int64_t bc_row = resident_bc_row(p.seqlen);
+    float* s_bc = s_resf;  // [2][NS][bc_row]: B rows, then C rows
+    float* s_a2 = s_resf + 2 * NS * bc_row;  // [channels][NS]
+    float2* s_fold = reinterpret_cast<float2*>(s_a2 + p.res_channels * NS);  // 8-byte aligned: even offsets
+    float2* s_seg = s_fold + warp * NS * kResRow;
+    float2* s_agg = s_fold + n_warps * NS * kResRow;
+    // The block's channels are consecutive channels of one group (32-bit index math: it runs once per thread, and
+    // 64-bit divisions are long instruction sequences).
+    const unsigned group = blockIdx.x / (unsigned)p.res_tiles;
+    const unsigned tile = blockIdx.x - group * (unsigned)p.res_tiles;
+    const int c = (int)(threadIdx.x / (unsigned)p.res_lanes);  // channel of the block
+    const int c_in_block = c < p.res_channels ? c : 0;
+    const int seg = (int)threadIdx.x - c * p.res_lanes;
+    const int64_t in_group = (int64_t)tile * p.res_channels + c;
+    const bool active = c < p.res_channels && in_group < p.per_group;
+    const int64_t d = group * p.per_group + (active ? in_group : 0);
+    const int64_t b = blockIdx.y;
+    const int64_t row_off = (b * p.dim + d) * p.seqlen;
+    const int64_t t0 = (int64_t)seg * kResTokens;
+    const int64_t left = active ? p.seqlen - t0 : 0;
+    const int nv = (int)(left < kResTokens ? (left > 0 ? left : 0) : kResTokens);  // valid tokens of this lane
+    const bool vec = p.vec != 0;
+
+    RowRaw<T, kResTokens> rz, ru, rd;  // this lane's row slices, loaded first
+    if (p.z != nullptr) load_raw<T, kResTokens>(static_cast<const T*>(p.z) + row_off + t0, nv, vec, rz);
+    load_raw<T, kResTokens>(static_cast<const T*>(p.u) + row_off + t0, nv, vec, ru);
+    load_raw<T, kResTokens>(static_cast<const T*>(p.delta) + row_off + t0, nv, vec, rd);
+
+    // Stage the group's B and C rows as fp32, converted once per block: items of 16 bytes (8 tokens of a 2-byte
+    // type, 4 of fp32), up to 4 per thread loaded before any is stored. Rows past N and tokens past L are zeros.
+    {
+        // Thread -> (a fixed 16-byte column j of the rows, rows r0, r0 + step, ...): divisions once per thread.
+        constexpr int V = 16 / (int)sizeof(T);
+        const int per_row = (int)bc_row / V;  // <= 64
+        const int step = (int)blockDim.x / per_row;
+        const int r0 = (int)threadIdx.x / per_row;
+        const int j = (int)threadIdx.x - r0 * per_row;
+        const int tok = j * V;
+        const int nvb = (int)(p.seqlen - tok < V ? p.seqlen - tok : V);
+        const int64_t gbase = (b * p.n_groups + group) * p.dstate * p.seqlen + tok;
+        const T* Bg = static_cast<const T*>(p.B) + gbase;
+        const T* Cg = static_cast<const T*>(p.C) + gbase;
+        if (r0 < step) {  // threads past step * per_row stay out (step >= 1: a block has at least per_row threads)
+            for (int rb = r0; rb < 2 * NS; rb += 4 * step) {
+                RowRaw<T, V> raw[4];
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const int r = rb + q * step;
+                    const int n = r < NS ? r : r - NS;
+                    if (r < 2 * NS && n < p.dstate)
+                        load_raw<T, V>((r < NS ? Bg : Cg) + (int64_t)n * p.seqlen, nvb, vec, raw[q]);
+                    else
+                        zero_raw<T, V>(raw[q]);
+                }
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const int r = rb + q * step;
+                    if (r >= 2 * NS) break;
+                    float v[V];
+                    unpack_raw<T, V>(raw[q], v);
+                    float* dst = s_bc + r * (int)bc_row + tok;
+#pragma unroll
+                    for (int k = 0; k < V; k += 4)
+                        *reinterpret_cast<float4*>(dst + k) = make_float4(v[k], v[k + 1], v[k + 2], v[k + 3]);
+                }
+            }
+        }
+    }
+
+    float dt[kResTokens], dtu[kResTokens], y[kResTokens];
+    {
+        float uv[kResTokens];
+        unpack_raw<T, kResTokens>(ru, uv);
+        unpack_raw<T, kResTokens>(rd, dt);
+        const float bias = p.delta_bias != nullptr ? p.delta_bias[d] : 0.f;
+        const float Dd = p.D != nullptr ? p.D[d] : 0.f;
+#pragma unroll
+        for (int k = 0; k < kResTokens; ++k) {
+            float x = dt[k] + bias;
+            if (p.softplus) x = softplus_fast(x);
+            dt[k] = k < nv ? x : 0.f;  // tokens past the end: dt = 0, an identity step
+            dtu[k] = dt[k] * uv[k];
+            y[k] = Dd * uv[k];
+        }
+    }
+    for (int i = threadIdx.x; i < p.res_channels * NS; i += blockDim.x) {  // A * log2(e); 0 for padded states
+        const int64_t di = group * p.per_group + (int64_t)tile * p.res_channels + i / NS;
+        const int n = i % NS;
+        s_a2[i] = n < p.dstate && di < (group + 1) * p.per_group ? p.A[di * p.dstate + n] * kLog2e : 0.f;
+    }
+    // The last segment of a channel publishes (0, 0): the fold then enters the next channel's first segment with
+    // a zero state and never crosses channels (nothing needs a channel's end state).
+    const bool last_seg = seg == p.res_lanes - 1;
+    __syncthreads();  // B and C staged
+
+    // 1. Zero-state scan of the lane's segment, one state at a time.
+    float W[NS][kResTokens];
+#pragma unroll
+    for (int n = 0; n < NS; ++n) {
+        const float4 bq = *reinterpret_cast<const float4*>(s_bc + n * bc_row + t0);
+        const float4 cq = *reinterpret_cast<const float4*>(s_bc + (NS + n) * bc_row + t0);
+        const float bv[kResTokens] = {bq.x, bq.y, bq.z, bq.w};
+        const float cv[kResTokens] = {cq.x, cq.y, cq.z, cq.w};
+        const float a2 = s_a2[c_in_block * NS + n];
+        float h = 0.f, P = 1.f;
+#pragma unroll
+        for (int k = 0; k < kResTokens; ++k) {
+            const float dA = fast_exp2(dt[k] * a2);
+            h = fmaf(dA, h, dtu[k] * bv[k]);
+            P *= dA;
+            y[k] = fmaf(cv[k], h, y[k]);
+            W[n][k] = cv[k] * P;
+        }
+        s_seg[n * kResRow + lane] = last_seg ? make_float2(0.f, 0.f) : make_float2(P, h);
+    }
+
+    // 2. Fold. Lane n of each warp walks state n over the warp's 32 segments, leaving in place the (decay, state)
+    //    from the warp's start (or from its channel's start) to each segment's start; then each warp folds the
+    //    aggregates of the warps before it.
+    __syncwarp();
+    if (lane < NS) {
+        float2* row = s_seg + lane * kResRow;
+        float Pp = 1.f, hp = 0.f;
+#pragma unroll
+        for (int s = 0; s < 32; ++s) {
+            const float2 v = row[s];
+            row[s] = make_float2(Pp, hp);
+            hp = fmaf(v.x, hp, v.y);
+            Pp *= v.x;
+        }
+        s_agg[warp * NS + lane] = make_float2(Pp, hp);
+    }
+    __syncthreads();
+    float carry = 0.f;  // lane n < NS: state n entering this warp
+    if (lane < NS) {
+#pragma unroll 4
+        for (int w = 0; w < warp; ++w) {
+            const float2 v = s_agg[w * NS + lane];
+            carry = fmaf(v.x, carry, v.y);
+        }
+    }
+
+    // 3. Output: the entering state reaches y through the weights; no exp2 here.
+#pragma unroll
+    for (int n = 0; n < NS; ++n) {
+        const float cn = __shfl_sync(0xffffffffu, carry, n);
+        const float2 pr = s_seg[n * kResRow + lane];
+        const float hin = fmaf(pr.x, cn, pr.y);
+#pragma unroll
+        for (int k = 0; k < kResTokens; ++k) y[k] = fmaf(W[n][k], hin, y[k]);
+    }
+    if (nv == 0) return;
+    float gate[kResTokens];
+    gate_of<T, kResTokens>(rz, p.z != nullptr, gate);
+#pragma unroll
+    for (int k = 0; k < kResTokens; ++k) y[k] *= gate[k];
+    T* out = static_cast<T*>(p.out) + row_off + t0;
+    if constexpr (sizeof(T) == 2) {  // 4 tokens = one 8-byte store (store_rowM has 16-byte words only)
+        if (vec && nv == kResTokens) {
+            *reinterpret_cast<uint2*>(out) = make_uint2(pack2(y[0], y[1], T()), pack2(y[2], y[3], T()));
+            return;
+        }
+    }
+    store_rowM<T, kResTokens>(out, nv, vec, y);
+}
+
+// Whether a problem takes the resident pass: N <= 16, L <= 512 and at most kResMaxWork (batch * dim * L) tokens.
+// Past that size the GPU is full either way and the chunked passes' lower instruction count per element wins
+// (measured on an H200: 4 x 1024 x 320 took 33.4 vs 30.5 us, 3 x 1024 x 320 ties; benchmarks/kernel_notes.md).
+// Size-only, so the choice does not depend on the GPU. VIVIM_SCAN_RESIDENT=0 turns the pass off, =1 takes it
+// wherever it fits regardless of size (tuning, and tests of both paths).
+constexpr int64_t kResMaxWork = (int64_t)1 << 20;
+static int resident_mode() {
+    static const int mode = [] {
+        const char* e = getenv("VIVIM_SCAN_RESIDENT");
+        return e == nullptr ? -1 : e[0] == '0' ? 0 : e[0] == '1' ? 1 : -1;
+    }();
+    return mode;
+}
+static bool resident_fits(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate) {
+    const int mode = resident_mode();
+    if (mode == 0 || dstate > 16 || seqlen > kResMaxLen || dim > 0x7fffffff) return false;
+    return mode == 1 || batch * dim * seqlen <= kResMaxWork;
+}
+
+// Channels per block: about 320 lanes (measured best for Vivim's short stages: 1 x 1024 x 320 at 4 channels took
+// 9.2 us against 10.0 at 2 and 12.8 at 1), within one group. VIVIM_SCAN_RES_CPB=n overrides it (tuning).
+static int resident_channels(int64_t lanes, int64_t per_group) {
+    static const int from_env = [] {
+        const char* e = getenv("VIVIM_SCAN_RES_CPB");
+        const long v = e != nullptr ? strtol(e, nullptr, 10) : 0;
+        return (int)(v >= 1 && v <= kResMaxLanes ? v : 0);
+    }();
+    int most = (int)(kResMaxLanes / lanes);
+    if (most > per_group) most = (int)per_group;
+    int want = from_env > 0 ? from_env : (int)(320 / lanes);
+    if (want < 1) want = 1;
+    return want < most ? want : most;
+}
+
+template <typename T>
+static cudaError_t launch_resident(KernelArgs a, int64_t batch, cudaStream_t stream) {
+    const int64_t lanes = (a.seqlen + kResTokens - 1) / kResTokens;
+    const int channels = resident_channels(lanes, a.per_group);
+    a.res_lanes = (int)lanes;
+    a.res_channels = channels;
+    const int n_warps = (int)((channels * lanes + 31) / 32);
+    const int ns = a.dstate <= 8 ? 8 : 16;
+    const size_t smem = resident_smem_bytes(a.seqlen, channels, n_warps, ns);
+    void (*kernel)(KernelArgs) = ns == 8 ? resident_pass<T, 8> : resident_pass<T, 16>;
+    if (smem > 48 * 1024) {  // above the default limit: opt in (a host call, allowed during graph capture)
+        const cudaError_t e =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return e;
+    }
+    const int64_t tiles = (a.per_group + channels - 1) / channels;
+    a.res_tiles = (int)tiles;
+    const dim3 grid((unsigned)(a.n_groups * tiles), (unsigned)batch);
+    kernel<<<grid, dim3(32u * (unsigned)n_warps), smem, stream>>>(a);
+    return cudaGetLastError();
+}
