@@ -18,7 +18,7 @@
 // Included by selective_scan.cu inside namespace vivim_scan (uses its loaders, KernelArgs and fast math).
 
 constexpr int kResTokens = 4;       // tokens per lane
-constexpr int kResMaxLanes = 512;   // blocks of at most 16 warps
+constexpr int kResMaxLanes = 320;   // blocks of at most 10 warps, two per SM (<= 96 registers per thread)
 constexpr int64_t kResMaxLen = 512; // B and C of a whole sequence are staged in shared memory (fp32)
 constexpr int kResRow = 33;         // a warp's fold buffer row (one state): 32 segments + 1 to spread the banks
 
@@ -32,8 +32,10 @@ __host__ __device__ constexpr size_t resident_smem_bytes(int64_t seqlen, int cha
            (size_t)n_warps * (size_t)ns * (size_t)(kResRow + 1) * sizeof(float2);
 }
 
+// Two blocks per SM: 2 x 320 threads x 96 registers. One block per SM (128 registers, no spills) took 9.2 us at
+// stage 4 against 7.3 us with two (a few bytes of spills): the second block hides the first one's serial phases.
 template <typename T, int NS>
-__global__ void __launch_bounds__(kResMaxLanes, 1) resident_pass(const KernelArgs p) {
+__global__ void __launch_bounds__(kResMaxLanes, 2) resident_pass(const KernelArgs p) {
     extern __shared__ __align__(16) float s_resf[];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -69,17 +71,19 @@ __global__ void __launch_bounds__(kResMaxLanes, 1) resident_pass(const KernelArg
     // Stage the group's B and C rows as fp32, converted once per block: items of 16 bytes (8 tokens of a 2-byte
     // type, 4 of fp32), up to 4 per thread loaded before any is stored. Rows past N and tokens past L are zeros.
     {
-        // Thread -> (a fixed 16-byte column j of the rows, rows r0, r0 + step, ...): divisions once per thread.
+        // Thread -> (a fixed 16-byte column of the rows, rows r0, r0 + step, ...): divisions once per thread,
+        // 32-bit offsets from two base pointers.
         constexpr int V = 16 / (int)sizeof(T);
         const int per_row = (int)bc_row / V;  // <= 64
         const int step = (int)blockDim.x / per_row;
         const int r0 = (int)threadIdx.x / per_row;
-        const int j = (int)threadIdx.x - r0 * per_row;
-        const int tok = j * V;
+        const int tok = ((int)threadIdx.x - r0 * per_row) * V;
         const int nvb = (int)(p.seqlen - tok < V ? p.seqlen - tok : V);
+        const int L32 = (int)p.seqlen;  // <= kResMaxLen
         const int64_t gbase = (b * p.n_groups + group) * p.dstate * p.seqlen + tok;
-        const T* Bg = static_cast<const T*>(p.B) + gbase;
-        const T* Cg = static_cast<const T*>(p.C) + gbase;
+        const T* Bt = static_cast<const T*>(p.B) + gbase;
+        const T* Ct = static_cast<const T*>(p.C) + gbase;
+        float* dst0 = s_bc + tok;
         if (r0 < step) {  // threads past step * per_row stay out (step >= 1: a block has at least per_row threads)
             for (int rb = r0; rb < 2 * NS; rb += 4 * step) {
                 RowRaw<T, V> raw[4];
@@ -88,7 +92,7 @@ __global__ void __launch_bounds__(kResMaxLanes, 1) resident_pass(const KernelArg
                     const int r = rb + q * step;
                     const int n = r < NS ? r : r - NS;
                     if (r < 2 * NS && n < p.dstate)
-                        load_raw<T, V>((r < NS ? Bg : Cg) + (int64_t)n * p.seqlen, nvb, vec, raw[q]);
+                        load_raw<T, V>((r < NS ? Bt : Ct) + n * L32, nvb, vec, raw[q]);
                     else
                         zero_raw<T, V>(raw[q]);
                 }
@@ -98,7 +102,7 @@ __global__ void __launch_bounds__(kResMaxLanes, 1) resident_pass(const KernelArg
                     if (r >= 2 * NS) break;
                     float v[V];
                     unpack_raw<T, V>(raw[q], v);
-                    float* dst = s_bc + r * (int)bc_row + tok;
+                    float* dst = dst0 + r * (int)bc_row;
 #pragma unroll
                     for (int k = 0; k < V; k += 4)
                         *reinterpret_cast<float4*>(dst + k) = make_float4(v[k], v[k + 1], v[k + 2], v[k + 3]);
@@ -206,10 +210,10 @@ __global__ void __launch_bounds__(kResMaxLanes, 1) resident_pass(const KernelArg
 
 // Whether a problem takes the resident pass: N <= 16, L <= 512 and at most kResMaxWork (batch * dim * L) tokens.
 // Past that size the GPU is full either way and the chunked passes' lower instruction count per element wins
-// (measured on an H200: 4 x 1024 x 320 took 33.4 vs 30.5 us, 3 x 1024 x 320 ties; benchmarks/kernel_notes.md).
+// (measured on an H200: 4 x 1024 x 512 took 45.5 vs 41.4 us, 8 x 1024 x 320 ties; benchmarks/kernel_notes.md).
 // Size-only, so the choice does not depend on the GPU. VIVIM_SCAN_RESIDENT=0 turns the pass off, =1 takes it
 // wherever it fits regardless of size (tuning, and tests of both paths).
-constexpr int64_t kResMaxWork = (int64_t)1 << 20;
+constexpr int64_t kResMaxWork = (int64_t)3 << 19;  // 1.5 M
 static int resident_mode() {
     static const int mode = [] {
         const char* e = getenv("VIVIM_SCAN_RESIDENT");
@@ -223,8 +227,8 @@ static bool resident_fits(int64_t batch, int64_t dim, int64_t seqlen, int64_t ds
     return mode == 1 || batch * dim * seqlen <= kResMaxWork;
 }
 
-// Channels per block: about 320 lanes (measured best for Vivim's short stages: 1 x 1024 x 320 at 4 channels took
-// 9.2 us against 10.0 at 2 and 12.8 at 1), within one group. VIVIM_SCAN_RES_CPB=n overrides it (tuning).
+// Channels per block: as many as fit 320 lanes, within one group (B and C are staged once per block: at stage 4,
+// 4 channels per block took 7.3 us against 10.3 at 2). VIVIM_SCAN_RES_CPB=n overrides it (tuning).
 static int resident_channels(int64_t lanes, int64_t per_group) {
     static const int from_env = [] {
         const char* e = getenv("VIVIM_SCAN_RES_CPB");
@@ -233,7 +237,7 @@ static int resident_channels(int64_t lanes, int64_t per_group) {
     }();
     int most = (int)(kResMaxLanes / lanes);
     if (most > per_group) most = (int)per_group;
-    int want = from_env > 0 ? from_env : (int)(320 / lanes);
+    int want = from_env > 0 ? from_env : (int)(kResMaxLanes / lanes);
     if (want < 1) want = 1;
     return want < most ? want : most;
 }

@@ -9,7 +9,7 @@
 //      state entering each chunk (in place).
 //   3. chunk pass, FINAL=true: each block rescans its chunk from that state and writes y.
 // A problem with a single chunk runs kernel 3 alone from a zero state (no workspace). Small problems with short
-// sequences (L <= 512, N <= 16, batch * dim * L <= 2^20) take the resident pass instead (resident_pass.cuh).
+// sequences (L <= 512, N <= 16, batch * dim * L <= 1.5 M) take the resident pass instead (resident_pass.cuh).
 //
 // Each channel is handled by K = N/8 lanes of one warp, 8 states per lane in registers; y of a token is the sum
 // of the K lanes' partial sums, added from shared memory by the lane that writes the token. B_t and C_t (shared
