@@ -1,7 +1,8 @@
 """The cached PyTorch extension is rebuilt when any kernel source changes, headers included (no GPU needed).
 
 torch.utils.cpp_extension rebuilds when the listed sources or the compiler flags change; the kernel also includes
-headers (resident_pass.cuh, the C API header), so the binding passes a digest of them as a define.
+headers (resident_pass.cuh, the C API header), so the binding passes a digest of every file of the kernel's
+source and include folders as a define.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def test_header_edits_change_the_build_flags(tmp_path, monkeypatch):
     monkeypatch.setattr(_cuda_ext, "_INCLUDE", inc)
     first = _cuda_ext._kernel_sources_digest()
     assert first == _cuda_ext._kernel_sources_digest()  # stable for unchanged files
-    headers = sorted(src.glob("*.cuh")) + sorted(inc.rglob("*.h"))
-    assert {p.name for p in headers} >= {"resident_pass.cuh", "selective_scan.h"}
+    headers = sorted(p for p in (*src.rglob("*"), *inc.rglob("*")) if p.is_file())
+    assert {p.name for p in headers} >= {"resident_pass.cuh", "selective_scan.cu", "selective_scan.h"}
     seen = {first}
     for header in headers:
         original = header.read_bytes()

@@ -145,7 +145,13 @@ def _cases():
         dict(L=777, dtype=torch.float16, d_inner=40, N=64, G=3, batch=1, has_z=True, has_D=True,
              softplus=True, has_bias=True),  # N = 64 (largest), group boundary inside a warp
         dict(L=20, dtype=torch.bfloat16, d_inner=100, N=16, G=3, batch=2, has_z=True, has_D=True,
-             softplus=True, has_bias=True),  # resident pass: 32 channels per block, a partial last block per group
+             softplus=True, has_bias=True),  # resident pass: 64 channels per block, a partial block (36) per group
+        dict(L=512, dtype=torch.float32, d_inner=40, N=16, G=2, batch=1, has_z=True, has_D=True,
+             softplus=True, has_bias=True),  # resident pass: its largest shared memory (~100 KB), 2 channels/block
+        dict(L=12, dtype=torch.float32, d_inner=24, N=4, G=1, batch=2, has_z=False, has_D=True,
+             softplus=False, has_bias=True),  # resident pass: N < 8, 16-byte fp32 rows with L % 8 == 4
+        dict(L=64, dtype=torch.bfloat16, d_inner=96, N=16, G=1, batch=2, has_z=True, has_D=False,
+             softplus=True, has_bias=False),  # resident pass: bf16 with 16-byte row access
     ]
     return cases + hard
 
@@ -285,6 +291,61 @@ def test_chunked_passes_on_short_sequences():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     passed = re.search(r"(\d+) passed", proc.stdout)
     assert passed is not None and int(passed.group(1)) >= len(short), proc.stdout[-2000:]
+    # ...and with the pass off, a short problem really runs the chunked kernels
+    code = textwrap.dedent("""
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+        from vivim.ops import _cuda_ext
+        x = [torch.randn(1, 64, 320, device="cuda"), torch.rand(1, 64, 320, device="cuda"),
+             -torch.rand(64, 16, device="cuda"), torch.randn(1, 16, 320, device="cuda"),
+             torch.randn(1, 16, 320, device="cuda")]
+        _cuda_ext.selective_scan_cuda(*x)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            _cuda_ext.selective_scan_cuda(*x)
+            torch.cuda.synchronize()
+        print("KERNELS", sorted(ev.key for ev in prof.key_averages()))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "chunk_pass" in proc.stdout and "resident_pass" not in proc.stdout, proc.stdout[-2000:]
+
+
+def _kernel_names(fn) -> set[str]:
+    """Names of the CUDA kernels one call launches (torch profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return {ev.key for ev in prof.key_averages()}
+
+
+def test_path_selection():
+    """Short sequences of small problems take the resident pass; long sequences and large problems the chunked ones."""
+    for (batch, dim, L), resident in (((1, 1024, 320), True), ((1, 256, 2048), False), ((8, 1024, 320), False)):
+        args = make_inputs(batch, dim, L, 16, 1, torch.float16, True, True, True, True, seed=L)
+        names = _kernel_names(lambda: _cuda_ext.selective_scan_cuda(*args, delta_softplus=True))
+        took_resident = any("resident_pass" in k for k in names)
+        took_chunked = any("chunk_pass" in k for k in names)
+        assert (took_resident, took_chunked) == (resident, not resident), ((batch, dim, L), sorted(names))
+
+
+def test_non_finite_channel_stays_in_its_channel():
+    """A NaN input in one channel leaves the other channels of its block exact. Resident pass at L = 320: 80 lanes
+    of 4 tokens per channel, 4 channels per block, so channel 0 ends at lane 15 of warp 2 and channel 1 starts in
+    the same warp; token 281 is in lane 70, in that warp before the boundary."""
+    args = list(make_inputs(1, 16, 320, 16, 1, torch.float32, True, True, True, True, seed=9))
+    u = args[0].clone()
+    u[0, 0, 281] = float("nan")
+    args[0] = u
+    out = _cuda_ext.selective_scan_cuda(*args, delta_softplus=True)
+    ref = reference_f64(*args, delta_softplus=True)
+    assert torch.isnan(out[0, 0, 281:]).all().item() and torch.isfinite(out[0, 0, :281]).all().item()
+    others = list(range(1, 16))
+    assert torch.isfinite(out[:, others]).all().item()
+    assert rel_err(out[:, others], ref[:, others]) <= 1e-5
 
 
 @pytest.mark.parametrize("dim,L", [(256, 5120), (1024, 320)], ids=["chunked", "resident"])

@@ -63,10 +63,12 @@ def _build_tools_present() -> tuple[bool, str]:
 
 
 def _kernel_sources_digest() -> str:
-    """A digest of the kernel's headers, passed as a define: torch rebuilds a cached extension when its sources or
-    flags change, and this makes an edit of an included header count as one."""
+    """A digest of every file of the kernel's source and include folders, passed as a define: torch rebuilds a
+    cached extension when its listed sources or its flags change, and this makes an edit of an included header
+    count as one."""
     digest = hashlib.sha256()
-    for path in sorted(_KERNEL_DIR.glob("*.cuh")) + sorted(_INCLUDE.rglob("*.h")):
+    for path in sorted(p for p in (*_KERNEL_DIR.rglob("*"), *_INCLUDE.rglob("*")) if p.is_file()):
+        digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kResMaxLanes, 2) resident_pass(const KernelArg
         // Thread -> (a fixed 16-byte column of the rows, rows r0, r0 + step, ...): divisions once per thread,
         // 32-bit offsets from two base pointers.
         constexpr int V = 16 / (int)sizeof(T);
-        const int per_row = (int)bc_row / V;  // <= 64
+        const int per_row = (int)bc_row / V;  // <= 64 (2-byte types) or 128 (fp32)
         const int step = (int)blockDim.x / per_row;
         const int r0 = (int)threadIdx.x / per_row;
         const int tok = ((int)threadIdx.x - r0 * per_row) * V;
@@ -160,7 +160,8 @@ __global__ void __launch_bounds__(kResMaxLanes, 2) resident_pass(const KernelArg
 
     // 2. Fold. Lane n of each warp walks state n over the warp's 32 segments, leaving in place the (decay, state)
     //    from the warp's start (or from its channel's start) to each segment's start; then each warp folds the
-    //    aggregates of the warps before it.
+    //    aggregates of the warps before it. A zero decay is a cut: it selects instead of multiplying, so an inf or
+    //    NaN state in one channel cannot reach the next one through 0 * inf (the results are the same otherwise).
     __syncwarp();
     if (lane < NS) {
         float2* row = s_seg + lane * kResRow;
@@ -169,8 +170,9 @@ __global__ void __launch_bounds__(kResMaxLanes, 2) resident_pass(const KernelArg
         for (int s = 0; s < 32; ++s) {
             const float2 v = row[s];
             row[s] = make_float2(Pp, hp);
-            hp = fmaf(v.x, hp, v.y);
-            Pp *= v.x;
+            const bool cut = v.x == 0.f;
+            hp = cut ? v.y : fmaf(v.x, hp, v.y);
+            Pp = cut ? 0.f : Pp * v.x;
         }
         s_agg[warp * NS + lane] = make_float2(Pp, hp);
     }
@@ -180,14 +182,17 @@ __global__ void __launch_bounds__(kResMaxLanes, 2) resident_pass(const KernelArg
 #pragma unroll 4
         for (int w = 0; w < warp; ++w) {
             const float2 v = s_agg[w * NS + lane];
-            carry = fmaf(v.x, carry, v.y);
+            carry = v.x == 0.f ? v.y : fmaf(v.x, carry, v.y);
         }
     }
 
-    // 3. Output: the entering state reaches y through the weights; no exp2 here.
+    // 3. Output: the entering state reaches y through the weights; no exp2 here. A lane whose channel starts in
+    //    this warp takes no carry (the carry belongs to an earlier channel).
+    const bool own_carry = seg > lane;
 #pragma unroll
     for (int n = 0; n < NS; ++n) {
-        const float cn = __shfl_sync(0xffffffffu, carry, n);
+        float cn = __shfl_sync(0xffffffffu, carry, n);
+        if (!own_carry) cn = 0.f;
         const float2 pr = s_seg[n * kResRow + lane];
         const float hin = fmaf(pr.x, cn, pr.y);
 #pragma unroll
@@ -208,25 +213,6 @@ __global__ void __launch_bounds__(kResMaxLanes, 2) resident_pass(const KernelArg
     store_rowM<T, kResTokens>(out, nv, vec, y);
 }
 
-// Whether a problem takes the resident pass: N <= 16, L <= 512 and at most kResMaxWork (batch * dim * L) tokens.
-// Past that size the GPU is full either way and the chunked passes' lower instruction count per element wins
-// (measured on an H200: 4 x 1024 x 512 took 45.5 vs 41.4 us, 8 x 1024 x 320 ties; benchmarks/kernel_notes.md).
-// Size-only, so the choice does not depend on the GPU. VIVIM_SCAN_RESIDENT=0 turns the pass off, =1 takes it
-// wherever it fits regardless of size (tuning, and tests of both paths).
-constexpr int64_t kResMaxWork = (int64_t)3 << 19;  // 1.5 M
-static int resident_mode() {
-    static const int mode = [] {
-        const char* e = getenv("VIVIM_SCAN_RESIDENT");
-        return e == nullptr ? -1 : e[0] == '0' ? 0 : e[0] == '1' ? 1 : -1;
-    }();
-    return mode;
-}
-static bool resident_fits(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate) {
-    const int mode = resident_mode();
-    if (mode == 0 || dstate > 16 || seqlen > kResMaxLen || dim > 0x7fffffff) return false;
-    return mode == 1 || batch * dim * seqlen <= kResMaxWork;
-}
-
 // Channels per block: as many as fit 320 lanes, within one group (B and C are staged once per block: at stage 4,
 // 4 channels per block took 7.3 us against 10.3 at 2). VIVIM_SCAN_RES_CPB=n overrides it (tuning).
 static int resident_channels(int64_t lanes, int64_t per_group) {
@@ -242,24 +228,80 @@ static int resident_channels(int64_t lanes, int64_t per_group) {
     return want < most ? want : most;
 }
 
+// Launch geometry of the resident pass (L <= kResMaxLen, so lanes <= 128 and blocks <= 320 threads).
+struct ResidentPlan {
+    int lanes, channels, n_warps, ns;
+    int64_t tiles;  // blocks per group
+    size_t smem;
+};
+static ResidentPlan plan_resident(int64_t seqlen, int64_t dstate, int64_t per_group) {
+    ResidentPlan r;
+    r.lanes = (int)((seqlen + kResTokens - 1) / kResTokens);
+    r.channels = resident_channels(r.lanes, per_group);
+    r.n_warps = (r.channels * r.lanes + 31) / 32;
+    r.ns = dstate <= 8 ? 8 : 16;
+    r.tiles = (per_group + r.channels - 1) / r.channels;
+    r.smem = resident_smem_bytes(seqlen, r.channels, r.n_warps, r.ns);
+    return r;
+}
+
+// Dynamic shared memory a block may opt in to on the current device, cached per device (a host query, allowed
+// during graph capture). Up to ~100 KB is needed (L = 512, N = 16); a smaller device takes the chunked passes.
+static int resident_smem_limit() {
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 48 * 1024;
+    static int limit_of[64] = {0};  // 0 = unknown; benign race (same value written)
+    if (limit_of[dev] == 0) {
+        int v = 0;
+        if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || v < 48 * 1024)
+            v = 48 * 1024;
+        limit_of[dev] = v;
+    }
+    return limit_of[dev];
+}
+
+// Whether a problem takes the resident pass: N <= 16, L <= 512, at most kResMaxWork (batch * dim * L) tokens, and
+// its shared memory fits the device. Past that size the GPU is full either way and the chunked passes' lower
+// instruction count per element wins (measured on an H200: at L <= 320, 4 x 1024 x 320 took 24.0 vs 30.4 us and
+// 8 x 1024 x 320 ties; at L = 512, 1 x 2048 x 512 took 23.6 vs 25.4 us and 4 x 1024 x 512 45 vs 42 us; see
+// benchmarks/kernel_notes.md). Size-only on a given GPU generation. VIVIM_SCAN_RESIDENT=0 turns the pass off, =1
+// takes it wherever it fits regardless of size (tuning, and tests of both paths).
+static int64_t resident_max_work(int64_t seqlen) { return seqlen <= 320 ? (int64_t)3 << 19 : (int64_t)1 << 20; }
+static int resident_mode() {
+    static const int mode = [] {
+        const char* e = getenv("VIVIM_SCAN_RESIDENT");
+        return e == nullptr ? -1 : e[0] == '0' ? 0 : e[0] == '1' ? 1 : -1;
+    }();
+    return mode;
+}
+static bool resident_fits(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate, int64_t n_groups) {
+    const int mode = resident_mode();
+    if (mode == 0 || dstate > 16 || seqlen > kResMaxLen || dim > 0x7fffffff) return false;
+    if (mode != 1 && batch * dim * seqlen > resident_max_work(seqlen)) return false;
+    return plan_resident(seqlen, dstate, dim / n_groups).smem <= (size_t)resident_smem_limit();
+}
+
 template <typename T>
 static cudaError_t launch_resident(KernelArgs a, int64_t batch, cudaStream_t stream) {
-    const int64_t lanes = (a.seqlen + kResTokens - 1) / kResTokens;
-    const int channels = resident_channels(lanes, a.per_group);
-    a.res_lanes = (int)lanes;
-    a.res_channels = channels;
-    const int n_warps = (int)((channels * lanes + 31) / 32);
-    const int ns = a.dstate <= 8 ? 8 : 16;
-    const size_t smem = resident_smem_bytes(a.seqlen, channels, n_warps, ns);
-    void (*kernel)(KernelArgs) = ns == 8 ? resident_pass<T, 8> : resident_pass<T, 16>;
-    if (smem > 48 * 1024) {  // above the default limit: opt in (a host call, allowed during graph capture)
-        const cudaError_t e =
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return e;
+    const ResidentPlan r = plan_resident(a.seqlen, a.dstate, a.per_group);
+    a.res_lanes = r.lanes;
+    a.res_channels = r.channels;
+    a.res_tiles = (int)r.tiles;
+    void (*kernel)(KernelArgs) = r.ns == 8 ? resident_pass<T, 8> : resident_pass<T, 16>;
+    if (r.smem > 48 * 1024) {
+        // Opt in once per device and kernel, to the device's limit: raising only, so concurrent callers never
+        // lower it under each other.
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return cudaErrorInvalidDevice;
+        static bool raised[2][64] = {};  // benign race: the same call twice
+        if (!raised[r.ns == 16][dev]) {
+            const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                       resident_smem_limit());
+            if (e != cudaSuccess) return e;
+            raised[r.ns == 16][dev] = true;
+        }
     }
-    const int64_t tiles = (a.per_group + channels - 1) / channels;
-    a.res_tiles = (int)tiles;
-    const dim3 grid((unsigned)(a.n_groups * tiles), (unsigned)batch);
-    kernel<<<grid, dim3(32u * (unsigned)n_warps), smem, stream>>>(a);
+    const dim3 grid((unsigned)(a.n_groups * r.tiles), (unsigned)batch);
+    kernel<<<grid, dim3(32u * (unsigned)r.n_warps), r.smem, stream>>>(a);
     return cudaGetLastError();
 }

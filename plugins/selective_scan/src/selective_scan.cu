@@ -9,7 +9,8 @@
 //      state entering each chunk (in place).
 //   3. chunk pass, FINAL=true: each block rescans its chunk from that state and writes y.
 // A problem with a single chunk runs kernel 3 alone from a zero state (no workspace). Small problems with short
-// sequences (L <= 512, N <= 16, batch * dim * L <= 1.5 M) take the resident pass instead (resident_pass.cuh).
+// sequences (L <= 512, N <= 16, batch * dim * L <= 1.5 M, 1 M when L > 320) take the resident pass instead
+// (resident_pass.cuh).
 //
 // Each channel is handled by K = N/8 lanes of one warp, 8 states per lane in registers; y of a token is the sum
 // of the K lanes' partial sums, added from shared memory by the lane that writes the token. B_t and C_t (shared
@@ -802,7 +803,7 @@ extern "C" cudaError_t vivim_selective_scan_fwd(const vivim_scan_params_t* param
     if (!q.u || !q.delta || !q.A || !q.B || !q.C || !q.out) return cudaErrorInvalidValue;
     if (q.dtype != VIVIM_DTYPE_F32 && q.dtype != VIVIM_DTYPE_F16 && q.dtype != VIVIM_DTYPE_BF16)
         return cudaErrorInvalidValue;
-    const bool resident = resident_fits(q.batch, q.dim, q.seqlen, q.dstate);
+    const bool resident = resident_fits(q.batch, q.dim, q.seqlen, q.dstate, q.n_groups);
     const Geometry g = make_geometry(q.batch, q.dim, q.seqlen, q.dstate, q.n_groups);
     if (q.n_groups * g.tiles_per_group > 0x7fffffff) return cudaErrorInvalidValue;
     const size_t need = resident ? 0 : workspace_bytes_for(q.batch, q.dim, q.seqlen, q.dstate, g);
