@@ -221,11 +221,9 @@ static int resident_channels(int64_t lanes, int64_t per_group) {
         const long v = e != nullptr ? strtol(e, nullptr, 10) : 0;
         return (int)(v >= 1 && v <= kResMaxLanes ? v : 0);
     }();
-    int most = (int)(kResMaxLanes / lanes);
+    int most = (int)(kResMaxLanes / lanes);  // >= 2: lanes <= 128
     if (most > per_group) most = (int)per_group;
-    int want = from_env > 0 ? from_env : (int)(kResMaxLanes / lanes);
-    if (want < 1) want = 1;
-    return want < most ? want : most;
+    return from_env > 0 && from_env < most ? from_env : most;
 }
 
 // Launch geometry of the resident pass (L <= kResMaxLen, so lanes <= 128 and blocks <= 320 threads).
@@ -245,23 +243,15 @@ static ResidentPlan plan_resident(int64_t seqlen, int64_t dstate, int64_t per_gr
     return r;
 }
 
-// Dynamic shared memory a block may opt in to on the current device, cached per device (a host query, allowed
-// during graph capture). Up to ~100 KB is needed (L = 512, N = 16); a smaller device takes the chunked passes.
-static int resident_smem_limit() {
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 48 * 1024;
-    static int limit_of[64] = {0};  // 0 = unknown; benign race (same value written)
-    if (limit_of[dev] == 0) {
-        int v = 0;
-        if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || v < 48 * 1024)
-            v = 48 * 1024;
-        limit_of[dev] = v;
-    }
-    return limit_of[dev];
+// Dynamic shared memory a block may opt in to on device `dev` (at least the default 48 KB). Up to ~100 KB is needed
+// (L = 512, N = 16); a smaller device takes the chunked passes.
+static int resident_smem_limit(int dev) {
+    const int v = device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(dev, 48 * 1024);
+    return v > 48 * 1024 ? v : 48 * 1024;
 }
 
-// Whether a problem takes the resident pass: N <= 16, L <= 512, at most kResMaxWork (batch * dim * L) tokens, and
-// its shared memory fits the device. Past that size the GPU is full either way and the chunked passes' lower
+// Whether a problem takes the resident pass (and its plan): N <= 16, L <= 512, at most resident_max_work(L) tokens
+// (batch * dim * L), and its shared memory fits the device. Past that size the GPU is full either way and the chunked passes' lower
 // instruction count per element wins (measured on an H200: at L <= 320, 4 x 1024 x 320 took 24.0 vs 30.4 us and
 // 8 x 1024 x 320 ties; at L = 512, 1 x 2048 x 512 took 23.6 vs 25.4 us and 4 x 1024 x 512 45 vs 42 us; see
 // benchmarks/kernel_notes.md). Size-only on a given GPU generation. VIVIM_SCAN_RESIDENT=0 turns the pass off, =1
@@ -274,29 +264,30 @@ static int resident_mode() {
     }();
     return mode;
 }
-static bool resident_fits(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate, int64_t n_groups) {
+static bool resident_fits(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate, int64_t n_groups,
+                          ResidentPlan* plan) {
     const int mode = resident_mode();
     if (mode == 0 || dstate > 16 || seqlen > kResMaxLen || dim > 0x7fffffff) return false;
     if (mode != 1 && batch * dim * seqlen > resident_max_work(seqlen)) return false;
-    return plan_resident(seqlen, dstate, dim / n_groups).smem <= (size_t)resident_smem_limit();
+    *plan = plan_resident(seqlen, dstate, dim / n_groups);
+    return plan->smem <= (size_t)resident_smem_limit(current_device());
 }
 
 template <typename T>
-static cudaError_t launch_resident(KernelArgs a, int64_t batch, cudaStream_t stream) {
-    const ResidentPlan r = plan_resident(a.seqlen, a.dstate, a.per_group);
+static cudaError_t launch_resident(KernelArgs a, const ResidentPlan& r, int64_t batch, cudaStream_t stream) {
     a.res_lanes = r.lanes;
     a.res_channels = r.channels;
     a.res_tiles = (int)r.tiles;
     void (*kernel)(KernelArgs) = r.ns == 8 ? resident_pass<T, 8> : resident_pass<T, 16>;
     if (r.smem > 48 * 1024) {
         // Opt in once per device and kernel, to the device's limit: raising only, so concurrent callers never
-        // lower it under each other.
-        int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return cudaErrorInvalidDevice;
+        // lower it under each other. resident_fits() checked the plan against that limit.
+        const int dev = current_device();
+        if (dev < 0) return cudaErrorInvalidDevice;
         static bool raised[2][64] = {};  // benign race: the same call twice
         if (!raised[r.ns == 16][dev]) {
             const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                       resident_smem_limit());
+                                                       resident_smem_limit(dev));
             if (e != cudaSuccess) return e;
             raised[r.ns == 16][dev] = true;
         }

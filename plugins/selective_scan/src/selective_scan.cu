@@ -15,9 +15,9 @@
 // Each channel is handled by K = N/8 lanes of one warp, 8 states per lane in registers; y of a token is the sum
 // of the K lanes' partial sums, added from shared memory by the lane that writes the token. B_t and C_t (shared
 // by every channel of a group) are staged per 16-token tile in shared memory and read as 16-byte broadcasts; each
-// lane stages its slice of its channel's row with 16-byte loads. Softplus runs once (kernel 1 caches dt for kernel 3), the next tile's loads are in flight during the
-// current one, and a tile costs one block barrier; problems with at most 8 chunks skip the carry pass (kernel 3
-// folds the chunk states itself).
+// lane stages its slice of its channel's row with 16-byte loads. Softplus runs once (kernel 1 caches dt for
+// kernel 3), the next tile's loads are in flight during the current one, and a tile costs one block barrier;
+// problems with at most 8 chunks skip the carry pass (kernel 3 folds the chunk states itself).
 // Kernels 2 and 3 use programmatic dependent launch on sm_90+ (they overlap their launch and first staging with
 // the kernel before them). The cost is dominated by the exp2 per (channel, state, token) on the special-function
 // unit, twice (kernels 1 and 3). Measured numbers and the analysis: benchmarks/kernel_notes.md.
@@ -679,26 +679,35 @@ chunk_pass(const KernelArgs p) {
     }
 }
 
+// The current device, or -1 (also for ids past the 64 slots of the caches below).
+static int current_device() {
+    int dev = 0;
+    return cudaGetDevice(&dev) == cudaSuccess && dev >= 0 && dev < 64 ? dev : -1;
+}
+
+// Attribute A of device `dev` (from current_device()), queried once and cached; `fallback` when it is unknown or
+// the query fails. A host call, allowed while a stream is being captured.
+template <cudaDeviceAttr A>
+static int device_attribute(int dev, int fallback) {
+    if (dev < 0) return fallback;
+    static int value_of[64] = {0};  // 0 = not queried yet, -1 = failed; benign race (same value written)
+    if (value_of[dev] == 0) {
+        int v = 0;
+        value_of[dev] = cudaDeviceGetAttribute(&v, A, dev) == cudaSuccess && v > 0 ? v : -1;
+    }
+    return value_of[dev] > 0 ? value_of[dev] : fallback;
+}
+
 #include "resident_pass.cuh"  // one kernel, one exp2 per element, for short sequences (L <= 512, N <= 16)
 
 // Programmatic dependent launch for kernels 2 and 3 (they overlap their launch, prologue and first staging
-// with their predecessor) on sm_90+; VIVIM_SCAN_PDL=0 turns it off. The device query is a host call, allowed
-// while a stream is being captured.
+// with their predecessor) on sm_90+; VIVIM_SCAN_PDL=0 turns it off.
 static bool pdl_enabled() {
     static const bool env_on = [] {
         const char* e = getenv("VIVIM_SCAN_PDL");
         return !(e != nullptr && e[0] == '0');
     }();
-    if (!env_on) return false;
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
-    static int major_of[64] = {0};  // 0 = unknown; benign race (same value written)
-    if (major_of[dev] == 0) {
-        int major = 0;
-        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-        major_of[dev] = major > 0 ? major : -1;
-    }
-    return major_of[dev] >= 9;
+    return env_on && device_attribute<cudaDevAttrComputeCapabilityMajor>(current_device(), 0) >= 9;
 }
 
 template <typename... KArgs, typename... Args>
@@ -803,7 +812,8 @@ extern "C" cudaError_t vivim_selective_scan_fwd(const vivim_scan_params_t* param
     if (!q.u || !q.delta || !q.A || !q.B || !q.C || !q.out) return cudaErrorInvalidValue;
     if (q.dtype != VIVIM_DTYPE_F32 && q.dtype != VIVIM_DTYPE_F16 && q.dtype != VIVIM_DTYPE_BF16)
         return cudaErrorInvalidValue;
-    const bool resident = resident_fits(q.batch, q.dim, q.seqlen, q.dstate, q.n_groups);
+    ResidentPlan plan;
+    const bool resident = resident_fits(q.batch, q.dim, q.seqlen, q.dstate, q.n_groups, &plan);
     const Geometry g = make_geometry(q.batch, q.dim, q.seqlen, q.dstate, q.n_groups);
     if (q.n_groups * g.tiles_per_group > 0x7fffffff) return cudaErrorInvalidValue;
     const size_t need = resident ? 0 : workspace_bytes_for(q.batch, q.dim, q.seqlen, q.dstate, g);
@@ -856,9 +866,9 @@ extern "C" cudaError_t vivim_selective_scan_fwd(const vivim_scan_params_t* param
     }
     if (resident) {
         switch (q.dtype) {
-            case VIVIM_DTYPE_F32: return launch_resident<float>(a, q.batch, stream);
-            case VIVIM_DTYPE_F16: return launch_resident<__half>(a, q.batch, stream);
-            default: return launch_resident<__nv_bfloat16>(a, q.batch, stream);
+            case VIVIM_DTYPE_F32: return launch_resident<float>(a, plan, q.batch, stream);
+            case VIVIM_DTYPE_F16: return launch_resident<__half>(a, plan, q.batch, stream);
+            default: return launch_resident<__nv_bfloat16>(a, plan, q.batch, stream);
         }
     }
     switch (q.dtype) {
