@@ -25,12 +25,12 @@ from vivim.ops.reference import check_shapes
 
 _EXT_NAME = "vivim_selective_scan_ext"
 _REPO_PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+_KERNEL_DIR = _REPO_PLUGINS / "selective_scan" / "src"
+_INCLUDE = _REPO_PLUGINS / "selective_scan" / "include"
 _SOURCES = (
     _REPO_PLUGINS / "torch_binding" / "selective_scan_binding.cpp",
-    _REPO_PLUGINS / "selective_scan" / "src" / "selective_scan.cu",
+    _KERNEL_DIR / "selective_scan.cu",
 )
-_INCLUDE = _REPO_PLUGINS / "selective_scan" / "include"
-_KERNEL_DIR = _REPO_PLUGINS / "selective_scan" / "src"
 
 _lock = threading.Lock()
 _module: Optional[ModuleType] = None
