@@ -10,11 +10,11 @@
 //      W = C_t[n] * (product of the decays since its first token): how the state entering the segment reaches
 //      y_t. It publishes the segment's (decay, end state) per state; a channel's last segment publishes (0, 0),
 //      so that no fold crosses into the next channel.
-//   2. The segments are folded in sequence order (deterministic): in each warp by one lane per state, walking the
-//      32 segments through shared memory; then each warp folds the aggregates of the warps before it (one block
-//      barrier).
+//   2. The segments are folded in sequence order (deterministic): in each warp, lane (state n, part q) walks
+//      state n over the warp's part q of NS segments through shared memory, the parts are combined in order by
+//      shuffles, then each warp folds the aggregates of the warps before it (one block barrier).
 //   3. y_t += sum_n W_t[n] * h_in[n], one FMA per (token, state) and no exp2; then D * u and the silu(z) gate.
-// Measured against the chunked passes: benchmarks/kernel_notes.md (sixth session).
+// Measured against the chunked passes: benchmarks/kernel_notes.md (sixth and seventh sessions).
 // Included by selective_scan.cu inside namespace vivim_scan (uses its loaders, KernelArgs and fast math).
 
 constexpr int kResTokens = 4;       // tokens per lane
@@ -158,40 +158,56 @@ __global__ void __launch_bounds__(kResMaxLanes, 2) resident_pass(const KernelArg
         s_seg[n * kResRow + lane] = last_seg ? make_float2(0.f, 0.f) : make_float2(P, h);
     }
 
-    // 2. Fold. Lane n of each warp walks state n over the warp's 32 segments, leaving in place the (decay, state)
-    //    from the warp's start (or from its channel's start) to each segment's start; then each warp folds the
-    //    aggregates of the warps before it. A zero decay is a cut: it selects instead of multiplying, so an inf or
-    //    NaN state in one channel cannot reach the next one through 0 * inf (the results are the same otherwise).
+    // 2. Fold, in sequence order. Each warp's 32 segments are cut into 32 / NS parts of NS segments; lane
+    //    (state n, part q) walks state n over part q, leaving in place the (decay, state) from the part's start (or
+    //    from its channel's start) to each segment's start. The parts are combined in order through shuffles, and
+    //    each warp then folds the aggregates of the warps before it (one block barrier). A zero decay is a cut: it
+    //    selects instead of multiplying, so an inf or NaN state in one channel cannot reach the next one through
+    //    0 * inf (the results are the same otherwise). All 32 lanes walk: NS steps each instead of 32 for NS lanes.
+    const int fn = lane % NS;  // the fold's state
+    const int fq = lane / NS;  // the fold's part: segments fq * NS .. fq * NS + NS - 1 of the warp
     __syncwarp();
-    if (lane < NS) {
-        float2* row = s_seg + lane * kResRow;
-        float Pp = 1.f, hp = 0.f;
+    float Pp = 1.f, hp = 0.f;
+    {
+        float2* row = s_seg + fn * kResRow + fq * NS;
 #pragma unroll
-        for (int s = 0; s < 32; ++s) {
+        for (int s = 0; s < NS; ++s) {
             const float2 v = row[s];
             row[s] = make_float2(Pp, hp);
             const bool cut = v.x == 0.f;
             hp = cut ? v.y : fmaf(v.x, hp, v.y);
             Pp = cut ? 0.f : Pp * v.x;
         }
-        s_agg[warp * NS + lane] = make_float2(Pp, hp);
     }
-    __syncthreads();
-    float carry = 0.f;  // lane n < NS: state n entering this warp
-    if (lane < NS) {
-#pragma unroll 4
-        for (int w = 0; w < warp; ++w) {
-            const float2 v = s_agg[w * NS + lane];
-            carry = v.x == 0.f ? v.y : fmaf(v.x, carry, v.y);
+    // The parts before this one, folded in order: (decay, state) from the warp's start to this part's start.
+    float Ppre = 1.f, hpre = 0.f;
+#pragma unroll
+    for (int r = 0; r < 32 / NS - 1; ++r) {
+        const float Pr = __shfl_sync(0xffffffffu, Pp, fn + r * NS);
+        const float hr = __shfl_sync(0xffffffffu, hp, fn + r * NS);
+        if (r < fq) {
+            hpre = Pr == 0.f ? hr : fmaf(Pr, hpre, hr);
+            Ppre = Pr == 0.f ? 0.f : Ppre * Pr;
         }
     }
+    if (fq == 32 / NS - 1)
+        s_agg[warp * NS + fn] = Pp == 0.f ? make_float2(0.f, hp) : make_float2(Ppre * Pp, fmaf(Pp, hpre, hp));
+    __syncthreads();
+    float carry = 0.f;  // state fn entering this warp
+#pragma unroll 4
+    for (int w = 0; w < warp; ++w) {
+        const float2 v = s_agg[w * NS + fn];
+        carry = v.x == 0.f ? v.y : fmaf(v.x, carry, v.y);
+    }
+    const float part_in = Ppre == 0.f ? hpre : fmaf(Ppre, carry, hpre);  // state fn entering part fq
 
     // 3. Output: the entering state reaches y through the weights; no exp2 here. A lane whose channel starts in
-    //    this warp takes no carry (the carry belongs to an earlier channel).
-    const bool own_carry = seg > lane;
+    //    its part takes no carry (the carry belongs to an earlier channel).
+    const bool own_carry = seg > lane % NS;
+    const int part_lane = lane & ~(NS - 1);  // lane (state 0, this lane's part)
 #pragma unroll
     for (int n = 0; n < NS; ++n) {
-        float cn = __shfl_sync(0xffffffffu, carry, n);
+        float cn = __shfl_sync(0xffffffffu, part_in, part_lane + n);
         if (!own_carry) cn = 0.f;
         const float2 pr = s_seg[n * kResRow + lane];
         const float hin = fmaf(pr.x, cn, pr.y);
