@@ -207,7 +207,7 @@ def build_metadata(
 ) -> dict[str, str]:
     """metadata_props (all strings; JSON for structured values) read back by `check`, `trt` and `vivim-run`."""
     from vivim.checkpoint import file_sha256
-    from vivim.constants import IMAGENET_MEAN, IMAGENET_STD
+    from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, resize_from_metadata
 
     normalization = metadata.get("normalization") or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     return {
@@ -215,6 +215,7 @@ def build_metadata(
         "frames": str(frames),
         "img_size": json.dumps([int(size[0]), int(size[1])]),
         "normalization": json.dumps(normalization),
+        "resize": resize_from_metadata(metadata.get("resize")),
         "output_frame": output_frame,
         "precision": "fp16" if fp16 else "fp32",
         "input_layout": "NTCHW, RGB, float, (x/255 - mean) / std",

@@ -15,7 +15,7 @@ import numpy as np
 
 from vivim.errors import VivimError
 from vivim.runtime.backends import metadata_int, output_index_from_metadata, select_output
-from vivim.runtime.preprocess import Normalization, preprocess
+from vivim.runtime.preprocess import Normalization, choose_resize, preprocess
 
 _NP_OF_ORT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -28,7 +28,7 @@ class OrtBackend:
         path: str,
         *,
         device: str = "auto",
-        interpolation: str = "area",
+        interpolation: Optional[str] = None,
         log: Callable[[str], None] = print,
     ) -> None:
         if not os.path.isfile(path):
@@ -54,9 +54,9 @@ class OrtBackend:
         self.session = create_session(path, providers)
         self.device = device
         self.source = path
-        self.interpolation = interpolation
 
         meta: Dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.interpolation = choose_resize(interpolation, meta.get("resize"), f"--onnx {path}", log)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise VivimError(f"--onnx {path}: expected one input (1, T, 3, H, W), found {len(inputs)}")
@@ -98,6 +98,7 @@ class OrtBackend:
             "device": self.device,
             "model": self.source,
             "precision": self.precision,
+            "resize": self.interpolation,
             "providers": list(self.providers),
             "onnxruntime": ort.__version__,
         }

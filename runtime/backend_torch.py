@@ -20,8 +20,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 import numpy as np
 import torch
 
+from vivim.constants import TRAIN_RESIZE
 from vivim.errors import VivimError
-from vivim.runtime.preprocess import Normalization, resize_rgb
+from vivim.runtime.preprocess import Normalization, choose_resize, resize_rgb
 from vivim.runtime.resample import DeviceResizer
 
 
@@ -53,7 +54,7 @@ class TorchBackend:
         compile: bool = False,
         stream_cache: bool = True,
         threads: Optional[int] = None,
-        interpolation: str = "area",
+        interpolation: str = TRAIN_RESIZE,
         source: str = "model",
         log: Callable[[str], None] = print,
     ) -> None:
@@ -110,6 +111,8 @@ class TorchBackend:
 
         model, metadata = vivim.load_checkpoint(checkpoint, map_location="cpu")
         norm = Normalization.from_metadata(metadata.get("normalization"))
+        kwargs["interpolation"] = choose_resize(kwargs.get("interpolation"), metadata.get("resize"),
+                                                f"--checkpoint {checkpoint}", kwargs.get("log", print))
         return cls(model, normalization=norm, source=checkpoint, **kwargs)
 
     # -- interface ---------------------------------------------------------------------------------------------
@@ -179,6 +182,7 @@ class TorchBackend:
             "cuda_graph": self.cuda_graph,
             "compiled": self.compiled,
             "stream_cache": self.stream_cache,
+            "resize": self.interpolation,
             "scan_impl": scan,
             "torch": torch.__version__,
             "threads": torch.get_num_threads() if self._device.type == "cpu" else None,

@@ -27,7 +27,7 @@ import numpy as np
 
 from vivim.errors import VivimError
 from vivim.runtime.backends import output_index_from_metadata, select_output
-from vivim.runtime.preprocess import Normalization, normalize_chw, resize_rgb
+from vivim.runtime.preprocess import Normalization, choose_resize, normalize_chw, resize_rgb
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class TensorRTBackend:
         *,
         device: str = "auto",
         plugin: Optional[str] = None,
-        interpolation: str = "area",
+        interpolation: Optional[str] = None,
         log: Callable[[str], None] = print,
     ) -> None:
         index = _device_index(device)
@@ -99,7 +99,8 @@ class TensorRTBackend:
             raise
         self.device = f"cuda:{index} ({gpu.name})"
         self.source = str(path)
-        self.interpolation = interpolation
+        self.interpolation = choose_resize(interpolation, (sidecar.get("model") or {}).get("resize"),
+                                           f"--engine {engine_path}", log)
         self.plugin_path = str(plugin_path)
         self.trt_version = str(trt.__version__)
         self._log = log
@@ -185,6 +186,7 @@ class TensorRTBackend:
             "device": self.device,
             "model": self.source,
             "precision": self.precision,
+            "resize": self.interpolation,
             "plugin": self.plugin_path,
             "tensorrt": self.trt_version,
         }

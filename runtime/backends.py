@@ -40,8 +40,11 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def create_backend(cfg, interpolation: str = "area", log=print) -> Backend:  # cfg: config.BackendConfig
-    """The backend named by the config (--checkpoint, --onnx or --engine), loaded and ready for `prepare`."""
+def create_backend(cfg, interpolation: Optional[str] = None, log=print) -> Backend:  # cfg: config.BackendConfig
+    """The backend named by the config (--checkpoint, --onnx or --engine), loaded and ready for `prepare`.
+    `interpolation`: the resize filter, or None (or "model") for the one the model was trained with."""
+    if interpolation == "model":
+        interpolation = None
     if cfg.kind == "checkpoint":
         from vivim.runtime.backend_torch import TorchBackend
 

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from vivim.constants import RESIZE_FILTERS
 from vivim.errors import VivimError
 
 SOURCE_KINDS = ("camera", "video", "frames", "gst")
@@ -36,7 +37,8 @@ class SourceConfig:
 
 @dataclass
 class PreprocessConfig:
-    interpolation: str = "area"  # area | linear: downscaling filter for the model input
+    interpolation: str = "model"  # model | area | linear: resize filter for the model input (model = the one it
+    # was trained with, from its checkpoint, ONNX or engine metadata)
 
 
 @dataclass
@@ -127,8 +129,10 @@ class RunConfig:
             raise VivimError(f"--max-frames must be at least 1, got {s.max_frames}")
         if self.sink.save is not None and not self.sink.save.lower().endswith((".mp4", ".avi", ".mkv")):
             raise VivimError(f"--save {self.sink.save}: use a .mp4 (or .avi/.mkv) file name")
-        if self.preprocess.interpolation not in ("area", "linear"):
-            raise VivimError(f"preprocess.interpolation must be 'area' or 'linear', got {self.preprocess.interpolation!r}")
+        if self.preprocess.interpolation not in ("model", *RESIZE_FILTERS):
+            raise VivimError(
+                f"preprocess.interpolation must be 'model', 'area' or 'linear', got {self.preprocess.interpolation!r}"
+            )
 
 
 def load_yaml(path: str) -> dict[str, dict[str, Any]]:

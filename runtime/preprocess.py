@@ -1,6 +1,7 @@
 """Frame preprocessing with OpenCV/NumPy only (the TensorRT and ONNX Runtime paths run without torch).
 
-A frame is resized to the model's input size, converted BGR -> RGB, scaled to [0, 1] and normalised with the
+A frame is resized to the model's input size with the filter the model was trained with (recorded in its
+metadata; `preprocess.interpolation` overrides it), converted BGR -> RGB, scaled to [0, 1] and normalised with the
 checkpoint's mean/std (ImageNet by default), channels first: (3, H, W). Done once per frame; the ring keeps it.
 The PyTorch backend on CUDA resizes on the GPU instead, at most a level apart from these values (resample.py).
 """
@@ -8,11 +9,11 @@ The PyTorch backend on CUDA resizes on the GPU instead, at most a level apart fr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vivim.constants import IMAGENET_MEAN, IMAGENET_STD
+from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE, resize_from_metadata
 
 import cv2  # noqa: E402  (after numpy; sources.py silences OpenCV's logging)
 
@@ -33,7 +34,19 @@ class Normalization:
 _INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
 
-def resize_rgb(image_bgr: np.ndarray, size: "int | Sequence[int]", interpolation: str = "area") -> np.ndarray:
+def choose_resize(requested: Optional[str], recorded: object, source: str, log: Callable[[str], None] = print) -> str:
+    """The filter a backend resizes frames with: `requested` (the run config), or None for the model's own
+    (`recorded`, from its metadata). A different filter than the model's is allowed, with a note: it shifts the
+    input's pixels away from what the model saw in training."""
+    trained = resize_from_metadata(recorded)
+    if requested is None:
+        return trained
+    if requested != trained:
+        log(f"note: {source} was trained on '{trained}'-resized frames; resizing with '{requested}' as configured")
+    return requested
+
+
+def resize_rgb(image_bgr: np.ndarray, size: "int | Sequence[int]", interpolation: str = TRAIN_RESIZE) -> np.ndarray:
     """BGR uint8 (h, w, 3) -> RGB uint8 (H, W, 3) at the model's input size (uint8 keeps the upload small)."""
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if image_bgr.shape[:2] != (height, width):
@@ -54,7 +67,7 @@ def preprocess(
     image_bgr: np.ndarray,
     size: "int | Sequence[int]",
     norm: Normalization = Normalization(),
-    interpolation: str = "area",
+    interpolation: str = TRAIN_RESIZE,
     dtype: "np.dtype | type" = np.float32,
 ) -> np.ndarray:
     return normalize_chw(resize_rgb(image_bgr, size, interpolation), norm, dtype)

@@ -354,6 +354,64 @@ def test_onnx_runtime_backend_without_torch_matches_pytorch(tmp_path, onnx_model
         assert (a != b).mean() < 0.002, k  # pixels right at the threshold may flip
 
 
+def _training_input(frame_bgr, size):
+    """What vivim-train feeds the model for one frame: the dataset's resize, then its normalisation."""
+    from vivim.data.transforms import normalise, resize_frame
+
+    rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+    return normalise(resize_frame(rgb, size)[None])[0]
+
+
+def test_runtime_resizes_frames_as_in_training(checkpoint):
+    """The checkpoint records the training resize filter and the runtime uses it unless told otherwise, so a frame
+    reaches the network with the same values as in training; another filter is allowed, with a note."""
+    from vivim.checkpoint import read_metadata
+    from vivim.constants import TRAIN_RESIZE
+    from vivim.runtime.backend_torch import TorchBackend
+
+    assert read_metadata(checkpoint)["resize"] == TRAIN_RESIZE
+    frame = np.random.default_rng(11).integers(0, 256, size=(45, 70, 3), dtype=np.uint8)  # not a square, downscaled
+    expected = _training_input(frame, 32)
+    notes = []
+    # without the stream cache, preprocess() returns the frame as the network receives it
+    backend = TorchBackend.from_checkpoint(checkpoint, device="cpu", stream_cache=False, log=notes.append)
+    assert backend.interpolation == TRAIN_RESIZE and backend.describe()["resize"] == TRAIN_RESIZE and not notes
+    np.testing.assert_allclose(backend.preprocess(frame).numpy(), expected, atol=1e-5)
+
+    other = "area" if TRAIN_RESIZE == "linear" else "linear"
+    backend = TorchBackend.from_checkpoint(checkpoint, device="cpu", stream_cache=False, interpolation=other,
+                                           log=notes.append)
+    assert backend.interpolation == other and len(notes) == 1 and checkpoint in notes[0] and other in notes[0]
+    assert np.abs(backend.preprocess(frame).numpy() - expected).max() > 0.05  # the filters really differ here
+
+
+def test_exported_models_carry_the_resize_filter(onnx_model):
+    import onnx
+
+    from vivim.constants import TRAIN_RESIZE
+    from vivim.runtime.backend_ort import OrtBackend
+
+    props = {p.key: p.value for p in onnx.load(onnx_model, load_external_data=False).metadata_props}
+    assert props["resize"] == TRAIN_RESIZE
+    backend = OrtBackend(onnx_model, device="cpu", log=lambda m: None)
+    assert backend.interpolation == TRAIN_RESIZE and backend.describe()["resize"] == TRAIN_RESIZE
+    frame = np.random.default_rng(12).integers(0, 256, size=(45, 70, 3), dtype=np.uint8)
+    np.testing.assert_allclose(backend.preprocess(frame), _training_input(frame, 32), atol=1e-5)
+
+
+def test_models_without_a_recorded_filter_get_the_training_one():
+    from vivim.constants import TRAIN_RESIZE, resize_from_metadata
+    from vivim.runtime.preprocess import choose_resize
+
+    assert resize_from_metadata(None) == TRAIN_RESIZE and resize_from_metadata("bicubic") == TRAIN_RESIZE
+    assert resize_from_metadata("area") == "area" and resize_from_metadata("linear") == "linear"
+    notes = []
+    assert choose_resize(None, None, "--onnx old.onnx", notes.append) == TRAIN_RESIZE and not notes
+    assert choose_resize("area", "area", "--onnx m.onnx", notes.append) == "area" and not notes
+    assert choose_resize("linear", "area", "--onnx m.onnx", notes.append) == "linear"
+    assert notes == ["note: --onnx m.onnx was trained on 'area'-resized frames; resizing with 'linear' as configured"]
+
+
 def test_onnx_backend_logits_match_pytorch(onnx_model, checkpoint):
     from vivim.runtime.backend_ort import OrtBackend
     from vivim.runtime.backend_torch import TorchBackend

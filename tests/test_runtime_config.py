@@ -36,6 +36,12 @@ def test_defaults_need_an_input_and_a_model():
         RunConfig.build(None, {"source": BASE["source"]})
     cfg = RunConfig.build(None, BASE)
     assert cfg.backend.output_frame == "centre" and cfg.backend.device == "auto"
+    assert cfg.preprocess.interpolation == "model"  # the filter the model was trained with
+
+
+def test_unknown_resize_filter_is_rejected():
+    with pytest.raises(VivimError, match="preprocess.interpolation must be 'model', 'area' or 'linear', got 'cubic'"):
+        RunConfig.build(None, {**BASE, "preprocess": {"interpolation": "cubic"}})
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from vivim import __version__
 from vivim.atomic import atomic_path
-from vivim.constants import IMAGENET_MEAN, IMAGENET_STD
+from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE
 from vivim.errors import CheckpointError
 
 if TYPE_CHECKING:  # torch stays out of `import vivim.checkpoint` for metadata-only readers
@@ -90,6 +90,7 @@ def save_checkpoint(model: "VivimModel", path: PathLike, **metadata: Any) -> Pat
         "frames": config.frames,
         "img_size": config.img_size,
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "resize": TRAIN_RESIZE,  # the filter frames were resized with in training; vivim-run uses it by default
         "package_version": __version__,
         **metadata,
         "config": config.to_dict(),

@@ -4,6 +4,18 @@
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# Resize filters for frames going into the model. vivim-train resizes with TRAIN_RESIZE and records it in each
+# checkpoint ("resize"); export carries it into the ONNX and engine metadata, and vivim-run uses it by default, so a
+# model sees the same kind of pixels at run time as in training.
+RESIZE_FILTERS = ("area", "linear")
+TRAIN_RESIZE = "linear"
+
+
+def resize_from_metadata(value: object) -> str:
+    """The resize filter recorded with a model (checkpoint, ONNX or engine metadata). Models exported before it was
+    recorded were trained with the same filter as today ("linear")."""
+    return value if isinstance(value, str) and value in RESIZE_FILTERS else TRAIN_RESIZE
+
 # Which frame of a T-frame clip a prediction belongs to.
 OUTPUT_FRAMES = ("centre", "newest")
 

@@ -12,15 +12,18 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from vivim.constants import IMAGENET_MEAN, IMAGENET_STD
+from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE
+
+_CV2_FILTER = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
 _SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0  # PIL's ImageFilter.SMOOTH
 
 
 def resize_frame(image: np.ndarray, size: int) -> np.ndarray:
+    """The training (and evaluation) resize; checkpoints record its filter so that vivim-run resizes alike."""
     if image.shape[0] == size and image.shape[1] == size:
         return image
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(image, (size, size), interpolation=_CV2_FILTER[TRAIN_RESIZE])
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
