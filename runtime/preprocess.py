@@ -31,7 +31,7 @@ class Normalization:
         return cls()
 
 
-_INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
+CV2_FILTERS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}  # OpenCV flag of each resize filter
 
 
 def choose_resize(requested: Optional[str], recorded: object, source: str, log: Callable[[str], None] = print) -> str:
@@ -50,7 +50,7 @@ def resize_rgb(image_bgr: np.ndarray, size: "int | Sequence[int]", interpolation
     """BGR uint8 (h, w, 3) -> RGB uint8 (H, W, 3) at the model's input size (uint8 keeps the upload small)."""
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if image_bgr.shape[:2] != (height, width):
-        image_bgr = cv2.resize(image_bgr, (width, height), interpolation=_INTERPOLATION[interpolation])
+        image_bgr = cv2.resize(image_bgr, (width, height), interpolation=CV2_FILTERS[interpolation])
     return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
 
 

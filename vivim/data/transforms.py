@@ -13,8 +13,7 @@ import cv2
 import numpy as np
 
 from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE
-
-_CV2_FILTER = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
+from vivim.runtime.preprocess import CV2_FILTERS
 
 _SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0  # PIL's ImageFilter.SMOOTH
 
@@ -23,7 +22,7 @@ def resize_frame(image: np.ndarray, size: int) -> np.ndarray:
     """The training (and evaluation) resize; checkpoints record its filter so that vivim-run resizes alike."""
     if image.shape[0] == size and image.shape[1] == size:
         return image
-    return cv2.resize(image, (size, size), interpolation=_CV2_FILTER[TRAIN_RESIZE])
+    return cv2.resize(image, (size, size), interpolation=CV2_FILTERS[TRAIN_RESIZE])
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
