@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import time
 from datetime import datetime, timezone
 
 import cv2
 import numpy as np
 
+from vivim.bench.env import cpu_name
+from vivim.bench.stats import percentile
 from vivim.runtime.preprocess import Normalization, preprocess
 
 
@@ -34,18 +34,6 @@ def time_preprocess(frame: np.ndarray, size: int, interpolation: str, dtype, ite
         preprocess(frame, size, norm, interpolation, dtype)
         times.append((time.perf_counter() - t0) * 1000.0)
     return times
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (x86), else what platform reports (ARM boards list no model name there)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -75,8 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     for width, height in sizes:
         frame = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
         for interpolation in ("linear", "area"):
-            times = sorted(time_preprocess(frame, args.size, interpolation, dtype, args.iters, args.warmup))
-            p50, p95 = statistics.median(times), times[min(len(times) - 1, int(0.95 * len(times)))]
+            times = time_preprocess(frame, args.size, interpolation, dtype, args.iters, args.warmup)
+            p50, p95 = percentile(times, 50), percentile(times, 95)
             rows.append(dict(frame=f"{width}x{height}", filter=interpolation, p50_ms=p50, p95_ms=p95))
             print(f"{width:>5}x{height:<4} | {interpolation:>6} | {p50:7.3f} {p95:7.3f}")
     result = dict(date_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu=cpu,
