@@ -164,8 +164,8 @@ class TensorRTBackend:
         self._next_slot = (i + 1) % len(self._d_slots)
         host = self._h_slots[i]
         # The previous upload from this page-locked buffer finished: infer() synchronises the stream every mask.
-        host[...] = normalize_chw(resize_rgb(frame_bgr, self.input_size, self.interpolation), self.normalization,
-                                  self._in_dtype)
+        normalize_chw(resize_rgb(frame_bgr, self.input_size, self.interpolation), self.normalization, self._in_dtype,
+                      out=host)
         self._cuda.memcpy_htod_async(self._d_slots[i], host, self._stream)
         return DeviceSlot(i, int(self._d_slots[i]))
 

@@ -19,6 +19,30 @@ def test_normalize_chw_matches_the_formula(dtype, tol):
     np.testing.assert_allclose(out.astype(np.float64), expected, rtol=tol, atol=tol)
 
 
+def test_float16_is_the_float32_result_rounded_once():
+    """The float16 path (a lookup table) gives bit for bit the float32 path's values cast to float16."""
+    rng = np.random.default_rng()
+    frame = rng.integers(0, 256, size=(41, 66, 3), dtype=np.uint8)
+    rgb = frame[:, 1:-1]  # a non-contiguous view, as a crop would give
+    norm = Normalization(tuple(rng.uniform(0.2, 0.6, 3)), tuple(rng.uniform(0.1, 0.4, 3)))
+    half = normalize_chw(rgb, norm, np.float16)
+    cast = normalize_chw(rgb, norm, np.float32).astype(np.float16)
+    assert half.dtype == np.float16 and half.shape == (3, 41, 64) and half.flags.c_contiguous
+    np.testing.assert_array_equal(half.view(np.uint16), cast.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_normalize_chw_writes_into_the_given_buffer(dtype):
+    rng = np.random.default_rng()
+    rgb = rng.integers(0, 256, size=(24, 31, 3), dtype=np.uint8)
+    buffer = np.full((3, 24, 31), np.nan, dtype)
+    result = normalize_chw(rgb, Normalization(), dtype, out=buffer)
+    assert result is buffer
+    np.testing.assert_array_equal(buffer, normalize_chw(rgb, Normalization(), dtype))
+    with pytest.raises(ValueError, match="out must be"):
+        normalize_chw(rgb, Normalization(), dtype, out=np.empty((3, 31, 24), dtype))
+
+
 def test_bench_preprocess_times_every_frame_size_and_filter(tmp_path, monkeypatch):
     import json
     import sys
