@@ -8,9 +8,9 @@ mkdir -p "$WORK"
 export OMP_NUM_THREADS=1   # one intra-op thread: fastest on a small, busy CPU
 
 # training videos (seed 7): indices 0-47 for stage 1, 0-95 for stage 2; 8 held-out test videos (indices 1000-1007)
-vivim-data synth "$WORK/train" --videos 48 --frames 20 --size 128 --seed 7 --no-mp4
-vivim-data synth "$WORK/train96" --videos 96 --frames 20 --size 128 --seed 7 --no-mp4
-vivim-data synth "$WORK/test" --videos 8 --frames 30 --size 128 --seed 7 --first-index 1000 --no-mp4
+vivim-data synth "$WORK/train" --videos 48 --frames 20 --size 128 --seed 7 --no-mp4 --overwrite
+vivim-data synth "$WORK/train96" --videos 96 --frames 20 --size 128 --seed 7 --no-mp4 --overwrite
+vivim-data synth "$WORK/test" --videos 8 --frames 30 --size 128 --seed 7 --first-index 1000 --no-mp4 --overwrite
 
 # stage 1: tiny variant at 64x64, T=5, from scratch (no SegFormer weights), lr 1e-3, 6 epochs
 vivim-train --data "$WORK/train" --variant tiny --size 64 --frames 5 --epochs 6 --batch 8 --workers 0 \

@@ -11,12 +11,11 @@ The commands are thin: the work lives in onnx_export, parity, plugin and tensorr
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
 
-from vivim import atomic
+from vivim import atomic, paths
 from vivim.cli_utils import next_command, run_app, warn
 from vivim.errors import VivimError
 
@@ -76,7 +75,7 @@ def check(
     from vivim.export.parity import check_parity
 
     if json_out is not None:
-        _probe_writable(json_out, "--json")
+        paths.check_writable(json_out, "--json")
     result = check_parity(checkpoint, onnx_path, atol=atol, min_dice=min_dice, seed=seed)
     if not result.checkpoint_matches:
         warn(f"{onnx_path} was exported from another checkpoint file than {result.checkpoint} (sha256 differs)")
@@ -186,12 +185,6 @@ def _onnx_precision(path: Path) -> str | None:
     except Exception as exc:
         raise VivimError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
     return {p.key: p.value for p in model.metadata_props}.get("precision")
-
-
-def _probe_writable(path: Path, flag: str) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK) or path.is_dir():
-        raise VivimError(f"{flag} {path}: cannot write there (missing or read-only folder)")
 
 
 def main() -> None:

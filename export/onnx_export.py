@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ import onnx
 import onnxscript
 import torch
 from onnxscript import FLOAT
-from vivim import atomic
+from vivim import atomic, paths
 from vivim.export.ort_ops import INPUT_NAMES, OP_DOMAIN, OP_TYPE
 
 import vivim
@@ -118,18 +117,6 @@ def _normalise_output_frame(output_frame: str) -> str:
     if value not in OUTPUT_FRAMES:
         raise VivimError(f"--output-frame must be one of {', '.join(OUTPUT_FRAMES)}, got {output_frame!r}")
     return value
-
-
-def _check_writable(path: Path) -> None:
-    """Fail early (before a long export) when the output cannot be written."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
-            pass
-    except OSError as exc:
-        raise VivimError(f"{path}: cannot write the output ({exc.strerror or exc})") from exc
-    if path.is_dir():
-        raise VivimError(f"{path}: is a directory, give a file name such as {path / 'model.onnx'}")
 
 
 def save_model_atomic(model: onnx.ModelProto, path: Path) -> None:
@@ -251,14 +238,16 @@ def export_onnx(
     start = time.perf_counter()
     output = Path(output)
     output_frame = _normalise_output_frame(output_frame)
-    _check_writable(output)
+    paths.check_writable(output, "-o")
     model, metadata, ckpt_path = load_model(checkpoint)
 
     trained_size = model.img_size
-    frames = int(frames or model.frames)
+    frames = model.frames if frames is None else int(frames)  # 0 is an error, not "the default"
     size = (trained_size, trained_size) if size is None else (int(size[0]), int(size[1]))
-    if frames < 1 or min(size) < 32 or size[0] % 32 or size[1] % 32:
-        raise VivimError(f"--frames must be >= 1 and --size multiples of 32, got frames={frames} size={size}")
+    if frames < 1:
+        raise VivimError(f"--frames must be at least 1, got {frames}")
+    if min(size) < 32 or size[0] % 32 or size[1] % 32:
+        raise VivimError(f"--size must be multiples of 32 (at least 32), got {size[0]} {size[1]}")
     # the network accepts other T and sizes (no positional embeddings), but accuracy is only known for the trained ones
     if frames != model.frames:
         warn(f"the checkpoint was trained on clips of {model.frames} frames; exporting --frames {frames}")

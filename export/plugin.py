@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
-from vivim import atomic
+from vivim import atomic, paths
 from vivim.errors import VivimError
 
 PLUGIN_LIBRARY_NAME = "libvivim_trt_plugin.so"
@@ -206,13 +206,7 @@ def build_plugin(
     The CMake tree lives in out_dir/build (kept for fast rebuilds, log in out_dir/build/build_plugin.log).
     With build_harness the interface/GPU test driver is copied to out_dir too (see harness_path()).
     """
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise VivimError(f"-o {out_dir}: cannot create the output folder ({exc.strerror})") from exc
-    if not os.access(out_dir, os.W_OK):
-        raise VivimError(f"-o {out_dir}: folder is not writable")
+    out_dir = paths.check_writable(out_dir, "-o", folder=True)
     cmake = find_cmake()
     nvcc = find_nvcc()
     include_dir = find_tensorrt_include(tensorrt_include)

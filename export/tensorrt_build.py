@@ -16,14 +16,13 @@ import ctypes
 import datetime as _dt
 import hashlib
 import json
-import os
 import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from vivim import atomic
+from vivim import atomic, paths
 from vivim.errors import VivimError
 
 if TYPE_CHECKING:  # annotations only; the real import happens inside build_engine
@@ -279,9 +278,7 @@ def build_engine(
         raise VivimError(f"--workspace {workspace_gib}: must be a positive number of GiB")
     if precision is not None and precision not in PRECISION_OF_DTYPE.values():
         raise VivimError(f"precision {precision!r}: expected one of fp16, bf16, fp32")
-    engine_dir = engine_path.parent if str(engine_path.parent) else Path(".")
-    if not engine_dir.is_dir() or not os.access(engine_dir, os.W_OK):
-        raise VivimError(f"-o {engine_path}: folder {engine_dir} does not exist or is not writable")
+    paths.check_writable(engine_path, "-o")
 
     try:
         import tensorrt as trt

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from vivim import paths
 from vivim.errors import VivimError
 from vivim.runtime.backends import Backend, create_backend
 from vivim.runtime.config import RunConfig
@@ -128,6 +129,8 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
     """Run the pipeline until the input ends, --max-frames is reached, q is pressed or Ctrl-C; return the summary."""
     parse_color(cfg.overlay.color)  # flag errors before any heavy work
     logit(cfg.backend.threshold)
+    if cfg.sink.stats:
+        paths.check_writable(cfg.sink.stats, "--stats")  # before the run, not after it
     source: FrameSource = create_source(cfg.source, log=log)
     sinks = build_sinks(cfg, log)
     source.open()
@@ -209,11 +212,10 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
         out(format_summary(summary))
     if cfg.sink.stats:
         write_json_atomic(cfg.sink.stats, summary)
-    if not cfg.sink.quiet:
-        for label, path in (("overlay video", cfg.sink.save), ("masks", cfg.sink.save_masks),
-                            ("strip", cfg.sink.strip), ("stats", cfg.sink.stats)):
-            if path:
-                out(f"saved {label}: {path}")
+    if not cfg.sink.quiet:  # only what was really completed: a sink that failed or got no frame is not listed
+        completed = [sink.saved() for sink in sinks] + [("stats", cfg.sink.stats) if cfg.sink.stats else None]
+        for label, path in filter(None, completed):
+            out(f"saved {label}: {path}")
     if failure is not None:
         raise failure
     if source.error is not None:

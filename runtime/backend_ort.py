@@ -8,11 +8,11 @@ The graph recomputes the whole clip per mask (the streaming feature cache is a P
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from vivim import paths
 from vivim.errors import VivimError
 from vivim.runtime.backends import metadata_int, output_index_from_metadata, select_output
 from vivim.runtime.preprocess import Normalization, choose_resize, preprocess
@@ -31,8 +31,7 @@ class OrtBackend:
         interpolation: Optional[str] = None,
         log: Callable[[str], None] = print,
     ) -> None:
-        if not os.path.isfile(path):
-            raise VivimError(f"--onnx {path}: no such file")
+        paths.require_file(path, "--onnx")
         try:
             import onnxruntime as ort
         except ImportError:

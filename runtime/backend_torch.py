@@ -14,13 +14,13 @@ as CUDA graphs (replayed with static buffers: removes the launch overhead that d
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
 
 from vivim.constants import TRAIN_RESIZE
+from vivim import paths
 from vivim.errors import VivimError
 from vivim.runtime.preprocess import Normalization, choose_resize, resize_rgb
 from vivim.runtime.resample import DeviceResizer
@@ -106,8 +106,8 @@ class TorchBackend:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str, **kwargs: Any) -> "TorchBackend":
-        if checkpoint != "demo" and not os.path.isfile(checkpoint):
-            raise VivimError(f"--checkpoint {checkpoint}: no such file")
+        if checkpoint != "demo":
+            paths.require_file(checkpoint, "--checkpoint")
         import vivim
 
         model, metadata = vivim.load_checkpoint(checkpoint, map_location="cpu")

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from vivim import paths
 from vivim.errors import VivimError
 from vivim.runtime.backends import output_index_from_metadata, select_output
 from vivim.runtime.preprocess import Normalization, choose_resize, normalize_chw, resize_rgb
@@ -59,9 +60,7 @@ class TensorRTBackend:
         log: Callable[[str], None] = print,
     ) -> None:
         index = _device_index(device)
-        path = Path(engine_path)
-        if not path.is_file():
-            raise VivimError(f"--engine {engine_path}: no such file")
+        path = paths.require_file(engine_path, "--engine")
         from vivim.export import tensorrt_build as tb
 
         sidecar = tb.read_sidecar(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -168,23 +169,30 @@ def _apply(config: RunConfig, section: str, values: Mapping[str, Any], origin: s
     if section not in _SECTIONS:
         raise VivimError(f"{origin}: unknown section {section!r} (expected {', '.join(_SECTIONS)})")
     target = getattr(config, section)
-    known = {f.name: f for f in dataclasses.fields(target)}
+    declared = typing.get_type_hints(type(target))
     for key, value in values.items():
-        if key not in known:
-            raise VivimError(f"{origin}: unknown key {section}.{key} (known: {', '.join(known)})")
-        setattr(target, key, _coerce(value, getattr(target, key), f"{origin}: {section}.{key}"))
+        if key not in declared:
+            raise VivimError(f"{origin}: unknown key {section}.{key} (known: {', '.join(declared)})")
+        setattr(target, key, _coerce(value, declared[key], f"{origin}: {section}.{key}"))
 
 
-def _coerce(value: Any, current: Any, where: str) -> Any:
-    """Keep YAML types honest: a bool field gets a bool, a number field a number."""
-    if isinstance(current, bool):
+def _coerce(value: Any, declared: Any, where: str) -> Any:
+    """Keep YAML types honest, by the field's declared type (not the value a file set before: a flag may follow
+    a YAML camera index with a file name): a bool field gets a bool, a number field a number, a text field text."""
+    if value is None:
+        return None
+    options = [t for t in typing.get_args(declared) if t is not type(None)] or [declared]  # Optional[X] -> X
+    kind = options[0]
+    if kind is bool:
         if not isinstance(value, bool):
             raise VivimError(f"{where} must be true or false, got {value!r}")
         return value
-    if isinstance(current, (int, float)) and not isinstance(current, bool):
+    if kind in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise VivimError(f"{where} must be a number, got {value!r}")
-        return type(current)(value) if isinstance(current, float) else value
-    if value is not None and isinstance(value, (dict, list)):
+        if kind is int and value != int(value):
+            raise VivimError(f"{where} must be a whole number, got {value!r}")
+        return kind(value)
+    if isinstance(value, (dict, list)):
         raise VivimError(f"{where} must be a single value, got {type(value).__name__}")
-    return str(value) if isinstance(value, (int, float)) and isinstance(current, str) else value
+    return str(value) if isinstance(value, (int, float)) else value

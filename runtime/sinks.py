@@ -13,7 +13,7 @@ from typing import List, Optional, Protocol, Tuple
 
 import numpy as np
 
-from vivim import atomic
+from vivim import atomic, paths
 from vivim.data.image_io import write_image
 from vivim.errors import VivimError
 
@@ -24,6 +24,10 @@ class Sink(Protocol):
     def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None: ...
 
     def close(self) -> None: ...
+
+    def saved(self) -> Optional[Tuple[str, str]]:
+        """(what, path) of the file or folder this sink completed, for the end-of-run summary; None if none."""
+        ...
 
 
 class VideoSink:
@@ -38,10 +42,8 @@ class VideoSink:
         self._writer: Optional[cv2.VideoWriter] = None
         self._tmp: Optional[str] = None
         self._size: Optional[Tuple[int, int]] = None
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        if not os.access(folder, os.W_OK):
-            raise VivimError(f"--save {path}: folder is not writable")
+        self._committed = False
+        paths.check_writable(path, "--save")
 
     def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
         if self._writer is None:
@@ -66,6 +68,10 @@ class VideoSink:
         if self._tmp is not None:
             atomic.commit(self._tmp, self.path)
             self._tmp = None
+            self._committed = True
+
+    def saved(self) -> Optional[Tuple[str, str]]:
+        return ("overlay video", self.path) if self._committed else None
 
     def _discard(self) -> None:
         if self._writer is not None:
@@ -80,9 +86,7 @@ class MaskFolderSink:
     """One binary PNG (0/255) per processed frame, named by the frame's capture index."""
 
     def __init__(self, folder: str) -> None:
-        if os.path.exists(folder) and not os.path.isdir(folder):
-            raise VivimError(f"--save-masks {folder}: exists and is not a folder")
-        os.makedirs(folder, exist_ok=True)
+        paths.check_writable(folder, "--save-masks", folder=True)
         self.folder = folder
         self.written = 0
 
@@ -92,6 +96,9 @@ class MaskFolderSink:
 
     def close(self) -> None:
         pass
+
+    def saved(self) -> Optional[Tuple[str, str]]:
+        return ("masks", self.folder) if self.written else None
 
 
 def opencv_has_gui() -> bool:
@@ -116,6 +123,9 @@ class WindowSink:
         self.quit_requested = False
         cv2.namedWindow(title, cv2.WINDOW_NORMAL)
 
+    def saved(self) -> Optional[Tuple[str, str]]:
+        return None
+
     def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
         cv2.imshow(self.title, overlay)
         if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
@@ -138,7 +148,9 @@ class StripSink:
     def __init__(self, path: str, count: int = 6, height: int = 192) -> None:
         if not path.lower().endswith(".png"):
             raise VivimError(f"--strip {path}: use a .png file name")
+        paths.check_writable(path, "--strip")
         self.path = path
+        self._written = False
         self.count = max(1, count)
         self.height = height
         self._stride = 1
@@ -167,6 +179,10 @@ class StripSink:
             tiles.append(tile)
             tiles.append(np.full((self.height, 4, 3), 255, dtype=np.uint8))  # white separator
         write_image(self.path, np.hstack(tiles[:-1]))
+        self._written = True
+
+    def saved(self) -> Optional[Tuple[str, str]]:
+        return ("strip", self.path) if self._written else None
 
 
 def display_available() -> bool:

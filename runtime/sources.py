@@ -21,6 +21,7 @@ from typing import Callable, List, Optional, Protocol, Tuple
 
 import numpy as np
 
+from vivim import paths
 from vivim.errors import VivimError
 
 os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")  # keep decoder chatter out of the one-line errors
@@ -355,12 +356,7 @@ class ImageFolder:
 
 
 def open_video(path: str) -> Callable[[], Capture]:
-    if not os.path.exists(path):
-        raise VivimError(f"--video {path}: no such file")
-    if os.path.isdir(path):
-        raise VivimError(f"--video {path}: is a folder (use --frames DIR for a folder of images)")
-    if not os.access(path, os.R_OK):
-        raise VivimError(f"--video {path}: permission denied")
+    paths.require_file(path, "--video", hint="use --frames DIR for a folder of images")
 
     def opener() -> Capture:
         capture = cv2.VideoCapture(path)

@@ -111,8 +111,10 @@ def test_cli_error_paths_in_process(workdir):
     (workdir / "foreign.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}       ")
     cases = [
         (["onnx", str(workdir / "foreign.safetensors"), "-o", str(workdir / "x.onnx")], "foreign.safetensors"),
-        (["onnx", str(workdir / "tiny.safetensors"), "-o", str(workdir / "tiny.safetensors" / "x.onnx")], "cannot write"),
+        (["onnx", str(workdir / "tiny.safetensors"), "-o", str(workdir / "tiny.safetensors" / "x.onnx")], "tiny.safetensors is a file, not a folder"),
         (["onnx", str(workdir / "tiny.safetensors"), "--output-frame", "middle"], "--output-frame"),
+        (["onnx", str(workdir / "tiny.safetensors"), "-o", str(workdir / "t0.onnx"), "--frames", "0"],
+         "--frames must be at least 1, got 0"),
         (["check", str(workdir / "tiny.safetensors"), "--onnx", str(workdir / "none.onnx")], "none.onnx"),
         (["check", str(workdir / "tiny.safetensors"), "--onnx", str(workdir / "tiny.safetensors")], "tiny.safetensors"),
         (["trt", str(workdir / "none.onnx"), "--fp16", "-o", str(workdir / "m.engine"), "--plugin", str(workdir / "tiny.safetensors")],

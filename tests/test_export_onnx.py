@@ -430,7 +430,7 @@ def test_export_error_paths(tiny_checkpoint, tmp_path):
         export_onnx(foreign, tmp_path / "m.onnx")
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(VivimError, match="cannot write"):
+    with pytest.raises(VivimError, match="a_file is a file, not a folder"):
         export_onnx(tiny_checkpoint, blocker / "m.onnx")  # parent is a file: unwritable
     with pytest.raises(VivimError, match="--output-frame"):
         export_onnx(tiny_checkpoint, tmp_path / "m.onnx", output_frame="middle")

@@ -29,6 +29,19 @@ def test_yaml_sections_then_flags(tmp_path):
     assert cfg.overlay.contour is True and cfg.overlay.alpha == 0.3 and cfg.backend.output_frame == "centre"
 
 
+def test_a_flag_replaces_a_yaml_camera_index_with_a_file(tmp_path):
+    """Types come from the fields, not from what the file set: location 0 (a YAML int) is text, and a flag's file
+    name may follow it."""
+    path = tmp_path / "camera.yaml"
+    path.write_text("source: {kind: camera, location: 0, fps: 30}\nbackend: {kind: checkpoint, model: demo}\n")
+    cfg = RunConfig.build(str(path))
+    assert (cfg.source.kind, cfg.source.location, cfg.source.fps) == ("camera", "0", 30.0)
+    cfg = RunConfig.build(str(path), {"source": {"kind": "video", "location": "clip.mp4"}})
+    assert (cfg.source.kind, cfg.source.location) == ("video", "clip.mp4")
+    with pytest.raises(VivimError, match="source.width must be a whole number, got 12.5"):
+        RunConfig.build(None, {**BASE, "source": {**BASE["source"], "width": 12.5}})
+
+
 def test_defaults_need_an_input_and_a_model():
     with pytest.raises(VivimError, match="no input"):
         RunConfig.build(None, {"backend": BASE["backend"]})

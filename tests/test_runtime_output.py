@@ -130,6 +130,29 @@ def test_video_sink_without_frames_writes_nothing(tmp_path):
     sink = VideoSink(str(tmp_path / "empty.mp4"), fps=10.0)
     sink.close()
     assert os.listdir(tmp_path) == []
+    assert sink.saved() is None  # so the run's summary does not claim a video
+
+
+def test_sinks_report_only_what_they_completed(tmp_path):
+    frames = _frames(3)
+    sinks = [VideoSink(str(tmp_path / "o.mp4"), fps=10.0), MaskFolderSink(str(tmp_path / "m")),
+             StripSink(str(tmp_path / "s.png"), count=2)]
+    assert [sink.saved() for sink in sinks] == [None, None, None]
+    for sink in sinks:
+        for k, frame in enumerate(frames):
+            sink.write(k, frame, np.zeros(frame.shape[:2], bool))
+        sink.close()
+    assert [sink.saved() for sink in sinks] == [
+        ("overlay video", str(tmp_path / "o.mp4")), ("masks", str(tmp_path / "m")), ("strip", str(tmp_path / "s.png"))]
+    assert all(os.path.exists(path) for _, path in (sink.saved() for sink in sinks))
+
+
+def test_sinks_refuse_unwritable_paths_before_any_frame(tmp_path):
+    blocker = tmp_path / "weights.txt"
+    blocker.write_text("x")
+    for make, flag in ((lambda p: VideoSink(p, fps=10.0), "--save"), (StripSink, "--strip")):
+        with pytest.raises(VivimError, match=f"^{flag} .*weights.txt is a file, not a folder"):
+            make(str(blocker / "out.png" if flag == "--strip" else blocker / "out.mp4"))
 
 
 def test_mask_folder_sink(tmp_path):

@@ -135,3 +135,33 @@ def test_cli_synth_and_check(tmp_path):
     assert "2 videos, 6 frames" in result.output
     result = runner.invoke(app, ["synth", str(tmp_path / "e"), "--layout", "coco"])
     assert result.exit_code != 0
+
+
+def test_synth_refuses_a_folder_that_holds_a_dataset(tmp_path):
+    """Writing into an earlier output would mix its frames with the new ones; --overwrite replaces it whole."""
+    from typer.testing import CliRunner
+
+    from vivim.data.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "d"
+    args = ["synth", str(out), "--frames", "2", "--size", "70", "--no-mp4"]
+    assert runner.invoke(app, [*args, "--videos", "2"]).exit_code == 0
+    (out / "notes.txt").write_text("the user's own file")
+    result = runner.invoke(app, [*args, "--videos", "1"])
+    assert result.exit_code != 0 and "already holds a dataset" in str(result.exception)
+    assert len(list((out / "JPEGImages").iterdir())) == 2  # nothing was written
+
+    result = runner.invoke(app, [*args, "--videos", "1", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (out / "JPEGImages").iterdir()] == ["synth_0000"]
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    # the suggested training size is one vivim-train accepts (a multiple of 32), not the frame size 70
+    assert "--size 64 " in result.output
+
+    foreign = tmp_path / "real"
+    (foreign / "JPEGImages" / "case1").mkdir(parents=True)
+    result = runner.invoke(app, ["synth", str(foreign), "--videos", "1", "--overwrite"])
+    assert result.exit_code != 0 and "did not write" in str(result.exception)
+    assert (foreign / "JPEGImages" / "case1").is_dir()
+

@@ -258,8 +258,9 @@ def test_bad_arguments_fail_before_tensorrt(no_tensorrt: None, tmp_path: Path) -
         tb.build_engine(onnx_path, engine, tmp_path / "nope.so")
     with pytest.raises(VivimError, match="--workspace 0"):
         tb.build_engine(onnx_path, engine, plugin, workspace_gib=0)
-    with pytest.raises(VivimError, match="does not exist or is not writable"):
-        tb.build_engine(onnx_path, tmp_path / "no" / "such" / "dir" / "model.engine", plugin)
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(VivimError, match="-o .*model.engine: .*a_file is a file, not a folder"):
+        tb.build_engine(onnx_path, tmp_path / "a_file" / "model.engine", plugin)
     with pytest.raises(VivimError, match="precision 'int8'"):
         tb.build_engine(onnx_path, engine, plugin, precision="int8")
 

@@ -175,3 +175,12 @@ def test_cli_smoke_and_one_line_errors(data, tmp_path, monkeypatch, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "missing" in err[0]
+
+    # bad flags are named, and found before the first epoch
+    blocker = tmp_path / "weights.txt"
+    blocker.write_text("not a folder")
+    for extra, needle in ((["--frames", "0"], "--frames must be at least 1, got 0"),
+                          (["--out", str(blocker / "x.safetensors")], "weights.txt is a file, not a folder"),
+                          (["--init", str(blocker)], f"--init {blocker}: not readable as SegFormer weights")):
+        result = CliRunner().invoke(app, [*args, *extra])
+        assert result.exit_code != 0 and needle in str(result.exception), (extra, result.exception)

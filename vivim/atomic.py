@@ -21,9 +21,12 @@ FILE_MODE = 0o644  # mkstemp creates 0600 files; checkpoints, datasets and packa
 
 def temp_beside(path: PathLike, suffix: str = ".tmp") -> str:
     """A new empty temporary file in `path`'s folder. Keep the real extension as `suffix` where a library (OpenCV)
-    picks the format from the file name."""
+    picks the format from the file name. An OSError names `path`, not the temporary name the user never gave."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent if str(target.parent) else ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent if str(target.parent) else ".")
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(target)) from None
     os.close(fd)
     return tmp
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Callable, NoReturn
 
@@ -27,11 +28,32 @@ def run_app(app: Callable[..., object]) -> None:
     try:
         app(standalone_mode=True)
     except VivimError as exc:
-        fail(str(exc))
+        fail(one_line(str(exc)))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130)
-    except FileNotFoundError as exc:
-        fail(f"{exc.filename or exc}: no such file or directory")
-    except PermissionError as exc:
-        fail(f"{exc.filename or exc}: permission denied")
+    except OSError as exc:  # a path the early checks could not foresee (a disk filling up, a folder removed)
+        fail(_os_error_line(exc))
+
+
+def one_line(message: str) -> str:
+    """The user's part of an error message. An error raised in a DataLoader worker reaches the main process as
+    the same exception type, with the worker's whole traceback as its message: keep its last line, the original
+    message, without the exception's qualified class name."""
+    if "Original Traceback" not in message:
+        return message
+    last = message.rstrip().splitlines()[-1]
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", last)
+
+
+def _os_error_line(exc: OSError) -> str:
+    what = exc.strerror or str(exc)
+    if isinstance(exc, FileNotFoundError):
+        what = "no such file or directory"
+    elif isinstance(exc, PermissionError):
+        what = "permission denied"
+    elif isinstance(exc, NotADirectoryError):
+        what = "a part of this path is a file, not a folder"
+    elif isinstance(exc, FileExistsError):
+        what = "already exists and is not a folder"
+    return f"{exc.filename}: {what}" if exc.filename else what

@@ -16,6 +16,7 @@ from typing import Optional
 
 import typer
 
+from vivim import paths
 from vivim.cli_utils import run_app
 from vivim.errors import VivimError
 
@@ -176,6 +177,10 @@ def evaluate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
     """Dice, Jaccard, precision, recall, MAE (threshold 0.5 and mean over 256 thresholds), per video and overall."""
+    if json_out:
+        paths.check_writable(json_out, "--json")  # before the evaluation, not after it
+    if overlays:
+        paths.check_writable(overlays, "--overlays", folder=True)
     if threads:
         import torch
 
@@ -190,8 +195,8 @@ def evaluate(
         _write_json(json_out, {**summary, "per_frame": acc.records})
         print(f"wrote {json_out}")
     if overlays:
-        paths = write_overlays(overlays, acc, dataset, model, worst, summary["output_frame"], device)
-        print(f"wrote {len(paths)} overlay images of the worst frames to {overlays}")
+        written = write_overlays(overlays, acc, dataset, model, worst, summary["output_frame"], device)
+        print(f"wrote {len(written)} overlay images of the worst frames to {overlays}")
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import typer
 
+from vivim import paths
 from vivim.cli_utils import next_command, run_app, warn
 from vivim.errors import VivimError
 
@@ -236,7 +237,10 @@ def _initialise(model, source: str, verbose: bool) -> None:
             return
     from vivim.model.segformer_import import load_segformer_weights
 
-    report = load_segformer_weights(model, source)
+    try:
+        report = load_segformer_weights(model, source)
+    except VivimError as exc:
+        raise VivimError(f"--init {exc}") from None
     if verbose:
         print(f"initialised {len(report.mapped)} tensors from SegFormer weights {source}")
 
@@ -264,18 +268,17 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         torch.set_num_threads(cfg.threads)
     if cfg.variant not in vivim.variants():
         raise VivimError(f"--variant {cfg.variant!r}: choose one of {', '.join(vivim.variants())}")
-    try:
-        output_frame_index(cfg.output_frame, cfg.frames)
-    except ValueError as exc:
-        raise VivimError(f"--output-frame: {exc}") from None
     for flag, value in (("--epochs", cfg.epochs), ("--frames", cfg.frames), ("--batch", cfg.batch), ("--size", cfg.size)):
         if value < 1:
             raise VivimError(f"{flag} must be at least 1, got {value}")
+    try:  # after --frames: the frame index is checked against a valid clip length
+        output_frame_index(cfg.output_frame, cfg.frames)
+    except ValueError as exc:
+        raise VivimError(f"--output-frame: {exc}") from None
     if cfg.size % 32:
         raise VivimError(f"--size {cfg.size}: must be a multiple of 32 (the encoder downsamples 32x)")
     best_path, last_path, state_path = output_paths(cfg.out)
-    if not best_path.parent.exists():
-        best_path.parent.mkdir(parents=True, exist_ok=True)
+    paths.check_writable(best_path, "--out")  # now, not after the first epoch
 
     dist_info, device = _init_distributed(cfg.device)
     use_amp = cfg.amp if cfg.amp is not None else device.type == "cuda"

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import typer
 
+from vivim import paths
 from vivim.cli_utils import next_command, run_app, warn
 from vivim.errors import VivimError
 
@@ -129,6 +130,9 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
 
     if checkpoint is not None and variant is not None:
         raise VivimError("give --checkpoint or --variant, not both")
+    paths.check_writable(out, "--out", folder=True)  # before the measurements, not after them
+    if keep_onnx is not None:
+        paths.check_writable(keep_onnx, "--keep-onnx", folder=True)
     if checkpoint is None and variant is None:
         variant = "paper"
         warn("no --checkpoint or --variant: benchmarking the 'paper' variant with random weights")

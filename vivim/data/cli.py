@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from vivim import paths
 from vivim.cli_utils import next_command, run_app
 from vivim.errors import VivimError
 
@@ -26,22 +27,26 @@ def synth(
     first_index: int = typer.Option(0, "--first-index", min=0, help="Start at video index k (held-out sets: same seed, other indices)."),
     fps: float = typer.Option(25.0, "--fps", min=1.0, help="Frame rate written into the .mp4 files."),
     mp4: bool = typer.Option(True, "--mp4/--no-mp4", help="Also write one .mp4 per video."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous vivim-data synth output in OUT."),
 ) -> None:
     """Write procedural B-mode ultrasound videos with exact lesion masks (+ .mp4s and contact_sheet.png)."""
     from tqdm import tqdm
 
-    from vivim.data.synth_dataset import LAYOUTS, write_synthetic_dataset
+    from vivim.data.synth_dataset import LAYOUTS, prepare_output_folder, write_synthetic_dataset
 
     if layout not in LAYOUTS:
         raise VivimError(f"--layout {layout!r}: choose davis or vtus")
     sector = {"linear": False, "convex": True, "mixed": None}.get(probe, "bad")
     if sector == "bad":
         raise VivimError(f"--probe {probe!r}: choose linear, convex or mixed")
+    paths.check_writable(out, "OUT", folder=True)
+    prepare_output_folder(out, overwrite)  # before the progress bar: a refusal is the only output
     start = time.perf_counter()
     with tqdm(total=videos, unit="video", desc="synth") as bar:
         summary = write_synthetic_dataset(
             out, videos=videos, frames=frames, size=size, seed=seed, layout=layout, test_fraction=test_fraction,
             sector=sector, mp4=mp4, fps=fps, first_index=first_index, progress=lambda k: bar.update(1),  # type: ignore[arg-type]
+            overwrite=overwrite,
         )
     elapsed = time.perf_counter() - start
     split = f" ({len(summary.videos)} train / {len(summary.test_videos)} test)" if layout == "vtus" else ""
@@ -49,7 +54,8 @@ def synth(
           f"lesion pixels {100 * summary.foreground:.1f} %")
     if summary.contact_sheet:
         print(f"contact sheet: {summary.contact_sheet}")
-    next_command(f"vivim-train --data {out} --variant tiny --size {min(size, 256)} --epochs 20 --out runs/synth.safetensors")
+    train_size = max(32, min(size, 256) // 32 * 32)  # vivim-train takes multiples of 32 and resizes the frames
+    next_command(f"vivim-train --data {out} --variant tiny --size {train_size} --epochs 20 --out runs/synth.safetensors")
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -13,8 +14,11 @@ import numpy as np
 from vivim.data.contact_sheet import write_contact_sheet
 from vivim.data.image_io import write_image, write_video
 from vivim.data.synthetic import make_video
+from vivim.errors import VivimError
 
 LAYOUTS = ("davis", "vtus")
+# Everything the writer may create under its folder (DAVIS puts one <video>.mp4 per video at the top as well).
+_ENTRIES = ("JPEGImages", "Annotations", "Train", "Train_GT", "Test", "Test_GT", "videos", "contact_sheet.png", "synth.json")
 
 
 @dataclass
@@ -44,16 +48,20 @@ def write_synthetic_dataset(
     fps: float = 25.0,
     first_index: int = 0,
     progress: Callable[[int], None] | None = None,
+    overwrite: bool = False,
 ) -> SynthSummary:
     """Generate `videos` videos (video k uses stream (seed, first_index + k)) and write them under `out`.
 
     davis: JPEGImages/<v>/00000.jpg + Annotations/<v>/00000.png + <v>.mp4.
     vtus:  Train/<v>/0000.jpg + Train_GT/<v>/0000.png (Test, Test_GT for the last `test_fraction` of videos)
            + videos/<v>.mp4.
+    A folder that already holds a dataset is refused (new frames would mix with old ones); with `overwrite` a
+    previous synthetic dataset (one with synth.json) is removed first, and anything else there is left alone.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     root = Path(out)
+    prepare_output_folder(root, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     n_test = int(round(videos * test_fraction)) if layout == "vtus" else 0
     if layout == "vtus" and videos >= 2:
@@ -104,3 +112,22 @@ def write_synthetic_dataset(
     tmp.write_text(json.dumps(info, indent=1))
     os.replace(tmp, root / "synth.json")
     return SynthSummary(root, layout, names, test_names, frames, size, sheet_path, float(np.mean(foreground)) if foreground else 0.0)
+
+
+def prepare_output_folder(root: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds a dataset, or (overwrite) remove a previous synthetic one; a no-op when clear."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    found = [root / name for name in _ENTRIES if (root / name).exists()] + sorted(root.glob("synth_*.mp4"))
+    if not found:
+        return
+    names = ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else "")
+    if not overwrite:
+        raise VivimError(f"{root}: already holds a dataset ({names}); choose a new folder, or pass --overwrite to "
+                         "replace a previous vivim-data synth output")
+    if not (root / "synth.json").is_file():
+        raise VivimError(f"{root}: holds a dataset that vivim-data synth did not write (no synth.json); "
+                         "--overwrite only replaces synthetic datasets, choose a new folder")
+    for path in found:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -90,7 +90,8 @@ def read_segformer_state_dict(source: Union[str, Path]) -> dict[str, Tensor]:
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # damaged or foreign file: one clear line
-        raise VivimError(f"{path}: cannot read SegFormer weights ({exc})") from None
+        raise VivimError(f"{path}: not readable as SegFormer weights ({type(exc).__name__}); expected model.safetensors, "
+                         "a pytorch_model.bin state dict or a HuggingFace SegFormer folder") from None
 
 
 def load_segformer_weights(model: VivimModel, source: Union[str, Path, dict[str, Tensor]]) -> ImportReport:

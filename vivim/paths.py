@@ -1,0 +1,62 @@
+"""Checks of the paths a user gives, before any work starts: one-line errors naming the flag and the path.
+
+No torch import (the runtime uses these on torch-free devices).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+from vivim.errors import VivimError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def require_file(path: PathLike, flag: str, hint: str = "") -> Path:
+    """`path` must be a readable file; `hint` is added where a folder was given (e.g. which flag takes folders)."""
+    target = Path(path)
+    where = f"{flag} {target}" if flag else str(target)
+    if not target.exists():
+        raise VivimError(f"{where}: no such file")
+    if target.is_dir():
+        raise VivimError(f"{where}: is a folder, not a file" + (f" ({hint})" if hint else ""))
+    if not os.access(target, os.R_OK):
+        raise VivimError(f"{where}: permission denied")
+    return target
+
+
+def check_writable(path: PathLike, flag: str, *, folder: bool = False) -> Path:
+    """Fail before any long work when the output `path` (a file, or a folder with folder=True) cannot be written.
+
+    Creates the missing folders and writes and removes a probe file where the output will go: permission bits,
+    read-only file systems and a file standing where a folder is needed all show up here, as a one-line
+    VivimError naming `flag` (the command-line flag or argument the path came from)."""
+    target = Path(path)
+    where = f"{flag} {target}" if flag else str(target)
+    if folder and target.exists() and not target.is_dir():
+        raise VivimError(f"{where}: is a file, not a folder")
+    if not folder and target.is_dir():
+        raise VivimError(f"{where}: is a folder, not a file name")
+    directory = target if folder else (target.parent if str(target.parent) else Path("."))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".vivim-write-check."):
+            pass
+    except OSError as exc:
+        raise VivimError(f"{where}: {_why_not_writable(exc, directory)}") from None
+    return target
+
+
+def _why_not_writable(exc: OSError, directory: Path) -> str:
+    nearest = next((p for p in (directory, *directory.parents) if p.exists()), directory)  # what the OS refused
+    if not nearest.is_dir():
+        return f"{nearest} is a file, not a folder"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied in {nearest}"
+    if exc.errno == errno.EROFS:
+        return f"{nearest} is on a read-only file system"
+    return f"cannot write in {nearest} ({exc.strerror or exc})"
