@@ -14,10 +14,10 @@ vivim-data synth "$WORK/test" --videos 8 --frames 30 --size 128 --seed 7 --first
 
 # stage 1: tiny variant at 64x64, T=5, from scratch (no SegFormer weights), lr 1e-3, 6 epochs
 vivim-train --data "$WORK/train" --variant tiny --size 64 --frames 5 --epochs 6 --batch 8 --workers 0 \
-  --lr 1e-3 --val-fraction 0.1 --seed 1234 --threads 1 --out "$WORK/stage1.safetensors"
+  --lr 1e-3 --val-fraction 0.1 --seed 1234 --threads 1 --out "$WORK/stage1.safetensors" --overwrite
 # stage 2: twice the videos, lr 3e-4, 3 epochs, starting from stage 1
 vivim-train --data "$WORK/train96" --variant tiny --size 64 --frames 5 --epochs 3 --batch 8 --workers 0 \
-  --lr 3e-4 --val-fraction 0.1 --seed 1234 --threads 1 --init "$WORK/stage1.safetensors" --out "$WORK/demo64.safetensors"
+  --lr 3e-4 --val-fraction 0.1 --seed 1234 --threads 1 --init "$WORK/stage1.safetensors" --out "$WORK/demo64.safetensors" --overwrite
 
 # held-out score (the number recorded in DEMO_WEIGHTS.md)
 vivim-eval "$WORK/demo64.safetensors" --data "$WORK/test" --json "$WORK/demo64.test.json" --threads 1

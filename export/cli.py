@@ -160,9 +160,7 @@ def _resolve_plugin(plugin_path: Path | None, engine: Path) -> Path:
 def _onnx_for_engine(source: str, engine: Path, fp16: bool) -> Path:
     """The ONNX to build from: `source` itself, or a fresh export of the checkpoint next to the engine."""
     if source.endswith(".onnx"):
-        path = Path(source)
-        if not path.is_file():
-            raise VivimError(f"{path}: ONNX file not found")
+        path = paths.require_file(source, "ONNX")
         precision = _onnx_precision(path)
         if fp16 and precision == "fp32":
             raise VivimError(f"{path} is an FP32 graph; --fp16 needs an FP16 ONNX: vivim-export onnx CHECKPOINT --fp16 -o {path.with_name(path.stem + '_fp16.onnx')}")

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
+from vivim import paths
 from vivim.errors import VivimError
 
 OP_TYPE = "VivimSelectiveScan"
@@ -209,9 +209,7 @@ def create_session(onnx_path: str | os.PathLike[str], providers: Sequence[str] |
     import onnxruntime as ort
     from onnxruntime_extensions import get_library_path
 
-    path = Path(onnx_path)
-    if not path.is_file():
-        raise VivimError(f"{path}: ONNX file not found")
+    path = paths.require_file(onnx_path, "")
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError/others for foreign files

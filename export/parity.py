@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vivim import paths
 from vivim.errors import VivimError
 
 TOLERANCES = {"fp32": {"atol": 1e-3, "min_dice": 0.999}, "fp16": {"atol": 0.5, "min_dice": 0.98}}
@@ -78,8 +79,6 @@ def synthetic_clip(frames: int, height: int, width: int, mean, std, seed: int = 
 def _onnx_metadata(onnx_path: Path) -> dict:
     import onnx
 
-    if not onnx_path.is_file():
-        raise VivimError(f"{onnx_path}: ONNX file not found")
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:
@@ -106,7 +105,11 @@ def check_parity(
 
     from vivim.checkpoint import file_sha256
 
-    onnx_path = Path(onnx_path)
+    if atol is not None and not atol >= 0:
+        raise VivimError(f"--atol must be 0 or more (a logit difference), got {atol}")
+    if min_dice is not None and not 0 <= min_dice <= 1:
+        raise VivimError(f"--min-dice must be within [0, 1], got {min_dice}")
+    onnx_path = paths.require_file(onnx_path, "--onnx")
     meta = _onnx_metadata(onnx_path)
     model, _, ckpt_path = load_model(checkpoint)
     precision = meta.get("precision", "fp32")

@@ -129,8 +129,15 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
     """Run the pipeline until the input ends, --max-frames is reached, q is pressed or Ctrl-C; return the summary."""
     parse_color(cfg.overlay.color)  # flag errors before any heavy work
     logit(cfg.backend.threshold)
-    if cfg.sink.stats:
-        paths.check_writable(cfg.sink.stats, "--stats")  # before the run, not after it
+    src, snk, model = cfg.source, cfg.sink, cfg.backend
+    paths.refuse_writing_over_inputs(
+        {"--save": snk.save, "--save-masks": snk.save_masks, "--stats": snk.stats, "--strip": snk.strip},
+        {f"--{src.kind}": src.location if src.kind in ("video", "frames") else None,
+         f"--{model.kind}": model.model if model.model != "demo" else None},
+        folders=("--frames",),
+    )
+    if snk.stats:
+        paths.check_writable(snk.stats, "--stats")  # before the run, not after it
     source: FrameSource = create_source(cfg.source, log=log)
     sinks = build_sinks(cfg, log)
     source.open()

@@ -7,11 +7,11 @@ The YAML file mirrors Holoscan apps: one top-level section per stage (`source`, 
 from __future__ import annotations
 
 import dataclasses
-import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from vivim import paths
 from vivim.constants import RESIZE_FILTERS
 from vivim.errors import VivimError
 
@@ -128,6 +128,8 @@ class RunConfig:
             raise VivimError(f"--threads must be at least 1, got {b.threads}")
         if s.max_frames is not None and s.max_frames < 1:
             raise VivimError(f"--max-frames must be at least 1, got {s.max_frames}")
+        if s.fps is not None and not 0 < s.fps < float("inf"):
+            raise VivimError(f"--fps must be a positive number of frames per second, got {s.fps}")
         if self.sink.save is not None and not self.sink.save.lower().endswith((".mp4", ".avi", ".mkv")):
             raise VivimError(f"--save {self.sink.save}: use a .mp4 (or .avi/.mkv) file name")
         if self.preprocess.interpolation not in ("model", *RESIZE_FILTERS):
@@ -141,11 +143,12 @@ def load_yaml(path: str) -> dict[str, dict[str, Any]]:
     import yaml  # optional dependency, only needed with --config
 
     data: Any
-    if not os.path.isfile(path):
-        raise VivimError(f"--config {path}: no such file")
+    paths.require_file(path, "--config")
     try:
         with open(path, encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
+    except UnicodeDecodeError:
+        raise VivimError(f"--config {path}: not a text file (expected YAML)") from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""

@@ -8,6 +8,7 @@ interrupted run (Ctrl-C, a crash in the model) leaves either a finished file or 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import List, Optional, Protocol, Tuple
 
@@ -83,22 +84,38 @@ class VideoSink:
 
 
 class MaskFolderSink:
-    """One binary PNG (0/255) per processed frame, named by the frame's capture index."""
+    """One binary PNG (0/255) per processed frame, named by the frame's capture index.
+
+    The folder is this run's output: masks an earlier run left there (same naming) are removed when the run closes,
+    so the folder never mixes two runs. Other files are not touched, and nothing is removed if no mask was written."""
+
+    _NAME = re.compile(r"\d{6}\.png")
 
     def __init__(self, folder: str) -> None:
         paths.check_writable(folder, "--save-masks", folder=True)
         self.folder = folder
         self.written = 0
+        self.removed = 0
+        self._names: set[str] = set()
 
     def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
-        write_image(os.path.join(self.folder, f"{index:06d}.png"), mask.astype(np.uint8) * 255)
+        name = f"{index:06d}.png"
+        write_image(os.path.join(self.folder, name), mask.astype(np.uint8) * 255)
+        self._names.add(name)
         self.written += 1
 
     def close(self) -> None:
-        pass
+        if not self.written:
+            return
+        for name in os.listdir(self.folder):
+            if self._NAME.fullmatch(name) and name not in self._names:
+                os.unlink(os.path.join(self.folder, name))
+                self.removed += 1
 
     def saved(self) -> Optional[Tuple[str, str]]:
-        return ("masks", self.folder) if self.written else None
+        if not self.written:
+            return None
+        return ("masks" + (f" ({self.removed} of an earlier run removed)" if self.removed else ""), self.folder)
 
 
 def opencv_has_gui() -> bool:

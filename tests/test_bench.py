@@ -274,6 +274,22 @@ def test_cli_rejects_bad_flags_in_one_line() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--backends", ","], "--backends: empty list"),
+    (["--frames", "0"], "--frames must be >= 1"),
+    (["--output-frame", "9"], "--output-frame: output frame index 9 is outside a clip of 5 frames"),
+])
+def test_cli_rejects_values_before_measuring(tmp_path, args, message) -> None:
+    from typer.testing import CliRunner
+
+    from vivim.bench.cli import app
+
+    result = CliRunner().invoke(app, ["--variant", "tiny", "--size", "32", "--device", "cpu", "--backends", "torch",
+                                      "--out", str(tmp_path / "b"), *args])
+    assert result.exit_code != 0 and message in str(result.exception), result.exception
+    assert not (tmp_path / "b" / "results.json").exists()
+
+
 def test_measure_cuts_a_slow_warmup_to_a_third_of_the_budget() -> None:
     calls = []
     m = timing.measure(lambda: (calls.append(1), time.sleep(0.05)), device="cpu", warmup=100, iters=2,

@@ -81,6 +81,9 @@ def test_weights_that_do_not_match_their_config(tmp_path, tiny):
 def test_unwritable_destination(tmp_path, tiny):
     with pytest.raises(CheckpointError, match="does not exist"):
         vivim.save_checkpoint(tiny, tmp_path / "no" / "such" / "m.safetensors")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(CheckpointError, match="f: is a file, not a folder"):
+        vivim.save_checkpoint(tiny, tmp_path / "f" / "m.safetensors")
 
 
 def test_fp16_model_is_saved_in_fp32(tmp_path, tiny):

@@ -96,6 +96,11 @@ def test_davis_2017_resolution_folder_and_imagesets(tmp_path, davis):
     assert [v.name for v in discover_videos(root, "val")] == ["synth_0001"]
     assert len(discover_videos(root, "all")) == 3
     assert "480p" in str(discover_videos(root, "val")[0].masks[0])
+    (root / "ImageSets/2017/val.txt").write_text("synth_0001\nsynth_9999\n")  # a video that is not on disk
+    with pytest.raises(VivimError, match=r"val.txt: 1 listed video\(s\) not in .* \(e.g. synth_9999\)"):
+        discover_videos(root, "val")
+    with pytest.raises(VivimError, match="is a file, not a dataset folder"):
+        discover_videos(root / "ImageSets/2017/val.txt")
 
 
 def test_frames_sort_numerically(tmp_path, davis):

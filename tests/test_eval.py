@@ -95,6 +95,18 @@ def test_cli_writes_json_table_and_overlays(checkpoint, data, tmp_path):
     first = images[0].stem.split("_")  # 001_<video>_<frame>: the worst frame comes first
     assert min(report["per_frame"], key=lambda r: (r["dice"], r["video"], r["frame"]))["frame"] == int(first[-1])
 
+    # a second evaluation into the same folder replaces the first one's ranking instead of mixing with it
+    (tmp_path / "ov" / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(app, [str(checkpoint), "--data", str(data), "--overlays", str(tmp_path / "ov"),
+                                      "--worst", "1", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in sorted((tmp_path / "ov").glob("*.png"))] == [images[0].name]
+    assert (tmp_path / "ov" / "notes.txt").read_text() == "mine"
+    for extra, needle in ((["--threads", "0"], "--threads must be at least 1"),
+                          (["--overlays", str(data / "JPEGImages")], "is inside the input --data")):
+        result = CliRunner().invoke(app, [str(checkpoint), "--data", str(data), "--device", "cpu", *extra])
+        assert result.exit_code != 0 and needle in str(result.exception), (extra, result.exception)
+
 
 def test_table_lists_every_video(checkpoint, data):
     summary, *_ = evaluate_checkpoint(str(checkpoint), str(data), device="cpu", progress=False)

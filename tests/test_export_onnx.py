@@ -170,7 +170,7 @@ def test_ort_rejects_node_missing_inputs(tmp_path):
 def test_ort_missing_or_foreign_file(tmp_path):
     from vivim.errors import VivimError
 
-    with pytest.raises(VivimError, match="not found"):
+    with pytest.raises(VivimError, match="nope.onnx: no such file"):
         ort_ops.create_session(tmp_path / "nope.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00\x01 not a protobuf \xff" * 10)

@@ -22,6 +22,13 @@ def test_paper_variant_has_59_50_million_parameters():
     assert abs(count - 59.50e6) / 59.50e6 <= 0.005
 
 
+@pytest.mark.parametrize("kwargs, message", [(dict(frames=2.5), "frames must be an int"),
+                                             (dict(img_size=33), "img_size must be a multiple of 32")])
+def test_configs_that_export_could_not_use_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        vivim.create_model("tiny", **kwargs)
+
+
 def test_variants_lists_the_built_in_configs():
     assert vivim.variants() == ["paper", "b1", "b0", "tiny"]
     with pytest.raises(ValueError, match="unknown variant"):

@@ -222,6 +222,12 @@ def _error_cases(tmp_path, checkpoint, clip):
         (["--video", clip, *model, "--color", "purple-ish"], "--color"),
         (["--video", clip, *model, "--output-frame", "middle"], "--output-frame"),
         (["--video", clip, *model, "--config", str(tmp_path / "none.yaml")], "--config"),
+        # outputs over inputs: a recording or the frames being read must never be replaced or mixed into
+        (["--video", clip, *model, "--save", clip], f"--save {clip}: is the input --video"),
+        (["--frames", str(tmp_path), *model, "--save-masks", str(tmp_path / "masks")],
+         "--save-masks " + str(tmp_path / "masks") + ": is inside the input --frames"),
+        (["--video", clip, *model, "--stats", checkpoint], f"--stats {checkpoint}: is the input --checkpoint"),
+        (["--video", clip, *model, "--checkpoint", str(tmp_path)], "is a folder, not a file"),
     ]
     cases.append((["--video", clip, "--engine", str(engine)], _expected_engine_refusal()))
     if not opencv_has_gstreamer():

@@ -57,6 +57,15 @@ def test_unknown_resize_filter_is_rejected():
         RunConfig.build(None, {**BASE, "preprocess": {"interpolation": "cubic"}})
 
 
+def test_config_that_is_not_text_or_not_a_file(tmp_path):
+    binary = tmp_path / "weights.safetensors"
+    binary.write_bytes(b"\x89\xff\xfe\x00binary")
+    with pytest.raises(VivimError, match="--config .*weights.safetensors: not a text file"):
+        RunConfig.build(str(binary), BASE)
+    with pytest.raises(VivimError, match="--config .*: is a folder, not a file"):
+        RunConfig.build(str(tmp_path), BASE)
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -81,6 +90,8 @@ def test_bad_values():
         ("backend", {"output_frame": "middle"}, "--output-frame"),
         ("backend", {"device": "tpu"}, "--device"),
         ("overlay", {"alpha": 1.5}, "--alpha"),
+        ("source", {"fps": -5.0}, "--fps must be a positive number"),
+        ("source", {"fps": float("nan")}, "--fps must be a positive number"),
         ("overlay", {"contour_thickness": 0}, "contour_thickness"),
         ("source", {"max_frames": 0}, "--max-frames"),
         ("backend", {"threads": 0}, "--threads"),

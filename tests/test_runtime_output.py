@@ -147,6 +147,24 @@ def test_sinks_report_only_what_they_completed(tmp_path):
     assert all(os.path.exists(path) for _, path in (sink.saved() for sink in sinks))
 
 
+def test_mask_folder_replaces_an_earlier_run_instead_of_mixing(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for name in ("000050.png", "000001.png"):
+        cv2.imwrite(str(folder / name), np.zeros((4, 4), np.uint8))
+    (folder / "notes.txt").write_text("mine")
+    sink = MaskFolderSink(str(folder))
+    sink.close()  # no mask written: the earlier run's masks stay
+    assert sorted(os.listdir(folder)) == ["000001.png", "000050.png", "notes.txt"]
+    sink = MaskFolderSink(str(folder))
+    for k, frame in zip((1, 2), _frames(2)):
+        sink.write(k, frame, np.ones(frame.shape[:2], bool))
+    sink.close()
+    assert sorted(os.listdir(folder)) == ["000001.png", "000002.png", "notes.txt"]
+    assert sink.saved() == ("masks (1 of an earlier run removed)", str(folder))
+    assert cv2.imread(str(folder / "000001.png"), cv2.IMREAD_GRAYSCALE).max() == 255  # this run's mask
+
+
 def test_sinks_refuse_unwritable_paths_before_any_frame(tmp_path):
     blocker = tmp_path / "weights.txt"
     blocker.write_text("x")

@@ -100,6 +100,20 @@ def test_bad_shapes_are_rejected():
         selective_scan_reference(u, delta[..., :5], A, B, C)
 
 
+def test_optional_arguments_of_the_wrong_shape_are_rejected_not_broadcast():
+    from vivim.ops import selective_scan
+
+    u, delta, A, B, C, D, z, bias = random_scan_inputs(2, 4, 10, 8, 1)
+    assert selective_scan(u, delta, A, B, C, D, z, bias, True).shape == u.shape
+    for kwargs, message in ((dict(D=torch.randn(2, 4, 10)), r"D must be \(4,\), got \(2, 4, 10\)"),
+                            (dict(delta_bias=torch.randn(5)), r"delta_bias must be \(4,\)"),
+                            (dict(z=z[:, :, :3]), r"z must be \(2, 4, 10\)")):
+        with pytest.raises(ValueError, match=message):
+            selective_scan(u, delta, A, B, C, **kwargs)
+    with pytest.raises(ValueError, match="must not be empty"):
+        selective_scan(u[..., :0], delta[..., :0], A, B[..., :0], C[..., :0])
+
+
 def test_dispatch_uses_the_reference_on_cpu_and_reports_unavailable_impls():
     assert dispatch.pick("cpu").name == "reference"
     ok, reason = dispatch.is_available("vivim_cuda", "cpu")

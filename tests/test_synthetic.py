@@ -152,16 +152,35 @@ def test_synth_refuses_a_folder_that_holds_a_dataset(tmp_path):
     assert result.exit_code != 0 and "already holds a dataset" in str(result.exception)
     assert len(list((out / "JPEGImages").iterdir())) == 2  # nothing was written
 
+    (out / "JPEGImages" / "patient01").mkdir()  # the user's own video, added beside the synthetic ones
     result = runner.invoke(app, [*args, "--videos", "1", "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert [p.name for p in (out / "JPEGImages").iterdir()] == ["synth_0000"]
+    assert sorted(p.name for p in (out / "JPEGImages").iterdir()) == ["patient01", "synth_0000"]
     assert (out / "notes.txt").read_text() == "the user's own file"
-    # the suggested training size is one vivim-train accepts (a multiple of 32), not the frame size 70
-    assert "--size 64 " in result.output
+    # the suggested training run is one vivim-train accepts: a multiple of 32 (not the frame size 70), and no
+    # validation split carved from a single video
+    assert "--size 64 " in result.output and "--val-fraction 0 " in result.output
 
     foreign = tmp_path / "real"
     (foreign / "JPEGImages" / "case1").mkdir(parents=True)
     result = runner.invoke(app, ["synth", str(foreign), "--videos", "1", "--overwrite"])
     assert result.exit_code != 0 and "did not write" in str(result.exception)
     assert (foreign / "JPEGImages" / "case1").is_dir()
+
+
+def test_an_interrupted_synth_run_is_refused_until_written_again(tmp_path):
+    from vivim.data.layouts import discover_videos
+    from vivim.data.synth_dataset import write_synthetic_dataset
+    from vivim.errors import VivimError
+
+    def stop_after_one(done):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_synthetic_dataset(tmp_path, videos=3, frames=2, size=48, mp4=False, sheet=False, progress=stop_after_one)
+    assert (tmp_path / "JPEGImages" / "synth_0000").is_dir()  # one video made it to disk
+    with pytest.raises(VivimError, match="interrupted vivim-data synth run"):
+        discover_videos(tmp_path)
+    write_synthetic_dataset(tmp_path, videos=2, frames=2, size=48, mp4=False, sheet=False, overwrite=True)
+    assert [v.name for v in discover_videos(tmp_path)] == ["synth_0000", "synth_0001"]
 

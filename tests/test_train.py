@@ -169,7 +169,8 @@ def test_cli_smoke_and_one_line_errors(data, tmp_path, monkeypatch, capsys):
     assert result.exit_code == 0, result.output
     assert "next: vivim-eval" in result.output and out.is_file()
 
-    monkeypatch.setattr(sys, "argv", ["vivim-train", "--data", str(tmp_path / "missing"), "--variant", "tiny", "--out", str(out)])
+    monkeypatch.setattr(sys, "argv", ["vivim-train", "--data", str(tmp_path / "missing"), "--variant", "tiny", "--out",
+                                      str(tmp_path / "other.safetensors")])
     with pytest.raises(SystemExit) as info:
         main()
     assert info.value.code == 2
@@ -180,7 +181,13 @@ def test_cli_smoke_and_one_line_errors(data, tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "weights.txt"
     blocker.write_text("not a folder")
     for extra, needle in ((["--frames", "0"], "--frames must be at least 1, got 0"),
+                          (["--lr", "-1"], "--lr must be a positive learning rate"),
+                          (["--workers", "-1"], "--workers must be 0 or more"),
+                          (["--threads", "0"], "--threads must be at least 1"),
                           (["--out", str(blocker / "x.safetensors")], "weights.txt is a file, not a folder"),
-                          (["--init", str(blocker)], f"--init {blocker}: not readable as SegFormer weights")):
+                          (["--out", str(tmp_path)], "is a folder, not a file name"),
+                          ([], "an earlier run's checkpoint is there"),  # the first run above wrote --out
+                          (["--overwrite", "--init", str(out)], f"--out {out}: is the input --init"),
+                          (["--overwrite", "--init", str(blocker)], f"--init {blocker}: not readable as SegFormer weights")):
         result = CliRunner().invoke(app, [*args, *extra])
         assert result.exit_code != 0 and needle in str(result.exception), (extra, result.exception)

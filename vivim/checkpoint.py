@@ -102,6 +102,8 @@ def save_checkpoint(model: "VivimModel", path: PathLike, **metadata: Any) -> Pat
     # fp32 on the CPU, contiguous and unshared: what safetensors stores and every loader expects
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
+    if path.parent.exists() and not path.parent.is_dir():
+        raise CheckpointError(f"{path.parent}: is a file, not a folder (for {path.name})")
     if not path.parent.is_dir():
         raise CheckpointError(f"{path.parent}: output folder does not exist")
     with atomic_path(path) as tmp:

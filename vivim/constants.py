@@ -28,8 +28,10 @@ def output_frame_index(output_frame: "str | int", frames: int) -> int:
         index = frames // 2
     elif output_frame == "newest":
         index = frames - 1
+    elif isinstance(output_frame, str):  # text comes from a command line or metadata, where indices are not offered
+        raise ValueError(f"output frame must be 'centre' or 'newest', got {output_frame!r}")
     else:
-        raise ValueError(f"output frame must be 'centre', 'newest' or an index, got {output_frame!r}")
+        raise ValueError(f"output frame must be 'centre', 'newest' or an int index, got {output_frame!r}")
     if not -frames <= index < frames:
         raise ValueError(f"output frame index {index} is outside a clip of {frames} frames")
     return index % frames

@@ -145,6 +145,10 @@ def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame:
         path = out_dir / f"{rank:03d}_{record['video']}_{record['frame']:05d}.png"
         write_image(path, np.hstack([big(frame), picture]))
         written.append(path)
+    # the folder holds this evaluation's ranking only: an earlier one's images (same naming) would read as ranks here
+    for stale in out_dir.glob("[0-9][0-9][0-9]_*_[0-9][0-9][0-9][0-9][0-9].png"):
+        if stale not in written:
+            stale.unlink()
     return written
 
 
@@ -177,10 +181,15 @@ def evaluate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
     """Dice, Jaccard, precision, recall, MAE (threshold 0.5 and mean over 256 thresholds), per video and overall."""
+    paths.refuse_writing_over_inputs({"--json": json_out, "--overlays": overlays},
+                                     {"--data": data, "CHECKPOINT": checkpoint if checkpoint != "demo" else None},
+                                     folders=("--data",))
     if json_out:
         paths.check_writable(json_out, "--json")  # before the evaluation, not after it
     if overlays:
         paths.check_writable(overlays, "--overlays", folder=True)
+    if threads is not None and threads < 1:
+        raise VivimError(f"--threads must be at least 1, got {threads}")
     if threads:
         import torch
 

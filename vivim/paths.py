@@ -9,7 +9,7 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Mapping, Optional, Sequence, Union
 
 from vivim.errors import VivimError
 
@@ -60,3 +60,22 @@ def _why_not_writable(exc: OSError, directory: Path) -> str:
     if exc.errno == errno.EROFS:
         return f"{nearest} is on a read-only file system"
     return f"cannot write in {nearest} ({exc.strerror or exc})"
+
+
+def refuse_writing_over_inputs(
+    outputs: Mapping[str, Optional[PathLike]], inputs: Mapping[str, Optional[PathLike]], *, folders: Sequence[str] = ()
+) -> None:
+    """No output may be one of the inputs (a --save onto the recording it reads would replace it), and none may lie
+    inside an input named in `folders` (masks written among the frames being read would become frames)."""
+    for out_flag, out_path in outputs.items():
+        if not out_path:
+            continue
+        out_real = os.path.realpath(out_path)
+        for in_flag, in_path in inputs.items():
+            if not in_path or not os.path.exists(in_path):
+                continue
+            in_real = os.path.realpath(in_path)
+            inside = in_flag in folders and os.path.isdir(in_real) and out_real.startswith(in_real.rstrip(os.sep) + os.sep)
+            if out_real == in_real or inside:
+                where = "is" if out_real == in_real else "is inside"
+                raise VivimError(f"{out_flag} {out_path}: {where} the input {in_flag} {in_path}; write somewhere else")

@@ -51,6 +51,7 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop early (smoke tests); the epoch still ends, validates and saves
     progress: bool = True
     augment: bool = True
+    overwrite: bool = False  # a fresh run may replace the checkpoint of an earlier run at `out`
 
 
 @dataclass
@@ -216,10 +217,13 @@ def _initialise(model, source: str, verbose: bool) -> None:
 
     path = Path(source)
     if path.is_file() and path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as handle:
-            is_vivim = (handle.metadata() or {}).get("format") == FORMAT
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                is_vivim = (handle.metadata() or {}).get("format") == FORMAT
+        except (SafetensorError, OSError) as exc:
+            raise VivimError(f"--init {path}: not a readable safetensors file ({exc})") from None
         if is_vivim:
             from safetensors.torch import load_file
 
@@ -264,21 +268,31 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     from vivim.data.transforms import TrainAugment
     from vivim.losses import structure_loss
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     if cfg.variant not in vivim.variants():
         raise VivimError(f"--variant {cfg.variant!r}: choose one of {', '.join(vivim.variants())}")
-    for flag, value in (("--epochs", cfg.epochs), ("--frames", cfg.frames), ("--batch", cfg.batch), ("--size", cfg.size)):
-        if value < 1:
+    for flag, value in (("--epochs", cfg.epochs), ("--frames", cfg.frames), ("--batch", cfg.batch), ("--size", cfg.size),
+                        ("--threads", cfg.threads), ("--max-steps", cfg.max_steps)):
+        if value is not None and value < 1:
             raise VivimError(f"{flag} must be at least 1, got {value}")
+    if cfg.workers < 0:
+        raise VivimError(f"--workers must be 0 or more, got {cfg.workers}")
+    if not cfg.lr > 0:
+        raise VivimError(f"--lr must be a positive learning rate, got {cfg.lr}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     try:  # after --frames: the frame index is checked against a valid clip length
         output_frame_index(cfg.output_frame, cfg.frames)
     except ValueError as exc:
         raise VivimError(f"--output-frame: {exc}") from None
     if cfg.size % 32:
         raise VivimError(f"--size {cfg.size}: must be a multiple of 32 (the encoder downsamples 32x)")
+    paths.check_writable(cfg.out, "--out")  # now, not after the first epoch (and not a folder)
     best_path, last_path, state_path = output_paths(cfg.out)
-    paths.check_writable(best_path, "--out")  # now, not after the first epoch
+    paths.refuse_writing_over_inputs({"--out": best_path, "--out (last)": last_path, "--out (state)": state_path},
+                                     {"--init": cfg.init})
+    if not (cfg.resume or cfg.overwrite) and any(p.exists() for p in (best_path, last_path, state_path)):
+        raise VivimError(f"--out {best_path}: an earlier run's checkpoint is there; --resume continues that run, "
+                         "--overwrite replaces it, or choose another --out")
 
     dist_info, device = _init_distributed(cfg.device)
     use_amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
@@ -475,6 +489,7 @@ def train(
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9, help="Share of training videos held out for validation (0 = none)."),
     seed: int = typer.Option(1234, "--seed", help="Seed for initialisation, split, shuffling and augmentation."),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from <out stem>.state.pt."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh over an earlier run's checkpoints at --out."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from local SegFormer weights (folder or file) or a Vivim checkpoint of the same variant (fine-tuning)."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: on with CUDA)."),
     output_frame: str = typer.Option("centre", "--output-frame", help="Supervised frame: centre (paper, offline) or newest (causal, live)."),
@@ -489,7 +504,7 @@ def train(
         data=str(data), out=str(out), variant=variant, epochs=epochs, frames=frames, size=size, batch=batch,
         workers=workers, lr=lr, val=str(val) if val else None, val_fraction=val_fraction, seed=seed, resume=resume,
         init=str(init) if init else None, amp=amp, output_frame=output_frame, device=device, threads=threads,
-        max_steps=max_steps, progress=progress, augment=not no_augment,
+        max_steps=max_steps, progress=progress, augment=not no_augment, overwrite=overwrite,
     )
     try:
         run_training(cfg)

@@ -127,6 +127,7 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     from vivim.bench.env import collect_environment
     from vivim.bench.plan import BACKENDS, SCANS, parse_frames_list, parse_list, plan_rows, run_rows
     from vivim.bench.records import apply_speedups
+    from vivim.constants import output_frame_index
 
     if checkpoint is not None and variant is not None:
         raise VivimError("give --checkpoint or --variant, not both")
@@ -163,7 +164,8 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
         raise VivimError(f"--trt-plugin {trt_plugin}: no such file")
 
     settings = BenchSettings(
-        variant=variant, checkpoint=checkpoint, frames=frames or 5, size=size or 256, batch=batch, device=device,
+        variant=variant, checkpoint=checkpoint, frames=5 if frames is None else frames,
+        size=256 if size is None else size, batch=batch, device=device,
         warmup=warmup, iters=iters, max_row_seconds=max_row_seconds or None, output_frame=_output_frame(output_frame),
         fp16_mode=fp16_mode, reference_scan=reference_scan, seed=seed, keep_onnx=keep_onnx, video=video,
         pipeline_frames=pipeline_frames, long_iters=long_iters, engine=engine, trt_plugin=trt_plugin,
@@ -172,11 +174,15 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     source = ModelSource(settings)
     if checkpoint is not None:
         trained_frames, trained_size = source.checkpoint_defaults()
-        settings.frames = frames or int(trained_frames or 5)
-        settings.size = size or int(trained_size or 256)
+        settings.frames = int(trained_frames or 5) if frames is None else frames  # 0 is an error, not "default"
+        settings.size = int(trained_size or 256) if size is None else size
     if settings.frames < 1 or settings.size < 32 or settings.size % 32:
         raise VivimError(f"--frames must be >= 1 and --size a multiple of 32, got {settings.frames} and "
                          f"{settings.size}")
+    try:  # an index must fit the clip; found now, not after the first rows
+        output_frame_index(settings.output_frame, settings.frames)
+    except ValueError as exc:
+        raise VivimError(f"--output-frame: {exc}") from None
 
     env = collect_environment(device)
     print(report.format_environment(env))

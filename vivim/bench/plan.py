@@ -37,7 +37,9 @@ class PlannedRow:
 def parse_list(text: str, allowed: Sequence[str], flag: str) -> list[str]:
     """'all' or a comma list of known names (order kept, duplicates dropped)."""
     names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names or names == ["all"]:
+    if not names:
+        raise VivimError(f"{flag}: empty list (name one or more of {', '.join(allowed)}, or all)")
+    if names == ["all"]:
         return list(allowed)
     unknown = [n for n in names if n not in allowed]
     if unknown:

@@ -40,7 +40,7 @@ def synth(
     if sector == "bad":
         raise VivimError(f"--probe {probe!r}: choose linear, convex or mixed")
     paths.check_writable(out, "OUT", folder=True)
-    prepare_output_folder(out, overwrite)  # before the progress bar: a refusal is the only output
+    prepare_output_folder(out, overwrite, clear=False)  # before the progress bar: a refusal is the only output
     start = time.perf_counter()
     with tqdm(total=videos, unit="video", desc="synth") as bar:
         summary = write_synthetic_dataset(
@@ -55,7 +55,9 @@ def synth(
     if summary.contact_sheet:
         print(f"contact sheet: {summary.contact_sheet}")
     train_size = max(32, min(size, 256) // 32 * 32)  # vivim-train takes multiples of 32 and resizes the frames
-    next_command(f"vivim-train --data {out} --variant tiny --size {train_size} --epochs 20 --out runs/synth.safetensors")
+    no_val = " --val-fraction 0" if len(summary.videos) < 2 else ""  # one training video: nothing to hold out
+    next_command(f"vivim-train --data {out} --variant tiny --size {train_size} --epochs 20{no_val} "
+                 "--out runs/synth.safetensors")
 
 
 @app.command()

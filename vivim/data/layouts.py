@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from vivim.data.image_io import FRAME_EXTENSIONS
 from vivim.errors import VivimError
 
 SPLITS = ("train", "val", "test", "all")
+MANIFEST = "synth.json"  # written by vivim-data synth (vivim.data.synth_dataset)
 _VTUS_FOLDERS = {"train": ("Train",), "val": ("Val",), "test": ("Test",), "all": ("Train", "Val", "Test")}
 
 
@@ -26,6 +28,8 @@ class VideoRecord:
 
 
 def detect_layout(root: Path) -> str:
+    if root.is_file():
+        raise VivimError(f"{root}: is a file, not a dataset folder")
     if not root.is_dir():
         raise VivimError(f"{root}: dataset folder not found")
     if (root / "JPEGImages").is_dir():
@@ -76,8 +80,11 @@ def _davis_videos(root: Path, split: str) -> list[VideoRecord]:
     if split != "all":
         lists = sorted((root / "ImageSets").glob(f"**/{split}.txt")) if (root / "ImageSets").is_dir() else []
         if lists:
-            wanted = {line.strip() for line in lists[-1].read_text().splitlines() if line.strip()}
-            names = [n for n in names if n in wanted]
+            wanted = [line.strip() for line in lists[-1].read_text().splitlines() if line.strip()]
+            missing = [n for n in wanted if n not in names]
+            if missing:  # a list naming absent videos: the split would silently be smaller than it says
+                raise VivimError(f"{lists[-1]}: {len(missing)} listed video(s) not in {images} (e.g. {missing[0]})")
+            names = [n for n in names if n in set(wanted)]
     if not names:
         raise VivimError(f"{images}: no video folders found")
     return [_video_record(n, images / n, annotations / n) for n in names]
@@ -106,6 +113,10 @@ def discover_videos(root: str | Path, split: str = "all") -> list[VideoRecord]:
         raise VivimError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     root = Path(root)
     layout = detect_layout(root)
+    info = read_manifest(root)
+    if info is not None and info.get("complete") is False:
+        raise VivimError(f"{root}: an interrupted vivim-data synth run (synth.json says incomplete); run it again "
+                         "with --overwrite")
     return _davis_videos(root, split) if layout == "davis" else _vtus_videos(root, split)
 
 
@@ -122,3 +133,17 @@ def split_by_video(videos: list[VideoRecord], val_fraction: float, seed: int) ->
     n_val = min(len(videos) - 1, max(1, int(round(val_fraction * len(videos)))))
     val_ids = set(order[:n_val])
     return [v for i, v in enumerate(videos) if i not in val_ids], [v for i, v in enumerate(videos) if i in val_ids]
+
+
+def read_manifest(root: Path) -> dict | None:
+    """synth.json of a folder written by vivim-data synth, or None. Its `complete` is False while a run writes
+    (and after an interrupted one); files from before that field count as complete."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise VivimError(f"{path}: unreadable synthetic-dataset manifest ({exc})") from None
+    return info if isinstance(info, dict) else None
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import numpy as np
 
 from vivim.data.contact_sheet import write_contact_sheet
 from vivim.data.image_io import write_image, write_video
+from vivim.data.layouts import MANIFEST, read_manifest
 from vivim.data.synthetic import make_video
 from vivim.errors import VivimError
 
@@ -66,6 +68,11 @@ def write_synthetic_dataset(
     n_test = int(round(videos * test_fraction)) if layout == "vtus" else 0
     if layout == "vtus" and videos >= 2:
         n_test = min(max(n_test, 1), videos - 1)
+    planned = [_video_name(layout, first_index + k) for k in range(videos)]
+    # Written first, completed last: an interrupted run is recognisable (and --overwrite knows what it wrote).
+    _write_manifest(root, {"generator": "vivim.data.synthetic", "layout": layout, "complete": False,
+                           "videos": [{"name": n} for n in planned[:videos - n_test]],
+                           "test_videos": planned[videos - n_test:]})
     names: list[str] = []
     test_names: list[str] = []
     sheet_rows: list[tuple[str, np.ndarray, np.ndarray]] = []
@@ -74,12 +81,11 @@ def write_synthetic_dataset(
     for k in range(videos):
         index = first_index + k
         video = make_video(seed, index, frames=frames, size=size, sector=sector, fps=fps)
+        name = _video_name(layout, index)
         if layout == "davis":
-            name = f"synth_{index:04d}"
             frame_dir, mask_dir, stem_digits = root / "JPEGImages" / name, root / "Annotations" / name, 5
             mp4_path = root / f"{name}.mp4"
         else:
-            name = f"{index:04d}"
             split = "Test" if k >= videos - n_test else "Train"
             frame_dir, mask_dir, stem_digits = root / split / name, root / f"{split}_GT" / name, 4
             mp4_path = root / "videos" / f"{name}.mp4"
@@ -101,6 +107,7 @@ def write_synthetic_dataset(
     info = {
         "generator": "vivim.data.synthetic",
         "layout": layout,
+        "complete": True,
         "seed": seed,
         "frames": frames,
         "size": size,
@@ -108,14 +115,37 @@ def write_synthetic_dataset(
         "test_videos": test_names,
         "note": "synthetic B-mode ultrasound, for software testing and demos only; not for clinical use",
     }
-    tmp = root / ".synth.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, root / "synth.json")
+    _write_manifest(root, info)
     return SynthSummary(root, layout, names, test_names, frames, size, sheet_path, float(np.mean(foreground)) if foreground else 0.0)
 
 
-def prepare_output_folder(root: Path, overwrite: bool) -> None:
-    """Refuse a folder that holds a dataset, or (overwrite) remove a previous synthetic one; a no-op when clear."""
+def _video_name(layout: str, index: int) -> str:
+    return f"synth_{index:04d}" if layout == "davis" else f"{index:04d}"
+
+
+def _write_manifest(root: Path, info: dict) -> None:
+    tmp = root / ".synth.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, root / MANIFEST)
+
+
+def _written_by(root: Path, info: dict) -> list[Path]:
+    """The folders and files an earlier run listed in `info` wrote (its videos, their .mp4s, the contact sheet)."""
+    test = set(info.get("test_videos", []))
+    names = [v["name"] for v in info.get("videos", []) if isinstance(v, dict) and "name" in v] + sorted(test)
+    found: list[Path] = []
+    for name in names:
+        if info.get("layout") == "vtus":
+            split = "Test" if name in test else "Train"
+            found += [root / split / name, root / f"{split}_GT" / name, root / "videos" / f"{name}.mp4"]
+        else:
+            found += [root / "JPEGImages" / name, root / "Annotations" / name, root / f"{name}.mp4"]
+    return [p for p in found + [root / "contact_sheet.png", root / MANIFEST] if p.exists()]
+
+
+def prepare_output_folder(root: Path, overwrite: bool, *, clear: bool = True) -> None:
+    """Refuse a folder that holds a dataset; with `overwrite`, remove what an earlier synthetic run wrote (as its
+    synth.json lists it) and nothing else (clear=False: only check). A no-op for a new or empty folder."""
     root = Path(root)
     if not root.is_dir():
         return
@@ -126,8 +156,14 @@ def prepare_output_folder(root: Path, overwrite: bool) -> None:
     if not overwrite:
         raise VivimError(f"{root}: already holds a dataset ({names}); choose a new folder, or pass --overwrite to "
                          "replace a previous vivim-data synth output")
-    if not (root / "synth.json").is_file():
+    info = read_manifest(root)
+    if info is None:
         raise VivimError(f"{root}: holds a dataset that vivim-data synth did not write (no synth.json); "
                          "--overwrite only replaces synthetic datasets, choose a new folder")
-    for path in found:
+    if not clear:
+        return
+    for path in _written_by(root, info):
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for name in _ENTRIES:  # the layout folders, once they hold nothing of anyone's
+        with contextlib.suppress(OSError):
+            (root / name).rmdir()

@@ -36,10 +36,12 @@ class VivimConfig:
         for name in ("depths", "num_heads", "sr_ratios", "patch_sizes", "strides"):
             if len(getattr(self, name)) != stages:
                 raise ValueError(f"config {self.name}: {name} needs {stages} entries")
-        if self.frames < 1:
-            raise ValueError(f"config {self.name}: frames must be >= 1, got {self.frames}")
-        if self.img_size < 32:
-            raise ValueError(f"config {self.name}: img_size must be >= 32, got {self.img_size}")
+        # ints checked as ints: a float T or size would be saved in the checkpoint and fail later, in export
+        if isinstance(self.frames, bool) or not isinstance(self.frames, int) or self.frames < 1:
+            raise ValueError(f"config {self.name}: frames must be an int >= 1, got {self.frames!r}")
+        if isinstance(self.img_size, bool) or not isinstance(self.img_size, int) or self.img_size < 32 or self.img_size % 32:
+            raise ValueError(f"config {self.name}: img_size must be a multiple of 32 (the encoder downsamples 32x), "
+                             f"got {self.img_size!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -142,7 +142,7 @@ def selective_scan_cuda(
     dtypes raise VivimError with a one-line message.
     """
     ext = load_extension()
-    check_shapes(u, delta, A, B, C, max_dstate=64)  # the common mistakes, before the extension
+    check_shapes(u, delta, A, B, C, max_dstate=64, D=D, z=z, delta_bias=delta_bias)  # before the extension
     dtype = u.dtype
     if B.dtype != dtype:
         B = B.to(dtype)

@@ -22,12 +22,18 @@ from vivim.errors import ScanShapeError
 
 
 def check_shapes(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, max_dstate: Optional[int] = None
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, max_dstate: Optional[int] = None,
+    D: Optional[Tensor] = None, z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
 ) -> tuple[int, int, int, int, int]:
     """(batch, D, L, N, G) of a selective-scan call, or a one-line ScanShapeError; `max_dstate` bounds N (kernels)."""
+    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
+        if not isinstance(t, Tensor):
+            raise ScanShapeError(f"{name} must be a tensor, got {type(t).__name__}")
     if u.dim() != 3:
         raise ScanShapeError(f"u must be (batch, D, L), got shape {tuple(u.shape)}")
     batch, dim, length = u.shape
+    if min(batch, dim, length) < 1:
+        raise ScanShapeError(f"u must not be empty, got shape {tuple(u.shape)}")
     if delta.shape != u.shape:
         raise ScanShapeError(f"delta shape {tuple(delta.shape)} differs from u shape {tuple(u.shape)}")
     if A.dim() != 2 or A.shape[0] != dim:
@@ -42,6 +48,13 @@ def check_shapes(
             raise ScanShapeError(f"{name} must be {expected}, got shape {tuple(m.shape)}")
     if groups < 1 or dim % groups:
         raise ScanShapeError(f"D={dim} is not divisible by the number of groups G={groups}")
+    # the optional ones broadcast silently into a wrong-shaped output if not checked
+    optional: tuple[tuple[str, Optional[Tensor], tuple[int, ...]], ...] = (
+        ("D", D, (dim,)), ("delta_bias", delta_bias, (dim,)), ("z", z, (batch, dim, length)))
+    for opt_name, value, want in optional:
+        if value is not None and (not isinstance(value, Tensor) or tuple(value.shape) != want):
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ScanShapeError(f"{opt_name} must be {want}, got {got}")
     return batch, dim, length, dstate, groups
 
 
@@ -74,7 +87,7 @@ def selective_scan_sequential(
     delta_softplus: bool = False,
 ) -> Tensor:
     """Token-by-token recurrence h_t = exp(dt A) h_{t-1} + dt B_t u_t, y_t = C_t . h_t: the test oracle."""
-    batch, dim, length, dstate, groups = check_shapes(u, delta, A, B, C)
+    batch, dim, length, dstate, groups = check_shapes(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias)
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
     uf = u.to(acc)
     dt = _prepare_delta(delta, delta_bias, delta_softplus, acc)
@@ -108,7 +121,7 @@ def selective_scan_reference(
     chunk: Optional[int] = None,
 ) -> Tensor:
     """Chunked selective scan, exact in fp32, differentiable, no Python loop over the sequence."""
-    batch, dim, length, dstate, groups = check_shapes(u, delta, A, B, C)
+    batch, dim, length, dstate, groups = check_shapes(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias)
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
     k = chunk or default_chunk(length)
     n_chunks = -(-length // k)
