@@ -245,10 +245,19 @@ def test_bad_arguments_raise():
         except VivimError as exc:
             print("E2", exc, flush=True)
         B1 = torch.randn(1, 16, 16, device="cuda")
-        try:  # caught inside the extension (its own error path, no C++ exception)
-            _cuda_ext.selective_scan_cuda(u, u, A16, B1, B1, z=torch.randn(1, 8, 15, device="cuda"))
+        z_bad = torch.randn(1, 8, 15, device="cuda")
+        # the extension's own error path (no C++ exception), reached past the Python checks
+        ext = _cuda_ext.load_extension()
+        if ext.fwd(u, u, A16, B1, B1, None, z_bad, None, False) is None:
+            print("E3", ext.last_error(), flush=True)
+        try:  # through the wrapper: the same message, as a one-line VivimError (a ScanShapeError, a ValueError)
+            _cuda_ext.selective_scan_cuda(u, u, A16, B1, B1, z=z_bad)
+        except ValueError as exc:
+            print("E4", type(exc).__name__, exc, flush=True)
+        try:
+            _cuda_ext.selective_scan_cuda(u, u, A16, None, B1)
         except VivimError as exc:
-            print("E3", exc, flush=True)
+            print("E5", exc, flush=True)
     """)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
@@ -256,6 +265,8 @@ def test_bad_arguments_raise():
     assert "E1" in proc.stdout and "dstate" in proc.stdout, proc.stdout
     assert "E2" in proc.stdout and "divisible" in proc.stdout, proc.stdout
     assert "E3" in proc.stdout and "z must have" in proc.stdout, proc.stdout
+    assert "E4 ScanShapeError" in proc.stdout and "z must have u's shape" in proc.stdout, proc.stdout
+    assert "E5 selective_scan: B must be a tensor" in proc.stdout, proc.stdout
 
 
 def test_matches_mamba_ssm_when_installed():
