@@ -16,6 +16,7 @@ from pathlib import Path
 import typer
 
 from vivim import atomic, paths
+from vivim.checkpoint import checkpoint_file
 from vivim.cli_utils import next_command, run_app, warn
 from vivim.errors import VivimError
 
@@ -49,6 +50,7 @@ def onnx(
     """Export a checkpoint to a static-shape ONNX with one vivim::VivimSelectiveScan node per selective scan."""
     from vivim.export.onnx_export import export_onnx
 
+    paths.refuse_writing_over_inputs({"-o": output}, {"CHECKPOINT": checkpoint_file(checkpoint)})
     result = export_onnx(checkpoint, output, fp16=fp16, frames=frames, size=size, output_frame=output_frame, opset=opset,
                          optimize=optimize)
     for label, tensors in (("input", result.inputs), ("output", result.outputs)):
@@ -75,6 +77,8 @@ def check(
     from vivim.export.parity import check_parity
 
     if json_out is not None:
+        paths.refuse_writing_over_inputs({"--json": json_out}, {"CHECKPOINT": checkpoint_file(checkpoint),
+                                                                "--onnx": onnx_path})
         paths.check_writable(json_out, "--json")
     result = check_parity(checkpoint, onnx_path, atol=atol, min_dice=min_dice, seed=seed)
     if not result.checkpoint_matches:
@@ -134,6 +138,9 @@ def trt(
     if not _tensorrt_installed():
         raise VivimError(tensorrt_missing_message(rerun))
     plugin_path = _resolve_plugin(plugin_path, output)
+    paths.refuse_writing_over_inputs({"-o": output, "-o (sidecar)": Path(f"{output}.json")},
+                                     {"SOURCE": checkpoint_file(source), "--plugin": plugin_path,
+                                      "--timing-cache": None})
     onnx_path = _onnx_for_engine(source, output, fp16)
     engine = build_engine(onnx_path, output, plugin_path, workspace, timing_cache, verbose,
                           precision="fp16" if fp16 else None, rerun=rerun)

@@ -206,13 +206,13 @@ def build_plugin(
     The CMake tree lives in out_dir/build (kept for fast rebuilds, log in out_dir/build/build_plugin.log).
     With build_harness the interface/GPU test driver is copied to out_dir too (see harness_path()).
     """
-    out_dir = paths.check_writable(out_dir, "-o", folder=True)
     cmake = find_cmake()
     nvcc = find_nvcc()
     include_dir = find_tensorrt_include(tensorrt_include)
     major, _, _ = tensorrt_header_version(include_dir)
     if major < 10:
         raise VivimError(f"{include_dir}: TensorRT {major}.x headers; the IPluginV3 plugin needs TensorRT 10.0 or newer")
+    out_dir = paths.check_writable(out_dir, "-o", folder=True)  # after the tools are found: a refusal leaves no folder
     archs = resolve_cuda_archs(arch, cuda_archs)
     source = cmake_source_dir(plugin_source_dir(), cmake_version(cmake))
 

@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from vivim import paths
+from vivim.checkpoint import checkpoint_file
 from vivim.errors import VivimError
 from vivim.runtime.backends import Backend, create_backend
 from vivim.runtime.config import RunConfig
@@ -133,7 +134,7 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
     paths.refuse_writing_over_inputs(
         {"--save": snk.save, "--save-masks": snk.save_masks, "--stats": snk.stats, "--strip": snk.strip},
         {f"--{src.kind}": src.location if src.kind in ("video", "frames") else None,
-         f"--{model.kind}": model.model if model.model != "demo" else None},
+         f"--{model.kind}": checkpoint_file(model.model) if model.model else None},
         folders=("--frames",),
     )
     if snk.stats:

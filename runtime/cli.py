@@ -41,7 +41,7 @@ def run(
     ),
     video: Optional[str] = typer.Option(None, "--video", help="Video file.", rich_help_panel=_SRC),
     frames: Optional[str] = typer.Option(
-        None, "--frames", help="Folder of images, read in name order.", rich_help_panel=_SRC
+        None, "--frames", help="Folder of images, read in frame-number order (frame_2 before frame_10).", rich_help_panel=_SRC
     ),
     gst: Optional[str] = typer.Option(
         None, "--gst", help="GStreamer pipeline ending in appsink (OpenCV built with GStreamer).", rich_help_panel=_SRC

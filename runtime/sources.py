@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, List, Optional, Protocol, Tuple
 
 import numpy as np
@@ -327,16 +328,18 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
 
 
 class ImageFolder:
-    """A folder of images read in name order, behaving like a VideoCapture."""
+    """A folder of images read in frame-number order, behaving like a VideoCapture."""
 
     def __init__(self, folder: str) -> None:
         if not os.path.exists(folder):
             raise VivimError(f"--frames {folder}: no such folder")
         if not os.path.isdir(folder):
             raise VivimError(f"--frames {folder}: not a folder (use --video for a video file)")
-        self.files: List[str] = sorted(
-            os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES)
-        )
+        from vivim.data.layouts import frame_order  # here: it imports OpenCV, which must follow the log settings above
+
+        names = [f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES)]
+        # numbered frames in number order (frame_2 before frame_10), as the dataset loaders read them
+        self.files: List[str] = [os.path.join(folder, f) for f in sorted(names, key=lambda f: frame_order(Path(f)))]
         if not self.files:
             raise VivimError(f"--frames {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
         self._next = 0

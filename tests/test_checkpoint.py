@@ -63,6 +63,33 @@ def test_garbage_and_foreign_files(tmp_path):
         vivim.load_checkpoint(foreign)
 
 
+def _edit_metadata(src, dst, change):
+    """Copy a checkpoint with its JSON metadata edited (the header rewritten, the tensors' bytes kept)."""
+    data = src.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + size])
+    meta = json.loads(header["__metadata__"]["vivim"])
+    change(meta)
+    header["__metadata__"]["vivim"] = json.dumps(meta)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    dst.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + size:])
+    return dst
+
+
+def test_edited_metadata_is_refused_in_one_line(tmp_path, tiny):
+    good = vivim.save_checkpoint(tiny, tmp_path / "good.safetensors")
+    relabelled = _edit_metadata(good, tmp_path / "relabelled.safetensors", lambda m: m.update(variant="paper"))
+    with pytest.raises(CheckpointError, match="variant 'paper' but its config is 'tiny'"):
+        read_metadata(relabelled)
+    bad_norm = _edit_metadata(good, tmp_path / "norm.safetensors",
+                              lambda m: m.update(normalization={"mean": [0.5], "std": [0, 0, 0]}))
+    with pytest.raises(CheckpointError, match="normalization must hold 3 finite means and 3 positive stds"):
+        vivim.load_checkpoint(bad_norm)
+    same = _edit_metadata(good, tmp_path / "same.safetensors", lambda m: None)
+    assert read_metadata(same) == read_metadata(good)
+
+
 def test_weights_that_do_not_match_their_config(tmp_path, tiny):
     path = vivim.save_checkpoint(tiny, tmp_path / "m.safetensors")
     raw = path.read_bytes()

@@ -195,6 +195,8 @@ def _cli(argv, capsys):
 
 
 def _error_cases(tmp_path, checkpoint, clip):
+    from vivim.checkpoint import checkpoint_file
+
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(os.urandom(5000))
     model = ["--checkpoint", checkpoint, "--device", "cpu"]
@@ -228,6 +230,10 @@ def _error_cases(tmp_path, checkpoint, clip):
          "--save-masks " + str(tmp_path / "masks") + ": is inside the input --frames"),
         (["--video", clip, *model, "--stats", checkpoint], f"--stats {checkpoint}: is the input --checkpoint"),
         (["--video", clip, *model, "--checkpoint", str(tmp_path)], "is a folder, not a file"),
+        (["--video", clip, *model, "--save", str(tmp_path / "o.mp4"), "--stats", str(tmp_path / "o.mp4")],
+         "is also the output of --save"),
+        (["--video", clip, "--checkpoint", "demo", "--device", "cpu", "--stats", checkpoint_file("demo")],
+         "is the input --checkpoint"),
     ]
     cases.append((["--video", clip, "--engine", str(engine)], _expected_engine_refusal()))
     if not opencv_has_gstreamer():

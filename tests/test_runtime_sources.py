@@ -244,14 +244,27 @@ def test_gstreamer_missing_in_opencv():
 def test_image_folder_reads_in_name_order(tmp_path):
     folder = make_folder(tmp_path / "f", n=3)
     (folder / "notes.txt").write_text("ignored")
-    reader = ImageFolder(str(folder))
-    values = []
+    assert [int(image.mean()) for image in _read_all(ImageFolder(str(folder)))] == [0, 30, 60]
+
+
+def _read_all(reader):
+    images = []
     while True:
         ok, image = reader.read()
         if not ok:
-            break
-        values.append(int(image.mean()))
-    assert values == [0, 30, 60]
+            return images
+        images.append(image)
+
+
+def test_image_folder_reads_numbered_frames_in_number_order(tmp_path):
+    """frame_2 before frame_10, as the dataset loaders read them (name order would give 0, 1, 10, 11, 2, ...)."""
+    import cv2
+
+    folder = tmp_path / "numbered"
+    folder.mkdir()
+    for k in range(12):
+        cv2.imwrite(str(folder / f"frame_{k}.png"), np.full((8, 8, 3), 20 * k, np.uint8))
+    assert [int(image.mean()) // 20 for image in _read_all(ImageFolder(str(folder)))] == list(range(12))
 
 
 def test_stop_unblocks_a_waiting_capture_thread(tmp_path):

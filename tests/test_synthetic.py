@@ -161,6 +161,14 @@ def test_synth_refuses_a_folder_that_holds_a_dataset(tmp_path):
     # validation split carved from a single video
     assert "--size 64 " in result.output and "--val-fraction 0 " in result.output
 
+    manifest = json.loads((out / "synth.json").read_text())
+    manifest["videos"].append({"name": "../../victim"})  # an edited manifest must not steer the removal outside
+    (out / "synth.json").write_text(json.dumps(manifest))
+    (tmp_path / "victim").mkdir()
+    result = runner.invoke(app, [*args, "--videos", "1", "--overwrite"])
+    assert result.exit_code != 0 and "not a video name vivim-data synth writes" in str(result.exception)
+    assert (tmp_path / "victim").is_dir() and (out / "JPEGImages" / "synth_0000").is_dir()
+
     foreign = tmp_path / "real"
     (foreign / "JPEGImages" / "case1").mkdir(parents=True)
     result = runner.invoke(app, ["synth", str(foreign), "--videos", "1", "--overwrite"])

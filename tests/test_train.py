@@ -89,6 +89,10 @@ def test_resume_errors(data, tmp_path):
         run_training(_cfg(data, tmp_path / "a.safetensors", resume=True, frames=5))
     with pytest.raises(VivimError, match="--epochs 1"):
         run_training(_cfg(data, tmp_path / "a.safetensors", resume=True, epochs=3))
+    for change, flag in ((dict(lr=0.05), "--lr"), (dict(seed=9), "--seed"), (dict(val_fraction=0.5), "--val-fraction"),
+                         (dict(val=str(data)), "--val")):
+        with pytest.raises(VivimError, match=f"started with {flag} "):
+            run_training(_cfg(data, tmp_path / "a.safetensors", resume=True, epochs=1, **change))
 
 
 def test_init_from_a_vivim_checkpoint(data, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from importlib import resources
@@ -28,6 +29,13 @@ DEMO_NAME = "demo"
 DEMO_FILE = "demo_tiny.safetensors"
 
 PathLike = Union[str, os.PathLike]
+
+
+def checkpoint_file(name: PathLike) -> str:
+    """The file a checkpoint argument names: 'demo' is the bundled weights' path, anything else itself."""
+    if str(name) == DEMO_NAME:
+        return str(resources.files("vivim") / "assets" / DEMO_FILE)
+    return str(name)
 
 
 def resolve_checkpoint(path: PathLike) -> Path:
@@ -74,9 +82,31 @@ def read_metadata(path: PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{p}: checkpoint format version {raw.get('format_version')!r} is not supported "
                               f"(this package reads version {FORMAT_VERSION})")
     try:
-        return json.loads(raw["vivim"])
+        meta = json.loads(raw["vivim"])
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{p}: damaged checkpoint metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{p}: damaged checkpoint metadata (not a mapping)")
+    _check_metadata(p, meta)
+    return meta
+
+
+def _check_metadata(p: Path, meta: dict[str, Any]) -> None:
+    """The fields every reader trusts (runtime, export, --init), checked once here: an edited or damaged value
+    gives one line naming the file instead of a wrong normalisation or a mislabelled export later."""
+    config = meta.get("config")
+    if isinstance(config, dict) and "variant" in meta and meta["variant"] != config.get("name"):
+        raise CheckpointError(f"{p}: metadata says variant {meta['variant']!r} but its config is {config.get('name')!r}")
+    norm = meta.get("normalization")
+    if norm is not None:
+        try:
+            mean, std = [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]]
+            valid = len(mean) == len(std) == 3 and all(math.isfinite(v) for v in mean + std) and min(std) > 0
+        except (KeyError, TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise CheckpointError(f"{p}: metadata normalization must hold 3 finite means and 3 positive stds, "
+                                  f"got {norm!r}")
 
 
 def save_checkpoint(model: "VivimModel", path: PathLike, **metadata: Any) -> Path:

@@ -17,6 +17,7 @@ from typing import Optional
 import typer
 
 from vivim import paths
+from vivim.checkpoint import checkpoint_file
 from vivim.cli_utils import run_app
 from vivim.errors import VivimError
 
@@ -182,7 +183,7 @@ def evaluate(
 ) -> None:
     """Dice, Jaccard, precision, recall, MAE (threshold 0.5 and mean over 256 thresholds), per video and overall."""
     paths.refuse_writing_over_inputs({"--json": json_out, "--overlays": overlays},
-                                     {"--data": data, "CHECKPOINT": checkpoint if checkpoint != "demo" else None},
+                                     {"--data": data, "CHECKPOINT": checkpoint_file(checkpoint)},
                                      folders=("--data",))
     if json_out:
         paths.check_writable(json_out, "--json")  # before the evaluation, not after it

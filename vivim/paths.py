@@ -65,12 +65,17 @@ def _why_not_writable(exc: OSError, directory: Path) -> str:
 def refuse_writing_over_inputs(
     outputs: Mapping[str, Optional[PathLike]], inputs: Mapping[str, Optional[PathLike]], *, folders: Sequence[str] = ()
 ) -> None:
-    """No output may be one of the inputs (a --save onto the recording it reads would replace it), and none may lie
-    inside an input named in `folders` (masks written among the frames being read would become frames)."""
+    """No output may be one of the inputs (a --save onto the recording it reads would replace it), none may lie
+    inside an input named in `folders` (masks written among the frames being read would become frames), and no two
+    outputs may share a path (the second would replace the first)."""
+    seen: dict[str, str] = {}
     for out_flag, out_path in outputs.items():
         if not out_path:
             continue
         out_real = os.path.realpath(out_path)
+        if out_real in seen:
+            raise VivimError(f"{out_flag} {out_path}: is also the output of {seen[out_real]}; give each its own path")
+        seen[out_real] = out_flag
         for in_flag, in_path in inputs.items():
             if not in_path or not os.path.exists(in_path):
                 continue

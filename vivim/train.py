@@ -308,6 +308,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
 
     # data: train on the folder's train split, validate on whole held-out videos (never the test split)
     all_train = discover_videos(cfg.data, "train")
+    if cfg.val and os.path.realpath(cfg.val) == os.path.realpath(cfg.data) and dist_info.main:
+        warn(f"--val {cfg.val} is the --data folder: validation scores videos the model trains on")
     if cfg.val:
         train_videos, val_videos = all_train, _val_videos(cfg.val)
     else:
@@ -341,12 +343,17 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     if cfg.resume:
         state = load_state(state_path)
         saved = state["config"]
-        for key in ("variant", "frames", "size", "output_frame"):
-            if saved[key] != getattr(cfg, key):
-                raise VivimError(f"{state_path}: was trained with {key}={saved[key]!r}, not {getattr(cfg, key)!r}")
+        # everything that shapes the model, the schedule or the train/validation split must be what it was: a
+        # resumed run that silently changed them would compare "best" epochs across different validation sets
+        for key in ("variant", "frames", "size", "output_frame", "lr", "min_lr", "batch", "seed", "val_fraction", "val"):
+            was = saved.get(key)  # absent: None, or a state file from before the key was recorded
+            if (key in saved or key == "val") and was != getattr(cfg, key):
+                flag = "--" + key.replace("_", "-")
+                raise VivimError(f"{state_path}: the run was started with {flag} {was!r}, not {getattr(cfg, key)!r}; "
+                                 "resume with the same flags")
         if saved["epochs"] != cfg.epochs:  # the cosine schedule's length is part of the state
             raise VivimError(f"{state_path}: the run was planned for --epochs {saved['epochs']}; resume with that value "
-                             f"(or start a new run with --init {last_path} to train longer)")
+                             f"(or train longer in a new run: --init {last_path} with another --out)")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -131,9 +131,6 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
 
     if checkpoint is not None and variant is not None:
         raise VivimError("give --checkpoint or --variant, not both")
-    paths.check_writable(out, "--out", folder=True)  # before the measurements, not after them
-    if keep_onnx is not None:
-        paths.check_writable(keep_onnx, "--keep-onnx", folder=True)
     if checkpoint is None and variant is None:
         variant = "paper"
         warn("no --checkpoint or --variant: benchmarking the 'paper' variant with random weights")
@@ -184,6 +181,9 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     except ValueError as exc:
         raise VivimError(f"--output-frame: {exc}") from None
 
+    paths.check_writable(out, "--out", folder=True)  # after the flags, before the measurements
+    if keep_onnx is not None:
+        paths.check_writable(keep_onnx, "--keep-onnx", folder=True)
     env = collect_environment(device)
     print(report.format_environment(env))
     print(f"model: {checkpoint or variant}, clip {settings.batch}x{settings.frames}x3x{settings.size}x{settings.size}, "

@@ -39,14 +39,15 @@ def detect_layout(root: Path) -> str:
     raise VivimError(f"{root}: not a dataset folder (expected JPEGImages/ + Annotations/, or Train/ + Train_GT/)")
 
 
-def _frame_order(path: Path) -> tuple[int, int | str]:
-    # integer stems sort numerically (2 < 10); anything else lexicographically after them
+def frame_order(path: Path) -> tuple[int, str, int]:
+    """Sort key of frame files: a trailing number sorts numerically after the same prefix (frame_2 < frame_10);
+    names without one come after, by name."""
     match = re.search(r"(\d+)$", path.stem)
-    return (0, int(match.group(1))) if match else (1, path.stem)
+    return (0, path.stem[: match.start()], int(match.group(1))) if match else (1, path.stem, 0)
 
 
 def _list_frames(folder: Path) -> list[Path]:
-    frames = sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and not p.name.startswith(".")), key=_frame_order)
+    frames = sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and not p.name.startswith(".")), key=frame_order)
     if not frames:
         raise VivimError(f"{folder}: no frame images (.jpg/.png) in this video folder")
     return frames
@@ -79,6 +80,10 @@ def _davis_videos(root: Path, split: str) -> list[VideoRecord]:
     names = [p.name for p in _subfolders(images)]
     if split != "all":
         lists = sorted((root / "ImageSets").glob(f"**/{split}.txt")) if (root / "ImageSets").is_dir() else []
+        if (root / "ImageSets").is_dir() and not lists:  # lists exist, but none for this split: never "all videos"
+            have = sorted({p.stem for p in (root / "ImageSets").glob("**/*.txt")})
+            raise VivimError(f"{root / 'ImageSets'}: no {split}.txt list (lists: {', '.join(have) or 'none'}); "
+                             f"pass --split {have[0] if have else 'all'} or --split all")
         if lists:
             wanted = [line.strip() for line in lists[-1].read_text().splitlines() if line.strip()]
             missing = [n for n in wanted if n not in names]

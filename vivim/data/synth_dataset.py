@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,10 @@ def _written_by(root: Path, info: dict) -> list[Path]:
     """The folders and files an earlier run listed in `info` wrote (its videos, their .mp4s, the contact sheet)."""
     test = set(info.get("test_videos", []))
     names = [v["name"] for v in info.get("videos", []) if isinstance(v, dict) and "name" in v] + sorted(test)
+    foreign = [n for n in names if not (isinstance(n, str) and re.fullmatch(r"(synth_)?\d{4,}", n))]
+    if foreign:  # only names this writer gives are ever removed (an edited manifest must not reach outside `root`)
+        raise VivimError(f"{root / MANIFEST}: lists {foreign[0]!r}, not a video name vivim-data synth writes; "
+                         "remove the folder's contents by hand or choose a new folder")
     found: list[Path] = []
     for name in names:
         if info.get("layout") == "vtus":
