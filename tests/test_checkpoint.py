@@ -86,6 +86,10 @@ def test_edited_metadata_is_refused_in_one_line(tmp_path, tiny):
                               lambda m: m.update(normalization={"mean": [0.5], "std": [0, 0, 0]}))
     with pytest.raises(CheckpointError, match="normalization must hold 3 finite means and 3 positive stds"):
         vivim.load_checkpoint(bad_norm)
+    as_bool = _edit_metadata(good, tmp_path / "bool.safetensors",
+                             lambda m: m.update(normalization={"mean": [0.5] * 3, "std": [True, 1, 1]}))
+    with pytest.raises(CheckpointError, match="normalization must hold"):
+        read_metadata(as_bool)
     same = _edit_metadata(good, tmp_path / "same.safetensors", lambda m: None)
     assert read_metadata(same) == read_metadata(good)
 

@@ -99,7 +99,7 @@ def test_davis_2017_resolution_folder_and_imagesets(tmp_path, davis):
     (root / "ImageSets/2017/val.txt").write_text("synth_0001\nsynth_9999\n")  # a video that is not on disk
     with pytest.raises(VivimError, match=r"val.txt: 1 listed video\(s\) not in .* \(e.g. synth_9999\)"):
         discover_videos(root, "val")
-    with pytest.raises(VivimError, match=r"no test.txt list \(lists: train, val\); pass --split train or --split all"):
+    with pytest.raises(VivimError, match=r"no test.txt list \(lists: train, val\); pass --split train / val / all"):
         discover_videos(root, "test")  # lists exist, none for this split: not silently every video
     with pytest.raises(VivimError, match="is a file, not a dataset folder"):
         discover_videos(root / "ImageSets/2017/val.txt")

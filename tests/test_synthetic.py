@@ -169,6 +169,20 @@ def test_synth_refuses_a_folder_that_holds_a_dataset(tmp_path):
     assert result.exit_code != 0 and "not a video name vivim-data synth writes" in str(result.exception)
     assert (tmp_path / "victim").is_dir() and (out / "JPEGImages" / "synth_0000").is_dir()
 
+    # a layout folder that links elsewhere (a data drive): nothing is removed through it
+    drive = tmp_path / "drive"
+    (drive / "synth_0000").mkdir(parents=True)
+    (drive / "synth_0000" / "keep.txt").write_text("not ours")
+    manifest["videos"] = [v for v in manifest["videos"] if v["name"] != "../../victim"]
+    (out / "synth.json").write_text(json.dumps(manifest))
+    import shutil
+
+    shutil.rmtree(out / "JPEGImages")
+    (out / "JPEGImages").symlink_to(drive)
+    result = runner.invoke(app, [*args, "--videos", "1", "--overwrite"])
+    assert result.exit_code != 0 and "is a symbolic link" in str(result.exception)
+    assert (drive / "synth_0000" / "keep.txt").read_text() == "not ours"
+
     foreign = tmp_path / "real"
     (foreign / "JPEGImages" / "case1").mkdir(parents=True)
     result = runner.invoke(app, ["synth", str(foreign), "--videos", "1", "--overwrite"])

@@ -100,8 +100,10 @@ def _check_metadata(p: Path, meta: dict[str, Any]) -> None:
     norm = meta.get("normalization")
     if norm is not None:
         try:
+            values = list(norm["mean"]) + list(norm["std"])
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
             mean, std = [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]]
-            valid = len(mean) == len(std) == 3 and all(math.isfinite(v) for v in mean + std) and min(std) > 0
+            valid = numbers and len(mean) == len(std) == 3 and all(math.isfinite(v) for v in mean + std) and min(std) > 0
         except (KeyError, TypeError, ValueError):
             valid = False
         if not valid:

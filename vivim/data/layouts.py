@@ -83,7 +83,7 @@ def _davis_videos(root: Path, split: str) -> list[VideoRecord]:
         if (root / "ImageSets").is_dir() and not lists:  # lists exist, but none for this split: never "all videos"
             have = sorted({p.stem for p in (root / "ImageSets").glob("**/*.txt")})
             raise VivimError(f"{root / 'ImageSets'}: no {split}.txt list (lists: {', '.join(have) or 'none'}); "
-                             f"pass --split {have[0] if have else 'all'} or --split all")
+                             f"pass --split {' / '.join(have + ['all'])}")
         if lists:
             wanted = [line.strip() for line in lists[-1].read_text().splitlines() if line.strip()]
             missing = [n for n in wanted if n not in names]

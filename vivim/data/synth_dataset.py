@@ -168,6 +168,11 @@ def prepare_output_folder(root: Path, overwrite: bool, *, clear: bool = True) ->
     if not clear:
         return
     for path in _written_by(root, info):
+        linked = next((p for p in (path, *path.parents) if p.is_symlink() and root in p.parents), None)
+        if linked is not None:  # never delete through a link: it may lead to a data drive
+            raise VivimError(f"{linked}: is a symbolic link; --overwrite removes nothing through links, "
+                             "clear the earlier dataset by hand or choose a new folder")
+    for path in _written_by(root, info):
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     for name in _ENTRIES:  # the layout folders, once they hold nothing of anyone's
         with contextlib.suppress(OSError):
