@@ -139,8 +139,7 @@ def trt(
         raise VivimError(tensorrt_missing_message(rerun))
     plugin_path = _resolve_plugin(plugin_path, output)
     paths.refuse_writing_over_inputs({"-o": output, "-o (sidecar)": Path(f"{output}.json")},
-                                     {"SOURCE": checkpoint_file(source), "--plugin": plugin_path,
-                                      "--timing-cache": None})
+                                     {"SOURCE": checkpoint_file(source), "--plugin": plugin_path})
     onnx_path = _onnx_for_engine(source, output, fp16)
     engine = build_engine(onnx_path, output, plugin_path, workspace, timing_cache, verbose,
                           precision="fp16" if fp16 else None, rerun=rerun)

@@ -19,8 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 import numpy as np
 import torch
 
-from vivim.constants import TRAIN_RESIZE
 from vivim import paths
+from vivim.constants import TRAIN_RESIZE
 from vivim.errors import VivimError
 from vivim.runtime.preprocess import Normalization, choose_resize, resize_rgb
 from vivim.runtime.resample import DeviceResizer

@@ -41,7 +41,7 @@ def checkpoint_file(name: PathLike) -> str:
 def resolve_checkpoint(path: PathLike) -> Path:
     """'demo' -> the bundled demo weights; anything else -> that file, which must exist."""
     if str(path) == DEMO_NAME:
-        demo = Path(str(resources.files("vivim") / "assets" / DEMO_FILE))
+        demo = Path(checkpoint_file(DEMO_NAME))
         if not demo.is_file():
             raise CheckpointError(f"the bundled demo weights are missing from the package ({demo})")
         return demo

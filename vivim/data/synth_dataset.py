@@ -21,7 +21,7 @@ from vivim.errors import VivimError
 
 LAYOUTS = ("davis", "vtus")
 # Everything the writer may create under its folder (DAVIS puts one <video>.mp4 per video at the top as well).
-_ENTRIES = ("JPEGImages", "Annotations", "Train", "Train_GT", "Test", "Test_GT", "videos", "contact_sheet.png", "synth.json")
+_ENTRIES = ("JPEGImages", "Annotations", "Train", "Train_GT", "Test", "Test_GT", "videos", "contact_sheet.png", MANIFEST)
 
 
 @dataclass
@@ -83,13 +83,8 @@ def write_synthetic_dataset(
         index = first_index + k
         video = make_video(seed, index, frames=frames, size=size, sector=sector, fps=fps)
         name = _video_name(layout, index)
-        if layout == "davis":
-            frame_dir, mask_dir, stem_digits = root / "JPEGImages" / name, root / "Annotations" / name, 5
-            mp4_path = root / f"{name}.mp4"
-        else:
-            split = "Test" if k >= videos - n_test else "Train"
-            frame_dir, mask_dir, stem_digits = root / split / name, root / f"{split}_GT" / name, 4
-            mp4_path = root / "videos" / f"{name}.mp4"
+        frame_dir, mask_dir, mp4_path = _video_paths(root, layout, name, test=k >= videos - n_test)
+        stem_digits = 5 if layout == "davis" else 4
         (test_names if layout == "vtus" and k >= videos - n_test else names).append(name)
         for i in range(frames):
             stem = f"{i:0{stem_digits}d}"
@@ -124,6 +119,14 @@ def _video_name(layout: str, index: int) -> str:
     return f"synth_{index:04d}" if layout == "davis" else f"{index:04d}"
 
 
+def _video_paths(root: Path, layout: str, name: str, test: bool) -> tuple[Path, Path, Path]:
+    """(frame folder, mask folder, .mp4) of one video; `test` places a vtus video in Test/ (davis has no split)."""
+    if layout == "davis":
+        return root / "JPEGImages" / name, root / "Annotations" / name, root / f"{name}.mp4"
+    split = "Test" if test else "Train"
+    return root / split / name, root / f"{split}_GT" / name, root / "videos" / f"{name}.mp4"
+
+
 def _write_manifest(root: Path, info: dict) -> None:
     tmp = root / ".synth.json.tmp"
     tmp.write_text(json.dumps(info, indent=1))
@@ -138,13 +141,8 @@ def _written_by(root: Path, info: dict) -> list[Path]:
     if foreign:  # only names this writer gives are ever removed (an edited manifest must not reach outside `root`)
         raise VivimError(f"{root / MANIFEST}: lists {foreign[0]!r}, not a video name vivim-data synth writes; "
                          "remove the folder's contents by hand or choose a new folder")
-    found: list[Path] = []
-    for name in names:
-        if info.get("layout") == "vtus":
-            split = "Test" if name in test else "Train"
-            found += [root / split / name, root / f"{split}_GT" / name, root / "videos" / f"{name}.mp4"]
-        else:
-            found += [root / "JPEGImages" / name, root / "Annotations" / name, root / f"{name}.mp4"]
+    layout = "vtus" if info.get("layout") == "vtus" else "davis"
+    found = [path for name in names for path in _video_paths(root, layout, name, test=name in test)]
     return [p for p in found + [root / "contact_sheet.png", root / MANIFEST] if p.exists()]
 
 
@@ -167,12 +165,13 @@ def prepare_output_folder(root: Path, overwrite: bool, *, clear: bool = True) ->
                          "--overwrite only replaces synthetic datasets, choose a new folder")
     if not clear:
         return
-    for path in _written_by(root, info):
+    written = _written_by(root, info)
+    for path in written:
         linked = next((p for p in (path, *path.parents) if p.is_symlink() and root in p.parents), None)
         if linked is not None:  # never delete through a link: it may lead to a data drive
             raise VivimError(f"{linked}: is a symbolic link; --overwrite removes nothing through links, "
                              "clear the earlier dataset by hand or choose a new folder")
-    for path in _written_by(root, info):
+    for path in written:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     for name in _ENTRIES:  # the layout folders, once they hold nothing of anyone's
         with contextlib.suppress(OSError):
