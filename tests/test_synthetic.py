@@ -190,6 +190,24 @@ def test_synth_refuses_a_folder_that_holds_a_dataset(tmp_path):
     assert (foreign / "JPEGImages" / "case1").is_dir()
 
 
+def test_overwrite_replaces_a_vtus_dataset_with_its_test_split(tmp_path):
+    """vtus lists its test videos in "videos" and in "test_videos": each is removed once, then rewritten."""
+    from typer.testing import CliRunner
+
+    from vivim.data.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "v"
+    args = ["synth", str(out), "--layout", "vtus", "--frames", "2", "--size", "64", "--no-mp4"]
+    assert runner.invoke(app, [*args, "--videos", "3"]).exit_code == 0
+    assert sorted(p.name for p in (out / "Test").iterdir()) == ["0002"]
+    result = runner.invoke(app, [*args, "--videos", "4", "--first-index", "10", "--overwrite"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert sorted(p.name for p in (out / "Train").iterdir()) == ["0010", "0011", "0012"]
+    assert sorted(p.name for p in (out / "Test_GT").iterdir()) == ["0013"]
+    assert len(list((out / "Test" / "0013").iterdir())) == 2
+
+
 def test_an_interrupted_synth_run_is_refused_until_written_again(tmp_path):
     from vivim.data.layouts import discover_videos
     from vivim.data.synth_dataset import write_synthetic_dataset

@@ -72,7 +72,7 @@ def write_synthetic_dataset(
     planned = [_video_name(layout, first_index + k) for k in range(videos)]
     # Written first, completed last: an interrupted run is recognisable (and --overwrite knows what it wrote).
     _write_manifest(root, {"generator": "vivim.data.synthetic", "layout": layout, "complete": False,
-                           "videos": [{"name": n} for n in planned[:videos - n_test]],
+                           "videos": [{"name": n} for n in planned],
                            "test_videos": planned[videos - n_test:]})
     names: list[str] = []
     test_names: list[str] = []
@@ -136,7 +136,9 @@ def _write_manifest(root: Path, info: dict) -> None:
 def _written_by(root: Path, info: dict) -> list[Path]:
     """The folders and files an earlier run listed in `info` wrote (its videos, their .mp4s, the contact sheet)."""
     test = set(info.get("test_videos", []))
-    names = [v["name"] for v in info.get("videos", []) if isinstance(v, dict) and "name" in v] + sorted(test)
+    # "videos" lists every video (the test ones too, once complete): each name once
+    names = list(dict.fromkeys([v["name"] for v in info.get("videos", []) if isinstance(v, dict) and "name" in v]
+                               + sorted(test)))
     foreign = [n for n in names if not (isinstance(n, str) and re.fullmatch(r"(synth_)?\d{4,}", n))]
     if foreign:  # only names this writer gives are ever removed (an edited manifest must not reach outside `root`)
         raise VivimError(f"{root / MANIFEST}: lists {foreign[0]!r}, not a video name vivim-data synth writes; "
