@@ -138,7 +138,8 @@ def trt(
     if not _tensorrt_installed():
         raise VivimError(tensorrt_missing_message(rerun))
     plugin_path = _resolve_plugin(plugin_path, output)
-    paths.refuse_writing_over_inputs({"-o": output, "-o (sidecar)": Path(f"{output}.json")},
+    # the timing cache is read and rewritten: an output like the engine
+    paths.refuse_writing_over_inputs({"-o": output, "-o (sidecar)": Path(f"{output}.json"), "--timing-cache": timing_cache},
                                      {"SOURCE": checkpoint_file(source), "--plugin": plugin_path})
     onnx_path = _onnx_for_engine(source, output, fp16)
     engine = build_engine(onnx_path, output, plugin_path, workspace, timing_cache, verbose,

@@ -134,6 +134,23 @@ def test_cli_error_paths_in_process(workdir):
         assert "\n" not in str(exc)
 
 
+def test_trt_refuses_a_timing_cache_that_is_another_output_or_an_input(workdir, monkeypatch):
+    """The timing cache is rewritten after the build: it may not be the engine, its sidecar or an input. Checked
+    before TensorRT is touched, so `_tensorrt_installed` is stubbed to reach the check on a machine without it."""
+    import vivim.export.cli as export_cli
+
+    monkeypatch.setattr(export_cli, "_tensorrt_installed", lambda: True)
+    plugin = workdir / "libfake_plugin.so"
+    plugin.write_bytes(b"")
+    base = ["trt", str(workdir / "none.onnx"), "--fp16", "-o", str(workdir / "m.engine"), "--plugin", str(plugin)]
+    for cache, needle in ((workdir / "m.engine", "is also the output of -o"),
+                          (workdir / "m.engine.json", "is also the output of -o (sidecar)"),
+                          (plugin, "is the input --plugin")):
+        exc = _error([*base, "--timing-cache", str(cache)])
+        assert isinstance(exc, VivimError) and "--timing-cache" in str(exc) and needle in str(exc), (cache, exc)
+    assert not (workdir / "m.engine").exists()
+
+
 def test_plugin_build_errors_surface_as_one_line(workdir, tmp_path):
     """Without nvcc/CMake/TensorRT headers (CPU CI) the plugin command fails with one readable line."""
     exc = _error(["plugin", "-o", str(tmp_path / "plug"), "--tensorrt-include", str(tmp_path / "no_headers")])
