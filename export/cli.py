@@ -19,6 +19,7 @@ from vivim import atomic, paths
 from vivim.checkpoint import checkpoint_file
 from vivim.cli_utils import next_command, run_app, warn
 from vivim.errors import VivimError
+from vivim.export.plugin import DEFAULT_PLUGIN_DIR, PLUGIN_LIBRARY_NAME, find_plugin_library
 
 app = typer.Typer(
     name="vivim-export",
@@ -28,8 +29,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DEFAULT_PLUGIN_DIR = Path("vivim_plugin")
-PLUGIN_LIBRARY_NAME = "libvivim_trt_plugin.so"
 
 
 def _mb(n_bytes: int) -> str:
@@ -125,7 +124,7 @@ def trt(
     source: str = typer.Argument(..., help="An ONNX from `vivim-export onnx`, or a checkpoint / 'demo' (exported first)."),
     output: Path = typer.Option(Path("model.engine"), "-o", "--output", help="Engine file to write (+ .json sidecar)."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 engine (the ONNX must be an FP16 graph: strongly typed build)."),
-    plugin_path: Path | None = typer.Option(None, "--plugin", help=f"Plugin library (default: ./{DEFAULT_PLUGIN_DIR}/{PLUGIN_LIBRARY_NAME})."),
+    plugin_path: Path | None = typer.Option(None, "--plugin", help=f"Plugin library (default: ./{DEFAULT_PLUGIN_DIR}/{PLUGIN_LIBRARY_NAME}, else beside -o)."),
     workspace: float = typer.Option(2.0, "--workspace", help="Builder workspace in GiB."),
     timing_cache: Path | None = typer.Option(None, "--timing-cache", help="Timing cache file (read and updated)."),
     verbose: bool = typer.Option(False, "--verbose", help="TensorRT builder log."),
@@ -137,7 +136,7 @@ def trt(
     # fail before a long ONNX export when TensorRT is missing
     if not _tensorrt_installed():
         raise VivimError(tensorrt_missing_message(rerun))
-    plugin_path = _resolve_plugin(plugin_path, output)
+    plugin_path = find_plugin_library(plugin_path, output)
     # the timing cache is read and rewritten: an output like the engine
     paths.refuse_writing_over_inputs({"-o": output, "-o (sidecar)": Path(f"{output}.json"), "--timing-cache": timing_cache},
                                      {"SOURCE": checkpoint_file(source), "--plugin": plugin_path})
@@ -152,16 +151,6 @@ def _tensorrt_installed() -> bool:
     from vivim.export.tensorrt_build import import_tensorrt
 
     return import_tensorrt() is not None
-
-
-def _resolve_plugin(plugin_path: Path | None, engine: Path) -> Path:
-    if plugin_path is not None:
-        return plugin_path
-    for candidate in (DEFAULT_PLUGIN_DIR / PLUGIN_LIBRARY_NAME, engine.parent / PLUGIN_LIBRARY_NAME):
-        if candidate.is_file():
-            return candidate
-    raise VivimError(f"no plugin library given and none at ./{DEFAULT_PLUGIN_DIR}/{PLUGIN_LIBRARY_NAME}: "
-                     f"build it with `vivim-export plugin -o {DEFAULT_PLUGIN_DIR}` or pass --plugin")
 
 
 def _onnx_for_engine(source: str, engine: Path, fp16: bool) -> Path:

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Sequence
 
 from vivim import atomic, paths
+from vivim.paths import PathLike
 from vivim.errors import VivimError
 
 PLUGIN_LIBRARY_NAME = "libvivim_trt_plugin.so"
+DEFAULT_PLUGIN_DIR = Path("vivim_plugin")  # where `vivim-export plugin` puts it by default
 HARNESS_NAME = "vivim_trt_plugin_harness"
 # Used when neither --arch is given nor a GPU can be queried: Jetson Orin and Hopper.
 FALLBACK_CUDA_ARCHS = ("87", "90")
@@ -252,3 +254,18 @@ def _find_artifact(build_dir: Path, name: str) -> Path:
     if not matches:
         raise VivimError(f"plugin build finished but {name} was not produced in {build_dir}")
     return matches[0]
+
+
+def find_plugin_library(given: PathLike | None, engine: Path, flag: str = "--plugin", hint: str = "") -> Path:
+    """The plugin library to load: `given` (the user's flag), else ./vivim_plugin/, else the engine's folder.
+
+    Never a path read from a file: an engine's sidecar records the library it was built with, and loading whatever
+    a sidecar names would let anyone who hands over an engine choose the code that runs. `hint` ends the error."""
+    if given is not None:
+        return paths.require_file(given, flag)
+    candidates = (DEFAULT_PLUGIN_DIR / PLUGIN_LIBRARY_NAME, Path(engine).parent / PLUGIN_LIBRARY_NAME)
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise VivimError(f"no plugin library given and none at ./{candidates[0]} or beside {engine}: pass {flag} PATH "
+                         f"or build it with `vivim-export plugin -o {DEFAULT_PLUGIN_DIR}`" + (f" ({hint})" if hint else ""))
+    return found

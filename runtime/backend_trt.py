@@ -8,7 +8,8 @@ too but returns raw handles and error tuples that we would have to wrap by hand.
 
 Before anything is loaded the engine's sidecar (`<engine>.json`, written by `vivim-export trt`) is checked
 against this GPU, TensorRT release and plugin library; a mismatch stops with the rebuild command. The plugin
-library comes from the sidecar unless --plugin names another.
+library is --plugin, else ./vivim_plugin/ or the engine's folder: never the path the sidecar records (whoever
+hands over an engine would choose the code that runs); the sidecar's hash still has to match it.
 
 Data path per frame: OpenCV resize + NumPy normalise into a page-locked slot, one async upload into one of
 T + 1 device slots (the ring holds slot references; T + 1 slots means the slot being written is never in the
@@ -27,6 +28,7 @@ import numpy as np
 
 from vivim import paths
 from vivim.errors import VivimError
+from vivim.export.plugin import find_plugin_library
 from vivim.runtime.backends import output_index_from_metadata, select_output
 from vivim.runtime.preprocess import Normalization, choose_resize, normalize_chw, resize_rgb
 
@@ -77,12 +79,8 @@ class TensorRTBackend:
         gpu = tb.current_gpu(index)
         if gpu is None:
             raise VivimError(f"--device cuda:{index}: no usable NVIDIA GPU/driver found")
-        plugin_path = Path(plugin) if plugin else Path(str(sidecar.get("plugin", {}).get("path", "")))
-        if not plugin_path.is_file():
-            raise VivimError(
-                f"TensorRT plugin library {plugin_path} not found (named in {tb.sidecar_path(path)}); "
-                f"pass --plugin PATH or rebuild: {tb.rebuild_command(sidecar)}"
-            )
+        built_with = sidecar.get("plugin", {}).get("path")
+        plugin_path = find_plugin_library(plugin, path, hint=f"the engine was built with {built_with}" if built_with else "")
         tb.check_engine_compatible(
             sidecar, gpu.name, gpu.compute_capability, str(trt.__version__), plugin_sha256=tb.file_sha256(plugin_path)
         )

@@ -94,7 +94,7 @@ def run(
     plugin: Optional[str] = typer.Option(
         None,
         "--plugin",
-        help="TensorRT plugin library (default: the one named in the engine's sidecar).",
+        help="TensorRT plugin library (default: ./vivim_plugin/libvivim_trt_plugin.so, else the one beside the engine).",
         rich_help_panel=_RUN,
     ),
     threshold: Optional[float] = typer.Option(

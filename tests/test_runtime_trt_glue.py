@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import json
+from pathlib import Path
 import sys
 import types
 
@@ -225,11 +226,20 @@ def test_engine_for_another_gpu_is_refused_with_the_rebuild_command(tmp_path, fa
         TensorRTBackend(_engine_files(tmp_path, gpu_name="NVIDIA Jetson AGX Orin"), device="cuda")
 
 
-def test_plugin_override_must_exist(tmp_path, fake_trt):
+def test_plugin_override_must_exist_and_the_sidecars_path_is_never_loaded(tmp_path, fake_trt, monkeypatch):
     from vivim.runtime.backend_trt import TensorRTBackend
 
     fake_trt()
-    with pytest.raises(VivimError, match="plugin library .*nowhere.so not found"):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(VivimError, match="--plugin .*nowhere.so: no such file"):
         TensorRTBackend(_engine_files(tmp_path), device="cuda", plugin=str(tmp_path / "nowhere.so"))
+    # the engine moved away from its plugin: the sidecar still names the library, which is not loaded unasked
+    engine = Path(_engine_files(tmp_path))
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("m.engine", "m.engine.json"):
+        (tmp_path / name).rename(moved / name)
+    with pytest.raises(VivimError, match=f"no plugin library given .*the engine was built with {tmp_path}"):
+        TensorRTBackend(str(moved / engine.name), device="cuda")
     with pytest.raises(VivimError, match="GPU only"):
         TensorRTBackend(_engine_files(tmp_path), device="cpu")

@@ -272,3 +272,27 @@ def test_no_cuda_driver_means_no_gpu_info(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(tb.ctypes, "CDLL", refuse)
     assert tb.current_gpu() is None
     assert tb.cuda_runtime_version() is None
+
+
+def test_the_plugin_library_is_the_flag_or_a_default_place_never_the_sidecars_path(tmp_path: Path,
+                                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from vivim.export.plugin import find_plugin_library
+
+    monkeypatch.chdir(tmp_path)
+    engine = tmp_path / "engines" / "m.engine"
+    engine.parent.mkdir()
+    elsewhere = tmp_path / "elsewhere" / "libvivim_trt_plugin.so"  # what a sidecar might name
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"\x7fELF")
+    with pytest.raises(VivimError, match="no plugin library given .* pass --plugin PATH .*built with /x.so"):
+        find_plugin_library(None, engine, hint="built with /x.so")
+    beside = engine.parent / "libvivim_trt_plugin.so"
+    beside.write_bytes(b"\x7fELF")
+    assert find_plugin_library(None, engine) == beside
+    default = tmp_path / "vivim_plugin" / "libvivim_trt_plugin.so"
+    default.parent.mkdir()
+    default.write_bytes(b"\x7fELF")
+    assert find_plugin_library(None, engine).resolve() == default  # ./vivim_plugin/ first
+    assert find_plugin_library(elsewhere, engine) == elsewhere  # the user's own flag
+    with pytest.raises(VivimError, match="--plugin .*nope.so: no such file"):
+        find_plugin_library(tmp_path / "nope.so", engine)

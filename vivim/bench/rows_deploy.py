@@ -14,6 +14,7 @@ from vivim.bench.common import (
 )
 from vivim.bench.records import Row, one_line, skipped
 from vivim.errors import VivimError
+from vivim.export.plugin import DEFAULT_PLUGIN_DIR, PLUGIN_LIBRARY_NAME
 
 
 def onnx_unavailable_reason() -> str | None:
@@ -82,7 +83,6 @@ def tensorrt_unavailable_reason() -> str | None:
     return None
 
 
-DEFAULT_TRT_PLUGIN = Path("vivim_plugin") / "libvivim_trt_plugin.so"  # where `vivim-export plugin` puts it
 
 
 def tensorrt_rows(artifacts: Artifacts, settings: BenchSettings) -> list[Row]:
@@ -100,7 +100,7 @@ def tensorrt_rows(artifacts: Artifacts, settings: BenchSettings) -> list[Row]:
             from vivim.runtime.backend_trt import TensorRTBackend
         except Exception as exc:  # noqa: BLE001
             reason = f"vivim.runtime.backend_trt not importable ({type(exc).__name__}: {one_line(str(exc))})"
-    plugin = settings.trt_plugin or DEFAULT_TRT_PLUGIN
+    plugin = settings.trt_plugin or DEFAULT_PLUGIN_DIR / PLUGIN_LIBRARY_NAME
     if reason is None and settings.engine is None and not plugin.is_file():
         reason = (f"TensorRT plugin library {plugin} not found (vivim-export plugin -o {plugin.parent}, "
                   "or pass --trt-plugin / --engine)")
