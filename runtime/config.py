@@ -7,6 +7,7 @@ The YAML file mirrors Holoscan apps: one top-level section per stage (`source`, 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
@@ -130,6 +131,13 @@ class RunConfig:
             raise VivimError(f"--max-frames must be at least 1, got {s.max_frames}")
         if s.fps is not None and not 0 < s.fps < float("inf"):
             raise VivimError(f"--fps must be a positive number of frames per second, got {s.fps}")
+        if s.reconnect_attempts < 0:
+            raise VivimError(f"--reconnect-attempts must be 0 or more, got {s.reconnect_attempts}")
+        if not 0 < s.reconnect_delay <= s.reconnect_max_delay < float("inf"):
+            raise VivimError("source.reconnect_delay and source.reconnect_max_delay must be positive seconds, the "
+                             f"first no larger than the second, got {s.reconnect_delay} and {s.reconnect_max_delay}")
+        if self.sink.save_fps is not None and not 0 < self.sink.save_fps < float("inf"):
+            raise VivimError(f"sink.save_fps must be a positive number of frames per second, got {self.sink.save_fps}")
         if self.sink.save is not None and not self.sink.save.lower().endswith((".mp4", ".avi", ".mkv")):
             raise VivimError(f"--save {self.sink.save}: use a .mp4 (or .avi/.mkv) file name")
         if self.preprocess.interpolation not in ("model", *RESIZE_FILTERS):
@@ -182,9 +190,12 @@ def _apply(config: RunConfig, section: str, values: Mapping[str, Any], origin: s
 def _coerce(value: Any, declared: Any, where: str) -> Any:
     """Keep YAML types honest, by the field's declared type (not the value a file set before: a flag may follow
     a YAML camera index with a file name): a bool field gets a bool, a number field a number, a text field text."""
-    if value is None:
-        return None
-    options = [t for t in typing.get_args(declared) if t is not type(None)] or [declared]  # Optional[X] -> X
+    args = typing.get_args(declared)
+    if value is None:  # `key:` with nothing after it: only an optional field may be empty
+        if type(None) in args:
+            return None
+        raise VivimError(f"{where} needs a value")
+    options = [t for t in args if t is not type(None)] or [declared]  # Optional[X] -> X
     kind = options[0]
     if kind is bool:
         if not isinstance(value, bool):
@@ -193,7 +204,7 @@ def _coerce(value: Any, declared: Any, where: str) -> Any:
     if kind in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise VivimError(f"{where} must be a number, got {value!r}")
-        if kind is int and value != int(value):
+        if kind is int and not (math.isfinite(value) and value == int(value)):
             raise VivimError(f"{where} must be a whole number, got {value!r}")
         return kind(value)
     if isinstance(value, (dict, list)):

@@ -76,6 +76,10 @@ def test_config_that_is_not_text_or_not_a_file(tmp_path):
         ("source: [1, 2]\n", "must be a mapping"),
         ("- just\n- a list\n", "expected sections"),
         ("source: {kind: video\n", "not valid YAML"),
+        ("backend: {device: null}\n", "backend.device needs a value"),
+        ("source: {max_frames: .inf}\n", "source.max_frames must be a whole number"),
+        ("source: {reconnect_delay: -1}\n", "source.reconnect_delay and source.reconnect_max_delay must be positive"),
+        ("sink: {save_fps: 0}\n", "sink.save_fps must be a positive number"),
     ],
 )
 def test_bad_config_files(tmp_path, text, message):
@@ -95,6 +99,7 @@ def test_bad_values():
         ("overlay", {"contour_thickness": 0}, "contour_thickness"),
         ("source", {"max_frames": 0}, "--max-frames"),
         ("backend", {"threads": 0}, "--threads"),
+        ("source", {"reconnect_attempts": -1}, "--reconnect-attempts must be 0 or more"),
         ("sink", {"save": "out.gif"}, "--save"),
     ]:
         overrides = {k: dict(v) for k, v in BASE.items()}
