@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from vivim import paths
+from vivim.devices import parse_device
 from vivim.errors import VivimError
 from vivim.runtime.backends import metadata_int, output_index_from_metadata, select_output
 from vivim.runtime.preprocess import Normalization, choose_resize, preprocess
@@ -39,15 +40,16 @@ class OrtBackend:
         from vivim.export.ort_ops import create_session
 
         available = ort.get_available_providers()
-        if device == "auto":
+        spec = parse_device(device)
+        if spec.kind == "auto":
             device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
-        if device.startswith("cuda"):
+            spec = parse_device(device)
+        if spec.kind == "cuda":
             if "CUDAExecutionProvider" not in available:
                 raise VivimError(
                     f"--device {device}: this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu); use --device cpu"
                 )
-            index = int(device.split(":", 1)[1]) if ":" in device else 0
-            providers: List[Any] = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+            providers: List[Any] = [("CUDAExecutionProvider", {"device_id": spec.cuda_index}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
         self.session = create_session(path, providers)

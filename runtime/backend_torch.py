@@ -21,22 +21,9 @@ import torch
 
 from vivim import paths
 from vivim.constants import TRAIN_RESIZE
-from vivim.errors import VivimError
+from vivim.devices import torch_device
 from vivim.runtime.preprocess import Normalization, choose_resize, resize_rgb
 from vivim.runtime.resample import DeviceResizer
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise VivimError(f"--device {device}: PyTorch sees no CUDA device (torch {torch.__version__}); use --device cpu")
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise VivimError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
-        return torch.device("cuda", index)
-    return torch.device("cpu")
 
 
 class TorchBackend:
@@ -58,7 +45,7 @@ class TorchBackend:
         source: str = "model",
         log: Callable[[str], None] = print,
     ) -> None:
-        self._device = resolve_device(device)
+        self._device = torch_device(device)
         self._log = log
         on_cuda = self._device.type == "cuda"
         if fp16 and not on_cuda:

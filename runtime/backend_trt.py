@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from vivim import paths
+from vivim.devices import parse_device
 from vivim.errors import VivimError
 from vivim.export.plugin import find_plugin_library
 from vivim.runtime.backends import output_index_from_metadata, select_output
@@ -42,11 +43,10 @@ class DeviceSlot:
 
 
 def _device_index(device: str) -> int:
-    if device in ("auto", "cuda"):
-        return 0
-    if device.startswith("cuda:"):
-        return int(device.split(":", 1)[1])
-    raise VivimError("--engine runs on an NVIDIA GPU only; use --device cuda (or --onnx / --checkpoint on the CPU)")
+    spec = parse_device(device)
+    if spec.kind == "cpu":
+        raise VivimError("--engine runs on an NVIDIA GPU only; use --device cuda (or --onnx / --checkpoint on the CPU)")
+    return spec.cuda_index
 
 
 class TensorRTBackend:

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 
 from vivim import paths
 from vivim.constants import RESIZE_FILTERS
+from vivim.devices import parse_device
 from vivim.errors import VivimError
 
 SOURCE_KINDS = ("camera", "video", "frames", "gst")
@@ -115,8 +116,7 @@ class RunConfig:
             raise VivimError("no model: give one of --checkpoint CKPT (or 'demo'), --onnx M.onnx, --engine M.engine")
         if b.kind not in MODEL_KINDS:
             raise VivimError(f"backend.kind must be one of {', '.join(MODEL_KINDS)}, got {b.kind!r}")
-        if b.device not in ("auto", "cpu", "cuda") and not b.device.startswith("cuda:"):
-            raise VivimError(f"--device must be cpu, cuda or cuda:N, got {b.device!r}")
+        parse_device(b.device)
         if b.output_frame not in ("centre", "center", "newest"):
             raise VivimError(f"--output-frame must be 'centre' or 'newest', got {b.output_frame!r}")
         if b.output_frame == "center":

@@ -19,6 +19,7 @@ import typer
 from vivim import paths
 from vivim.checkpoint import checkpoint_file
 from vivim.cli_utils import run_app
+from vivim.devices import torch_device
 from vivim.errors import VivimError
 
 ROWS = ("dice", "jaccard", "precision", "recall", "specificity", "mae")
@@ -55,9 +56,7 @@ def evaluate_checkpoint(
     from vivim.data.layouts import discover_videos
     from vivim.metrics import MetricAccumulator
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VivimError(f"--device {device}: CUDA is not available here (use --device cpu)")
+    device = str(torch_device(device))
     model, meta = model_and_meta or vivim.load_checkpoint(checkpoint, map_location=device)
     model.to(device).eval()
     frames, size = int(meta["frames"]), int(meta["img_size"])

@@ -21,6 +21,7 @@ import typer
 
 from vivim import paths
 from vivim.cli_utils import next_command, run_app, warn
+from vivim.devices import torch_device
 from vivim.errors import VivimError
 
 STATE_FORMAT = "vivim-train-state-1"
@@ -156,17 +157,11 @@ def _init_distributed(device_name: Optional[str]) -> tuple[_Dist, Any]:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     d = _Dist(world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")))
-    if device_name is None:
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise VivimError(f"--device {device_name}: CUDA is not available here (use --device cpu)")
-        device = torch.device("cuda", d.local_rank if world > 1 else (torch.device(device_name).index or 0))
+    device = torch_device(device_name)
+    if device.type == "cuda":
+        if world > 1:  # one process per GPU: the launcher's local rank picks it
+            device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
-    elif device_name == "cpu":
-        device = torch.device("cpu")
-    else:
-        raise VivimError(f"--device {device_name!r}: use cpu, cuda or cuda:N")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return d, device

@@ -13,26 +13,12 @@ import typer
 
 from vivim import paths
 from vivim.cli_utils import next_command, run_app, warn
+from vivim.devices import torch_device
 from vivim.errors import VivimError
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   help="Benchmark Vivim latency: PyTorch eager/FP16/CUDA graph per scan kernel, ONNX Runtime, "
                        "TensorRT, streaming and long clips. Writes results.json/.csv/.md and PNG plots.")
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise VivimError(f"--device {device}: CUDA is not available (torch {torch.__version__}, "
-                             f"built for CUDA {torch.version.cuda})")
-        return device
-    if device != "cpu":
-        raise VivimError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
-    return device
 
 
 def _output_frame(text: str) -> str | int:
@@ -152,7 +138,7 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
             raise VivimError(f"{flag} must be auto or one of {', '.join(SCANS)}, got {name!r}")
     long_list = parse_frames_list(long_frames) if long_clips else []
     long_precision_list = parse_list(long_precisions, ("fp32", "fp16"), "--long-precisions")
-    device = _resolve_device(device)
+    device = str(torch_device(device))
     if video is not None and not Path(video).is_file():
         raise VivimError(f"--video {video}: no such file")
     if engine is not None and not engine.is_file():
