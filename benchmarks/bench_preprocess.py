@@ -11,13 +11,13 @@ with --out, writes JSON. OpenCV runs on one thread by default, as the capture-pa
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from datetime import datetime, timezone
 
 import cv2
 import numpy as np
 
+from vivim import atomic
 from vivim.bench.env import cpu_name
 from vivim.bench.stats import percentile
 from vivim.runtime.preprocess import Normalization, preprocess
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = dict(date_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu=cpu,
                   opencv=cv2.__version__, threads=args.threads, size=args.size, dtype=args.dtype, rows=rows)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        atomic.write_json(args.out, result, indent=1)
         print(f"wrote {args.out}")
     return result
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vivim import atomic  # noqa: E402  (after the path line: the repository's own package)
 
 STAGES = [(128, 20480), (256, 5120), (640, 1280), (1024, 320)]
 ANCHOR_H200_MAMBA_FP16_B1 = {(128, 20480): 199.8, (256, 5120): 74.1, (640, 1280): 54.7, (1024, 320): 30.5}
@@ -204,9 +204,7 @@ def main() -> None:
             print(f"  vs the H200 anchor for mamba-ssm ({anchor:.1f} µs): {anchor / ours_sum:.2f}x")
 
         if args.quick:
-            tmp = args.out.with_name(args.out.name + ".tmp")
-            tmp.write_text(json.dumps(result, indent=2))
-            os.replace(tmp, args.out)
+            atomic.write_json(args.out, result)
             return
 
         print("\nST-Mamba grouped call (three branches, G = 3) vs three separate calls, fp16, batch 1")
@@ -255,9 +253,7 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001
             print(f"(profiler unavailable: {exc})")
 
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, args.out)
+    atomic.write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -10,7 +10,6 @@ The commands are thin: the work lives in onnx_export, parity, plugin and tensorr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -94,7 +93,7 @@ def check(
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
     if json_out is not None:
-        atomic.write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+        atomic.write_json(json_out, result.to_dict())
         print(f"  {'json':<{width}}  {json_out}")
     if not result.passed:
         print(f"PARITY FAILED: {onnx_path} differs from the PyTorch model beyond tolerance")

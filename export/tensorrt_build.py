@@ -164,7 +164,7 @@ def rebuild_command(sidecar: Mapping[str, Any]) -> str:
 
 def write_sidecar(engine_path: Path, sidecar: Mapping[str, Any]) -> Path:
     path = sidecar_path(engine_path)
-    atomic.write_bytes(path, (json.dumps(sidecar, indent=2, sort_keys=False) + "\n").encode())
+    atomic.write_json(path, sidecar)
     return path
 
 

@@ -101,6 +101,6 @@ def format_summary(summary: Dict[str, Any]) -> str:
 
 
 def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    """The stats file, atomically (readers never see half a file), its folder created if needed."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic.write_json(path, data)

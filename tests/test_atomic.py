@@ -35,3 +35,13 @@ def test_temporary_keeps_the_extension_for_format_sniffing_writers(tmp_path):
     assert tmp.endswith(".mp4") and os.path.dirname(tmp) == str(tmp_path)
     atomic.commit(tmp, tmp_path / "overlay.mp4", mode=0o600)
     assert stat.S_IMODE(os.stat(tmp_path / "overlay.mp4").st_mode) == 0o600
+
+
+def test_json_is_strict_non_finite_numbers_become_null(tmp_path):
+    path = tmp_path / "scores.json"
+    atomic.write_json(path, {"dice": float("nan"), "runs": [1.5, float("inf"), {"mae": -float("inf")}], "n": 3,
+                             "where": tmp_path})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"dice": None, "runs": [1.5, None, {"mae": None}], "n": 3, "where": str(tmp_path)}
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.json"]  # no temporary file left

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -66,5 +67,17 @@ def write_text(path: PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: PathLike, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2) + "\n")
+def write_json(path: PathLike, data: Any, *, indent: int = 2) -> Path:
+    """Strict JSON: a NaN or infinite number (a diverged score, a timing that never ran) is written as null, which
+    every JSON reader accepts, instead of Python's NaN/Infinity, which most refuse."""
+    return write_text(path, json.dumps(_finite_or_null(data), indent=indent, allow_nan=False, default=str) + "\n")
+
+
+def _finite_or_null(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite_or_null(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite_or_null(value) for value in data]
+    return data

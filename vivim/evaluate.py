@@ -7,16 +7,13 @@ protocol), ground truth binarised at 0.5 after the bilinear resize, a zero denom
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from vivim import paths
+from vivim import atomic, paths
 from vivim.checkpoint import checkpoint_file
 from vivim.cli_utils import run_app
 from vivim.devices import torch_device
@@ -152,16 +149,6 @@ def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame:
     return written
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(payload, indent=1, allow_nan=False, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 app = typer.Typer(add_completion=False, help="Evaluate a Vivim checkpoint on a dataset.")
 
 
@@ -201,7 +188,7 @@ def evaluate(
           f"{summary['empty_gt_frames']} with an empty mask; Dice {summary['dice']:.4f} at threshold 0.5, "
           f"{summary['thresholds_256']['dice']:.4f} as the mean over 256 thresholds")
     if json_out:
-        _write_json(json_out, {**summary, "per_frame": acc.records})
+        atomic.write_json(json_out, {**summary, "per_frame": acc.records}, indent=1)
         print(f"wrote {json_out}")
     if overlays:
         written = write_overlays(overlays, acc, dataset, model, worst, summary["output_frame"], device)

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import typer
 
-from vivim import paths
+from vivim import atomic, paths
 from vivim.cli_utils import next_command, run_app, warn
 from vivim.devices import torch_device
 from vivim.errors import VivimError
@@ -115,12 +115,8 @@ def _set_rng_state(state: dict) -> None:
 def _atomic_torch_save(obj: dict, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic.atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_state(path: Path) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -93,19 +92,17 @@ def write_synthetic_video(path: Path, frames: int, *, fps: float = 30.0, seed: i
     import cv2
     import numpy as np
 
+    from vivim.data.image_io import write_video
+
     height, width = shape
     rng = np.random.default_rng(seed)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise VivimError(f"{path}: OpenCV cannot write mp4 here (no mp4v encoder)")
-    try:
+
+    def grey_frames():
         for k in range(frames):
             grey = rng.rayleigh(40.0, size=(height, width)).clip(0, 255).astype(np.uint8)
             centre = (int(width * (0.3 + 0.4 * k / max(frames - 1, 1))), height // 2)
             cv2.ellipse(grey, centre, (width // 10, height // 12), 0, 0, 360, 10, -1)
-            writer.write(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
-    finally:
-        writer.release()
-    os.replace(tmp, path)
+            yield grey
+
+    write_video(path, grey_frames(), fps)
     return path

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -13,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 
+from vivim import atomic
 from vivim.data.contact_sheet import write_contact_sheet
 from vivim.data.image_io import write_image, write_video
 from vivim.data.layouts import MANIFEST, read_manifest
@@ -128,9 +127,7 @@ def _video_paths(root: Path, layout: str, name: str, test: bool) -> tuple[Path, 
 
 
 def _write_manifest(root: Path, info: dict) -> None:
-    tmp = root / ".synth.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, root / MANIFEST)
+    atomic.write_json(root / MANIFEST, info, indent=1)
 
 
 def _written_by(root: Path, info: dict) -> list[Path]:
