@@ -7,7 +7,6 @@ The graph recomputes the whole clip per mask (the streaming feature cache is a P
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -69,7 +68,7 @@ class OrtBackend:
         self.frames = int(shape[1])
         self.input_size: Tuple[int, int] = (int(shape[3]), int(shape[4]))
         self.input_dtype = _NP_OF_ORT.get(inputs[0].type, np.float32)
-        self.normalization = Normalization.from_metadata(_json(meta.get("normalization")))
+        self.normalization = Normalization.from_metadata(meta.get("normalization"), f"--onnx {path}")
         out_shape = outputs[0].shape
         out_frames = out_shape[1] if len(out_shape) == 5 and isinstance(out_shape[1], int) else self.frames
         self.fixed_output_index = output_index_from_metadata(meta, self.frames, int(out_frames))
@@ -106,12 +105,3 @@ class OrtBackend:
 
     def close(self) -> None:
         pass
-
-
-def _json(text: Optional[str]) -> Any:
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return None

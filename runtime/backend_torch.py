@@ -98,7 +98,7 @@ class TorchBackend:
         import vivim
 
         model, metadata = vivim.load_checkpoint(checkpoint, map_location="cpu")
-        norm = Normalization.from_metadata(metadata.get("normalization"))
+        norm = Normalization.from_metadata(metadata.get("normalization"), f"--checkpoint {checkpoint}")
         kwargs["interpolation"] = choose_resize(kwargs.get("interpolation"), metadata.get("resize"),
                                                 f"--checkpoint {checkpoint}", kwargs.get("log", print))
         return cls(model, normalization=norm, source=checkpoint, **kwargs)

@@ -19,7 +19,6 @@ runs, the logits come back through page-locked memory.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -131,7 +130,7 @@ class TensorRTBackend:
         self.frames = in_shape[1]
         self.input_size: Tuple[int, int] = (in_shape[3], in_shape[4])
         meta = {str(k): str(v) for k, v in (sidecar.get("model") or {}).items()}
-        self.normalization = Normalization.from_metadata(_json(meta.get("normalization")))
+        self.normalization = Normalization.from_metadata(meta.get("normalization"), f"--engine {path}")
         out_frames = out_shape[1] if len(out_shape) == 5 else self.frames
         self.fixed_output_index = output_index_from_metadata(meta, self.frames, out_frames)
         self.precision = str(sidecar.get("precision", "?"))
@@ -200,13 +199,3 @@ class TensorRTBackend:
         self._stream = None
         self._context.pop()
         self._context = None
-
-
-def _json(text: Optional[str]) -> Any:
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return None
-

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE, resize_from_metadata
+from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE, normalization_from_metadata, resize_from_metadata
 
 import cv2  # noqa: E402  (after numpy; sources.py silences OpenCV's logging)
 
@@ -25,11 +25,10 @@ class Normalization:
     std: Tuple[float, float, float] = IMAGENET_STD
 
     @classmethod
-    def from_metadata(cls, value: object) -> "Normalization":
-        """Accepts {'mean': [...], 'std': [...]} as written in checkpoints and ONNX metadata; else ImageNet."""
-        if isinstance(value, dict) and "mean" in value and "std" in value:
-            return cls(tuple(float(v) for v in value["mean"]), tuple(float(v) for v in value["std"]))  # type: ignore[arg-type]
-        return cls()
+    def from_metadata(cls, value: object, source: str) -> "Normalization":
+        """{'mean': [...], 'std': [...]} (or its JSON text) as recorded with a model, checked; ImageNet's if absent."""
+        mean, std = normalization_from_metadata(value, source)
+        return cls(mean, std)  # type: ignore[arg-type]
 
 
 CV2_FILTERS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}  # OpenCV flag of each resize filter

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 
@@ -61,3 +62,16 @@ def test_bench_preprocess_times_every_frame_size_and_filter(tmp_path, monkeypatc
     with pytest.raises(SystemExit):
         bench_preprocess.main(["--frames", "640by480"])
     del sys.modules["bench_preprocess"]
+
+
+def test_normalization_from_model_metadata_is_checked_not_trusted():
+    from vivim.errors import VivimError
+
+    assert Normalization.from_metadata(None, "--onnx m.onnx") == Normalization()  # older exports: ImageNet
+    text = json.dumps({"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
+    assert Normalization.from_metadata(text, "--onnx m.onnx") == Normalization((0.5,) * 3, (0.25,) * 3)
+    for bad in ({"mean": [0.5, 0.5], "std": [0.2, 0.2]}, {"mean": [0.5] * 3, "std": [0.2, 0.0, 0.2]},
+                {"mean": [0.5] * 3, "std": [0.2, float("nan"), 0.2]}, {"mean": [0.5] * 3}, "{not json", [1, 2, 3]):
+        value = json.dumps(bad) if isinstance(bad, dict) else bad
+        with pytest.raises(VivimError, match=r"^--engine m.engine: metadata normalization must hold 3 finite means"):
+            Normalization.from_metadata(value, "--engine m.engine")

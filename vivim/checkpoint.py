@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import struct
 from importlib import resources
@@ -17,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Union
 
 from vivim import __version__
 from vivim.atomic import atomic_path
-from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE
-from vivim.errors import CheckpointError
+from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE, normalization_from_metadata
+from vivim.errors import CheckpointError, VivimError
 
 if TYPE_CHECKING:  # torch stays out of `import vivim.checkpoint` for metadata-only readers
     from vivim.model import VivimModel
@@ -97,18 +96,12 @@ def _check_metadata(p: Path, meta: dict[str, Any]) -> None:
     config = meta.get("config")
     if isinstance(config, dict) and "variant" in meta and meta["variant"] != config.get("name"):
         raise CheckpointError(f"{p}: metadata says variant {meta['variant']!r} but its config is {config.get('name')!r}")
-    norm = meta.get("normalization")
-    if norm is not None:
-        try:
-            values = list(norm["mean"]) + list(norm["std"])
-            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-            mean, std = [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]]
-            valid = numbers and len(mean) == len(std) == 3 and all(math.isfinite(v) for v in mean + std) and min(std) > 0
-        except (KeyError, TypeError, ValueError):
-            valid = False
-        if not valid:
-            raise CheckpointError(f"{p}: metadata normalization must hold 3 finite means and 3 positive stds, "
-                                  f"got {norm!r}")
+    if isinstance(meta.get("normalization"), str):  # checkpoints hold a mapping; only ONNX metadata holds text
+        raise CheckpointError(f"{p}: metadata normalization must be a mapping, got {meta['normalization']!r}")
+    try:
+        normalization_from_metadata(meta.get("normalization"), str(p))
+    except VivimError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def save_checkpoint(model: "VivimModel", path: PathLike, **metadata: Any) -> Path:

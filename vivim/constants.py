@@ -16,6 +16,29 @@ def resize_from_metadata(value: object) -> str:
     recorded were trained with the same filter as today ("linear")."""
     return value if isinstance(value, str) and value in RESIZE_FILTERS else TRAIN_RESIZE
 
+def normalization_from_metadata(value: object, source: str) -> "tuple[tuple[float, ...], tuple[float, ...]]":
+    """(mean, std) recorded with a model (checkpoint, ONNX or engine metadata: a mapping, or its JSON text);
+    ImageNet's where none is recorded. Anything else is a one-line VivimError naming `source`: a damaged value
+    must not silently normalise frames differently from training."""
+    import json
+    import math
+
+    from vivim.errors import VivimError
+
+    if value is None or value == "":
+        return IMAGENET_MEAN, IMAGENET_STD
+    try:
+        norm = json.loads(value) if isinstance(value, str) else value
+        mean, std = list(norm["mean"]), list(norm["std"])  # type: ignore[index]
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in mean + std)
+        valid = numbers and len(mean) == len(std) == 3 and all(math.isfinite(v) for v in mean + std) and min(std) > 0
+    except (KeyError, TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise VivimError(f"{source}: metadata normalization must hold 3 finite means and 3 positive stds, got {value!r}")
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
 # Which frame of a T-frame clip a prediction belongs to.
 OUTPUT_FRAMES = ("centre", "newest")
 
