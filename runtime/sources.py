@@ -34,9 +34,6 @@ try:
 except AttributeError:  # pragma: no cover - very old OpenCV
     pass
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
 @dataclass
 class Frame:
     index: int  # capture order, counting dropped frames too
@@ -335,13 +332,14 @@ class ImageFolder:
             raise VivimError(f"--frames {folder}: no such folder")
         if not os.path.isdir(folder):
             raise VivimError(f"--frames {folder}: not a folder (use --video for a video file)")
-        from vivim.data.layouts import frame_order  # here: it imports OpenCV, which must follow the log settings above
+        # here: it imports OpenCV, which must follow the log settings above
+        from vivim.data.image_io import FRAME_EXTENSIONS
+        from vivim.data.layouts import list_frame_files
 
-        names = [f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES)]
-        # numbered frames in number order (frame_2 before frame_10), as the dataset loaders read them
-        self.files: List[str] = [os.path.join(folder, f) for f in sorted(names, key=lambda f: frame_order(Path(f)))]
+        # numbered frames in number order (frame_2 before frame_10), exactly as the dataset loaders read them
+        self.files: List[str] = [str(p) for p in list_frame_files(Path(folder))]
         if not self.files:
-            raise VivimError(f"--frames {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise VivimError(f"--frames {folder}: no images ({', '.join(FRAME_EXTENSIONS)})")
         self._next = 0
 
     def read(self) -> Tuple[bool, Optional[np.ndarray]]:

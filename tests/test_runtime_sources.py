@@ -257,13 +257,15 @@ def _read_all(reader):
 
 
 def test_image_folder_reads_numbered_frames_in_number_order(tmp_path):
-    """frame_2 before frame_10, as the dataset loaders read them (name order would give 0, 1, 10, 11, 2, ...)."""
+    """frame_2 before frame_10, as the dataset loaders read them (name order would give 0, 1, 10, 11, 2, ...), and
+    hidden files skipped like there."""
     import cv2
 
     folder = tmp_path / "numbered"
     folder.mkdir()
     for k in range(12):
         cv2.imwrite(str(folder / f"frame_{k}.png"), np.full((8, 8, 3), 20 * k, np.uint8))
+    (folder / "._frame_3.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # hidden: not a frame
     assert [int(image.mean()) // 20 for image in _read_all(ImageFolder(str(folder)))] == list(range(12))
 
 

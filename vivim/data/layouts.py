@@ -46,8 +46,15 @@ def frame_order(path: Path) -> tuple[int, str, int]:
     return (0, path.stem[: match.start()], int(match.group(1))) if match else (1, path.stem, 0)
 
 
+def list_frame_files(folder: Path) -> list[Path]:
+    """The frame images of a folder in frame-number order; hidden files (macOS '._0001.jpg' resource forks, editor
+    temporaries) are not frames. Shared by the dataset loaders and vivim-run --frames."""
+    return sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and not p.name.startswith(".")),
+                  key=frame_order)
+
+
 def _list_frames(folder: Path) -> list[Path]:
-    frames = sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and not p.name.startswith(".")), key=frame_order)
+    frames = list_frame_files(folder)
     if not frames:
         raise VivimError(f"{folder}: no frame images (.jpg/.png) in this video folder")
     return frames
