@@ -33,12 +33,11 @@ from vivim.export.ort_ops import INPUT_NAMES, OP_DOMAIN, OP_TYPE
 import vivim
 from vivim.cli_utils import warn
 from vivim.errors import VivimError
+from vivim.export.plugin import PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 OUTPUT_FRAMES = ("all", "centre", "newest")
 INPUT_NAME = "frames"
 OUTPUT_NAME = "logits"
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "vivim"
 MIN_OPSET = 18
 
 if TYPE_CHECKING:
@@ -212,10 +211,6 @@ def build_metadata(
         "checkpoint_name": checkpoint_path.name,
         "scan_contract": f"{OP_DOMAIN}::{OP_TYPE} v{PLUGIN_VERSION}",
     }
-
-
-def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
 
 
 def export_onnx(

@@ -20,8 +20,9 @@ import numpy as np
 
 from vivim import paths
 from vivim.errors import VivimError
+from vivim.export.plugin import PLUGIN_NAME
 
-OP_TYPE = "VivimSelectiveScan"
+OP_TYPE = PLUGIN_NAME  # TensorRT's ONNX parser finds the plugin creator by the node's op type
 OP_DOMAIN = "vivim"
 INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 # ORT's Python-op domain in onnxruntime-extensions (fixed there; see module docstring).

@@ -1,7 +1,7 @@
 """`vivim-export check`: run an exported ONNX in ONNX Runtime and the PyTorch model on the same clip, compare.
 
-The clip is a synthetic ultrasound video (vivim.data.synthetic; fixed seed), pre-processed exactly as the ONNX
-metadata says. The PyTorch side is always the FP32 model, so an FP16 ONNX is judged against full precision.
+The clip is a synthetic ultrasound video (vivim.data.synthetic; fixed seed), normalised with the mean and std the
+ONNX metadata records; both sides get the same clip. The PyTorch side is always the FP32 model, so an FP16 ONNX is judged against full precision.
 
 Tolerances (defaults, override with --atol / --min-dice):
 - FP32 ONNX: max |logit difference| <= 1e-3 and Dice(mask_onnx, mask_torch) >= 0.999. Both sides compute in fp32;

@@ -19,6 +19,10 @@ from vivim.paths import PathLike
 from vivim.errors import VivimError
 
 PLUGIN_LIBRARY_NAME = "libvivim_trt_plugin.so"
+# The plugin's identity: the TensorRT creator (name, version, namespace) and the ONNX node's attributes that select it.
+PLUGIN_NAME = "VivimSelectiveScan"
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = "vivim"
 DEFAULT_PLUGIN_DIR = Path("vivim_plugin")  # where `vivim-export plugin` puts it by default
 HARNESS_NAME = "vivim_trt_plugin_harness"
 # Used when neither --arch is given nor a GPU can be queried: Jetson Orin and Hopper.

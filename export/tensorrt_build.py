@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import datetime as _dt
-import hashlib
 import json
 import platform
 import sys
@@ -23,15 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from vivim import atomic, paths
+from vivim.checkpoint import file_sha256
 from vivim.errors import VivimError
+from vivim.export.plugin import DEFAULT_PLUGIN_DIR, PLUGIN_LIBRARY_NAME, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 if TYPE_CHECKING:  # annotations only; the real import happens inside build_engine
     import tensorrt
 
 SIDECAR_SCHEMA = "vivim-engine/1"
-PLUGIN_NAME = "VivimSelectiveScan"
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "vivim"
 
 
 def tensorrt_missing_message(rerun: str = "the same command") -> str:
@@ -64,14 +62,6 @@ def sidecar_path(engine_path: Path) -> Path:
     """`model.engine` -> `model.engine.json`."""
     engine_path = Path(engine_path)
     return engine_path.with_name(engine_path.name + ".json")
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +145,7 @@ def rebuild_command(sidecar: Mapping[str, Any]) -> str:
     """The commands that rebuild this engine on the current machine (plugin first: it is per-arch)."""
     onnx = sidecar.get("source_onnx", {}).get("path", "model.onnx")
     engine = sidecar.get("engine", {}).get("path", "model.engine")
-    plugin = sidecar.get("plugin", {}).get("path", "plugins/libvivim_trt_plugin.so")
+    plugin = sidecar.get("plugin", {}).get("path", str(DEFAULT_PLUGIN_DIR / PLUGIN_LIBRARY_NAME))
     precision = sidecar.get("precision", "fp16")
     flag = " --fp16" if precision == "fp16" else ""
     plugin_dir = str(Path(plugin).parent)

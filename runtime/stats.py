@@ -13,9 +13,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from vivim import atomic
-from vivim.bench.stats import summarize
-
-_LATENCY_KEYS = ("p50", "p90", "p95", "p99", "mean", "min", "max", "std", "n")
+from vivim.bench.stats import LATENCY_FIELDS, summarize
 
 
 class RunStats:
@@ -75,9 +73,9 @@ class RunStats:
 
 def _describe(samples: List[float]) -> Dict[str, Optional[float]]:
     if not samples:
-        return {key: (0 if key == "n" else None) for key in _LATENCY_KEYS}
+        return {key: (0 if key == "n" else None) for key in LATENCY_FIELDS}
     stats = summarize(samples).to_dict()
-    return {key: (stats[key] if key == "n" else round(float(stats[key]), 3)) for key in _LATENCY_KEYS}
+    return {key: (stats[key] if key == "n" else round(float(stats[key]), 3)) for key in LATENCY_FIELDS}
 
 
 def format_summary(summary: Dict[str, Any]) -> str:

@@ -23,7 +23,6 @@ from vivim.errors import VivimError
 # --backends names. 'torch' is FP32 eager (also the reference row), 'torch-graph' is FP16 + CUDA graph.
 BACKENDS = ("torch", "torch-fp16", "torch-graph", "ort-cpu", "ort-cuda", "tensorrt")
 SCANS = ("reference", "mamba_ssm", "vivim_cuda")
-LONG_CLIP_FRAMES = (5, 16, 32, 64, 150)
 
 
 @dataclass

@@ -9,10 +9,6 @@ from vivim.bench.stats import LatencyStats, fps, speedup, summarize
 
 OK = "ok"
 
-# Row modes: a whole clip per call, the streaming paths (per new frame), the full-clip recompute the streaming
-# path is compared with, the vivim-run pipeline, and the clip-length sweep.
-MODES = ("clip", "stream", "recompute", "pipeline-realtime", "pipeline-fast", "long-clip")
-
 
 def skipped(reason: str) -> str:
     return f"skipped: {one_line(reason)}"

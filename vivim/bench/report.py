@@ -18,13 +18,13 @@ from typing import Any, Iterable, Sequence
 from vivim import atomic
 from vivim.bench.env import environment_lines
 from vivim.bench.records import Row
+from vivim.bench.stats import LATENCY_FIELDS
 from vivim.cli_utils import warn
 from vivim.errors import VivimError
 
 SCHEMA_VERSION = 1
 
 # CSV columns, flat (latency fields expanded with a latency_ prefix).
-LATENCY_FIELDS = ("mean", "p50", "p90", "p95", "p99", "max", "min", "std", "n")
 CSV_COLUMNS = (
     ["backend", "precision", "scan", "mode", "status", "frames", "size", "batch", "output_frame"]
     + [f"latency_{k}_ms" if k != "n" else "latency_n" for k in LATENCY_FIELDS]

@@ -114,7 +114,7 @@ def _pipeline_unavailable_reason(settings: BenchSettings) -> str | None:
 
 
 def _run_pipeline(row: Row, artifacts: Artifacts, settings: BenchSettings, *, scan: str, realtime: bool) -> None:
-    from vivim.bench.stats import LatencyStats
+    from vivim.bench.stats import LATENCY_FIELDS, LatencyStats
     from vivim.runtime import RunConfig, run
 
     cuda = cuda_ready(settings.device)
@@ -134,8 +134,7 @@ def _run_pipeline(row: Row, artifacts: Artifacts, settings: BenchSettings, *, sc
     latency = summary.get("latency_ms") or {}
     if not summary.get("frames_processed") or latency.get("mean") is None:
         raise VivimError(f"vivim-run processed no frames of {video}")
-    row.latency = LatencyStats(**{k: latency[k] for k in ("mean", "p50", "p90", "p95", "p99", "max", "min", "std",
-                                                          "n")})
+    row.latency = LatencyStats(**{k: latency[k] for k in LATENCY_FIELDS})
     row.throughput_fps = summary.get("fps")
     row.iters = summary.get("frames_processed")
     row.timer = "capture timestamp -> mask drawn (monotonic)"

@@ -9,12 +9,8 @@ we describe the measured samples themselves, not estimate a wider population.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Iterable, Sequence
-
-# Percentiles reported for every row (trtexec reports 90/95/99 beside the median).
-PERCENTILES = (50, 90, 95, 99)
-
 
 def percentile(samples: Sequence[float], q: float) -> float:
     """q-th percentile (0 <= q <= 100) with linear interpolation, equal to numpy.percentile(samples, q)."""
@@ -58,6 +54,9 @@ class LatencyStats:
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
+
+
+LATENCY_FIELDS = tuple(f.name for f in fields(LatencyStats))  # the CSV columns, the stats JSON keys
 
 
 def summarize(samples_ms: Iterable[float]) -> LatencyStats:

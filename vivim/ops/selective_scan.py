@@ -45,9 +45,6 @@ def _selective_scan_fake(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     return torch.empty_like(u, memory_format=torch.contiguous_format)
 
 
-_TENSOR_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-
-
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*[t if t is not None else torch.empty(0) for t in inputs[:8]])
     ctx.present = [t is not None for t in inputs[:8]]
