@@ -258,6 +258,10 @@ def test_bad_arguments_raise():
             _cuda_ext.selective_scan_cuda(u, u, A16, None, B1)
         except VivimError as exc:
             print("E5", exc, flush=True)
+        try:  # (1, D) has D elements but is not (D,): refused like the reference refuses it
+            _cuda_ext.selective_scan_cuda(u, u, A16, B1, B1, D=torch.ones(1, 8, device="cuda"))
+        except VivimError as exc:
+            print("E6", exc, flush=True)
     """)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
@@ -267,6 +271,7 @@ def test_bad_arguments_raise():
     assert "E3" in proc.stdout and "z must have" in proc.stdout, proc.stdout
     assert "E4 ScanShapeError" in proc.stdout and "z must have u's shape" in proc.stdout, proc.stdout
     assert "E5 selective_scan: B must be a tensor" in proc.stdout, proc.stdout
+    assert "E6" in proc.stdout and "D must have shape (8), got (1, 8)" in proc.stdout, proc.stdout
 
 
 def test_matches_mamba_ssm_when_installed():

@@ -60,7 +60,7 @@ at::Tensor fp32_vector(const c10::optional<at::Tensor>& t, int64_t dim, const ch
         *ok = false;
         return fail_msg("%s must be on the same CUDA device as u", name);
     }
-    if (t->numel() != dim) {
+    if (t->dim() != 1 || t->numel() != dim) {  // (D,) exactly, as the reference requires: no (1, D)
         *ok = false;
         char sb[96];
         return fail_msg("%s must have shape (%lld), got %s", name, (long long)dim, shape_str(t->sizes(), sb));
