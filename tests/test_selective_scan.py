@@ -129,31 +129,3 @@ def test_torch_export_sees_one_op_per_scan(rng_seed):
     program = torch.export.export(TwoScans(), random_scan_inputs(1, 6, 12, 4, 3))
     targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
     assert targets.count(torch.ops.vivim.selective_scan.default) == 2
-
-
-def _op_calls(fn):
-    """How many times torch dispatched the vivim::selective_scan op while fn ran (profiler events)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fn()
-    return sum(1 for e in prof.events() if e.name == "vivim::selective_scan")
-
-
-def test_eager_inference_skips_the_op_layer_and_everything_else_goes_through_it(rng_seed):
-    args = random_scan_inputs(1, 6, 12, 4, 3)
-    kwargs = dict(delta_softplus=True)
-    with torch.inference_mode():
-        fast = selective_scan(*args, **kwargs)
-        assert _op_calls(lambda: selective_scan(*args, **kwargs)) == 0
-    with torch.no_grad():
-        assert _op_calls(lambda: selective_scan(*args, **kwargs)) == 0
-    # the op's result, the same implementation: bit-identical
-    assert torch.equal(fast, torch.ops.vivim.selective_scan(*args, True))
-    # autograd needs the op (its backward is registered there)
-    u = args[0].clone().requires_grad_(True)
-    assert _op_calls(lambda: selective_scan(u, *args[1:], **kwargs)) == 1
-    # a dispatch mode (fake tensors here) must see the op
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    with FakeTensorMode() as mode:
-        fake = [mode.from_tensor(t) for t in args]
-        assert selective_scan(*fake, **kwargs).shape == args[0].shape
-        assert _op_calls(lambda: selective_scan(*fake, **kwargs)) == 1

@@ -2,10 +2,6 @@
 
 Eager calls go to the implementation chosen by `vivim.ops.dispatch`. The backward recomputes the forward with a
 differentiable implementation and takes its vector-Jacobian product, so forward-only kernels (ours) still train.
-
-Eager inference (no autograd, no tracing, plain tensors, no dispatch mode) skips the op and calls the
-implementation directly: torch's Python custom-op layer costs 25-45 us per call, more than our kernel takes at
-Vivim's last stages (benchmarks/RESULTS.md, section 1). Everything else goes through the op.
 """
 
 from __future__ import annotations
@@ -30,10 +26,6 @@ def _selective_scan_op(
     delta_bias: Optional[Tensor] = None,
     delta_softplus: bool = False,
 ) -> Tensor:
-    return _run_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-
-
-def _run_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> Tensor:
     impl = dispatch.pick(u.device.type)
     out = impl.fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     # custom ops may not return a view or an input alias
@@ -83,20 +75,4 @@ def selective_scan(
     u, delta, z: (batch, D, L); A: (D, N) fp32; B, C: (batch, N, L) or (batch, G, N, L) (channel d uses group
     d // (D // G)); D, delta_bias: (D,) fp32. Returns y (batch, D, L) in u's dtype, accumulated in fp32.
     """
-    if _plain_eager_inference(u, delta, A, B, C, D, z, delta_bias):
-        return _run_impl(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
     return torch.ops.vivim.selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
-
-
-def _plain_eager_inference(*tensors: Optional[Tensor]) -> bool:
-    """True when nothing needs to see the op itself: no compiler, exporter or tracer, no dispatch or function mode
-    (fake tensors, profilers' modes), no autograd, and every argument a plain tensor."""
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
-        return False
-    if torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled():
-        return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        if t is not None and (type(t) is not Tensor or (grad and t.requires_grad)):
-            return False
-    return True
