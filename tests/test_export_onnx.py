@@ -17,9 +17,9 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
+from scan_oracle import scan_oracle
 from vivim.export import ort_ops
 
-from vivim.ops import selective_scan_sequential
 
 RNG_SEED = int.from_bytes(os.urandom(4), "little")  # fresh inputs every run; printed on failure via ids
 
@@ -44,7 +44,7 @@ def random_scan_inputs(rng, batch, dim, dstate, length, groups, grouped=True, dt
 def oracle(inputs: dict, delta_softplus: bool, drop: tuple = ()) -> np.ndarray:
     """float64 sequential scan from vivim.ops on the same (already rounded) values."""
     args = {k: (None if k in drop else torch.from_numpy(np.asarray(v, dtype=np.float64))) for k, v in inputs.items()}
-    return selective_scan_sequential(**args, delta_softplus=delta_softplus).numpy()
+    return scan_oracle(**args, delta_softplus=delta_softplus).numpy()
 
 
 # ----------------------------------------------------------------------------------------- NumPy scan
