@@ -136,4 +136,5 @@ def test_demo_weights_segment_held_out_synthetic_video(tmp_path):
     # held-out: video indices the demo never saw (it trained on indices < 100 of seed 7)
     write_synthetic_dataset(tmp_path, videos=2, frames=8, size=128, seed=7, first_index=5000, mp4=False, sheet=False)
     summary, *_ = evaluate_checkpoint("demo", str(tmp_path), device="cpu", progress=False, model_and_meta=(model, meta))
-    assert summary["dice"] > 0.6, summary["dice"]
+    # measured 0.873 (2026-11-27); an anti-causal temporal conv drops it to 0.78, a swapped decoder concat to 0.0
+    assert summary["dice"] > 0.82, summary["dice"]

@@ -77,6 +77,75 @@ def test_grouped_scan_equals_three_separate_branch_scans(rng_seed):
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
 
 
+def _scan_order(name, frames, hw):
+    """T-major token indices in the branch's scan order, written out by hand."""
+    L = frames * hw
+    if name == "forward":
+        return list(range(L))
+    if name == "reversed":
+        return list(range(L - 1, -1, -1))
+    return [t * hw + p for p in range(hw) for t in range(frames)]  # each pixel's frames in a row
+
+
+def _layer_norm(x, norm):
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+
+
+def _reference_temporal_layer(layer, tokens, frames, h, w):
+    """Vivim's temporal layer from the raw weights: explicit causal conv, SiLU, projections, index-list orders,
+    the oracle scan per branch, explicit 3x3x3 depthwise conv and erf GELU. No module method is called."""
+    mixer, hw = layer.mixer, h * w
+    batch, L, _ = tokens.shape
+    xz = _layer_norm(tokens, layer.norm1) @ mixer.in_proj.weight.T
+    x, z = xz.chunk(2, dim=-1)  # (batch, L, d_inner)
+    merged = 0
+    for name, branch in zip(BRANCHES, mixer.branches):
+        order = _scan_order(name, frames, hw)
+        xs = x[:, order, :]
+        weight, K = branch.conv1d.weight[:, 0, :], branch.conv1d.weight.shape[-1]
+        padded = torch.cat([torch.zeros(batch, K - 1, xs.shape[-1], dtype=xs.dtype), xs], dim=1)
+        conv = sum(padded[:, k:k + L, :] * weight[:, k] for k in range(K)) + branch.conv1d.bias  # causal
+        u = conv * torch.sigmoid(conv)
+        proj = u @ branch.x_proj.weight.T
+        r, n = branch.dt_rank, branch.d_state
+        dt_low, B, C = proj[..., :r], proj[..., r:r + n], proj[..., r + n:]
+        delta = dt_low @ branch.dt_proj.weight.T
+        y = scan_oracle(u.transpose(1, 2), delta.transpose(1, 2), -torch.exp(branch.A_log), B.transpose(1, 2),
+                        C.transpose(1, 2), branch.D, z[:, order, :].transpose(1, 2), branch.dt_proj.bias,
+                        delta_softplus=True)
+        back = torch.empty_like(y)
+        back[:, :, order] = y
+        merged = merged + back / 3
+    tokens = tokens + merged.transpose(1, 2) @ mixer.out_proj.weight.T
+    mlp = layer.mlp
+    a = _layer_norm(tokens, layer.norm2) @ mlp.fc1.weight.T + mlp.fc1.bias  # (batch, L, hidden)
+    vol = a.transpose(1, 2).reshape(batch, -1, frames, h, w)
+    padded = torch.nn.functional.pad(vol, (1, 1, 1, 1, 1, 1))
+    kernel = mlp.dwconv.weight[:, 0]  # (hidden, 3, 3, 3)
+    conv = mlp.dwconv.bias[None, :, None, None, None] + sum(
+        padded[:, :, i:i + frames, j:j + h, k:k + w] * kernel[None, :, i, j, k, None, None, None]
+        for i in range(3) for j in range(3) for k in range(3))
+    c = conv.flatten(2).transpose(1, 2)
+    gelu = 0.5 * c * (1 + torch.erf(c / 2 ** 0.5))
+    return tokens + gelu @ mlp.fc2.weight.T + mlp.fc2.bias
+
+
+@pytest.mark.parametrize("frames,h,w", [(3, 2, 3), (5, 3, 2), (1, 2, 2)])
+def test_temporal_layer_matches_a_hand_written_reference(frames, h, w):
+    """The whole temporal layer (norms, ST-Mamba's three branches, the detail-specific FFN) against a reference
+    built from its raw weights: catches an anti-causal conv, a wrong activation or a wrong branch order."""
+    from vivim.model.temporal import MambaLayer
+
+    layer = MambaLayer(dim=8, d_state=4, d_conv=4, expand=2, dsf_ratio=2).double()
+    for p in layer.parameters():  # fresh non-trivial values everywhere (the init zeroes biases)
+        p.data.normal_(0, 0.3)
+    tokens = torch.randn(2, frames * h * w, 8, dtype=torch.float64)
+    got = layer(tokens, frames, h, w)
+    torch.testing.assert_close(got, _reference_temporal_layer(layer, tokens, frames, h, w), rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("frames", [1, 3, 5, 8])
 def test_any_clip_length_works(frames):
     model = vivim.create_model("tiny", frames=frames, img_size=64).eval()
