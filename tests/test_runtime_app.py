@@ -118,6 +118,38 @@ def test_synthetic_video_end_to_end(tmp_path, checkpoint, clip, output_frame):
             assert np.abs(a[keep].astype(int) - b[keep].astype(int)).mean() < 12, k
     source.release()
     overlay.release()
+    # mask k is the model's answer for frame k: the clamped window around it, decoded at the output index
+    expected = _reference_masks(checkpoint, clip, 4 if output_frame == "newest" else 2)
+    for k in range(N_FRAMES):
+        saved = cv2.imread(str(out / "masks" / f"{k:06d}.png"), cv2.IMREAD_GRAYSCALE) > 0
+        assert (saved == expected[k]).mean() > 0.99, k
+
+
+def _reference_masks(checkpoint, clip, index):
+    """Per source frame, the mask of model(window) built here: frames decoded with OpenCV, the window clamped at
+    both ends of the video, the model's own resize and normalisation, logits upsampled and thresholded at 0."""
+    from vivim.runtime.preprocess import Normalization, preprocess
+
+    model, meta = vivim.load_checkpoint(checkpoint)
+    model.eval()
+    capture, frames = cv2.VideoCapture(clip), []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    norm = Normalization(tuple(meta["normalization"]["mean"]), tuple(meta["normalization"]["std"]))
+    pre = [torch.from_numpy(preprocess(f, model.img_size, norm, meta["resize"])) for f in frames]
+    n, t = len(frames), model.frames
+    masks = []
+    with torch.inference_mode():
+        for k in range(n):
+            window = torch.stack([pre[min(max(k - index + j, 0), n - 1)] for j in range(t)])[None]
+            logits = model(window, output_frame=index)[0, 0, 0].numpy()
+            height, width = frames[k].shape[:2]
+            masks.append(cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR) > 0)
+    return masks
 
 
 DEMO_CLIP = os.path.join(os.path.dirname(vivim.__file__), "assets", "demo_clip.mp4")
