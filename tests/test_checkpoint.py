@@ -121,3 +121,24 @@ def test_fp16_model_is_saved_in_fp32(tmp_path, tiny):
     tiny.to_inference_dtype(torch.float16)
     model, _ = vivim.load_checkpoint(vivim.save_checkpoint(tiny, tmp_path / "m.safetensors"))
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_save_that_fails_midway_keeps_the_previous_checkpoint(tmp_path, tiny, monkeypatch):
+    """Ctrl-C or a full disk during a save: the earlier checkpoint is still whole and no temporary is left."""
+    import safetensors.torch
+
+    path = tmp_path / "best.safetensors"
+    vivim.save_checkpoint(tiny, path, epoch=1)
+    before = path.read_bytes()
+
+    def half_then_fail(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(before[: len(before) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_then_fail)
+    with pytest.raises(OSError):
+        vivim.save_checkpoint(tiny, path, epoch=2)
+    assert path.read_bytes() == before
+    assert read_metadata(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]
