@@ -224,3 +224,25 @@ def test_an_interrupted_synth_run_is_refused_until_written_again(tmp_path):
     write_synthetic_dataset(tmp_path, videos=2, frames=2, size=48, mp4=False, sheet=False, overwrite=True)
     assert [v.name for v in discover_videos(tmp_path)] == ["synth_0000", "synth_0001"]
 
+
+
+def test_each_mask_lines_up_with_its_own_frame_in_time():
+    """Mask t marks the lesion of frame t, not of frame t +- 1: inside the mask, frame t is darker against the
+    ring just outside it than with a neighbour's mask, for most frames (fresh seeds; ~80% measured, a one-frame
+    lag of the masks drops it to ~50%)."""
+    wins = total = 0
+    for seed in np.random.default_rng().integers(0, 1_000_000, size=8):
+        video = make_video(int(seed), 0, frames=24, size=64)
+        frames = [cv2.GaussianBlur(f.astype(np.float32), (3, 3), 0) for f in video.frames]
+        masks = video.masks.astype(bool)
+        rings = [cv2.dilate(m.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) & ~m for m in masks]
+
+        def contrast(t, u):  # lesion (hypo-echoic) minus local background, frame t seen through mask u
+            return frames[t][masks[u]].mean() - frames[t][rings[u]].mean()
+
+        for t in range(24):
+            for u in (t - 1, t + 1):
+                if 0 <= u < 24 and masks[t].any() and masks[u].any():
+                    wins += contrast(t, t) < contrast(t, u)
+                    total += 1
+    assert total > 200 and wins / total > 0.65, (wins, total)
