@@ -384,6 +384,10 @@ def test_onnxruntime_parity_with_pytorch(exported, tiny_checkpoint, fp16, output
     assert result.max_abs_err <= tol["atol"] and result.dice >= tol["min_dice"], result
     assert result.passed and result.checkpoint_matches
     assert result.mask_pixels_torch > 0  # the comparison is not between two empty masks
+    # The CLI's defaults are sized for deep, trained models; this tiny one must do much better. fp16 rounds to
+    # 2^-11 relative per layer: measured ~1e-3 of the largest logit, so 1% of it catches a real error.
+    assert result.max_abs_err <= (1e-2 if fp16 else 1e-5) * max(result.max_abs_logit, 1.0), result
+    assert result.mask_agreement >= (0.995 if fp16 else 0.999), result
     # the selected frame really is that frame of the full clip (independent of the parity code path)
     if output_frame != "all":
         session = ort_ops.create_session(path)
