@@ -192,12 +192,16 @@ def test_mask_folder_sink(tmp_path):
 def test_strip_spreads_frames_over_the_run(tmp_path, n):
     path = tmp_path / "strip.png"
     sink = StripSink(str(path), count=6, height=40)
-    for k, frame in enumerate(_frames(n)):
+    for k in range(n):  # frame k is grey level 5k, so a tile tells which frame it shows
+        frame = np.full((40, 56, 3), 5 * k, np.uint8)
         sink.write(k, frame, np.zeros(frame.shape[:2], bool))
     sink.close()
     strip = cv2.imread(str(path))
     tiles = min(n, 6)
     assert strip.shape == (40, tiles * 56 + (tiles - 1) * 4, 3)
+    shown = [round(strip[:20, t * 60:t * 60 + 56].mean() / 5) for t in range(tiles)]  # top half: no label text
+    # spread over the whole run: in order, from the first frame to within one spacing (n / 6) of the last
+    assert shown == sorted(set(shown)) and shown[0] == 0 and shown[-1] > n - 1 - n / 6, shown
     with pytest.raises(VivimError, match=".png"):
         StripSink(str(tmp_path / "strip.jpg"))
 
