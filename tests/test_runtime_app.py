@@ -96,6 +96,9 @@ def test_synthetic_video_end_to_end(tmp_path, checkpoint, clip, output_frame):
         out=lines.append,
     )
     assert count_frames(out / "overlay.mp4") == N_FRAMES  # N frames in -> N frames in the overlay video
+    capture = cv2.VideoCapture(str(out / "overlay.mp4"))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(10.0, abs=0.01)  # plays at the source's rate
+    capture.release()
     masks = sorted(os.listdir(out / "masks"))
     assert masks == [f"{k:06d}.png" for k in range(N_FRAMES)]  # ... and N masks, one per frame index
     stats = json.loads((out / "stats.json").read_text())
@@ -499,3 +502,18 @@ def test_cuda_end_to_end(tmp_path, checkpoint, clip, flags):
     assert summary["cuda_graph"] == bool(flags.get("cuda_graph")), "CUDA graph capture fell back to eager"
     print("CUDA run:", summary["scan_impl"], summary["precision"], summary["latency_ms"], summary["infer_ms"])
     assert count_frames(tmp_path / "o.mp4") == N_FRAMES
+
+
+def test_first_ctrl_c_asks_to_stop_a_second_one_aborts():
+    """In-process, with real signals: the first SIGINT sets the flag (the loop ends after the current frame), the
+    second raises KeyboardInterrupt; the previous handlers come back afterwards."""
+    from vivim.runtime.app import GracefulStop
+
+    before = signal.getsignal(signal.SIGINT)
+    lines = []
+    with GracefulStop(lines.append) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and "Ctrl-C again to abort" in lines[0]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
