@@ -32,10 +32,10 @@ from vivim.export.ort_ops import INPUT_NAMES, OP_DOMAIN, OP_TYPE
 
 import vivim
 from vivim.cli_utils import warn
+from vivim.constants import parse_output_frame
 from vivim.errors import VivimError
 from vivim.export.plugin import PLUGIN_NAMESPACE, PLUGIN_VERSION
 
-OUTPUT_FRAMES = ("all", "centre", "newest")
 INPUT_NAME = "frames"
 OUTPUT_NAME = "logits"
 MIN_OPSET = 18
@@ -109,13 +109,6 @@ def load_model(checkpoint: str | os.PathLike[str]) -> tuple[VivimModel, dict, Pa
     path = resolve_checkpoint(checkpoint)
     model, metadata = load_checkpoint(path)
     return model.eval(), dict(metadata), path
-
-
-def _normalise_output_frame(output_frame: str) -> str:
-    value = {"center": "centre"}.get(output_frame, output_frame)
-    if value not in OUTPUT_FRAMES:
-        raise VivimError(f"--output-frame must be one of {', '.join(OUTPUT_FRAMES)}, got {output_frame!r}")
-    return value
 
 
 def save_model_atomic(model: onnx.ModelProto, path: Path) -> None:
@@ -232,7 +225,7 @@ def export_onnx(
     """
     start = time.perf_counter()
     output = Path(output)
-    output_frame = _normalise_output_frame(output_frame)
+    output_frame = str(parse_output_frame(output_frame, extra=("all",)))
     paths.check_writable(output, "-o")
     model, metadata, ckpt_path = load_model(checkpoint)
 

@@ -86,13 +86,10 @@ def output_index_from_metadata(meta: Dict[str, str], frames: int, out_frames: in
     """A graph whose output has one frame decodes the frame named in its metadata; None when it has all T."""
     if out_frames == frames and frames != 1:
         return None
-    from vivim.constants import output_frame_index
+    from vivim.constants import output_frame_index, parse_output_frame
 
-    policy = meta.get("output_frame", "centre")
-    try:
-        return output_frame_index(policy if policy != "center" else "centre", frames)
-    except ValueError:
-        raise VivimError(f"model metadata names an unknown output frame {policy!r}") from None
+    policy = parse_output_frame(meta.get("output_frame", "centre"), "the model metadata's output_frame")
+    return output_frame_index(policy, frames)
 
 
 def select_output(logits: np.ndarray, frames: int, index: int, fixed_index: Optional[int]) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 
 from vivim import paths
 from vivim.constants import RESIZE_FILTERS
+from vivim.constants import parse_output_frame
 from vivim.devices import parse_device
 from vivim.errors import VivimError
 
@@ -117,10 +118,7 @@ class RunConfig:
         if b.kind not in MODEL_KINDS:
             raise VivimError(f"backend.kind must be one of {', '.join(MODEL_KINDS)}, got {b.kind!r}")
         parse_device(b.device)
-        if b.output_frame not in ("centre", "center", "newest"):
-            raise VivimError(f"--output-frame must be 'centre' or 'newest', got {b.output_frame!r}")
-        if b.output_frame == "center":
-            b.output_frame = "centre"
+        b.output_frame = str(parse_output_frame(b.output_frame))
         if not 0.0 <= o.alpha <= 1.0:
             raise VivimError(f"--alpha must be within [0, 1], got {o.alpha}")
         if o.contour_thickness < 1:

@@ -43,6 +43,24 @@ def normalization_from_metadata(value: object, source: str) -> "tuple[tuple[floa
 OUTPUT_FRAMES = ("centre", "newest")
 
 
+def parse_output_frame(text: object, flag: str = "--output-frame", *, extra: "tuple[str, ...]" = (),
+                       allow_index: bool = False) -> "str | int":
+    """A user's or a file's output-frame text -> 'centre' ('center' accepted), 'newest', one of `extra` (export's
+    'all'), or with `allow_index` an integer frame index; anything else is a one-line VivimError naming `flag`."""
+    from vivim.errors import VivimError
+
+    value = {"center": "centre"}.get(str(text), str(text))
+    if value in OUTPUT_FRAMES or value in extra:
+        return value
+    if allow_index:
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    choices = ", ".join((*OUTPUT_FRAMES, *extra)) + (" or a frame index" if allow_index else "")
+    raise VivimError(f"{flag} must be {choices}, got {text!r}")
+
+
 def output_frame_index(output_frame: "str | int", frames: int) -> int:
     """Index of the decoded frame inside a clip of `frames` frames ("centre" = T // 2, "newest" = T - 1)."""
     if isinstance(output_frame, int):

@@ -13,21 +13,13 @@ import typer
 
 from vivim import paths
 from vivim.cli_utils import next_command, run_app, warn
+from vivim.constants import parse_output_frame
 from vivim.devices import torch_device
 from vivim.errors import VivimError
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   help="Benchmark Vivim latency: PyTorch eager/FP16/CUDA graph per scan kernel, ONNX Runtime, "
                        "TensorRT, streaming and long clips. Writes results.json/.csv/.md and PNG plots.")
-
-
-def _output_frame(text: str) -> str | int:
-    if text in ("centre", "center", "newest"):
-        return "centre" if text == "center" else text
-    try:
-        return int(text)
-    except ValueError:
-        raise VivimError(f"--output-frame must be centre, newest or a frame index, got {text!r}") from None
 
 
 @app.command()
@@ -149,7 +141,7 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     settings = BenchSettings(
         variant=variant, checkpoint=checkpoint, frames=5 if frames is None else frames,
         size=256 if size is None else size, batch=batch, device=device,
-        warmup=warmup, iters=iters, max_row_seconds=max_row_seconds or None, output_frame=_output_frame(output_frame),
+        warmup=warmup, iters=iters, max_row_seconds=max_row_seconds or None, output_frame=parse_output_frame(output_frame, allow_index=True),
         fp16_mode=fp16_mode, reference_scan=reference_scan, seed=seed, keep_onnx=keep_onnx, video=video,
         pipeline_frames=pipeline_frames, long_iters=long_iters, engine=engine, trt_plugin=trt_plugin,
         compile=compile_rows,
