@@ -19,7 +19,7 @@ import numpy as np
 
 from vivim import atomic
 from vivim.bench.env import cpu_name
-from vivim.bench.stats import percentile
+from vivim.latency import percentile
 from vivim.runtime.preprocess import Normalization, preprocess
 
 

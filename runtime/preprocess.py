@@ -18,6 +18,8 @@ from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE, normaliza
 
 import cv2  # noqa: E402  (after numpy; sources.py silences OpenCV's logging)
 
+from vivim.data.image_io import CV2_FILTERS  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Normalization:
@@ -31,7 +33,6 @@ class Normalization:
         return cls(mean, std)  # type: ignore[arg-type]
 
 
-CV2_FILTERS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}  # OpenCV flag of each resize filter
 
 
 def choose_resize(requested: Optional[str], recorded: object, source: str, log: Callable[[str], None] = print) -> str:

@@ -13,7 +13,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from vivim import atomic
-from vivim.bench.stats import LATENCY_FIELDS, summarize
+from vivim.latency import LATENCY_FIELDS, summarize
 
 
 class RunStats:

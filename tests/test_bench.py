@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from vivim.bench import report, stats, timing
+from vivim import latency as stats
+from vivim.bench import report, timing
 from vivim.bench.records import Row, apply_speedups, failed, skipped
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vivim.bench.stats import LatencyStats, fps, speedup, summarize
+from vivim.latency import LatencyStats, fps, speedup, summarize
 
 OK = "ok"
 

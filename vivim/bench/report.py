@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 from vivim import atomic
 from vivim.bench.env import environment_lines
 from vivim.bench.records import Row
-from vivim.bench.stats import LATENCY_FIELDS
+from vivim.latency import LATENCY_FIELDS
 from vivim.cli_utils import warn
 from vivim.errors import VivimError
 

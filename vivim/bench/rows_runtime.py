@@ -114,7 +114,7 @@ def _pipeline_unavailable_reason(settings: BenchSettings) -> str | None:
 
 
 def _run_pipeline(row: Row, artifacts: Artifacts, settings: BenchSettings, *, scan: str, realtime: bool) -> None:
-    from vivim.bench.stats import LATENCY_FIELDS, LatencyStats
+    from vivim.latency import LATENCY_FIELDS, LatencyStats
     from vivim.runtime import RunConfig, run
 
     cuda = cuda_ready(settings.device)

@@ -12,6 +12,8 @@ from vivim import atomic
 from vivim.errors import VivimError
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# OpenCV flag of each resize filter a model may be trained and run with (vivim.constants.RESIZE_FILTERS)
+CV2_FILTERS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
 
 def read_frame(path: str | Path) -> np.ndarray:

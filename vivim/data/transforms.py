@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE
-from vivim.runtime.preprocess import CV2_FILTERS
+from vivim.data.image_io import CV2_FILTERS
 
 _SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0  # PIL's ImageFilter.SMOOTH
 

@@ -1,4 +1,4 @@
-"""Summary statistics of latency samples (pure Python, no numpy/torch needed).
+"""Summary statistics of latency samples (pure Python, no numpy/torch needed), for vivim-bench and vivim-run.
 
 Percentiles use linear interpolation between closest ranks, the definition of numpy.percentile's default
 method ('linear'): for sorted samples s[0..n-1] the q-th percentile sits at rank (n - 1) * q / 100.
