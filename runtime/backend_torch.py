@@ -93,9 +93,10 @@ class TorchBackend:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str, **kwargs: Any) -> "TorchBackend":
-        if checkpoint != "demo":
-            paths.require_file(checkpoint, "--checkpoint")
         import vivim
+        from vivim.checkpoint import checkpoint_file
+
+        paths.require_file(checkpoint_file(checkpoint), "--checkpoint")  # 'demo': the bundled file, which must be there
 
         model, metadata = vivim.load_checkpoint(checkpoint, map_location="cpu")
         norm = Normalization.from_metadata(metadata.get("normalization"), f"--checkpoint {checkpoint}")

@@ -337,8 +337,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         # everything that shapes the model, the schedule or the train/validation split must be what it was: a
         # resumed run that silently changed them would compare "best" epochs across different validation sets
         for key in ("variant", "frames", "size", "output_frame", "lr", "min_lr", "batch", "seed", "val_fraction", "val"):
-            was = saved.get(key)  # absent: None, or a state file from before the key was recorded
-            if (key in saved or key == "val") and was != getattr(cfg, key):
+            was = saved.get(key)  # absent: a state file from before the key was recorded
+            if key in saved and was != getattr(cfg, key):
                 flag = "--" + key.replace("_", "-")
                 raise VivimError(f"{state_path}: the run was started with {flag} {was!r}, not {getattr(cfg, key)!r}; "
                                  "resume with the same flags")
@@ -435,7 +435,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
                 dist.gather_object(rngs[0], gathered, dst=0)
                 rngs = gathered
             _atomic_torch_save({
-                "format": STATE_FORMAT, "config": {k: v for k, v in asdict(cfg).items() if v is not None},
+                "format": STATE_FORMAT, "config": asdict(cfg),
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "epoch": epoch, "best_dice": best_dice, "best_epoch": best_epoch, "history": history,
