@@ -26,6 +26,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vivim import atomic  # noqa: E402  (after the path line: the repository's own package)
+from vivim.cuda_graph import capture_cuda_graph  # noqa: E402
 
 STAGES = [(128, 20480), (256, 5120), (640, 1280), (1024, 320)]
 ANCHOR_H200_MAMBA_FP16_B1 = {(128, 20480): 199.8, (256, 5120): 74.1, (640, 1280): 54.7, (1024, 320): 30.5}
@@ -73,16 +74,7 @@ def time_eager(fn, burst=10, samples=30, warmup=5) -> float:
 def time_graph(fn, burst=10, samples=30) -> float | None:
     """Median µs per call when a burst of calls is captured once in a CUDA graph and replayed."""
     try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(burst):
-                fn()
+        graph, _ = capture_cuda_graph(lambda: [fn() for _ in range(burst)], warmup=1)
         for _ in range(3):
             graph.replay()
         torch.cuda.synchronize()

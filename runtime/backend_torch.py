@@ -21,6 +21,7 @@ import torch
 
 from vivim import paths
 from vivim.constants import TRAIN_RESIZE
+from vivim.cuda_graph import capture_cuda_graph
 from vivim.devices import torch_device
 from vivim.runtime.preprocess import Normalization, choose_resize, resize_rgb
 from vivim.runtime.resample import DeviceResizer
@@ -228,15 +229,8 @@ class TorchBackend:
     def _capture(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor):
         """Record `fn` on a static input as a CUDA graph (warm-up on a side stream first, as CUDA graphs need)."""
         static_in = example.clone()
-        side = torch.cuda.Stream(self._device)
-        side.wait_stream(torch.cuda.current_stream(self._device))
-        with torch.inference_mode(), torch.cuda.stream(side):
-            for _ in range(2):
-                fn(static_in)
-        torch.cuda.current_stream(self._device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph):
-            static_out = fn(static_in)
+        with torch.inference_mode():
+            graph, static_out = capture_cuda_graph(lambda: fn(static_in), warmup=2, device=self._device)
         return graph, static_in, static_out
 
     def _sync(self) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from vivim import latency as stats
 from vivim.bench import report, timing
+from vivim.cuda_graph import capture_cuda_graph
 from vivim.bench.records import Row, apply_speedups, failed, skipped
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -371,7 +372,7 @@ def test_streaming_window_cuda_graph_replays_the_eager_step() -> None:
         eager = StreamingWindow(model, clip, "newest")
         graphed = StreamingWindow(model, clip, "newest")
         static_frame = frames[0].clone()
-        graph, static_out = timing.capture_cuda_graph(lambda: graphed.step(static_frame), warmup=1)
+        graph, static_out = capture_cuda_graph(lambda: graphed.step(static_frame), warmup=1)
         # warm-up and capture advanced the graphed window: rebuild its contents from the same clip
         graphed.window.copy_(StreamingWindow(model, clip, "newest").window)
         for frame in frames:

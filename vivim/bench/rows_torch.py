@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vivim.bench import timing
+from vivim.cuda_graph import capture_cuda_graph
 from vivim.bench.common import (
     BenchSettings, ModelSource, apply_measurement, cuda_ready, guarded, measure, precision_scope, random_clip,
     scan_scope, scan_unavailable_reason, to_precision, torch_module,
@@ -55,7 +56,7 @@ def torch_clip_row(source: ModelSource, settings: BenchSettings, *, precision: s
         with scan_scope(scan, settings.device), torch.inference_mode(), precision_scope(precision, settings):
             if graph:
                 static_x = x.clone()
-                cuda_graph, _ = timing.capture_cuda_graph(lambda: forward(static_x, **kwargs))
+                cuda_graph, _ = capture_cuda_graph(lambda: forward(static_x, **kwargs))
 
                 def step() -> Any:
                     static_x.copy_(x)  # a new clip arrives in the captured input buffer
@@ -102,7 +103,7 @@ def torch_stream_row(source: ModelSource, settings: BenchSettings, *, precision:
             window_step = compiled_fn(window.step, compiled)
             if graph:
                 static_frame = new_frame.clone()
-                cuda_graph, _ = timing.capture_cuda_graph(lambda: window_step(static_frame))
+                cuda_graph, _ = capture_cuda_graph(lambda: window_step(static_frame))
 
                 def step() -> Any:
                     static_frame.copy_(new_frame)  # the new frame arrives in the captured input buffer

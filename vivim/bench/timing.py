@@ -150,25 +150,3 @@ def measure(
         fn()
         host_ms.append((time.perf_counter() - t0) * 1000.0)
     return Measurement(list(host_ms), host_ms, warmup, iters, "perf_counter", notes)
-
-
-def capture_cuda_graph(step: Callable[[], Any], *, warmup: int = 3) -> tuple[Any, Any]:
-    """Capture `step` (which reads only static input tensors) into a CUDA graph; returns (graph, static output).
-
-    Warm-up runs on a side stream first, as torch.cuda.graphs requires, so lazy initialisation (cuBLAS
-    handles, autotuning, allocator growth) happens outside the capture.
-    """
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(max(warmup, 1)):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_output = step()
-    torch.cuda.synchronize()
-    return graph, static_output
