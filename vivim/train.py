@@ -247,17 +247,56 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     """Train as configured; returns paths, losses and the best validation Dice (rank 0 writes all files)."""
     import numpy as np
     import torch
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data import DataLoader, DistributedSampler, Subset
-    from tqdm import tqdm
 
     import vivim
+
+    best_path, last_path, state_path = _check_flags(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dist_info, device = _init_distributed(cfg.device)
+    use_amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+    if use_amp and device.type != "cuda":
+        if dist_info.main:
+            warn("--amp needs CUDA; training in fp32 on the CPU")
+        use_amp = False
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    data = _build_data(cfg, dist_info, device)
+
+    model = vivim.create_model(cfg.variant, frames=cfg.frames, img_size=cfg.size)
+    if cfg.init and not cfg.resume:
+        _initialise(model, cfg.init, dist_info.main)
+    model.to(device)
+    run = _Run(cfg, dist_info, device, use_amp, model, best_path, last_path, state_path)
+    if cfg.resume:
+        run.resume()
+    run.wrap_ddp()
+    if run.progress.start_epoch >= cfg.epochs and dist_info.main:
+        warn(f"{state_path}: already trained {run.progress.start_epoch} of --epochs {cfg.epochs}; nothing to do")
+    if dist_info.main:
+        print(f"training {cfg.variant} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on {device} x{dist_info.world}: "
+              f"{len(data.train_videos)} videos / {len(data.train_ds)} clips for training, {len(data.val_videos)} videos for "
+              f"validation; T={cfg.frames}, {cfg.size}x{cfg.size}, batch {cfg.batch}{' per process' if dist_info.world > 1 else ''}, "
+              f"{'AMP fp16' if use_amp else 'fp32'}")
+
+    start = time.perf_counter()
+    for epoch in range(run.progress.start_epoch, cfg.epochs):
+        t_epoch = time.perf_counter()
+        mean_loss, stopped = run.train_epoch(epoch, data)
+        dice = _validate(model, data.val_loader, device, cfg.output_frame, dist_info, run.amp_dtype) \
+            if data.val_loader is not None else float("nan")
+        improved = run.progress.record_epoch(mean_loss, dice, epoch, run.optimizer.param_groups[0]["lr"])
+        run.save_epoch(epoch, data, run.progress.elapsed_before + time.perf_counter() - start, improved, dice, t_epoch)
+        if stopped:
+            break
+    return run.finish(data, run.progress.elapsed_before + time.perf_counter() - start)
+
+
+def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
+    """Every flag checked before any work, with one line naming it; returns the (best, last, state) paths."""
+    import vivim
     from vivim.constants import output_frame_index
-    from vivim.data.dataset import ClipDataset
-    from vivim.data.layouts import detect_layout, discover_videos, split_by_video
-    from vivim.data.transforms import TrainAugment
-    from vivim.losses import structure_loss
 
     if cfg.variant not in vivim.variants():
         raise VivimError(f"--variant {cfg.variant!r}: choose one of {', '.join(vivim.variants())}")
@@ -269,8 +308,6 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         raise VivimError(f"--workers must be 0 or more, got {cfg.workers}")
     if not cfg.lr > 0:
         raise VivimError(f"--lr must be a positive learning rate, got {cfg.lr}")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     try:  # after --frames: the frame index is checked against a valid clip length
         output_frame_index(cfg.output_frame, cfg.frames)
     except ValueError as exc:
@@ -284,20 +321,27 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     if not (cfg.resume or cfg.overwrite) and any(p.exists() for p in (best_path, last_path, state_path)):
         raise VivimError(f"--out {best_path}: an earlier run's checkpoint is there; --resume continues that run, "
                          "--overwrite replaces it, or choose another --out")
+    return best_path, last_path, state_path
 
-    dist_info, device = _init_distributed(cfg.device)
-    use_amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
-    if use_amp and device.type != "cuda":
-        if dist_info.main:
-            warn("--amp needs CUDA; training in fp32 on the CPU")
-        use_amp = False
-    amp_dtype = torch.float16 if use_amp else None
 
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+@dataclass
+class _Data:
+    train_videos: list
+    val_videos: list
+    train_ds: Any
+    sampler: Any
+    train_loader: Any
+    val_loader: Any
 
-    # data: train on the folder's train split, validate on whole held-out videos (never the test split)
+
+def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any) -> _Data:
+    """Train on the folder's train split, validate on whole held-out videos (never the test split)."""
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+    from vivim.data.dataset import ClipDataset
+    from vivim.data.layouts import discover_videos, split_by_video
+    from vivim.data.transforms import TrainAugment
+
     all_train = discover_videos(cfg.data, "train")
     if cfg.val and os.path.realpath(cfg.val) == os.path.realpath(cfg.data) and dist_info.main:
         warn(f"--val {cfg.val} is the --data folder: validation scores videos the model trains on")
@@ -309,8 +353,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     augment = TrainAugment() if cfg.augment else None
     train_ds = ClipDataset(train_videos, frames=cfg.frames, size=cfg.size, output_frame=cfg.output_frame,
                            augment=augment, seed=cfg.seed, cache=cache)
-    sampler: DistributedSampler = DistributedSampler(train_ds, num_replicas=dist_info.world, rank=dist_info.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=False)
+    sampler: DistributedSampler = DistributedSampler(train_ds, num_replicas=dist_info.world, rank=dist_info.rank,
+                                                     shuffle=True, seed=cfg.seed, drop_last=False)
     loader_args: dict[str, Any] = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda",
                                    "persistent_workers": cfg.workers > 0}
     train_loader = DataLoader(train_ds, batch_size=cfg.batch, sampler=sampler, **loader_args)
@@ -319,23 +363,68 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         val_ds = ClipDataset(val_videos, frames=cfg.frames, size=cfg.size, output_frame=cfg.output_frame, cache=cache)
         shard = Subset(val_ds, list(range(dist_info.rank, len(val_ds), dist_info.world)))
         val_loader = DataLoader(shard, batch_size=cfg.batch, shuffle=False, **loader_args)
+    return _Data(train_videos, val_videos, train_ds, sampler, train_loader, val_loader)
 
-    model = vivim.create_model(cfg.variant, frames=cfg.frames, img_size=cfg.size)
-    if cfg.init and not cfg.resume:
-        _initialise(model, cfg.init, dist_info.main)
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.min_lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
 
-    start_epoch, best_dice, best_epoch = 0, -1.0, -1
-    history: dict[str, list] = {"epoch_loss": [], "val_dice": [], "lr": []}
-    elapsed_before = 0.0
-    if cfg.resume:
+@dataclass
+class _Progress:
+    """What a resumed run must continue from: the next epoch, the best so far, the history and time spent."""
+
+    start_epoch: int = 0
+    best_dice: float = -1.0
+    best_epoch: int = -1
+    history: dict = field(default_factory=lambda: {"epoch_loss": [], "val_dice": [], "lr": []})
+    elapsed_before: float = 0.0
+    step_losses: list = field(default_factory=list)  # this process's steps only (not saved)
+    val_history: list = field(default_factory=list)
+    steps: int = 0
+
+    def record_epoch(self, mean_loss: float, dice: float, epoch: int, lr: float) -> bool:
+        """Append the epoch; True when it is the best so far (every epoch is, without a validation set)."""
+        self.val_history.append(dice)
+        self.history["epoch_loss"].append(mean_loss)
+        self.history["val_dice"].append(dice if math.isfinite(dice) else -1.0)
+        self.history["lr"].append(lr)
+        improved = (not math.isfinite(dice)) or dice > self.best_dice
+        if improved:
+            self.best_dice, self.best_epoch = (dice if math.isfinite(dice) else self.best_dice), epoch
+        return improved
+
+
+class _Run:
+    """The model, its optimiser state and progress of one training run: resume, one epoch, the files per epoch."""
+
+    def __init__(self, cfg: TrainConfig, dist_info: _Dist, device: Any, use_amp: bool, model: Any,
+                 best_path: Path, last_path: Path, state_path: Path) -> None:
+        import torch
+
+        self.cfg, self.dist, self.device, self.use_amp, self.model = cfg, dist_info, device, use_amp, model
+        self.best_path, self.last_path, self.state_path = best_path, last_path, state_path
+        self.amp_dtype = torch.float16 if use_amp else None
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs, eta_min=cfg.min_lr)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+        self.progress = _Progress()
+        self.net = model  # wrap_ddp() replaces it once the weights are final (after a resume)
+
+    def wrap_ddp(self) -> None:
+        """One process per GPU: DistributedDataParallel over the model, after resume() loaded its weights."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.dist.world > 1:
+            import warnings
+
+            # the depthwise Conv3d weight grads differ from DDP's bucket view only in the stride of a size-1 dim
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def resume(self) -> None:
+        """Continue from the state file: the same settings are required (a resumed run that silently changed the
+        model, the schedule or the validation split would compare "best" epochs across different runs)."""
+        cfg, state_path = self.cfg, self.state_path
         state = load_state(state_path)
         saved = state["config"]
-        # everything that shapes the model, the schedule or the train/validation split must be what it was: a
-        # resumed run that silently changed them would compare "best" epochs across different validation sets
         for key in ("variant", "frames", "size", "output_frame", "lr", "min_lr", "batch", "seed", "val_fraction", "val"):
             was = saved.get(key)  # absent: a state file from before the key was recorded
             if key in saved and was != getattr(cfg, key):
@@ -344,127 +433,124 @@ def run_training(cfg: TrainConfig) -> TrainResult:
                                  "resume with the same flags")
         if saved["epochs"] != cfg.epochs:  # the cosine schedule's length is part of the state
             raise VivimError(f"{state_path}: the run was planned for --epochs {saved['epochs']}; resume with that value "
-                             f"(or train longer in a new run: --init {last_path} with another --out)")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best_dice, best_epoch = state["epoch"] + 1, state["best_dice"], state["best_epoch"]
-        history = state["history"]
-        elapsed_before = state["seconds"]
-        _set_rng_state(state["rng"][dist_info.rank] if dist_info.rank < len(state["rng"]) else state["rng"][0])
-        if dist_info.main:
-            print(f"resuming from {state_path} at epoch {start_epoch + 1}/{cfg.epochs} (best Dice so far {best_dice:.4f})")
-    if start_epoch >= cfg.epochs and dist_info.main:
-        warn(f"{state_path}: already trained {start_epoch} of --epochs {cfg.epochs}; nothing to do")
+                             f"(or train longer in a new run: --init {self.last_path} with another --out)")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = _Progress(state["epoch"] + 1, state["best_dice"], state["best_epoch"], state["history"],
+                                  state["seconds"])
+        rank = self.dist.rank
+        _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        if self.dist.main:
+            print(f"resuming from {state_path} at epoch {self.progress.start_epoch + 1}/{cfg.epochs} "
+                  f"(best Dice so far {self.progress.best_dice:.4f})")
 
-    if dist_info.world > 1:
-        import warnings
+    def train_epoch(self, epoch: int, data: _Data) -> tuple[float, bool]:
+        """One pass over the training clips; (mean loss, stopped by --max-steps). The LR schedule steps after it."""
+        import torch
+        from tqdm import tqdm
 
-        # the depthwise Conv3d weight grads differ from DDP's bucket view only in the stride of a size-1 dim: harmless
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.world > 1 else model
+        from vivim.losses import structure_loss
 
-    if dist_info.main:
-        print(f"training {cfg.variant} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on {device} x{dist_info.world}: "
-              f"{len(train_videos)} videos / {len(train_ds)} clips for training, {len(val_videos)} videos for validation; "
-              f"T={cfg.frames}, {cfg.size}x{cfg.size}, batch {cfg.batch}{' per process' if dist_info.world > 1 else ''}, "
-              f"{'AMP fp16' if use_amp else 'fp32'}")
-
-    step_losses: list[float] = []
-    val_history: list[float] = []
-    steps = 0
-    start = time.perf_counter()
-    metadata_base = {"output_frame": cfg.output_frame}
-    stopped = False
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        net.train()
-        bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not (cfg.progress and dist_info.main), dynamic_ncols=True)
-        epoch_loss, epoch_batches, epoch_clips, t_epoch = 0.0, 0, 0, time.perf_counter()
-        for batch in train_loader:
-            clip = batch["clip"].to(device, non_blocking=True)
-            target = batch["mask"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = net(clip, output_frame=cfg.output_frame)[:, 0]  # (B, 1, H, W) of the supervised frame
+        cfg, progress = self.cfg, self.progress
+        data.sampler.set_epoch(epoch)
+        data.train_ds.set_epoch(epoch)
+        self.net.train()
+        bar = tqdm(total=len(data.train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not (cfg.progress and self.dist.main), dynamic_ncols=True)
+        total, batches, clips, t0, stopped = 0.0, 0, 0, time.perf_counter(), False
+        for batch in data.train_loader:
+            clip = batch["clip"].to(self.device, non_blocking=True)
+            target = batch["mask"].to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                logits = self.net(clip, output_frame=cfg.output_frame)[:, 0]  # (B, 1, H, W) of the supervised frame
             loss = structure_loss(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise VivimError(f"training diverged at epoch {epoch + 1} (loss {loss_value}); try a lower --lr or --no-amp")
-            step_losses.append(loss_value)
-            epoch_loss += loss_value
-            epoch_batches += 1
-            epoch_clips += clip.shape[0] * dist_info.world
-            steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise VivimError(f"training diverged at epoch {epoch + 1} (loss {value}); try a lower --lr or --no-amp")
+            progress.step_losses.append(value)
+            total, batches, clips = total + value, batches + 1, clips + clip.shape[0] * self.dist.world
+            progress.steps += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{epoch_loss / epoch_batches:.4f}", clips_s=f"{epoch_clips / (time.perf_counter() - t_epoch):.2f}")
-            if cfg.max_steps is not None and steps >= cfg.max_steps:
+            bar.set_postfix(loss=f"{total / batches:.4f}", clips_s=f"{clips / (time.perf_counter() - t0):.2f}")
+            if cfg.max_steps is not None and progress.steps >= cfg.max_steps:
                 stopped = True
                 break
         bar.close()
-        scheduler.step()
-        dice = _validate(model, val_loader, device, cfg.output_frame, dist_info, amp_dtype) if val_loader is not None else float("nan")
-        val_history.append(dice)
-        history["epoch_loss"].append(epoch_loss / max(1, epoch_batches))
-        history["val_dice"].append(dice if math.isfinite(dice) else -1.0)
-        history["lr"].append(optimizer.param_groups[0]["lr"])
-        improved = (not math.isfinite(dice)) or dice > best_dice
-        if improved:
-            best_dice, best_epoch = (dice if math.isfinite(dice) else best_dice), epoch
-        seconds = elapsed_before + time.perf_counter() - start
-        if dist_info.main:
-            summary = {
-                "epochs_done": epoch + 1, "epochs": cfg.epochs, "best_val_dice": round(best_dice, 6) if best_dice >= 0 else None,
-                "best_epoch": best_epoch + 1, "data": str(cfg.data), "val": cfg.val or f"{len(val_videos)} videos carved from --data",
-                "seed": cfg.seed, "seconds": round(seconds, 1), "lr": cfg.lr, "batch": cfg.batch, "world_size": dist_info.world,
-                "device": str(device), "amp": use_amp, "train_videos": len(train_videos), "val_videos": [v.name for v in val_videos],
-                "init": cfg.init,
-            }
-            vivim.save_checkpoint(model, last_path, **metadata_base, training={**summary, "kind": "last"})
-            if improved:
-                vivim.save_checkpoint(model, best_path, **metadata_base, training={**summary, "kind": "best", "val_dice": round(dice, 6) if math.isfinite(dice) else None})
-            rngs = [_rng_state()]
-            if dist_info.world > 1:  # every rank's RNG, so a resumed DDP run draws the same numbers
-                gathered: list = [None] * dist_info.world
-                dist.gather_object(rngs[0], gathered, dst=0)
-                rngs = gathered
-            _atomic_torch_save({
-                "format": STATE_FORMAT, "config": asdict(cfg),
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "best_dice": best_dice, "best_epoch": best_epoch, "history": history,
-                "seconds": seconds, "rng": rngs,
-            }, state_path)
-            shown = f"val Dice {dice:.4f}" if math.isfinite(dice) else "no validation set"
-            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {history['epoch_loss'][-1]:.4f}, {shown}, "
-                  f"lr {optimizer.param_groups[0]['lr']:.2e}, {time.perf_counter() - t_epoch:.0f} s{' (best)' if improved else ''}")
-        elif dist_info.world > 1:
-            dist.gather_object(_rng_state(), None, dst=0)
-        if stopped:
-            break
+        self.scheduler.step()
+        return total / max(1, batches), stopped
 
-    seconds = elapsed_before + time.perf_counter() - start
-    if dist_info.world > 1:
-        dist.barrier()
-    result = TrainResult(best_path, last_path, state_path, best_dice, best_epoch + 1, len(history["epoch_loss"]),
-                         step_losses, val_history, seconds, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-    if dist_info.main and history["epoch_loss"]:
-        best_text = f"best val Dice {best_dice:.4f} (epoch {best_epoch + 1})" if best_dice >= 0 else "no validation"
-        print(f"done: {len(history['epoch_loss'])} epochs in {seconds / 60:.1f} min, {best_text}; "
-              f"best {best_path}, last {last_path}, resume state {state_path}")
-        report = best_path.with_suffix(".eval.json")
-        if detect_layout(Path(cfg.data)) == "vtus" and (Path(cfg.data) / "Test").is_dir():
-            next_command(f"vivim-eval {best_path} --data {cfg.data} --split test --json {report}")
-        else:  # a DAVIS folder has no test split of its own: score on videos the model never saw
-            print(f"note: {cfg.data} holds the training videos; give vivim-eval a held-out dataset for a fair score")
-            next_command(f"vivim-eval {best_path} --data HELD_OUT_DIR --json {report}")
-    return result
+    def save_epoch(self, epoch: int, data: _Data, seconds: float, improved: bool, dice: float, t_epoch: float) -> None:
+        """Rank 0 writes last (and best) checkpoints and the resume state, atomically; every rank sends its RNG."""
+        import torch.distributed as dist
+
+        import vivim
+
+        cfg, progress = self.cfg, self.progress
+        if not self.dist.main:
+            if self.dist.world > 1:
+                dist.gather_object(_rng_state(), None, dst=0)
+            return
+        best = progress.best_dice
+        summary = {
+            "epochs_done": epoch + 1, "epochs": cfg.epochs, "best_val_dice": round(best, 6) if best >= 0 else None,
+            "best_epoch": progress.best_epoch + 1, "data": str(cfg.data),
+            "val": cfg.val or f"{len(data.val_videos)} videos carved from --data", "seed": cfg.seed,
+            "seconds": round(seconds, 1), "lr": cfg.lr, "batch": cfg.batch, "world_size": self.dist.world,
+            "device": str(self.device), "amp": self.use_amp, "train_videos": len(data.train_videos),
+            "val_videos": [v.name for v in data.val_videos], "init": cfg.init,
+        }
+        metadata = {"output_frame": cfg.output_frame}
+        vivim.save_checkpoint(self.model, self.last_path, **metadata, training={**summary, "kind": "last"})
+        if improved:
+            vivim.save_checkpoint(self.model, self.best_path, **metadata, training={
+                **summary, "kind": "best", "val_dice": round(dice, 6) if math.isfinite(dice) else None})
+        rngs = [_rng_state()]
+        if self.dist.world > 1:  # every rank's RNG, so a resumed DDP run draws the same numbers
+            gathered: list = [None] * self.dist.world
+            dist.gather_object(rngs[0], gathered, dst=0)
+            rngs = gathered
+        _atomic_torch_save({
+            "format": STATE_FORMAT, "config": asdict(cfg),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "epoch": epoch, "best_dice": best, "best_epoch": progress.best_epoch,
+            "history": progress.history, "seconds": seconds, "rng": rngs,
+        }, self.state_path)
+        shown = f"val Dice {dice:.4f}" if math.isfinite(dice) else "no validation set"
+        print(f"epoch {epoch + 1}/{cfg.epochs}: loss {progress.history['epoch_loss'][-1]:.4f}, {shown}, "
+              f"lr {self.optimizer.param_groups[0]['lr']:.2e}, {time.perf_counter() - t_epoch:.0f} s{' (best)' if improved else ''}")
+
+    def finish(self, data: _Data, seconds: float) -> TrainResult:
+        """The result, the summary line and the next command (rank 0)."""
+        import torch.distributed as dist
+
+        from vivim.data.layouts import detect_layout
+
+        cfg, progress = self.cfg, self.progress
+        if self.dist.world > 1:
+            dist.barrier()
+        epochs_done = len(progress.history["epoch_loss"])
+        result = TrainResult(self.best_path, self.last_path, self.state_path, progress.best_dice, progress.best_epoch + 1,
+                             epochs_done, progress.step_losses, progress.val_history, seconds,
+                             {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
+        if self.dist.main and epochs_done:
+            best = progress.best_dice
+            best_text = f"best val Dice {best:.4f} (epoch {progress.best_epoch + 1})" if best >= 0 else "no validation"
+            print(f"done: {epochs_done} epochs in {seconds / 60:.1f} min, {best_text}; "
+                  f"best {self.best_path}, last {self.last_path}, resume state {self.state_path}")
+            report = self.best_path.with_suffix(".eval.json")
+            if detect_layout(Path(cfg.data)) == "vtus" and (Path(cfg.data) / "Test").is_dir():
+                next_command(f"vivim-eval {self.best_path} --data {cfg.data} --split test --json {report}")
+            else:  # a DAVIS folder has no test split of its own: score on videos the model never saw
+                print(f"note: {cfg.data} holds the training videos; give vivim-eval a held-out dataset for a fair score")
+                next_command(f"vivim-eval {self.best_path} --data HELD_OUT_DIR --json {report}")
+        return result
 
 
 # ----------------------------------------------------------------------------------------------- CLI
