@@ -358,11 +358,13 @@ def make_video(
     for centre, db, width in gain_bumps:
         tgc = tgc * 10 ** (db * np.exp(-((depth_frac[:, :1] - centre) ** 2) / (2 * width**2)) / 20.0)
     frame_rng = np.random.default_rng(rng.integers(0, 2**63 - 1))
+    display = _Display(tgc, base_atten_db, dyn_range, grey_level, noise_level, refresh, gamma, kr, ki)
 
     out_frames = np.zeros((frames, size, size), np.uint8)
     out_masks = np.zeros((frames, size, size), np.uint8)
     xr = xx - beams / 2.0
     for ti in range(frames):
+        # probe motion: screen pixel -> tissue coordinates (u lateral, v depth) of this frame
         ca, sa = math.cos(float(tilt[ti])), math.sin(float(tilt[ti]))
         u = beams / 2.0 + slide[ti] + ca * xr - sa * zz
         v = lift[ti] + (sa * xr + ca * zz) * press[ti]
@@ -371,60 +373,9 @@ def make_video(
         u = u.astype(np.float32)
         v = v.astype(np.float32)
 
-        # echogenicity and attenuation maps of the tissue layers
-        echo = np.full((depth_px, beams), layers[0].echo, np.float32)
-        atten = np.ones((depth_px, beams), np.float32)
-        vf = v / depth_px
-        interface_gain = np.float32(6.0)
-        uf = u / beams
-        for layer in layers[1:]:
-            top = layer.depth + layer.wave_amp * np.sin(2 * math.pi * uf / layer.wave_len + layer.wave_phase)
-            below = vf >= top
-            level = np.float32(layer.echo)
-            if layer.texture == "septa":
-                stripes = np.sin(2 * math.pi * layer.tex_freq * (vf + 0.3 * layer.tex_angle * uf + 0.02 * np.sin(7 * uf)))
-                tex = level * (1.0 + 6.0 * np.clip(stripes - 0.8, 0, None) / 0.2)
-            elif layer.texture == "striated":
-                stripes = np.sin(2 * math.pi * layer.tex_freq * (vf + layer.tex_angle * uf))
-                tex = level * (1.0 + 0.6 * stripes)
-            else:
-                tex = np.full_like(vf, level)
-            echo = np.where(below, tex, echo)
-            atten = np.where(below, np.float32(layer.attenuation), atten)
-            # bright specular interface (fascia) on top of each layer
-            echo += interface_gain * np.exp(-(((vf - top) * depth_px) ** 2) / (2 * (0.9 * size / 256.0) ** 2))
-
-        mask = np.zeros((depth_px, beams), bool)
-        for lesion in lesion_list:
-            rho, boundary = _lesion_field(lesion, u, v, ti, float(tn[ti]))
-            inside = rho < boundary
-            inner = lesion.echo * (1.0 + 0.5 * np.sin(5 * rho + 3 * np.arctan2(v - lesion.cv, u - lesion.cu)) * (lesion.kind == "solid"))
-            echo = np.where(inside, inner.astype(np.float32), echo)
-            if lesion.rim > 0:
-                ring = np.exp(-(((rho - boundary) * lesion.ax) ** 2) / (2 * (1.2 * size / 256.0) ** 2)) * (rho >= boundary)
-                echo += (lesion.rim * ring).astype(np.float32)
-            atten = np.where(inside, atten * np.float32(lesion.attenuation_factor), atten)
-            mask |= inside
-
-        # scatterers fixed in tissue (+ a refreshed part), weighted by echogenicity, through the PSF
-        nr, ni = _sample_noise(noise, u + pad, v + pad)
-        fresh = frame_rng.standard_normal((2, depth_px, beams)).astype(np.float32)
-        keep = math.sqrt(1.0 - refresh)
-        amp = np.sqrt(np.clip(echo, 0.0, None))
-
-        # round-trip attenuation accumulated along each beam; receiver noise enters before the (band-limiting)
-        # pulse-echo filter, TGC after it; envelope; log compression around the median tissue level
-        loss_db = np.cumsum(atten, axis=0) * (base_atten_db / depth_px)
-        gain = (10 ** (-loss_db / 20.0)).astype(np.float32)
-        rx = frame_rng.standard_normal((2, depth_px, beams)).astype(np.float32) * noise_level
-        scat_r = amp * (keep * nr + math.sqrt(refresh) * fresh[0]) * gain + rx[0]
-        scat_i = amp * (keep * ni + math.sqrt(refresh) * fresh[1]) * gain + rx[1]
-        re, im = _convolve_complex(scat_r, scat_i, kr, ki)
-        env = np.sqrt(re * re + im * im) * tgc
-        db = 20.0 * np.log10(env + 1e-6)
-        white = float(np.median(db)) + grey_level * dyn_range
-        img = np.clip((db - (white - dyn_range)) / dyn_range, 0.0, 1.0) ** gamma
-        img8 = (img * 255.0 + 0.5).astype(np.uint8)
+        echo, atten = _layer_maps(layers, u, v, depth_px, beams, size)
+        mask = _add_lesions(lesion_list, u, v, ti, float(tn[ti]), echo, atten, size)
+        img8 = _acquire(display, echo, atten, noise, u + pad, v + pad, frame_rng)
 
         screen_img, screen_mask = _to_screen(screen, img8, mask.astype(np.uint8))
         if text:
@@ -441,3 +392,84 @@ def make_video(
         "fps": fps,
     }
     return SynthVideo(out_frames, out_masks, info)
+
+
+def _layer_maps(layers: list[_Layer], u: np.ndarray, v: np.ndarray, depth_px: int, beams: int,
+                size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Echogenicity and attenuation of the tissue layers at tissue coordinates (u, v), each layer's texture and a
+    bright specular interface (fascia) on its top."""
+    echo = np.full((depth_px, beams), layers[0].echo, np.float32)
+    atten = np.ones((depth_px, beams), np.float32)
+    vf = v / depth_px
+    interface_gain = np.float32(6.0)
+    uf = u / beams
+    for layer in layers[1:]:
+        top = layer.depth + layer.wave_amp * np.sin(2 * math.pi * uf / layer.wave_len + layer.wave_phase)
+        below = vf >= top
+        level = np.float32(layer.echo)
+        if layer.texture == "septa":
+            stripes = np.sin(2 * math.pi * layer.tex_freq * (vf + 0.3 * layer.tex_angle * uf + 0.02 * np.sin(7 * uf)))
+            tex = level * (1.0 + 6.0 * np.clip(stripes - 0.8, 0, None) / 0.2)
+        elif layer.texture == "striated":
+            stripes = np.sin(2 * math.pi * layer.tex_freq * (vf + layer.tex_angle * uf))
+            tex = level * (1.0 + 0.6 * stripes)
+        else:
+            tex = np.full_like(vf, level)
+        echo = np.where(below, tex, echo)
+        atten = np.where(below, np.float32(layer.attenuation), atten)
+        echo += interface_gain * np.exp(-(((vf - top) * depth_px) ** 2) / (2 * (0.9 * size / 256.0) ** 2))
+    return echo, atten
+
+
+def _add_lesions(lesion_list: list[_Lesion], u: np.ndarray, v: np.ndarray, ti: int, tn: float, echo: np.ndarray,
+                 atten: np.ndarray, size: int) -> np.ndarray:
+    """Paint the lesions into `echo` and `atten` (in place) at frame `ti`; returns their exact mask."""
+    mask = np.zeros(echo.shape, bool)
+    for lesion in lesion_list:
+        rho, boundary = _lesion_field(lesion, u, v, ti, tn)
+        inside = rho < boundary
+        inner = lesion.echo * (1.0 + 0.5 * np.sin(5 * rho + 3 * np.arctan2(v - lesion.cv, u - lesion.cu)) * (lesion.kind == "solid"))
+        echo[...] = np.where(inside, inner.astype(np.float32), echo)
+        if lesion.rim > 0:
+            ring = np.exp(-(((rho - boundary) * lesion.ax) ** 2) / (2 * (1.2 * size / 256.0) ** 2)) * (rho >= boundary)
+            echo += (lesion.rim * ring).astype(np.float32)
+        atten[...] = np.where(inside, atten * np.float32(lesion.attenuation_factor), atten)
+        mask |= inside
+    return mask
+
+
+@dataclass
+class _Display:
+    """The scanner's receive chain and display settings of one video."""
+
+    tgc: np.ndarray  # time-gain compensation per depth row
+    base_atten_db: float
+    dyn_range: float
+    grey_level: float
+    noise_level: float
+    refresh: float  # fraction of scatterer power replaced per frame
+    gamma: float
+    kr: np.ndarray  # pulse-echo PSF, real and imaginary parts
+    ki: np.ndarray
+
+
+def _acquire(d: _Display, echo: np.ndarray, atten: np.ndarray, noise: np.ndarray, u: np.ndarray, v: np.ndarray,
+             frame_rng: np.random.Generator) -> np.ndarray:
+    """One B-mode frame (uint8) of the tissue maps: scatterers fixed in tissue (+ a refreshed part) weighted by
+    echogenicity, round-trip attenuation along each beam, receiver noise before the (band-limiting) pulse-echo
+    filter and TGC after it, envelope, log compression around the median tissue level."""
+    nr, ni = _sample_noise(noise, u, v)
+    fresh = frame_rng.standard_normal((2, *echo.shape)).astype(np.float32)
+    keep = math.sqrt(1.0 - d.refresh)
+    amp = np.sqrt(np.clip(echo, 0.0, None))
+    loss_db = np.cumsum(atten, axis=0) * (d.base_atten_db / echo.shape[0])
+    gain = (10 ** (-loss_db / 20.0)).astype(np.float32)
+    rx = frame_rng.standard_normal((2, *echo.shape)).astype(np.float32) * d.noise_level
+    scat_r = amp * (keep * nr + math.sqrt(d.refresh) * fresh[0]) * gain + rx[0]
+    scat_i = amp * (keep * ni + math.sqrt(d.refresh) * fresh[1]) * gain + rx[1]
+    re, im = _convolve_complex(scat_r, scat_i, d.kr, d.ki)
+    env = np.sqrt(re * re + im * im) * d.tgc
+    db = 20.0 * np.log10(env + 1e-6)
+    white = float(np.median(db)) + d.grey_level * d.dyn_range
+    img = np.clip((db - (white - d.dyn_range)) / d.dyn_range, 0.0, 1.0) ** d.gamma
+    return (img * 255.0 + 0.5).astype(np.uint8)
