@@ -131,12 +131,9 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     long_list = parse_frames_list(long_frames) if long_clips else []
     long_precision_list = parse_list(long_precisions, ("fp32", "fp16"), "--long-precisions")
     device = str(torch_device(device))
-    if video is not None and not Path(video).is_file():
-        raise VivimError(f"--video {video}: no such file")
-    if engine is not None and not engine.is_file():
-        raise VivimError(f"--engine {engine}: no such file")
-    if trt_plugin is not None and not trt_plugin.is_file():
-        raise VivimError(f"--trt-plugin {trt_plugin}: no such file")
+    for flag, given in (("--video", video), ("--engine", engine), ("--trt-plugin", trt_plugin)):
+        if given is not None:
+            paths.require_file(given, flag)
 
     settings = BenchSettings(
         variant=variant, checkpoint=checkpoint, frames=5 if frames is None else frames,
