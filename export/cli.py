@@ -131,14 +131,23 @@ def trt(
     """Build a TensorRT engine (strongly typed) with the VivimSelectiveScan plugin."""
     from vivim.export.tensorrt_build import build_engine, tensorrt_missing_message
 
-    rerun = f"vivim-export trt {source}{' --fp16' if fp16 else ''} -o {output}"
+    given = [(" --plugin", plugin_path), (" --workspace", workspace if workspace != 2.0 else None),
+             (" --timing-cache", timing_cache)]
+    rerun = f"vivim-export trt {source}{' --fp16' if fp16 else ''} -o {output}" + "".join(
+        f"{flag} {value}" for flag, value in given if value is not None)
     # fail before a long ONNX export when TensorRT is missing
     if not _tensorrt_installed():
         raise VivimError(tensorrt_missing_message(rerun))
     plugin_path = find_plugin_library(plugin_path, output)
-    # the timing cache is read and rewritten: an output like the engine
-    paths.refuse_writing_over_inputs({"-o": output, "-o (sidecar)": Path(f"{output}.json"), "--timing-cache": timing_cache},
-                                     {"SOURCE": checkpoint_file(source), "--plugin": plugin_path})
+    # the timing cache is read and rewritten after the build: an output like the engine (and the ONNX exported
+    # beside it from a checkpoint)
+    outputs: dict[str, Path | None] = {"-o": output, "-o (sidecar)": Path(f"{output}.json")}
+    if not source.endswith(".onnx"):
+        outputs["-o (ONNX exported first)"] = output.with_suffix(".onnx")
+    outputs["--timing-cache"] = timing_cache  # last: a clash names it
+    paths.refuse_writing_over_inputs(outputs, {"SOURCE": checkpoint_file(source), "--plugin": plugin_path})
+    if timing_cache is not None:
+        paths.check_writable(timing_cache, "--timing-cache")
     onnx_path = _onnx_for_engine(source, output, fp16)
     engine = build_engine(onnx_path, output, plugin_path, workspace, timing_cache, verbose,
                           precision="fp16" if fp16 else None, rerun=rerun)

@@ -88,7 +88,11 @@ def output_index_from_metadata(meta: Dict[str, str], frames: int, out_frames: in
         return None
     from vivim.constants import output_frame_index, parse_output_frame
 
-    policy = parse_output_frame(meta.get("output_frame", "centre"), "the model metadata's output_frame")
+    policy = parse_output_frame(meta.get("output_frame", "centre"), "the model metadata's output_frame", extra=("all",))
+    if policy == "all":  # a T = 1 graph exported with all frames: its one output frame is frame 0
+        if out_frames != frames:
+            raise VivimError(f"the model metadata says all {frames} frames are decoded, but the output has {out_frames}")
+        return None
     return output_frame_index(policy, frames)
 
 

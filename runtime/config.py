@@ -55,7 +55,7 @@ class BackendConfig:
     compile: bool = False  # PyTorch backend: torch.compile (Inductor) both network parts before capturing/running
     stream_cache: bool = True  # PyTorch backend: per-frame features computed once and kept in the ring
     threads: Optional[int] = None  # PyTorch on the CPU: intra-op threads (default: torch's choice)
-    plugin: Optional[str] = None  # TensorRT plugin library (default: from the engine's sidecar)
+    plugin: Optional[str] = None  # TensorRT plugin library (default: ./vivim_plugin/, else the engine's folder)
     output_frame: str = "centre"  # centre (T//2 frames lag, the paper's protocol) | newest (no lag)
     threshold: float = 0.5  # mask = sigmoid(logits) > threshold
 

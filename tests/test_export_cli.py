@@ -145,10 +145,15 @@ def test_trt_refuses_a_timing_cache_that_is_another_output_or_an_input(workdir, 
     base = ["trt", str(workdir / "none.onnx"), "--fp16", "-o", str(workdir / "m.engine"), "--plugin", str(plugin)]
     for cache, needle in ((workdir / "m.engine", "is also the output of -o"),
                           (workdir / "m.engine.json", "is also the output of -o (sidecar)"),
-                          (plugin, "is the input --plugin")):
+                          (plugin, "is the input --plugin"),
+                          (workdir, "is a folder, not a file name")):
         exc = _error([*base, "--timing-cache", str(cache)])
         assert isinstance(exc, VivimError) and "--timing-cache" in str(exc) and needle in str(exc), (cache, exc)
-    assert not (workdir / "m.engine").exists()
+    # from a checkpoint, the ONNX exported beside the engine is an output too
+    exc = _error(["trt", str(workdir / "tiny.safetensors"), "-o", str(workdir / "m.engine"), "--plugin", str(plugin),
+                  "--timing-cache", str(workdir / "m.onnx")])
+    assert isinstance(exc, VivimError) and "is also the output of -o (ONNX exported first)" in str(exc), exc
+    assert not (workdir / "m.engine").exists() and not (workdir / "m.onnx").exists()
 
 
 def test_plugin_build_errors_surface_as_one_line(workdir, tmp_path):

@@ -484,6 +484,7 @@ def test_output_frame_must_match_a_single_frame_graph(tmp_path, onnx_model, clip
     assert output_index_from_metadata({"output_frame": "centre"}, 5, 1) == 2
     assert output_index_from_metadata({"output_frame": "newest"}, 5, 1) == 4
     assert output_index_from_metadata({"output_frame": "all"}, 5, 5) is None
+    assert output_index_from_metadata({"output_frame": "all"}, 1, 1) is None  # T = 1 exported with all frames
     with pytest.raises(VivimError, match="the model metadata's output_frame must be centre, newest"):
         output_index_from_metadata({"output_frame": "sideways"}, 5, 1)
 

@@ -95,6 +95,20 @@ def test_resume_errors(data, tmp_path):
             run_training(_cfg(data, tmp_path / "a.safetensors", resume=True, epochs=1, **change))
 
 
+def test_resume_of_an_older_state_without_none_settings_still_refuses_a_new_val(data, tmp_path):
+    """States written before 2026-11-27 left out settings that were None: a --val given only at resume is refused."""
+    out = tmp_path / "old.safetensors"
+    run_training(_cfg(data, out, max_steps=1, epochs=2, output_frame="center"))
+    assert vivim.load_checkpoint(out)[1]["output_frame"] == "centre"  # one spelling in checkpoints and state
+    state_path = output_paths(out)[2]
+    state = load_state(state_path)
+    state["config"] = {k: v for k, v in state["config"].items() if v is not None}  # the older format
+    torch.save(state, state_path)
+    with pytest.raises(VivimError, match="started with --val None"):
+        run_training(_cfg(data, out, resume=True, epochs=2, val=str(data)))
+    assert run_training(_cfg(data, out, resume=True, epochs=2, max_steps=1)).epochs_done >= 1  # same flags: resumes
+
+
 def test_init_from_a_vivim_checkpoint(data, tmp_path):
     source = run_training(_cfg(data, tmp_path / "src.safetensors", epochs=1, max_steps=2))
     # with a vanishing learning rate the fine-tuned weights stay those of the checkpoint it started from

@@ -296,7 +296,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
 def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
     """Every flag checked before any work, with one line naming it; returns the (best, last, state) paths."""
     import vivim
-    from vivim.constants import output_frame_index
+    from vivim.constants import output_frame_index, parse_output_frame
 
     if cfg.variant not in vivim.variants():
         raise VivimError(f"--variant {cfg.variant!r}: choose one of {', '.join(vivim.variants())}")
@@ -308,6 +308,7 @@ def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
         raise VivimError(f"--workers must be 0 or more, got {cfg.workers}")
     if not cfg.lr > 0:
         raise VivimError(f"--lr must be a positive learning rate, got {cfg.lr}")
+    cfg.output_frame = str(parse_output_frame(cfg.output_frame))  # 'center' -> 'centre': one spelling in the state
     try:  # after --frames: the frame index is checked against a valid clip length
         output_frame_index(cfg.output_frame, cfg.frames)
     except ValueError as exc:
@@ -426,8 +427,10 @@ class _Run:
         state = load_state(state_path)
         saved = state["config"]
         for key in ("variant", "frames", "size", "output_frame", "lr", "min_lr", "batch", "seed", "val_fraction", "val"):
-            was = saved.get(key)  # absent: a state file from before the key was recorded
-            if key in saved and was != getattr(cfg, key):
+            # absent: a state file from before the key was recorded, or (states written before 2026-11-27 left out
+            # None values) a --val that was not given; --val is the only one of these settings that can be None
+            was = saved.get(key)
+            if (key in saved or key == "val") and was != getattr(cfg, key):
                 flag = "--" + key.replace("_", "-")
                 raise VivimError(f"{state_path}: the run was started with {flag} {was!r}, not {getattr(cfg, key)!r}; "
                                  "resume with the same flags")

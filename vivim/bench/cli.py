@@ -71,7 +71,7 @@ def bench(
     engine: Optional[Path] = typer.Option(None, "--engine", help="Prebuilt TensorRT engine to benchmark "
                                                                  "(otherwise built from the FP16 ONNX)."),
     trt_plugin: Optional[Path] = typer.Option(None, "--trt-plugin",
-                                              help="TensorRT plugin library (default: ./vivim_plugin/libvivim_trt_plugin.so)."),
+                                              help="TensorRT plugin library (default: ./vivim_plugin/libvivim_trt_plugin.so, else beside the engine)."),
     keep_onnx: Optional[Path] = typer.Option(None, "--keep-onnx", help="Keep the exported ONNX files here."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
