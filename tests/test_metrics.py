@@ -73,8 +73,8 @@ def _sweep_reference(prob: np.ndarray, gt: np.ndarray) -> dict:
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
-def test_threshold_sweep_matches_brute_force():
-    rng = np.random.default_rng(0)
+def test_threshold_sweep_matches_brute_force(rng_seed):
+    rng = np.random.default_rng(rng_seed)
     prob = rng.random((4, 17, 13))
     prob[0, :3] = np.linspace(1, 0, 256)[rng.integers(0, 256, (3, 13))]  # values exactly on thresholds (strict >)
     prob[1] = 0.0
@@ -115,8 +115,7 @@ def test_accumulator_means_per_frame_and_per_video():
     assert "thresholds_256" in s and set(s["thresholds_256"]) >= {"dice", "jaccard", "precision", "recall"}
 
 
-def test_structure_loss_matches_the_formula():
-    torch.manual_seed(0)
+def test_structure_loss_matches_the_formula(rng_seed):
     logits = torch.randn(2, 1, 40, 40)
     target = (torch.rand(2, 1, 40, 40) > 0.7).float()
     p = torch.sigmoid(logits)

@@ -50,8 +50,8 @@ def _reference(model, frames, index):
 
 
 @pytest.mark.parametrize("output_frame", ["centre", "newest"])
-def test_stream_cache_equals_full_clip(tiny_model, output_frame):
-    rng = np.random.default_rng(7)
+def test_stream_cache_equals_full_clip(tiny_model, output_frame, rng_seed):
+    rng = np.random.default_rng(rng_seed)
     frames = [rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8) for _ in range(7)]
     cached = TorchBackend(tiny_model, device="cpu", stream_cache=True, log=lambda m: None)
     cached.prepare(frames[0].shape)
