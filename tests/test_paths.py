@@ -76,3 +76,30 @@ def test_an_error_in_a_dataloader_worker_keeps_its_one_line():
     assert "Original Traceback" in str(info.value)  # what torch does, and why one_line exists
     assert one_line(str(info.value)) == "clips/0001/00002.jpg: cannot decode this frame"
     assert one_line("plain: one line") == "plain: one line"
+
+
+def test_a_refused_run_leaves_no_empty_output_folders(tmp_path):
+    """vivim-eval checks --json and --overlays (creating their folders), then finds no dataset: the folders it
+    created and left empty are gone, an existing one stays, and the error is one line."""
+    import subprocess
+
+    empty_data = tmp_path / "no_videos"
+    empty_data.mkdir()
+    kept = tmp_path / "existing"
+    kept.mkdir()
+    cmd = [sys.executable, "-m", "vivim.evaluate", "demo", "--data", str(empty_data),
+           "--json", str(kept / "deep" / "scores.json"), "--overlays", str(tmp_path / "new" / "overlays")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "new").exists() and not (kept / "deep").exists()
+    assert kept.is_dir() and empty_data.is_dir()
+
+
+def test_only_empty_folders_are_removed(tmp_path):
+    paths._created_here.clear()  # folders earlier tests of this process made are theirs
+    paths.check_writable(tmp_path / "a" / "b", "--out", folder=True)
+    (tmp_path / "a" / "b" / "result.txt").write_text("written before the failure")
+    paths.check_writable(tmp_path / "c" / "d" / "x.json", "--json")
+    paths.remove_folders_left_empty()
+    assert (tmp_path / "a" / "b" / "result.txt").is_file()
+    assert not (tmp_path / "c").exists()

@@ -24,15 +24,21 @@ def next_command(command: str) -> None:
 
 
 def run_app(app: Callable[..., object]) -> None:
-    """Run a Typer app, turning expected failures into one-line errors instead of tracebacks."""
+    """Run a Typer app, turning expected failures into one-line errors instead of tracebacks. A failed run leaves
+    no empty output folder behind (those the early checks created)."""
+    from vivim.paths import remove_folders_left_empty
+
     try:
         app(standalone_mode=True)
     except VivimError as exc:
+        remove_folders_left_empty()
         fail(one_line(str(exc)))
     except KeyboardInterrupt:
+        remove_folders_left_empty()
         print("interrupted", file=sys.stderr)
         raise SystemExit(130)
     except OSError as exc:  # a path the early checks could not foresee (a disk filling up, a folder removed)
+        remove_folders_left_empty()
         fail(_os_error_line(exc))
 
 

@@ -15,6 +15,10 @@ from vivim.errors import VivimError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+# Folders check_writable created in this process, outermost first: a run refused later (a bad flag found when the
+# model loads, Ctrl-C before the first output) removes those still empty instead of leaving them behind.
+_created_here: list[Path] = []
+
 
 def require_file(path: PathLike, flag: str, hint: str = "") -> Path:
     """`path` must be a readable file; `hint` is added where a folder was given (e.g. which flag takes folders)."""
@@ -42,13 +46,26 @@ def check_writable(path: PathLike, flag: str, *, folder: bool = False) -> Path:
     if not folder and target.is_dir():
         raise VivimError(f"{where}: is a folder, not a file name")
     directory = target if folder else (target.parent if str(target.parent) else Path("."))
+    missing = [p for p in (directory, *directory.parents) if not p.exists()]  # innermost first
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        _created_here.extend(reversed(missing))
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".vivim-write-check."):
             pass
     except OSError as exc:
         raise VivimError(f"{where}: {_why_not_writable(exc, directory)}") from None
     return target
+
+
+def remove_folders_left_empty() -> None:
+    """After a failed run: remove the folders check_writable created that nothing was written into (innermost first;
+    a folder holding anything, an earlier output included, stays)."""
+    for folder in reversed(_created_here):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+    _created_here.clear()
 
 
 def _why_not_writable(exc: OSError, directory: Path) -> str:
