@@ -29,7 +29,6 @@ app = typer.Typer(
 )
 
 
-
 def _mb(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:.1f} MB"
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from vivim import paths
-from vivim.constants import RESIZE_FILTERS
-from vivim.constants import parse_output_frame
+from vivim.constants import RESIZE_FILTERS, parse_output_frame
 from vivim.devices import parse_device
 from vivim.errors import VivimError
 

@@ -33,8 +33,6 @@ class Normalization:
         return cls(mean, std)  # type: ignore[arg-type]
 
 
-
-
 def choose_resize(requested: Optional[str], recorded: object, source: str, log: Callable[[str], None] = print) -> str:
     """The filter a backend resizes frames with: `requested` (the run config), or None for the model's own
     (`recorded`, from its metadata). A different filter than the model's is allowed, with a note: it shifts the

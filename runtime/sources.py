@@ -34,6 +34,7 @@ try:
 except AttributeError:  # pragma: no cover - very old OpenCV
     pass
 
+
 @dataclass
 class Frame:
     index: int  # capture order, counting dropped frames too

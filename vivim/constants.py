@@ -16,6 +16,7 @@ def resize_from_metadata(value: object) -> str:
     recorded were trained with the same filter as today ("linear")."""
     return value if isinstance(value, str) and value in RESIZE_FILTERS else TRAIN_RESIZE
 
+
 def normalization_from_metadata(value: object, source: str) -> "tuple[tuple[float, ...], tuple[float, ...]]":
     """(mean, std) recorded with a model (checkpoint, ONNX or engine metadata: a mapping, or its JSON text);
     ImageNet's where none is recorded. Anything else is a one-line VivimError naming `source`: a damaged value

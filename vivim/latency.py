@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Iterable, Sequence
 
+
 def percentile(samples: Sequence[float], q: float) -> float:
     """q-th percentile (0 <= q <= 100) with linear interpolation, equal to numpy.percentile(samples, q)."""
     if not samples:

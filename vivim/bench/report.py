@@ -18,9 +18,9 @@ from typing import Any, Iterable, Sequence
 from vivim import atomic
 from vivim.bench.env import environment_lines
 from vivim.bench.records import Row
-from vivim.latency import LATENCY_FIELDS
 from vivim.cli_utils import warn
 from vivim.errors import VivimError
+from vivim.latency import LATENCY_FIELDS
 
 SCHEMA_VERSION = 1
 

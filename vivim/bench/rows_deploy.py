@@ -83,8 +83,6 @@ def tensorrt_unavailable_reason() -> str | None:
     return None
 
 
-
-
 def tensorrt_rows(artifacts: Artifacts, settings: BenchSettings) -> list[Row]:
     """TensorRT FP16 engine (built here from the FP16 ONNX with our plugin, or --engine) run through the runtime's
     TensorRTBackend: 'clip' = one engine call on a clip already on the GPU (T device copies, engine, logits to

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from vivim.bench import timing
-from vivim.cuda_graph import capture_cuda_graph
 from vivim.bench.common import (
     BenchSettings, ModelSource, apply_measurement, cuda_ready, guarded, measure, precision_scope, random_clip,
     scan_scope, scan_unavailable_reason, to_precision, torch_module,
 )
 from vivim.bench.records import Row, skipped
+from vivim.cuda_graph import capture_cuda_graph
 
 TORCH_EAGER = "PyTorch eager"
 TORCH_GRAPH = "PyTorch CUDA graph"

@@ -158,4 +158,3 @@ def read_manifest(root: Path) -> dict | None:
     except (OSError, ValueError) as exc:
         raise VivimError(f"{path}: unreadable synthetic-dataset manifest ({exc})") from None
     return info if isinstance(info, dict) else None
-
