@@ -77,3 +77,13 @@ def output_frame_index(output_frame: "str | int", frames: int) -> int:
     if not -frames <= index < frames:
         raise ValueError(f"output frame index {index} is outside a clip of {frames} frames")
     return index % frames
+
+
+def check_output_frame(output_frame: "str | int", frames: int, flag: str = "--output-frame") -> int:
+    """output_frame_index for a user's flag: a frame outside the clip is a one-line VivimError naming the flag."""
+    from vivim.errors import VivimError
+
+    try:
+        return output_frame_index(output_frame, frames)
+    except ValueError as exc:
+        raise VivimError(f"{flag}: {exc}") from None

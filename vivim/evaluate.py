@@ -48,7 +48,7 @@ def evaluate_checkpoint(
     from tqdm import tqdm
 
     import vivim
-    from vivim.constants import output_frame_index
+    from vivim.constants import check_output_frame
     from vivim.data.dataset import ClipDataset
     from vivim.data.layouts import discover_videos
     from vivim.metrics import MetricAccumulator
@@ -58,10 +58,7 @@ def evaluate_checkpoint(
     model.to(device).eval()
     frames, size = int(meta["frames"]), int(meta["img_size"])
     output_frame = output_frame or meta.get("output_frame", "centre")
-    try:
-        output_frame_index(output_frame, frames)
-    except ValueError as exc:
-        raise VivimError(f"--output-frame: {exc}") from None
+    check_output_frame(output_frame, frames)
     split = split or default_split(data)
     videos = discover_videos(data, split)
     dataset = ClipDataset(videos, frames=frames, size=size, output_frame=output_frame)

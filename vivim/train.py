@@ -296,7 +296,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
 def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
     """Every flag checked before any work, with one line naming it; returns the (best, last, state) paths."""
     import vivim
-    from vivim.constants import output_frame_index, parse_output_frame
+    from vivim.constants import check_output_frame, parse_output_frame
 
     if cfg.variant not in vivim.variants():
         raise VivimError(f"--variant {cfg.variant!r}: choose one of {', '.join(vivim.variants())}")
@@ -309,10 +309,7 @@ def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
     if not cfg.lr > 0:
         raise VivimError(f"--lr must be a positive learning rate, got {cfg.lr}")
     cfg.output_frame = str(parse_output_frame(cfg.output_frame))  # 'center' -> 'centre': one spelling in the state
-    try:  # after --frames: the frame index is checked against a valid clip length
-        output_frame_index(cfg.output_frame, cfg.frames)
-    except ValueError as exc:
-        raise VivimError(f"--output-frame: {exc}") from None
+    check_output_frame(cfg.output_frame, cfg.frames)  # after --frames: against a valid clip length
     if cfg.size % 32:
         raise VivimError(f"--size {cfg.size}: must be a multiple of 32 (the encoder downsamples 32x)")
     paths.check_writable(cfg.out, "--out")  # now, not after the first epoch (and not a folder)

@@ -105,7 +105,7 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     from vivim.bench.env import collect_environment
     from vivim.bench.plan import BACKENDS, SCANS, parse_frames_list, parse_list, plan_rows, run_rows
     from vivim.bench.records import apply_speedups
-    from vivim.constants import output_frame_index
+    from vivim.constants import check_output_frame
 
     if checkpoint is not None and variant is not None:
         raise VivimError("give --checkpoint or --variant, not both")
@@ -151,10 +151,7 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     if settings.frames < 1 or settings.size < 32 or settings.size % 32:
         raise VivimError(f"--frames must be >= 1 and --size a multiple of 32, got {settings.frames} and "
                          f"{settings.size}")
-    try:  # an index must fit the clip; found now, not after the first rows
-        output_frame_index(settings.output_frame, settings.frames)
-    except ValueError as exc:
-        raise VivimError(f"--output-frame: {exc}") from None
+    check_output_frame(settings.output_frame, settings.frames)  # an index must fit the clip: now, not after rows
 
     paths.check_writable(out, "--out", folder=True)  # after the flags, before the measurements
     if keep_onnx is not None:
