@@ -209,3 +209,27 @@ def test_cli_smoke_and_one_line_errors(data, tmp_path, monkeypatch, capsys):
                           (["--overwrite", "--init", str(blocker)], f"--init {blocker}: not readable as SegFormer weights")):
         result = CliRunner().invoke(app, [*args, *extra])
         assert result.exit_code != 0 and needle in str(result.exception), (extra, result.exception)
+
+
+def _epoch_clips(data, workers: int, epochs: int = 2) -> list[dict]:
+    """Each epoch's augmented training clips by (video, frame), from the loader vivim-train builds and advances."""
+    from vivim.train import _build_data, _Dist
+
+    built = _build_data(_cfg(data, "unused.safetensors", workers=workers, batch=4), _Dist(), torch.device("cpu"))
+    clips = []
+    for epoch in range(epochs):
+        built.start_epoch(epoch)
+        clips.append({(video, int(frame)): clip for batch in built.train_loader
+                      for video, frame, clip in zip(batch["video"], batch["frame"], batch["clip"])})
+    return clips
+
+
+def test_persistent_workers_draw_new_augmentation_each_epoch(data):
+    # Workers hold copies of the dataset made at their start: the epoch must reach them with each sample's key
+    serial, parallel = _epoch_clips(data, workers=0), _epoch_clips(data, workers=2)
+    assert serial[0].keys() == serial[1].keys() == parallel[0].keys() == parallel[1].keys()
+    changed = [key for key in serial[0] if not torch.equal(serial[0][key], serial[1][key])]
+    assert len(changed) > len(serial[0]) // 2, "augmentation must change between epochs"
+    for epoch in range(2):
+        for key, clip in serial[epoch].items():
+            assert torch.equal(clip, parallel[epoch][key]), f"epoch {epoch}, {key}: 2 workers must give the 0-worker clip"

@@ -331,12 +331,16 @@ class _Data:
     train_loader: Any
     val_loader: Any
 
+    def start_epoch(self, epoch: int) -> None:
+        """New shuffle and augmentation; the epoch reaches the DataLoader workers inside each sample's key."""
+        self.sampler.set_epoch(epoch)
+
 
 def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any) -> _Data:
     """Train on the folder's train split, validate on whole held-out videos (never the test split)."""
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-    from vivim.data.dataset import ClipDataset
+    from vivim.data.dataset import ClipDataset, EpochSampler
     from vivim.data.layouts import discover_videos, split_by_video
     from vivim.data.transforms import TrainAugment
 
@@ -351,8 +355,8 @@ def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any) -> _Data:
     augment = TrainAugment() if cfg.augment else None
     train_ds = ClipDataset(train_videos, frames=cfg.frames, size=cfg.size, output_frame=cfg.output_frame,
                            augment=augment, seed=cfg.seed, cache=cache)
-    sampler: DistributedSampler = DistributedSampler(train_ds, num_replicas=dist_info.world, rank=dist_info.rank,
-                                                     shuffle=True, seed=cfg.seed, drop_last=False)
+    sampler = EpochSampler(DistributedSampler(train_ds, num_replicas=dist_info.world, rank=dist_info.rank,
+                                              shuffle=True, seed=cfg.seed, drop_last=False))
     loader_args: dict[str, Any] = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda",
                                    "persistent_workers": cfg.workers > 0}
     train_loader = DataLoader(train_ds, batch_size=cfg.batch, sampler=sampler, **loader_args)
@@ -454,8 +458,7 @@ class _Run:
         from vivim.losses import structure_loss
 
         cfg, progress = self.cfg, self.progress
-        data.sampler.set_epoch(epoch)
-        data.train_ds.set_epoch(epoch)
+        data.start_epoch(epoch)
         self.net.train()
         bar = tqdm(total=len(data.train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not (cfg.progress and self.dist.main), dynamic_ncols=True)

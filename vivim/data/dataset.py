@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from vivim.constants import output_frame_index
 from vivim.data.clips import clip_indices
@@ -21,7 +21,8 @@ class ClipDataset(Dataset):
     'video': name, 'frame': index}. The mask is the supervised frame's (soft after the bilinear resize).
 
     Randomness (augmentation) is a pure function of (seed, epoch, index): identical across worker counts,
-    processes and resumed runs. Call `set_epoch` each epoch.
+    processes and resumed runs. Index it with (epoch, index) keys from `EpochSampler`; a plain index uses the epoch
+    of `set_epoch`, which DataLoader workers (copies of the dataset) never see.
     """
 
     def __init__(
@@ -76,11 +77,12 @@ class ClipDataset(Dataset):
             return resize_mask(salt_and_pepper(mask, self.augment.mask_noise, rng), self.size)
         return resize_mask(mask, self.size)
 
-    def __getitem__(self, idx: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, idx = key if isinstance(key, tuple) else (self.epoch, key)
         v, i = self.samples[idx]
         video = self.videos[v]
         indices = clip_indices(i, len(video), self.frames, self.output_frame)
-        rng = np.random.default_rng([self.seed, self.epoch, idx]) if self.augment is not None else None
+        rng = np.random.default_rng([self.seed, epoch, idx]) if self.augment is not None else None
         clip = np.stack([self._frame(video.frames[j]) for j in indices])
         mask = self._mask(video, i, rng)
         if rng is not None and self.augment is not None:
@@ -93,3 +95,24 @@ class ClipDataset(Dataset):
             "video": video.name,
             "frame": i,
         }
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) keys from another sampler's indices. The epoch travels with each key, so persistent
+    DataLoader workers draw new augmentation every epoch (their dataset copies keep the epoch they were made with)."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, int(idx)) for idx in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
