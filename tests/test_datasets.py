@@ -14,7 +14,7 @@ from vivim.constants import IMAGENET_MEAN, IMAGENET_STD
 from vivim.data.clips import clip_indices
 from vivim.data.dataset import ClipDataset
 from vivim.data.image_io import read_mask
-from vivim.data.layouts import discover_videos, split_by_video
+from vivim.data.layouts import discover_videos, list_frame_files, split_by_video
 from vivim.data.synth_dataset import write_synthetic_dataset
 from vivim.data.transforms import TrainAugment
 from vivim.errors import VivimError
@@ -207,6 +207,61 @@ def test_mask_reading_conventions(tmp_path):
     np.testing.assert_array_equal(read_mask(tmp_path / "p.png"), [[False, True], [True, False]])
     np.testing.assert_array_equal(read_mask(tmp_path / "01.png"), [[False, True], [True, False]])
     np.testing.assert_array_equal(read_mask(tmp_path / "255.png"), [[False, True], [False, True]])
+
+
+def test_mask_formats_users_bring(tmp_path):
+    # Each way a binary lesion mask is commonly stored must read back as the same lesion
+    rng = np.random.default_rng()
+    lesion = rng.random((24, 32)) < 0.3
+    u8 = lesion.astype(np.uint8)
+    noise = rng.integers(-40, 41, lesion.shape)
+    rgba_alpha_only = np.zeros((*lesion.shape, 4), np.uint8)
+    rgba_alpha_only[..., 3] = u8 * 255
+    red_opaque = np.zeros((*lesion.shape, 4), np.uint8)
+    red_opaque[..., 0], red_opaque[..., 3] = u8 * 255, 255
+    formats = {
+        "labels_0_2.png": Image.fromarray(u8 * 2),
+        "labels_0_100.png": Image.fromarray(u8 * 100),
+        "grey_alpha_marks_lesion.png": Image.fromarray(np.stack([np.full_like(u8, 255), u8 * 255], -1), "LA"),
+        "grey_marks_lesion_opaque.png": Image.fromarray(np.stack([u8 * 255, np.full_like(u8, 255)], -1), "LA"),
+        "rgba_alpha_only.png": Image.fromarray(rgba_alpha_only),
+        "red_on_black_opaque.png": Image.fromarray(red_opaque),
+        "u16_full_scale.png": Image.fromarray((lesion * 65535).astype(np.uint16)),
+        "u16_0_255.png": Image.fromarray((lesion * 255).astype(np.uint16)),
+        "noisy_0_255.png": Image.fromarray(np.clip(u8 * 255 + noise, 0, 255).astype(np.uint8)),
+        "bilevel.png": Image.fromarray(lesion),
+        "float_soft.tif": Image.fromarray(np.clip(lesion + noise / 100.0, 0, 1).astype(np.float32)),
+    }
+    for name, image in formats.items():
+        image.save(tmp_path / name)
+        np.testing.assert_array_equal(read_mask(tmp_path / name), lesion, err_msg=name)
+    Image.fromarray(np.zeros_like(u8)).save(tmp_path / "empty.png")
+    assert not read_mask(tmp_path / "empty.png").any()
+
+
+@pytest.mark.parametrize("pattern", ["{}", "frame_{}", "{}_us", "clip3_f{}_x2", "IMG{}.final"])
+def test_frames_are_listed_in_number_order_wherever_the_number_is(tmp_path, pattern):
+    rng = np.random.default_rng()
+    numbers = sorted(rng.choice(200, size=12, replace=False) + 1)  # unpadded: name order would differ
+    names = [pattern.format(n) + rng.choice([".png", ".jpg", ".PNG"]) for n in numbers]
+    for i in rng.permutation(len(names)):  # creation order must not matter either
+        (tmp_path / names[i]).write_bytes(b"")
+    assert [p.name for p in list_frame_files(tmp_path)] == names
+
+
+def test_masks_of_any_image_type_pair_with_their_frames(tmp_path, davis):
+    root = _copy(davis, tmp_path)
+    masks = sorted((root / "Annotations/synth_0001").glob("*.png"))
+    for mask, suffix in zip(masks, [".PNG", ".tif", ".bmp", ".png"]):
+        if suffix != ".png":
+            cv2.imwrite(str(mask.with_suffix(suffix)), cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE))
+            mask.unlink()
+    video = next(v for v in discover_videos(root) if v.name == "synth_0001")
+    assert [m.stem for m in video.masks] == [f.stem for f in video.frames]
+    assert [m.suffix for m in video.masks[:4]] == [".PNG", ".tif", ".bmp", ".png"]
+    reference = discover_videos(davis)[[v.name for v in discover_videos(davis)].index("synth_0001")]
+    for ours, original in zip(video.masks, reference.masks):
+        np.testing.assert_array_equal(read_mask(ours), read_mask(original))
 
 
 # ------------------------------------------------------------------------------------------ errors

@@ -29,23 +29,42 @@ def read_frame(path: str | Path) -> np.ndarray:
 def read_mask(path: str | Path) -> np.ndarray:
     """A boolean (H, W) foreground mask.
 
-    Foreground = palette index > 0 (DAVIS palette PNGs), value > 0 for 0/1 masks, else value > 127
-    (0/255 masks, robust to a little compression noise)."""
+    Foreground = palette index > 0 (DAVIS palette PNGs); in a mask of two values, the larger one (0/1, 0/255,
+    label masks such as 0/2 or 0/100); otherwise (soft edges, compression noise) above half of the full scale.
+    An alpha channel is the mask when the colour is uniform (masks drawn as transparency); else it is ignored."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
             palette = img.mode == "P"
+            has_alpha = img.mode in ("LA", "RGBA", "La", "RGBa")
             array = np.asarray(img)
     except FileNotFoundError:
         raise VivimError(f"{path}: mask file is missing") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise VivimError(f"{path}: cannot decode this mask ({exc.__class__.__name__})") from None
-    if array.ndim == 3:
-        array = array[..., :3].max(axis=2)
-    if palette or array.max(initial=0) <= 1:
+    if palette:
         return array > 0
-    return array > 127
+    return _binarise(_mask_values(array, has_alpha))
+
+
+def _mask_values(array: np.ndarray, has_alpha: bool) -> np.ndarray:
+    """One value per pixel: the alpha channel of a uniformly coloured mask, else the brightest colour channel."""
+    if array.ndim == 2:
+        return array
+    colour, alpha = (array[..., :-1], array[..., -1]) if has_alpha else (array, None)
+    if alpha is not None and np.ptp(colour) == 0 and np.ptp(alpha) > 0:
+        return alpha
+    return colour.max(axis=2)
+
+
+def _binarise(values: np.ndarray) -> np.ndarray:
+    top = values.max(initial=0)
+    if top == 0 or np.all((values == 0) | (values == top)):
+        return values > 0
+    if np.issubdtype(values.dtype, np.integer):
+        return values > np.iinfo(values.dtype).max // 2
+    return values > (0.5 if top <= 1 else 127.5)  # float masks: [0, 1] or the 8-bit scale
 
 
 def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:

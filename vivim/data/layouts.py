@@ -39,11 +39,11 @@ def detect_layout(root: Path) -> str:
     raise VivimError(f"{root}: not a dataset folder (expected JPEGImages/ + Annotations/, or Train/ + Train_GT/)")
 
 
-def frame_order(path: Path) -> tuple[int, str, int]:
-    """Sort key of frame files: a trailing number sorts numerically after the same prefix (frame_2 < frame_10);
-    names without one come after, by name."""
-    match = re.search(r"(\d+)$", path.stem)
-    return (0, path.stem[: match.start()], int(match.group(1))) if match else (1, path.stem, 0)
+def frame_order(path: Path) -> tuple:
+    """Sort key of frame files: runs of digits compare as numbers wherever they are in the name (frame_2 < frame_10,
+    2_us < 10_us, clip3_f9 < clip3_f10); the full name breaks ties (frame_01 / frame_1)."""
+    runs = (run for run in re.split(r"(\d+)", path.stem) if run)
+    return tuple((0, int(run), "") if run.isdigit() else (1, 0, run) for run in runs), path.name
 
 
 def list_frame_files(folder: Path) -> list[Path]:
@@ -64,13 +64,15 @@ def _video_record(name: str, frame_dir: Path, mask_dir: Path) -> VideoRecord:
     if not mask_dir.is_dir():
         raise VivimError(f"{mask_dir}: mask folder for video '{name}' is missing")
     frames = _list_frames(frame_dir)
-    masks = []
-    for frame in frames:
-        mask = mask_dir / f"{frame.stem}.png"
-        if not mask.is_file():
-            raise VivimError(f"{mask}: mask for frame {frame} is missing")
-        masks.append(mask)
-    return VideoRecord(name, frames, masks)
+    masks_by_stem: dict[str, Path] = {}
+    for mask in sorted(mask_dir.iterdir(), key=lambda p: (p.suffix != ".png", p.name)):  # <stem>.png first
+        if mask.suffix.lower() in FRAME_EXTENSIONS and not mask.name.startswith("."):
+            masks_by_stem.setdefault(mask.stem, mask)
+    missing = [frame for frame in frames if frame.stem not in masks_by_stem]
+    if missing:
+        raise VivimError(f"{mask_dir / missing[0].stem}.png: mask for frame {missing[0]} is missing "
+                         f"({len(missing)} of {len(frames)} frames of '{name}' have none; any image type is read)")
+    return VideoRecord(name, frames, [masks_by_stem[frame.stem] for frame in frames])
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -116,7 +118,8 @@ def _vtus_videos(root: Path, split: str) -> list[VideoRecord]:
 
 
 def discover_videos(root: str | Path, split: str = "all") -> list[VideoRecord]:
-    """All videos of `split` under `root`; every frame must have a mask (<stem>.png) or a one-line error names it.
+    """All videos of `split` under `root`; every frame must have a mask (<stem>.png, or another image type) or a
+    one-line error names it.
 
     DAVIS layout: split 'all' = every video; 'train'/'val'/'test' use ImageSets/**/<split>.txt when present
     (else every video). VTUS layout: 'train' = Train/, 'test' = Test/, 'val' = Val/, 'all' = all of them.
