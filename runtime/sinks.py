@@ -86,13 +86,21 @@ class VideoSink:
 class MaskFolderSink:
     """One binary PNG (0/255) per processed frame, named by the frame's capture index.
 
-    The folder is this run's output: masks an earlier run left there (same naming) are removed when the run closes,
-    so the folder never mixes two runs. Other files are not touched, and nothing is removed if no mask was written."""
+    The folder is this run's output: masks an earlier vivim-run left there are removed when the run closes, so the
+    folder never mixes two runs. A small JSON file beside the masks marks vivim-run's folders: mask-named files in a
+    folder without it are the user's, and the run is refused before it starts rather than overwrite or delete them. Other
+    files are not touched, and nothing is removed if no mask was written."""
 
     _NAME = re.compile(r"\d{6}\.png")
+    MARKER = "vivim-run-masks.json"
 
     def __init__(self, folder: str) -> None:
         paths.check_writable(folder, "--save-masks", folder=True)
+        if not os.path.exists(os.path.join(folder, self.MARKER)):
+            theirs = sorted(name for name in os.listdir(folder) if self._NAME.fullmatch(name))
+            if theirs:
+                raise VivimError(f"--save-masks {folder}: holds {len(theirs)} mask-named file(s) that vivim-run did "
+                                 f"not write (e.g. {theirs[0]}); choose another folder or move them")
         self.folder = folder
         self.written = 0
         self.removed = 0
@@ -100,6 +108,9 @@ class MaskFolderSink:
 
     def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
         name = f"{index:06d}.png"
+        if not self.written:  # before the first mask, so a folder holding any of ours is marked as ours
+            atomic.write_json(os.path.join(self.folder, self.MARKER),
+                              {"written_by": "vivim-run", "masks": "<capture index, 6 digits>.png, 0 or 255"})
         write_image(os.path.join(self.folder, name), mask.astype(np.uint8) * 255)
         self._names.add(name)
         self.written += 1

@@ -99,7 +99,7 @@ def test_synthetic_video_end_to_end(tmp_path, checkpoint, clip, output_frame):
     capture = cv2.VideoCapture(str(out / "overlay.mp4"))
     assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(10.0, abs=0.01)  # plays at the source's rate
     capture.release()
-    masks = sorted(os.listdir(out / "masks"))
+    masks = sorted(p.name for p in (out / "masks").glob("*.png"))
     assert masks == [f"{k:06d}.png" for k in range(N_FRAMES)]  # ... and N masks, one per frame index
     stats = json.loads((out / "stats.json").read_text())
     assert stats["frames_captured"] == stats["frames_processed"] == N_FRAMES and stats["frames_dropped"] == 0
@@ -168,7 +168,7 @@ def test_bundled_demo_clip_with_demo_weights(tmp_path):
         log=lambda m: None,
     )
     assert summary["frames_processed"] == 8 and summary["model"] == "demo"
-    fractions = [(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) > 0).mean() for p in sorted((tmp_path / "m").iterdir())]
+    fractions = [(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) > 0).mean() for p in sorted((tmp_path / "m").glob("*.png"))]
     assert all(0.005 < f < 0.5 for f in fractions), fractions  # a lesion-sized mask, neither empty nor everything
 
 
@@ -182,7 +182,7 @@ def test_loop_with_max_frames_and_config_file(tmp_path, checkpoint, clip):
     )
     summary = run(RunConfig.build(str(config), {"backend": {"output_frame": "newest"}}), log=lambda m: None)
     assert summary["frames_processed"] == 14 and summary["output_frame"] == "newest"
-    assert len(os.listdir(tmp_path / "masks")) == 14
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 14
 
 
 def test_image_folder_end_to_end(tmp_path, checkpoint):
@@ -198,7 +198,7 @@ def test_image_folder_end_to_end(tmp_path, checkpoint):
         log=lambda m: None,
     )
     assert summary["frames_processed"] == 4 and summary["source"].startswith("frames")
-    shapes = {cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).shape for p in (tmp_path / "masks").iterdir()}
+    shapes = {cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).shape for p in (tmp_path / "masks").glob("*.png")}
     assert shapes == {(36, 44)}  # masks at the frame's own resolution
 
 
@@ -330,7 +330,7 @@ def test_ctrl_c_stops_cleanly_and_the_video_is_readable(tmp_path, checkpoint, cl
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:  # wait until a few masks are out (the run would loop forever)
-            if (out / "masks").is_dir() and len(os.listdir(out / "masks")) >= 3:
+            if (out / "masks").is_dir() and len(list((out / "masks").glob("*.png"))) >= 3:
                 break
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.2)

@@ -147,22 +147,37 @@ def test_sinks_report_only_what_they_completed(tmp_path):
     assert all(os.path.exists(path) for _, path in (sink.saved() for sink in sinks))
 
 
+def _listing(folder) -> list:
+    return sorted(os.listdir(folder))
+
+
 def test_mask_folder_replaces_an_earlier_run_instead_of_mixing(tmp_path):
     folder = tmp_path / "m"
-    folder.mkdir()
-    for name in ("000050.png", "000001.png"):
-        cv2.imwrite(str(folder / name), np.zeros((4, 4), np.uint8))
+    earlier = MaskFolderSink(str(folder))
+    for k, frame in zip((50, 1), _frames(2)):
+        earlier.write(k, frame, np.zeros(frame.shape[:2], bool))
+    earlier.close()
     (folder / "notes.txt").write_text("mine")
     sink = MaskFolderSink(str(folder))
     sink.close()  # no mask written: the earlier run's masks stay
-    assert sorted(os.listdir(folder)) == ["000001.png", "000050.png", "notes.txt"]
+    assert _listing(folder) == ["000001.png", "000050.png", "notes.txt", MaskFolderSink.MARKER]
     sink = MaskFolderSink(str(folder))
     for k, frame in zip((1, 2), _frames(2)):
         sink.write(k, frame, np.ones(frame.shape[:2], bool))
     sink.close()
-    assert sorted(os.listdir(folder)) == ["000001.png", "000002.png", "notes.txt"]
+    assert _listing(folder) == ["000001.png", "000002.png", "notes.txt", MaskFolderSink.MARKER]
     assert sink.saved() == ("masks (1 of an earlier run removed)", str(folder))
     assert cv2.imread(str(folder / "000001.png"), cv2.IMREAD_GRAYSCALE).max() == 255  # this run's mask
+
+
+def test_mask_folder_never_touches_masks_it_did_not_write(tmp_path):
+    folder = tmp_path / "ground_truth"
+    folder.mkdir()
+    for name in ("000000.png", "000007.png"):
+        cv2.imwrite(str(folder / name), np.full((4, 4), 255, np.uint8))
+    with pytest.raises(VivimError, match=r"^--save-masks .*ground_truth: holds 2 mask-named file\(s\) that vivim-run did not write \(e.g. 000000.png\)"):
+        MaskFolderSink(str(folder))
+    assert _listing(folder) == ["000000.png", "000007.png"]
 
 
 def test_sinks_refuse_unwritable_paths_before_any_frame(tmp_path):
@@ -180,7 +195,7 @@ def test_mask_folder_sink(tmp_path):
     for k, mask in enumerate(masks):
         sink.write(k + 5, np.zeros((10, 12, 3), np.uint8), mask)
     sink.close()
-    assert sorted(os.listdir(tmp_path / "masks")) == ["000005.png", "000006.png", "000007.png"]
+    assert _listing(tmp_path / "masks") == ["000005.png", "000006.png", "000007.png", MaskFolderSink.MARKER]
     back = cv2.imread(str(tmp_path / "masks" / "000006.png"), cv2.IMREAD_GRAYSCALE)
     np.testing.assert_array_equal(back, masks[1].astype(np.uint8) * 255)
     (tmp_path / "file").write_text("x")
