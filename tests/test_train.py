@@ -233,3 +233,48 @@ def test_persistent_workers_draw_new_augmentation_each_epoch(data):
     for epoch in range(2):
         for key, clip in serial[epoch].items():
             assert torch.equal(clip, parallel[epoch][key]), f"epoch {epoch}, {key}: 2 workers must give the 0-worker clip"
+
+
+def test_ctrl_c_says_what_was_saved_and_how_to_continue(data, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "ctrl_c" / "model.safetensors"
+    state = out.with_name("model.state.pt")
+    command = [sys.executable, "-m", "vivim.train", "--data", str(data), "--variant", "tiny", "--size", "32", "--frames",
+               "3", "--epochs", "500", "--batch", "2", "--workers", "0", "--val-fraction", "0", "--out", str(out),
+               "--device", "cpu", "--threads", "1", "--no-progress"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not state.is_file() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert lines[-1] == f"interrupted: the finished epochs are saved; continue with --resume and the same flags ({state})"
+    assert "Traceback" not in err
+    assert load_state(state)["epoch"] >= 0  # the state it points at is a finished epoch's
+
+
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(tmp_path, capsys):
+    import typer
+
+    from vivim import paths
+    from vivim.cli_utils import run_app
+
+    app = typer.Typer()
+    made = tmp_path / "made_by_the_early_checks"
+
+    @app.command()
+    def slow() -> None:
+        paths.check_writable(str(made), "--out", folder=True)
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as info:
+        run_app(lambda standalone_mode: app(args=[], standalone_mode=standalone_mode))
+    assert info.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+    assert not made.exists()  # the empty output folder the command created is gone

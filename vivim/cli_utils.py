@@ -6,7 +6,7 @@ import re
 import sys
 from typing import Callable, NoReturn
 
-from vivim.errors import VivimError
+from vivim.errors import Interrupted, VivimError
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -33,13 +33,31 @@ def run_app(app: Callable[..., object]) -> None:
     except VivimError as exc:
         remove_folders_left_empty()
         fail(one_line(str(exc)))
+    except Interrupted as exc:
+        remove_folders_left_empty()
+        print(f"interrupted: {exc}", file=sys.stderr)
+        raise SystemExit(130)
     except KeyboardInterrupt:
         remove_folders_left_empty()
         print("interrupted", file=sys.stderr)
         raise SystemExit(130)
+    except SystemExit as exc:  # Typer turns Ctrl-C into exit 130 itself, before the handler above could see it
+        if exc.code == 130 and _caused_by_ctrl_c(exc):
+            remove_folders_left_empty()
+            print("interrupted", file=sys.stderr)
+        raise
     except OSError as exc:  # a path the early checks could not foresee (a disk filling up, a folder removed)
         remove_folders_left_empty()
         fail(_os_error_line(exc))
+
+
+def _caused_by_ctrl_c(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def one_line(message: str) -> str:

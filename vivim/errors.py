@@ -11,3 +11,7 @@ class CheckpointError(VivimError):
 
 class ScanShapeError(VivimError, ValueError):
     """Selective-scan arguments of inconsistent shapes (also a ValueError, as for any torch op)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C, with what was kept and how to continue; reported as one line, exit 130 (not a VivimError: no failure)."""

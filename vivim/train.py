@@ -22,7 +22,7 @@ import typer
 from vivim import atomic, paths
 from vivim.cli_utils import next_command, run_app, warn
 from vivim.devices import torch_device
-from vivim.errors import VivimError
+from vivim.errors import Interrupted, VivimError
 
 STATE_FORMAT = "vivim-train-state-1"
 
@@ -593,8 +593,14 @@ def train(
         init=str(init) if init else None, amp=amp, output_frame=output_frame, device=device, threads=threads,
         max_steps=max_steps, progress=progress, augment=not no_augment, overwrite=overwrite,
     )
+    started = time.time()
     try:
         run_training(cfg)
+    except KeyboardInterrupt:
+        state = output_paths(cfg.out)[2]
+        if state.is_file() and state.stat().st_mtime >= started:
+            raise Interrupted(f"the finished epochs are saved; continue with --resume and the same flags ({state})") from None
+        raise Interrupted("before the first epoch finished; nothing was saved") from None
     finally:
         import torch.distributed as dist
 
