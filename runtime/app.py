@@ -4,9 +4,10 @@ Order of work is chosen so mistakes fail fast and cheaply: flags and paths first
 one frame read, then the model is loaded and warmed up, and only then does the capture thread start (a live
 source would otherwise count the model's loading time as dropped frames).
 
-Shutdown: the first Ctrl-C (or SIGTERM) asks the loop to stop after the current frame; every sink is closed in
-a `finally` block (the mp4 gets its index and is renamed into place) and the summary is still printed and
-written. A second Ctrl-C aborts at once.
+Shutdown: the first Ctrl-C (or SIGTERM) asks the loop to stop after the current frame; the frames already in the
+clip window still get their masks, every sink is closed (the mp4 gets its index and is renamed into place) and the
+summary is printed and written. A second Ctrl-C aborts the loop (a stuck input or model), but not the closing of
+the files, which takes a moment and is what the user wants to keep.
 """
 
 from __future__ import annotations
@@ -38,12 +39,17 @@ def _stderr(message: str) -> None:
 
 
 class GracefulStop:
-    """SIGINT/SIGTERM set a flag the loop checks; a second SIGINT raises KeyboardInterrupt (hard abort)."""
+    """SIGINT/SIGTERM set a flag the loop checks; a second SIGINT raises KeyboardInterrupt (hard abort) until
+    `finishing()`: from then on the files are being closed, and aborting would only lose them."""
 
     def __init__(self, log: Log) -> None:
         self.requested = False
+        self._finishing = False
         self._log = log
         self._previous: Dict[int, Any] = {}
+
+    def finishing(self) -> None:
+        self._finishing = True
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
@@ -56,6 +62,9 @@ class GracefulStop:
             signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: object) -> None:
+        if self._finishing:
+            self._log("closing the output files, one moment")
+            return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
@@ -184,46 +193,37 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
                     if source.finished:
                         frame = source.read(0.0)  # the thread may have queued its last frame just before ending
                         if frame is None:
-                            stopped_by = "max frames" if _hit_max(cfg, source) else "end of input"
+                            stopped_by = _end_reason(cfg, source)
                             break
                     else:
                         continue
                 pipeline.push(frame)
                 progress.update()
-            if not stop.requested:
-                pipeline.flush()
+            pipeline.flush()  # the frames already in the window get their masks, also after Ctrl-C
         except BaseException as exc:  # still close the files and write the summary, then re-raise
             failure = exc
+            stopped_by = "aborted (second Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else "error"
+        stop.finishing()
+        progress.close()
+        failure = _close_sinks(sinks, failure, log)
+        source.stop()
+        backend.close()
+        if source.error is not None and failure is None:
             stopped_by = "error"
-        finally:
-            source.stop()
-            progress.close()
-            for sink in sinks:
-                try:
-                    sink.close()
-                except Exception as exc:  # one broken sink must not keep the others from closing
-                    log(f"warning: closing {type(sink).__name__} failed: {exc}")
-                    failure = failure or exc
-            backend.close()
-    summary = stats.summary(
-        frames_captured=source.frames_captured,
-        frames_dropped=source.frames_dropped,
-        reconnects=source.reconnects,
-        source=source.name,
-        output_frame=cfg.backend.output_frame,
-        frames_per_clip=backend.frames,
-        lag_frames=window.lag,
-        stopped_by=stopped_by,
-        **backend.describe(),
-    )
-    if not cfg.sink.quiet:
-        out(format_summary(summary))
-    if cfg.sink.stats:
-        write_json_atomic(cfg.sink.stats, summary)
-    if not cfg.sink.quiet:  # only what was really completed: a sink that failed or got no frame is not listed
-        completed = [sink.saved() for sink in sinks] + [("stats", cfg.sink.stats) if cfg.sink.stats else None]
-        for label, path in filter(None, completed):
-            out(f"saved {label}: {path}")
+        summary = stats.summary(
+            frames_captured=source.frames_captured,
+            frames_dropped=source.frames_dropped,
+            frames_unprocessed=max(0, source.frames_captured - stats.frames_processed - source.frames_dropped),
+            reconnects=source.reconnects,
+            source=source.name,
+            output_frame=cfg.backend.output_frame,
+            frames_per_clip=backend.frames,
+            lag_frames=window.lag,
+            stopped_by=stopped_by,
+            **({"error": str(failure or source.error)} if stopped_by == "error" else {}),
+            **backend.describe(),
+        )
+        _report(cfg, summary, sinks, out)
     if failure is not None:
         raise failure
     if source.error is not None:
@@ -231,8 +231,34 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
     return summary
 
 
-def _hit_max(cfg: RunConfig, source: FrameSource) -> bool:
-    return cfg.source.max_frames is not None and source.frames_captured >= cfg.source.max_frames
+def _end_reason(cfg: RunConfig, source: FrameSource) -> str:
+    if cfg.source.max_frames is not None and source.frames_captured >= cfg.source.max_frames:
+        return "max frames"
+    return "input ended early" if source.ended_early else "end of input"
+
+
+def _close_sinks(sinks: List[Sink], failure: Optional[BaseException], log: Log) -> Optional[BaseException]:
+    """Close every sink, even after one fails; returns the run's first failure."""
+    for sink in sinks:
+        try:
+            sink.close()
+        except Exception as exc:
+            log(f"warning: closing {type(sink).__name__} failed: {exc}")
+            failure = failure or exc
+    return failure
+
+
+def _report(cfg: RunConfig, summary: Dict[str, Any], sinks: List[Sink], out: Log) -> None:
+    """The summary (printed, and --stats), then only what was really completed: a sink that failed or got no frame
+    is not listed."""
+    if not cfg.sink.quiet:
+        out(format_summary(summary))
+    if cfg.sink.stats:
+        write_json_atomic(cfg.sink.stats, summary)
+    if not cfg.sink.quiet:
+        completed = [sink.saved() for sink in sinks] + [("stats", cfg.sink.stats) if cfg.sink.stats else None]
+        for label, path in filter(None, completed):
+            out(f"saved {label}: {path}")
 
 
 class _Progress:
@@ -276,18 +302,11 @@ class _Progress:
 
 
 def _count_frames(kind: str, location: str) -> Optional[int]:
-    if kind == "frames":
-        from vivim.runtime.sources import ImageFolder
+    from vivim.runtime.sources import ImageFolder, video_frame_count
 
+    if kind == "frames":
         try:
             return len(ImageFolder(location).files)
         except VivimError:
             return None
-    import cv2
-
-    capture = cv2.VideoCapture(location)
-    try:
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
-    finally:
-        capture.release()
-    return count if count > 0 else None
+    return video_frame_count(location)

@@ -110,7 +110,7 @@ def run(
         rich_help_panel=_SRC,
     ),
     fps: Optional[float] = typer.Option(
-        None, "--fps", help="Camera: requested rate; folders: rate for --realtime.", rich_help_panel=_SRC
+        None, "--fps", help="Camera: requested rate; video files and folders: the rate they play at (--realtime) and are saved at (default: a video's own rate, 25 for folders).", rich_help_panel=_SRC
     ),
     width: Optional[int] = typer.Option(None, "--width", help="Camera: requested width.", rich_help_panel=_SRC),
     height: Optional[int] = typer.Option(None, "--height", help="Camera: requested height.", rich_help_panel=_SRC),
@@ -124,7 +124,7 @@ def run(
         rich_help_panel=_SRC,
     ),
     max_frames: Optional[int] = typer.Option(
-        None, "--max-frames", help="Stop after N frames (each gets its mask).", rich_help_panel=_SRC
+        None, "--max-frames", help="Stop after N captured frames (each gets its mask, unless --realtime drops some to keep up).", rich_help_panel=_SRC
     ),
     reconnect_attempts: Optional[int] = typer.Option(
         None,

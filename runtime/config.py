@@ -27,12 +27,12 @@ class SourceConfig:
     location: Optional[str] = None  # device path/index, file, folder or GStreamer pipeline
     loop: bool = False  # files/folders: start again at the end
     realtime: bool = False  # files/folders: pace at the file's frame rate and behave like a live source
-    fps: Optional[float] = None  # camera: requested rate; folders: pacing rate with --realtime
+    fps: Optional[float] = None  # camera: requested rate; files/folders: play (--realtime) and save rate
     width: Optional[int] = None  # camera: requested frame size
     height: Optional[int] = None
     fourcc: Optional[str] = None  # camera: pixel format, e.g. MJPG or YUYV (set before size and rate)
     buffer_size: int = 1  # camera: driver buffers; 1 keeps the newest frame closest to the sensor
-    max_frames: Optional[int] = None  # stop after this many frames (every one of them gets a mask)
+    max_frames: Optional[int] = None  # stop after this many captured frames (each gets a mask unless --realtime drops it)
     reconnect_attempts: int = 10  # live sources: reopen a lost device this many times before giving up
     reconnect_delay: float = 0.5  # first back-off in seconds, doubled after each failed attempt
     reconnect_max_delay: float = 5.0

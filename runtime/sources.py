@@ -128,9 +128,12 @@ class FrameSource:
         reconnect_delay: float = 0.5,
         reconnect_max_delay: float = 5.0,
         fps: Optional[float] = None,
+        declared_frames: Optional[int] = None,
         log: Logger = _stderr,
     ) -> None:
         self.name = name
+        self.declared_frames = declared_frames  # a file's frame count from its header, to tell damage from its end
+        self.ended_early = False
         self.live = live
         self.fps = fps  # nominal frame rate (for --save), None when unknown
         self._open = open_capture
@@ -242,6 +245,7 @@ class FrameSource:
                     self._restart()
                     t_start = time.monotonic() - self.frames_captured / (self._pace_fps or 1.0)
                 else:
+                    self._check_complete()
                     break  # end of file
         except VivimError as exc:
             self.error = exc
@@ -250,6 +254,14 @@ class FrameSource:
         finally:
             self._done.set()
             self._mailbox.wake()
+
+    def _check_complete(self) -> None:
+        """A file that stops decoding well before the frame count its header declares is damaged, not finished."""
+        declared = self.declared_frames
+        if declared and declared - self.frames_captured > max(2, declared // 100):
+            self.ended_early = True
+            self._log(f"warning: {self.name}: decoding stopped at frame {self.frames_captured} of the {declared} "
+                      "its header declares (a damaged or truncated file?)")
 
     def _deliver(self, frame: Frame) -> None:
         self._mailbox.put(frame, self._stop)
@@ -311,14 +323,14 @@ class _Closed:
 
 
 def _as_bgr(image: np.ndarray) -> np.ndarray:
-    """Grey (ultrasound) and BGRA frames become 3-channel BGR uint8."""
+    """Grey (ultrasound), BGRA, 16-bit and float frames become 3-channel BGR uint8."""
+    if image.dtype != np.uint8:
+        scale = 255.0 / max(float(image.max()), 1e-6)  # 16-bit or float frames: stretch to 8 bits
+        image = np.clip(image.astype(np.float32) * scale, 0, 255).astype(np.uint8)
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    if image.dtype != np.uint8:
-        scale = 255.0 / max(float(image.max()), 1e-6)  # 16-bit or float frames: stretch to 8 bits
-        image = np.clip(image.astype(np.float32) * scale, 0, 255).astype(np.uint8)
     return image
 
 
@@ -367,6 +379,16 @@ def open_video(path: str) -> Callable[[], Capture]:
         return capture
 
     return opener
+
+
+def video_frame_count(path: str) -> Optional[int]:
+    """The frame count a video's header declares, or None when it has none."""
+    capture = cv2.VideoCapture(path)
+    try:
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+    finally:
+        capture.release()
+    return count if count > 0 else None
 
 
 def video_fps(path: str) -> Optional[float]:
@@ -461,12 +483,13 @@ def create_source(cfg, log: Logger = _stderr) -> FrameSource:  # cfg: config.Sou
         return FrameSource("gstreamer pipeline", open_gstreamer(where), live=True, reconnect=True, fps=cfg.fps, **common)
     if kind == "video":
         opener = open_video(where)
-        rate = video_fps(where) or cfg.fps
+        rate = cfg.fps or video_fps(where)  # an explicit --fps wins over the file's own rate
         if cfg.realtime and rate is None:
             raise VivimError(f"--video {where}: the file has no frame rate; give --fps for --realtime")
         return FrameSource(
             f"video {where}", opener, live=cfg.realtime, reconnect=False, loop=cfg.loop,
-            pace_fps=rate if cfg.realtime else None, fps=rate, **common,
+            pace_fps=rate if cfg.realtime else None, fps=rate,
+            declared_frames=None if cfg.loop else video_frame_count(where), **common,
         )
     if kind == "frames":
         ImageFolder(where)  # validate now, in the caller's thread

@@ -90,7 +90,9 @@ def format_summary(summary: Dict[str, Any]) -> str:
             f"backend   {summary.get('backend')} on {summary.get('device')}  (T={summary.get('frames_per_clip')}, "
             f"output frame {summary.get('output_frame')}, lag {summary.get('lag_frames')} frames)",
             f"frames    captured {summary['frames_captured']}, processed {summary['frames_processed']}, "
-            f"dropped {summary['frames_dropped']}, reconnects {summary.get('reconnects', 0)}",
+            f"dropped {summary['frames_dropped']}, reconnects {summary.get('reconnects', 0)}"
+            + (f", not processed {summary['frames_unprocessed']} (read ahead when the run stopped)"
+               if summary.get("frames_unprocessed") else ""),
             f"speed     {summary['fps']:.2f} FPS over {summary['wall_s']:.2f} s",
             f"latency   capture->mask p50 {ms(lat['p50'])} / p90 {ms(lat['p90'])} / p99 {ms(lat['p99'])} ms; "
             f"per clip {ms(inf['p50'])} ms, per new frame {ms(summary['preprocess_ms']['p50'])} ms (p50)",

@@ -345,6 +345,11 @@ def test_ctrl_c_stops_cleanly_and_the_video_is_readable(tmp_path, checkpoint, cl
     assert stats["stopped_by"].startswith("interrupted")
     assert stats["frames_processed"] >= 3
     assert count_frames(out / "overlay.mp4") == stats["frames_processed"]
+    assert len(list((out / "masks").glob("*.png"))) == stats["frames_processed"]
+    # every captured frame is accounted for, and the lagged frames in the window got their masks (centre mode)
+    assert stats["frames_captured"] == stats["frames_processed"] + stats["frames_dropped"] + stats["frames_unprocessed"]
+    last_pushed = max(int(p.stem) for p in (out / "masks").glob("*.png"))
+    assert sorted(int(p.stem) for p in (out / "masks").glob("*.png")) == list(range(last_pushed + 1))
     assert not [f for f in os.listdir(out) if f.startswith(".")]  # no temporary file left behind
     assert "frames" in stdout and "latency" in stdout
 
@@ -518,3 +523,50 @@ def test_first_ctrl_c_asks_to_stop_a_second_one_aborts():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_while_the_files_are_closed_does_not_abort():
+    """Once the run closes its files, a further Ctrl-C only says to wait: aborting then would lose the video."""
+    from vivim.runtime.app import GracefulStop
+
+    lines = []
+    with GracefulStop(lines.append) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        stop.finishing()
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt before finishing()
+    assert lines[-2:] == ["closing the output files, one moment"] * 2
+
+
+def test_a_failed_run_is_recorded_as_an_error(tmp_path, checkpoint):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in range(4):
+        cv2.imwrite(str(folder / f"{k:03d}.png"), np.full((24, 32, 3), 40 * k, np.uint8))
+    (folder / "004.png").write_bytes(b"not a png")
+    with pytest.raises(VivimError, match="004.png: unreadable image"):
+        run(cfg(source={"kind": "frames", "location": str(folder)},
+                backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu"},
+                sink={"headless": True, "quiet": True, "stats": str(tmp_path / "s.json")}), log=lambda m: None)
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["stopped_by"] == "error" and "004.png: unreadable image" in stats["error"]
+    assert stats["frames_processed"] == 4  # the frames before the bad one still got their masks
+
+
+def test_a_video_that_stops_decoding_early_is_not_a_normal_end(tmp_path, checkpoint):
+    from vivim.data.image_io import write_video
+
+    rng = np.random.default_rng()
+    video = tmp_path / "damaged.mp4"
+    write_video(video, [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(60)], fps=25.0)
+    data = bytearray(video.read_bytes())
+    start = len(data) // 3
+    data[start:start + len(data) // 3] = bytes(len(data) // 3)  # zero the middle third of the frame data
+    video.write_bytes(bytes(data))
+    lines = []
+    summary = run(cfg(source={"kind": "video", "location": str(video)},
+                      backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu"},
+                      sink={"headless": True, "quiet": True}), log=lines.append)
+    assert summary["frames_captured"] < 58
+    assert summary["stopped_by"] == "input ended early"
+    assert any(f"decoding stopped at frame {summary['frames_captured']} of the 60" in line for line in lines), lines

@@ -277,3 +277,23 @@ def test_stop_unblocks_a_waiting_capture_thread(tmp_path):
     source.stop()
     assert time.monotonic() - t0 < 2.0
     assert not any(t.name.startswith("capture") and t.is_alive() for t in threading.enumerate())
+
+
+def test_frames_of_any_depth_and_layout_become_bgr_uint8():
+    rng = np.random.default_rng()
+    bgr = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    bgra = np.dstack([bgr, rng.integers(0, 256, (6, 7), dtype=np.uint8)])
+    np.testing.assert_array_equal(sources._as_bgr(bgra), bgr)  # alpha dropped, channel order kept
+    grey16 = rng.integers(0, 4096, (6, 7), dtype=np.uint16)  # a 12-bit sensor
+    stretched = np.clip(grey16.astype(np.float32) * (255.0 / grey16.max()), 0, 255).astype(np.uint8)
+    out = sources._as_bgr(grey16)
+    assert out.dtype == np.uint8 and out.shape == (6, 7, 3)
+    np.testing.assert_array_equal(out, np.dstack([stretched] * 3))
+    bgra16 = np.dstack([bgr.astype(np.uint16) * 257, np.full((6, 7), 65535, np.uint16)])
+    np.testing.assert_array_equal(sources._as_bgr(bgra16), bgr)
+
+
+def test_an_explicit_fps_wins_over_the_video_s_own_rate(tmp_path):
+    video = make_video(tmp_path / "v.mp4", fps=10.0)
+    assert create_source(SourceConfig(kind="video", location=str(video))).fps == 10.0
+    assert create_source(SourceConfig(kind="video", location=str(video), fps=5.0)).fps == 5.0
