@@ -16,7 +16,7 @@ import typer
 
 from vivim import atomic, paths
 from vivim.checkpoint import checkpoint_file
-from vivim.cli_utils import next_command, run_app, warn
+from vivim.cli_utils import next_command, run_app, shell, warn
 from vivim.errors import VivimError
 from vivim.export.plugin import DEFAULT_PLUGIN_DIR, PLUGIN_LIBRARY_NAME, find_plugin_library
 
@@ -48,6 +48,8 @@ def onnx(
     from vivim.export.onnx_export import export_onnx
 
     paths.refuse_writing_over_inputs({"-o": output}, {"CHECKPOINT": checkpoint_file(checkpoint)})
+    if output.suffix.lower() != ".onnx":  # "-o out/models/" reaches here without its slash: a folder was meant
+        raise VivimError(f"-o {output}: an ONNX file name ends in .onnx (for a folder, give {output / 'model.onnx'})")
     result = export_onnx(checkpoint, output, fp16=fp16, frames=frames, size=size, output_frame=output_frame, opset=opset,
                          optimize=optimize)
     for label, tensors in (("input", result.inputs), ("output", result.outputs)):
@@ -55,10 +57,9 @@ def onnx(
             print(f"  {label:6s} {name:8s} {tuple(shape)} {dtype}")
     print(f"ONNX: export success {result.seconds:.1f}s, saved as '{result.path}' ({_mb(result.size_bytes)}), "
           f"{result.nodes} nodes of which {result.scan_nodes} vivim::VivimSelectiveScan")
-    precision = " --fp16" if fp16 else ""
-    engine = result.path.with_suffix(".engine")
-    next_command(f"vivim-export check {checkpoint} --onnx {result.path}")
-    next_command(f"vivim-export trt {result.path}{precision} -o {engine}")
+    precision = "--fp16" if fp16 else None
+    next_command(shell("vivim-export", "check", checkpoint, "--onnx", result.path))
+    next_command(shell("vivim-export", "trt", result.path, precision, "-o", result.path.with_suffix(".engine")))
 
 
 @app.command()
@@ -98,8 +99,8 @@ def check(
         print(f"PARITY FAILED: {onnx_path} differs from the PyTorch model beyond tolerance")
         raise typer.Exit(1)
     print(f"parity OK: {onnx_path} matches the PyTorch model")
-    flag = " --fp16" if result.precision == "fp16" else ""
-    next_command(f"vivim-export trt {onnx_path}{flag} -o {Path(onnx_path).with_suffix('.engine')}")
+    flag = "--fp16" if result.precision == "fp16" else None
+    next_command(shell("vivim-export", "trt", onnx_path, flag, "-o", Path(onnx_path).with_suffix(".engine")))
 
 
 @app.command()
@@ -114,7 +115,7 @@ def plugin(
 
     library = build_plugin(output_dir, arch, tensorrt_include, verbose=verbose)
     print(f"plugin: built {library} ({_mb(library.stat().st_size)})")
-    next_command(f"vivim-export trt model.onnx --fp16 -o model.engine --plugin {library}")
+    next_command(shell("vivim-export", "trt", "model.onnx", "--fp16", "-o", "model.engine", "--plugin", library))
 
 
 @app.command()
@@ -130,14 +131,12 @@ def trt(
     """Build a TensorRT engine (strongly typed) with the VivimSelectiveScan plugin."""
     from vivim.export.tensorrt_build import build_engine, tensorrt_missing_message
 
-    given = [(" --plugin", plugin_path), (" --workspace", workspace if workspace != 2.0 else None),
-             (" --timing-cache", timing_cache)]
-    rerun = f"vivim-export trt {source}{' --fp16' if fp16 else ''} -o {output}" + "".join(
-        f"{flag} {value}" for flag, value in given if value is not None)
-    # fail before a long ONNX export when TensorRT is missing
-    if not _tensorrt_installed():
-        raise VivimError(tensorrt_missing_message(rerun))
-    plugin_path = find_plugin_library(plugin_path, output)
+    given = [("--plugin", plugin_path), ("--workspace", workspace if workspace != 2.0 else None),
+             ("--timing-cache", timing_cache)]
+    rerun = shell("vivim-export", "trt", source, "--fp16" if fp16 else None, "-o", output,
+                  *(word for flag, value in given if value is not None for word in (flag, value)))
+    # the paths first (a rerun with TensorRT installed must not fail on them), then TensorRT, before a long export
+    paths.require_file(checkpoint_file(source), "SOURCE")
     # the timing cache is read and rewritten after the build: an output like the engine (and the ONNX exported
     # beside it from a checkpoint)
     outputs: dict[str, Path | None] = {"-o": output, "-o (sidecar)": Path(f"{output}.json")}
@@ -145,13 +144,17 @@ def trt(
         outputs["-o (ONNX exported first)"] = output.with_suffix(".onnx")
     outputs["--timing-cache"] = timing_cache  # last: a clash names it
     paths.refuse_writing_over_inputs(outputs, {"SOURCE": checkpoint_file(source), "--plugin": plugin_path})
+    paths.check_writable(output, "-o")
     if timing_cache is not None:
         paths.check_writable(timing_cache, "--timing-cache")
+    if not _tensorrt_installed():
+        raise VivimError(tensorrt_missing_message(rerun))
+    plugin_path = find_plugin_library(plugin_path, output)
     onnx_path = _onnx_for_engine(source, output, fp16)
     engine = build_engine(onnx_path, output, plugin_path, workspace, timing_cache, verbose,
                           precision="fp16" if fp16 else None, rerun=rerun)
     print(f"TensorRT: engine saved as '{engine}' ({_mb(engine.stat().st_size)}), sidecar '{engine}.json'")
-    next_command(f"vivim-run --engine {engine} --video VIDEO.mp4")
+    next_command(shell("vivim-run", "--engine", engine, "--video", "VIDEO.mp4"))
 
 
 def _tensorrt_installed() -> bool:

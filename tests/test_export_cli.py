@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -44,16 +45,16 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported_onnx(workdir) -> Path:
-    proc = vivim_export("onnx", "tiny.safetensors", "-o", "out/model_fp16.onnx", "--fp16", "--frames", FRAMES,
+    proc = vivim_export("onnx", "tiny.safetensors", "-o", "out/model fp16.onnx", "--fp16", "--frames", FRAMES,
                         "--size", *SIZE, "--output-frame", "newest", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "input  frames   (1, 3, 3, 64, 64) float16" in out
     assert "output logits   (1, 1, 1, 64, 64) float16" in out
     assert "8 vivim::VivimSelectiveScan" in out and "MB" in out
-    assert "next: vivim-export check tiny.safetensors --onnx out/model_fp16.onnx" in out
-    assert "next: vivim-export trt out/model_fp16.onnx --fp16 -o out/model_fp16.engine" in out
-    return workdir / "out" / "model_fp16.onnx"
+    assert "next: vivim-export check tiny.safetensors --onnx 'out/model fp16.onnx'" in out  # pastes into a shell
+    assert "next: vivim-export trt 'out/model fp16.onnx' --fp16 -o 'out/model fp16.engine'" in out
+    return workdir / "out" / "model fp16.onnx"
 
 
 def test_onnx_then_check_passes_and_writes_json(workdir, exported_onnx):
@@ -61,7 +62,8 @@ def test_onnx_then_check_passes_and_writes_json(workdir, exported_onnx):
 
     meta = {p.key: p.value for p in onnx.load(exported_onnx).metadata_props}
     assert meta["output_frame"] == "newest" and meta["precision"] == "fp16" and meta["frames"] == str(FRAMES)
-    proc = vivim_export("check", "tiny.safetensors", "--onnx", exported_onnx, "--json", "out/parity.json", cwd=workdir)
+    printed = "vivim-export check tiny.safetensors --onnx 'out/model fp16.onnx'"  # the next command, as a shell reads it
+    proc = vivim_export(*shlex.split(printed)[1:], "--json", "out/parity.json", cwd=workdir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "parity OK" in proc.stdout and "Dice" in proc.stdout
     report = json.loads((workdir / "out" / "parity.json").read_text())
@@ -113,6 +115,8 @@ def test_cli_error_paths_in_process(workdir):
         (["onnx", str(workdir / "foreign.safetensors"), "-o", str(workdir / "x.onnx")], "foreign.safetensors"),
         (["onnx", str(workdir / "tiny.safetensors"), "-o", str(workdir / "tiny.safetensors" / "x.onnx")], "tiny.safetensors is a file, not a folder"),
         (["onnx", str(workdir / "tiny.safetensors"), "--output-frame", "middle"], "--output-frame"),
+        (["onnx", str(workdir / "tiny.safetensors"), "-o", str(workdir / "models") + "/"],
+         f"-o {workdir / 'models'}: an ONNX file name ends in .onnx (for a folder, give {workdir / 'models' / 'model.onnx'})"),
         (["onnx", str(workdir / "tiny.safetensors"), "-o", str(workdir / "tiny.safetensors")], "is the input CHECKPOINT"),
         (["check", "demo", "--onnx", str(workdir / "tiny.safetensors"), "--json", str(workdir / "tiny.safetensors")],
          "is the input --onnx"),
@@ -125,24 +129,28 @@ def test_cli_error_paths_in_process(workdir):
         (["check", str(workdir / "tiny.safetensors"), "--onnx", str(workdir / "none.onnx"), "--min-dice", "2"],
          "--min-dice must be within [0, 1]"),
         (["check", str(workdir / "tiny.safetensors"), "--onnx", str(workdir / "tiny.safetensors")], "tiny.safetensors"),
-        (["trt", str(workdir / "none.onnx"), "--fp16", "-o", str(workdir / "m.engine"), "--plugin", str(workdir / "tiny.safetensors")],
-         "TensorRT is not installed" if not tensorrt_installed() else "none.onnx"),
+        # the paths are checked before TensorRT: a rerun after installing it must not fail on them
+        (["trt", str(workdir / "none.onnx"), "--fp16", "-o", str(workdir / "m.engine")], "none.onnx: no such file"),
+        (["trt", str(workdir / "dummy.onnx"), "-o", str(workdir / "tiny.safetensors" / "m.engine")],
+         "tiny.safetensors is a file, not a folder"),
+        (["trt", str(workdir / "dummy.onnx"), "--fp16", "-o", str(workdir / "my engines" / "m.engine")],
+         f"then rerun vivim-export trt {workdir / 'dummy.onnx'} --fp16 -o '{workdir / 'my engines' / 'm.engine'}'"
+         if not tensorrt_installed() else "dummy.onnx"),
     ]
+    (workdir / "dummy.onnx").write_bytes(b"not parsed before TensorRT is found")
     for args, needle in cases:
         exc = _error(args)
         assert isinstance(exc, VivimError) and needle in str(exc), (args, exc)
         assert "\n" not in str(exc)
 
 
-def test_trt_refuses_a_timing_cache_that_is_another_output_or_an_input(workdir, monkeypatch):
+def test_trt_refuses_a_timing_cache_that_is_another_output_or_an_input(workdir):
     """The timing cache is rewritten after the build: it may not be the engine, its sidecar or an input. Checked
-    before TensorRT is touched, so `_tensorrt_installed` is stubbed to reach the check on a machine without it."""
-    import vivim.export.cli as export_cli
-
-    monkeypatch.setattr(export_cli, "_tensorrt_installed", lambda: True)
+    before TensorRT is looked for, so this runs on a machine without it too."""
     plugin = workdir / "libfake_plugin.so"
     plugin.write_bytes(b"")
-    base = ["trt", str(workdir / "none.onnx"), "--fp16", "-o", str(workdir / "m.engine"), "--plugin", str(plugin)]
+    (workdir / "some.onnx").write_bytes(b"not parsed before the paths are checked")
+    base = ["trt", str(workdir / "some.onnx"), "--fp16", "-o", str(workdir / "m.engine"), "--plugin", str(plugin)]
     for cache, needle in ((workdir / "m.engine", "is also the output of -o"),
                           (workdir / "m.engine.json", "is also the output of -o (sidecar)"),
                           (plugin, "is the input --plugin"),

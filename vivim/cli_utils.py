@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 from typing import Callable, NoReturn
 
@@ -21,6 +22,12 @@ def warn(message: str) -> None:
 
 def next_command(command: str) -> None:
     print(f"next: {command}")
+
+
+def shell(*words: object) -> str:
+    """A command line to print for copy and paste: paths with spaces or quotes come out quoted for the shell;
+    None drops out (an option not given)."""
+    return " ".join(shlex.quote(str(word)) for word in words if word is not None)
 
 
 def run_app(app: Callable[..., object]) -> None:

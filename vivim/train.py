@@ -20,7 +20,7 @@ from typing import Any, Optional
 import typer
 
 from vivim import atomic, paths
-from vivim.cli_utils import next_command, run_app, warn
+from vivim.cli_utils import next_command, run_app, shell, warn
 from vivim.devices import torch_device
 from vivim.errors import Interrupted, VivimError
 
@@ -549,10 +549,10 @@ class _Run:
                   f"best {self.best_path}, last {self.last_path}, resume state {self.state_path}")
             report = self.best_path.with_suffix(".eval.json")
             if detect_layout(Path(cfg.data)) == "vtus" and (Path(cfg.data) / "Test").is_dir():
-                next_command(f"vivim-eval {self.best_path} --data {cfg.data} --split test --json {report}")
+                next_command(shell("vivim-eval", self.best_path, "--data", cfg.data, "--split", "test", "--json", report))
             else:  # a DAVIS folder has no test split of its own: score on videos the model never saw
                 print(f"note: {cfg.data} holds the training videos; give vivim-eval a held-out dataset for a fair score")
-                next_command(f"vivim-eval {self.best_path} --data HELD_OUT_DIR --json {report}")
+                next_command(shell("vivim-eval", self.best_path, "--data", "HELD_OUT_DIR", "--json", report))
         return result
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from vivim import paths
-from vivim.cli_utils import next_command, run_app
+from vivim.cli_utils import next_command, run_app, shell
 from vivim.errors import VivimError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic ultrasound data and dataset checks.")
@@ -55,9 +55,9 @@ def synth(
     if summary.contact_sheet:
         print(f"contact sheet: {summary.contact_sheet}")
     train_size = max(32, min(size, 256) // 32 * 32)  # vivim-train takes multiples of 32 and resizes the frames
-    no_val = " --val-fraction 0" if len(summary.videos) < 2 else ""  # one training video: nothing to hold out
-    next_command(f"vivim-train --data {out} --variant tiny --size {train_size} --epochs 20{no_val} "
-                 "--out runs/synth.safetensors")
+    no_val = ["--val-fraction", 0] if len(summary.videos) < 2 else []  # one training video: nothing to hold out
+    next_command(shell("vivim-train", "--data", out, "--variant", "tiny", "--size", train_size, "--epochs", 20, *no_val,
+                       "--out", "runs/synth.safetensors"))
 
 
 @app.command()
