@@ -138,3 +138,33 @@ def test_demo_weights_segment_held_out_synthetic_video(tmp_path):
     summary, *_ = evaluate_checkpoint("demo", str(tmp_path), device="cpu", progress=False, model_and_meta=(model, meta))
     # measured 0.873 (2026-11-27); an anti-causal temporal conv drops it to 0.78, a swapped decoder concat to 0.0
     assert summary["dice"] > 0.82, summary["dice"]
+
+
+def test_scoring_the_training_videos_is_flagged(data, tmp_path, capsys):
+    import shutil
+
+    from vivim.evaluate import default_split, main
+    from vivim.train import TrainConfig, run_training
+
+    result = run_training(TrainConfig(data=str(data), out=str(tmp_path / "m.safetensors"), variant="tiny", epochs=1,
+                                      frames=3, size=32, batch=2, workers=0, val_fraction=0.5, seed=0, device="cpu",
+                                      progress=False, max_steps=1))
+    _, meta = vivim.load_checkpoint(result.best_path)
+    held_out = meta["training"]["val_videos"]
+    assert default_split(data) == "all"  # no ImageSets lists: every video, said as such
+    summary, *_ = evaluate_checkpoint(str(result.best_path), str(data), progress=False)
+    assert summary["split"] == "all" and summary["videos"] == 2
+    assert summary["training_videos_scored"] == [name for name in ("synth_0000", "synth_0001") if name not in held_out]
+    copy = tmp_path / "held_out_copy"  # the same videos elsewhere are not the training folder
+    shutil.copytree(data, copy)
+    assert evaluate_checkpoint(str(result.best_path), str(copy), progress=False)[0]["training_videos_scored"] == []
+
+    monkey_argv = ["vivim-eval", str(result.best_path), "--data", str(data), "--no-progress"]
+    old_argv, sys.argv = sys.argv, monkey_argv
+    try:
+        with pytest.raises(SystemExit) as info:
+            main()
+    finally:
+        sys.argv = old_argv
+    assert info.value.code in (0, None)
+    assert "1 of the 2 videos scored here were training videos of this checkpoint" in capsys.readouterr().err

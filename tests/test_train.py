@@ -278,3 +278,17 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_130(tmp_path, capsys):
     assert info.value.code == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
     assert not made.exists()  # the empty output folder the command created is gone
+
+
+def test_a_bad_mask_in_any_video_fails_before_the_first_epoch(data, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    mask = sorted((copy / "Annotations").glob("*/*.png"))[-1]  # some video's last mask, wherever the split puts it
+    Image.open(mask).resize((96, 96)).save(mask)
+    with pytest.raises(VivimError, match=f"^{mask}: mask is 96x96 but frame .* is 48x48$"):
+        run_training(_cfg(copy, tmp_path / "out" / "m.safetensors", val_fraction=0.34))
+    assert "training tiny" not in capsys.readouterr().out  # found while the data was set up, before any step

@@ -15,7 +15,7 @@ import typer
 
 from vivim import atomic, paths
 from vivim.checkpoint import checkpoint_file
-from vivim.cli_utils import run_app
+from vivim.cli_utils import run_app, warn
 from vivim.devices import torch_device
 from vivim.errors import VivimError
 
@@ -23,10 +23,28 @@ ROWS = ("dice", "jaccard", "precision", "recall", "specificity", "mae")
 
 
 def default_split(data: str | Path) -> str:
-    """VTUS layout: Test/; DAVIS layout: ImageSets' val list when there is one, else every video."""
+    """VTUS layout: Test/; DAVIS layout: ImageSets' val list when there is one, else every video ('all')."""
     from vivim.data.layouts import detect_layout
 
-    return "test" if detect_layout(Path(data)) == "vtus" else "val"
+    root = Path(data)
+    if detect_layout(root) == "vtus":
+        return "test"
+    return "val" if any((root / "ImageSets").glob("**/val.txt")) else "all"
+
+
+def training_videos_among(meta: dict, data: str | Path, videos) -> list[str]:
+    """Names of the `videos` (from `data`) that the checkpoint was trained on, by its training metadata: scores on
+    them are optimistic. Videos are compared by folder, so Train/0001 and Test/0001 of a VTUS set stay apart."""
+    import os
+
+    from vivim.data.layouts import discover_videos
+
+    training = meta.get("training") or {}
+    if not training.get("data") or os.path.realpath(training["data"]) != os.path.realpath(data):
+        return []
+    held_out = set(training.get("val_videos") or [])
+    trained = {os.path.realpath(v.frames[0].parent) for v in discover_videos(data, "train") if v.name not in held_out}
+    return [v.name for v in videos if os.path.realpath(v.frames[0].parent) in trained]
 
 
 def evaluate_checkpoint(
@@ -82,6 +100,7 @@ def evaluate_checkpoint(
         "frames_per_clip": frames,
         "img_size": size,
         "threshold": 0.5,
+        "training_videos_scored": training_videos_among(meta, data, videos),
         **summary,
         "seconds": round(seconds, 2),
         "conventions": "metrics at the model input size; GT = bilinear-resized mask > 0.5; prediction = sigmoid > 0.5 "
@@ -154,7 +173,7 @@ def evaluate(
     checkpoint: str = typer.Argument(..., help="A .safetensors checkpoint, or 'demo' for the bundled demo weights."),
     data: Path = typer.Option(..., "--data", help="Dataset folder (DAVIS or Vivim/VTUS layout)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write all numbers (per frame, per video, means) here."),
-    split: Optional[str] = typer.Option(None, "--split", help="train, val, test or all (default: test for VTUS, val for DAVIS)."),
+    split: Optional[str] = typer.Option(None, "--split", help="train, val, test or all (default: test for VTUS; for DAVIS, val with an ImageSets val list, else all)."),
     output_frame: Optional[str] = typer.Option(None, "--output-frame", help="centre or newest (default: the checkpoint's)."),
     overlays: Optional[Path] = typer.Option(None, "--overlays", help="Folder for overlay images of the worst frames."),
     worst: int = typer.Option(8, "--worst", min=1, help="How many worst frames get an overlay."),
@@ -181,6 +200,10 @@ def evaluate(
     summary, acc, dataset, model = evaluate_checkpoint(checkpoint, str(data), split=split, output_frame=output_frame,
                                                        device=device, batch=batch, workers=workers, progress=progress)
     print(format_table(summary))
+    seen = summary["training_videos_scored"]
+    if seen:
+        warn(f"{len(seen)} of the {summary['videos']} videos scored here were training videos of this checkpoint "
+             f"(e.g. {seen[0]}): these scores are optimistic; score held-out videos (--split, or another --data)")
     print(f"{summary['frames']} frames of {summary['videos']} videos ({summary['split']} split, {summary['output_frame']} frame), "
           f"{summary['empty_gt_frames']} with an empty mask; Dice {summary['dice']:.4f} at threshold 0.5, "
           f"{summary['thresholds_256']['dice']:.4f} as the mean over 256 thresholds")

@@ -341,7 +341,7 @@ def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any) -> _Data:
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
     from vivim.data.dataset import ClipDataset, EpochSampler
-    from vivim.data.layouts import discover_videos, split_by_video
+    from vivim.data.layouts import check_headers, discover_videos, split_by_video
     from vivim.data.transforms import TrainAugment
 
     all_train = discover_videos(cfg.data, "train")
@@ -351,6 +351,7 @@ def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any) -> _Data:
         train_videos, val_videos = all_train, _val_videos(cfg.val)
     else:
         train_videos, val_videos = split_by_video(all_train, cfg.val_fraction, cfg.seed)
+    check_headers(train_videos + val_videos)
     cache = cfg.cache if cfg.cache is not None else _should_cache(train_videos + val_videos, cfg.size)
     augment = TrainAugment() if cfg.augment else None
     train_ds = ClipDataset(train_videos, frames=cfg.frames, size=cfg.size, output_frame=cfg.output_frame,

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vivim.data.image_io import FRAME_EXTENSIONS
+from vivim.data.image_io import FRAME_EXTENSIONS, image_size
 from vivim.errors import VivimError
 
 SPLITS = ("train", "val", "test", "all")
@@ -133,6 +133,17 @@ def discover_videos(root: str | Path, split: str = "all") -> list[VideoRecord]:
         raise VivimError(f"{root}: an interrupted vivim-data synth run (synth.json says incomplete); run it again "
                          "with --overwrite")
     return _davis_videos(root, split) if layout == "davis" else _vtus_videos(root, split)
+
+
+def check_headers(videos: list[VideoRecord]) -> None:
+    """Every frame and mask readable and of the same size, from the file headers: a bad file of a validation video
+    must fail here, not after the first epoch of training."""
+    for video in videos:
+        for frame, mask in zip(video.frames, video.masks):
+            frame_size, mask_size = image_size(frame, "frame"), image_size(mask, "mask")
+            if frame_size != mask_size:
+                raise VivimError(f"{mask}: mask is {mask_size[0]}x{mask_size[1]} but frame {frame} is "
+                                 f"{frame_size[0]}x{frame_size[1]}")
 
 
 def split_by_video(videos: list[VideoRecord], val_fraction: float, seed: int) -> tuple[list[VideoRecord], list[VideoRecord]]:
