@@ -70,11 +70,12 @@ def test_short_run_lowers_loss_and_writes_loadable_checkpoints(data, tmp_path):
 
 
 def test_resume_gives_identical_next_step_loss(data, tmp_path):
-    full = run_training(_cfg(data, tmp_path / "full.safetensors"))
-    steps_per_epoch = len(full.step_losses) // 2
-    first = run_training(_cfg(data, tmp_path / "part.safetensors", max_steps=steps_per_epoch))
+    # three epochs, resumed after the first: the second resumed epoch runs on the restored schedule's learning rate
+    full = run_training(_cfg(data, tmp_path / "full.safetensors", epochs=3))
+    steps_per_epoch = len(full.step_losses) // 3
+    first = run_training(_cfg(data, tmp_path / "part.safetensors", epochs=3, max_steps=steps_per_epoch))
     assert first.step_losses == full.step_losses[:steps_per_epoch]
-    resumed = run_training(_cfg(data, tmp_path / "part.safetensors", resume=True))
+    resumed = run_training(_cfg(data, tmp_path / "part.safetensors", epochs=3, resume=True))
     assert resumed.step_losses[0] == full.step_losses[steps_per_epoch]  # bit-identical next step
     assert resumed.step_losses == full.step_losses[steps_per_epoch:]
     for key, value in full.final_state.items():
@@ -292,3 +293,60 @@ def test_a_bad_mask_in_any_video_fails_before_the_first_epoch(data, tmp_path, ca
     with pytest.raises(VivimError, match=f"^{mask}: mask is 96x96 but frame .* is 48x48$"):
         run_training(_cfg(copy, tmp_path / "out" / "m.safetensors", val_fraction=0.34))
     assert "training tiny" not in capsys.readouterr().out  # found while the data was set up, before any step
+
+
+def test_learning_rate_follows_the_cosine_schedule(data, tmp_path):
+    import math
+
+    cfg = _cfg(data, tmp_path / "lr.safetensors", epochs=4, lr=2e-3, min_lr=1e-5, max_steps=None)
+    run_training(cfg)
+    history = load_state(output_paths(cfg.out)[2])["history"]["lr"]
+    expected = [1e-5 + (2e-3 - 1e-5) * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]  # LR used in epoch e
+    assert history == pytest.approx(expected, rel=1e-9)
+
+
+def test_best_checkpoint_holds_the_best_epoch_s_weights(data, tmp_path, monkeypatch):
+    import vivim.train as train_module
+
+    scripted = iter([0.3, 0.2, 0.9, 0.5])  # validation Dice per epoch: the third epoch is the best
+    monkeypatch.setattr(train_module, "_validate", lambda *args, **kwargs: next(scripted))
+    result = run_training(_cfg(data, tmp_path / "best.safetensors", epochs=4, val_fraction=0.34))
+    best_model, best_meta = vivim.load_checkpoint(result.best_path)
+    assert best_meta["training"]["best_epoch"] == 3 and best_meta["training"]["val_dice"] == 0.9
+    assert best_meta["training"]["epochs_done"] == 3  # written when the third epoch ended
+    _, last_meta = vivim.load_checkpoint(result.last_path)
+    assert last_meta["training"]["epochs_done"] == 4 and last_meta["training"]["best_epoch"] == 3
+    # the same run stopped after three epochs (same schedule, same steps) ends with exactly the best weights
+    steps_per_epoch = len(result.step_losses) // 4
+    monkeypatch.setattr(train_module, "_validate", lambda *args, **kwargs: 0.1)
+    three = run_training(_cfg(data, tmp_path / "three.safetensors", epochs=4, val_fraction=0.34,
+                              max_steps=3 * steps_per_epoch))
+    for key, value in best_model.state_dict().items():
+        assert torch.equal(value, three.final_state[key]), key
+    assert not all(torch.equal(v, result.final_state[k]) for k, v in best_model.state_dict().items())
+
+
+@pytest.mark.parametrize("output_frame", ["centre", "newest"])
+def test_validation_dice_is_the_mean_over_frames_of_the_supervised_frame(data, output_frame):
+    """_validate against a by-hand Dice per frame (threshold 0.5) over a loader whose last batch is short."""
+    from torch.utils.data import DataLoader
+
+    from vivim.data.dataset import ClipDataset
+    from vivim.data.layouts import discover_videos
+    from vivim.train import _Dist, _validate
+
+    torch.manual_seed(0)
+    model = vivim.create_model("tiny", frames=3, img_size=32).eval()
+    dataset = ClipDataset(discover_videos(data), frames=3, size=32, output_frame=output_frame)
+    per_frame = []
+    with torch.no_grad():
+        for k in range(len(dataset)):
+            item = dataset[k]
+            pred = torch.sigmoid(model(item["clip"][None], output_frame=output_frame)[0, 0, 0]) > 0.5
+            gt = item["mask"][0] > 0.5
+            tp, fp, fn = (pred & gt).sum().item(), (pred & ~gt).sum().item(), (~pred & gt).sum().item()
+            per_frame.append(2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0)
+    assert len(set(per_frame)) > 3, "the check needs frames that score differently"
+    loader = DataLoader(dataset, batch_size=5, shuffle=False)  # 12 frames: batches of 5, 5 and 2
+    dice = _validate(model, loader, torch.device("cpu"), output_frame, _Dist(), None)
+    assert dice == pytest.approx(sum(per_frame) / len(per_frame), abs=1e-9)

@@ -283,10 +283,11 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     start = time.perf_counter()
     for epoch in range(run.progress.start_epoch, cfg.epochs):
         t_epoch = time.perf_counter()
+        lr = run.optimizer.param_groups[0]["lr"]  # the epoch's learning rate (the schedule steps after the epoch)
         mean_loss, stopped = run.train_epoch(epoch, data)
         dice = _validate(model, data.val_loader, device, cfg.output_frame, dist_info, run.amp_dtype) \
             if data.val_loader is not None else float("nan")
-        improved = run.progress.record_epoch(mean_loss, dice, epoch, run.optimizer.param_groups[0]["lr"])
+        improved = run.progress.record_epoch(mean_loss, dice, epoch, lr)
         run.save_epoch(epoch, data, run.progress.elapsed_before + time.perf_counter() - start, improved, dice, t_epoch)
         if stopped:
             break
@@ -528,7 +529,7 @@ class _Run:
         }, self.state_path)
         shown = f"val Dice {dice:.4f}" if math.isfinite(dice) else "no validation set"
         print(f"epoch {epoch + 1}/{cfg.epochs}: loss {progress.history['epoch_loss'][-1]:.4f}, {shown}, "
-              f"lr {self.optimizer.param_groups[0]['lr']:.2e}, {time.perf_counter() - t_epoch:.0f} s{' (best)' if improved else ''}")
+              f"lr {progress.history['lr'][-1]:.2e}, {time.perf_counter() - t_epoch:.0f} s{' (best)' if improved else ''}")
 
     def finish(self, data: _Data, seconds: float) -> TrainResult:
         """The result, the summary line and the next command (rank 0)."""
