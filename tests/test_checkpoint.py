@@ -94,6 +94,19 @@ def test_edited_metadata_is_refused_in_one_line(tmp_path, tiny):
     assert read_metadata(same) == read_metadata(good)
 
 
+def test_a_newer_checkpoint_format_is_refused(tmp_path, tiny):
+    path = vivim.save_checkpoint(tiny, tmp_path / "m.safetensors")
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + size])
+    header["__metadata__"]["format_version"] = "2"  # written by a later release: its fields may mean other things
+    new_header = json.dumps(header).encode()
+    new_header += b" " * (-len(new_header) % 8)
+    path.write_bytes(struct.pack("<Q", len(new_header)) + new_header + raw[8 + size:])
+    with pytest.raises(CheckpointError, match=r"checkpoint format version '2' is not supported"):
+        vivim.load_checkpoint(path)
+
+
 def test_weights_that_do_not_match_their_config(tmp_path, tiny):
     path = vivim.save_checkpoint(tiny, tmp_path / "m.safetensors")
     raw = path.read_bytes()

@@ -127,6 +127,17 @@ def test_split_by_video_is_by_whole_videos(davis):
     assert split_by_video(videos, 0.34, seed=3)[1][0].name == val[0].name  # deterministic
 
 
+@pytest.mark.parametrize("count, fraction", [(9, 0.2), (7, 0.3), (10, 0.27), (5, 0.1), (3, 0.9)])
+def test_validation_share_is_the_nearest_whole_number_of_videos(count, fraction):
+    from vivim.data.layouts import VideoRecord
+
+    videos = [VideoRecord(f"v{k}", [], []) for k in range(count)]
+    train, val = split_by_video(videos, fraction, seed=int(np.random.default_rng().integers(1000)))
+    expected = min(count - 1, max(1, int(fraction * count + 0.5)))  # at least one, and one left to train on
+    assert len(val) == expected and len(train) == count - expected
+    assert sorted(v.name for v in train + val) == sorted(v.name for v in videos)
+
+
 # ------------------------------------------------------------------------------------------ dataset items
 
 
@@ -219,6 +230,8 @@ def test_mask_formats_users_bring(tmp_path):
     rgba_alpha_only[..., 3] = u8 * 255
     red_opaque = np.zeros((*lesion.shape, 4), np.uint8)
     red_opaque[..., 0], red_opaque[..., 3] = u8 * 255, 255
+    green, blue = np.zeros((*lesion.shape, 3), np.uint8), np.zeros((*lesion.shape, 3), np.uint8)
+    green[..., 1], blue[..., 2] = u8 * 255, u8 * 128
     formats = {
         "labels_0_2.png": Image.fromarray(u8 * 2),
         "labels_0_100.png": Image.fromarray(u8 * 100),
@@ -226,6 +239,8 @@ def test_mask_formats_users_bring(tmp_path):
         "grey_marks_lesion_opaque.png": Image.fromarray(np.stack([u8 * 255, np.full_like(u8, 255)], -1), "LA"),
         "rgba_alpha_only.png": Image.fromarray(rgba_alpha_only),
         "red_on_black_opaque.png": Image.fromarray(red_opaque),
+        "green_on_black.png": Image.fromarray(green),
+        "dark_blue_on_black.png": Image.fromarray(blue),
         "u16_full_scale.png": Image.fromarray((lesion * 65535).astype(np.uint16)),
         "u16_0_255.png": Image.fromarray((lesion * 255).astype(np.uint16)),
         "noisy_0_255.png": Image.fromarray(np.clip(u8 * 255 + noise, 0, 255).astype(np.uint8)),
@@ -326,3 +341,17 @@ def test_error_unreadable_frame_and_mask(tmp_path, davis):
     ds = ClipDataset(discover_videos(root), frames=3, size=32)
     assert str(frame) in _error(lambda: ds[0])
     assert str(mask) in _error(lambda: ds[6])
+
+
+def test_salt_and_pepper_flips_the_given_share_both_ways():
+    from vivim.data.transforms import salt_and_pepper
+
+    rng = np.random.default_rng()
+    half = np.zeros((200, 300), bool)
+    half[:, :150] = True
+    noisy = salt_and_pepper(half, 0.05, rng)
+    changed = noisy != half
+    # 5 % of pixels drawn (with repeats), each set to 0 or 1 at random: about half of them change
+    assert 0.015 < changed.mean() < 0.035
+    assert changed[half].any() and changed[~half].any()  # pepper in the lesion, salt outside
+    assert set(np.unique(noisy)) <= {0.0, 1.0}

@@ -53,11 +53,18 @@ def _reference_scores(checkpoint, data, mode):
             gt = cv2.resize(raw, (32, 32), interpolation=cv2.INTER_LINEAR) > 0.5
             pred = p > 0.5
             tp, fp, fn = np.sum(pred & gt), np.sum(pred & ~gt), np.sum(~pred & gt)
+            swept = []  # the paper's protocol: Dice at each of 256 thresholds from 1 down to 0, p > t
+            for t in np.linspace(1, 0, 256):
+                above = p > t
+                a, b, c = np.sum(above & gt), np.sum(above & ~gt), np.sum(~above & gt)
+                swept.append(2 * a / (2 * a + b + c) if (2 * a + b + c) else 0.0)
             scores[(video.name, i)] = {
                 "dice": 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0,
                 "precision": tp / (tp + fp) if tp + fp else 0.0,
                 "recall": tp / (tp + fn) if tp + fn else 0.0,
                 "mae": float(np.abs(p - gt).mean()),
+                "dice_256": float(np.mean(swept)),
+                "empty_gt": not gt.any(),
             }
     return scores
 
@@ -69,9 +76,17 @@ def test_scores_match_an_independent_recomputation(checkpoint, data, mode):
     assert len(acc.records) == len(ref) == 10
     for record in acc.records:
         expected = ref[(record["video"], record["frame"])]
-        for key, value in expected.items():
-            assert record[key] == pytest.approx(value, abs=1e-5), (record["video"], record["frame"], key)
+        for key in ("dice", "precision", "recall", "mae"):
+            assert record[key] == pytest.approx(expected[key], abs=1e-5), (record["video"], record["frame"], key)
+        assert record["thresholds_256"]["dice"] == pytest.approx(expected["dice_256"], abs=1e-5)
     assert summary["dice"] == pytest.approx(np.mean([r["dice"] for r in ref.values()]), abs=1e-6)
+    assert summary["thresholds_256"]["dice"] == pytest.approx(np.mean([r["dice_256"] for r in ref.values()]), abs=1e-6)
+    assert summary["empty_gt_frames"] == sum(r["empty_gt"] for r in ref.values())
+    for name in ("synth_0000", "synth_0001"):  # per video: the mean of that video's frames
+        frames = [r for (video, _), r in ref.items() if video == name]
+        assert summary["per_video"][name]["dice"] == pytest.approx(np.mean([r["dice"] for r in frames]), abs=1e-6)
+        assert summary["per_video"][name]["thresholds_256"]["dice"] == pytest.approx(
+            np.mean([r["dice_256"] for r in frames]), abs=1e-6)
     assert summary["output_frame"] == mode and summary["frames"] == 10 and summary["videos"] == 2
 
 

@@ -382,6 +382,8 @@ def test_onnxruntime_parity_with_pytorch(exported, tiny_checkpoint, fp16, output
     assert result.input_shape == [1, FRAMES, 3, *SIZE]
     tol = TOLERANCES["fp16" if fp16 else "fp32"]
     assert result.max_abs_err <= tol["atol"] and result.dice >= tol["min_dice"], result
+    # the defaults `vivim-export check --help` documents, chosen by the graph's precision
+    assert (result.atol, result.min_dice) == ((0.5, 0.98) if fp16 else (1e-3, 0.999))
     assert result.passed and result.checkpoint_matches
     assert result.mask_pixels_torch > 0  # the comparison is not between two empty masks
     # The CLI's defaults are sized for deep, trained models; this tiny one must do much better. fp16 rounds to
@@ -443,3 +445,17 @@ def test_export_error_paths(tiny_checkpoint, tmp_path):
     with pytest.raises(VivimError, match="--size"):
         export_onnx(tiny_checkpoint, tmp_path / "m.onnx", size=(60, 64))
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.parametrize("resize", ["area", "linear"])
+def test_metadata_carries_the_checkpoint_s_normalization_and_resize(tmp_path, resize):
+    from vivim.export.onnx_export import build_metadata
+
+    rng = np.random.default_rng()
+    normalization = {"mean": rng.uniform(0.1, 0.9, 3).round(4).tolist(), "std": rng.uniform(0.1, 0.4, 3).round(4).tolist()}
+    checkpoint = tmp_path / "c.safetensors"
+    checkpoint.write_bytes(rng.bytes(64))
+    meta = build_metadata({"variant": "tiny", "normalization": normalization, "resize": resize}, frames=3,
+                          size=(64, 96), output_frame="newest", fp16=True, checkpoint_path=checkpoint)
+    assert json.loads(meta["normalization"]) == normalization and meta["resize"] == resize
+    assert json.loads(meta["img_size"]) == [64, 96] and meta["output_frame"] == "newest" and meta["precision"] == "fp16"

@@ -81,14 +81,15 @@ def cfg(**sections):
     return RunConfig.build(None, sections)
 
 
-@pytest.mark.parametrize("output_frame", ["centre", "newest"])
-def test_synthetic_video_end_to_end(tmp_path, checkpoint, clip, output_frame):
+@pytest.mark.parametrize("output_frame, threshold", [("centre", 0.5), ("newest", 0.45)])
+def test_synthetic_video_end_to_end(tmp_path, checkpoint, clip, output_frame, threshold):
     out = tmp_path / "run"
     lines = []
     summary = run(
         cfg(
             source={"kind": "video", "location": clip},
-            backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu", "output_frame": output_frame},
+            backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu", "output_frame": output_frame,
+                     "threshold": threshold},
             sink={"headless": True, "save": str(out / "overlay.mp4"), "save_masks": str(out / "masks"),
                   "stats": str(out / "stats.json"), "strip": str(out / "strip.png")},
         ),
@@ -122,15 +123,18 @@ def test_synthetic_video_end_to_end(tmp_path, checkpoint, clip, output_frame):
     source.release()
     overlay.release()
     # mask k is the model's answer for frame k: the clamped window around it, decoded at the output index
-    expected = _reference_masks(checkpoint, clip, 4 if output_frame == "newest" else 2)
+    index = 4 if output_frame == "newest" else 2
+    expected = _reference_masks(checkpoint, clip, index, threshold)
+    if threshold != 0.5:  # the check must tell the thresholds apart
+        assert np.mean([(a != b).mean() for a, b in zip(expected, _reference_masks(checkpoint, clip, index, 0.5))]) > 0.02
     for k in range(N_FRAMES):
         saved = cv2.imread(str(out / "masks" / f"{k:06d}.png"), cv2.IMREAD_GRAYSCALE) > 0
         assert (saved == expected[k]).mean() > 0.99, k
 
 
-def _reference_masks(checkpoint, clip, index):
+def _reference_masks(checkpoint, clip, index, threshold=0.5):
     """Per source frame, the mask of model(window) built here: frames decoded with OpenCV, the window clamped at
-    both ends of the video, the model's own resize and normalisation, logits upsampled and thresholded at 0."""
+    both ends of the video, the model's own resize and normalisation, logits upsampled, sigmoid > threshold."""
     from vivim.runtime.preprocess import Normalization, preprocess
 
     model, meta = vivim.load_checkpoint(checkpoint)
@@ -151,7 +155,8 @@ def _reference_masks(checkpoint, clip, index):
             window = torch.stack([pre[min(max(k - index + j, 0), n - 1)] for j in range(t)])[None]
             logits = model(window, output_frame=index)[0, 0, 0].numpy()
             height, width = frames[k].shape[:2]
-            masks.append(cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR) > 0)
+            probability = 1.0 / (1.0 + np.exp(-cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR)))
+            masks.append(probability > threshold)
     return masks
 
 
