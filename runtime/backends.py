@@ -73,6 +73,8 @@ def _reject_torch_only_flags(cfg, log) -> None:
         log("warning: --compile applies to --checkpoint only; ignored")
     if cfg.threads:
         log("warning: --threads applies to --checkpoint only; ignored")
+    if not cfg.stream_cache:
+        log("warning: --no-stream-cache applies to --checkpoint only; ignored")
 
 
 def metadata_int(meta: Dict[str, str], key: str, default: Optional[int] = None) -> Optional[int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
@@ -100,7 +101,7 @@ class RunConfig:
         config = cls()
         if config_file is not None:
             for section, values in load_yaml(config_file).items():
-                _apply(config, section, values, origin=config_file)
+                _apply(config, section, values, origin=f"--config {config_file}")
         for section, flags in (overrides or {}).items():
             _apply(config, section, {k: v for k, v in flags.items() if v is not None}, origin="flags")
         config.validate()
@@ -108,6 +109,10 @@ class RunConfig:
 
     def validate(self) -> None:
         s, b, o = self.source, self.backend, self.overlay
+        if s.kind is None and s.location is not None:  # a config file may name the input alone
+            s.kind = _source_kind(str(s.location))
+        if b.kind is None and b.model is not None:
+            b.kind = _model_kind(str(b.model))
         if s.kind is None or s.location is None:
             raise VivimError("no input: give one of --camera DEV, --video FILE, --frames DIR, --gst PIPELINE")
         if s.kind not in SOURCE_KINDS:
@@ -133,6 +138,8 @@ class RunConfig:
         if not 0 < s.reconnect_delay <= s.reconnect_max_delay < float("inf"):
             raise VivimError("source.reconnect_delay and source.reconnect_max_delay must be positive seconds, the "
                              f"first no larger than the second, got {s.reconnect_delay} and {s.reconnect_max_delay}")
+        if self.sink.strip_frames < 1:
+            raise VivimError(f"sink.strip_frames must be at least 1, got {self.sink.strip_frames}")
         if self.sink.save_fps is not None and not 0 < self.sink.save_fps < float("inf"):
             raise VivimError(f"sink.save_fps must be a positive number of frames per second, got {self.sink.save_fps}")
         if self.sink.save is not None and not self.sink.save.lower().endswith((".mp4", ".avi", ".mkv")):
@@ -141,6 +148,21 @@ class RunConfig:
             raise VivimError(
                 f"preprocess.interpolation must be 'model', 'area' or 'linear', got {self.preprocess.interpolation!r}"
             )
+
+
+def _source_kind(location: str) -> str:
+    """The kind of input a location names, for a config file that gives source.location without source.kind."""
+    if location.isdigit() or location.startswith("/dev/"):
+        return "camera"
+    if "!" in location:  # GStreamer elements are linked with '!'
+        return "gst"
+    return "frames" if os.path.isdir(location) else "video"
+
+
+def _model_kind(model: str) -> str:
+    """The kind of model a file names (by its extension): .onnx, .engine / .plan, else a checkpoint or 'demo'."""
+    suffix = os.path.splitext(model)[1].lower()
+    return {".onnx": "onnx", ".engine": "engine", ".plan": "engine"}.get(suffix, "checkpoint")
 
 
 def load_yaml(path: str) -> dict[str, dict[str, Any]]:

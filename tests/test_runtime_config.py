@@ -116,3 +116,39 @@ def test_example_config_loads():
     path = os.path.join(os.path.dirname(__file__), "..", "runtime", "example.yaml")
     cfg = RunConfig.build(path)
     assert cfg.source.kind == "camera" and cfg.backend.model == "demo" and cfg.source.buffer_size == 1
+
+
+def test_a_config_file_may_name_input_and_model_alone(tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cases = [("/dev/video2", "camera"), ("0", "camera"), ("scan.mp4", "video"), (str(frames), "frames"),
+             ("v4l2src ! videoconvert ! appsink", "gst")]
+    models = [("demo", "checkpoint"), ("runs/m.safetensors", "checkpoint"), ("m.onnx", "onnx"), ("M.ENGINE", "engine"),
+              ("m.plan", "engine")]
+    for (location, source_kind), (model, model_kind) in zip(cases, models):
+        path = tmp_path / "run.yaml"
+        path.write_text(f"source: {{location: '{location}'}}\nbackend: {{model: '{model}', device: cpu}}\n")
+        cfg = RunConfig.build(str(path))
+        assert (cfg.source.kind, cfg.backend.kind) == (source_kind, model_kind), (location, model)
+
+
+def test_config_file_errors_name_the_file_as_the_flag(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("backend: {modle: demo}\n")
+    with pytest.raises(VivimError, match=f"^--config {path}: unknown key backend.modle"):
+        RunConfig.build(str(path))
+    path.write_text("sink: {strip_frames: 0}\n")
+    with pytest.raises(VivimError, match="sink.strip_frames must be at least 1, got 0"):
+        RunConfig.build(str(path), BASE)
+
+
+def test_pytorch_only_flags_are_named_when_another_backend_ignores_them():
+    from vivim.runtime.backends import _reject_torch_only_flags
+    from vivim.runtime.config import BackendConfig
+
+    lines: list = []
+    _reject_torch_only_flags(BackendConfig(kind="onnx", model="m.onnx"), lines.append)
+    assert lines == []  # the defaults say nothing
+    _reject_torch_only_flags(BackendConfig(kind="onnx", model="m.onnx", fp16=True, cuda_graph=True, compile=True,
+                                           threads=2, stream_cache=False), lines.append)
+    assert [line.split()[1] for line in lines] == ["--fp16", "--cuda-graph", "--compile", "--threads", "--no-stream-cache"]
