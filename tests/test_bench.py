@@ -280,12 +280,18 @@ def test_cli_rejects_bad_flags_in_one_line() -> None:
     (["--backends", ","], "--backends: empty list"),
     (["--frames", "0"], "--frames must be >= 1"),
     (["--output-frame", "9"], "--output-frame: output frame index 9 is outside a clip of 5 frames"),
+    (["--video", "CORRUPT"], None),  # a video the pipeline rows (run last) could not read
+    (["--plugin", "no_such_plugin.so"], "--plugin no_such_plugin.so: no such file"),
 ])
 def test_cli_rejects_values_before_measuring(tmp_path, args, message) -> None:
     from typer.testing import CliRunner
 
     from vivim.bench.cli import app
 
+    if args == ["--video", "CORRUPT"]:
+        corrupt = tmp_path / "damaged.mp4"
+        corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+        args, message = ["--video", str(corrupt)], f"--video {corrupt}: cannot open"
     result = CliRunner().invoke(app, ["--variant", "tiny", "--size", "32", "--device", "cpu", "--backends", "torch",
                                       "--out", str(tmp_path / "b"), *args])
     assert result.exit_code != 0 and message in str(result.exception), result.exception

@@ -70,8 +70,8 @@ def bench(
     pipeline_frames: int = typer.Option(120, "--pipeline-frames", help="Frames per vivim-run pipeline row."),
     engine: Optional[Path] = typer.Option(None, "--engine", help="Prebuilt TensorRT engine to benchmark "
                                                                  "(otherwise built from the FP16 ONNX)."),
-    trt_plugin: Optional[Path] = typer.Option(None, "--trt-plugin",
-                                              help="TensorRT plugin library (default: ./vivim_plugin/libvivim_trt_plugin.so, else beside the engine)."),
+    trt_plugin: Optional[Path] = typer.Option(None, "--plugin", "--trt-plugin",
+                                              help="TensorRT plugin library, as for vivim-run and vivim-export trt (default: ./vivim_plugin/libvivim_trt_plugin.so, else beside the engine)."),
     keep_onnx: Optional[Path] = typer.Option(None, "--keep-onnx", help="Keep the exported ONNX files here."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
@@ -92,6 +92,19 @@ def bench(
         _bench(**{k: v for k, v in locals().items() if k not in ("torch", "previous_threads", "threads")})
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _require_readable_video(video: str) -> None:
+    """The pipeline rows come last: a video they cannot read must fail now, not after every other row."""
+    from vivim.runtime.sources import open_video
+
+    capture = open_video(video)()  # one line naming --video when OpenCV cannot open it
+    try:
+        ok, _ = capture.read()
+    finally:
+        capture.release()
+    if not ok:
+        raise VivimError(f"--video {video}: no frame could be read (unreadable or corrupt video)")
 
 
 def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optional[int], size: Optional[int],
@@ -131,9 +144,11 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     long_list = parse_frames_list(long_frames) if long_clips else []
     long_precision_list = parse_list(long_precisions, ("fp32", "fp16"), "--long-precisions")
     device = str(torch_device(device))
-    for flag, given in (("--video", video), ("--engine", engine), ("--trt-plugin", trt_plugin)):
+    for flag, given in (("--video", video), ("--engine", engine), ("--plugin", trt_plugin)):
         if given is not None:
             paths.require_file(given, flag)
+    if video is not None:
+        _require_readable_video(video)
 
     settings = BenchSettings(
         variant=variant, checkpoint=checkpoint, frames=5 if frames is None else frames,

@@ -149,7 +149,8 @@ def run_rows(plan: Plan, *, progress: bool = True, on_row: Callable[[Row], None]
 
     rows: list[Row] = []
     try:
-        with tqdm(plan.rows, desc="vivim-bench", unit="row", disable=not progress, leave=False) as bar:
+        # a step may produce several table rows (the clip-length sweep): the bar counts steps
+        with tqdm(plan.rows, desc="vivim-bench", unit="step", disable=not progress, leave=False) as bar:
             for planned in bar:
                 bar.set_postfix_str(planned.label[:40])
                 produced = planned.run()

@@ -101,7 +101,7 @@ def tensorrt_rows(artifacts: Artifacts, settings: BenchSettings) -> list[Row]:
     plugin = settings.trt_plugin or DEFAULT_PLUGIN_DIR / PLUGIN_LIBRARY_NAME
     if reason is None and settings.engine is None and not plugin.is_file():
         reason = (f"TensorRT plugin library {plugin} not found (vivim-export plugin -o {plugin.parent}, "
-                  "or pass --trt-plugin / --engine)")
+                  "or pass --plugin / --engine)")
     if reason is not None:
         for row in rows:
             row.status = skipped(reason)
