@@ -170,7 +170,8 @@ class StripSink:
     """A PNG strip of up to `count` frames with their masks, spread over the run.
 
     The run length is unknown for live sources, so frames are sampled with a stride that doubles whenever the
-    strip is full (keeping every other sample): the kept frames stay evenly spread over the whole run.
+    strip is full (keeping every other sample): the kept frames stay evenly spread over the whole run. The last
+    frame always ends the strip.
     """
 
     def __init__(self, path: str, count: int = 6, height: int = 192) -> None:
@@ -184,20 +185,26 @@ class StripSink:
         self._stride = 1
         self._seen = 0
         self._kept: List[Tuple[int, np.ndarray]] = []
+        self._last: Optional[Tuple[int, np.ndarray]] = None  # the newest frame (each overlay is a fresh array)
+
+    def _thumb(self, overlay: np.ndarray) -> np.ndarray:
+        scale = self.height / overlay.shape[0]
+        return cv2.resize(overlay, (max(1, round(overlay.shape[1] * scale)), self.height), interpolation=cv2.INTER_AREA)
 
     def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
         if self._seen % self._stride == 0:
-            scale = self.height / overlay.shape[0]
-            thumb = cv2.resize(overlay, (max(1, round(overlay.shape[1] * scale)), self.height), interpolation=cv2.INTER_AREA)
-            self._kept.append((index, thumb))
+            self._kept.append((index, self._thumb(overlay)))
             if len(self._kept) > 2 * self.count:
                 self._kept = self._kept[::2]
                 self._stride *= 2
+        self._last = (index, overlay)
         self._seen += 1
 
     def close(self) -> None:
         if not self._kept:
             return
+        if self._last is not None and self._last[0] != self._kept[-1][0]:
+            self._kept.append((self._last[0], self._thumb(self._last[1])))
         picks = sorted({round(i * (len(self._kept) - 1) / max(1, self.count - 1)) for i in range(self.count)})
         chosen = [self._kept[i] for i in picks]  # evenly spread, first and last kept frame included
         tiles = []

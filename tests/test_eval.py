@@ -76,6 +76,7 @@ def test_scores_match_an_independent_recomputation(checkpoint, data, mode):
     assert len(acc.records) == len(ref) == 10
     for record in acc.records:
         expected = ref[(record["video"], record["frame"])]
+        assert record["file"] == sorted((data / "JPEGImages" / record["video"]).glob("*.jpg"))[record["frame"]].name
         for key in ("dice", "precision", "recall", "mae"):
             assert record[key] == pytest.approx(expected[key], abs=1e-5), (record["video"], record["frame"], key)
         assert record["thresholds_256"]["dice"] == pytest.approx(expected["dice_256"], abs=1e-5)

@@ -203,7 +203,7 @@ def test_mask_folder_sink(tmp_path):
         MaskFolderSink(str(tmp_path / "file"))
 
 
-@pytest.mark.parametrize("n", [1, 4, 50])
+@pytest.mark.parametrize("n", [1, 4, 7, 50, 51])
 def test_strip_spreads_frames_over_the_run(tmp_path, n):
     path = tmp_path / "strip.png"
     sink = StripSink(str(path), count=6, height=40)
@@ -215,8 +215,9 @@ def test_strip_spreads_frames_over_the_run(tmp_path, n):
     tiles = min(n, 6)
     assert strip.shape == (40, tiles * 56 + (tiles - 1) * 4, 3)
     shown = [round(strip[:20, t * 60:t * 60 + 56].mean() / 5) for t in range(tiles)]  # top half: no label text
-    # spread over the whole run: in order, from the first frame to within one spacing (n / 6) of the last
-    assert shown == sorted(set(shown)) and shown[0] == 0 and shown[-1] > n - 1 - n / 6, shown
+    # spread over the whole run: in order, from the first frame to the last, no gap wider than two spacings
+    assert shown == sorted(set(shown)) and shown[0] == 0 and shown[-1] == n - 1, shown
+    assert max([b - a for a, b in zip(shown, shown[1:])], default=0) <= 2 * n / 5, shown
     with pytest.raises(VivimError, match=".png"):
         StripSink(str(tmp_path / "strip.jpg"))
 

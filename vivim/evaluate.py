@@ -90,6 +90,9 @@ def evaluate_checkpoint(
             acc.add(prob, item["mask"][:, 0] > 0.5, item["video"], item["frame"].tolist())
             bar.update(len(prob))
     seconds = time.perf_counter() - start
+    files = {video.name: video.frames for video in videos}
+    for record in acc.records:  # the frame's file name beside its index: what a user looks up
+        record["file"] = files[record["video"]][record["frame"]].name
     summary = acc.summary()
     summary = {
         "checkpoint": str(checkpoint),
@@ -153,7 +156,8 @@ def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame:
         fill = big(pred.astype(np.uint8)) > 0
         tinted[fill] = (0.6 * tinted[fill] + 0.4 * np.array(PRED_COLOUR)).astype(np.uint8)
         picture = draw_outline(draw_outline(tinted, big(gt.astype(np.uint8)), GT_COLOUR, 2), big(pred.astype(np.uint8)), PRED_COLOUR, 1)
-        cv2.putText(picture, f"{record['video']} #{record['frame']}  Dice {record['dice']:.3f}  (green GT, red prediction)",
+        cv2.putText(picture, f"{record['video']} #{record['frame']} {record.get('file', '')}  Dice {record['dice']:.3f}  "
+                    "(green GT, red prediction)",
                     (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
         path = out_dir / f"{rank:03d}_{record['video']}_{record['frame']:05d}.png"
         write_image(path, np.hstack([big(frame), picture]))
