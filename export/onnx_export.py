@@ -35,6 +35,7 @@ from vivim.cli_utils import warn
 from vivim.constants import parse_output_frame
 from vivim.errors import VivimError
 from vivim.export.plugin import PLUGIN_NAMESPACE, PLUGIN_VERSION
+from vivim.progress import Heartbeat
 
 INPUT_NAME = "frames"
 OUTPUT_NAME = "logits"
@@ -260,7 +261,7 @@ def export_onnx(
             raise VivimError(f"--opset {opset}: the dynamo exporter needs opset {MIN_OPSET} or newer")
         kwargs["opset_version"] = int(opset)
     try:
-        with _quiet_exporter(), torch.no_grad():
+        with _quiet_exporter(), torch.no_grad(), Heartbeat("ONNX: exporting"):
             program = torch.onnx.export(
                 clip, (example,), dynamo=True, custom_translation_table=translation_table(),
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False, optimize=optimize, **kwargs,

@@ -242,6 +242,43 @@ def _dtype_name(dtype: object) -> str:
 PRECISION_OF_DTYPE = {"HALF": "fp16", "BF16": "bf16", "FLOAT": "fp32"}
 
 
+def build_progress_monitor(trt: Any, enabled: bool) -> Any:
+    """A bar per top-level phase of a TensorRT build (minutes on a Jetson), where TensorRT reports them (10.0 and
+    newer) and stderr is a terminal; None otherwise. TensorRT may call it from several threads."""
+    if not enabled or not hasattr(trt, "IProgressMonitor"):
+        return None
+    import threading
+
+    from tqdm import tqdm
+
+    class BuildProgress(trt.IProgressMonitor):  # type: ignore[misc]
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self._lock = threading.Lock()
+            self._bars: dict[str, Any] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            with self._lock:
+                if parent_phase is None:  # nested phases would stack bars: the top-level ones tell the progress
+                    self._bars[phase_name] = tqdm(total=num_steps, desc=f"TensorRT: {phase_name}", unit="step",
+                                                  leave=False, file=sys.stderr)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            with self._lock:
+                bar = self._bars.get(phase_name)
+                if bar is not None:
+                    bar.update(step + 1 - bar.n)
+            return True  # never asks TensorRT to cancel
+
+        def phase_finish(self, phase_name: str) -> None:
+            with self._lock:
+                bar = self._bars.pop(phase_name, None)
+                if bar is not None:
+                    bar.close()
+
+    return BuildProgress()
+
+
 def build_engine(
     onnx_path: Path,
     engine_path: Path,
@@ -340,6 +377,9 @@ def build_engine(
         print(f"warning: timing cache {timing_cache} does not match this TensorRT/GPU; starting a new one", file=sys.stderr)
         config.set_timing_cache(config.create_timing_cache(b""), False)
 
+    monitor = build_progress_monitor(trt, sys.stderr.isatty())
+    if monitor is not None:  # kept referenced until the build returns: TensorRT calls it from its threads
+        config.progress_monitor = monitor
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise VivimError(f"TensorRT could not build {engine_path}: {logger.last_error or 'see the log above'}")

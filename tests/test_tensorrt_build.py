@@ -296,3 +296,26 @@ def test_the_plugin_library_is_the_flag_or_a_default_place_never_the_sidecars_pa
     assert find_plugin_library(elsewhere, engine) == elsewhere  # the user's own flag
     with pytest.raises(VivimError, match="--plugin .*nope.so: no such file"):
         find_plugin_library(tmp_path / "nope.so", engine)
+
+
+def test_build_progress_monitor_follows_top_level_phases(capsys: pytest.MonkeyPatch) -> None:
+    """Driven as TensorRT drives it, with a stand-in for the IProgressMonitor base class (TensorRT is not here)."""
+    import types
+
+    class Base:
+        def __init__(self) -> None:
+            self.constructed = True
+
+    fake_trt = types.SimpleNamespace(IProgressMonitor=Base)
+    assert tb.build_progress_monitor(fake_trt, enabled=False) is None  # not a terminal: no bars in a log
+    assert tb.build_progress_monitor(types.SimpleNamespace(), enabled=True) is None  # TensorRT before 10.0
+    monitor = tb.build_progress_monitor(fake_trt, enabled=True)
+    assert isinstance(monitor, Base) and monitor.constructed
+    monitor.phase_start("Building engine", None, 4)
+    monitor.phase_start("Tactic selection", "Building engine", 100)  # nested: no bar of its own
+    assert all(monitor.step_complete("Tactic selection", step) for step in range(100))
+    assert all(monitor.step_complete("Building engine", step) for step in range(3))
+    assert monitor._bars["Building engine"].n == 3 and "Tactic selection" not in monitor._bars
+    monitor.phase_finish("Tactic selection")
+    monitor.phase_finish("Building engine")
+    assert monitor._bars == {}
