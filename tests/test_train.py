@@ -350,3 +350,21 @@ def test_validation_dice_is_the_mean_over_frames_of_the_supervised_frame(data, o
     loader = DataLoader(dataset, batch_size=5, shuffle=False)  # 12 frames: batches of 5, 5 and 2
     dice = _validate(model, loader, torch.device("cpu"), output_frame, _Dist(), None)
     assert dice == pytest.approx(sum(per_frame) / len(per_frame), abs=1e-9)
+
+
+def test_a_vtus_val_folder_is_the_validation_split(tmp_path):
+    import shutil
+
+    root = tmp_path / "vtus"
+    write_synthetic_dataset(root, videos=4, frames=4, size=48, seed=5, layout="vtus", test_fraction=0.25, mp4=False,
+                            sheet=False)
+    moved = sorted(p.name for p in (root / "Train").iterdir())[0]
+    for part in ("", "_GT"):
+        (root / f"Val{part}").mkdir()
+        shutil.move(str(root / f"Train{part}" / moved), str(root / f"Val{part}" / moved))
+    result = run_training(_cfg(root, tmp_path / "m.safetensors", epochs=1, val_fraction=0.2, max_steps=1))
+    _, meta = vivim.load_checkpoint(result.best_path)
+    assert meta["training"]["val_videos"] == [moved] and meta["training"]["val"] == str(root / "Val")
+    assert meta["training"]["train_videos"] == 2  # every Train/ video trains; none carved off
+    none = run_training(_cfg(root, tmp_path / "n.safetensors", epochs=1, val_fraction=0.0, max_steps=1))
+    assert vivim.load_checkpoint(none.best_path)[1]["training"]["val_videos"] == []

@@ -277,7 +277,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     if dist_info.main:
         print(f"training {cfg.variant} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on {device} x{dist_info.world}: "
               f"{len(data.train_videos)} videos / {len(data.train_ds)} clips for training, {len(data.val_videos)} videos for "
-              f"validation; T={cfg.frames}, {cfg.size}x{cfg.size}, batch {cfg.batch}{' per process' if dist_info.world > 1 else ''}, "
+              f"validation{' (' + data.val_source + ')' if data.val_videos else ''}; T={cfg.frames}, {cfg.size}x{cfg.size}, batch {cfg.batch}{' per process' if dist_info.world > 1 else ''}, "
               f"{'AMP fp16' if use_amp else 'fp32'}")
 
     start = time.perf_counter()
@@ -331,6 +331,7 @@ class _Data:
     sampler: Any
     train_loader: Any
     val_loader: Any
+    val_source: str = ""  # where the validation videos come from, for the log and the checkpoint metadata
 
     def start_epoch(self, epoch: int) -> None:
         """New shuffle and augmentation; the epoch reaches the DataLoader workers inside each sample's key."""
@@ -342,16 +343,21 @@ def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any) -> _Data:
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
     from vivim.data.dataset import ClipDataset, EpochSampler
-    from vivim.data.layouts import check_headers, discover_videos, split_by_video
+    from vivim.data.layouts import check_headers, detect_layout, discover_videos, split_by_video
     from vivim.data.transforms import TrainAugment
 
     all_train = discover_videos(cfg.data, "train")
     if cfg.val and os.path.realpath(cfg.val) == os.path.realpath(cfg.data) and dist_info.main:
         warn(f"--val {cfg.val} is the --data folder: validation scores videos the model trains on")
+    vtus_val = Path(cfg.data) / "Val"
     if cfg.val:
-        train_videos, val_videos = all_train, _val_videos(cfg.val)
+        train_videos, val_videos, val_source = all_train, _val_videos(cfg.val), cfg.val
+    elif cfg.val_fraction > 0 and detect_layout(Path(cfg.data)) == "vtus" and vtus_val.is_dir():
+        # a Val/ beside Train/ is the split the dataset was made with: use it rather than carve from Train/
+        train_videos, val_videos, val_source = all_train, discover_videos(cfg.data, "val"), str(vtus_val)
     else:
         train_videos, val_videos = split_by_video(all_train, cfg.val_fraction, cfg.seed)
+        val_source = f"{len(val_videos)} videos carved from --data"
     check_headers(train_videos + val_videos)
     cache = cfg.cache if cfg.cache is not None else _should_cache(train_videos + val_videos, cfg.size)
     augment = TrainAugment() if cfg.augment else None
@@ -367,7 +373,7 @@ def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any) -> _Data:
         val_ds = ClipDataset(val_videos, frames=cfg.frames, size=cfg.size, output_frame=cfg.output_frame, cache=cache)
         shard = Subset(val_ds, list(range(dist_info.rank, len(val_ds), dist_info.world)))
         val_loader = DataLoader(shard, batch_size=cfg.batch, shuffle=False, **loader_args)
-    return _Data(train_videos, val_videos, train_ds, sampler, train_loader, val_loader)
+    return _Data(train_videos, val_videos, train_ds, sampler, train_loader, val_loader, val_source)
 
 
 @dataclass
@@ -505,7 +511,7 @@ class _Run:
         summary = {
             "epochs_done": epoch + 1, "epochs": cfg.epochs, "best_val_dice": round(best, 6) if best >= 0 else None,
             "best_epoch": progress.best_epoch + 1, "data": str(cfg.data),
-            "val": cfg.val or f"{len(data.val_videos)} videos carved from --data", "seed": cfg.seed,
+            "val": data.val_source, "seed": cfg.seed,
             "seconds": round(seconds, 1), "lr": cfg.lr, "batch": cfg.batch, "world_size": self.dist.world,
             "device": str(self.device), "amp": self.use_amp, "train_videos": len(data.train_videos),
             "val_videos": [v.name for v in data.val_videos], "init": cfg.init,
@@ -575,7 +581,7 @@ def train(
     workers: int = typer.Option(2, "--workers", help="Data-loading worker processes."),
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (cosine to 1e-6)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation dataset folder (default: carve --val-fraction of the videos from --data)."),
-    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9, help="Share of training videos held out for validation (0 = none)."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9, help="Share of training videos held out for validation (0 = none); a VTUS folder's own Val/ is used instead when there is one."),
     seed: int = typer.Option(1234, "--seed", help="Seed for initialisation, split, shuffling and augmentation."),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from <out stem>.state.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh over an earlier run's checkpoints at --out."),
