@@ -368,3 +368,9 @@ def test_a_vtus_val_folder_is_the_validation_split(tmp_path):
     assert meta["training"]["train_videos"] == 2  # every Train/ video trains; none carved off
     none = run_training(_cfg(root, tmp_path / "n.safetensors", epochs=1, val_fraction=0.0, max_steps=1))
     assert vivim.load_checkpoint(none.best_path)[1]["training"]["val_videos"] == []
+    # a run that validated on Val/ cannot silently continue on another split once Val/ is gone
+    run_training(_cfg(root, tmp_path / "r.safetensors", epochs=2, val_fraction=0.2, max_steps=1))
+    shutil.rmtree(root / "Val")
+    shutil.rmtree(root / "Val_GT")
+    with pytest.raises(VivimError, match=f"the run validated on {root / 'Val'}, now it would be 1 videos carved"):
+        run_training(_cfg(root, tmp_path / "r.safetensors", epochs=2, val_fraction=0.2, resume=True))

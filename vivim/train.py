@@ -270,7 +270,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     model.to(device)
     run = _Run(cfg, dist_info, device, use_amp, model, best_path, last_path, state_path)
     if cfg.resume:
-        run.resume()
+        run.resume(data.val_source)
     run.wrap_ddp()
     if run.progress.start_epoch >= cfg.epochs and dist_info.main:
         warn(f"{state_path}: already trained {run.progress.start_epoch} of --epochs {cfg.epochs}; nothing to do")
@@ -429,7 +429,7 @@ class _Run:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=device_ids)
 
-    def resume(self) -> None:
+    def resume(self, val_source: str) -> None:
         """Continue from the state file: the same settings are required (a resumed run that silently changed the
         model, the schedule or the validation split would compare "best" epochs across different runs)."""
         cfg, state_path = self.cfg, self.state_path
@@ -443,6 +443,9 @@ class _Run:
                 flag = "--" + key.replace("_", "-")
                 raise VivimError(f"{state_path}: the run was started with {flag} {was!r}, not {getattr(cfg, key)!r}; "
                                  "resume with the same flags")
+        if state.get("val_source", val_source) != val_source:  # e.g. a Val/ folder added since: "best" would change meaning
+            raise VivimError(f"{state_path}: the run validated on {state['val_source']}, now it would be {val_source}; "
+                             "resume with the same data")
         if saved["epochs"] != cfg.epochs:  # the cosine schedule's length is part of the state
             raise VivimError(f"{state_path}: the run was planned for --epochs {saved['epochs']}; resume with that value "
                              f"(or train longer in a new run: --init {self.last_path} with another --out)")
@@ -531,7 +534,7 @@ class _Run:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": epoch, "best_dice": best, "best_epoch": progress.best_epoch,
-            "history": progress.history, "seconds": seconds, "rng": rngs,
+            "history": progress.history, "seconds": seconds, "rng": rngs, "val_source": data.val_source,
         }, self.state_path)
         shown = f"val Dice {dice:.4f}" if math.isfinite(dice) else "no validation set"
         print(f"epoch {epoch + 1}/{cfg.epochs}: loss {progress.history['epoch_loss'][-1]:.4f}, {shown}, "
