@@ -172,7 +172,6 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
         log("warning: nothing is saved or shown; add --save OUT.mp4, --save-masks DIR, --stats OUT.json or --show")
     stats = RunStats()
     pipeline = Pipeline(cfg, backend, sinks, window, stats)
-    stopped_by = "end of input"
     if not cfg.sink.quiet:
         log(f"running: {source.name} -> {backend.name} on {backend.device}, T={backend.frames}, "
             f"output frame {cfg.backend.output_frame} (lag {window.lag}); Ctrl-C stops")
@@ -181,24 +180,7 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
     with GracefulStop(log) as stop:
         try:
             source.start()
-            while True:
-                if stop.requested:
-                    stopped_by = "interrupted (Ctrl-C)"
-                    break
-                if any(getattr(sink, "quit_requested", False) for sink in sinks):
-                    stopped_by = "window closed"
-                    break
-                frame = source.read(0.1)
-                if frame is None:
-                    if source.finished:
-                        frame = source.read(0.0)  # the thread may have queued its last frame just before ending
-                        if frame is None:
-                            stopped_by = _end_reason(cfg, source)
-                            break
-                    else:
-                        continue
-                pipeline.push(frame)
-                progress.update()
+            stopped_by = _process_until_stopped(cfg, source, pipeline, sinks, stop, progress)
             pipeline.flush()  # the frames already in the window get their masks, also after Ctrl-C
         except BaseException as exc:  # still close the files and write the summary, then re-raise
             failure = exc
@@ -229,6 +211,25 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
     if source.error is not None:
         raise source.error
     return summary
+
+
+def _process_until_stopped(cfg: RunConfig, source: FrameSource, pipeline: Pipeline, sinks: List[Sink],
+                           stop: GracefulStop, progress: "_Progress") -> str:
+    """Push every frame the source delivers through the pipeline; returns why it stopped."""
+    while True:
+        if stop.requested:
+            return "interrupted (Ctrl-C)"
+        if any(getattr(sink, "quit_requested", False) for sink in sinks):
+            return "window closed"
+        frame = source.read(0.1)
+        if frame is None:
+            if not source.finished:
+                continue
+            frame = source.read(0.0)  # the thread may have queued its last frame just before ending
+            if frame is None:
+                return _end_reason(cfg, source)
+        pipeline.push(frame)
+        progress.update()
 
 
 def _end_reason(cfg: RunConfig, source: FrameSource) -> str:
