@@ -181,6 +181,7 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
         try:
             source.start()
             stopped_by = _process_until_stopped(cfg, source, pipeline, sinks, stop, progress)
+            source.stop()  # nothing captured after the decision to stop counts as dropped
             pipeline.flush()  # the frames already in the window get their masks, also after Ctrl-C
         except BaseException as exc:  # still close the files and write the summary, then re-raise
             failure = exc

@@ -152,17 +152,19 @@ class RunConfig:
 
 def _source_kind(location: str) -> str:
     """The kind of input a location names, for a config file that gives source.location without source.kind."""
+    if os.path.isdir(location):
+        return "frames"
     if location.isdigit() or location.startswith("/dev/"):
         return "camera"
-    if "!" in location:  # GStreamer elements are linked with '!'
+    if "!" in location and not os.path.exists(location):  # GStreamer elements are linked with '!'
         return "gst"
-    return "frames" if os.path.isdir(location) else "video"
+    return "video"
 
 
 def _model_kind(model: str) -> str:
-    """The kind of model a file names (by its extension): .onnx, .engine / .plan, else a checkpoint or 'demo'."""
+    """The kind of model a file names (by its extension): .onnx, .engine / .plan / .trt, else a checkpoint or 'demo'."""
     suffix = os.path.splitext(model)[1].lower()
-    return {".onnx": "onnx", ".engine": "engine", ".plan": "engine"}.get(suffix, "checkpoint")
+    return {".onnx": "onnx", ".engine": "engine", ".plan": "engine", ".trt": "engine"}.get(suffix, "checkpoint")
 
 
 def load_yaml(path: str) -> dict[str, dict[str, Any]]:

@@ -99,8 +99,9 @@ class MaskFolderSink:
         if not os.path.exists(os.path.join(folder, self.MARKER)):
             theirs = sorted(name for name in os.listdir(folder) if self._NAME.fullmatch(name))
             if theirs:
-                raise VivimError(f"--save-masks {folder}: holds {len(theirs)} mask-named file(s) that vivim-run did "
-                                 f"not write (e.g. {theirs[0]}); choose another folder or move them")
+                raise VivimError(f"--save-masks {folder}: holds {len(theirs)} mask-named file(s) (e.g. {theirs[0]}) "
+                                 f"but no {self.MARKER}, so not from this vivim-run (or from one before 2026-11-27); "
+                                 f"choose another folder, or create an empty {self.MARKER} there to let it replace them")
         self.folder = folder
         self.written = 0
         self.removed = 0
@@ -170,8 +171,8 @@ class StripSink:
     """A PNG strip of up to `count` frames with their masks, spread over the run.
 
     The run length is unknown for live sources, so frames are sampled with a stride that doubles whenever the
-    strip is full (keeping every other sample): the kept frames stay evenly spread over the whole run. The last
-    frame always ends the strip.
+    strip is full (keeping every other sample): the kept frames stay evenly spread over the whole run. With two
+    or more tiles, the first frame starts the strip and the last one ends it.
     """
 
     def __init__(self, path: str, count: int = 6, height: int = 192) -> None:

@@ -250,8 +250,40 @@ def test_mask_formats_users_bring(tmp_path):
     for name, image in formats.items():
         image.save(tmp_path / name)
         np.testing.assert_array_equal(read_mask(tmp_path / name), lesion, err_msg=name)
-    Image.fromarray(np.zeros_like(u8)).save(tmp_path / "empty.png")
-    assert not read_mask(tmp_path / "empty.png").any()
+    soft = cv2.GaussianBlur(u8 * 255.0, (5, 5), 1.5)  # anti-aliased edges, many levels
+    for name, image, expected in [
+        ("soft_edges_in_16_bit.png", Image.fromarray(soft.astype(np.uint16)), soft.astype(np.uint16) > 127),
+        ("soft_edges_in_8_bit.png", Image.fromarray(soft.astype(np.uint8)), soft.astype(np.uint8) > 127),
+    ]:
+        image.save(tmp_path / name)
+        np.testing.assert_array_equal(read_mask(tmp_path / name), expected, err_msg=name)
+    # frames without a lesion, as each convention stores them
+    transparent = np.zeros((*lesion.shape, 4), np.uint8)
+    transparent[..., :3] = 255
+    empty = {
+        "zeros.png": Image.fromarray(np.zeros_like(u8)),
+        "white_fully_transparent.png": Image.fromarray(transparent),
+        "grey_alpha_fully_transparent.png": Image.fromarray(np.stack([np.full_like(u8, 255), np.zeros_like(u8)], -1), "LA"),
+        "black_opaque.png": Image.fromarray(np.dstack([np.zeros((*lesion.shape, 3), np.uint8), np.full_like(u8, 255)])),
+        "uniform_dim_grey.png": Image.fromarray(np.full_like(u8, 50)),
+    }
+    for name, image in empty.items():
+        image.save(tmp_path / name)
+        assert not read_mask(tmp_path / name).any(), name
+    Image.fromarray(np.full_like(u8, 255)).save(tmp_path / "all_lesion.png")
+    assert read_mask(tmp_path / "all_lesion.png").all()
+
+
+def test_header_check_sees_frames_as_opencv_turns_them(tmp_path):
+    from vivim.data.image_io import image_size, read_frame
+
+    rng = np.random.default_rng()
+    frame = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))  # 64 wide, 48 high as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": phones store portrait frames this way
+    frame.save(tmp_path / "turned.jpg", exif=exif)
+    height, width = read_frame(tmp_path / "turned.jpg").shape[:2]
+    assert image_size(tmp_path / "turned.jpg", "frame") == (width, height) == (48, 64)
 
 
 @pytest.mark.parametrize("pattern", ["{}", "frame_{}", "{}_us", "clip3_f{}_x2", "IMG{}.final"])
@@ -355,3 +387,27 @@ def test_salt_and_pepper_flips_the_given_share_both_ways():
     assert 0.015 < changed.mean() < 0.035
     assert changed[half].any() and changed[~half].any()  # pepper in the lesion, salt outside
     assert set(np.unique(noisy)) <= {0.0, 1.0}
+
+
+def test_unnumbered_images_come_after_the_frames_and_decimals_compare_as_numbers(tmp_path):
+    names = ["t0.04s.png", "t0.08s.png", "t0.1s.png", "t0.12s.png", "t1.5s.png", "t10s.png", "cover.png", "notes.jpg"]
+    for i in np.random.default_rng().permutation(len(names)):
+        (tmp_path / names[i]).write_bytes(b"")
+    assert [p.name for p in list_frame_files(tmp_path)] == names
+
+
+def test_vtus_videos_of_several_split_folders_keep_apart(tmp_path, vtus):
+    import shutil
+
+    root = _copy(vtus, tmp_path)
+    train_name = sorted(p.name for p in (root / "Train").iterdir())[0]
+    for part in ("", "_GT"):  # a Test/ video with the same folder name as a Train/ one, and fewer frames
+        target = root / f"Test{part}" / train_name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(root / f"Train{part}" / train_name, target)
+        for extra in sorted(target.iterdir())[2:]:
+            extra.unlink()
+    videos = discover_videos(root, "all")
+    names = [v.name for v in videos]
+    assert len(names) == len(set(names)) and f"Train/{train_name}" in names and f"Test/{train_name}" in names
+    assert len(videos[names.index(f"Test/{train_name}")]) == 2

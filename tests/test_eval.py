@@ -184,3 +184,26 @@ def test_scoring_the_training_videos_is_flagged(data, tmp_path, capsys):
         sys.argv = old_argv
     assert info.value.code in (0, None)
     assert "1 of the 2 videos scored here were training videos of this checkpoint" in capsys.readouterr().err
+
+
+def test_training_videos_are_found_by_folder_in_a_vtus_set(tmp_path, monkeypatch):
+    import shutil
+
+    from vivim.train import TrainConfig, run_training
+
+    monkeypatch.chdir(tmp_path)
+    write_synthetic_dataset("vt", videos=3, frames=4, size=48, seed=4, layout="vtus", test_fraction=0.34, mp4=False,
+                            sheet=False)
+    root = tmp_path / "vt"
+    name = sorted(p.name for p in (root / "Train").iterdir())[0]
+    for part in ("", "_GT"):  # Val/ and Test/ hold videos named like a Train/ one; the Test/ one is shorter
+        shutil.copytree(root / f"Train{part}" / name, root / f"Val{part}" / name)
+        shutil.copytree(root / f"Train{part}" / name, root / f"Test{part}" / name)
+        for extra in sorted((root / f"Test{part}" / name).iterdir())[2:]:
+            extra.unlink()
+    result = run_training(TrainConfig(data="vt", out="m.safetensors", variant="tiny", epochs=1, frames=3, size=32,
+                                      batch=2, workers=0, seed=0, device="cpu", progress=False, max_steps=1))
+    summary, *_ = evaluate_checkpoint(str(result.best_path), str(root), split="all", progress=False)  # absolute path
+    train_names = sorted(f"Train/{p.name}" for p in (root / "Train").iterdir())
+    assert summary["training_videos_scored"] == train_names  # Val/ and Test/ namesakes are not training videos
+    assert summary["per_video"][f"Test/{name}"]["frames"] == 2

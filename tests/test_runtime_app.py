@@ -331,6 +331,7 @@ def test_ctrl_c_stops_cleanly_and_the_video_is_readable(tmp_path, checkpoint, cl
          "--device", "cpu", "--headless", "--save", str(out / "overlay.mp4"), "--save-masks", str(out / "masks"),
          "--stats", str(out / "stats.json")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell job may start pytest with it ignored
     )
     try:
         deadline = time.monotonic() + 90
@@ -575,3 +576,26 @@ def test_a_video_that_stops_decoding_early_is_not_a_normal_end(tmp_path, checkpo
     assert summary["frames_captured"] < 58
     assert summary["stopped_by"] == "input ended early"
     assert any(f"decoding stopped at frame {summary['frames_captured']} of the 60" in line for line in lines), lines
+
+
+def test_ctrl_c_twice_while_run_finishes_keeps_the_summary_and_files(tmp_path, checkpoint, clip):
+    """run() itself shields its closing steps: two Ctrl-C during them (here from the model's close) lose nothing."""
+    from vivim.runtime.backends import create_backend
+
+    config = cfg(source={"kind": "video", "location": clip},
+                 backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu"},
+                 sink={"headless": True, "quiet": True, "save": str(tmp_path / "o.mp4"), "stats": str(tmp_path / "s.json")})
+    backend = create_backend(config.backend, config.preprocess.interpolation, log=lambda m: None)
+    close = backend.close
+
+    def close_under_ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # before the shield, the second one raised KeyboardInterrupt here
+        close()
+
+    backend.close = close_under_ctrl_c
+    lines = []
+    summary = run(config, backend=backend, log=lines.append)
+    assert lines.count("closing the output files, one moment") == 2
+    assert json.loads((tmp_path / "s.json").read_text()) == summary and summary["stopped_by"] == "end of input"
+    assert count_frames(tmp_path / "o.mp4") == summary["frames_processed"] == N_FRAMES

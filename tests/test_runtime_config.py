@@ -119,12 +119,13 @@ def test_example_config_loads():
 
 
 def test_a_config_file_may_name_input_and_model_alone(tmp_path):
-    frames = tmp_path / "frames"
+    frames, odd = tmp_path / "frames", tmp_path / "scan!new"
     frames.mkdir()
+    odd.mkdir()
     cases = [("/dev/video2", "camera"), ("0", "camera"), ("scan.mp4", "video"), (str(frames), "frames"),
-             ("v4l2src ! videoconvert ! appsink", "gst")]
+             ("v4l2src ! videoconvert ! appsink", "gst"), (str(odd), "frames")]
     models = [("demo", "checkpoint"), ("runs/m.safetensors", "checkpoint"), ("m.onnx", "onnx"), ("M.ENGINE", "engine"),
-              ("m.plan", "engine")]
+              ("m.plan", "engine"), ("m.trt", "engine")]
     for (location, source_kind), (model, model_kind) in zip(cases, models):
         path = tmp_path / "run.yaml"
         path.write_text(f"source: {{location: '{location}'}}\nbackend: {{model: '{model}', device: cpu}}\n")

@@ -175,9 +175,15 @@ def test_mask_folder_never_touches_masks_it_did_not_write(tmp_path):
     folder.mkdir()
     for name in ("000000.png", "000007.png"):
         cv2.imwrite(str(folder / name), np.full((4, 4), 255, np.uint8))
-    with pytest.raises(VivimError, match=r"^--save-masks .*ground_truth: holds 2 mask-named file\(s\) that vivim-run did not write \(e.g. 000000.png\)"):
+    with pytest.raises(VivimError, match=r"^--save-masks .*ground_truth: holds 2 mask-named file\(s\) \(e.g. 000000.png\) "
+                                         r"but no vivim-run-masks.json"):
         MaskFolderSink(str(folder))
     assert _listing(folder) == ["000000.png", "000007.png"]
+    (folder / MaskFolderSink.MARKER).write_text("")  # the way out the message names: the folder is handed over
+    sink = MaskFolderSink(str(folder))
+    sink.write(0, _frames(1)[0], np.ones((24, 32), bool))
+    sink.close()
+    assert _listing(folder) == ["000000.png", MaskFolderSink.MARKER]
 
 
 def test_sinks_refuse_unwritable_paths_before_any_frame(tmp_path):

@@ -247,7 +247,8 @@ def test_ctrl_c_says_what_was_saved_and_how_to_continue(data, tmp_path):
                "3", "--epochs", "500", "--batch", "2", "--workers", "0", "--val-fraction", "0", "--out", str(out),
                "--device", "cpu", "--threads", "1", "--no-progress"]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+                             env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not inherited as ignored
     deadline = time.monotonic() + 120
     while not state.is_file() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -368,9 +369,18 @@ def test_a_vtus_val_folder_is_the_validation_split(tmp_path):
     assert meta["training"]["train_videos"] == 2  # every Train/ video trains; none carved off
     none = run_training(_cfg(root, tmp_path / "n.safetensors", epochs=1, val_fraction=0.0, max_steps=1))
     assert vivim.load_checkpoint(none.best_path)[1]["training"]["val_videos"] == []
-    # a run that validated on Val/ cannot silently continue on another split once Val/ is gone
-    run_training(_cfg(root, tmp_path / "r.safetensors", epochs=2, val_fraction=0.2, max_steps=1))
+    # a resumed run validates where it started: carved before a Val/ folder appeared, it keeps carving
     shutil.rmtree(root / "Val")
     shutil.rmtree(root / "Val_GT")
-    with pytest.raises(VivimError, match=f"the run validated on {root / 'Val'}, now it would be 1 videos carved"):
-        run_training(_cfg(root, tmp_path / "r.safetensors", epochs=2, val_fraction=0.2, resume=True))
+    run_training(_cfg(root, tmp_path / "r.safetensors", epochs=2, val_fraction=0.34, max_steps=1))
+    carved = vivim.load_checkpoint(tmp_path / "r.safetensors")[1]["training"]
+    assert carved["val_kind"] == "carved" and len(carved["val_videos"]) == 1
+    source = sorted((root / "Train").iterdir())[0].name
+    for part in ("", "_GT"):  # new, labelled validation videos arrive in Val/
+        shutil.copytree(root / f"Train{part}" / source, root / f"Val{part}" / "new_video")
+    resumed = run_training(_cfg(root, tmp_path / "r.safetensors", epochs=2, val_fraction=0.34, resume=True))
+    assert vivim.load_checkpoint(resumed.last_path)[1]["training"]["val_videos"] == carved["val_videos"]
+    # Val/ without its masks is not a validation split: carve as before
+    shutil.rmtree(root / "Val_GT")
+    unlabelled = run_training(_cfg(root, tmp_path / "u.safetensors", epochs=1, val_fraction=0.34, max_steps=1))
+    assert vivim.load_checkpoint(unlabelled.best_path)[1]["training"]["val_kind"] == "carved"

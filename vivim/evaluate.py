@@ -34,15 +34,17 @@ def default_split(data: str | Path) -> str:
 
 def training_videos_among(meta: dict, data: str | Path, videos) -> list[str]:
     """Names of the `videos` (from `data`) that the checkpoint was trained on, by its training metadata: scores on
-    them are optimistic. Videos are compared by folder, so Train/0001 and Test/0001 of a VTUS set stay apart."""
+    them are optimistic. Videos are compared by folder, so Train/0001 and Val/0001 of a VTUS set stay apart."""
     import os
 
     from vivim.data.layouts import discover_videos
 
     training = meta.get("training") or {}
-    if not training.get("data") or os.path.realpath(training["data"]) != os.path.realpath(data):
+    trained_on = training.get("data_realpath") or (training.get("data") and os.path.realpath(training["data"]))
+    if not trained_on or trained_on != os.path.realpath(data):
         return []
-    held_out = set(training.get("val_videos") or [])
+    carved = training.get("val_kind", "carved" if "carved" in str(training.get("val", "")) else "") == "carved"
+    held_out = set(training.get("val_videos") or []) if carved else set()  # carved videos came from the train split
     trained = {os.path.realpath(v.frames[0].parent) for v in discover_videos(data, "train") if v.name not in held_out}
     return [v.name for v in videos if os.path.realpath(v.frames[0].parent) in trained]
 
@@ -90,9 +92,8 @@ def evaluate_checkpoint(
             acc.add(prob, item["mask"][:, 0] > 0.5, item["video"], item["frame"].tolist())
             bar.update(len(prob))
     seconds = time.perf_counter() - start
-    files = {video.name: video.frames for video in videos}
-    for record in acc.records:  # the frame's file name beside its index: what a user looks up
-        record["file"] = files[record["video"]][record["frame"]].name
+    for record, (v, i) in zip(acc.records, dataset.samples):  # in dataset order (no shuffle): the frame's file name
+        record["file"] = videos[v].frames[i].name
     summary = acc.summary()
     summary = {
         "checkpoint": str(checkpoint),

@@ -262,15 +262,17 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    data = _build_data(cfg, dist_info, device)
+    state = load_state(state_path) if cfg.resume else None
+    # a resumed run validates where it started, even if a Val/ folder appeared or went since ("best" keeps its meaning)
+    data = _build_data(cfg, dist_info, device, _started_val_kind(state) if state else None)
 
     model = vivim.create_model(cfg.variant, frames=cfg.frames, img_size=cfg.size)
     if cfg.init and not cfg.resume:
         _initialise(model, cfg.init, dist_info.main)
     model.to(device)
     run = _Run(cfg, dist_info, device, use_amp, model, best_path, last_path, state_path)
-    if cfg.resume:
-        run.resume(data.val_source)
+    if state is not None:
+        run.resume(state)
     run.wrap_ddp()
     if run.progress.start_epoch >= cfg.epochs and dist_info.main:
         warn(f"{state_path}: already trained {run.progress.start_epoch} of --epochs {cfg.epochs}; nothing to do")
@@ -331,6 +333,7 @@ class _Data:
     sampler: Any
     train_loader: Any
     val_loader: Any
+    val_kind: str = "carved"  # "--val", "Val/" (a VTUS folder's own) or "carved" (held out from --data)
     val_source: str = ""  # where the validation videos come from, for the log and the checkpoint metadata
 
     def start_epoch(self, epoch: int) -> None:
@@ -338,26 +341,27 @@ class _Data:
         self.sampler.set_epoch(epoch)
 
 
-def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any) -> _Data:
-    """Train on the folder's train split, validate on whole held-out videos (never the test split)."""
+def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any, val_kind: str | None = None) -> _Data:
+    """Train on the folder's train split, validate on whole held-out videos (never the test split): --val, else a
+    VTUS folder's own Val/ (with Val_GT/), else videos carved from --data; `val_kind` forces one (a resumed run)."""
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
     from vivim.data.dataset import ClipDataset, EpochSampler
-    from vivim.data.layouts import check_headers, detect_layout, discover_videos, split_by_video
+    from vivim.data.layouts import check_headers, discover_videos, split_by_video
     from vivim.data.transforms import TrainAugment
 
     all_train = discover_videos(cfg.data, "train")
     if cfg.val and os.path.realpath(cfg.val) == os.path.realpath(cfg.data) and dist_info.main:
         warn(f"--val {cfg.val} is the --data folder: validation scores videos the model trains on")
-    vtus_val = Path(cfg.data) / "Val"
-    if cfg.val:
-        train_videos, val_videos, val_source = all_train, _val_videos(cfg.val), cfg.val
-    elif cfg.val_fraction > 0 and detect_layout(Path(cfg.data)) == "vtus" and vtus_val.is_dir():
-        # a Val/ beside Train/ is the split the dataset was made with: use it rather than carve from Train/
-        train_videos, val_videos, val_source = all_train, discover_videos(cfg.data, "val"), str(vtus_val)
+    val_kind = val_kind or _val_kind(cfg)
+    if val_kind == "--val":
+        train_videos, val_videos, val_source = all_train, _val_videos(str(cfg.val)), str(cfg.val)
+    elif val_kind == "Val/":
+        train_videos, val_videos = all_train, discover_videos(cfg.data, "val")
+        val_source = str(Path(cfg.data) / "Val")
     else:
         train_videos, val_videos = split_by_video(all_train, cfg.val_fraction, cfg.seed)
-        val_source = f"{len(val_videos)} videos carved from --data"
+        val_source = f"{len(val_videos)} video(s) carved from --data"
     check_headers(train_videos + val_videos)
     cache = cfg.cache if cfg.cache is not None else _should_cache(train_videos + val_videos, cfg.size)
     augment = TrainAugment() if cfg.augment else None
@@ -373,7 +377,23 @@ def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any) -> _Data:
         val_ds = ClipDataset(val_videos, frames=cfg.frames, size=cfg.size, output_frame=cfg.output_frame, cache=cache)
         shard = Subset(val_ds, list(range(dist_info.rank, len(val_ds), dist_info.world)))
         val_loader = DataLoader(shard, batch_size=cfg.batch, shuffle=False, **loader_args)
-    return _Data(train_videos, val_videos, train_ds, sampler, train_loader, val_loader, val_source)
+    return _Data(train_videos, val_videos, train_ds, sampler, train_loader, val_loader, val_kind, val_source)
+
+
+def _val_kind(cfg: TrainConfig) -> str:
+    from vivim.data.layouts import detect_layout
+
+    root = Path(cfg.data)
+    if cfg.val:
+        return "--val"
+    if cfg.val_fraction > 0 and detect_layout(root) == "vtus" and (root / "Val").is_dir() and (root / "Val_GT").is_dir():
+        return "Val/"  # the split the dataset was made with, rather than videos carved off Train/
+    return "carved"
+
+
+def _started_val_kind(state: dict) -> str:
+    """Where a saved run validated; states written before 2026-11-27 could only give --val or carve."""
+    return state.get("val_kind") or ("--val" if state["config"].get("val") else "carved")
 
 
 @dataclass
@@ -429,11 +449,10 @@ class _Run:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=device_ids)
 
-    def resume(self, val_source: str) -> None:
+    def resume(self, state: dict) -> None:
         """Continue from the state file: the same settings are required (a resumed run that silently changed the
         model, the schedule or the validation split would compare "best" epochs across different runs)."""
         cfg, state_path = self.cfg, self.state_path
-        state = load_state(state_path)
         saved = state["config"]
         for key in ("variant", "frames", "size", "output_frame", "lr", "min_lr", "batch", "seed", "val_fraction", "val"):
             # absent: a state file from before the key was recorded, or (states written before 2026-11-27 left out
@@ -443,9 +462,6 @@ class _Run:
                 flag = "--" + key.replace("_", "-")
                 raise VivimError(f"{state_path}: the run was started with {flag} {was!r}, not {getattr(cfg, key)!r}; "
                                  "resume with the same flags")
-        if state.get("val_source", val_source) != val_source:  # e.g. a Val/ folder added since: "best" would change meaning
-            raise VivimError(f"{state_path}: the run validated on {state['val_source']}, now it would be {val_source}; "
-                             "resume with the same data")
         if saved["epochs"] != cfg.epochs:  # the cosine schedule's length is part of the state
             raise VivimError(f"{state_path}: the run was planned for --epochs {saved['epochs']}; resume with that value "
                              f"(or train longer in a new run: --init {self.last_path} with another --out)")
@@ -514,7 +530,8 @@ class _Run:
         summary = {
             "epochs_done": epoch + 1, "epochs": cfg.epochs, "best_val_dice": round(best, 6) if best >= 0 else None,
             "best_epoch": progress.best_epoch + 1, "data": str(cfg.data),
-            "val": data.val_source, "seed": cfg.seed,
+            "val": data.val_source, "val_kind": data.val_kind, "data_realpath": os.path.realpath(cfg.data),
+            "seed": cfg.seed,
             "seconds": round(seconds, 1), "lr": cfg.lr, "batch": cfg.batch, "world_size": self.dist.world,
             "device": str(self.device), "amp": self.use_amp, "train_videos": len(data.train_videos),
             "val_videos": [v.name for v in data.val_videos], "init": cfg.init,
@@ -534,7 +551,7 @@ class _Run:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": epoch, "best_dice": best, "best_epoch": progress.best_epoch,
-            "history": progress.history, "seconds": seconds, "rng": rngs, "val_source": data.val_source,
+            "history": progress.history, "seconds": seconds, "rng": rngs, "val_kind": data.val_kind,
         }, self.state_path)
         shown = f"val Dice {dice:.4f}" if math.isfinite(dice) else "no validation set"
         print(f"epoch {epoch + 1}/{cfg.epochs}: loss {progress.history['epoch_loss'][-1]:.4f}, {shown}, "
@@ -584,7 +601,7 @@ def train(
     workers: int = typer.Option(2, "--workers", help="Data-loading worker processes."),
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (cosine to 1e-6)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation dataset folder (default: carve --val-fraction of the videos from --data)."),
-    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9, help="Share of training videos held out for validation (0 = none); a VTUS folder's own Val/ is used instead when there is one."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9, help="Share of training videos held out for validation (0 = none); when above 0, a VTUS folder's own Val/ + Val_GT/ is used instead if there is one."),
     seed: int = typer.Option(1234, "--seed", help="Seed for initialisation, split, shuffling and augmentation."),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from <out stem>.state.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh over an earlier run's checkpoints at --out."),
@@ -609,7 +626,7 @@ def train(
         run_training(cfg)
     except KeyboardInterrupt:
         state = output_paths(cfg.out)[2]
-        if state.is_file() and state.stat().st_mtime >= started:
+        if state.is_file() and (resume or state.stat().st_mtime >= started):  # this run's, or the one it continues
             raise Interrupted(f"the finished epochs are saved; continue with --resume and the same flags ({state})") from None
         raise Interrupted("before the first epoch finished; nothing was saved") from None
     finally:

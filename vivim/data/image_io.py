@@ -27,12 +27,16 @@ def read_frame(path: str | Path) -> np.ndarray:
 
 
 def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
-    """(width, height) from the file's header alone: a fast check of a whole dataset before hours of training."""
+    """(width, height) as the readers will see it, from the file's header alone: a fast check of a whole dataset
+    before hours of training. A frame's EXIF orientation is applied (OpenCV turns such JPEGs when it reads them)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            return img.size
+            width, height = img.size
+            if what == "frame" and img.getexif().get(0x0112) in (5, 6, 7, 8):  # a quarter turn
+                width, height = height, width
+            return width, height
     except FileNotFoundError:
         raise VivimError(f"{path}: {what} file is missing") from None
     except (UnidentifiedImageError, OSError) as exc:
@@ -42,9 +46,10 @@ def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
 def read_mask(path: str | Path) -> np.ndarray:
     """A boolean (H, W) foreground mask.
 
-    Foreground = palette index > 0 (DAVIS palette PNGs); in a mask of two values, the larger one (0/1, 0/255,
-    label masks such as 0/2 or 0/100); otherwise (soft edges, compression noise) above half of the full scale.
-    An alpha channel is the mask when the colour is uniform (masks drawn as transparency); else it is ignored."""
+    Foreground = palette index > 0 (DAVIS palette PNGs); in a mask holding 0 and one other value, that value (0/1,
+    0/255, label masks such as 0/2 or 0/100); otherwise (soft edges, compression noise, a uniform mask) above half
+    of the scale its values use (1, 255 or 65535). An alpha channel is the mask when the colour is uniform (masks
+    drawn as transparency; a fully transparent one is empty); else it is ignored."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -66,18 +71,21 @@ def _mask_values(array: np.ndarray, has_alpha: bool) -> np.ndarray:
     if array.ndim == 2:
         return array
     colour, alpha = (array[..., :-1], array[..., -1]) if has_alpha else (array, None)
-    if alpha is not None and np.ptp(colour) == 0 and np.ptp(alpha) > 0:
-        return alpha
+    if alpha is not None and np.ptp(colour) == 0:
+        if np.ptp(alpha) > 0 or not alpha.any():  # drawn as transparency, or nothing drawn at all
+            return alpha
     return colour.max(axis=2)
 
 
 def _binarise(values: np.ndarray) -> np.ndarray:
     top = values.max(initial=0)
-    if top == 0 or np.all((values == 0) | (values == top)):
-        return values > 0
-    if np.issubdtype(values.dtype, np.integer):
-        return values > np.iinfo(values.dtype).max // 2
-    return values > (0.5 if top <= 1 else 127.5)  # float masks: [0, 1] or the 8-bit scale
+    if top == 0:
+        return np.zeros(values.shape, bool)
+    zero = values == 0
+    if zero.any() and np.all(zero | (values == top)):  # 0 and one label value
+        return ~zero
+    scale = 1 if top <= 1 else 255 if top <= 255 else 65535 if top <= 65535 else float(top)
+    return values > scale / 2
 
 
 def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:

@@ -40,10 +40,12 @@ def detect_layout(root: Path) -> str:
 
 
 def frame_order(path: Path) -> tuple:
-    """Sort key of frame files: runs of digits compare as numbers wherever they are in the name (frame_2 < frame_10,
-    2_us < 10_us, clip3_f9 < clip3_f10); the full name breaks ties (frame_01 / frame_1)."""
-    runs = (run for run in re.split(r"(\d+)", path.stem) if run)
-    return tuple((0, int(run), "") if run.isdigit() else (1, 0, run) for run in runs), path.name
+    """Sort key of frame files: numbers compare as numbers wherever they are in the name (frame_2 < frame_10,
+    2_us < 10_us, t0.1s < t0.12s); names without any number come after the numbered ones; the full name breaks
+    ties (frame_01 / frame_1)."""
+    runs = [run for run in re.split(r"(\d+\.\d+|\d+)", path.stem) if run]
+    key = tuple((0, float(run), "") if run[0].isdigit() else (1, 0.0, run) for run in runs)
+    return (0 if any(run[0].isdigit() for run in runs) else 1), key, path.name
 
 
 def list_frame_files(folder: Path) -> list[Path]:
@@ -113,7 +115,9 @@ def _vtus_videos(root: Path, split: str) -> list[VideoRecord]:
         names = [p.name for p in _subfolders(root / folder)]
         if not names:
             raise VivimError(f"{root / folder}: no video folders found")
-        videos += [_video_record(n, root / folder / n, root / f"{folder}_GT" / n) for n in names]
+        # several split folders (split 'all'): Train/0001 and Test/0001 are different videos
+        prefix = f"{folder}/" if len(folders) > 1 else ""
+        videos += [_video_record(prefix + n, root / folder / n, root / f"{folder}_GT" / n) for n in names]
     return videos
 
 
