@@ -6,8 +6,9 @@ source would otherwise count the model's loading time as dropped frames).
 
 Shutdown: the first Ctrl-C (or SIGTERM) asks the loop to stop after the current frame; the frames already in the
 clip window still get their masks, every sink is closed (the mp4 gets its index and is renamed into place) and the
-summary is printed and written. A second Ctrl-C aborts the loop (a stuck input or model), but not the closing of
-the files, which takes a moment and is what the user wants to keep.
+summary is printed and written. A second Ctrl-C aborts while frames are still being processed (a stuck input or
+model); once the run is stopping it only says to wait: what is left is bounded (the capture thread's end, at most
+T // 2 masks, closing the files) and is what the user wants to keep.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _stderr(message: str) -> None:
 
 class GracefulStop:
     """SIGINT/SIGTERM set a flag the loop checks; a second SIGINT raises KeyboardInterrupt (hard abort) until
-    `finishing()`: from then on the files are being closed, and aborting would only lose them."""
+    `finishing()`: from then on the run is completing its last masks and files, and aborting would only lose them."""
 
     def __init__(self, log: Log) -> None:
         self.requested = False
@@ -63,7 +64,7 @@ class GracefulStop:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self._finishing:
-            self._log("closing the output files, one moment")
+            self._log("finishing the last masks and the output files, one moment")
             return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -181,6 +182,7 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
         try:
             source.start()
             stopped_by = _process_until_stopped(cfg, source, pipeline, sinks, stop, progress)
+            stop.finishing()  # bounded work from here on (the capture thread's end, T // 2 masks, the files)
             source.stop()  # nothing captured after the decision to stop counts as dropped
             pipeline.flush()  # the frames already in the window get their masks, also after Ctrl-C
         except BaseException as exc:  # still close the files and write the summary, then re-raise

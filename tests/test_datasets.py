@@ -389,8 +389,9 @@ def test_salt_and_pepper_flips_the_given_share_both_ways():
     assert set(np.unique(noisy)) <= {0.0, 1.0}
 
 
-def test_unnumbered_images_come_after_the_frames_and_decimals_compare_as_numbers(tmp_path):
-    names = ["t0.04s.png", "t0.08s.png", "t0.1s.png", "t0.12s.png", "t1.5s.png", "t10s.png", "cover.png", "notes.jpg"]
+def test_unnumbered_images_come_after_the_frames_and_dotted_indices_count_up(tmp_path):
+    names = ["clip3.1.png", "clip3.2.png", "clip3.10.png", "clip3.12.png", "clip10.1.png", "f_99999999999999999.png",
+             "f_100000000000000000.png", "cover.png", "notes.jpg"]
     for i in np.random.default_rng().permutation(len(names)):
         (tmp_path / names[i]).write_bytes(b"")
     assert [p.name for p in list_frame_files(tmp_path)] == names

@@ -14,7 +14,7 @@ import torch
 import vivim
 from vivim.constants import IMAGENET_MEAN, IMAGENET_STD
 from vivim.data.synth_dataset import write_synthetic_dataset
-from vivim.evaluate import evaluate_checkpoint, format_table
+from vivim.evaluate import evaluate_checkpoint, format_table, write_overlays
 
 
 
@@ -203,7 +203,11 @@ def test_training_videos_are_found_by_folder_in_a_vtus_set(tmp_path, monkeypatch
             extra.unlink()
     result = run_training(TrainConfig(data="vt", out="m.safetensors", variant="tiny", epochs=1, frames=3, size=32,
                                       batch=2, workers=0, seed=0, device="cpu", progress=False, max_steps=1))
-    summary, *_ = evaluate_checkpoint(str(result.best_path), str(root), split="all", progress=False)  # absolute path
+    summary, acc, dataset, model = evaluate_checkpoint(str(result.best_path), str(root), split="all", progress=False)
     train_names = sorted(f"Train/{p.name}" for p in (root / "Train").iterdir())
     assert summary["training_videos_scored"] == train_names  # Val/ and Test/ namesakes are not training videos
     assert summary["per_video"][f"Test/{name}"]["frames"] == 2
+    assert f"Test/{name}" in format_table(summary)  # whole names in the table
+    written = write_overlays(tmp_path / "worst", acc, dataset, model, 3, summary["output_frame"])
+    assert sorted(p.name for p in (tmp_path / "worst").iterdir()) == sorted(p.name for p in written)  # flat files
+    assert all(p.parent == tmp_path / "worst" and "/" not in p.name for p in written)

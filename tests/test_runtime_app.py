@@ -541,7 +541,7 @@ def test_ctrl_c_while_the_files_are_closed_does_not_abort():
         stop.finishing()
         for _ in range(2):
             os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt before finishing()
-    assert lines[-2:] == ["closing the output files, one moment"] * 2
+    assert lines[-2:] == ["finishing the last masks and the output files, one moment"] * 2
 
 
 def test_a_failed_run_is_recorded_as_an_error(tmp_path, checkpoint):
@@ -596,6 +596,6 @@ def test_ctrl_c_twice_while_run_finishes_keeps_the_summary_and_files(tmp_path, c
     backend.close = close_under_ctrl_c
     lines = []
     summary = run(config, backend=backend, log=lines.append)
-    assert lines.count("closing the output files, one moment") == 2
+    assert lines.count("finishing the last masks and the output files, one moment") == 2
     assert json.loads((tmp_path / "s.json").read_text()) == summary and summary["stopped_by"] == "end of input"
     assert count_frames(tmp_path / "o.mp4") == summary["frames_processed"] == N_FRAMES

@@ -384,3 +384,20 @@ def test_a_vtus_val_folder_is_the_validation_split(tmp_path):
     shutil.rmtree(root / "Val_GT")
     unlabelled = run_training(_cfg(root, tmp_path / "u.safetensors", epochs=1, val_fraction=0.34, max_steps=1))
     assert vivim.load_checkpoint(unlabelled.best_path)[1]["training"]["val_kind"] == "carved"
+
+
+def test_resume_flags_are_checked_before_the_data_is_read(data, tmp_path):
+    run_training(_cfg(data, tmp_path / "v.safetensors", epochs=2, max_steps=1, val=str(data)))
+    with pytest.raises(VivimError, match=r"started with --val '.*', not None; resume with the same flags"):
+        run_training(_cfg(data, tmp_path / "v.safetensors", epochs=2, resume=True))
+
+
+def test_states_of_earlier_versions_validate_where_they_started(tmp_path):
+    from vivim.train import _started_val_kind
+
+    data = str(tmp_path / "vt")
+    assert _started_val_kind({"val_kind": "Val/", "config": {"data": data}}) == "Val/"
+    assert _started_val_kind({"config": {"data": data, "val": "other"}}) == "--val"
+    assert _started_val_kind({"config": {"data": data}}) == "carved"  # before Val/ folders were used
+    assert _started_val_kind({"val_source": str(tmp_path / "vt" / "Val"), "config": {"data": data}}) == "Val/"
+    assert _started_val_kind({"val_source": "1 video(s) carved from --data", "config": {"data": data}}) == "carved"

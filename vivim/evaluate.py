@@ -39,11 +39,17 @@ def training_videos_among(meta: dict, data: str | Path, videos) -> list[str]:
 
     from vivim.data.layouts import discover_videos
 
+    from vivim.data.layouts import folder_id
+
     training = meta.get("training") or {}
-    trained_on = training.get("data_realpath") or (training.get("data") and os.path.realpath(training["data"]))
-    if not trained_on or trained_on != os.path.realpath(data):
+    if "data_id" in training:  # written since 2026-11-27: the folder, wherever eval runs from
+        same = training["data_id"] == folder_id(data)
+    else:  # the path as given to vivim-train, relative to where it ran
+        same = bool(training.get("data")) and os.path.realpath(training["data"]) == os.path.realpath(data)
+    if not same:
         return []
-    carved = training.get("val_kind", "carved" if "carved" in str(training.get("val", "")) else "") == "carved"
+    carved = training.get("val_kind", "carved" if str(training.get("val", "")).endswith("carved from --data") else "")
+    carved = carved == "carved"
     held_out = set(training.get("val_videos") or []) if carved else set()  # carved videos came from the train split
     trained = {os.path.realpath(v.frames[0].parent) for v in discover_videos(data, "train") if v.name not in held_out}
     return [v.name for v in videos if os.path.realpath(v.frames[0].parent) in trained]
@@ -117,15 +123,17 @@ def evaluate_checkpoint(
 
 def format_table(summary: dict) -> str:
     """A readable table: one row per video, then the frame-level means, for both protocols."""
-    head = f"{'video':<18}{'frames':>7}" + "".join(f"{k:>12}" for k in ROWS)
+    width = max([18, *(len(name) + 1 for name in summary["per_video"])])  # whole names: Train/0001 and Test/0001
+    head = f"{'video':<{width}}{'frames':>7}" + "".join(f"{k:>12}" for k in ROWS)
     lines = [head, "-" * len(head)]
     for name, block in summary["per_video"].items():
-        lines.append(f"{name[:18]:<18}{block['frames']:>7}" + "".join(f"{block[k]:>12.4f}" for k in ROWS))
+        lines.append(f"{name:<{width}}{block['frames']:>7}" + "".join(f"{block[k]:>12.4f}" for k in ROWS))
     lines.append("-" * len(head))
-    lines.append(f"{'all @0.5':<18}{summary['frames']:>7}" + "".join(f"{summary[k]:>12.4f}" for k in ROWS))
+    lines.append(f"{'all @0.5':<{width}}{summary['frames']:>7}" + "".join(f"{summary[k]:>12.4f}" for k in ROWS))
     if "thresholds_256" in summary:
         sweep = summary["thresholds_256"]
-        lines.append(f"{'all 256-thr mean':<18}{summary['frames']:>7}" + "".join(f"{sweep[k]:>12.4f}" for k in ROWS[:-1]) + f"{'':>12}")
+        lines.append(f"{'all 256-thr mean':<{width}}{summary['frames']:>7}"
+                     + "".join(f"{sweep[k]:>12.4f}" for k in ROWS[:-1]) + f"{'':>12}")
     return "\n".join(lines)
 
 
@@ -160,7 +168,8 @@ def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame:
         cv2.putText(picture, f"{record['video']} #{record['frame']} {record.get('file', '')}  Dice {record['dice']:.3f}  "
                     "(green GT, red prediction)",
                     (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
-        path = out_dir / f"{rank:03d}_{record['video']}_{record['frame']:05d}.png"
+        video = record["video"].replace("/", "_")  # Train/0001 (a VTUS 'all' split) stays one file name
+        path = out_dir / f"{rank:03d}_{video}_{record['frame']:05d}.png"
         write_image(path, np.hstack([big(frame), picture]))
         written.append(path)
     # the folder holds this evaluation's ranking only: an earlier one's images (same naming) would read as ranks here

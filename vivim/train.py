@@ -263,6 +263,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     state = load_state(state_path) if cfg.resume else None
+    if state is not None:
+        _check_resumable(cfg, state, state_path, last_path)
     # a resumed run validates where it started, even if a Val/ folder appeared or went since ("best" keeps its meaning)
     data = _build_data(cfg, dist_info, device, _started_val_kind(state) if state else None)
 
@@ -273,6 +275,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     run = _Run(cfg, dist_info, device, use_amp, model, best_path, last_path, state_path)
     if state is not None:
         run.resume(state)
+        del state  # weights and optimiser moments: not kept for the whole run
     run.wrap_ddp()
     if run.progress.start_epoch >= cfg.epochs and dist_info.main:
         warn(f"{state_path}: already trained {run.progress.start_epoch} of --epochs {cfg.epochs}; nothing to do")
@@ -391,9 +394,32 @@ def _val_kind(cfg: TrainConfig) -> str:
     return "carved"
 
 
+def _check_resumable(cfg: TrainConfig, state: dict, state_path: Path, last_path: Path) -> None:
+    """The same settings are required to resume (a resumed run that silently changed the model, the schedule or the
+    validation split would compare "best" epochs across different runs); checked before the data is read."""
+    saved = state["config"]
+    for key in ("variant", "frames", "size", "output_frame", "lr", "min_lr", "batch", "seed", "val_fraction", "val"):
+        # absent: a state file from before the key was recorded, or (states written before 2026-11-27 left out
+        # None values) a --val that was not given; --val is the only one of these settings that can be None
+        was = saved.get(key)
+        if (key in saved or key == "val") and was != getattr(cfg, key):
+            flag = "--" + key.replace("_", "-")
+            raise VivimError(f"{state_path}: the run was started with {flag} {was!r}, not {getattr(cfg, key)!r}; "
+                             "resume with the same flags")
+    if saved["epochs"] != cfg.epochs:  # the cosine schedule's length is part of the state
+        raise VivimError(f"{state_path}: the run was planned for --epochs {saved['epochs']}; resume with that value "
+                         f"(or train longer in a new run: --init {last_path} with another --out)")
+
+
 def _started_val_kind(state: dict) -> str:
-    """Where a saved run validated; states written before 2026-11-27 could only give --val or carve."""
-    return state.get("val_kind") or ("--val" if state["config"].get("val") else "carved")
+    """Where a saved run validated. Older states: early 2026-11-27 ones name the source (a Val/ folder, or text for
+    carved videos); before that, only --val or carving existed."""
+    if state.get("val_kind"):
+        return state["val_kind"]
+    if state["config"].get("val"):
+        return "--val"
+    source = str(state.get("val_source", ""))
+    return "Val/" if source == str(Path(state["config"]["data"]) / "Val") else "carved"
 
 
 @dataclass
@@ -450,21 +476,8 @@ class _Run:
             self.net = DistributedDataParallel(self.model, device_ids=device_ids)
 
     def resume(self, state: dict) -> None:
-        """Continue from the state file: the same settings are required (a resumed run that silently changed the
-        model, the schedule or the validation split would compare "best" epochs across different runs)."""
+        """Continue from a state that `_check_resumable` accepted: weights, optimiser, schedule, progress, RNG."""
         cfg, state_path = self.cfg, self.state_path
-        saved = state["config"]
-        for key in ("variant", "frames", "size", "output_frame", "lr", "min_lr", "batch", "seed", "val_fraction", "val"):
-            # absent: a state file from before the key was recorded, or (states written before 2026-11-27 left out
-            # None values) a --val that was not given; --val is the only one of these settings that can be None
-            was = saved.get(key)
-            if (key in saved or key == "val") and was != getattr(cfg, key):
-                flag = "--" + key.replace("_", "-")
-                raise VivimError(f"{state_path}: the run was started with {flag} {was!r}, not {getattr(cfg, key)!r}; "
-                                 "resume with the same flags")
-        if saved["epochs"] != cfg.epochs:  # the cosine schedule's length is part of the state
-            raise VivimError(f"{state_path}: the run was planned for --epochs {saved['epochs']}; resume with that value "
-                             f"(or train longer in a new run: --init {self.last_path} with another --out)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -520,6 +533,7 @@ class _Run:
         import torch.distributed as dist
 
         import vivim
+        from vivim.data.layouts import folder_id
 
         cfg, progress = self.cfg, self.progress
         if not self.dist.main:
@@ -530,7 +544,7 @@ class _Run:
         summary = {
             "epochs_done": epoch + 1, "epochs": cfg.epochs, "best_val_dice": round(best, 6) if best >= 0 else None,
             "best_epoch": progress.best_epoch + 1, "data": str(cfg.data),
-            "val": data.val_source, "val_kind": data.val_kind, "data_realpath": os.path.realpath(cfg.data),
+            "val": data.val_source, "val_kind": data.val_kind, "data_id": folder_id(cfg.data),
             "seed": cfg.seed,
             "seconds": round(seconds, 1), "lr": cfg.lr, "batch": cfg.batch, "world_size": self.dist.world,
             "device": str(self.device), "amp": self.use_amp, "train_videos": len(data.train_videos),

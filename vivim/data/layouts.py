@@ -40,12 +40,12 @@ def detect_layout(root: Path) -> str:
 
 
 def frame_order(path: Path) -> tuple:
-    """Sort key of frame files: numbers compare as numbers wherever they are in the name (frame_2 < frame_10,
-    2_us < 10_us, t0.1s < t0.12s); names without any number come after the numbered ones; the full name breaks
+    """Sort key of frame files: runs of digits compare as numbers wherever they are in the name (frame_2 < frame_10,
+    2_us < 10_us, clip3.2 < clip3.10); names without any number come after the numbered ones; the full name breaks
     ties (frame_01 / frame_1)."""
-    runs = [run for run in re.split(r"(\d+\.\d+|\d+)", path.stem) if run]
-    key = tuple((0, float(run), "") if run[0].isdigit() else (1, 0.0, run) for run in runs)
-    return (0 if any(run[0].isdigit() for run in runs) else 1), key, path.name
+    runs = [run for run in re.split(r"(\d+)", path.stem) if run]
+    key = tuple((0, int(run), "") if run.isdigit() else (1, 0, run) for run in runs)
+    return (0 if any(run.isdigit() for run in runs) else 1), key, path.name
 
 
 def list_frame_files(folder: Path) -> list[Path]:
@@ -163,6 +163,15 @@ def split_by_video(videos: list[VideoRecord], val_fraction: float, seed: int) ->
     n_val = min(len(videos) - 1, max(1, int(round(val_fraction * len(videos)))))
     val_ids = set(order[:n_val])
     return [v for i, v in enumerate(videos) if i not in val_ids], [v for i, v in enumerate(videos) if i in val_ids]
+
+
+def folder_id(root: str | Path) -> str:
+    """A short fingerprint of a dataset folder's real path: checkpoints record which folder they trained on
+    without writing the host's directory names into a file that may be shared."""
+    import hashlib
+    import os
+
+    return hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:16]
 
 
 def read_manifest(root: Path) -> dict | None:
