@@ -176,7 +176,7 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
     if not cfg.sink.quiet:
         log(f"running: {source.name} -> {backend.name} on {backend.device}, T={backend.frames}, "
             f"output frame {cfg.backend.output_frame} (lag {window.lag}); Ctrl-C stops")
-    progress = _Progress(cfg, stats, log)
+    progress = _Progress(cfg, source, stats, log)
     failure: Optional[BaseException] = None
     with GracefulStop(log) as stop:
         try:
@@ -268,7 +268,7 @@ def _report(cfg: RunConfig, summary: Dict[str, Any], sinks: List[Sink], out: Log
 class _Progress:
     """A tqdm bar for finite inputs, a status line every few seconds for live ones."""
 
-    def __init__(self, cfg: RunConfig, stats: RunStats, log: Log) -> None:
+    def __init__(self, cfg: RunConfig, source: FrameSource, stats: RunStats, log: Log) -> None:
         self._stats = stats
         self._log = log
         self._bar = None
@@ -276,9 +276,8 @@ class _Progress:
         self._quiet = cfg.sink.quiet
         if self._quiet:
             return
-        total = cfg.source.max_frames
-        if total is None and cfg.source.kind in ("video", "frames") and not cfg.source.loop:
-            total = _count_frames(cfg.source.kind, str(cfg.source.location))
+        # what the source already counted (a file's header, a folder's images; None when looping or live)
+        total = cfg.source.max_frames if cfg.source.max_frames is not None else source.declared_frames
         if cfg.source.kind in ("video", "frames"):
             try:
                 from tqdm import tqdm
@@ -303,14 +302,3 @@ class _Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-
-
-def _count_frames(kind: str, location: str) -> Optional[int]:
-    from vivim.runtime.sources import ImageFolder, video_frame_count
-
-    if kind == "frames":
-        try:
-            return len(ImageFolder(location).files)
-        except VivimError:
-            return None
-    return video_frame_count(location)

@@ -132,7 +132,8 @@ class FrameSource:
         log: Logger = _stderr,
     ) -> None:
         self.name = name
-        self.declared_frames = declared_frames  # a file's frame count from its header, to tell damage from its end
+        self.declared_frames = declared_frames  # a file's or folder's frame count: the progress total, and damage
+        # told apart from the end
         self.ended_early = False
         self.live = live
         self.fps = fps  # nominal frame rate (for --save), None when unknown
@@ -381,23 +382,15 @@ def open_video(path: str) -> Callable[[], Capture]:
     return opener
 
 
-def video_frame_count(path: str) -> Optional[int]:
-    """The frame count a video's header declares, or None when it has none."""
+def video_header(path: str) -> Tuple[Optional[float], Optional[int]]:
+    """(frame rate, frame count) as the video's header declares them, each None when it has none; one open."""
     capture = cv2.VideoCapture(path)
     try:
+        fps = float(capture.get(cv2.CAP_PROP_FPS)) if capture.isOpened() else 0.0
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
     finally:
         capture.release()
-    return count if count > 0 else None
-
-
-def video_fps(path: str) -> Optional[float]:
-    capture = cv2.VideoCapture(path)
-    try:
-        fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else 0.0
-    finally:
-        capture.release()
-    return float(fps) if fps and 0 < fps < 1000 else None
+    return (fps if 0 < fps < 1000 else None), (count if count > 0 else None)
 
 
 def parse_camera(device: str) -> "int | str":
@@ -483,19 +476,21 @@ def create_source(cfg, log: Logger = _stderr) -> FrameSource:  # cfg: config.Sou
         return FrameSource("gstreamer pipeline", open_gstreamer(where), live=True, reconnect=True, fps=cfg.fps, **common)
     if kind == "video":
         opener = open_video(where)
-        rate = cfg.fps or video_fps(where)  # an explicit --fps wins over the file's own rate
+        file_fps, file_frames = video_header(where)
+        rate = cfg.fps or file_fps  # an explicit --fps wins over the file's own rate
         if cfg.realtime and rate is None:
             raise VivimError(f"--video {where}: the file has no frame rate; give --fps for --realtime")
         return FrameSource(
             f"video {where}", opener, live=cfg.realtime, reconnect=False, loop=cfg.loop,
             pace_fps=rate if cfg.realtime else None, fps=rate,
-            declared_frames=None if cfg.loop else video_frame_count(where), **common,
+            declared_frames=None if cfg.loop else file_frames, **common,
         )
     if kind == "frames":
-        ImageFolder(where)  # validate now, in the caller's thread
+        frame_count = len(ImageFolder(where).files)  # validates now, in the caller's thread
         rate = cfg.fps or 25.0
         return FrameSource(
             f"frames {where}", lambda: ImageFolder(where), live=cfg.realtime, reconnect=False, loop=cfg.loop,
-            pace_fps=rate if cfg.realtime else None, fps=rate, **common,
+            pace_fps=rate if cfg.realtime else None, fps=rate,
+            declared_frames=None if cfg.loop else frame_count, **common,
         )
     raise VivimError(f"unknown source kind {kind!r}")
