@@ -37,9 +37,7 @@ def training_videos_among(meta: dict, data: str | Path, videos) -> list[str]:
     them are optimistic. Videos are compared by folder, so Train/0001 and Val/0001 of a VTUS set stay apart."""
     import os
 
-    from vivim.data.layouts import discover_videos
-
-    from vivim.data.layouts import folder_id
+    from vivim.data.layouts import discover_videos, folder_id
 
     training = meta.get("training") or {}
     if "data_id" in training:  # written since 2026-11-27: the folder, wherever eval runs from
@@ -48,9 +46,9 @@ def training_videos_among(meta: dict, data: str | Path, videos) -> list[str]:
         same = bool(training.get("data")) and os.path.realpath(training["data"]) == os.path.realpath(data)
     if not same:
         return []
-    carved = training.get("val_kind", "carved" if str(training.get("val", "")).endswith("carved from --data") else "")
-    carved = carved == "carved"
-    held_out = set(training.get("val_videos") or []) if carved else set()  # carved videos came from the train split
+    # videos carved for validation came out of the train split (metadata before val_kind says so in its text)
+    carved = training.get("val_kind", "carved" if str(training.get("val", "")).endswith("carved from --data") else None)
+    held_out = set(training.get("val_videos") or []) if carved == "carved" else set()
     trained = {os.path.realpath(v.frames[0].parent) for v in discover_videos(data, "train") if v.name not in held_out}
     return [v.name for v in videos if os.path.realpath(v.frames[0].parent) in trained]
 

@@ -69,7 +69,7 @@ def check(
     import numpy as np
     from tqdm import tqdm
 
-    from vivim.data.image_io import read_frame, read_mask
+    from vivim.data.image_io import read_frame, read_mask, size_mismatch
     from vivim.data.layouts import detect_layout, discover_videos
 
     videos = discover_videos(data, split)
@@ -81,7 +81,7 @@ def check(
             for frame, mask_path in zip(video.frames, video.masks):
                 image, mask = read_frame(frame), read_mask(mask_path)
                 if image.shape[:2] != mask.shape:
-                    raise VivimError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but frame {frame} is {image.shape[1]}x{image.shape[0]}")
+                    raise size_mismatch(mask_path, mask.shape[::-1], frame, image.shape[1::-1])
                 sizes.add((image.shape[1], image.shape[0]))
                 fg.append(float(mask.mean()))
                 empty += int(not mask.any())

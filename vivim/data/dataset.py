@@ -10,7 +10,7 @@ from torch.utils.data import Dataset, Sampler
 
 from vivim.constants import output_frame_index
 from vivim.data.clips import clip_indices
-from vivim.data.image_io import read_frame, read_mask
+from vivim.data.image_io import read_frame, read_mask, size_mismatch
 from vivim.data.layouts import VideoRecord
 from vivim.data.transforms import TrainAugment, apply_geometry, normalise, resize_frame, resize_mask, salt_and_pepper
 from vivim.errors import VivimError
@@ -72,7 +72,7 @@ class ClipDataset(Dataset):
         mask = read_mask(mask_path)
         frame_shape = self._shapes.get(str(frame_path)) or read_frame(frame_path).shape[:2]
         if mask.shape != frame_shape:
-            raise VivimError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but frame {frame_path} is {frame_shape[1]}x{frame_shape[0]}")
+            raise size_mismatch(mask_path, mask.shape[::-1], frame_path, frame_shape[::-1])
         if rng is not None and self.augment is not None and self.augment.mask_noise > 0:
             return resize_mask(salt_and_pepper(mask, self.augment.mask_noise, rng), self.size)
         return resize_mask(mask, self.size)

@@ -43,6 +43,11 @@ def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
         raise VivimError(f"{path}: cannot decode this {what} ({exc.__class__.__name__})") from None
 
 
+def size_mismatch(mask: str | Path, mask_wh: tuple[int, int], frame: str | Path, frame_wh: tuple[int, int]) -> VivimError:
+    """The one message for a mask whose (width, height) is not its frame's."""
+    return VivimError(f"{mask}: mask is {mask_wh[0]}x{mask_wh[1]} but frame {frame} is {frame_wh[0]}x{frame_wh[1]}")
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """A boolean (H, W) foreground mask.
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vivim.data.image_io import FRAME_EXTENSIONS, image_size
+from vivim.data.image_io import FRAME_EXTENSIONS, image_size, size_mismatch
 from vivim.errors import VivimError
 
 SPLITS = ("train", "val", "test", "all")
@@ -146,8 +146,7 @@ def check_headers(videos: list[VideoRecord]) -> None:
         for frame, mask in zip(video.frames, video.masks):
             frame_size, mask_size = image_size(frame, "frame"), image_size(mask, "mask")
             if frame_size != mask_size:
-                raise VivimError(f"{mask}: mask is {mask_size[0]}x{mask_size[1]} but frame {frame} is "
-                                 f"{frame_size[0]}x{frame_size[1]}")
+                raise size_mismatch(mask, mask_size, frame, frame_size)
 
 
 def split_by_video(videos: list[VideoRecord], val_fraction: float, seed: int) -> tuple[list[VideoRecord], list[VideoRecord]]:
