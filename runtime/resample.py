@@ -16,6 +16,8 @@ from typing import Callable, Iterator, NamedTuple, Optional, Set, Tuple
 import numpy as np
 import torch
 
+from vivim.model.resize import bilinear_weights
+
 
 def area_weights(src: int, dst: int) -> np.ndarray:
     """(dst, src) weights of OpenCV's INTER_AREA when shrinking (dst <= src): output pixel i is the mean of the source
@@ -31,22 +33,9 @@ def area_weights(src: int, dst: int) -> np.ndarray:
 
 
 def linear_weights(src: int, dst: int) -> np.ndarray:
-    """(dst, src) weights of OpenCV's INTER_LINEAR: pixel centres aligned, the two neighbours of (i + 0.5) s - 0.5,
-    clamped at the borders as OpenCV clamps (no antialiasing, as in OpenCV)."""
-    scale = src / dst
-    pos = (np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5
-    left = np.floor(pos).astype(np.int64)
-    frac = pos - left
-    frac[left < 0] = 0.0
-    left[left < 0] = 0
-    at_end = left >= src - 1
-    frac[at_end] = 0.0
-    left[at_end] = src - 1
-    weights = np.zeros((dst, src), dtype=np.float64)
-    rows = np.arange(dst)
-    np.add.at(weights, (rows, left), 1.0 - frac)
-    np.add.at(weights, (rows, np.minimum(left + 1, src - 1)), frac)
-    return weights.astype(np.float32)
+    """(dst, src) weights of OpenCV's INTER_LINEAR, which are the model's bilinear weights (pixel centres aligned,
+    neighbours clamped at the borders, no antialiasing)."""
+    return bilinear_weights(src, dst).float().numpy()
 
 
 def resample_weights(src: int, dst: int, mode: str) -> np.ndarray:

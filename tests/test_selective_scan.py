@@ -122,6 +122,27 @@ def test_dispatch_uses_the_reference_on_cpu_and_reports_unavailable_impls():
     assert not ok and reason
 
 
+def test_dispatch_skips_implementations_that_do_not_take_the_inputs_dtype():
+    """A float64 model on CUDA must fall back to the reference, not fail in a kernel that takes 16/32-bit floats."""
+    calls = []
+
+    def float32_only(*args):
+        calls.append(args[0].dtype)
+        return dispatch.pick("cpu", dtype=torch.float64).fn(*args)  # the reference computes the values
+
+    dispatch.register_impl("float32_only", float32_only, priority=1000, devices=("cpu",), dtypes=(torch.float32,))
+    try:
+        assert dispatch.pick("cpu", dtype=torch.float32).name == "float32_only"
+        assert dispatch.pick("cpu", dtype=torch.float64).name == "reference"
+        u, delta, A, B, C, D, z, bias = random_scan_inputs(1, 4, 9, 3, 1)
+        selective_scan(u.double(), delta.double(), A, B.double(), C.double(), D, z.double(), bias, True)
+        assert calls == []
+        selective_scan(u, delta, A, B, C, D, z, bias, True)
+        assert calls == [torch.float32]
+    finally:
+        dispatch._REGISTRY.pop("float32_only")
+
+
 def test_torch_export_sees_one_op_per_scan(rng_seed):
     class TwoScans(torch.nn.Module):
         def forward(self, u, delta, A, B, C, D, z, bias):

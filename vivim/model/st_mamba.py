@@ -86,7 +86,9 @@ class STMamba(nn.Module):
 
     def forward(self, tokens: Tensor, frames: int) -> Tensor:
         """tokens (batch, L = T*h*w, C) in T-major order -> (batch, L, C)."""
-        xz = self.in_proj(tokens).transpose(1, 2)  # (batch, 2*d_inner, L)
+        # in_proj (no bias) with the transposed product, so x and z come out channel-major and contiguous: the
+        # branches' conv1d and reorderings then read contiguous rows (0.3 ms of a paper-model step on an H200)
+        xz = torch.matmul(self.in_proj.weight, tokens.transpose(1, 2))  # (batch, 2*d_inner, L)
         x, z = xz.chunk(2, dim=1)
         branches = self.branch_list()
         parts = [branch.scan_inputs(to_branch_order(x, name, frames)) for name, branch in zip(BRANCHES, branches)]

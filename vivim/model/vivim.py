@@ -14,30 +14,43 @@ from torch import Tensor, nn
 
 from vivim.constants import output_frame_index
 from vivim.model.config import VivimConfig
+from vivim.model.resize import BilinearResize
 from vivim.model.segformer import OverlapPatchEmbed, SegFormerBlock, init_segformer_weights
 from vivim.model.temporal import MambaLayer
 
 OutputFrame = Optional[Union[str, int]]
 
 
+def stage_sizes(config: VivimConfig) -> list[tuple[int, int]]:
+    """(h, w) of each encoder stage's map for the configured square input (the patch embeddings' conv arithmetic)."""
+    sizes, side = [], config.img_size
+    for kernel, stride in zip(config.patch_sizes, config.strides):
+        side = (side + 2 * (kernel // 2) - kernel) // stride + 1
+        sizes.append((side, side))
+    return sizes
+
+
 class SegFormerHead(nn.Module):
     """All-MLP decoder, per frame: project each stage to E channels, upsample to stage-1 size, fuse, classify."""
 
-    def __init__(self, in_dims: tuple[int, ...], dim: int, num_classes: int, dropout: float):
+    def __init__(self, in_dims: tuple[int, ...], dim: int, num_classes: int, dropout: float,
+                 sizes: list[tuple[int, int]]):
         super().__init__()
         self.linear_c = nn.ModuleList(nn.Linear(c, dim) for c in in_dims)
+        # stage i's map is resized to stage 1's size; the weights for the configured input size are kept
+        self.upsample = nn.ModuleList(BilinearResize(size, sizes[0]) for size in sizes[1:])
         self.linear_fuse = nn.Conv2d(dim * len(in_dims), dim, 1, bias=False)
         self.batch_norm = nn.BatchNorm2d(dim)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(dim, num_classes, 1)
 
     def forward(self, features: list[Tensor]) -> Tensor:
-        size = features[0].shape[-2:]
+        size = (features[0].shape[-2], features[0].shape[-1])
         projected = []
-        for feature, linear in zip(features, self.linear_c):
+        for i, (feature, linear) in enumerate(zip(features, self.linear_c)):
             n, _, h, w = feature.shape
             x = linear(feature.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(n, -1, h, w)
-            projected.append(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+            projected.append(x if i == 0 else self.upsample[i - 1](x, size))
         # SegFormer concatenates the deepest stage first
         x = self.linear_fuse(torch.cat(projected[::-1], dim=1))
         x = self.dropout(F.relu(self.batch_norm(x)))
@@ -64,7 +77,8 @@ class VivimModel(nn.Module):
                 MambaLayer(dim, config.d_state, config.d_conv, config.expand, config.dsf_ratio)
                 for _ in range(config.mamba_layers)))
             in_chans = dim
-        self.decode_head = SegFormerHead(dims, config.decoder_dim, config.num_classes, config.decoder_dropout)
+        self.decode_head = SegFormerHead(dims, config.decoder_dim, config.num_classes, config.decoder_dropout,
+                                         stage_sizes(config))
         init_segformer_weights(self.patch_embeds)
         init_segformer_weights(self.blocks)
         init_segformer_weights(self.decode_head)

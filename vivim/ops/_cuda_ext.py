@@ -173,7 +173,7 @@ def try_register() -> bool:
         from vivim.ops import dispatch
 
         dispatch.register_impl("vivim_cuda", selective_scan_cuda, priority=100, available=available,
-                               devices=("cuda",), differentiable=False)
+                               devices=("cuda",), differentiable=False, dtypes=dispatch.KERNEL_DTYPES)
         return True
     except Exception:
         return False

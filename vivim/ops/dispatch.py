@@ -32,9 +32,11 @@ class ScanImpl:
     available: Callable[[], bool]
     devices: tuple[str, ...]  # device types it runs on
     differentiable: bool  # True when fn itself supports autograd (used to compute the backward)
+    dtypes: Optional[tuple[torch.dtype, ...]] = None  # input dtypes it takes (None: any)
 
 
 _REGISTRY: dict[str, ScanImpl] = {}
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the CUDA kernels take for u, delta, B, C, z
 _forced = threading.local()
 
 
@@ -45,9 +47,10 @@ def register_impl(
     available: Callable[[], bool] = lambda: True,
     devices: tuple[str, ...] = ("cuda",),
     differentiable: bool = False,
+    dtypes: Optional[tuple[torch.dtype, ...]] = None,
 ) -> None:
     """Add (or replace) an implementation of the selective scan."""
-    _REGISTRY[name] = ScanImpl(name, fn, priority, available, devices, differentiable)
+    _REGISTRY[name] = ScanImpl(name, fn, priority, available, devices, differentiable, dtypes)
 
 
 def implementations() -> list[ScanImpl]:
@@ -85,8 +88,8 @@ def use_impl(name: Optional[str], device_type: str = "cuda") -> Iterator[None]:
         _forced.name = previous
 
 
-def pick(device_type: str, need_grad: bool = False) -> ScanImpl:
-    """The implementation a call on `device_type` uses now."""
+def pick(device_type: str, need_grad: bool = False, dtype: Optional[torch.dtype] = None) -> ScanImpl:
+    """The implementation a call on `device_type` (with inputs of `dtype`, when given) uses now."""
     _load_optional_impls()
     forced = getattr(_forced, "name", None)
     if forced is not None and not need_grad:
@@ -94,6 +97,8 @@ def pick(device_type: str, need_grad: bool = False) -> ScanImpl:
     for impl in implementations():
         if need_grad and not impl.differentiable:
             continue
+        if dtype is not None and impl.dtypes is not None and dtype not in impl.dtypes:
+            continue  # e.g. a float64 model on CUDA: the kernels take 16- and 32-bit floats only
         if is_available(impl.name, device_type)[0]:
             return impl
     return _REGISTRY["reference"]
@@ -112,7 +117,7 @@ def _load_optional_impls() -> None:
         return
     if importlib.util.find_spec("mamba_ssm") is not None:
         register_impl("mamba_ssm", _mamba_ssm_scan, priority=50, available=_mamba_ssm_available,
-                      devices=("cuda",), differentiable=True)
+                      devices=("cuda",), differentiable=True, dtypes=KERNEL_DTYPES)
     try:
         from vivim.ops import _cuda_ext  # the project's kernel; builds on first use
     except ImportError:

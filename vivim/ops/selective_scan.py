@@ -26,7 +26,7 @@ def _selective_scan_op(
     delta_bias: Optional[Tensor] = None,
     delta_softplus: bool = False,
 ) -> Tensor:
-    impl = dispatch.pick(u.device.type)
+    impl = dispatch.pick(u.device.type, dtype=u.dtype)
     out = impl.fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     # custom ops may not return a view or an input alias
     return out.contiguous() if out.data_ptr() not in (u.data_ptr(), delta.data_ptr()) else out.clone()
@@ -47,7 +47,7 @@ def _backward(ctx, grad_out):
     saved = ctx.saved_tensors
     args = [t.detach().requires_grad_(t.is_floating_point()) if present else None
             for t, present in zip(saved, ctx.present)]
-    impl = dispatch.pick(grad_out.device.type, need_grad=True)
+    impl = dispatch.pick(grad_out.device.type, need_grad=True, dtype=grad_out.dtype)
     with torch.enable_grad():
         out = impl.fn(*args, ctx.delta_softplus)
         wanted = [a for a in args if a is not None and a.requires_grad]

@@ -1,0 +1,72 @@
+"""One model step per variant, fp16, replayed from a CUDA graph: for A/B runs of two source trees on one GPU.
+
+    python benchmarks/bench_model_step.py                       # the installed vivim
+    python benchmarks/bench_model_step.py --tree /tmp/old-tree  # another checkout (its vivim/ and plugins/)
+
+Prints one JSON line per run (median ms of 40 bursts of 5 replays, batch 1, 5-frame clips): every frame decoded,
+the newest frame only (what vivim-run decodes), and the per-frame part alone. Alternate the trees in one session:
+the numbers move by a few percent between machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+
+def graph_ms(step, reps: int = 40, inner: int = 5) -> float:
+    import torch
+
+    from vivim.cuda_graph import capture_cuda_graph
+
+    graph, _ = capture_cuda_graph(step)
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(inner):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / inner)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tree", help="source tree to import vivim from (default: the installed package)")
+    parser.add_argument("--variants", default="paper:256,b1:256,b0:256,tiny:64", help="variant:size list")
+    parser.add_argument("--label", default="", help="name of this run in the JSON line")
+    args = parser.parse_args()
+    if args.tree:
+        sys.path.insert(0, os.path.abspath(args.tree))
+    import torch
+
+    import vivim
+    from vivim.model import create_model
+    from vivim.ops import dispatch
+
+    if not torch.cuda.is_available():
+        sys.exit("bench_model_step: needs a CUDA GPU")
+    row: dict[str, object] = {"label": args.label or args.tree or "installed", "vivim": os.path.dirname(vivim.__file__),
+                              "gpu": torch.cuda.get_device_name()}
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for spec in args.variants.split(","):
+            variant, size = spec.split(":")[0], int(spec.split(":")[1])
+            model = create_model(variant, img_size=size).cuda().eval().to_inference_dtype(torch.float16)
+            clip = torch.randn(1, 5, 3, size, size, device="cuda", dtype=torch.float16)
+            for output_frame in (None, "newest"):
+                row[f"{variant}@{size} {output_frame or 'all'}"] = round(
+                    graph_ms(lambda: model(clip, output_frame=output_frame)), 3)
+            frame = clip[:, 0]
+            row[f"{variant}@{size} frame part"] = round(graph_ms(lambda: model.frame_features(frame)), 3)
+    row["scan"] = dispatch.pick("cuda", dtype=torch.float16).name  # both trees must time the same scan
+    print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
