@@ -296,23 +296,10 @@ def build_engine(
     mismatch is an error because strong typing never converts precision on its own.
     """
     onnx_path, engine_path, plugin_path = Path(onnx_path), Path(engine_path), Path(plugin_path)
-    rerun = rerun or f"vivim-export trt {onnx_path} -o {engine_path}"
-    if not onnx_path.is_file():
-        raise VivimError(f"{onnx_path}: no such ONNX file")
-    if not plugin_path.is_file():
-        raise VivimError(f"--plugin {plugin_path}: no such plugin library (build it with vivim-export plugin)")
-    if workspace_gib <= 0:
-        raise VivimError(f"--workspace {workspace_gib}: must be a positive number of GiB")
-    if precision is not None and precision not in PRECISION_OF_DTYPE.values():
-        raise VivimError(f"precision {precision!r}: expected one of fp16, bf16, fp32")
-    paths.check_writable(engine_path, "-o")
-
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError) as exc:
-        raise VivimError(tensorrt_missing_message(rerun)) from exc
-    if not hasattr(trt, "Builder"):  # tensorrt-stubs alone leaves an importable, empty namespace package
-        raise VivimError(tensorrt_missing_message(rerun))
+    _check_build_arguments(onnx_path, engine_path, plugin_path, workspace_gib, precision)
+    if import_tensorrt() is None:
+        raise VivimError(tensorrt_missing_message(rerun or f"vivim-export trt {onnx_path} -o {engine_path}"))
+    import tensorrt as trt
 
     class _Logger(trt.ILogger):
         """Prints warnings (everything with --verbose) and remembers the last error for the one-line message."""
@@ -328,6 +315,48 @@ def build_engine(
                 print(f"[TensorRT] {msg}", file=sys.stderr)
 
     logger = _Logger()
+    _load_plugin(plugin_path)
+    builder = trt.Builder(logger)
+    # the parser owns weights that the network refers to: both stay referenced here until the build returns
+    network, parser = _parse_onnx(builder, logger, onnx_path)
+    graph_precision = _graph_precision(network)
+    if precision is not None and precision != graph_precision:
+        raise VivimError(
+            f"{onnx_path}: the graph computes in {graph_precision} but {precision} was requested; TensorRT builds "
+            f"strongly typed, so export the ONNX in {precision} (vivim-export onnx ... --{precision})"
+        )
+    config = _builder_config(builder, workspace_gib, timing_cache)
+    monitor = build_progress_monitor(trt, sys.stderr.isatty())
+    if monitor is not None:  # kept referenced until the build returns: TensorRT calls it from its threads
+        config.progress_monitor = monitor
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise VivimError(f"TensorRT could not build {engine_path}: {logger.last_error or 'see the log above'}")
+    atomic.write_bytes(engine_path, bytes(memoryview(serialized)))
+    if timing_cache is not None:
+        atomic.write_bytes(Path(timing_cache), bytes(memoryview(config.get_timing_cache().serialize())))
+    write_sidecar(engine_path, _engine_sidecar(engine_path, plugin_path, onnx_path, network, graph_precision,
+                                               workspace_gib))
+    return engine_path
+
+
+def _check_build_arguments(onnx_path: Path, engine_path: Path, plugin_path: Path, workspace_gib: float,
+                           precision: str | None) -> None:
+    """The checks that need no TensorRT, so a typo fails at once, also on a machine without it."""
+    if not onnx_path.is_file():
+        raise VivimError(f"{onnx_path}: no such ONNX file")
+    if not plugin_path.is_file():
+        raise VivimError(f"--plugin {plugin_path}: no such plugin library (build it with vivim-export plugin)")
+    if workspace_gib <= 0:
+        raise VivimError(f"--workspace {workspace_gib}: must be a positive number of GiB")
+    if precision is not None and precision not in PRECISION_OF_DTYPE.values():
+        raise VivimError(f"precision {precision!r}: expected one of fp16, bf16, fp32")
+    paths.check_writable(engine_path, "-o")
+
+
+def _load_plugin(plugin_path: Path) -> None:
+    """Load our plugin library into TensorRT's registry and check that its creator registered."""
+    import tensorrt as trt
 
     registry = trt.get_plugin_registry()
     try:
@@ -340,7 +369,12 @@ def build_engine(
             f"rebuild it against TensorRT {trt.__version__} headers with vivim-export plugin"
         )
 
-    builder = trt.Builder(logger)
+
+def _parse_onnx(builder: tensorrt.Builder, logger: tensorrt.ILogger,
+                onnx_path: Path) -> tuple[tensorrt.INetworkDefinition, tensorrt.OnnxParser]:
+    """A strongly typed network from the ONNX file, with static input shapes; the parser comes back too."""
+    import tensorrt as trt
+
     flags = 0
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly_typed is not None:  # TensorRT 11 keeps the flag (always strongly typed anyway)
@@ -349,23 +383,21 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        first = errors[0].strip().replace("\n", " ") if errors else logger.last_error
+        first = errors[0].strip().replace("\n", " ") if errors else getattr(logger, "last_error", "")
         raise VivimError(f"{onnx_path}: TensorRT could not parse it ({len(errors)} error(s); first: {first})")
-
-    inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    outputs = [network.get_output(i) for i in range(network.num_outputs)]
-    for tensor in inputs:
+    for tensor in (network.get_input(i) for i in range(network.num_inputs)):
         if any(extent < 0 for extent in _shape(tensor)):
             raise VivimError(
                 f"{onnx_path}: input {tensor.name} has a dynamic shape {_shape(tensor)}; "
                 "export with static shapes (the default of vivim-export onnx)"
             )
-    graph_precision = _graph_precision(network)
-    if precision is not None and precision != graph_precision:
-        raise VivimError(
-            f"{onnx_path}: the graph computes in {graph_precision} but {precision} was requested; TensorRT builds "
-            f"strongly typed, so export the ONNX in {precision} (vivim-export onnx ... --{precision})"
-        )
+    return network, parser
+
+
+def _builder_config(builder: tensorrt.Builder, workspace_gib: float,
+                    timing_cache: Path | None) -> tensorrt.IBuilderConfig:
+    """Workspace limit and timing cache (a cache from another TensorRT or GPU is replaced, with a warning)."""
+    import tensorrt as trt
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
@@ -376,19 +408,16 @@ def build_engine(
     if not config.set_timing_cache(cache, False):
         print(f"warning: timing cache {timing_cache} does not match this TensorRT/GPU; starting a new one", file=sys.stderr)
         config.set_timing_cache(config.create_timing_cache(b""), False)
+    return config
 
-    monitor = build_progress_monitor(trt, sys.stderr.isatty())
-    if monitor is not None:  # kept referenced until the build returns: TensorRT calls it from its threads
-        config.progress_monitor = monitor
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise VivimError(f"TensorRT could not build {engine_path}: {logger.last_error or 'see the log above'}")
-    atomic.write_bytes(engine_path, bytes(memoryview(serialized)))
-    if timing_cache is not None:
-        atomic.write_bytes(Path(timing_cache), bytes(memoryview(config.get_timing_cache().serialize())))
+
+def _engine_sidecar(engine_path: Path, plugin_path: Path, onnx_path: Path, network: tensorrt.INetworkDefinition,
+                    precision: str, workspace_gib: float) -> dict[str, Any]:
+    """What the engine is bound to (GPU, TensorRT, CUDA, plugin) and what it holds (I/O, model, source)."""
+    import tensorrt as trt
 
     gpu = current_gpu()
-    sidecar: dict[str, Any] = {
+    return {
         "schema": SIDECAR_SCHEMA,
         "engine": {"path": str(engine_path), "sha256": file_sha256(engine_path), "bytes": engine_path.stat().st_size},
         "gpu": {
@@ -397,7 +426,7 @@ def build_engine(
         },
         "tensorrt_version": str(trt.__version__),
         "cuda": {"driver": gpu.cuda_driver if gpu else None, "runtime": cuda_runtime_version()},
-        "precision": graph_precision,
+        "precision": precision,
         "strongly_typed": True,
         "workspace_gib": workspace_gib,
         "plugin": {
@@ -407,8 +436,8 @@ def build_engine(
             "version": PLUGIN_VERSION,
             "namespace": PLUGIN_NAMESPACE,
         },
-        "inputs": [_describe(t) for t in inputs],
-        "outputs": [_describe(t) for t in outputs],
+        "inputs": [_describe(network.get_input(i)) for i in range(network.num_inputs)],
+        "outputs": [_describe(network.get_output(i)) for i in range(network.num_outputs)],
         "model": onnx_metadata(onnx_path),
         "source_onnx": {"path": str(onnx_path.resolve()), "sha256": file_sha256(onnx_path)},
         "built": {
@@ -418,8 +447,6 @@ def build_engine(
             "package_version": _package_version(),
         },
     }
-    write_sidecar(engine_path, sidecar)
-    return engine_path
 
 
 def _shape(tensor: tensorrt.ITensor) -> list[int]:
