@@ -74,3 +74,20 @@ def test_decoder_head_equals_the_interpolate_reference(rng_seed, side):
                 for c, s in zip(model.config.embed_dims, (4, 8, 16, 32))]
     with torch.no_grad():
         torch.testing.assert_close(head(features), _reference_head(head, features), rtol=1e-10, atol=1e-10)
+
+
+def test_the_configured_size_uses_the_kept_weights(monkeypatch):
+    """At the size the model was built for, no weights are built per call (that is the fast path)."""
+    from vivim.model import resize
+
+    model = vivim.create_model("tiny", frames=2, img_size=64).eval()
+    clip = torch.randn(1, 2, 3, 64, 64)
+
+    def not_at_this_size(src, dst):
+        raise AssertionError(f"weights built per call for {src} -> {dst}")
+
+    monkeypatch.setattr(resize, "bilinear_weights", not_at_this_size)
+    with torch.no_grad():
+        model(clip)
+        with pytest.raises(AssertionError, match="weights built per call"):
+            model(torch.randn(1, 2, 3, 96, 96))

@@ -143,6 +143,44 @@ def test_dispatch_skips_implementations_that_do_not_take_the_inputs_dtype():
         dispatch._REGISTRY.pop("float32_only")
 
 
+def test_backward_also_skips_implementations_that_do_not_take_the_dtype():
+    """The backward picks a differentiable implementation: a float32-only one must not get float64 gradients."""
+    calls = []
+
+    def float32_only(*args):
+        calls.append(args[0].dtype)
+        return dispatch.pick("cpu", dtype=torch.float64).fn(*args)
+
+    dispatch.register_impl("float32_only", float32_only, priority=1000, devices=("cpu",), differentiable=True,
+                           dtypes=(torch.float32,))
+    try:
+        for dtype in (torch.float64, torch.float32):
+            u, delta, A, B, C, D, z, bias = random_scan_inputs(1, 4, 9, 3, 1, dtype=dtype)
+            u.requires_grad_(True)
+            selective_scan(u, delta, A, B, C, D, z, bias, True).sum().backward()
+            assert u.grad is not None and u.grad.dtype == dtype
+        assert calls == [torch.float32, torch.float32]  # float32's forward and backward; none for float64
+    finally:
+        dispatch._REGISTRY.pop("float32_only")
+
+
+def test_the_cuda_kernels_register_with_the_dtypes_they_take(monkeypatch):
+    """vivim_cuda and mamba_ssm take 16- and 32-bit floats only; their registrations must say so (a float64 model on
+    CUDA then falls back to the reference). Registered here without CUDA, then removed again."""
+    from vivim.ops import _cuda_ext
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    saved = dict(dispatch._REGISTRY)
+    try:
+        assert _cuda_ext.try_register()
+        dispatch.register_mamba_ssm()
+        for name in ("vivim_cuda", "mamba_ssm"):
+            assert dispatch._REGISTRY[name].dtypes == (torch.float32, torch.float16, torch.bfloat16)
+    finally:
+        dispatch._REGISTRY.clear()
+        dispatch._REGISTRY.update(saved)
+
+
 def test_torch_export_sees_one_op_per_scan(rng_seed):
     class TwoScans(torch.nn.Module):
         def forward(self, u, delta, A, B, C, D, z, bias):

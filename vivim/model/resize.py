@@ -9,21 +9,19 @@ result equals F.interpolate(mode="bilinear", align_corners=False) up to rounding
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
 
-def bilinear_weights(src: int, dst: int, device: Optional[torch.device] = None) -> Tensor:
+def bilinear_weights(src: int, dst: int) -> Tensor:
     """(dst, src) float64 weights of a bilinear resize with pixel centres aligned (align_corners=False, no
     antialiasing): output i takes the two neighbours of (i + 0.5) src / dst - 0.5, clamped at the borders. This is
     also OpenCV's INTER_LINEAR."""
-    pos = ((torch.arange(dst, dtype=torch.float64, device=device) + 0.5) * (src / dst) - 0.5).clamp(min=0.0)
+    pos = ((torch.arange(dst, dtype=torch.float64) + 0.5) * (src / dst) - 0.5).clamp(min=0.0)
     left = pos.floor().clamp(max=src - 1)
     frac = torch.where(left >= src - 1, torch.zeros_like(pos), pos - left)
     right = (left + 1).clamp(max=src - 1)
-    weights = torch.zeros(dst, src, dtype=torch.float64, device=device)
+    weights = torch.zeros(dst, src, dtype=torch.float64)
     weights.scatter_add_(1, left.long()[:, None], (1.0 - frac)[:, None])
     weights.scatter_add_(1, right.long()[:, None], frac[:, None])
     return weights
@@ -55,6 +53,7 @@ class BilinearResize(nn.Module):
         if src == self.src and dst == self.dst:
             wy, wx = self.wy.to(maps.dtype), self.wx.to(maps.dtype)  # no-ops unless the maps' dtype is not the model's (autocast)
         else:
-            wy = bilinear_weights(src[0], dst[0], maps.device).to(maps.dtype)
-            wx = bilinear_weights(src[1], dst[1], maps.device).to(maps.dtype)
+            # built in float64 on the CPU (some devices have no float64), then moved
+            wy = bilinear_weights(src[0], dst[0]).to(maps.device, maps.dtype)
+            wx = bilinear_weights(src[1], dst[1]).to(maps.device, maps.dtype)
         return resize_with(maps, wy, wx)

@@ -116,8 +116,7 @@ def _load_optional_impls() -> None:
     if not torch.cuda.is_available():
         return
     if importlib.util.find_spec("mamba_ssm") is not None:
-        register_impl("mamba_ssm", _mamba_ssm_scan, priority=50, available=_mamba_ssm_available,
-                      devices=("cuda",), differentiable=True, dtypes=KERNEL_DTYPES)
+        register_mamba_ssm()
     try:
         from vivim.ops import _cuda_ext  # the project's kernel; builds on first use
     except ImportError:
@@ -126,6 +125,11 @@ def _load_optional_impls() -> None:
         _cuda_ext.try_register()
     except Exception:  # never let an optional accelerator break the reference path
         pass
+
+
+def register_mamba_ssm() -> None:
+    register_impl("mamba_ssm", _mamba_ssm_scan, priority=50, available=_mamba_ssm_available,
+                  devices=("cuda",), differentiable=True, dtypes=KERNEL_DTYPES)
 
 
 def _mamba_ssm_available() -> bool:
