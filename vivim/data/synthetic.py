@@ -295,6 +295,74 @@ def _draw_overlay_text(img: np.ndarray, screen: _Screen, labels: dict, frame_ind
 # --------------------------------------------------------------------------------------------- generator
 
 
+@dataclass
+class _ProbeMotion:
+    """Slow hand motion of the probe over the video (acquisition pixels / radians) and tissue wobble."""
+
+    slide: np.ndarray  # lateral shift per frame
+    tilt: np.ndarray  # rotation per frame
+    press: np.ndarray  # axial compression factor per frame
+    lift: np.ndarray  # axial shift per frame
+    wobble_amp: float
+    wobble_len: float
+    wobble_freq: float
+    beams: int
+
+    def tissue_coords(self, ti: int, tn: np.float64, xx: np.ndarray, zz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Screen pixel -> tissue coordinates (u lateral, v depth) of frame ti (at time tn; a NumPy float64, so the
+        wobble is computed in float64 as the images were generated)."""
+        ca, sa = math.cos(float(self.tilt[ti])), math.sin(float(self.tilt[ti]))
+        xr = xx - self.beams / 2.0
+        u = self.beams / 2.0 + self.slide[ti] + ca * xr - sa * zz
+        v = self.lift[ti] + (sa * xr + ca * zz) * self.press[ti]
+        phase = 2 * math.pi * self.wobble_freq * tn
+        u = u + self.wobble_amp * np.sin(2 * math.pi * zz / self.wobble_len + phase)
+        v = v + 0.6 * self.wobble_amp * np.sin(2 * math.pi * xx / self.wobble_len + phase + 1.0)
+        return u.astype(np.float32), v.astype(np.float32)
+
+
+def _make_probe_motion(rng: np.random.Generator, tn: np.ndarray, beams: int, depth_px: int,
+                       size: int) -> _ProbeMotion:
+    slide = _smooth_path(rng, tn, 0.12 * beams)
+    tilt = _smooth_path(rng, tn, 0.05)
+    press = 1.0 + _smooth_path(rng, tn, 0.04)
+    lift = _smooth_path(rng, tn, 0.03 * depth_px)
+    wobble_amp = rng.uniform(0.5, 2.0) * size / 256.0
+    wobble_len = rng.uniform(0.3, 0.8) * depth_px
+    wobble_freq = rng.uniform(1.0, 3.0)
+    return _ProbeMotion(slide, tilt, press, lift, wobble_amp, wobble_len, wobble_freq, beams)
+
+
+def _make_display(rng: np.random.Generator, depth_px: int, kr: np.ndarray, ki: np.ndarray) -> _Display:
+    """The receive chain of one video: attenuation, TGC with a few gain bumps, dynamic range, grey level, noise."""
+    base_atten_db = rng.uniform(18.0, 32.0)  # round-trip loss over the full depth in plain tissue
+    tgc_comp = rng.uniform(0.75, 1.0)
+    gain_bumps = [(rng.uniform(0.1, 0.9), rng.uniform(-2.5, 2.5), rng.uniform(0.08, 0.2)) for _ in range(3)]
+    dyn_range = rng.uniform(36.0, 48.0)
+    grey_level = rng.uniform(0.45, 0.6)  # where the median tissue echo sits in the displayed range
+    noise_level = rng.uniform(0.01, 0.03)
+    refresh = rng.uniform(0.05, 0.15)  # fraction of scatterer power replaced per frame
+    gamma = rng.uniform(1.0, 1.4)
+    depth_frac = np.arange(depth_px, dtype=np.float32)[:, None] / depth_px
+    tgc = 10 ** ((base_atten_db * tgc_comp * depth_frac) / 20.0)
+    for centre, db, width in gain_bumps:
+        tgc = tgc * 10 ** (db * np.exp(-((depth_frac - centre) ** 2) / (2 * width**2)) / 20.0)
+    return _Display(tgc, base_atten_db, dyn_range, grey_level, noise_level, refresh, gamma, kr, ki)
+
+
+def _screen_labels(rng: np.random.Generator, sector: bool, dyn_range: float) -> dict:
+    """The text a scanner prints on the image: probe, frequency, preset, gain, dynamic range, depth, focus."""
+    return {
+        "probe": "C5-1" if sector else "L12-5",
+        "freq": int(rng.choice([3, 4, 5])) if sector else int(rng.choice([8, 10, 12])),
+        "preset": str(rng.choice(["THY", "BRST", "ABD", "MSK"])),
+        "gain": int(rng.integers(40, 70)),
+        "dr": int(round(dyn_range)),
+        "depth_cm": float(rng.choice([4.0, 5.0, 6.0])) if not sector else float(rng.choice([10.0, 12.0, 14.0])),
+        "focus": float(rng.uniform(0.3, 0.7)),
+    }
+
+
 def make_video(
     seed: int,
     index: int = 0,
@@ -325,54 +393,16 @@ def make_video(
     lesion_list = _make_lesions(rng, lesions, beams, depth_px, tn)
     kr, ki = _pulse_echo_psf(size, rng)
 
-    # probe motion (in acquisition pixels / radians)
-    slide = _smooth_path(rng, tn, 0.12 * beams)
-    tilt = _smooth_path(rng, tn, 0.05)
-    press = 1.0 + _smooth_path(rng, tn, 0.04)
-    lift = _smooth_path(rng, tn, 0.03 * depth_px)
-    wobble_amp = rng.uniform(0.5, 2.0) * size / 256.0
-    wobble_len = rng.uniform(0.3, 0.8) * depth_px
-    wobble_freq = rng.uniform(1.0, 3.0)
-
-    base_atten_db = rng.uniform(18.0, 32.0)  # round-trip loss over the full depth in plain tissue
-    tgc_comp = rng.uniform(0.75, 1.0)
-    gain_bumps = [(rng.uniform(0.1, 0.9), rng.uniform(-2.5, 2.5), rng.uniform(0.08, 0.2)) for _ in range(3)]
-    dyn_range = rng.uniform(36.0, 48.0)
-    grey_level = rng.uniform(0.45, 0.6)  # where the median tissue echo sits in the displayed range
-    noise_level = rng.uniform(0.01, 0.03)
-    refresh = rng.uniform(0.05, 0.15)  # fraction of scatterer power replaced per frame
-    gamma = rng.uniform(1.0, 1.4)
-    labels = {
-        "probe": "C5-1" if sector else "L12-5",
-        "freq": int(rng.choice([3, 4, 5])) if sector else int(rng.choice([8, 10, 12])),
-        "preset": str(rng.choice(["THY", "BRST", "ABD", "MSK"])),
-        "gain": int(rng.integers(40, 70)),
-        "dr": int(round(dyn_range)),
-        "depth_cm": float(rng.choice([4.0, 5.0, 6.0])) if not sector else float(rng.choice([10.0, 12.0, 14.0])),
-        "focus": float(rng.uniform(0.3, 0.7)),
-    }
-
-    zz, xx = np.mgrid[0:depth_px, 0:beams].astype(np.float32)
-    depth_frac = zz / depth_px
-    tgc = 10 ** ((base_atten_db * tgc_comp * depth_frac[:, :1]) / 20.0)
-    for centre, db, width in gain_bumps:
-        tgc = tgc * 10 ** (db * np.exp(-((depth_frac[:, :1] - centre) ** 2) / (2 * width**2)) / 20.0)
+    motion = _make_probe_motion(rng, tn, beams, depth_px, size)
+    display = _make_display(rng, depth_px, kr, ki)
+    labels = _screen_labels(rng, sector, display.dyn_range)
     frame_rng = np.random.default_rng(rng.integers(0, 2**63 - 1))
-    display = _Display(tgc, base_atten_db, dyn_range, grey_level, noise_level, refresh, gamma, kr, ki)
 
     out_frames = np.zeros((frames, size, size), np.uint8)
     out_masks = np.zeros((frames, size, size), np.uint8)
-    xr = xx - beams / 2.0
+    zz, xx = np.mgrid[0:depth_px, 0:beams].astype(np.float32)
     for ti in range(frames):
-        # probe motion: screen pixel -> tissue coordinates (u lateral, v depth) of this frame
-        ca, sa = math.cos(float(tilt[ti])), math.sin(float(tilt[ti]))
-        u = beams / 2.0 + slide[ti] + ca * xr - sa * zz
-        v = lift[ti] + (sa * xr + ca * zz) * press[ti]
-        u = u + wobble_amp * np.sin(2 * math.pi * zz / wobble_len + 2 * math.pi * wobble_freq * tn[ti])
-        v = v + 0.6 * wobble_amp * np.sin(2 * math.pi * xx / wobble_len + 2 * math.pi * wobble_freq * tn[ti] + 1.0)
-        u = u.astype(np.float32)
-        v = v.astype(np.float32)
-
+        u, v = motion.tissue_coords(ti, tn[ti], xx, zz)
         echo, atten = _layer_maps(layers, u, v, depth_px, beams, size)
         mask = _add_lesions(lesion_list, u, v, ti, float(tn[ti]), echo, atten, size)
         img8 = _acquire(display, echo, atten, noise, u + pad, v + pad, frame_rng)
