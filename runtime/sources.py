@@ -386,11 +386,12 @@ def video_header(path: str) -> Tuple[Optional[float], Optional[int]]:
     """(frame rate, frame count) as the video's header declares them, each None when it has none; one open."""
     capture = cv2.VideoCapture(path)
     try:
-        fps = float(capture.get(cv2.CAP_PROP_FPS)) if capture.isOpened() else 0.0
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+        if not capture.isOpened():
+            return None, None
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        return _capture_fps(capture), (count if count > 0 else None)
     finally:
         capture.release()
-    return (fps if 0 < fps < 1000 else None), (count if count > 0 else None)
 
 
 def parse_camera(device: str) -> "int | str":

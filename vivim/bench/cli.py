@@ -96,15 +96,10 @@ def bench(
 
 def _require_readable_video(video: str) -> None:
     """The pipeline rows come last: a video they cannot read must fail now, not after every other row."""
-    from vivim.runtime.sources import open_video
+    from vivim.runtime.sources import FrameSource, open_video
 
-    capture = open_video(video)()  # one line naming --video when OpenCV cannot open it
-    try:
-        ok, _ = capture.read()
-    finally:
-        capture.release()
-    if not ok:
-        raise VivimError(f"--video {video}: no frame could be read (unreadable or corrupt video)")
+    # vivim-run's own first-frame probe: one line naming --video when OpenCV cannot open or decode it
+    FrameSource(f"--video {video}", open_video(video), live=False, reconnect=False).open().stop()
 
 
 def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optional[int], size: Optional[int],

@@ -25,11 +25,11 @@ class DetailSpecificFFN(nn.Module):
 
 
 def depthwise_conv3d_as_2d(x: Tensor, conv: nn.Conv3d) -> Tensor:
-    """A depthwise Conv3d (odd kernel, 'same' zero padding, stride 1) on channels-last maps x (batch, T, h, w, C), as one depthwise Conv2d
-    per temporal tap over the T-padded frames, summed.
+    """A depthwise Conv3d (odd kernel, 'same' zero padding, stride 1) on channels-last maps x (batch, T, h, w, C), as
+    one depthwise Conv2d per temporal tap over the T-padded frames, summed.
 
     The Conv3d's own kernel is PyTorch's generic depthwise-3D one (no cuDNN): 143 against 87 us at 256 channels on
-    64x64x5 on an H200, and 2x slower on the CPU. Depthwise 2-D convolutions over channels-last maps have fast kernels
+    64x64x5 on an H200; on a 2-core CPU 81 against 37 ms. Depthwise 2-D convolutions over channels-last maps have fast kernels
     everywhere. The Conv3d keeps the weights, so checkpoints do not change.
     """
     batch, frames, h, w, channels = x.shape
