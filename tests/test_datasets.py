@@ -412,3 +412,82 @@ def test_vtus_videos_of_several_split_folders_keep_apart(tmp_path, vtus):
     names = [v.name for v in videos]
     assert len(names) == len(set(names)) and f"Train/{train_name}" in names and f"Test/{train_name}" in names
     assert len(videos[names.index(f"Test/{train_name}")]) == 2
+
+
+# ------------------------------------------------------------------------------------------ sparse annotation
+
+
+def _drop_random_masks(root, rng, keep_none: str | None = None) -> dict[str, set[int]]:
+    """Delete a random share of the masks (at least one kept per video, except `keep_none`, which loses all);
+    returns the frame indices still annotated, per video."""
+    annotated = {}
+    for folder in sorted((root / "Annotations").iterdir()):
+        masks = sorted(folder.iterdir())
+        if folder.name == keep_none:
+            drop = set(range(len(masks)))
+        else:
+            drop = set(rng.choice(len(masks), size=rng.integers(1, len(masks)), replace=False).tolist())
+        for i in drop:
+            masks[i].unlink()
+        annotated[folder.name] = set(range(len(masks))) - drop
+    return annotated
+
+
+def test_a_missing_mask_names_the_sparse_flag(tmp_path, davis):
+    root = _copy(davis, tmp_path)
+    (root / "Annotations/synth_0001/00003.png").unlink()
+    assert "--sparse-masks" in _error(lambda: discover_videos(root))
+    video = next(v for v in discover_videos(root, sparse=True) if v.name == "synth_0001")
+    assert video.masks[3] is None and 3 not in video.annotated and len(video.annotated) == len(video) - 1
+
+
+@pytest.mark.parametrize("mode", ["centre", "newest"])
+def test_sparse_samples_are_the_annotated_frames_with_the_same_clips(tmp_path, davis, mode):
+    # reference: the fully annotated dataset; a sparse copy must give exactly its items at the kept frames, so the
+    # clips still take the pixels of frames whose masks were removed
+    rng = np.random.default_rng()
+    root = _copy(davis, tmp_path)
+    annotated = _drop_random_masks(root, rng)
+    full = ClipDataset(discover_videos(davis), frames=3, size=32, output_frame=mode)
+    sparse = ClipDataset(discover_videos(root, sparse=True), frames=3, size=32, output_frame=mode)
+    expected = [(v.name, i) for v in full.videos for i in range(len(v)) if i in annotated[v.name]]
+    assert [(sparse.videos[v].name, i) for v, i in sparse.samples] == expected
+    by_key = {(full.videos[v].name, i): k for k, (v, i) in enumerate(full.samples)}
+    for k, key in enumerate(expected):
+        mine, reference = sparse[k], full[by_key[key]]
+        assert torch.equal(mine["clip"], reference["clip"]) and torch.equal(mine["mask"], reference["mask"])
+        assert (mine["video"], mine["frame"]) == key
+
+
+def test_sparse_set_with_no_mask_at_all_and_header_checks(tmp_path, davis):
+    from vivim.data.layouts import check_headers
+
+    root = _copy(davis, tmp_path)
+    for mask in (root / "Annotations").glob("*/*.png"):
+        mask.unlink()
+    videos = discover_videos(root, sparse=True)
+    assert all(not v.annotated for v in videos)
+    assert "none of the 3 video(s) has a mask" in _error(lambda: ClipDataset(videos, frames=3, size=32))
+    check_headers(videos)  # no masks: nothing to compare, and frames without one are no error
+    shutil.rmtree(root)
+    root = _copy(davis, tmp_path)
+    (root / "Annotations/synth_0000/00001.png").unlink()
+    bad = root / "Annotations/synth_0000/00002.png"
+    cv2.imwrite(str(bad), np.zeros((40, 48), np.uint8))
+    assert str(bad) in _error(lambda: check_headers(discover_videos(root, sparse=True)))  # still checked
+
+
+def test_cli_check_counts_annotated_frames(tmp_path, davis):
+    from typer.testing import CliRunner
+
+    from vivim.data.cli import app
+
+    root = _copy(davis, tmp_path)
+    annotated = _drop_random_masks(root, np.random.default_rng(), keep_none="synth_0002")
+    runner = CliRunner()
+    refused = runner.invoke(app, ["check", str(root)])
+    assert isinstance(refused.exception, VivimError) and "--sparse-masks" in str(refused.exception)
+    result = runner.invoke(app, ["check", str(root), "--sparse-masks"])
+    assert result.exit_code == 0, result.output
+    count = sum(len(kept) for kept in annotated.values())
+    assert f"3 videos, 18 frames, {count} of them annotated (1 videos without any mask)" in result.output

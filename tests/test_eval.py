@@ -14,6 +14,7 @@ import torch
 import vivim
 from vivim.constants import IMAGENET_MEAN, IMAGENET_STD
 from vivim.data.synth_dataset import write_synthetic_dataset
+from vivim.errors import VivimError
 from vivim.evaluate import evaluate_checkpoint, format_table, write_overlays
 
 
@@ -89,6 +90,32 @@ def test_scores_match_an_independent_recomputation(checkpoint, data, mode):
         assert summary["per_video"][name]["thresholds_256"]["dice"] == pytest.approx(
             np.mean([r["dice_256"] for r in frames]), abs=1e-6)
     assert summary["output_frame"] == mode and summary["frames"] == 10 and summary["videos"] == 2
+
+
+def test_sparse_masks_score_the_annotated_frames_with_full_clips(checkpoint, data, tmp_path):
+    import shutil
+
+    ref = _reference_scores(checkpoint, data, "centre")  # every frame annotated, clips from every frame
+    copy = tmp_path / "sparse"
+    shutil.copytree(data, copy)
+    rng = np.random.default_rng()
+    kept = set()
+    for video in ("synth_0000", "synth_0001"):
+        masks = sorted((copy / "Annotations" / video).iterdir())
+        keep = set(rng.choice(len(masks), size=2, replace=False).tolist())
+        for i, mask in enumerate(masks):
+            if i not in keep:
+                mask.unlink()
+        kept |= {(video, i) for i in keep}
+    with pytest.raises(VivimError, match="--sparse-masks"):
+        evaluate_checkpoint(str(checkpoint), str(copy), device="cpu", progress=False)
+    summary, acc, _, _ = evaluate_checkpoint(str(checkpoint), str(copy), device="cpu", progress=False, sparse_masks=True)
+    assert {(r["video"], r["frame"]) for r in acc.records} == kept and summary["frames"] == 4
+    for record in acc.records:
+        expected = ref[(record["video"], record["frame"])]
+        for key in ("dice", "precision", "recall", "mae"):
+            assert record[key] == pytest.approx(expected[key], abs=1e-5), (record["video"], record["frame"], key)
+    assert summary["dice"] == pytest.approx(np.mean([ref[key]["dice"] for key in kept]), abs=1e-6)
 
 
 def test_cli_writes_json_table_and_overlays(checkpoint, data, tmp_path):

@@ -401,3 +401,37 @@ def test_states_of_earlier_versions_validate_where_they_started(tmp_path):
     assert _started_val_kind({"config": {"data": data}}) == "carved"  # before Val/ folders were used
     assert _started_val_kind({"val_source": str(tmp_path / "vt" / "Val"), "config": {"data": data}}) == "Val/"
     assert _started_val_kind({"val_source": "1 video(s) carved from --data", "config": {"data": data}}) == "carved"
+
+
+def test_sparse_masks_train_on_the_annotated_frames_only(data, tmp_path, capsys):
+    import shutil
+
+    import numpy as np
+
+    copy = tmp_path / "sparse"
+    shutil.copytree(data, copy)
+    rng = np.random.default_rng()
+    videos = sorted((copy / "Annotations").iterdir())
+    for mask in videos[0].iterdir():  # one video has no mask at all: it is left out, with a warning
+        mask.unlink()
+    annotated = 0
+    for folder in videos[1:]:
+        masks = sorted(folder.iterdir())
+        drop = rng.choice(len(masks), size=int(rng.integers(1, len(masks))), replace=False)
+        for i in drop:
+            masks[i].unlink()
+        annotated += len(masks) - len(drop)
+    with pytest.raises(VivimError, match="--sparse-masks"):
+        run_training(_cfg(copy, tmp_path / "refused.safetensors"))
+    cfg = _cfg(copy, tmp_path / "m.safetensors", epochs=1, batch=1, sparse_masks=True)
+    result = run_training(cfg)
+    assert len(result.step_losses) == annotated  # one step per annotated frame, none for the others
+    assert f"1 training video(s) have no mask at all and are left out (e.g. {videos[0].name})" in capsys.readouterr().err
+    _, meta = vivim.load_checkpoint(result.best_path)
+    assert meta["training"]["sparse_masks"] is True and meta["training"]["train_videos"] == 2
+    with pytest.raises(VivimError, match="started with --sparse-masks True"):
+        run_training(_cfg(copy, tmp_path / "m.safetensors", epochs=1, batch=1, resume=True))
+    for mask in (copy / "Annotations").glob("*/*"):
+        mask.unlink()
+    with pytest.raises(VivimError, match="none of the 3 training videos has a mask"):
+        run_training(_cfg(copy, tmp_path / "none.safetensors", sparse_masks=True))

@@ -49,7 +49,9 @@ def training_videos_among(meta: dict, data: str | Path, videos) -> list[str]:
     # videos carved for validation came out of the train split (metadata before val_kind says so in its text)
     carved = training.get("val_kind", "carved" if str(training.get("val", "")).endswith("carved from --data") else None)
     held_out = set(training.get("val_videos") or []) if carved == "carved" else set()
-    trained = {os.path.realpath(v.frames[0].parent) for v in discover_videos(data, "train") if v.name not in held_out}
+    # only the video folders matter here, so frames without masks are no error
+    trained = {os.path.realpath(v.frames[0].parent) for v in discover_videos(data, "train", sparse=True)
+               if v.name not in held_out}
     return [v.name for v in videos if os.path.realpath(v.frames[0].parent) in trained]
 
 
@@ -65,6 +67,7 @@ def evaluate_checkpoint(
     sweep: bool = True,
     progress: bool = True,
     model_and_meta=None,
+    sparse_masks: bool = False,
 ):
     """Run the model over every annotated frame of `data`; returns (summary dict, accumulator, dataset, model)."""
     import torch
@@ -84,7 +87,7 @@ def evaluate_checkpoint(
     output_frame = output_frame or meta.get("output_frame", "centre")
     check_output_frame(output_frame, frames)
     split = split or default_split(data)
-    videos = discover_videos(data, split)
+    videos = discover_videos(data, split, sparse=sparse_masks)
     dataset = ClipDataset(videos, frames=frames, size=size, output_frame=output_frame)
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers)
     acc = MetricAccumulator(sweep=sweep)
@@ -193,6 +196,7 @@ def evaluate(
     batch: int = typer.Option(8, "--batch", min=1, help="Clips per forward pass."),
     workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    sparse_masks: bool = typer.Option(False, "--sparse-masks", help="Only some frames have masks: score those."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
     """Dice, Jaccard, precision, recall, MAE (threshold 0.5 and mean over 256 thresholds), per video and overall."""
@@ -210,7 +214,8 @@ def evaluate(
 
         torch.set_num_threads(threads)
     summary, acc, dataset, model = evaluate_checkpoint(checkpoint, str(data), split=split, output_frame=output_frame,
-                                                       device=device, batch=batch, workers=workers, progress=progress)
+                                                       device=device, batch=batch, workers=workers, progress=progress,
+                                                       sparse_masks=sparse_masks)
     print(format_table(summary))
     seen = summary["training_videos_scored"]
     if seen:

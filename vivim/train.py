@@ -53,6 +53,7 @@ class TrainConfig:
     progress: bool = True
     augment: bool = True
     overwrite: bool = False  # a fresh run may replace the checkpoint of an earlier run at `out`
+    sparse_masks: bool = False  # frames without a mask feed clips but are not supervised
 
 
 @dataclass
@@ -163,14 +164,25 @@ def _init_distributed(device_name: Optional[str]) -> tuple[_Dist, Any]:
     return d, device
 
 
-def _val_videos(path: str):
+def _val_videos(path: str, sparse: bool):
     from vivim.data.layouts import detect_layout, discover_videos
 
     root = Path(path)
     layout = detect_layout(root)
     if layout == "vtus":  # Val/ when there is one, else that folder's Train/ — never its Test/
-        return discover_videos(root, "val" if (root / "Val").is_dir() else "train")
-    return discover_videos(root, "val")
+        return discover_videos(root, "val" if (root / "Val").is_dir() else "train", sparse=sparse)
+    return discover_videos(root, "val", sparse=sparse)
+
+
+def _annotated_only(videos: list, what: str, main: bool) -> list:
+    """A sparsely annotated set may hold videos without any mask: they give no sample, and a validation split
+    carved from them would score nothing."""
+    kept = [v for v in videos if v.annotated]
+    if not kept:
+        raise VivimError(f"{videos[0].frames[0].parent.parent}: none of the {len(videos)} {what} videos has a mask")
+    if len(kept) < len(videos) and main:
+        warn(f"{len(videos) - len(kept)} {what} video(s) have no mask at all and are left out (e.g. {next(v.name for v in videos if not v.annotated)})")
+    return kept
 
 
 def _should_cache(videos, size: int) -> bool:
@@ -353,14 +365,17 @@ def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any, val_kind: str |
     from vivim.data.layouts import check_headers, discover_videos, split_by_video
     from vivim.data.transforms import TrainAugment
 
-    all_train = discover_videos(cfg.data, "train")
+    sparse = cfg.sparse_masks
+    all_train = _annotated_only(discover_videos(cfg.data, "train", sparse=sparse), "training", dist_info.main)
     if cfg.val and os.path.realpath(cfg.val) == os.path.realpath(cfg.data) and dist_info.main:
         warn(f"--val {cfg.val} is the --data folder: validation scores videos the model trains on")
     val_kind = val_kind or _val_kind(cfg)
     if val_kind == "--val":
-        train_videos, val_videos, val_source = all_train, _val_videos(str(cfg.val)), str(cfg.val)
+        val_videos = _annotated_only(_val_videos(str(cfg.val), sparse), "validation", dist_info.main)
+        train_videos, val_source = all_train, str(cfg.val)
     elif val_kind == "Val/":
-        train_videos, val_videos = all_train, discover_videos(cfg.data, "val")
+        val_videos = _annotated_only(discover_videos(cfg.data, "val", sparse=sparse), "validation", dist_info.main)
+        train_videos = all_train
         val_source = str(Path(cfg.data) / "Val")
     else:
         train_videos, val_videos = split_by_video(all_train, cfg.val_fraction, cfg.seed)
@@ -398,7 +413,8 @@ def _check_resumable(cfg: TrainConfig, state: dict, state_path: Path, last_path:
     """The same settings are required to resume (a resumed run that silently changed the model, the schedule or the
     validation split would compare "best" epochs across different runs); checked before the data is read."""
     saved = state["config"]
-    for key in ("variant", "frames", "size", "output_frame", "lr", "min_lr", "batch", "seed", "val_fraction", "val"):
+    for key in ("variant", "frames", "size", "output_frame", "lr", "min_lr", "batch", "seed", "val_fraction", "val",
+                "sparse_masks"):
         # absent: a state file from before the key was recorded, or (states written before 2026-11-27 left out
         # None values) a --val that was not given; --val is the only one of these settings that can be None
         was = saved.get(key)
@@ -548,7 +564,7 @@ class _Run:
             "seed": cfg.seed,
             "seconds": round(seconds, 1), "lr": cfg.lr, "batch": cfg.batch, "world_size": self.dist.world,
             "device": str(self.device), "amp": self.use_amp, "train_videos": len(data.train_videos),
-            "val_videos": [v.name for v in data.val_videos], "init": cfg.init,
+            "val_videos": [v.name for v in data.val_videos], "init": cfg.init, "sparse_masks": cfg.sparse_masks,
         }
         metadata = {"output_frame": cfg.output_frame}
         vivim.save_checkpoint(self.model, self.last_path, **metadata, training={**summary, "kind": "last"})
@@ -626,6 +642,7 @@ def train(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps (smoke tests)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Turn the paper's augmentations off."),
+    sparse_masks: bool = typer.Option(False, "--sparse-masks", help="Only some frames have masks: train on those; the others feed their clips."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
     """Train with the paper's recipe; validation each epoch, best + last checkpoints, exact --resume."""
@@ -633,7 +650,7 @@ def train(
         data=str(data), out=str(out), variant=variant, epochs=epochs, frames=frames, size=size, batch=batch,
         workers=workers, lr=lr, val=str(val) if val else None, val_fraction=val_fraction, seed=seed, resume=resume,
         init=str(init) if init else None, amp=amp, output_frame=output_frame, device=device, threads=threads,
-        max_steps=max_steps, progress=progress, augment=not no_augment, overwrite=overwrite,
+        max_steps=max_steps, progress=progress, augment=not no_augment, overwrite=overwrite, sparse_masks=sparse_masks,
     )
     started = time.time()
     try:

@@ -64,6 +64,7 @@ def synth(
 def check(
     data: Path = typer.Argument(..., help="Dataset folder (DAVIS or Vivim/VTUS layout)."),
     split: str = typer.Option("all", "--split", help="train, val, test or all."),
+    sparse_masks: bool = typer.Option(False, "--sparse-masks", help="Only some frames have masks (the others feed clips only)."),
 ) -> None:
     """Read every frame and mask of a dataset and report videos, frames, sizes and lesion area."""
     import numpy as np
@@ -72,23 +73,28 @@ def check(
     from vivim.data.image_io import read_frame, read_mask, size_mismatch
     from vivim.data.layouts import detect_layout, discover_videos
 
-    videos = discover_videos(data, split)
+    videos = discover_videos(data, split, sparse=sparse_masks)
     sizes: set[tuple[int, int]] = set()
     fg, empty = [], 0
     total = sum(len(v) for v in videos)
     with tqdm(total=total, unit="frame", desc="check") as bar:
         for video in videos:
             for frame, mask_path in zip(video.frames, video.masks):
-                image, mask = read_frame(frame), read_mask(mask_path)
-                if image.shape[:2] != mask.shape:
-                    raise size_mismatch(mask_path, mask.shape[::-1], frame, image.shape[1::-1])
+                image = read_frame(frame)
                 sizes.add((image.shape[1], image.shape[0]))
-                fg.append(float(mask.mean()))
-                empty += int(not mask.any())
+                if mask_path is not None:
+                    mask = read_mask(mask_path)
+                    if image.shape[:2] != mask.shape:
+                        raise size_mismatch(mask_path, mask.shape[::-1], frame, image.shape[1::-1])
+                    fg.append(float(mask.mean()))
+                    empty += int(not mask.any())
                 bar.update(1)
     size_text = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
-    print(f"{data}: {detect_layout(Path(data))} layout, split {split}: {len(videos)} videos, {total} frames, sizes {size_text}, "
-          f"lesion pixels {100 * float(np.mean(fg)):.1f} % on average, {empty} frames with an empty mask")
+    unlabelled = sum(not v.annotated for v in videos)
+    annotated = f"{len(fg)} of them annotated ({unlabelled} videos without any mask), " if sparse_masks else ""
+    lesion = f"{100 * float(np.mean(fg)):.1f} %" if fg else "n/a"
+    print(f"{data}: {detect_layout(Path(data))} layout, split {split}: {len(videos)} videos, {total} frames, "
+          f"{annotated}sizes {size_text}, lesion pixels {lesion} on average, {empty} frames with an empty mask")
 
 
 def main() -> None:

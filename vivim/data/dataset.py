@@ -48,7 +48,10 @@ class ClipDataset(Dataset):
         self.epoch = 0
         self.cache: dict[str, np.ndarray] | None = {} if cache else None
         self._shapes: dict[str, tuple[int, int]] = {}  # native (H, W) of frames read so far
-        self.samples = [(v, i) for v, video in enumerate(self.videos) for i in range(len(video))]
+        # frames without a mask (a sparsely annotated set) are not samples, but their pixels enter neighbours' clips
+        self.samples = [(v, i) for v, video in enumerate(self.videos) for i in video.annotated]
+        if not self.samples:
+            raise VivimError(f"{self.videos[0].frames[0].parent.parent}: none of the {len(self.videos)} video(s) has a mask")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -69,6 +72,7 @@ class ClipDataset(Dataset):
 
     def _mask(self, video: VideoRecord, index: int, rng: np.random.Generator | None) -> np.ndarray:
         mask_path, frame_path = video.masks[index], video.frames[index]
+        assert mask_path is not None  # samples are annotated frames only
         mask = read_mask(mask_path)
         frame_shape = self._shapes.get(str(frame_path)) or read_frame(frame_path).shape[:2]
         if mask.shape != frame_shape:

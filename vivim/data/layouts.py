@@ -17,14 +17,20 @@ _VTUS_FOLDERS = {"train": ("Train",), "val": ("Val",), "test": ("Test",), "all":
 
 @dataclass
 class VideoRecord:
-    """One video: its frame files in temporal order and the matching mask file for each frame."""
+    """One video: its frame files in temporal order and the matching mask file for each frame (None for a frame
+    without a mask, which only a sparsely annotated dataset has)."""
 
     name: str
     frames: list[Path]
-    masks: list[Path]
+    masks: list[Path | None]
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    @property
+    def annotated(self) -> list[int]:
+        """Indices of the frames that have a mask: the frames a model is trained and scored on."""
+        return [i for i, mask in enumerate(self.masks) if mask is not None]
 
 
 def detect_layout(root: Path) -> str:
@@ -62,7 +68,7 @@ def _list_frames(folder: Path) -> list[Path]:
     return frames
 
 
-def _video_record(name: str, frame_dir: Path, mask_dir: Path) -> VideoRecord:
+def _video_record(name: str, frame_dir: Path, mask_dir: Path, sparse: bool) -> VideoRecord:
     if not mask_dir.is_dir():
         raise VivimError(f"{mask_dir}: mask folder for video '{name}' is missing")
     frames = _list_frames(frame_dir)
@@ -71,17 +77,20 @@ def _video_record(name: str, frame_dir: Path, mask_dir: Path) -> VideoRecord:
         if mask.suffix.lower() in FRAME_EXTENSIONS and not mask.name.startswith("."):
             masks_by_stem.setdefault(mask.stem, mask)
     missing = [frame for frame in frames if frame.stem not in masks_by_stem]
-    if missing:
+    # a missing mask is an error unless the dataset says it is annotated sparsely: a file lost in a copy must not
+    # silently shrink the training set
+    if missing and not sparse:
         raise VivimError(f"{mask_dir / missing[0].stem}.png: mask for frame {missing[0]} is missing "
-                         f"({len(missing)} of {len(frames)} frames of '{name}' have none; any image type is read)")
-    return VideoRecord(name, frames, [masks_by_stem[frame.stem] for frame in frames])
+                         f"({len(missing)} of {len(frames)} frames of '{name}' have none; any image type is read; "
+                         "if only some frames are annotated, pass --sparse-masks)")
+    return VideoRecord(name, frames, [masks_by_stem.get(frame.stem) for frame in frames])
 
 
 def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _davis_videos(root: Path, split: str) -> list[VideoRecord]:
+def _davis_videos(root: Path, split: str, sparse: bool) -> list[VideoRecord]:
     images, annotations = root / "JPEGImages", root / "Annotations"
     if not annotations.is_dir():
         raise VivimError(f"{annotations}: mask folder is missing (DAVIS layout needs Annotations/ beside JPEGImages/)")
@@ -103,10 +112,10 @@ def _davis_videos(root: Path, split: str) -> list[VideoRecord]:
             names = [n for n in names if n in set(wanted)]
     if not names:
         raise VivimError(f"{images}: no video folders found")
-    return [_video_record(n, images / n, annotations / n) for n in names]
+    return [_video_record(n, images / n, annotations / n, sparse) for n in names]
 
 
-def _vtus_videos(root: Path, split: str) -> list[VideoRecord]:
+def _vtus_videos(root: Path, split: str, sparse: bool) -> list[VideoRecord]:
     folders = [f for f in _VTUS_FOLDERS[split] if (root / f).is_dir()]
     if not folders:
         raise VivimError(f"{root / _VTUS_FOLDERS[split][0]}: split folder '{split}' is missing")
@@ -117,13 +126,14 @@ def _vtus_videos(root: Path, split: str) -> list[VideoRecord]:
             raise VivimError(f"{root / folder}: no video folders found")
         # several split folders (split 'all'): Train/0001 and Test/0001 are different videos
         prefix = f"{folder}/" if len(folders) > 1 else ""
-        videos += [_video_record(prefix + n, root / folder / n, root / f"{folder}_GT" / n) for n in names]
+        videos += [_video_record(prefix + n, root / folder / n, root / f"{folder}_GT" / n, sparse) for n in names]
     return videos
 
 
-def discover_videos(root: str | Path, split: str = "all") -> list[VideoRecord]:
+def discover_videos(root: str | Path, split: str = "all", *, sparse: bool = False) -> list[VideoRecord]:
     """All videos of `split` under `root`; every frame must have a mask (<stem>.png, or another image type) or a
-    one-line error names it.
+    one-line error names it. `sparse` (--sparse-masks): frames may lack masks (echocardiography sets label only a
+    few frames per video); they still feed the clips of their neighbours, and their record holds None.
 
     DAVIS layout: split 'all' = every video; 'train'/'val'/'test' use ImageSets/**/<split>.txt when present
     (else every video). VTUS layout: 'train' = Train/, 'test' = Test/, 'val' = Val/, 'all' = all of them.
@@ -136,14 +146,16 @@ def discover_videos(root: str | Path, split: str = "all") -> list[VideoRecord]:
     if info is not None and info.get("complete") is False:
         raise VivimError(f"{root}: an interrupted vivim-data synth run (synth.json says incomplete); run it again "
                          "with --overwrite")
-    return _davis_videos(root, split) if layout == "davis" else _vtus_videos(root, split)
+    return _davis_videos(root, split, sparse) if layout == "davis" else _vtus_videos(root, split, sparse)
 
 
 def check_headers(videos: list[VideoRecord]) -> None:
     """Every frame and mask readable and of the same size, from the file headers: a bad file of a validation video
     must fail here, not after the first epoch of training."""
     for video in videos:
-        for frame, mask in zip(video.frames, video.masks):
+        for i in video.annotated:
+            frame, mask = video.frames[i], video.masks[i]
+            assert mask is not None
             frame_size, mask_size = image_size(frame, "frame"), image_size(mask, "mask")
             if frame_size != mask_size:
                 raise size_mismatch(mask, mask_size, frame, frame_size)
