@@ -4,8 +4,9 @@ PyTorch's CUDA kernel for these maps gives each output pixel one thread that loo
 decoder's 768-channel maps upsampled to 64x64 run on 4,096 threads, ~0.4 ms per call on an H200. The resize is
 separable (out = Wy @ map @ Wx^T per channel), and as two matrix products over the channels-last map it takes
 microseconds: 1.4 ms less per paper-model step on the H200 (benchmarks/RESULTS.md). On a 2-core CPU it is faster for
-one clip (1.6 against 27 ms, 768 channels from 32x32) and slower for a batch of 8 (54 against 30 ms): the dense
-weights cost h multiply-adds per output where interpolation needs two. The result equals
+one map (1.6 against 24 ms, 768 channels from 32x32: interpolation takes a slow path for a batch of one) and slower
+for eight (58 against 30 ms). There the time goes to page faults on fresh output memory (allocating and filling
+the 100 MB output alone takes 28 ms), and the products write an intermediate map as well. The result equals
 F.interpolate(mode="bilinear", align_corners=False) up to rounding.
 """
 
