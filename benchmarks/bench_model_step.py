@@ -2,10 +2,13 @@
 
     python benchmarks/bench_model_step.py                       # the installed vivim
     python benchmarks/bench_model_step.py --tree /tmp/old-tree  # another checkout (its vivim/ and plugins/)
+    python benchmarks/bench_model_step.py --train --batch 8     # vivim-train's step instead
 
 Prints one JSON line per run (median ms of 40 bursts of 5 replays, batch 1, 5-frame clips): every frame decoded,
-the newest frame only (what vivim-run decodes), and the per-frame part alone. Alternate the trees in one session:
-the numbers move by a few percent between machines.
+the newest frame only (what vivim-run decodes), and the per-frame part alone. With --train: vivim-train's step
+(AMP fp16 forward of the centre frame, structure loss, backward, Adam through the grad scaler), eager, median of
+20 steps after 5 warm-up ones. Alternate the trees in one session: the numbers move by a few percent between
+machines.
 """
 
 from __future__ import annotations
@@ -35,11 +38,45 @@ def graph_ms(step, reps: int = 40, inner: int = 5) -> float:
     return statistics.median(times)
 
 
+def train_step_ms(model, batch: int, size: int, steps: int = 20, warmup: int = 5) -> float:
+    """vivim-train's step on random clips and masks, timed with CUDA events (eager, as vivim-train runs it)."""
+    import torch
+
+    from vivim.losses import structure_loss
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler("cuda")
+    clip = torch.randn(batch, 5, 3, size, size, device="cuda")
+    target = (torch.rand(batch, 1, size, size, device="cuda") > 0.5).float()
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.float16):
+            logits = model(clip, output_frame="centre")[:, 0]
+        loss = structure_loss(logits.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    times = []
+    for i in range(warmup + steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", help="source tree to import vivim from (default: the installed package)")
     parser.add_argument("--variants", default="paper:256,b1:256,b0:256,tiny:64", help="variant:size list")
     parser.add_argument("--label", default="", help="name of this run in the JSON line")
+    parser.add_argument("--train", action="store_true", help="time vivim-train's step instead of inference")
+    parser.add_argument("--batch", type=int, default=8, help="clips per training step (--train)")
     args = parser.parse_args()
     if args.tree:
         sys.path.insert(0, os.path.abspath(args.tree))
@@ -54,6 +91,16 @@ def main() -> None:
     row: dict[str, object] = {"label": args.label or args.tree or "installed", "vivim": os.path.dirname(vivim.__file__),
                               "gpu": torch.cuda.get_device_name()}
     torch.manual_seed(0)
+    if args.train:
+        for spec in args.variants.split(","):
+            variant, size = spec.split(":")[0], int(spec.split(":")[1])
+            model = create_model(variant, img_size=size).cuda().train()
+            row[f"train {variant}@{size} batch {args.batch}"] = round(train_step_ms(model, args.batch, size), 2)
+            del model
+            torch.cuda.empty_cache()
+        row["scan"] = dispatch.pick("cuda", need_grad=True).name
+        print(json.dumps(row), flush=True)
+        return
     with torch.inference_mode():
         for spec in args.variants.split(","):
             variant, size = spec.split(":")[0], int(spec.split(":")[1])
@@ -64,7 +111,7 @@ def main() -> None:
                     graph_ms(lambda: model(clip, output_frame=output_frame)), 3)
             frame = clip[:, 0]
             row[f"{variant}@{size} frame part"] = round(graph_ms(lambda: model.frame_features(frame)), 3)
-    row["scan"] = dispatch.pick("cuda", dtype=torch.float16).name  # both trees must time the same scan
+    row["scan"] = dispatch.pick("cuda").name  # both trees must time the same scan
     print(json.dumps(row), flush=True)
 
 
