@@ -38,3 +38,32 @@ def test_header_edits_change_the_build_flags(tmp_path, monkeypatch):
         seen.add(digest)
         header.write_bytes(original)
     assert _cuda_ext._kernel_sources_digest() == first
+
+
+def test_the_cache_folder_is_named_by_every_source(tmp_path, monkeypatch):
+    # a process imports a library found in the folder without asking torch to rebuild: the folder name must change
+    # whenever the binding, the kernel or one of its headers does
+    src, inc = _copy_tree(tmp_path)
+    binding = tmp_path / "selective_scan_binding.cpp"
+    shutil.copy(_cuda_ext._SOURCES[0], binding)
+    monkeypatch.setattr(_cuda_ext, "_KERNEL_DIR", src)
+    monkeypatch.setattr(_cuda_ext, "_INCLUDE", inc)
+    monkeypatch.setattr(_cuda_ext, "_SOURCES", (binding, src / "selective_scan.cu"))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "cache"))
+    first = _cuda_ext.build_directory()
+    assert first == _cuda_ext.build_directory() and first.parent.parent == tmp_path / "cache"
+    seen = {first}
+    for path in [binding, *sorted(p for p in (*src.rglob("*"), *inc.rglob("*")) if p.is_file())]:
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n// edited\n")
+        folder = _cuda_ext.build_directory()
+        assert folder not in seen, f"an edit of {path.name} keeps the cache folder"
+        seen.add(folder)
+        path.write_bytes(original)
+    assert _cuda_ext.build_directory() == first
+
+
+def test_a_cached_library_that_does_not_load_is_ignored(tmp_path):
+    assert _cuda_ext._import_cached(tmp_path) is None  # nothing there
+    (tmp_path / f"{_cuda_ext._EXT_NAME}.so").write_bytes(b"half-written by another process")
+    assert _cuda_ext._import_cached(tmp_path) is None  # then torch's load() builds or waits for the build

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -484,8 +485,6 @@ class _Run:
         from torch.nn.parallel import DistributedDataParallel
 
         if self.dist.world > 1:
-            import warnings
-
             # the depthwise Conv3d weight grads differ from DDP's bucket view only in the stride of a size-1 dim
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -541,7 +540,12 @@ class _Run:
                 stopped = True
                 break
         bar.close()
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # AMP's grad scaler skips the steps whose gradients overflow, at first while it finds its scale; when that
+            # is every step of an epoch (a short epoch), torch warns that the schedule steps before the optimiser did.
+            # The schedule is per epoch, so the warning describes nothing wrong here.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
         return total / max(1, batches), stopped
 
     def save_epoch(self, epoch: int, data: _Data, seconds: float, improved: bool, dice: float, t_epoch: float) -> None:
