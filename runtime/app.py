@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from vivim import paths
@@ -118,13 +119,28 @@ class Pipeline:
             sink.write(frame.index, overlay, mask)
 
 
+def source_image_names(folder: str, log: Log) -> Optional[List[str]]:
+    """The stems of a --frames folder's images in reading order, to name each mask after its image; None when two
+    images share a stem (frame_1.png and frame_1.jpg), where names by capture index are the unambiguous choice."""
+    from vivim.data.layouts import list_frame_files
+
+    stems = [path.stem for path in list_frame_files(Path(folder))]
+    if len(set(stems)) < len(stems):
+        twice = next(stem for stem in stems if stems.count(stem) > 1)
+        log(f"note: --frames {folder}: several images are named {twice}.*, so --save-masks names masks by capture index")
+        return None
+    return stems
+
+
 def build_sinks(cfg: RunConfig, log: Log) -> List[Sink]:
     s = cfg.sink
     sinks: List[Sink] = []
     if s.save:
         sinks.append(VideoSink(s.save, fps=s.save_fps or 0.0))
     if s.save_masks:
-        sinks.append(MaskFolderSink(s.save_masks))
+        folder = cfg.source.location if cfg.source.kind == "frames" else None
+        names = source_image_names(folder, log) if folder else None
+        sinks.append(MaskFolderSink(s.save_masks, names))
     if s.strip:
         sinks.append(StripSink(s.strip, count=s.strip_frames))
     if not s.headless and s.show is not False:

@@ -155,7 +155,7 @@ def run(
     ),
     save: Optional[str] = typer.Option(None, "--save", help="Overlay video (.mp4).", rich_help_panel=_OUT),
     save_masks: Optional[str] = typer.Option(
-        None, "--save-masks", help="Folder for one binary mask PNG per frame (replaces an earlier vivim-run's masks there; never files it did not write).", rich_help_panel=_OUT
+        None, "--save-masks", help="Folder for one binary mask PNG per frame, named after its image with --frames, else by capture index (replaces an earlier vivim-run's masks there; never files it did not write).", rich_help_panel=_OUT
     ),
     stats: Optional[str] = typer.Option(
         None, "--stats", help="Summary JSON (frames, FPS, latency percentiles).", rich_help_panel=_OUT

@@ -84,34 +84,66 @@ class VideoSink:
 
 
 class MaskFolderSink:
-    """One binary PNG (0/255) per processed frame, named by the frame's capture index.
+    """One binary PNG (0/255) per processed frame. Named after the source image for a folder of frames (`names`, the
+    images' stems in reading order: frame_0007.jpg -> frame_0007.png, ready to compare with ground truth), else by
+    the frame's capture index (000000.png, ...).
 
     The folder is this run's output: masks an earlier vivim-run left there are removed when the run closes, so the
-    folder never mixes two runs. A small JSON file beside the masks marks vivim-run's folders: mask-named files in a
-    folder without it are the user's, and the run is refused before it starts rather than overwrite or delete them. Other
-    files are not touched, and nothing is removed if no mask was written."""
+    folder never mixes two runs. A small JSON file beside the masks marks vivim-run's folders and lists the names a
+    run may write. Files named like this run's masks in a folder without it are the user's (a ground-truth folder,
+    say), and the run is refused before it starts rather than overwrite or delete them. Other files are not touched,
+    and nothing is removed if no mask was written."""
 
     _NAME = re.compile(r"\d{6}\.png")
     MARKER = "vivim-run-masks.json"
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, names: Optional[List[str]] = None) -> None:
         paths.check_writable(folder, "--save-masks", folder=True)
+        self.folder = folder
+        self.names = names
+        planned = {f"{name}.png" for name in names} if names else set()
+        present = os.listdir(folder)
+        ours = self._ours(present, planned)
         if not os.path.exists(os.path.join(folder, self.MARKER)):
-            theirs = sorted(name for name in os.listdir(folder) if self._NAME.fullmatch(name))
-            if theirs:
-                raise VivimError(f"--save-masks {folder}: holds {len(theirs)} mask-named file(s) (e.g. {theirs[0]}) "
+            if ours:
+                raise VivimError(f"--save-masks {folder}: holds {len(ours)} mask-named file(s) (e.g. {ours[0]}) "
                                  f"but no {self.MARKER}, so not from this vivim-run (or from one before 2026-11-27); "
                                  f"choose another folder, or create an empty {self.MARKER} there to let it replace them")
-        self.folder = folder
+            earlier: set[str] = set()
+        else:  # an earlier run's masks: its own list, and index-named files (runs before the list was kept)
+            earlier = set(ours) | (set(self._listed(folder)) & set(present))
+        self._earlier = earlier
+        self._planned = sorted(planned)
         self.written = 0
         self.removed = 0
         self._names: set[str] = set()
 
+    def _ours(self, present: List[str], planned: set) -> List[str]:
+        return sorted(name for name in present if self._NAME.fullmatch(name) or name in planned)
+
+    def _listed(self, folder: str) -> List[str]:
+        """The names the marker's run said it may write (none for an empty or older marker)."""
+        import json
+
+        try:
+            with open(os.path.join(folder, self.MARKER)) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            return []
+        listed = info.get("files") if isinstance(info, dict) else None
+        if not isinstance(listed, list):
+            return []
+        # plain names only: a marker is a file anyone can edit, and this list decides what close() deletes
+        return [name for name in listed if isinstance(name, str) and name.endswith(".png") and os.path.basename(name) == name]
+
     def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
-        name = f"{index:06d}.png"
+        # --loop over a folder comes back to its first image: the mask of that image is written again
+        name = f"{self.names[index % len(self.names)]}.png" if self.names else f"{index:06d}.png"
         if not self.written:  # before the first mask, so a folder holding any of ours is marked as ours
-            atomic.write_json(os.path.join(self.folder, self.MARKER),
-                              {"written_by": "vivim-run", "masks": "<capture index, 6 digits>.png, 0 or 255"})
+            atomic.write_json(os.path.join(self.folder, self.MARKER), {
+                "written_by": "vivim-run",
+                "masks": "<source image stem>.png, 0 or 255" if self.names else "<capture index, 6 digits>.png, 0 or 255",
+                "files": sorted(set(self._planned) | self._earlier)})
         write_image(os.path.join(self.folder, name), mask.astype(np.uint8) * 255)
         self._names.add(name)
         self.written += 1
@@ -119,9 +151,10 @@ class MaskFolderSink:
     def close(self) -> None:
         if not self.written:
             return
-        for name in os.listdir(self.folder):
-            if self._NAME.fullmatch(name) and name not in self._names:
-                os.unlink(os.path.join(self.folder, name))
+        for name in sorted(self._earlier - self._names):
+            path = os.path.join(self.folder, name)
+            if os.path.isfile(path):
+                os.unlink(path)
                 self.removed += 1
 
     def saved(self) -> Optional[Tuple[str, str]]:

@@ -207,6 +207,56 @@ def test_image_folder_end_to_end(tmp_path, checkpoint):
     assert shapes == {(36, 44)}  # masks at the frame's own resolution
 
 
+def test_masks_of_a_frame_folder_are_named_after_its_images(tmp_path, checkpoint, clip):
+    # the clip's frames as lossless images numbered without padding (us_2 before us_10); mask us_k.png must be the
+    # reference mask of frame k, whatever the file order on disk
+    capture, frames = cv2.VideoCapture(clip), []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in np.random.default_rng().permutation(len(frames)):
+        cv2.imwrite(str(folder / f"us_{k}.png"), frames[k])
+    masks = tmp_path / "masks"
+    settings = dict(backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu", "output_frame": "centre"},
+                    sink={"headless": True, "quiet": True, "save_masks": str(masks)})
+    run(cfg(source={"kind": "frames", "location": str(folder)}, **settings), log=lambda m: None)
+    assert sorted(p.name for p in masks.glob("*.png")) == sorted(f"us_{k}.png" for k in range(len(frames)))
+    expected = _reference_masks(checkpoint, clip, 2)
+    for k in range(len(frames)):
+        saved = cv2.imread(str(masks / f"us_{k}.png"), cv2.IMREAD_GRAYSCALE) > 0
+        assert (saved == expected[k]).mean() > 0.99, k
+    # a later run into the same folder replaces these masks with its own, named by capture index
+    run(cfg(source={"kind": "video", "location": clip, "max_frames": 3}, **settings), log=lambda m: None)
+    assert sorted(p.name for p in masks.glob("*.png")) == ["000000.png", "000001.png", "000002.png"]
+    # images sharing a stem cannot name their masks: capture index, said once
+    cv2.imwrite(str(folder / "us_0.jpg"), frames[0])
+    notes = []
+    run(cfg(source={"kind": "frames", "location": str(folder), "max_frames": 2}, **settings), log=notes.append)
+    assert sorted(p.name for p in masks.glob("*.png")) == ["000000.png", "000001.png"]
+    assert any("several images are named us_0.*" in line for line in notes)
+
+
+def test_a_folder_holding_masks_named_like_the_images_is_refused(tmp_path, checkpoint):
+    # --save-masks pointed at the ground truth of the images being read: nothing may be overwritten
+    folder, truth = tmp_path / "frames", tmp_path / "truth"
+    folder.mkdir()
+    truth.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(folder / f"frame_{k}.jpg"), np.full((32, 32, 3), 40 * k, np.uint8))
+    cv2.imwrite(str(truth / "frame_1.png"), np.full((32, 32), 255, np.uint8))
+    with pytest.raises(VivimError, match=r"holds 1 mask-named file\(s\) \(e.g. frame_1.png\)"):
+        run(cfg(source={"kind": "frames", "location": str(folder)},
+                backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu"},
+                sink={"headless": True, "quiet": True, "save_masks": str(truth)}), log=lambda m: None)
+    assert sorted(p.name for p in truth.iterdir()) == ["frame_1.png"]
+    assert (cv2.imread(str(truth / "frame_1.png"), cv2.IMREAD_GRAYSCALE) == 255).all()
+
+
 def test_realtime_video_behaves_like_a_live_source(tmp_path, checkpoint, workdir):
     fast = write_clip(workdir / "fast.mp4", n=30, fps=200.0)  # faster than the CPU model: frames must drop
     summary = run(

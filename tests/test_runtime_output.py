@@ -267,3 +267,26 @@ def test_headless_is_automatic_without_a_display(monkeypatch, tmp_path):
                         messages.append)
     assert [type(s).__name__ for s in sinks] == ["StripSink"]
     assert len(messages) == 1 and "no display" in messages[0]
+
+
+def test_mask_folder_removes_only_names_an_earlier_run_listed(tmp_path):
+    import json
+
+    folder = tmp_path / "m"
+    earlier = MaskFolderSink(str(folder), names=["a_1", "a_2", "a_3"])
+    for k, frame in enumerate(_frames(2)):  # stopped after two of its three images
+        earlier.write(k, frame, np.zeros(frame.shape[:2], bool))
+    assert json.loads((folder / MaskFolderSink.MARKER).read_text())["files"] == ["a_1.png", "a_2.png", "a_3.png"]
+    earlier.close()
+    outside = tmp_path / "keep.png"
+    outside.write_bytes(b"not vivim-run's")
+    (folder / "a_3.png").write_bytes(b"appeared later")  # listed by the earlier run: its name, so its file
+    marker = json.loads((folder / MaskFolderSink.MARKER).read_text())
+    marker["files"] += ["../keep.png", "notes.txt"]  # an edited marker may not reach outside or beyond masks
+    (folder / MaskFolderSink.MARKER).write_text(json.dumps(marker))
+    (folder / "notes.txt").write_text("mine")
+    sink = MaskFolderSink(str(folder))
+    sink.write(0, _frames(1)[0], np.ones((24, 32), bool))
+    sink.close()
+    assert _listing(folder) == ["000000.png", "notes.txt", MaskFolderSink.MARKER]
+    assert outside.read_bytes() == b"not vivim-run's" and sink.removed == 3
