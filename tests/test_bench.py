@@ -279,6 +279,12 @@ def test_cli_rejects_bad_flags_in_one_line() -> None:
 @pytest.mark.parametrize("args, message", [
     (["--backends", ","], "--backends: empty list"),
     (["--frames", "0"], "--frames must be >= 1"),
+    (["--iters", "0"], "--iters must be >= 1, got 0"),
+    (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["--long-iters", "0"], "--long-iters must be >= 1, got 0"),
+    (["--pipeline-frames", "0"], "--pipeline-frames must be >= 1, got 0"),
+    (["--checkpoint", "demo"], "give --checkpoint or --variant, not both"),
+    (["--fp16-mode", "fast"], "--fp16-mode must be half or autocast"),
     (["--output-frame", "9"], "--output-frame: output frame index 9 is outside a clip of 5 frames"),
     (["--video", "CORRUPT"], None),  # a video the pipeline rows (run last) could not read
     (["--plugin", "no_such_plugin.so"], "--plugin no_such_plugin.so: no such file"),

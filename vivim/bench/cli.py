@@ -111,24 +111,11 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     from vivim.bench import report
     from vivim.bench.common import BenchSettings, ModelSource, scan_unavailable_reason
     from vivim.bench.env import collect_environment
-    from vivim.bench.plan import BACKENDS, SCANS, parse_frames_list, parse_list, plan_rows, run_rows
-    from vivim.bench.records import apply_speedups
+    from vivim.bench.plan import BACKENDS, SCANS, parse_frames_list, parse_list, plan_rows
     from vivim.constants import check_output_frame
 
-    if checkpoint is not None and variant is not None:
-        raise VivimError("give --checkpoint or --variant, not both")
-    if checkpoint is None and variant is None:
-        variant = "paper"
-        warn("no --checkpoint or --variant: benchmarking the 'paper' variant with random weights")
-    if variant is not None:
-        import vivim
-
-        if variant not in vivim.variants():
-            raise VivimError(f"--variant must be one of {', '.join(vivim.variants())}, got {variant!r}")
-    for flag, value, low in (("--iters", iters, 1), ("--warmup", warmup, 0), ("--batch", batch, 1),
-                             ("--long-iters", long_iters, 1), ("--pipeline-frames", pipeline_frames, 1)):
-        if value < low:
-            raise VivimError(f"{flag} must be >= {low}, got {value}")
+    variant = _model_choice(checkpoint, variant)
+    _check_counts(iters=iters, warmup=warmup, batch=batch, long_iters=long_iters, pipeline_frames=pipeline_frames)
     if fp16_mode not in ("half", "autocast"):
         raise VivimError(f"--fp16-mode must be half or autocast, got {fp16_mode!r}")
     backend_list = parse_list(backends, BACKENDS, "--backends")
@@ -186,14 +173,54 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
         "scan_availability": {name: scan_unavailable_reason(name, device) or "available"
                               for name in SCANS},
     }
+    rows, written = _run_and_save(plan, env, config, out, progress=progress, plots=plots)
+    print()
+    print(report.format_table(rows))
+    summary = best_streaming_summary(rows)
+    if summary:
+        print(summary)
+    print(f"\nResults saved to {out}: {', '.join(p.name for p in written)}")
+    next_command(f"paste {out / 'results.md'} into benchmarks/RESULTS.md with the card and date")
+
+
+def _model_choice(checkpoint: Optional[str], variant: Optional[str]) -> Optional[str]:
+    """The variant to build (None with --checkpoint); 'paper' with random weights when neither flag is given."""
+    if checkpoint is not None and variant is not None:
+        raise VivimError("give --checkpoint or --variant, not both")
+    if checkpoint is None and variant is None:
+        warn("no --checkpoint or --variant: benchmarking the 'paper' variant with random weights")
+        return "paper"
+    if variant is not None:
+        import vivim
+
+        if variant not in vivim.variants():
+            raise VivimError(f"--variant must be one of {', '.join(vivim.variants())}, got {variant!r}")
+    return variant
+
+
+def _check_counts(**counts: int) -> None:
+    lowest = {"warmup": 0}
+    for name, value in counts.items():
+        low = lowest.get(name, 1)
+        if value < low:
+            raise VivimError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+
+
+def _run_and_save(plan: Any, env: Any, config: dict[str, Any], out: Path, *, progress: bool,
+                  plots: bool) -> tuple[list[Any], list[Path]]:
+    """Measure every planned row; the JSON and CSV are rewritten after each one, so a run cut short (time limit,
+    crash) keeps what it measured. Returns the rows and the files written at the end."""
+    from tqdm import tqdm
+
+    from vivim.bench import report
+    from vivim.bench.plan import run_rows
+    from vivim.bench.records import apply_speedups
+
     finished: list[Any] = []
 
     def on_row(row: Any) -> None:
-        from tqdm import tqdm
-
         timing_text = f"{row.latency.mean:.2f} ms mean, p99 {row.latency.p99:.2f} ms" if row.latency else ""
         tqdm.write(f"{row.label}: {row.status}{'  ' + timing_text if timing_text else ''}")
-        # Rewrite the JSON and CSV after every row: a run cut short (time limit, crash) keeps what it measured.
         finished.append(row)
         apply_speedups(finished)
         report.write_json(out / "results.json", finished, env, config)
@@ -202,14 +229,7 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     rows = run_rows(plan, progress=progress, on_row=on_row)
     apply_speedups(rows)
     config["complete"] = True
-    written = report.write_all(out, rows, env, config, plots=plots)
-    print()
-    print(report.format_table(rows))
-    summary = best_streaming_summary(rows)
-    if summary:
-        print(summary)
-    print(f"\nResults saved to {out}: {', '.join(p.name for p in written)}")
-    next_command(f"paste {out / 'results.md'} into benchmarks/RESULTS.md with the card and date")
+    return rows, report.write_all(out, rows, env, config, plots=plots)
 
 
 def best_streaming_summary(rows: list[Any]) -> str | None:
