@@ -125,8 +125,9 @@ def source_image_names(folder: str, log: Log) -> Optional[List[str]]:
     from vivim.data.layouts import list_frame_files
 
     stems = [path.stem for path in list_frame_files(Path(folder))]
-    if len(set(stems)) < len(stems):
-        twice = next(stem for stem in stems if stems.count(stem) > 1)
+    folded = [stem.casefold() for stem in stems]  # Img.jpg and img.png are one mask file on macOS and Windows
+    if len(set(folded)) < len(folded):
+        twice = next(stem for stem, key in zip(stems, folded) if folded.count(key) > 1)
         log(f"note: --frames {folder}: several images are named {twice}.*, so --save-masks names masks by capture index")
         return None
     return stems

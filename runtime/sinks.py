@@ -102,48 +102,57 @@ class MaskFolderSink:
         self.folder = folder
         self.names = names
         planned = {f"{name}.png" for name in names} if names else set()
-        present = os.listdir(folder)
-        ours = self._ours(present, planned)
+        present = set(os.listdir(folder))
+        indexed = {name for name in present if self._NAME.fullmatch(name)}
         if not os.path.exists(os.path.join(folder, self.MARKER)):
-            if ours:
-                raise VivimError(f"--save-masks {folder}: holds {len(ours)} mask-named file(s) (e.g. {ours[0]}) "
+            theirs = sorted(indexed | (planned & present))
+            if theirs:
+                raise VivimError(f"--save-masks {folder}: holds {len(theirs)} mask-named file(s) (e.g. {theirs[0]}) "
                                  f"but no {self.MARKER}, so not from this vivim-run (or from one before 2026-11-27); "
                                  f"choose another folder, or create an empty {self.MARKER} there to let it replace them")
             earlier: set[str] = set()
-        else:  # an earlier run's masks: its own list, and index-named files (runs before the list was kept)
-            earlier = set(ours) | (set(self._listed(folder)) & set(present))
+        else:
+            listed = self._listed(folder)
+            if listed is None:  # an empty marker (the hand-over the refusal names) or one from before the list
+                earlier = indexed | (planned & present)
+            else:  # the earlier run's own list; index-named masks are claimed by the marker itself
+                earlier = indexed | (listed & present)
+                theirs = sorted((planned & present) - listed)
+                if theirs:
+                    raise VivimError(f"--save-masks {folder}: holds {len(theirs)} file(s) named like this run's masks "
+                                     f"(e.g. {theirs[0]}) that no vivim-run wrote there; choose another folder")
         self._earlier = earlier
-        self._planned = sorted(planned)
+        self._planned = planned
         self.written = 0
         self.removed = 0
         self._names: set[str] = set()
 
-    def _ours(self, present: List[str], planned: set) -> List[str]:
-        return sorted(name for name in present if self._NAME.fullmatch(name) or name in planned)
-
-    def _listed(self, folder: str) -> List[str]:
-        """The names the marker's run said it may write (none for an empty or older marker)."""
+    def _listed(self, folder: str) -> Optional[set]:
+        """The names the marker's run wrote or was about to write; None for a marker without that list."""
         import json
 
         try:
             with open(os.path.join(folder, self.MARKER)) as f:
                 info = json.load(f)
         except (OSError, ValueError):
-            return []
+            return None
         listed = info.get("files") if isinstance(info, dict) else None
         if not isinstance(listed, list):
-            return []
+            return None
         # plain names only: a marker is a file anyone can edit, and this list decides what close() deletes
-        return [name for name in listed if isinstance(name, str) and name.endswith(".png") and os.path.basename(name) == name]
+        return {name for name in listed if isinstance(name, str) and name.endswith(".png") and os.path.basename(name) == name}
+
+    def _mark(self, files: set) -> None:
+        atomic.write_json(os.path.join(self.folder, self.MARKER), {
+            "written_by": "vivim-run",
+            "masks": "<source image stem>.png, 0 or 255" if self.names else "<capture index, 6 digits>.png, 0 or 255",
+            "files": sorted(files)})
 
     def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
         # --loop over a folder comes back to its first image: the mask of that image is written again
         name = f"{self.names[index % len(self.names)]}.png" if self.names else f"{index:06d}.png"
-        if not self.written:  # before the first mask, so a folder holding any of ours is marked as ours
-            atomic.write_json(os.path.join(self.folder, self.MARKER), {
-                "written_by": "vivim-run",
-                "masks": "<source image stem>.png, 0 or 255" if self.names else "<capture index, 6 digits>.png, 0 or 255",
-                "files": sorted(set(self._planned) | self._earlier)})
+        if not self.written:  # before the first mask, listing all it may leave behind if the run dies
+            self._mark(self._planned | self._earlier)
         write_image(os.path.join(self.folder, name), mask.astype(np.uint8) * 255)
         self._names.add(name)
         self.written += 1
@@ -156,6 +165,7 @@ class MaskFolderSink:
             if os.path.isfile(path):
                 os.unlink(path)
                 self.removed += 1
+        self._mark(self._names)  # now exactly what the folder holds of ours
 
     def saved(self) -> Optional[Tuple[str, str]]:
         if not self.written:

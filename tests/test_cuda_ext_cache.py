@@ -10,6 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from vivim.ops import _cuda_ext
 
 
@@ -50,8 +52,18 @@ def test_the_cache_folder_is_named_by_every_source(tmp_path, monkeypatch):
     monkeypatch.setattr(_cuda_ext, "_INCLUDE", inc)
     monkeypatch.setattr(_cuda_ext, "_SOURCES", (binding, src / "selective_scan.cu"))
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
     first = _cuda_ext.build_directory()
     assert first == _cuda_ext.build_directory() and first.parent.parent == tmp_path / "cache"
+    with monkeypatch.context() as m:  # the same files in another checkout: the same build
+        m.setattr(_cuda_ext, "_KERNEL_DIR", _cuda_ext._REPO_PLUGINS / "selective_scan" / "src")
+        m.setattr(_cuda_ext, "_INCLUDE", _cuda_ext._REPO_PLUGINS / "selective_scan" / "include")
+        m.setattr(_cuda_ext, "_SOURCES", (_cuda_ext._REPO_PLUGINS / "torch_binding" / "selective_scan_binding.cpp",
+                                          _cuda_ext._REPO_PLUGINS / "selective_scan" / "src" / "selective_scan.cu"))
+        assert _cuda_ext.build_directory() == first
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.7")  # a Jetson Orin build is another build
+    assert _cuda_ext.build_directory() != first
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
     seen = {first}
     for path in [binding, *sorted(p for p in (*src.rglob("*"), *inc.rglob("*")) if p.is_file())]:
         original = path.read_bytes()
@@ -61,6 +73,39 @@ def test_the_cache_folder_is_named_by_every_source(tmp_path, monkeypatch):
         seen.add(folder)
         path.write_bytes(original)
     assert _cuda_ext.build_directory() == first
+
+
+def test_a_cached_build_loads_without_a_compiler(tmp_path, monkeypatch):
+    # a stand-in library with the extension's module name, compiled here with the C compiler; no nvcc, no torch build
+    import shutil as sh
+    import subprocess
+    import sysconfig
+
+    compiler = sh.which("gcc") or sh.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    name = _cuda_ext._EXT_NAME
+    source = tmp_path / "stub.c"
+    source.write_text('#include <Python.h>\n'
+                      f'static struct PyModuleDef def = {{PyModuleDef_HEAD_INIT, "{name}", NULL, -1, NULL}};\n'
+                      f'PyMODINIT_FUNC PyInit_{name}(void) {{\n'
+                      '  PyObject *m = PyModule_Create(&def);\n'
+                      '  if (m) PyModule_AddStringConstant(m, "origin", "cached stub");\n'
+                      '  return m;\n}\n')
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "cache"))
+    folder = _cuda_ext.build_directory()
+    folder.mkdir(parents=True)
+    built = subprocess.run([compiler, "-shared", "-fPIC", f"-I{sysconfig.get_paths()['include']}", str(source),
+                            "-o", str(folder / f"{name}.so")], capture_output=True, text=True)
+    if built.returncode != 0:
+        pytest.skip(f"cannot build a Python extension here: {built.stderr.strip()[:200]}")
+    monkeypatch.setattr(_cuda_ext, "_module", None)
+    monkeypatch.setattr(_cuda_ext, "_failure", None)
+    monkeypatch.setattr(_cuda_ext, "_build_tools_present", lambda: (False, "no nvcc in this image"))
+    assert _cuda_ext.load_extension().origin == "cached stub"
+    (folder / "lock").write_text("")  # another process is building: wait for it through torch instead
+    monkeypatch.setattr(_cuda_ext, "_module", None)
+    assert _cuda_ext._import_cached(folder) is None
 
 
 def test_a_cached_library_that_does_not_load_is_ignored(tmp_path):

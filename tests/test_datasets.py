@@ -445,17 +445,18 @@ def test_a_missing_mask_names_the_sparse_flag(tmp_path, davis):
 def test_sparse_samples_are_the_annotated_frames_with_the_same_clips(tmp_path, davis, mode):
     # reference: the fully annotated dataset; a sparse copy must give exactly its items at the kept frames, so the
     # clips still take the pixels of frames whose masks were removed
-    rng = np.random.default_rng()
+    seed = int(np.random.SeedSequence().entropy % 2**32)  # fresh each run, named in any failure
     root = _copy(davis, tmp_path)
-    annotated = _drop_random_masks(root, rng)
+    annotated = _drop_random_masks(root, np.random.default_rng(seed))
     full = ClipDataset(discover_videos(davis), frames=3, size=32, output_frame=mode)
     sparse = ClipDataset(discover_videos(root, sparse=True), frames=3, size=32, output_frame=mode)
     expected = [(v.name, i) for v in full.videos for i in range(len(v)) if i in annotated[v.name]]
-    assert [(sparse.videos[v].name, i) for v, i in sparse.samples] == expected
+    assert [(sparse.videos[v].name, i) for v, i in sparse.samples] == expected, f"seed {seed}"
     by_key = {(full.videos[v].name, i): k for k, (v, i) in enumerate(full.samples)}
     for k, key in enumerate(expected):
         mine, reference = sparse[k], full[by_key[key]]
-        assert torch.equal(mine["clip"], reference["clip"]) and torch.equal(mine["mask"], reference["mask"])
+        assert torch.equal(mine["clip"], reference["clip"]), f"seed {seed}, {key}"
+        assert torch.equal(mine["mask"], reference["mask"]), f"seed {seed}, {key}"
         assert (mine["video"], mine["frame"]) == key
 
 
@@ -475,6 +476,10 @@ def test_sparse_set_with_no_mask_at_all_and_header_checks(tmp_path, davis):
     bad = root / "Annotations/synth_0000/00002.png"
     cv2.imwrite(str(bad), np.zeros((40, 48), np.uint8))
     assert str(bad) in _error(lambda: check_headers(discover_videos(root, sparse=True)))  # still checked
+    cv2.imwrite(str(bad), np.zeros((48, 48), np.uint8))
+    unlabelled = root / "JPEGImages/synth_0000/00001.jpg"  # no mask, but it fills its neighbours' clips
+    unlabelled.write_bytes(b"not a jpeg")
+    assert str(unlabelled) in _error(lambda: check_headers(discover_videos(root, sparse=True)))
 
 
 def test_cli_check_counts_annotated_frames(tmp_path, davis):
@@ -490,4 +495,4 @@ def test_cli_check_counts_annotated_frames(tmp_path, davis):
     result = runner.invoke(app, ["check", str(root), "--sparse-masks"])
     assert result.exit_code == 0, result.output
     count = sum(len(kept) for kept in annotated.values())
-    assert f"3 videos, 18 frames, {count} of them annotated (1 videos without any mask)" in result.output
+    assert f"3 videos, 18 frames, {count} of them annotated (1 video(s) without any mask)" in result.output

@@ -241,6 +241,25 @@ def test_masks_of_a_frame_folder_are_named_after_its_images(tmp_path, checkpoint
     assert any("several images are named us_0.*" in line for line in notes)
 
 
+def test_a_looped_frame_folder_keeps_one_mask_per_image(tmp_path, checkpoint):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(folder / f"f{k}.png"), np.full((32, 32, 3), 60 * k, np.uint8))
+    notes = []
+    summary = run(cfg(source={"kind": "frames", "location": str(folder), "loop": True, "max_frames": 7},
+                      backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu"},
+                      sink={"headless": True, "quiet": True, "save_masks": str(tmp_path / "masks")}), log=notes.append)
+    assert summary["frames_processed"] == 7
+    assert sorted(p.name for p in (tmp_path / "masks").glob("*.png")) == ["f0.png", "f1.png", "f2.png"]
+    (folder / "F1.jpg").write_bytes((folder / "f1.png").read_bytes())  # one mask file where names ignore case
+    run(cfg(source={"kind": "frames", "location": str(folder), "max_frames": 2},
+            backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu"},
+            sink={"headless": True, "quiet": True, "save_masks": str(tmp_path / "masks")}), log=notes.append)
+    assert sorted(p.name for p in (tmp_path / "masks").glob("*.png")) == ["000000.png", "000001.png"]
+    assert any("several images are named" in line for line in notes)
+
+
 def test_a_folder_holding_masks_named_like_the_images_is_refused(tmp_path, checkpoint):
     # --save-masks pointed at the ground truth of the images being read: nothing may be overwritten
     folder, truth = tmp_path / "frames", tmp_path / "truth"

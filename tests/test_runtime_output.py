@@ -276,11 +276,14 @@ def test_mask_folder_removes_only_names_an_earlier_run_listed(tmp_path):
     earlier = MaskFolderSink(str(folder), names=["a_1", "a_2", "a_3"])
     for k, frame in enumerate(_frames(2)):  # stopped after two of its three images
         earlier.write(k, frame, np.zeros(frame.shape[:2], bool))
+    # while it runs, the marker lists every name it may leave behind (a crash leaves no stray mask unclaimed) ...
     assert json.loads((folder / MaskFolderSink.MARKER).read_text())["files"] == ["a_1.png", "a_2.png", "a_3.png"]
     earlier.close()
+    # ... and once closed, exactly the masks it wrote
+    assert json.loads((folder / MaskFolderSink.MARKER).read_text())["files"] == ["a_1.png", "a_2.png"]
     outside = tmp_path / "keep.png"
     outside.write_bytes(b"not vivim-run's")
-    (folder / "a_3.png").write_bytes(b"appeared later")  # listed by the earlier run: its name, so its file
+    (folder / "a_3.png").write_bytes(b"the user's")  # named like a mask, but no run wrote it
     marker = json.loads((folder / MaskFolderSink.MARKER).read_text())
     marker["files"] += ["../keep.png", "notes.txt"]  # an edited marker may not reach outside or beyond masks
     (folder / MaskFolderSink.MARKER).write_text(json.dumps(marker))
@@ -288,5 +291,19 @@ def test_mask_folder_removes_only_names_an_earlier_run_listed(tmp_path):
     sink = MaskFolderSink(str(folder))
     sink.write(0, _frames(1)[0], np.ones((24, 32), bool))
     sink.close()
-    assert _listing(folder) == ["000000.png", "notes.txt", MaskFolderSink.MARKER]
-    assert outside.read_bytes() == b"not vivim-run's" and sink.removed == 3
+    assert _listing(folder) == ["000000.png", "a_3.png", "notes.txt", MaskFolderSink.MARKER]
+    assert outside.read_bytes() == b"not vivim-run's" and (folder / "a_3.png").read_bytes() == b"the user's"
+    assert sink.removed == 2
+
+
+def test_a_marked_folder_still_refuses_masks_no_run_wrote(tmp_path):
+    # an index-named run marked the folder; ground truth copied in later must not be overwritten by a named run
+    folder = tmp_path / "m"
+    first = MaskFolderSink(str(folder))
+    first.write(0, _frames(1)[0], np.zeros((24, 32), bool))
+    first.close()
+    cv2.imwrite(str(folder / "frame_1.png"), np.full((4, 4), 255, np.uint8))
+    with pytest.raises(VivimError, match=r"holds 1 file\(s\) named like this run's masks \(e.g. frame_1.png\) that no "
+                                         r"vivim-run wrote there"):
+        MaskFolderSink(str(folder), names=["frame_0", "frame_1"])
+    assert _listing(folder) == ["000000.png", "frame_1.png", MaskFolderSink.MARKER]

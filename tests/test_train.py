@@ -410,7 +410,8 @@ def test_sparse_masks_train_on_the_annotated_frames_only(data, tmp_path, capsys)
 
     copy = tmp_path / "sparse"
     shutil.copytree(data, copy)
-    rng = np.random.default_rng()
+    seed = int(np.random.SeedSequence().entropy % 2**32)  # fresh each run, named in any failure
+    rng = np.random.default_rng(seed)
     videos = sorted((copy / "Annotations").iterdir())
     for mask in videos[0].iterdir():  # one video has no mask at all: it is left out, with a warning
         mask.unlink()
@@ -425,13 +426,46 @@ def test_sparse_masks_train_on_the_annotated_frames_only(data, tmp_path, capsys)
         run_training(_cfg(copy, tmp_path / "refused.safetensors"))
     cfg = _cfg(copy, tmp_path / "m.safetensors", epochs=1, batch=1, sparse_masks=True)
     result = run_training(cfg)
-    assert len(result.step_losses) == annotated  # one step per annotated frame, none for the others
+    assert len(result.step_losses) == annotated, f"seed {seed}"  # one step per annotated frame, none for the others
     assert f"1 training video(s) have no mask at all and are left out (e.g. {videos[0].name})" in capsys.readouterr().err
     _, meta = vivim.load_checkpoint(result.best_path)
     assert meta["training"]["sparse_masks"] is True and meta["training"]["train_videos"] == 2
-    with pytest.raises(VivimError, match="started with --sparse-masks True"):
+    from vivim.evaluate import evaluate_checkpoint
+
+    summary, *_ = evaluate_checkpoint(str(result.best_path), str(copy), device="cpu", progress=False, sparse_masks=True)
+    assert summary["frames"] == annotated  # the video without masks is neither scored nor called a training video
+    assert summary["training_videos_scored"] == [folder.name for folder in videos[1:]]
+    with pytest.raises(VivimError, match="the run was started with --sparse-masks; resume with the same flags"):
         run_training(_cfg(copy, tmp_path / "m.safetensors", epochs=1, batch=1, resume=True))
     for mask in (copy / "Annotations").glob("*/*"):
         mask.unlink()
     with pytest.raises(VivimError, match="none of the 3 training videos has a mask"):
         run_training(_cfg(copy, tmp_path / "none.safetensors", sparse_masks=True))
+
+
+def test_resume_refuses_a_dataset_whose_validation_videos_changed(data, tmp_path):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    out = tmp_path / "m.safetensors"
+    run_training(_cfg(copy, out, epochs=2, max_steps=1, val_fraction=0.34, sparse_masks=True))
+    _, meta = vivim.load_checkpoint(out.with_name("m.last.safetensors"))
+    (held_out,) = meta["training"]["val_videos"]
+    for mask in (copy / "Annotations" / held_out).iterdir():  # that video now gives no sample: another carve
+        mask.unlink()
+    with pytest.raises(VivimError, match=f"the validation videos differ from the run's start .*then {held_out}"):
+        run_training(_cfg(copy, out, epochs=2, val_fraction=0.34, sparse_masks=True, resume=True))
+
+
+def test_an_epoch_whose_steps_amp_skipped_prints_no_scheduler_warning(data, tmp_path, monkeypatch):
+    # AMP's scaler skips steps whose gradients overflow; an epoch where it skipped all of them (a short first epoch on
+    # a GPU) must not print torch's "scheduler before optimiser" warning: the schedule is per epoch. Here every
+    # step is skipped the way the scaler does it, without calling the optimiser.
+    import warnings
+
+    monkeypatch.setattr(torch.amp.GradScaler, "step", lambda self, optimizer, *args, **kwargs: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_training(_cfg(data, tmp_path / "m.safetensors", epochs=1))
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]

@@ -111,7 +111,7 @@ def evaluate_checkpoint(
         "frames_per_clip": frames,
         "img_size": size,
         "threshold": 0.5,
-        "training_videos_scored": training_videos_among(meta, data, videos),
+        "training_videos_scored": training_videos_among(meta, data, [v for v in videos if v.annotated]),
         **summary,
         "seconds": round(seconds, 2),
         "conventions": "metrics at the model input size; GT = bilinear-resized mask > 0.5; prediction = sigmoid > 0.5 "

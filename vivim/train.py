@@ -280,6 +280,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         _check_resumable(cfg, state, state_path, last_path)
     # a resumed run validates where it started, even if a Val/ folder appeared or went since ("best" keeps its meaning)
     data = _build_data(cfg, dist_info, device, _started_val_kind(state) if state else None)
+    if state is not None:
+        _check_same_validation(state, data, state_path)
 
     model = vivim.create_model(cfg.variant, frames=cfg.frames, img_size=cfg.size)
     if cfg.init and not cfg.resume:
@@ -421,11 +423,27 @@ def _check_resumable(cfg: TrainConfig, state: dict, state_path: Path, last_path:
         was = saved.get(key)
         if (key in saved or key == "val") and was != getattr(cfg, key):
             flag = "--" + key.replace("_", "-")
+            if isinstance(was, bool):  # an on/off flag
+                raise VivimError(f"{state_path}: the run was started {'with' if was else 'without'} {flag}; "
+                                 "resume with the same flags")
             raise VivimError(f"{state_path}: the run was started with {flag} {was!r}, not {getattr(cfg, key)!r}; "
                              "resume with the same flags")
     if saved["epochs"] != cfg.epochs:  # the cosine schedule's length is part of the state
         raise VivimError(f"{state_path}: the run was planned for --epochs {saved['epochs']}; resume with that value "
                          f"(or train longer in a new run: --init {last_path} with another --out)")
+
+
+def _check_same_validation(state: dict, data: "_Data", state_path: Path) -> None:
+    """A resumed run scores the videos the run started with: a dataset folder that gained or lost videos (or, with
+    --sparse-masks, masks) would carve another split, and "best" would compare epochs scored on different sets."""
+    saved = state.get("val_videos")  # states before 2026-11-27 did not record them
+    now = [v.name for v in data.val_videos]
+    if saved is not None and sorted(saved) != sorted(now):
+        gone, new = sorted(set(saved) - set(now)), sorted(set(now) - set(saved))
+        change = ", ".join(part for part in (f"then {gone[0]}" if gone else "", f"now {new[0]}" if new else "") if part)
+        raise VivimError(f"{state_path}: the validation videos differ from the run's start ({len(saved)} then, "
+                         f"{len(now)} now; e.g. {change}): the dataset changed; resume on the same videos, or start "
+                         "a new run with --overwrite")
 
 
 def _started_val_kind(state: dict) -> str:
@@ -586,6 +604,7 @@ class _Run:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": epoch, "best_dice": best, "best_epoch": progress.best_epoch,
             "history": progress.history, "seconds": seconds, "rng": rngs, "val_kind": data.val_kind,
+            "val_videos": [v.name for v in data.val_videos],
         }, self.state_path)
         shown = f"val Dice {dice:.4f}" if math.isfinite(dice) else "no validation set"
         print(f"epoch {epoch + 1}/{cfg.epochs}: loss {progress.history['epoch_loss'][-1]:.4f}, {shown}, "

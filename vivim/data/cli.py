@@ -91,7 +91,7 @@ def check(
                 bar.update(1)
     size_text = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
     unlabelled = sum(not v.annotated for v in videos)
-    annotated = f"{len(fg)} of them annotated ({unlabelled} videos without any mask), " if sparse_masks else ""
+    annotated = f"{len(fg)} of them annotated ({unlabelled} video(s) without any mask), " if sparse_masks else ""
     lesion = f"{100 * float(np.mean(fg)):.1f} %" if fg else "n/a"
     print(f"{data}: {detect_layout(Path(data))} layout, split {split}: {len(videos)} videos, {total} frames, "
           f"{annotated}sizes {size_text}, lesion pixels {lesion} on average, {empty} frames with an empty mask")

@@ -151,12 +151,14 @@ def discover_videos(root: str | Path, split: str = "all", *, sparse: bool = Fals
 
 def check_headers(videos: list[VideoRecord]) -> None:
     """Every frame and mask readable and of the same size, from the file headers: a bad file of a validation video
-    must fail here, not after the first epoch of training."""
+    must fail here, not after the first epoch of training. Frames without a mask (sparse annotation) are checked
+    too: they enter their neighbours' clips."""
     for video in videos:
-        for i in video.annotated:
-            frame, mask = video.frames[i], video.masks[i]
-            assert mask is not None
-            frame_size, mask_size = image_size(frame, "frame"), image_size(mask, "mask")
+        for frame, mask in zip(video.frames, video.masks):
+            frame_size = image_size(frame, "frame")
+            if mask is None:
+                continue
+            mask_size = image_size(mask, "mask")
             if frame_size != mask_size:
                 raise size_mismatch(mask, mask_size, frame, frame_size)
 
