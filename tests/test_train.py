@@ -469,3 +469,25 @@ def test_an_epoch_whose_steps_amp_skipped_prints_no_scheduler_warning(data, tmp_
         warnings.simplefilter("always")
         run_training(_cfg(data, tmp_path / "m.safetensors", epochs=1))
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
+
+
+def test_patience_stops_after_epochs_without_a_better_dice(data, tmp_path, monkeypatch, capsys):
+    import vivim.train as train
+
+    scores = iter([0.5, 0.6, 0.55, 0.58, 0.9, 0.95])  # best at epoch 2, then two epochs below it
+    monkeypatch.setattr(train, "_validate", lambda *args, **kwargs: next(scores))
+    out = tmp_path / "m.safetensors"
+    result = run_training(_cfg(data, out, epochs=6, val_fraction=0.34, patience=2))
+    assert result.epochs_done == 4 and result.val_dice == [0.5, 0.6, 0.55, 0.58]
+    assert result.best_epoch == 2 and result.best_dice == pytest.approx(0.6)
+    assert "stopping early: no better validation Dice in the last 2 epochs (best 0.6000 at epoch 2)" in capsys.readouterr().out
+    _, meta = vivim.load_checkpoint(out)
+    assert meta["training"]["best_epoch"] == 2 and meta["training"]["epochs_done"] == 2  # best = epoch 2's weights
+    resumed = run_training(_cfg(data, out, epochs=6, val_fraction=0.34, patience=2, resume=True))
+    assert resumed.step_losses == []  # out of patience already: nothing more to train
+    more = run_training(_cfg(data, out, epochs=6, val_fraction=0.34, patience=3, resume=True))
+    assert more.val_dice == pytest.approx([0.9, 0.95])  # more patience: the run goes on to --epochs
+    with pytest.raises(VivimError, match="--patience needs validation videos"):
+        run_training(_cfg(data, tmp_path / "n.safetensors", patience=2))
+    with pytest.raises(VivimError, match="--patience must be at least 1"):
+        run_training(_cfg(data, tmp_path / "n.safetensors", patience=0))

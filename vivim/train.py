@@ -55,6 +55,7 @@ class TrainConfig:
     augment: bool = True
     overwrite: bool = False  # a fresh run may replace the checkpoint of an earlier run at `out`
     sparse_masks: bool = False  # frames without a mask feed clips but are not supervised
+    patience: Optional[int] = None  # stop after this many epochs without a better validation Dice
 
 
 @dataclass
@@ -300,8 +301,12 @@ def run_training(cfg: TrainConfig) -> TrainResult:
               f"validation{' (' + data.val_source + ')' if data.val_videos else ''}; T={cfg.frames}, {cfg.size}x{cfg.size}, batch {cfg.batch}{' per process' if dist_info.world > 1 else ''}, "
               f"{'AMP fp16' if use_amp else 'fp32'}")
 
+    if cfg.patience is not None and not data.val_videos:
+        raise VivimError("--patience needs validation videos (--val, a VTUS Val/ folder, or --val-fraction above 0)")
     start = time.perf_counter()
     for epoch in range(run.progress.start_epoch, cfg.epochs):
+        if _out_of_patience(run.progress, epoch, cfg.patience, dist_info.main):
+            break
         t_epoch = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]  # the epoch's learning rate (the schedule steps after the epoch)
         mean_loss, stopped = run.train_epoch(epoch, data)
@@ -314,6 +319,17 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     return run.finish(data, run.progress.elapsed_before + time.perf_counter() - start)
 
 
+def _out_of_patience(progress: "_Progress", epoch: int, patience: Optional[int], main: bool) -> bool:
+    """True when the `patience` epochs before `epoch` brought no better validation Dice (--patience): the run stops
+    there, with the best checkpoint already saved. Every rank sees the same all-reduced Dice, so all stop together."""
+    if patience is None or progress.best_epoch < 0 or epoch - 1 - progress.best_epoch < patience:
+        return False
+    if main:
+        print(f"stopping early: no better validation Dice in the last {patience} epochs "
+              f"(best {progress.best_dice:.4f} at epoch {progress.best_epoch + 1})")
+    return True
+
+
 def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
     """Every flag checked before any work, with one line naming it; returns the (best, last, state) paths."""
     import vivim
@@ -322,7 +338,7 @@ def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
     if cfg.variant not in vivim.variants():
         raise VivimError(f"--variant {cfg.variant!r}: choose one of {', '.join(vivim.variants())}")
     for flag, value in (("--epochs", cfg.epochs), ("--frames", cfg.frames), ("--batch", cfg.batch), ("--size", cfg.size),
-                        ("--threads", cfg.threads), ("--max-steps", cfg.max_steps)):
+                        ("--threads", cfg.threads), ("--max-steps", cfg.max_steps), ("--patience", cfg.patience)):
         if value is not None and value < 1:
             raise VivimError(f"{flag} must be at least 1, got {value}")
     if cfg.workers < 0:
@@ -666,6 +682,7 @@ def train(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps (smoke tests)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Turn the paper's augmentations off."),
     sparse_masks: bool = typer.Option(False, "--sparse-masks", help="Only some frames have masks: train on those; the others feed their clips."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without a better validation Dice (default: train all --epochs)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
     """Train with the paper's recipe; validation each epoch, best + last checkpoints, exact --resume."""
@@ -674,6 +691,7 @@ def train(
         workers=workers, lr=lr, val=str(val) if val else None, val_fraction=val_fraction, seed=seed, resume=resume,
         init=str(init) if init else None, amp=amp, output_frame=output_frame, device=device, threads=threads,
         max_steps=max_steps, progress=progress, augment=not no_augment, overwrite=overwrite, sparse_masks=sparse_masks,
+        patience=patience,
     )
     started = time.time()
     try:
