@@ -246,3 +246,28 @@ def test_each_mask_lines_up_with_its_own_frame_in_time():
                     wins += contrast(t, t) < contrast(t, u)
                     total += 1
     assert total > 200 and wins / total > 0.65, (wins, total)
+
+
+def test_label_every_writes_a_sparsely_annotated_set(tmp_path):
+    from typer.testing import CliRunner
+
+    from vivim.data.cli import app
+    from vivim.data.layouts import discover_videos
+    from vivim.errors import VivimError
+
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "d"), "--videos", "2", "--frames", "7", "--size", "48",
+                                      "--no-mp4", "--label-every", "3"])
+    assert result.exit_code == 0, result.output
+    assert "masks on one frame in 3" in result.output and "--sparse-masks" in result.output  # the next command
+    with pytest.raises(VivimError, match="--sparse-masks"):
+        discover_videos(tmp_path / "d")
+    videos = discover_videos(tmp_path / "d", sparse=True)
+    assert [v.annotated for v in videos] == [[0, 3, 6], [0, 3, 6]] and all(len(v) == 7 for v in videos)
+    # the same frames and masks as a fully annotated set of the same seed
+    write_synthetic_dataset(tmp_path / "full", videos=2, frames=7, size=48, mp4=False, sheet=False)
+    for video in videos:
+        for i in video.annotated:
+            for part in ("JPEGImages", "Annotations"):
+                ext = "jpg" if part == "JPEGImages" else "png"
+                mine = tmp_path / "d" / part / video.name / f"{i:05d}.{ext}"
+                assert mine.read_bytes() == (tmp_path / "full" / part / video.name / f"{i:05d}.{ext}").read_bytes()

@@ -28,6 +28,7 @@ def synth(
     fps: float = typer.Option(25.0, "--fps", min=1.0, help="Frame rate written into the .mp4 files."),
     mp4: bool = typer.Option(True, "--mp4/--no-mp4", help="Also write one .mp4 per video."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous vivim-data synth output in OUT."),
+    label_every: int = typer.Option(1, "--label-every", min=1, help="Write the mask of every k-th frame only (a sparsely annotated set: train it with --sparse-masks)."),
 ) -> None:
     """Write procedural B-mode ultrasound videos with exact lesion masks (+ .mp4s and contact_sheet.png)."""
     from tqdm import tqdm
@@ -46,18 +47,20 @@ def synth(
         summary = write_synthetic_dataset(
             out, videos=videos, frames=frames, size=size, seed=seed, layout=layout, test_fraction=test_fraction,
             sector=sector, mp4=mp4, fps=fps, first_index=first_index, progress=lambda k: bar.update(1),  # type: ignore[arg-type]
-            overwrite=overwrite,
+            overwrite=overwrite, label_every=label_every,
         )
     elapsed = time.perf_counter() - start
     split = f" ({len(summary.videos)} train / {len(summary.test_videos)} test)" if layout == "vtus" else ""
-    print(f"wrote {videos} videos x {frames} frames at {size}x{size}{split} to {out} in {elapsed:.1f} s; "
+    labels = f", masks on one frame in {label_every}" if label_every > 1 else ""
+    print(f"wrote {videos} videos x {frames} frames at {size}x{size}{split}{labels} to {out} in {elapsed:.1f} s; "
           f"lesion pixels {100 * summary.foreground:.1f} %")
     if summary.contact_sheet:
         print(f"contact sheet: {summary.contact_sheet}")
     train_size = max(32, min(size, 256) // 32 * 32)  # vivim-train takes multiples of 32 and resizes the frames
     no_val = ["--val-fraction", 0] if len(summary.videos) < 2 else []  # one training video: nothing to hold out
+    sparse = ["--sparse-masks"] if label_every > 1 else []
     next_command(shell("vivim-train", "--data", out, "--variant", "tiny", "--size", train_size, "--epochs", 20, *no_val,
-                       "--out", "runs/synth.safetensors"))
+                       *sparse, "--out", "runs/synth.safetensors"))
 
 
 @app.command()

@@ -51,6 +51,7 @@ def write_synthetic_dataset(
     first_index: int = 0,
     progress: Callable[[int], None] | None = None,
     overwrite: bool = False,
+    label_every: int = 1,
 ) -> SynthSummary:
     """Generate `videos` videos (video k uses stream (seed, first_index + k)) and write them under `out`.
 
@@ -59,7 +60,10 @@ def write_synthetic_dataset(
            + videos/<v>.mp4.
     A folder that already holds a dataset is refused (new frames would mix with old ones); with `overwrite` a
     previous synthetic dataset (one with synth.json) is removed first, and anything else there is left alone.
+    `label_every` k > 1 writes the masks of frames 0, k, 2k, ... only: a sparsely annotated set (--sparse-masks).
     """
+    if label_every < 1:
+        raise VivimError(f"--label-every must be at least 1, got {label_every}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     root = Path(out)
@@ -89,7 +93,8 @@ def write_synthetic_dataset(
             stem = f"{i:0{stem_digits}d}"
             rgb_like = np.repeat(video.frames[i][..., None], 3, axis=2)  # RGB with grey content, like VTUS
             write_image(frame_dir / f"{stem}.jpg", rgb_like)
-            write_image(mask_dir / f"{stem}.png", video.masks[i] * np.uint8(255))
+            if i % label_every == 0:
+                write_image(mask_dir / f"{stem}.png", video.masks[i] * np.uint8(255))
         if mp4:
             write_video(mp4_path, video.frames, fps)
         if len(sheet_rows) < 6:
@@ -106,6 +111,7 @@ def write_synthetic_dataset(
         "seed": seed,
         "frames": frames,
         "size": size,
+        "label_every": label_every,
         "videos": manifest,
         "test_videos": test_names,
         "note": "synthetic B-mode ultrasound, for software testing and demos only; not for clinical use",
