@@ -427,7 +427,9 @@ def test_sparse_masks_train_on_the_annotated_frames_only(data, tmp_path, capsys)
     cfg = _cfg(copy, tmp_path / "m.safetensors", epochs=1, batch=1, sparse_masks=True)
     result = run_training(cfg)
     assert len(result.step_losses) == annotated, f"seed {seed}"  # one step per annotated frame, none for the others
-    assert f"1 training video(s) have no mask at all and are left out (e.g. {videos[0].name})" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "--data HELD_OUT_DIR --sparse-masks --json" in printed.out  # the next command, runnable as printed
+    assert f"1 training video(s) have no mask at all and are left out (e.g. {videos[0].name})" in printed.err
     _, meta = vivim.load_checkpoint(result.best_path)
     assert meta["training"]["sparse_masks"] is True and meta["training"]["train_videos"] == 2
     from vivim.evaluate import evaluate_checkpoint

@@ -325,7 +325,7 @@ def _out_of_patience(progress: "_Progress", epoch: int, patience: Optional[int],
     if patience is None or progress.best_epoch < 0 or epoch - 1 - progress.best_epoch < patience:
         return False
     if main:
-        print(f"stopping early: no better validation Dice in the last {patience} epochs "
+        print(f"stopping early: no better validation Dice in the last {patience} epoch{'s' if patience > 1 else ''} "
               f"(best {progress.best_dice:.4f} at epoch {progress.best_epoch + 1})")
     return True
 
@@ -645,11 +645,13 @@ class _Run:
             print(f"done: {epochs_done} epochs in {seconds / 60:.1f} min, {best_text}; "
                   f"best {self.best_path}, last {self.last_path}, resume state {self.state_path}")
             report = self.best_path.with_suffix(".eval.json")
+            sparse = ["--sparse-masks"] if cfg.sparse_masks else []  # a held-out set annotated the same way
             if detect_layout(Path(cfg.data)) == "vtus" and (Path(cfg.data) / "Test").is_dir():
-                next_command(shell("vivim-eval", self.best_path, "--data", cfg.data, "--split", "test", "--json", report))
+                next_command(shell("vivim-eval", self.best_path, "--data", cfg.data, "--split", "test", *sparse,
+                                   "--json", report))
             else:  # a DAVIS folder has no test split of its own: score on videos the model never saw
                 print(f"note: {cfg.data} holds the training videos; give vivim-eval a held-out dataset for a fair score")
-                next_command(shell("vivim-eval", self.best_path, "--data", "HELD_OUT_DIR", "--json", report))
+                next_command(shell("vivim-eval", self.best_path, "--data", "HELD_OUT_DIR", *sparse, "--json", report))
         return result
 
 
