@@ -13,7 +13,7 @@ import torch
 import vivim
 from vivim.data.synth_dataset import write_synthetic_dataset
 from vivim.errors import VivimError
-from vivim.train import TrainConfig, load_state, output_paths, run_training
+from vivim.train import TrainConfig, history_path, load_state, output_paths, run_training
 
 
 
@@ -67,6 +67,16 @@ def test_short_run_lowers_loss_and_writes_loadable_checkpoints(data, tmp_path):
     state = load_state(state_path)  # torch.load(weights_only=True) inside
     _plain_types_only(state)
     assert state["epoch"] == 4 and len(state["history"]["epoch_loss"]) == 5
+    # the per-epoch log: the epochs' mean losses, the validation Dice of each epoch, the best one marked
+    import csv
+
+    with open(history_path(cfg.out)) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert [float(r["train_loss"]) for r in rows] == pytest.approx(state["history"]["epoch_loss"], abs=1e-6)
+    assert [float(r["val_dice"]) for r in rows] == pytest.approx(result.val_dice, abs=1e-6)
+    assert [r["best"] for r in rows].count("1") == 1
+    assert float(rows[[r["best"] for r in rows].index("1")]["val_dice"]) == pytest.approx(max(result.val_dice), abs=1e-6)
 
 
 def test_resume_gives_identical_next_step_loss(data, tmp_path):
@@ -80,6 +90,8 @@ def test_resume_gives_identical_next_step_loss(data, tmp_path):
     assert resumed.step_losses == full.step_losses[steps_per_epoch:]
     for key, value in full.final_state.items():
         assert torch.equal(value, resumed.final_state[key]), key
+    # the resumed run's log continues the first part's: the same file as the uninterrupted run's
+    assert history_path(tmp_path / "part.safetensors").read_text() == history_path(tmp_path / "full.safetensors").read_text()
 
 
 def test_resume_errors(data, tmp_path):

@@ -81,6 +81,20 @@ def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
     return out, stem.with_name(stem.name + ".last.safetensors"), stem.with_name(stem.name + ".state.pt")
 
 
+def history_path(out: str | Path) -> Path:
+    """<stem>.history.csv beside the checkpoints: one row per epoch (loss, validation Dice, learning rate), for plots."""
+    best = output_paths(out)[0]
+    return best.with_name(best.with_suffix("").name + ".history.csv")
+
+
+def history_csv(history: dict, best_epoch: int) -> str:
+    """The run's epochs as CSV; val_dice is empty without a validation set (the history keeps -1 there)."""
+    rows = ["epoch,train_loss,val_dice,lr,best"]
+    for k, (loss, dice, lr) in enumerate(zip(history["epoch_loss"], history["val_dice"], history["lr"])):
+        rows.append(f"{k + 1},{loss:.6f},{'' if dice < 0 else f'{dice:.6f}'},{lr:.6e},{int(k == best_epoch)}")
+    return "\n".join(rows) + "\n"
+
+
 # ----------------------------------------------------------------------------------------------- state file
 
 
@@ -351,8 +365,8 @@ def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
         raise VivimError(f"--size {cfg.size}: must be a multiple of 32 (the encoder downsamples 32x)")
     paths.check_writable(cfg.out, "--out")  # now, not after the first epoch (and not a folder)
     best_path, last_path, state_path = output_paths(cfg.out)
-    paths.refuse_writing_over_inputs({"--out": best_path, "--out (last)": last_path, "--out (state)": state_path},
-                                     {"--init": cfg.init})
+    paths.refuse_writing_over_inputs({"--out": best_path, "--out (last)": last_path, "--out (state)": state_path,
+                                      "--out (history)": history_path(cfg.out)}, {"--init": cfg.init})
     if not (cfg.resume or cfg.overwrite) and any(p.exists() for p in (best_path, last_path, state_path)):
         raise VivimError(f"--out {best_path}: an earlier run's checkpoint is there; --resume continues that run, "
                          "--overwrite replaces it, or choose another --out")
@@ -622,6 +636,7 @@ class _Run:
             "history": progress.history, "seconds": seconds, "rng": rngs, "val_kind": data.val_kind,
             "val_videos": [v.name for v in data.val_videos],
         }, self.state_path)
+        atomic.write_text(history_path(cfg.out), history_csv(progress.history, progress.best_epoch))
         shown = f"val Dice {dice:.4f}" if math.isfinite(dice) else "no validation set"
         print(f"epoch {epoch + 1}/{cfg.epochs}: loss {progress.history['epoch_loss'][-1]:.4f}, {shown}, "
               f"lr {progress.history['lr'][-1]:.2e}, {time.perf_counter() - t_epoch:.0f} s{' (best)' if improved else ''}")
@@ -643,7 +658,8 @@ class _Run:
             best = progress.best_dice
             best_text = f"best val Dice {best:.4f} (epoch {progress.best_epoch + 1})" if best >= 0 else "no validation"
             print(f"done: {epochs_done} epochs in {seconds / 60:.1f} min, {best_text}; "
-                  f"best {self.best_path}, last {self.last_path}, resume state {self.state_path}")
+                  f"best {self.best_path}, last {self.last_path}, resume state {self.state_path}, "
+                  f"per-epoch log {history_path(cfg.out)}")
             report = self.best_path.with_suffix(".eval.json")
             sparse = ["--sparse-masks"] if cfg.sparse_masks else []  # a held-out set annotated the same way
             if detect_layout(Path(cfg.data)) == "vtus" and (Path(cfg.data) / "Test").is_dir():
