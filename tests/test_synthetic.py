@@ -263,6 +263,9 @@ def test_label_every_writes_a_sparsely_annotated_set(tmp_path):
         discover_videos(tmp_path / "d")
     videos = discover_videos(tmp_path / "d", sparse=True)
     assert [v.annotated for v in videos] == [[0, 3, 6], [0, 3, 6]] and all(len(v) == 7 for v in videos)
+    import json
+
+    assert json.loads((tmp_path / "d" / "synth.json").read_text())["label_every"] == 3
     # the same frames and masks as a fully annotated set of the same seed
     write_synthetic_dataset(tmp_path / "full", videos=2, frames=7, size=48, mp4=False, sheet=False)
     for video in videos:

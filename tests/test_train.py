@@ -91,7 +91,9 @@ def test_resume_gives_identical_next_step_loss(data, tmp_path):
     for key, value in full.final_state.items():
         assert torch.equal(value, resumed.final_state[key]), key
     # the resumed run's log continues the first part's: the same file as the uninterrupted run's
-    assert history_path(tmp_path / "part.safetensors").read_text() == history_path(tmp_path / "full.safetensors").read_text()
+    log = history_path(tmp_path / "part.safetensors").read_text()
+    assert log == history_path(tmp_path / "full.safetensors").read_text()
+    assert [line.split(",")[2] for line in log.splitlines()[1:]] == ["", "", ""]  # no validation set: no Dice
 
 
 def test_resume_errors(data, tmp_path):
@@ -217,7 +219,7 @@ def test_cli_smoke_and_one_line_errors(data, tmp_path, monkeypatch, capsys):
                           (["--threads", "0"], "--threads must be at least 1"),
                           (["--out", str(blocker / "x.safetensors")], "weights.txt is a file, not a folder"),
                           (["--out", str(tmp_path)], "is a folder, not a file name"),
-                          ([], "an earlier run's checkpoint is there"),  # the first run above wrote --out
+                          ([], "an earlier run's checkpoint or log is there"),  # the first run above wrote --out
                           (["--overwrite", "--init", str(out)], f"--out {out}: is the input --init"),
                           (["--overwrite", "--init", str(blocker)], f"--init {blocker}: not readable as SegFormer weights")):
         result = CliRunner().invoke(app, [*args, *extra])
@@ -488,11 +490,11 @@ def test_an_epoch_whose_steps_amp_skipped_prints_no_scheduler_warning(data, tmp_
 def test_patience_stops_after_epochs_without_a_better_dice(data, tmp_path, monkeypatch, capsys):
     import vivim.train as train
 
-    scores = iter([0.5, 0.6, 0.55, 0.58, 0.9, 0.95])  # best at epoch 2, then two epochs below it
+    scores = iter([0.5, 0.6, 0.6, 0.58, 0.9, 0.95])  # best at epoch 2, then a tie (not better) and a lower one
     monkeypatch.setattr(train, "_validate", lambda *args, **kwargs: next(scores))
     out = tmp_path / "m.safetensors"
     result = run_training(_cfg(data, out, epochs=6, val_fraction=0.34, patience=2))
-    assert result.epochs_done == 4 and result.val_dice == [0.5, 0.6, 0.55, 0.58]
+    assert result.epochs_done == 4 and result.val_dice == [0.5, 0.6, 0.6, 0.58]
     assert result.best_epoch == 2 and result.best_dice == pytest.approx(0.6)
     assert "stopping early: no better validation Dice in the last 2 epochs (best 0.6000 at epoch 2)" in capsys.readouterr().out
     _, meta = vivim.load_checkpoint(out)
@@ -505,3 +507,24 @@ def test_patience_stops_after_epochs_without_a_better_dice(data, tmp_path, monke
         run_training(_cfg(data, tmp_path / "n.safetensors", patience=2))
     with pytest.raises(VivimError, match="--patience must be at least 1"):
         run_training(_cfg(data, tmp_path / "n.safetensors", patience=0))
+
+
+def test_the_per_epoch_log_is_an_output_like_the_checkpoints(data, tmp_path):
+    out = tmp_path / "m.safetensors"
+    history_path(out).write_text("epoch,train_loss\n1,0.5\n")  # an earlier run's log, its checkpoints deleted
+    with pytest.raises(VivimError, match="an earlier run's checkpoint or log is there"):
+        run_training(_cfg(data, out, epochs=1))
+    assert history_path(out).read_text() == "epoch,train_loss\n1,0.5\n"
+    history_path(out).unlink()
+    history_path(out).mkdir()  # refused before any training, naming the path the user would look for
+    with pytest.raises(VivimError, match=r"per-epoch log"):
+        run_training(_cfg(data, out, epochs=1))
+    assert not out.exists()
+
+
+def test_the_next_command_after_a_sparse_vtus_run_scores_its_test_split_sparsely(tmp_path, capsys):
+    root = tmp_path / "vt"
+    write_synthetic_dataset(root, videos=3, frames=4, size=48, seed=2, layout="vtus", test_fraction=0.34, mp4=False,
+                            sheet=False, label_every=2)
+    run_training(_cfg(root, tmp_path / "m.safetensors", epochs=1, max_steps=1, sparse_masks=True))
+    assert "--split test --sparse-masks --json" in capsys.readouterr().out

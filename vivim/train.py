@@ -297,6 +297,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     data = _build_data(cfg, dist_info, device, _started_val_kind(state) if state else None)
     if state is not None:
         _check_same_validation(state, data, state_path)
+    if cfg.patience is not None and not data.val_videos:
+        raise VivimError("--patience needs validation videos (--val, a VTUS Val/ folder, or --val-fraction above 0)")
 
     model = vivim.create_model(cfg.variant, frames=cfg.frames, img_size=cfg.size)
     if cfg.init and not cfg.resume:
@@ -315,8 +317,6 @@ def run_training(cfg: TrainConfig) -> TrainResult:
               f"validation{' (' + data.val_source + ')' if data.val_videos else ''}; T={cfg.frames}, {cfg.size}x{cfg.size}, batch {cfg.batch}{' per process' if dist_info.world > 1 else ''}, "
               f"{'AMP fp16' if use_amp else 'fp32'}")
 
-    if cfg.patience is not None and not data.val_videos:
-        raise VivimError("--patience needs validation videos (--val, a VTUS Val/ folder, or --val-fraction above 0)")
     start = time.perf_counter()
     for epoch in range(run.progress.start_epoch, cfg.epochs):
         if _out_of_patience(run.progress, epoch, cfg.patience, dist_info.main):
@@ -339,7 +339,7 @@ def _out_of_patience(progress: "_Progress", epoch: int, patience: Optional[int],
     if patience is None or progress.best_epoch < 0 or epoch - 1 - progress.best_epoch < patience:
         return False
     if main:
-        print(f"stopping early: no better validation Dice in the last {patience} epoch{'s' if patience > 1 else ''} "
+        print(f"stopping early: no better validation Dice in the last {'epoch' if patience == 1 else f'{patience} epochs'} "
               f"(best {progress.best_dice:.4f} at epoch {progress.best_epoch + 1})")
     return True
 
@@ -365,11 +365,13 @@ def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
         raise VivimError(f"--size {cfg.size}: must be a multiple of 32 (the encoder downsamples 32x)")
     paths.check_writable(cfg.out, "--out")  # now, not after the first epoch (and not a folder)
     best_path, last_path, state_path = output_paths(cfg.out)
+    paths.check_writable(history_path(cfg.out), "--out (its per-epoch log)")
     paths.refuse_writing_over_inputs({"--out": best_path, "--out (last)": last_path, "--out (state)": state_path,
                                       "--out (history)": history_path(cfg.out)}, {"--init": cfg.init})
-    if not (cfg.resume or cfg.overwrite) and any(p.exists() for p in (best_path, last_path, state_path)):
-        raise VivimError(f"--out {best_path}: an earlier run's checkpoint is there; --resume continues that run, "
-                         "--overwrite replaces it, or choose another --out")
+    if not (cfg.resume or cfg.overwrite) and any(p.exists() for p in (best_path, last_path, state_path,
+                                                                      history_path(cfg.out))):
+        raise VivimError(f"--out {best_path}: an earlier run's checkpoint or log is there; --resume continues that "
+                         "run, --overwrite replaces it, or choose another --out")
     return best_path, last_path, state_path
 
 
@@ -651,6 +653,8 @@ class _Run:
         if self.dist.world > 1:
             dist.barrier()
         epochs_done = len(progress.history["epoch_loss"])
+        if self.dist.main and epochs_done:  # again: a run killed between the state and the log left it one row short
+            atomic.write_text(history_path(cfg.out), history_csv(progress.history, progress.best_epoch))
         result = TrainResult(self.best_path, self.last_path, self.state_path, progress.best_dice, progress.best_epoch + 1,
                              epochs_done, progress.step_losses, progress.val_history, seconds,
                              {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})

@@ -199,6 +199,7 @@ def _model_choice(checkpoint: Optional[str], variant: Optional[str]) -> Optional
 
 
 def _check_counts(**counts: int) -> None:
+    """Each count flag, named by its keyword (long_iters -> --long-iters), at least 1 (--warmup: at least 0)."""
     lowest = {"warmup": 0}
     for name, value in counts.items():
         low = lowest.get(name, 1)

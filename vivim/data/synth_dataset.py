@@ -97,9 +97,11 @@ def write_synthetic_dataset(
                 write_image(mask_dir / f"{stem}.png", video.masks[i] * np.uint8(255))
         if mp4:
             write_video(mp4_path, video.frames, fps)
+        # the sheet and the lesion share describe what is on disk: the annotated frames only
+        kept = slice(None, None, label_every)
         if len(sheet_rows) < 6:
-            sheet_rows.append((name, video.frames, video.masks))
-        foreground.append(float(video.masks.mean()))
+            sheet_rows.append((name, video.frames[kept], video.masks[kept]))
+        foreground.append(float(video.masks[kept].mean()))
         manifest.append({"name": name, **video.info})
         if progress is not None:
             progress(k + 1)
