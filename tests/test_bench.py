@@ -424,3 +424,34 @@ def test_cli_tiny_cuda_end_to_end(tmp_path) -> None:
             assert row["latency_ms"]["mean"] <= row["host_latency_ms"]["mean"] * 1.05 + 0.05
     long = {(r["precision"], r["frames"]): r for r in measured if r["mode"] == "long-clip"}
     assert long[("fp32", 12)]["memory_mb"] > long[("fp32", 3)]["memory_mb"]
+
+
+def test_a_run_cut_short_keeps_the_rows_it_measured(tmp_path, monkeypatch) -> None:
+    # the JSON and CSV are rewritten after every row: a crash (or a time limit) before the end loses no row
+    from typer.testing import CliRunner
+
+    from vivim.bench import report
+    from vivim.bench.cli import app
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("cut short after the last row")
+
+    monkeypatch.setattr(report, "write_all", crash)
+    out = tmp_path / "b"
+    result = CliRunner().invoke(app, ["--variant", "tiny", "--frames", "3", "--size", "32", "--iters", "2",
+                                      "--warmup", "0", "--device", "cpu", "--backends", "torch", "--out", str(out),
+                                      "--no-progress", "--threads", "1"])
+    assert isinstance(result.exception, RuntimeError)
+    document = json.loads((out / "results.json").read_text())
+    assert document["config"]["complete"] is False and document["rows"]
+    assert all(row["status"] == "ok" or row["status"].startswith("skipped") for row in document["rows"])
+    _, csv_rows = report.read_csv(out / "results.csv")
+    assert [r["status"] for r in csv_rows] == [r["status"] for r in document["rows"]]
+
+
+def test_neither_checkpoint_nor_variant_benchmarks_the_paper_model_and_says_so(capsys) -> None:
+    from vivim.bench.cli import _model_choice
+
+    assert _model_choice(None, None) == "paper"
+    assert "benchmarking the 'paper' variant with random weights" in capsys.readouterr().err
+    assert _model_choice("demo", None) is None and _model_choice(None, "b1") == "b1"
