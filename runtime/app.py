@@ -119,28 +119,26 @@ class Pipeline:
             sink.write(frame.index, overlay, mask)
 
 
-def source_image_names(folder: str, log: Log) -> Optional[List[str]]:
+def source_image_names(files: List[str], log: Log) -> Optional[List[str]]:
     """The stems of a --frames folder's images in reading order, to name each mask after its image; None when two
     images share a stem (frame_1.png and frame_1.jpg), where names by capture index are the unambiguous choice."""
-    from vivim.data.layouts import list_frame_files
-
-    stems = [path.stem for path in list_frame_files(Path(folder))]
+    stems = [Path(path).stem for path in files]
     folded = [stem.casefold() for stem in stems]  # Img.jpg and img.png are one mask file on macOS and Windows
     if len(set(folded)) < len(folded):
         twice = next(stem for stem, key in zip(stems, folded) if folded.count(key) > 1)
-        log(f"note: --frames {folder}: several images are named {twice}.*, so --save-masks names masks by capture index")
+        log(f"note: --frames {Path(files[0]).parent}: several images are named {twice}.*, so --save-masks names masks "
+            "by capture index")
         return None
     return stems
 
 
-def build_sinks(cfg: RunConfig, log: Log) -> List[Sink]:
+def build_sinks(cfg: RunConfig, log: Log, image_files: Optional[List[str]] = None) -> List[Sink]:
     s = cfg.sink
     sinks: List[Sink] = []
     if s.save:
         sinks.append(VideoSink(s.save, fps=s.save_fps or 0.0))
     if s.save_masks:
-        folder = cfg.source.location if cfg.source.kind == "frames" else None
-        names = source_image_names(folder, log) if folder else None
+        names = source_image_names(image_files, log) if image_files else None
         sinks.append(MaskFolderSink(s.save_masks, names))
     if s.strip:
         sinks.append(StripSink(s.strip, count=s.strip_frames))
@@ -167,7 +165,7 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
     if snk.stats:
         paths.check_writable(snk.stats, "--stats")  # before the run, not after it
     source: FrameSource = create_source(cfg.source, log=log)
-    sinks = build_sinks(cfg, log)
+    sinks = build_sinks(cfg, log, source.image_files)
     source.open()
     try:
         if backend is None:

@@ -156,6 +156,7 @@ class FrameSource:
         self.error: Optional[VivimError] = None
         self.frame_shape: Optional[Tuple[int, ...]] = None
         self._probe: Optional[np.ndarray] = None
+        self.image_files: Optional[List[str]] = None  # a --frames folder's images, in reading order (mask names)
 
     # -- consumer side ---------------------------------------------------------------------------------------
     def open(self) -> "FrameSource":
@@ -339,9 +340,10 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
 
 
 class ImageFolder:
-    """A folder of images read in frame-number order, behaving like a VideoCapture."""
+    """A folder of images read in frame-number order, behaving like a VideoCapture. `files`: a listing taken before,
+    so every --loop pass reads the same images, the ones the masks are named after."""
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, files: Optional[List[str]] = None) -> None:
         if not os.path.exists(folder):
             raise VivimError(f"--frames {folder}: no such folder")
         if not os.path.isdir(folder):
@@ -351,7 +353,7 @@ class ImageFolder:
         from vivim.data.layouts import list_frame_files
 
         # numbered frames in number order (frame_2 before frame_10), exactly as the dataset loaders read them
-        self.files: List[str] = [str(p) for p in list_frame_files(Path(folder))]
+        self.files: List[str] = list(files) if files is not None else [str(p) for p in list_frame_files(Path(folder))]
         if not self.files:
             raise VivimError(f"--frames {folder}: no images ({', '.join(FRAME_EXTENSIONS)})")
         self._next = 0
@@ -487,11 +489,13 @@ def create_source(cfg, log: Logger = _stderr) -> FrameSource:  # cfg: config.Sou
             declared_frames=None if cfg.loop else file_frames, **common,
         )
     if kind == "frames":
-        frame_count = len(ImageFolder(where).files)  # validates now, in the caller's thread
+        files = ImageFolder(where).files  # validates now, in the caller's thread; one listing for the whole run
         rate = cfg.fps or 25.0
-        return FrameSource(
-            f"frames {where}", lambda: ImageFolder(where), live=cfg.realtime, reconnect=False, loop=cfg.loop,
+        source = FrameSource(
+            f"frames {where}", lambda: ImageFolder(where, files), live=cfg.realtime, reconnect=False, loop=cfg.loop,
             pace_fps=rate if cfg.realtime else None, fps=rate,
-            declared_frames=None if cfg.loop else frame_count, **common,
+            declared_frames=None if cfg.loop else len(files), **common,
         )
+        source.image_files = files
+        return source
     raise VivimError(f"unknown source kind {kind!r}")

@@ -297,3 +297,17 @@ def test_an_explicit_fps_wins_over_the_video_s_own_rate(tmp_path):
     video = make_video(tmp_path / "v.mp4", fps=10.0)
     assert create_source(SourceConfig(kind="video", location=str(video))).fps == 10.0
     assert create_source(SourceConfig(kind="video", location=str(video), fps=5.0)).fps == 5.0
+
+
+def test_a_looped_folder_reads_the_images_listed_at_the_start(tmp_path):
+    # the masks of a --frames run are named after this listing; an image added mid-run must not shift the loop
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(folder / f"f{k}.png"), np.full((8, 8, 3), 50 * (k + 1), np.uint8))
+    source = create_source(SourceConfig(kind="frames", location=str(folder), loop=True, max_frames=7))
+    assert [os.path.basename(path) for path in source.image_files] == ["f0.png", "f1.png", "f2.png"]
+    cv2.imwrite(str(folder / "f3.png"), np.full((8, 8, 3), 250, np.uint8))  # arrives after the run started
+    frames = drain(source.start())
+    source.stop()
+    assert [int(frame.image[0, 0, 0]) for frame in frames] == [50, 100, 150, 50, 100, 150, 50]
