@@ -97,19 +97,22 @@ class MaskFolderSink:
     _NAME = re.compile(r"\d{6}\.png")
     MARKER = "vivim-run-masks.json"
 
-    def __init__(self, folder: str, names: Optional[List[str]] = None) -> None:
+    def __init__(self, folder: str, names: Optional[List[str]] = None, tool: str = "vivim-run") -> None:
         paths.check_writable(folder, "--save-masks", folder=True)
         self.folder = folder
         self.names = names
+        self.tool = tool  # vivim-eval writes its predictions the same way, one folder per video
+        self.marker = f"{tool}-masks.json"
         planned = {f"{name}.png" for name in names} if names else set()
         present = set(os.listdir(folder))
         indexed = {name for name in present if self._NAME.fullmatch(name)}
-        if not os.path.exists(os.path.join(folder, self.MARKER)):
+        if not os.path.exists(os.path.join(folder, self.marker)):
             theirs = sorted(indexed | (planned & present))
             if theirs:
                 raise VivimError(f"--save-masks {folder}: holds {len(theirs)} mask-named file(s) (e.g. {theirs[0]}) "
-                                 f"but no {self.MARKER}, so not from this vivim-run (or from one before 2026-11-27); "
-                                 f"choose another folder, or create an empty {self.MARKER} there to let it replace them")
+                                 f"but no {self.marker}, so not from this {self.tool}"
+                                 f"{' (or from one before 2026-11-27)' if tool == 'vivim-run' else ''}; "
+                                 f"choose another folder, or create an empty {self.marker} there to let it replace them")
             earlier: set[str] = set()
         else:
             listed = self._listed(folder)
@@ -120,7 +123,7 @@ class MaskFolderSink:
                 theirs = sorted((planned & present) - listed)
                 if theirs:
                     raise VivimError(f"--save-masks {folder}: holds {len(theirs)} file(s) named like this run's masks "
-                                     f"(e.g. {theirs[0]}) that no vivim-run wrote there; choose another folder")
+                                     f"(e.g. {theirs[0]}) that no {self.tool} wrote there; choose another folder")
         self._earlier = earlier
         self._planned = planned
         self.written = 0
@@ -132,7 +135,7 @@ class MaskFolderSink:
         import json
 
         try:
-            with open(os.path.join(folder, self.MARKER)) as f:
+            with open(os.path.join(folder, self.marker)) as f:
                 info = json.load(f)
         except (OSError, ValueError):
             return None
@@ -143,8 +146,8 @@ class MaskFolderSink:
         return {name for name in listed if isinstance(name, str) and name.endswith(".png") and os.path.basename(name) == name}
 
     def _mark(self, files: set) -> None:
-        atomic.write_json(os.path.join(self.folder, self.MARKER), {
-            "written_by": "vivim-run",
+        atomic.write_json(os.path.join(self.folder, self.marker), {
+            "written_by": self.tool,
             "masks": "<source image stem>.png, 0 or 255" if self.names else "<capture index, 6 digits>.png, 0 or 255",
             "files": sorted(files)})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from importlib import resources
 
@@ -119,6 +120,37 @@ def test_sparse_masks_score_the_annotated_frames_with_full_clips(checkpoint, dat
     assert summary["dice"] == pytest.approx(np.mean([ref[key]["dice"] for key in kept]), abs=1e-6), seed
 
 
+def test_predicted_masks_are_written_per_video_at_each_frame_s_size(checkpoint, data, tmp_path):
+    # reference: the model's logits for frame k's clamped clip, upsampled to the frame's size, above 0 (= p > 0.5)
+    model, _ = vivim.load_checkpoint(checkpoint)
+    mean = np.array(IMAGENET_MEAN, np.float32) * 255
+    std = np.array(IMAGENET_STD, np.float32) * 255
+    out = tmp_path / "pred"
+    summary, *_ = evaluate_checkpoint(str(checkpoint), str(data), device="cpu", progress=False, save_masks=out)
+    for video in ("synth_0000", "synth_0001"):
+        files = sorted((data / "JPEGImages" / video).glob("*.jpg"))
+        assert sorted(p.name for p in (out / video).glob("*.png")) == sorted(f"{f.stem}.png" for f in files)
+        images = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files]
+        small = [cv2.resize(im, (32, 32), interpolation=cv2.INTER_LINEAR) for im in images]
+        for k, f in enumerate(files):
+            clip = np.stack([small[min(max(j, 0), len(files) - 1)] for j in range(k - 1, k + 2)]).astype(np.float32)
+            x = torch.from_numpy(((clip - mean) / std).transpose(0, 3, 1, 2)[None].copy())
+            with torch.no_grad():
+                logits = model(x, output_frame="centre")[0, 0, 0].numpy()
+            height, width = images[k].shape[:2]
+            expected = cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR) > 0
+            saved = cv2.imread(str(out / video / f"{f.stem}.png"), cv2.IMREAD_GRAYSCALE)
+            assert saved.shape == (height, width) and set(np.unique(saved)) <= {0, 255}
+            assert ((saved > 0) == expected).mean() > 0.99, (video, k)
+    # ground truth named like the predictions is never overwritten
+    truth = tmp_path / "truth"
+    shutil.copytree(data / "Annotations", truth)
+    with pytest.raises(VivimError, match="vivim-eval-masks.json"):
+        evaluate_checkpoint(str(checkpoint), str(data), device="cpu", progress=False, save_masks=truth)
+    assert sorted(p.name for p in (truth / "synth_0000").iterdir()) == sorted(
+        p.name for p in (data / "Annotations" / "synth_0000").iterdir())
+
+
 def test_cli_writes_json_table_and_overlays(checkpoint, data, tmp_path):
     from typer.testing import CliRunner
 
@@ -126,9 +158,15 @@ def test_cli_writes_json_table_and_overlays(checkpoint, data, tmp_path):
 
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(app, [str(checkpoint), "--data", str(data), "--json", str(out), "--overlays", str(tmp_path / "ov"),
-                                      "--worst", "3", "--device", "cpu", "--no-progress"])
+                                      "--worst", "3", "--device", "cpu", "--no-progress", "--save-masks", str(tmp_path / "pred")])
     assert result.exit_code == 0, result.output
     assert "all @0.5" in result.output and "256-thr" in result.output
+    assert f"wrote the predicted masks of 10 frames to {tmp_path / 'pred'}/<video>/" in result.output
+    assert len(list((tmp_path / "pred").glob("*/*.png"))) == 10
+    inside = CliRunner().invoke(app, [str(checkpoint), "--data", str(data), "--device", "cpu", "--no-progress",
+                                      "--save-masks", str(data / "predictions")])  # masks among the frames: refused
+    assert isinstance(inside.exception, VivimError) and "--save-masks" in str(inside.exception)
+    assert not (data / "predictions").exists()
     report = json.loads(out.read_text())
     for key in ("dice", "jaccard", "precision", "recall", "mae"):
         assert 0.0 <= report[key] <= 1.0

@@ -68,6 +68,7 @@ def evaluate_checkpoint(
     progress: bool = True,
     model_and_meta=None,
     sparse_masks: bool = False,
+    save_masks: Optional[Path] = None,
 ):
     """Run the model over every annotated frame of `data`; returns (summary dict, accumulator, dataset, model)."""
     import torch
@@ -91,13 +92,21 @@ def evaluate_checkpoint(
     dataset = ClipDataset(videos, frames=frames, size=size, output_frame=output_frame)
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers)
     acc = MetricAccumulator(sweep=sweep)
+    predictions = PredictionFolders(save_masks, videos) if save_masks is not None else None
     start = time.perf_counter()
-    with torch.no_grad(), tqdm(total=len(dataset), unit="frame", desc="eval", disable=not progress, dynamic_ncols=True) as bar:
-        for item in loader:
-            logits = model(item["clip"].to(device), output_frame=output_frame)
-            prob = torch.sigmoid(logits.float()[:, 0, 0])
-            acc.add(prob, item["mask"][:, 0] > 0.5, item["video"], item["frame"].tolist())
-            bar.update(len(prob))
+    try:
+        with torch.no_grad(), tqdm(total=len(dataset), unit="frame", desc="eval", disable=not progress,
+                                   dynamic_ncols=True) as bar:
+            for item in loader:
+                logits = model(item["clip"].to(device), output_frame=output_frame).float()[:, 0, 0]
+                prob = torch.sigmoid(logits)
+                acc.add(prob, item["mask"][:, 0] > 0.5, item["video"], item["frame"].tolist())
+                if predictions is not None:
+                    predictions.write(logits.cpu().numpy(), item["video"], item["frame"].tolist())
+                bar.update(len(prob))
+    finally:
+        if predictions is not None:
+            predictions.close()
     seconds = time.perf_counter() - start
     for record, (v, i) in zip(acc.records, dataset.samples):  # in dataset order (no shuffle): the frame's file name
         record["file"] = videos[v].frames[i].name
@@ -120,6 +129,36 @@ def evaluate_checkpoint(
                        "= mean over that video's frames",
     }
     return summary, acc, dataset, model
+
+
+class PredictionFolders:
+    """--save-masks: each scored frame's predicted mask, 0/255 PNG at the frame's own size (the model's logits
+    upsampled, then thresholded at 0.5, as vivim-run draws them), as DIR/<video>/<frame stem>.png for tools that score
+    mask files. Each video's folder follows vivim-run's rules: an earlier vivim-eval's masks there are replaced,
+    files it did not write are never overwritten."""
+
+    def __init__(self, folder: Path, videos) -> None:
+        from vivim.runtime.sinks import MaskFolderSink
+
+        self.videos = {video.name: video for video in videos if video.annotated}
+        self.sinks = {name: MaskFolderSink(str(Path(folder) / name), names=[f.stem for f in video.frames],
+                                           tool="vivim-eval")
+                      for name, video in self.videos.items()}
+
+    def write(self, logits, names: list[str], frames: list[int]) -> None:
+        import numpy as np
+
+        from vivim.data.image_io import image_size
+        from vivim.runtime.overlay import mask_from_logits
+
+        for lg, name, index in zip(logits, names, frames):
+            width, height = image_size(self.videos[name].frames[index], "frame")
+            mask = mask_from_logits(lg, (height, width))
+            self.sinks[name].write(index, np.empty(0), mask)
+
+    def close(self) -> None:
+        for sink in self.sinks.values():
+            sink.close()
 
 
 def format_table(summary: dict) -> str:
@@ -197,10 +236,11 @@ def evaluate(
     workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     sparse_masks: bool = typer.Option(False, "--sparse-masks", help="Only some frames have masks: score those."),
+    save_masks: Optional[Path] = typer.Option(None, "--save-masks", help="Folder for each scored frame's predicted mask: DIR/<video>/<frame>.png, 0/255 at the frame's size."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
     """Dice, Jaccard, precision, recall, MAE (threshold 0.5 and mean over 256 thresholds), per video and overall."""
-    paths.refuse_writing_over_inputs({"--json": json_out, "--overlays": overlays},
+    paths.refuse_writing_over_inputs({"--json": json_out, "--overlays": overlays, "--save-masks": save_masks},
                                      {"--data": data, "CHECKPOINT": checkpoint_file(checkpoint)},
                                      folders=("--data",))
     if json_out:
@@ -215,7 +255,7 @@ def evaluate(
         torch.set_num_threads(threads)
     summary, acc, dataset, model = evaluate_checkpoint(checkpoint, str(data), split=split, output_frame=output_frame,
                                                        device=device, batch=batch, workers=workers, progress=progress,
-                                                       sparse_masks=sparse_masks)
+                                                       sparse_masks=sparse_masks, save_masks=save_masks)
     print(format_table(summary))
     seen = summary["training_videos_scored"]
     if seen:
@@ -227,6 +267,8 @@ def evaluate(
     if json_out:
         atomic.write_json(json_out, {**summary, "per_frame": acc.records}, indent=1)
         print(f"wrote {json_out}")
+    if save_masks:
+        print(f"wrote the predicted masks of {summary['frames']} frames to {save_masks}/<video>/")
     if overlays:
         written = write_overlays(overlays, acc, dataset, model, worst, summary["output_frame"], device)
         print(f"wrote {len(written)} overlay images of the worst frames to {overlays}")
