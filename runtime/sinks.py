@@ -105,13 +105,14 @@ class MaskFolderSink:
         self.marker = f"{tool}-masks.json"
         planned = {f"{name}.png" for name in names} if names else set()
         present = set(os.listdir(folder))
-        indexed = {name for name in present if self._NAME.fullmatch(name)}
+        # index-named masks are vivim-run's own (video and camera input); vivim-eval never writes such names
+        indexed = {name for name in present if self._NAME.fullmatch(name)} if tool == "vivim-run" else set()
         if not os.path.exists(os.path.join(folder, self.marker)):
             theirs = sorted(indexed | (planned & present))
             if theirs:
                 raise VivimError(f"--save-masks {folder}: holds {len(theirs)} mask-named file(s) (e.g. {theirs[0]}) "
-                                 f"but no {self.marker}, so not from this {self.tool}"
-                                 f"{' (or from one before 2026-11-27)' if tool == 'vivim-run' else ''}; "
+                                 f"but no {self.marker}, so {self.tool} did not write them"
+                                 f"{' (or one from before 2026-11-27 did)' if tool == 'vivim-run' else ''}; "
                                  f"choose another folder, or create an empty {self.marker} there to let it replace them")
             earlier: set[str] = set()
         else:

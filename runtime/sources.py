@@ -365,7 +365,8 @@ class ImageFolder:
         self._next += 1
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
-            raise VivimError(f"--frames: {path}: unreadable image")
+            why = "unreadable image" if os.path.exists(path) else "removed during the run"
+            raise VivimError(f"--frames: {path}: {why}")
         return True, image
 
     def release(self) -> None:

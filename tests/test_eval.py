@@ -121,10 +121,17 @@ def test_sparse_masks_score_the_annotated_frames_with_full_clips(checkpoint, dat
 
 
 def test_predicted_masks_are_written_per_video_at_each_frame_s_size(checkpoint, data, tmp_path):
-    # reference: the model's logits for frame k's clamped clip, upsampled to the frame's size, above 0 (= p > 0.5)
+    # reference: the model's logits for frame k's clamped clip, upsampled to the frame's size, above 0 (= p > 0.5);
+    # frames 56 wide and 40 high, so a swapped width and height would show
     model, _ = vivim.load_checkpoint(checkpoint)
     mean = np.array(IMAGENET_MEAN, np.float32) * 255
     std = np.array(IMAGENET_STD, np.float32) * 255
+    wide = tmp_path / "wide"
+    shutil.copytree(data, wide)
+    for path in [*wide.glob("JPEGImages/*/*.jpg"), *wide.glob("Annotations/*/*.png")]:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(path), cv2.resize(image, (56, 40), interpolation=cv2.INTER_NEAREST))
+    data = wide
     out = tmp_path / "pred"
     summary, *_ = evaluate_checkpoint(str(checkpoint), str(data), device="cpu", progress=False, save_masks=out)
     for video in ("synth_0000", "synth_0001"):
@@ -149,6 +156,26 @@ def test_predicted_masks_are_written_per_video_at_each_frame_s_size(checkpoint, 
         evaluate_checkpoint(str(checkpoint), str(data), device="cpu", progress=False, save_masks=truth)
     assert sorted(p.name for p in (truth / "synth_0000").iterdir()) == sorted(
         p.name for p in (data / "Annotations" / "synth_0000").iterdir())
+
+
+def test_predicted_mask_folders_keep_what_vivim_eval_did_not_write_and_survive_a_failed_run(checkpoint, data,
+                                                                                               tmp_path):
+    copy, out = tmp_path / "data", tmp_path / "pred"
+    shutil.copytree(data, copy)
+    evaluate_checkpoint(str(checkpoint), str(copy), device="cpu", progress=False, save_masks=out)
+    (out / "synth_0000" / "123456.png").write_bytes(b"the user's")  # index-named, but vivim-eval never writes those
+    earlier = sorted(p.name for p in (out / "synth_0001").iterdir())
+    (copy / "JPEGImages" / "synth_0001" / "00003.jpg").write_bytes(b"damaged")
+    with pytest.raises(VivimError, match="00003.jpg"):
+        evaluate_checkpoint(str(checkpoint), str(copy), device="cpu", progress=False, save_masks=out)
+    assert sorted(p.name for p in (out / "synth_0001").iterdir()) == earlier  # nothing deleted by the failed run
+    shutil.copy(data / "JPEGImages" / "synth_0001" / "00003.jpg", copy / "JPEGImages" / "synth_0001" / "00003.jpg")
+    evaluate_checkpoint(str(checkpoint), str(copy), device="cpu", progress=False, save_masks=out)
+    assert (out / "synth_0000" / "123456.png").read_bytes() == b"the user's"
+    # two frames that would share one mask file: refused before any model pass
+    cv2.imwrite(str(copy / "JPEGImages" / "synth_0000" / "00001.png"), np.zeros((48, 48, 3), np.uint8))
+    with pytest.raises(VivimError, match="video 'synth_0000' has several frames named 00001"):
+        evaluate_checkpoint(str(checkpoint), str(copy), device="cpu", progress=False, save_masks=tmp_path / "p2")
 
 
 def test_cli_writes_json_table_and_overlays(checkpoint, data, tmp_path):

@@ -311,3 +311,15 @@ def test_a_looped_folder_reads_the_images_listed_at_the_start(tmp_path):
     frames = drain(source.start())
     source.stop()
     assert [int(frame.image[0, 0, 0]) for frame in frames] == [50, 100, 150, 50, 100, 150, 50]
+
+
+def test_an_image_removed_during_the_run_is_named_as_such(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in range(2):
+        cv2.imwrite(str(folder / f"f{k}.png"), np.full((8, 8, 3), 50, np.uint8))
+    reader = ImageFolder(str(folder))
+    (folder / "f1.png").unlink()
+    assert reader.read()[0]
+    with pytest.raises(VivimError, match=r"f1.png: removed during the run$"):
+        reader.read()

@@ -92,21 +92,20 @@ def evaluate_checkpoint(
     dataset = ClipDataset(videos, frames=frames, size=size, output_frame=output_frame)
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers)
     acc = MetricAccumulator(sweep=sweep)
-    predictions = PredictionFolders(save_masks, videos) if save_masks is not None else None
+    predictions = PredictionFolders(save_masks, videos, data) if save_masks is not None else None
     start = time.perf_counter()
-    try:
-        with torch.no_grad(), tqdm(total=len(dataset), unit="frame", desc="eval", disable=not progress,
-                                   dynamic_ncols=True) as bar:
-            for item in loader:
-                logits = model(item["clip"].to(device), output_frame=output_frame).float()[:, 0, 0]
-                prob = torch.sigmoid(logits)
-                acc.add(prob, item["mask"][:, 0] > 0.5, item["video"], item["frame"].tolist())
-                if predictions is not None:
-                    predictions.write(logits.cpu().numpy(), item["video"], item["frame"].tolist())
-                bar.update(len(prob))
-    finally:
-        if predictions is not None:
-            predictions.close()
+    with torch.no_grad(), tqdm(total=len(dataset), unit="frame", desc="eval", disable=not progress,
+                               dynamic_ncols=True) as bar:
+        for item in loader:
+            logits = model(item["clip"].to(device), output_frame=output_frame).float()[:, 0, 0]
+            prob = torch.sigmoid(logits)
+            acc.add(prob, item["mask"][:, 0] > 0.5, item["video"], item["frame"].tolist())
+            if predictions is not None:
+                predictions.write(logits.cpu().numpy(), item["video"], item["frame"].tolist())
+            bar.update(len(prob))
+    if predictions is not None:
+        # only after every frame: a failed evaluation leaves the earlier masks listed, and the next one replaces them
+        predictions.close()
     seconds = time.perf_counter() - start
     for record, (v, i) in zip(acc.records, dataset.samples):  # in dataset order (no shuffle): the frame's file name
         record["file"] = videos[v].frames[i].name
@@ -135,12 +134,20 @@ class PredictionFolders:
     """--save-masks: each scored frame's predicted mask, 0/255 PNG at the frame's own size (the model's logits
     upsampled, then thresholded at 0.5, as vivim-run draws them), as DIR/<video>/<frame stem>.png for tools that score
     mask files. Each video's folder follows vivim-run's rules: an earlier vivim-eval's masks there are replaced,
-    files it did not write are never overwritten."""
+    files it did not write are never overwritten. Folders of videos this evaluation does not score are left alone."""
 
-    def __init__(self, folder: Path, videos) -> None:
+    def __init__(self, folder: Path, videos, data: str | Path) -> None:
         from vivim.runtime.sinks import MaskFolderSink
 
+        # masks written among the frames would be read as frames by the next evaluation
+        paths.refuse_writing_over_inputs({"--save-masks": folder}, {"--data": data}, folders=("--data",))
         self.videos = {video.name: video for video in videos if video.annotated}
+        for name, video in self.videos.items():
+            stems = [frame.stem.casefold() for frame in video.frames]
+            if len(set(stems)) < len(stems):  # frame_1.jpg and frame_1.png: one mask file for two frames
+                twice = next(frame.stem for frame, key in zip(video.frames, stems) if stems.count(key) > 1)
+                raise VivimError(f"--save-masks: video '{name}' has several frames named {twice}.*, whose masks would "
+                                 "share one file; rename them")
         self.sinks = {name: MaskFolderSink(str(Path(folder) / name), names=[f.stem for f in video.frames],
                                            tool="vivim-eval")
                       for name, video in self.videos.items()}
