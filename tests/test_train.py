@@ -398,6 +398,12 @@ def test_a_vtus_val_folder_is_the_validation_split(tmp_path):
     shutil.rmtree(root / "Val_GT")
     unlabelled = run_training(_cfg(root, tmp_path / "u.safetensors", epochs=1, val_fraction=0.34, max_steps=1))
     assert vivim.load_checkpoint(unlabelled.best_path)[1]["training"]["val_kind"] == "carved"
+    # the same rule for a VTUS folder given as --val: its unlabelled Val/ is passed over for its Train/
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    given = run_training(_cfg(root, tmp_path / "v.safetensors", epochs=1, val=str(other), max_steps=1))
+    assert sorted(vivim.load_checkpoint(given.best_path)[1]["training"]["val_videos"]) == sorted(
+        p.name for p in (other / "Train").iterdir())
 
 
 def test_resume_flags_are_checked_before_the_data_is_read(data, tmp_path):

@@ -180,13 +180,19 @@ def _init_distributed(device_name: Optional[str]) -> tuple[_Dist, Any]:
     return d, device
 
 
+def _labelled_val_folder(root: Path) -> bool:
+    """A VTUS folder's own validation split: Val/ with its masks in Val_GT/ (the same rule for --data and --val)."""
+    from vivim.data.layouts import detect_layout
+
+    return detect_layout(root) == "vtus" and (root / "Val").is_dir() and (root / "Val_GT").is_dir()
+
+
 def _val_videos(path: str, sparse: bool):
     from vivim.data.layouts import detect_layout, discover_videos
 
     root = Path(path)
-    layout = detect_layout(root)
-    if layout == "vtus":  # Val/ when there is one, else that folder's Train/ — never its Test/
-        return discover_videos(root, "val" if (root / "Val").is_dir() else "train", sparse=sparse)
+    if detect_layout(root) == "vtus":  # its labelled Val/ when there is one, else its Train/ — never its Test/
+        return discover_videos(root, "val" if _labelled_val_folder(root) else "train", sparse=sparse)
     return discover_videos(root, "val", sparse=sparse)
 
 
@@ -434,12 +440,10 @@ def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any, val_kind: str |
 
 
 def _val_kind(cfg: TrainConfig) -> str:
-    from vivim.data.layouts import detect_layout
-
     root = Path(cfg.data)
     if cfg.val:
         return "--val"
-    if cfg.val_fraction > 0 and detect_layout(root) == "vtus" and (root / "Val").is_dir() and (root / "Val_GT").is_dir():
+    if cfg.val_fraction > 0 and _labelled_val_folder(root):
         return "Val/"  # the split the dataset was made with, rather than videos carved off Train/
     return "carved"
 
