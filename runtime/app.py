@@ -122,14 +122,14 @@ class Pipeline:
 def source_image_names(files: List[str], log: Log) -> Optional[List[str]]:
     """The stems of a --frames folder's images in reading order, to name each mask after its image; None when two
     images share a stem (frame_1.png and frame_1.jpg), where names by capture index are the unambiguous choice."""
-    stems = [Path(path).stem for path in files]
-    folded = [stem.casefold() for stem in stems]  # Img.jpg and img.png are one mask file on macOS and Windows
-    if len(set(folded)) < len(folded):
-        twice = next(stem for stem, key in zip(stems, folded) if folded.count(key) > 1)
+    from vivim.data.layouts import shared_stem
+
+    twice = shared_stem(files)
+    if twice is not None:
         log(f"note: --frames {Path(files[0]).parent}: several images are named {twice}.*, so --save-masks names masks "
             "by capture index")
         return None
-    return stems
+    return [Path(path).stem for path in files]
 
 
 def build_sinks(cfg: RunConfig, log: Log, image_files: Optional[List[str]] = None) -> List[Sink]:

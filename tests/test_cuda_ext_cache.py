@@ -23,6 +23,20 @@ def _copy_tree(tmp_path: Path) -> tuple[Path, Path]:
     return src, inc
 
 
+def _each_edit_changes(files, key, first) -> None:
+    """Edit each file in turn: `key()` must take a value not seen before every time, and `first` again once every
+    file is restored."""
+    seen = {first}
+    for path in files:
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n// edited\n")
+        value = key()
+        assert value not in seen, f"an edit of {path.name} leaves {key.__name__} unchanged"
+        seen.add(value)
+        path.write_bytes(original)
+    assert key() == first
+
+
 def test_header_edits_change_the_build_flags(tmp_path, monkeypatch):
     src, inc = _copy_tree(tmp_path)
     monkeypatch.setattr(_cuda_ext, "_KERNEL_DIR", src)
@@ -31,15 +45,7 @@ def test_header_edits_change_the_build_flags(tmp_path, monkeypatch):
     assert first == _cuda_ext._kernel_sources_digest()  # stable for unchanged files
     headers = sorted(p for p in (*src.rglob("*"), *inc.rglob("*")) if p.is_file())
     assert {p.name for p in headers} >= {"resident_pass.cuh", "selective_scan.cu", "selective_scan.h"}
-    seen = {first}
-    for header in headers:
-        original = header.read_bytes()
-        header.write_bytes(original + b"\n// edited\n")
-        digest = _cuda_ext._kernel_sources_digest()
-        assert digest not in seen, f"an edit of {header.name} does not change the digest"
-        seen.add(digest)
-        header.write_bytes(original)
-    assert _cuda_ext._kernel_sources_digest() == first
+    _each_edit_changes(headers, _cuda_ext._kernel_sources_digest, first)
 
 
 def test_the_cache_folder_is_named_by_every_source(tmp_path, monkeypatch):
@@ -64,15 +70,8 @@ def test_the_cache_folder_is_named_by_every_source(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.7")  # a Jetson Orin build is another build
     assert _cuda_ext.build_directory() != first
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
-    seen = {first}
-    for path in [binding, *sorted(p for p in (*src.rglob("*"), *inc.rglob("*")) if p.is_file())]:
-        original = path.read_bytes()
-        path.write_bytes(original + b"\n// edited\n")
-        folder = _cuda_ext.build_directory()
-        assert folder not in seen, f"an edit of {path.name} keeps the cache folder"
-        seen.add(folder)
-        path.write_bytes(original)
-    assert _cuda_ext.build_directory() == first
+    files = [binding, *sorted(p for p in (*src.rglob("*"), *inc.rglob("*")) if p.is_file())]
+    _each_edit_changes(files, _cuda_ext.build_directory, first)
 
 
 def test_a_cached_build_loads_without_a_compiler(tmp_path, monkeypatch):

@@ -132,13 +132,8 @@ def test_synthetic_video_end_to_end(tmp_path, checkpoint, clip, output_frame, th
         assert (saved == expected[k]).mean() > 0.99, k
 
 
-def _reference_masks(checkpoint, clip, index, threshold=0.5):
-    """Per source frame, the mask of model(window) built here: frames decoded with OpenCV, the window clamped at
-    both ends of the video, the model's own resize and normalisation, logits upsampled, sigmoid > threshold."""
-    from vivim.runtime.preprocess import Normalization, preprocess
-
-    model, meta = vivim.load_checkpoint(checkpoint)
-    model.eval()
+def _decode_frames(clip):
+    """Every frame of a video file, decoded with OpenCV."""
     capture, frames = cv2.VideoCapture(clip), []
     while True:
         ok, frame = capture.read()
@@ -146,6 +141,17 @@ def _reference_masks(checkpoint, clip, index, threshold=0.5):
             break
         frames.append(frame)
     capture.release()
+    return frames
+
+
+def _reference_masks(checkpoint, clip, index, threshold=0.5):
+    """Per source frame, the mask of model(window) built here: frames decoded with OpenCV, the window clamped at
+    both ends of the video, the model's own resize and normalisation, logits upsampled, sigmoid > threshold."""
+    from vivim.runtime.preprocess import Normalization, preprocess
+
+    model, meta = vivim.load_checkpoint(checkpoint)
+    model.eval()
+    frames = _decode_frames(clip)
     norm = Normalization(tuple(meta["normalization"]["mean"]), tuple(meta["normalization"]["std"]))
     pre = [torch.from_numpy(preprocess(f, model.img_size, norm, meta["resize"])) for f in frames]
     n, t = len(frames), model.frames
@@ -210,13 +216,7 @@ def test_image_folder_end_to_end(tmp_path, checkpoint):
 def test_masks_of_a_frame_folder_are_named_after_its_images(tmp_path, checkpoint, clip):
     # the clip's frames as lossless images numbered without padding (us_2 before us_10); mask us_k.png must be the
     # reference mask of frame k, whatever the file order on disk
-    capture, frames = cv2.VideoCapture(clip), []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
+    frames = _decode_frames(clip)
     folder = tmp_path / "frames"
     folder.mkdir()
     for k in np.random.default_rng().permutation(len(frames)):

@@ -137,15 +137,15 @@ class PredictionFolders:
     files it did not write are never overwritten. Folders of videos this evaluation does not score are left alone."""
 
     def __init__(self, folder: Path, videos, data: str | Path) -> None:
+        from vivim.data.layouts import shared_stem
         from vivim.runtime.sinks import MaskFolderSink
 
         # masks written among the frames would be read as frames by the next evaluation
         paths.refuse_writing_over_inputs({"--save-masks": folder}, {"--data": data}, folders=("--data",))
         self.videos = {video.name: video for video in videos if video.annotated}
         for name, video in self.videos.items():
-            stems = [frame.stem.casefold() for frame in video.frames]
-            if len(set(stems)) < len(stems):  # frame_1.jpg and frame_1.png: one mask file for two frames
-                twice = next(frame.stem for frame, key in zip(video.frames, stems) if stems.count(key) > 1)
+            twice = shared_stem(video.frames)
+            if twice is not None:  # frame_1.jpg and frame_1.png: one mask file for two frames
                 raise VivimError(f"--save-masks: video '{name}' has several frames named {twice}.*, whose masks would "
                                  "share one file; rename them")
         self.sinks = {name: MaskFolderSink(str(Path(folder) / name), names=[f.stem for f in video.frames],

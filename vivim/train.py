@@ -371,11 +371,11 @@ def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
         raise VivimError(f"--size {cfg.size}: must be a multiple of 32 (the encoder downsamples 32x)")
     paths.check_writable(cfg.out, "--out")  # now, not after the first epoch (and not a folder)
     best_path, last_path, state_path = output_paths(cfg.out)
-    paths.check_writable(history_path(cfg.out), "--out (its per-epoch log)")
+    log_path = history_path(cfg.out)
+    paths.check_writable(log_path, "--out (its per-epoch log)")
     paths.refuse_writing_over_inputs({"--out": best_path, "--out (last)": last_path, "--out (state)": state_path,
-                                      "--out (history)": history_path(cfg.out)}, {"--init": cfg.init})
-    if not (cfg.resume or cfg.overwrite) and any(p.exists() for p in (best_path, last_path, state_path,
-                                                                      history_path(cfg.out))):
+                                      "--out (history)": log_path}, {"--init": cfg.init})
+    if not (cfg.resume or cfg.overwrite) and any(p.exists() for p in (best_path, last_path, state_path, log_path)):
         raise VivimError(f"--out {best_path}: an earlier run's checkpoint or log is there; --resume continues that "
                          "run, --overwrite replaces it, or choose another --out")
     return best_path, last_path, state_path

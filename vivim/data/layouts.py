@@ -61,6 +61,16 @@ def list_frame_files(folder: Path) -> list[Path]:
                   key=frame_order)
 
 
+def shared_stem(files) -> str | None:
+    """The first stem that two of `files` share, ignoring case (frame_1.jpg and Frame_1.png), or None. Masks named
+    after their frames would collide there, and on macOS and Windows case does not tell files apart."""
+    stems = [Path(path).stem for path in files]
+    folded = [stem.casefold() for stem in stems]
+    if len(set(folded)) == len(folded):
+        return None
+    return next(stem for stem, key in zip(stems, folded) if folded.count(key) > 1)
+
+
 def _list_frames(folder: Path) -> list[Path]:
     frames = list_frame_files(folder)
     if not frames:

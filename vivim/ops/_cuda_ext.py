@@ -7,8 +7,9 @@ $TORCH_EXTENSIONS_DIR); when that is impossible it answers False and dispatch fa
 reference. Forward only: the custom op's backward recomputes with a differentiable implementation.
 
 The cache folder is named by a digest of every source and flag and of the target GPU architectures, so a process
-that finds the library there imports it directly, with no compiler: a runtime image (Jetson's l4t runtime containers have no nvcc) can use a cache built
-in a development image. Load time is the same either way (2 against 9 ms on an H200 host, measured 2026-11-27).
+that finds the library there imports it directly, with no compiler: a runtime image (Jetson's l4t runtime
+containers have no nvcc) can use a cache built in a development image. Load time is the same either way (2 against
+9 ms on an H200 host, measured 2026-11-27).
 """
 
 from __future__ import annotations
