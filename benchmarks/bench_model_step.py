@@ -7,8 +7,8 @@
 Prints one JSON line per run (median ms of 40 bursts of 5 replays, batch 1, 5-frame clips): every frame decoded,
 the newest frame only (what vivim-run decodes), and the per-frame part alone. With --train: vivim-train's step
 (AMP fp16 forward of the centre frame, structure loss, backward, Adam through the grad scaler), eager, median of
-20 steps after 5 warm-up ones. Alternate the trees in one session: the numbers move by a few percent between
-machines.
+20 steps (--steps) after 5 warm-up ones. Alternate the trees in one session: the numbers move by a few percent
+between machines.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--label", default="", help="name of this run in the JSON line")
     parser.add_argument("--train", action="store_true", help="time vivim-train's step instead of inference")
     parser.add_argument("--batch", type=int, default=8, help="clips per training step (--train)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps after 5 warm-up ones (--train)")
     args = parser.parse_args()
     if args.tree:
         sys.path.insert(0, os.path.abspath(args.tree))
@@ -95,7 +96,8 @@ def main() -> None:
         for spec in args.variants.split(","):
             variant, size = spec.split(":")[0], int(spec.split(":")[1])
             model = create_model(variant, img_size=size).cuda().train()
-            row[f"train {variant}@{size} batch {args.batch}"] = round(train_step_ms(model, args.batch, size), 2)
+            step_ms = train_step_ms(model, args.batch, size, args.steps)
+            row[f"train {variant}@{size} batch {args.batch}"] = round(step_ms, 2)
             del model
             torch.cuda.empty_cache()
         # the op's forward takes the fastest kernel; its backward recomputes with a differentiable one

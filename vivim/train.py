@@ -164,6 +164,17 @@ class _Dist:
         return self.rank == 0
 
 
+def _note_slow_scan_backward(device: Any) -> None:
+    """Our CUDA scan kernel is forward-only: on a GPU the backward takes mamba-ssm's kernel when it is installed,
+    else the PyTorch reference. Say so before a long run starts slower than it could."""
+    from vivim.ops import dispatch
+
+    if device.type == "cuda" and dispatch.pick("cuda", need_grad=True).name == "reference":
+        warn("mamba-ssm is not installed: the selective scan's backward runs the PyTorch reference, and a training "
+             "step takes 3-4x longer (H200, paper and b1 models); its kernels build from source: "
+             "pip install --no-build-isolation mamba-ssm")
+
+
 def _init_distributed(device_name: Optional[str]) -> tuple[_Dist, Any]:
     import torch
     import torch.distributed as dist
@@ -315,6 +326,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         run.resume(state)
         del state  # weights and optimiser moments: not kept for the whole run
     run.wrap_ddp()
+    if dist_info.main:
+        _note_slow_scan_backward(device)
     if run.progress.start_epoch >= cfg.epochs and dist_info.main:
         warn(f"{state_path}: already trained {run.progress.start_epoch} of --epochs {cfg.epochs}; nothing to do")
     if dist_info.main:

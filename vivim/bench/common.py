@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -128,12 +127,12 @@ def resolve_scan(name: str | None, device: str) -> str:
 
 def scan_unavailable_reason(name: str, device: str) -> str | None:
     """Why a scan implementation cannot run here (None when it can), phrased for a 'skipped:' status."""
-    from vivim.ops import dispatch
+    from vivim.ops import dispatch, mamba_kernel
 
     device_type = "cuda" if timing.is_cuda(device) else "cpu"
     if name != "reference" and device_type != "cuda":
         return f"{name} scan runs on CUDA only (device is {device})"
-    if name == "mamba_ssm" and importlib.util.find_spec("mamba_ssm") is None:
+    if name == "mamba_ssm" and not mamba_kernel.installed():
         return "mamba-ssm not installed (pip install mamba-ssm)"
     ok, reason = dispatch.is_available(name, device_type)
     if ok:

@@ -2,14 +2,13 @@
 
 Implementations register with a priority and an availability check. A call picks, in order of priority, the first
 implementation that is available for the tensors' device: the project's CUDA kernel ('vivim_cuda', when built),
-mamba-ssm's kernel on CUDA ('mamba_ssm', when installed), then the PyTorch reference (always). `use_impl(name)`
-forces one, for benchmarks and cross-checks.
+mamba-ssm's kernel on CUDA ('mamba_ssm', when its compiled extension is installed), then the PyTorch reference
+(always). `use_impl(name)` forces one, for benchmarks and cross-checks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor
 
 from vivim.errors import VivimError
+from vivim.ops import mamba_kernel
 from vivim.ops.reference import selective_scan_reference
 
 # fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> out
@@ -115,7 +115,7 @@ def _load_optional_impls() -> None:
     _optional_loaded = True
     if not torch.cuda.is_available():
         return
-    if importlib.util.find_spec("mamba_ssm") is not None:
+    if mamba_kernel.installed():
         register_mamba_ssm()
     try:
         from vivim.ops import _cuda_ext  # the project's kernel; builds on first use
@@ -128,27 +128,8 @@ def _load_optional_impls() -> None:
 
 
 def register_mamba_ssm() -> None:
-    register_impl("mamba_ssm", _mamba_ssm_scan, priority=50, available=_mamba_ssm_available,
+    register_impl("mamba_ssm", mamba_kernel.mamba_kernel_scan, priority=50, available=mamba_kernel.importable,
                   devices=("cuda",), differentiable=True, dtypes=KERNEL_DTYPES)
-
-
-def _mamba_ssm_available() -> bool:
-    try:
-        import selective_scan_cuda  # noqa: F401  (mamba-ssm's compiled extension)
-    except ImportError:
-        return False
-    return True
-
-
-def _mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-
-    dtype = u.dtype
-    B = B.to(dtype).contiguous()
-    C = C.to(dtype).contiguous()
-    return selective_scan_fn(u.contiguous(), delta.contiguous(), A.float().contiguous(), B, C,
-                             None if D is None else D.float(), None if z is None else z.contiguous(),
-                             None if delta_bias is None else delta_bias.float(), bool(delta_softplus))
 
 
 def _reference_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
