@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="time vivim-train's step instead of inference")
     parser.add_argument("--batch", type=int, default=8, help="clips per training step (--train)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps after 5 warm-up ones (--train)")
+    parser.add_argument("--backward", help="scan implementation of the backward (--train; default: the dispatcher's "
+                                           "choice): vivim_cuda, mamba_ssm or reference")
     args = parser.parse_args()
     if args.tree:
         sys.path.insert(0, os.path.abspath(args.tree))
@@ -93,6 +95,13 @@ def main() -> None:
                               "gpu": torch.cuda.get_device_name()}
     torch.manual_seed(0)
     if args.train:
+        if args.backward:  # every other implementation is taken out of the backward's choice for this run
+            dispatch.pick("cuda")  # registers the CUDA implementations
+            for impl in dispatch.implementations():
+                if impl.name != args.backward:
+                    impl.differentiable = False
+            if dispatch.pick("cuda", need_grad=True).name != args.backward:
+                sys.exit(f"bench_model_step: {args.backward} cannot run the backward here")
         for spec in args.variants.split(","):
             variant, size = spec.split(":")[0], int(spec.split(":")[1])
             model = create_model(variant, img_size=size).cuda().train()

@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = ROOT / "plugins" / "selective_scan" / "src" / "selective_scan.cu"
+BACKWARD_KERNEL = ROOT / "plugins" / "selective_scan" / "src" / "selective_scan_bwd.cu"
 INCLUDE = ROOT / "plugins" / "selective_scan" / "include"
 
 
@@ -38,13 +39,14 @@ _TORCH_EXTENSION_MACROS = ("-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CON
 _OBJECTS: dict[str, Path] = {}  # arch -> compiled object, reused by the host-side workspace check
 
 
-def _compile(arch: str, out_dir: Path) -> Path:
-    obj = out_dir / f"selective_scan_sm{arch}.o"
+def _compile(arch: str, out_dir: Path, source: Path = KERNEL) -> Path:
+    obj = out_dir / f"{source.stem}_sm{arch}.o"
     cmd = [NVCC, "-c", "-O3", "-std=c++17", f"-I{INCLUDE}", f"-gencode=arch=compute_{arch},code=sm_{arch}",
-           "-Werror", "all-warnings", *_TORCH_EXTENSION_MACROS, str(KERNEL), "-o", str(obj)]
+           "-Werror", "all-warnings", *_TORCH_EXTENSION_MACROS, str(source), "-o", str(obj)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"nvcc failed for sm_{arch}:\n{proc.stderr[-4000:]}"
-    _OBJECTS[arch] = obj
+    assert proc.returncode == 0, f"nvcc failed for {source.name}, sm_{arch}:\n{proc.stderr[-4000:]}"
+    if source == KERNEL:
+        _OBJECTS[arch] = obj
     return obj
 
 
@@ -60,6 +62,16 @@ def test_kernel_compiles_for_arch(arch: str, tmp_path: Path) -> None:
         assert " vivim_selective_scan_workspace_size" in symbols
 
 
+@pytest.mark.parametrize("arch", ["87", "90"])
+def test_backward_kernel_compiles_for_arch(arch: str, tmp_path: Path) -> None:
+    obj = _compile(arch, tmp_path, BACKWARD_KERNEL)
+    nm = shutil.which("nm")
+    if nm:
+        symbols = subprocess.run([nm, "-g", "--defined-only", str(obj)], capture_output=True, text=True).stdout
+        assert " vivim_selective_scan_bwd" in symbols
+        assert " vivim_selective_scan_bwd_workspace_size" in symbols
+
+
 def test_header_is_plain_c() -> None:
     """The header compiles as C (no torch, no TensorRT, no C++-only constructs), so any host code can use it."""
     cc = shutil.which("cc") or shutil.which("gcc")
@@ -70,7 +82,8 @@ def test_header_is_plain_c() -> None:
     inc = next((p for p in candidates if (p / "cuda_runtime_api.h").exists()), None)
     if inc is None:
         pytest.skip("cuda_runtime_api.h not found next to nvcc")
-    src = '#include "vivim/selective_scan.h"\nint main(void) { return (int)sizeof(vivim_scan_params_t) > 0 ? 0 : 1; }\n'
+    src = ('#include "vivim/selective_scan.h"\n#include "vivim/selective_scan_bwd.h"\n'
+           'int main(void) { return (int)(sizeof(vivim_scan_params_t) + sizeof(vivim_scan_bwd_params_t)) > 0 ? 0 : 1; }\n')
     proc = subprocess.run([cc, "-std=c99", "-fsyntax-only", f"-I{INCLUDE}", f"-I{inc}", "-x", "c", "-"],
                           input=src, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

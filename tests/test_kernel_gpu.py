@@ -266,53 +266,108 @@ def test_matches_mamba_ssm_when_installed():
         assert rel_err(ours, ref) <= tol, (dtype, dim, L, G)
 
 
-GRAD_TOL = {torch.float32: 1e-4, torch.float16: 1e-2}  # the gradients sum over L and channels (atomics in fp32)
+GRAD_TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}  # sums over L and channels
+GRAD_NAMES = "u delta A B C D z delta_bias".split()
+# (batch, channels per group, L, N, G, grouped layout, z, D, softplus, delta_bias)
+GRAD_CASES = [
+    (2, 64, 777, 16, 3, True, True, True, True, True),    # Vivim's grouped call
+    (1, 20, 33, 4, 1, False, False, False, False, False),  # a partial channel tile, N < 16, bare scan
+    (3, 16, 1, 16, 1, True, True, False, True, False),    # one token
+    (1, 7, 100, 40, 1, False, True, True, True, True),    # N > 16: the kernel runs on slices of 16 states
+    (2, 128, 2049, 16, 3, True, True, True, True, True),  # segments of 32 tokens, a ragged last one
+]
+
+
+def _grads(fn, args, g_out):
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in args]
+    fn(*leaves).backward(g_out)
+    return [t.grad if t is not None else None for t in leaves]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: "b{}xP{}xL{}xN{}xG{}".format(*c[:5]))
+def test_training_gradients_of_our_kernel_match_the_oracle(dtype, case):
+    """Our backward (vivim.ops.cuda_backward: PyTorch for the elementwise chain, selective_scan_bwd.cu for the
+    recurrence): every input's gradient against the float64 oracle's on fresh random inputs, and against mamba-ssm's
+    kernel when installed."""
+    from vivim.ops import mamba_kernel
+    from vivim.ops.cuda_backward import trainable_selective_scan_cuda
+
+    batch, P, L, N, G, grouped, has_z, has_D, softplus, has_bias = case
+    args = make_inputs(batch, P * G, L, N, G, dtype, has_z, has_D, softplus, has_bias, seed=7 * L + N,
+                       grouped_layout=grouped)
+    g_out = torch.randn(args[0].shape, device=DEV)
+    ours = _grads(lambda *a: trainable_selective_scan_cuda(*a, softplus), args, g_out.to(dtype))
+    exact = [t.double() if t is not None else None for t in args]  # the same values, float64 leaves
+    oracle = _grads(lambda *a: scan_oracle(*a, delta_softplus=softplus), exact, g_out.double())
+    for name, arg, a, b in zip(GRAD_NAMES, args, ours, oracle):
+        if arg is None:
+            continue
+        assert a is not None and a.dtype == arg.dtype and a.shape == arg.shape, name
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a, b) <= GRAD_TOL[dtype], (name, rel_err(a, b))
+    if mamba_kernel.importable():
+        theirs = _grads(lambda *a: mamba_kernel.mamba_kernel_scan(*a, softplus), args, g_out.to(dtype))
+        for name, arg, a, b, exact_grad in zip(GRAD_NAMES, args, ours, theirs, oracle):
+            if arg is None or rel_err(a, b.double()) <= 2 * GRAD_TOL[dtype]:
+                continue
+            # the two kernels may disagree only where mamba-ssm's own result is off the oracle (seen: one-token
+            # sequences in fp16/bf16)
+            print(f"{name}: ours vs mamba-ssm {rel_err(a, b.double()):.1e}, ours vs oracle "
+                  f"{rel_err(a, exact_grad):.1e}, mamba-ssm vs oracle {rel_err(b, exact_grad):.1e}")
+            assert rel_err(b, exact_grad) > GRAD_TOL[dtype], ("ours and mamba-ssm disagree", name)
+
+
+def test_the_backward_prefers_mamba_ssm_then_our_kernel():
+    """Measured (benchmarks/RESULTS.md): mamba-ssm's backward gives 12-24% shorter training steps than ours, ours 3x
+    faster than the reference. The dispatcher's choice for the backward follows that order."""
+    from vivim.ops import dispatch, mamba_kernel
+
+    expected = "mamba_ssm" if mamba_kernel.importable() else "vivim_cuda"
+    assert dispatch.pick("cuda", need_grad=True, dtype=torch.float16).name == expected
+    assert dispatch.pick("cuda", dtype=torch.float16).name == "vivim_cuda"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("G,grouped_layout", [(1, False), (3, True)])
-def test_training_gradients_through_mamba_ssm_kernel_match_the_oracle(dtype, G, grouped_layout):
-    """Training on a GPU: the op's forward runs our kernel, its backward mamba-ssm's compiled extension through
+def test_gradients_through_mamba_ssm_kernel_match_the_oracle(dtype, G, grouped_layout):
+    """The fallback where our extension cannot be built: mamba-ssm's compiled extension through
     vivim.ops.mamba_kernel. Every input's gradient against the float64 oracle's, on fresh random inputs."""
-    from vivim.ops import dispatch, mamba_kernel, selective_scan
+    from vivim.ops import mamba_kernel
 
     if not mamba_kernel.importable():
         pytest.skip("mamba-ssm's compiled extension (selective_scan_cuda) is not installed")
-    assert dispatch.pick("cuda", need_grad=True, dtype=dtype).name == "mamba_ssm"
     args = make_inputs(2, 64 * G, 777, 16, G, dtype, True, True, True, True, seed=31 + G,
                        grouped_layout=grouped_layout)
-    ours = [t.clone().requires_grad_() for t in args]
-    oracle = [t.detach().double().requires_grad_() for t in args]
     g_out = torch.randn(args[0].shape, device=DEV)
-    selective_scan(*ours, delta_softplus=True).backward(g_out.to(dtype))
-    scan_oracle(*oracle, delta_softplus=True).backward(g_out.double())
-    errors = {name: rel_err(a.grad, b.grad) for name, a, b in zip("u delta A B C D z bias".split(), ours, oracle)}
-    print(dtype, G, {k: f"{v:.1e}" for k, v in errors.items()})
-    assert all(a.grad.dtype == a.dtype for a in ours)
+    theirs = _grads(lambda *a: mamba_kernel.mamba_kernel_scan(*a, delta_softplus=True), args, g_out.to(dtype))
+    oracle = _grads(lambda *a: scan_oracle(*a, delta_softplus=True), [t.double() for t in args], g_out.double())
+    errors = {name: rel_err(a, b) for name, a, b in zip(GRAD_NAMES, theirs, oracle)}
+    assert all(a.dtype == t.dtype for a, t in zip(theirs, args))
     assert max(errors.values()) <= GRAD_TOL[dtype], errors
 
 
-def test_training_does_not_import_the_mamba_ssm_package():
+def test_mamba_ssm_kernel_does_not_import_the_mamba_ssm_package():
     """mamba_ssm's package imports its language models (transformers, triton, tilelang: seconds, or an ImportError
-    where one is missing); the scan's backward needs only the compiled extension."""
+    where one is missing); the scan needs only the compiled extension."""
     from vivim.ops import mamba_kernel
 
     if not mamba_kernel.importable():
         pytest.skip("mamba-ssm's compiled extension (selective_scan_cuda) is not installed")
     code = textwrap.dedent("""
         import sys, torch
-        from vivim.ops import dispatch, selective_scan
+        from vivim.ops import mamba_kernel
         x = [torch.randn(1, 32, 100, device="cuda", requires_grad=True), torch.rand(1, 32, 100, device="cuda"),
              -torch.rand(32, 16, device="cuda"), torch.randn(1, 16, 100, device="cuda"),
              torch.randn(1, 16, 100, device="cuda")]
-        selective_scan(*x).sum().backward()
-        print("BACKWARD", dispatch.pick("cuda", need_grad=True).name, x[0].grad.isfinite().all().item())
+        mamba_kernel.mamba_kernel_scan(*x, None, None, None, False).sum().backward()
+        print("GRAD", x[0].grad.isfinite().all().item())
         print("IMPORTED", sorted(m for m in sys.modules if m.split(".")[0] == "mamba_ssm"))
     """)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "BACKWARD mamba_ssm True" in proc.stdout and "IMPORTED []" in proc.stdout, proc.stdout
+    assert "GRAD True" in proc.stdout and "IMPORTED []" in proc.stdout, proc.stdout
 
 
 def test_chunked_passes_on_short_sequences():

@@ -190,3 +190,50 @@ def test_torch_export_sees_one_op_per_scan(rng_seed):
     program = torch.export.export(TwoScans(), random_scan_inputs(1, 6, 12, 4, 3))
     targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
     assert targets.count(torch.ops.vivim.selective_scan.default) == 2
+
+
+def test_backward_uses_the_grad_fn_of_an_implementation_whose_plain_call_has_no_autograd(rng_seed):
+    """An implementation may register a plain fast call for the forward and an autograd version for training (our
+    CUDA kernel does): the op's forward must take the first, its backward the second."""
+    calls = []
+    reference = dispatch.pick("cpu").fn
+
+    def plain(*args):
+        calls.append("fn")
+        with torch.no_grad():
+            return reference(*args)
+
+    def trainable(*args):
+        calls.append("grad_fn")
+        return reference(*args)
+
+    dispatch.register_impl("plain_with_grad_fn", plain, priority=1000, devices=("cpu",), grad_fn=trainable)
+    try:
+        assert dispatch.pick("cpu", need_grad=True).name == "plain_with_grad_fn"
+        base = random_scan_inputs(1, 4, 21, 3, 1)
+        a = [t.clone().requires_grad_() for t in base]
+        b = [t.double().requires_grad_() for t in base]
+        selective_scan(*a, delta_softplus=True).sum().backward()
+        scan_oracle(*b, delta_softplus=True).sum().backward()
+        assert calls == ["fn", "grad_fn"]
+        for x, y in zip(a, b):
+            assert rel_error(x.grad, y.grad) <= 1e-5
+    finally:
+        dispatch._REGISTRY.pop("plain_with_grad_fn")
+
+
+def test_the_backward_ranks_implementations_on_its_own(rng_seed):
+    """An implementation may be the fastest forward but not the fastest backward (ours on CUDA: mamba-ssm's backward
+    trains faster): grad_priority ranks it for the backward alone."""
+    reference = dispatch.pick("cpu").fn
+    dispatch.register_impl("fast_forward", reference, priority=1000, devices=("cpu",), grad_fn=reference,
+                           grad_priority=10)
+    dispatch.register_impl("fast_backward", reference, priority=500, devices=("cpu",), differentiable=True)
+    try:
+        assert dispatch.pick("cpu").name == "fast_forward"
+        assert dispatch.pick("cpu", need_grad=True).name == "fast_backward"
+        dispatch._REGISTRY.pop("fast_backward")
+        assert dispatch.pick("cpu", need_grad=True).name == "fast_forward"  # still above the reference (0)
+    finally:
+        dispatch._REGISTRY.pop("fast_forward")
+        dispatch._REGISTRY.pop("fast_backward", None)

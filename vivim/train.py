@@ -165,14 +165,13 @@ class _Dist:
 
 
 def _note_slow_scan_backward(device: Any) -> None:
-    """Our CUDA scan kernel is forward-only: on a GPU the backward takes mamba-ssm's kernel when it is installed,
-    else the PyTorch reference. Say so before a long run starts slower than it could."""
+    """On a GPU the scan's backward runs mamba-ssm's kernel, else ours (built on first use), else the PyTorch
+    reference. Say so before a long run starts 3x slower than it could."""
     from vivim.ops import dispatch
 
     if device.type == "cuda" and dispatch.pick("cuda", need_grad=True).name == "reference":
-        warn("mamba-ssm is not installed: the selective scan's backward runs the PyTorch reference, and a training "
-             "step takes 3-4x longer (H200, paper and b1 models); its kernels build from source: "
-             "pip install --no-build-isolation mamba-ssm")
+        warn("no CUDA kernel for the selective scan's backward (the project's extension could not be built here and "
+             "mamba-ssm is not installed): the PyTorch reference runs it, and a training step takes ~3x longer")
 
 
 def _init_distributed(device_name: Optional[str]) -> tuple[_Dist, Any]:

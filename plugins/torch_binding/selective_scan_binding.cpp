@@ -1,6 +1,6 @@
-// PyTorch binding of the Vivim selective-scan kernel (forward only). Thin: checks shapes and dtypes,
-// allocates the output and the scratch workspace with torch's caching allocator, launches on torch's
-// current stream. Built on first use by vivim/ops/_cuda_ext.py (torch.utils.cpp_extension.load).
+// PyTorch binding of the Vivim selective-scan kernels (forward, and the backward of the scan core for training).
+// Thin: checks shapes and dtypes, allocates the outputs and the scratch workspace with torch's caching allocator,
+// launches on torch's current stream. Built on first use by vivim/ops/_cuda_ext.py (torch.utils.cpp_extension.load).
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -9,6 +9,7 @@
 #include <cstdio>
 
 #include "vivim/selective_scan.h"
+#include "vivim/selective_scan_bwd.h"
 
 namespace {
 
@@ -172,16 +173,70 @@ at::Tensor selective_scan_fwd(const at::Tensor& u_in, const at::Tensor& delta_in
     return out;
 }
 
+// Backward of the scan core: every input fp32, contiguous, on one CUDA device; B and C as (batch, G, N, L); dt is
+// the step after delta_bias and softplus. Returns [du, ddt, dA, dB, dC], or an empty list (message recorded).
+std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& A,
+                                           const at::Tensor& B, const at::Tensor& C, const at::Tensor& dy) {
+    g_last_error[0] = '\0';
+    const std::vector<at::Tensor> none;
+    char sa[96];
+    for (const at::Tensor* t : {&u, &dt, &A, &B, &C, &dy}) {
+        if (!(t->defined() && t->is_cuda() && t->device() == u.device() && t->scalar_type() == at::kFloat &&
+              t->is_contiguous())) {
+            fail_msg("backward inputs must be contiguous float32 tensors on one CUDA device");
+            return none;
+        }
+    }
+    if (u.dim() != 3 || dt.sizes() != u.sizes() || dy.sizes() != u.sizes() || B.dim() != 4 ||
+        C.sizes() != B.sizes() || A.dim() != 2 || A.size(0) != u.size(1) || B.size(0) != u.size(0) ||
+        B.size(2) != A.size(1) || B.size(3) != u.size(2) || u.size(1) % B.size(1) != 0) {
+        fail_msg("backward: inconsistent shapes (u %s)", shape_str(u.sizes(), sa));
+        return none;
+    }
+    const c10::cuda::CUDAGuard guard(u.device());
+    const int64_t batch = u.size(0), dim = u.size(1), seqlen = u.size(2);
+    at::Tensor du = at::empty_like(u), ddt = at::empty_like(u);
+    at::Tensor dA = at::zeros_like(A), dB = at::zeros_like(B), dC = at::zeros_like(C);
+    const size_t ws = vivim_selective_scan_bwd_workspace_size(batch, dim, seqlen);
+    at::Tensor workspace = at::empty({(int64_t)ws}, u.options().dtype(at::kByte));
+    vivim_scan_bwd_params_t p{};
+    p.batch = batch;
+    p.dim = dim;
+    p.seqlen = seqlen;
+    p.dstate = A.size(1);
+    p.n_groups = B.size(1);
+    p.u = u.data_ptr<float>();
+    p.dt = dt.data_ptr<float>();
+    p.A = A.data_ptr<float>();
+    p.B = B.data_ptr<float>();
+    p.C = C.data_ptr<float>();
+    p.dy = dy.data_ptr<float>();
+    p.du = du.data_ptr<float>();
+    p.ddt = ddt.data_ptr<float>();
+    p.dA = dA.data_ptr<float>();
+    p.dB = dB.data_ptr<float>();
+    p.dC = dC.data_ptr<float>();
+    const cudaError_t err = vivim_selective_scan_bwd(&p, workspace.data_ptr(), ws,
+                                                     c10::cuda::getCurrentCUDAStream().stream());
+    if (err != cudaSuccess) {
+        fail_msg("backward launch failed: %s", cudaGetErrorString(err));
+        return none;
+    }
+    return {du, ddt, dA, dB, dC};
+}
+
 const char* last_error() { return g_last_error; }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.doc() = "Vivim selective scan, CUDA forward";
+    m.doc() = "Vivim selective scan, CUDA forward and the scan core's backward";
     m.def("fwd", &selective_scan_fwd, "selective scan forward (CUDA)", py::arg("u"), py::arg("delta"), py::arg("A"),
           py::arg("B"), py::arg("C"), py::arg("D") = py::none(), py::arg("z") = py::none(),
           py::arg("delta_bias") = py::none(), py::arg("delta_softplus") = false, py::arg("out") = py::none(),
           py::arg("workspace") = py::none());
-    m.def("last_error", &last_error, "message of the last failed fwd call on this thread");
+    m.def("bwd", &selective_scan_bwd, "backward of the scan core, fp32 (CUDA)", py::arg("u"), py::arg("dt"),
+          py::arg("A"), py::arg("B"), py::arg("C"), py::arg("dy"));
+    m.def("last_error", &last_error, "message of the last failed fwd or bwd call on this thread");
     m.def("workspace_size", &vivim_selective_scan_workspace_size, "scratch bytes for (batch, dim, seqlen, dstate, groups)");
 }

@@ -1,10 +1,10 @@
 """The project's CUDA selective-scan kernel as a PyTorch extension, built on first use and cached.
 
 `try_register()` (called lazily by `vivim.ops.dispatch` when a CUDA tensor is first scanned) registers the
-implementation 'vivim_cuda' (priority 100). Its availability check builds the extension once with
+implementation 'vivim_cuda' (priority 100; 40 for the backward, after mamba-ssm's kernel). Its availability check builds the extension once with
 `torch.utils.cpp_extension.load` (nvcc + ninja) into ~/.cache/vivim/torch_extensions/... (or
 $TORCH_EXTENSIONS_DIR); when that is impossible it answers False and dispatch falls back to mamba-ssm or the
-reference. Forward only: the custom op's backward recomputes with a differentiable implementation.
+reference. Training: `vivim.ops.cuda_backward` gives it a backward (the kernel of selective_scan_bwd.cu).
 
 The cache folder is named by a digest of every source and flag and of the target GPU architectures, so a process
 that finds the library there imports it directly, with no compiler: a runtime image (Jetson's l4t runtime
@@ -36,6 +36,7 @@ _INCLUDE = _REPO_PLUGINS / "selective_scan" / "include"
 _SOURCES = (
     _REPO_PLUGINS / "torch_binding" / "selective_scan_binding.cpp",
     _KERNEL_DIR / "selective_scan.cu",
+    _KERNEL_DIR / "selective_scan_bwd.cu",
 )
 
 _lock = threading.Lock()
@@ -223,8 +224,13 @@ def try_register() -> bool:
             return False
         from vivim.ops import dispatch
 
+        from vivim.ops.cuda_backward import trainable_selective_scan_cuda
+
+        # the backward ranks below mamba-ssm's (12-24% shorter training steps on an H200, benchmarks/RESULTS.md)
+        # and above the reference (3x slower steps)
         dispatch.register_impl("vivim_cuda", selective_scan_cuda, priority=100, available=available,
-                               devices=("cuda",), differentiable=False, dtypes=dispatch.KERNEL_DTYPES)
+                               devices=("cuda",), dtypes=dispatch.KERNEL_DTYPES, grad_fn=trainable_selective_scan_cuda,
+                               grad_priority=40)
         return True
     except Exception:
         return False

@@ -3,7 +3,8 @@
 Implementations register with a priority and an availability check. A call picks, in order of priority, the first
 implementation that is available for the tensors' device: the project's CUDA kernel ('vivim_cuda', when built),
 mamba-ssm's kernel on CUDA ('mamba_ssm', when its compiled extension is installed), then the PyTorch reference
-(always). `use_impl(name)` forces one, for benchmarks and cross-checks.
+(always). The backward ranks them on its own: mamba-ssm's kernel, ours (vivim.ops.cuda_backward), the reference.
+`use_impl(name)` forces one for the forward, for benchmarks and cross-checks.
 """
 
 from __future__ import annotations
@@ -31,8 +32,18 @@ class ScanImpl:
     priority: int
     available: Callable[[], bool]
     devices: tuple[str, ...]  # device types it runs on
-    differentiable: bool  # True when fn itself supports autograd (used to compute the backward)
+    differentiable: bool  # True when it can compute the backward (fn itself, or grad_fn, supports autograd)
     dtypes: Optional[tuple[torch.dtype, ...]] = None  # input dtypes it takes (None: any)
+    grad_fn: Optional[ScanFn] = None  # fn with autograd support, when fn itself has none (a faster plain call)
+    grad_priority: Optional[int] = None  # its rank for the backward, when that differs from the forward's
+
+    @property
+    def backward_priority(self) -> int:
+        return self.priority if self.grad_priority is None else self.grad_priority
+
+    @property
+    def differentiable_fn(self) -> ScanFn:
+        return self.grad_fn or self.fn
 
 
 _REGISTRY: dict[str, ScanImpl] = {}
@@ -48,13 +59,17 @@ def register_impl(
     devices: tuple[str, ...] = ("cuda",),
     differentiable: bool = False,
     dtypes: Optional[tuple[torch.dtype, ...]] = None,
+    grad_fn: Optional[ScanFn] = None,
+    grad_priority: Optional[int] = None,
 ) -> None:
-    """Add (or replace) an implementation of the selective scan."""
-    _REGISTRY[name] = ScanImpl(name, fn, priority, available, devices, differentiable, dtypes)
+    """Add (or replace) an implementation of the selective scan (`grad_fn` makes it differentiable)."""
+    _REGISTRY[name] = ScanImpl(name, fn, priority, available, devices, differentiable or grad_fn is not None, dtypes,
+                               grad_fn, grad_priority)
 
 
-def implementations() -> list[ScanImpl]:
-    return sorted(_REGISTRY.values(), key=lambda impl: -impl.priority)
+def implementations(for_backward: bool = False) -> list[ScanImpl]:
+    """Registered implementations, the preferred first (for the forward, or for the backward)."""
+    return sorted(_REGISTRY.values(), key=lambda impl: -(impl.backward_priority if for_backward else impl.priority))
 
 
 def is_available(name: str, device_type: str = "cuda") -> tuple[bool, str]:
@@ -94,7 +109,7 @@ def pick(device_type: str, need_grad: bool = False, dtype: Optional[torch.dtype]
     forced = getattr(_forced, "name", None)
     if forced is not None and not need_grad:
         return _REGISTRY[forced]
-    for impl in implementations():
+    for impl in implementations(for_backward=need_grad):
         if need_grad and not impl.differentiable:
             continue
         if dtype is not None and impl.dtypes is not None and dtype not in impl.dtypes:

@@ -1,7 +1,8 @@
 """The `vivim::selective_scan` custom op: one opaque node per scan for torch.export and the ONNX exporter.
 
 Eager calls go to the implementation chosen by `vivim.ops.dispatch`. The backward recomputes the forward with a
-differentiable implementation and takes its vector-Jacobian product, so forward-only kernels (ours) still train.
+differentiable implementation and takes its vector-Jacobian product: on CUDA our kernel's autograd function
+(vivim.ops.cuda_backward), else mamba-ssm's, else the reference.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _backward(ctx, grad_out):
             for t, present in zip(saved, ctx.present)]
     impl = dispatch.pick(grad_out.device.type, need_grad=True, dtype=grad_out.dtype)
     with torch.enable_grad():
-        out = impl.fn(*args, ctx.delta_softplus)
+        out = impl.differentiable_fn(*args, ctx.delta_softplus)
         wanted = [a for a in args if a is not None and a.requires_grad]
         grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True))
     result = [next(grads) if a is not None and a.requires_grad else None for a in args]
