@@ -38,8 +38,9 @@ def graph_ms(step, reps: int = 40, inner: int = 5) -> float:
     return statistics.median(times)
 
 
-def train_step_ms(model, batch: int, size: int, steps: int = 20, warmup: int = 5) -> float:
-    """vivim-train's step on random clips and masks, timed with CUDA events (eager, as vivim-train runs it)."""
+def train_step_ms(model, batch: int, size: int, steps: int = 20, warmup: int = 5) -> tuple[float, float]:
+    """vivim-train's step on random clips and masks, timed with CUDA events (eager, as vivim-train runs it):
+    (median ms, peak GPU memory allocated in MiB)."""
     import torch
 
     from vivim.losses import structure_loss
@@ -59,6 +60,7 @@ def train_step_ms(model, batch: int, size: int, steps: int = 20, warmup: int = 5
         scaler.update()
 
     times = []
+    torch.cuda.reset_peak_memory_stats()
     for i in range(warmup + steps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -67,7 +69,7 @@ def train_step_ms(model, batch: int, size: int, steps: int = 20, warmup: int = 5
         end.synchronize()
         if i >= warmup:
             times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
 
 
 def main() -> None:
@@ -105,8 +107,9 @@ def main() -> None:
         for spec in args.variants.split(","):
             variant, size = spec.split(":")[0], int(spec.split(":")[1])
             model = create_model(variant, img_size=size).cuda().train()
-            step_ms = train_step_ms(model, args.batch, size, args.steps)
+            step_ms, peak_mib = train_step_ms(model, args.batch, size, args.steps)
             row[f"train {variant}@{size} batch {args.batch}"] = round(step_ms, 2)
+            row[f"train {variant}@{size} peak MiB"] = round(peak_mib)
             del model
             torch.cuda.empty_cache()
         # the op's forward takes the fastest kernel; its backward recomputes with a differentiable one

@@ -275,6 +275,7 @@ GRAD_CASES = [
     (3, 16, 1, 16, 1, True, True, False, True, False),    # one token
     (1, 7, 100, 40, 1, False, True, True, True, True),    # N > 16: the kernel runs on slices of 16 states
     (2, 128, 2049, 16, 3, True, True, True, True, True),  # segments of 32 tokens, a ragged last one
+    (2, 20, 45, 16, 3, True, False, True, False, True),   # groups of 20 channels (partial tiles), no softplus + bias
 ]
 
 
@@ -296,7 +297,7 @@ def test_training_gradients_of_our_kernel_match_the_oracle(dtype, case):
     batch, P, L, N, G, grouped, has_z, has_D, softplus, has_bias = case
     args = make_inputs(batch, P * G, L, N, G, dtype, has_z, has_D, softplus, has_bias, seed=7 * L + N,
                        grouped_layout=grouped)
-    g_out = torch.randn(args[0].shape, device=DEV)
+    g_out = torch.randn(args[0].shape, device=DEV, generator=torch.Generator(device=DEV).manual_seed(L))
     ours = _grads(lambda *a: trainable_selective_scan_cuda(*a, softplus), args, g_out.to(dtype))
     exact = [t.double() if t is not None else None for t in args]  # the same values, float64 leaves
     oracle = _grads(lambda *a: scan_oracle(*a, delta_softplus=softplus), exact, g_out.double())
@@ -316,6 +317,35 @@ def test_training_gradients_of_our_kernel_match_the_oracle(dtype, case):
             print(f"{name}: ours vs mamba-ssm {rel_err(a, b.double()):.1e}, ours vs oracle "
                   f"{rel_err(a, exact_grad):.1e}, mamba-ssm vs oracle {rel_err(b, exact_grad):.1e}")
             assert rel_err(b, exact_grad) > GRAD_TOL[dtype], ("ours and mamba-ssm disagree", name)
+
+
+def test_the_op_trains_through_our_backward_with_mixed_dtypes_and_strided_inputs():
+    """The path a training step takes without mamba-ssm: the op's backward picks our kernel. Half u beside fp32
+    delta, B, C and z (the forward rounds them to u's dtype; the backward must differentiate that same function),
+    u and z as strided views."""
+    from vivim.ops import dispatch, selective_scan
+
+    saved = {impl.name: impl.differentiable for impl in dispatch.implementations()}
+    try:
+        for impl in dispatch.implementations():
+            impl.differentiable = impl.name in ("vivim_cuda", "reference")
+        assert dispatch.pick("cuda", need_grad=True, dtype=torch.float16).name == "vivim_cuda"
+        u, delta, A, B, C, D, z, bias = make_inputs(2, 48, 300, 16, 3, torch.float32, True, True, True, True, seed=5)
+        u_half = u.half().transpose(1, 2).contiguous().transpose(1, 2)  # strided rows
+        z_strided = z.transpose(1, 2).contiguous().transpose(1, 2)
+        args = [u_half, delta, A, B, C, D, z_strided, bias]
+        g_out = torch.randn(u.shape, device=DEV, generator=torch.Generator(device=DEV).manual_seed(6))
+        ours = _grads(lambda *a: selective_scan(*a, delta_softplus=True), args, g_out.half())
+        # the oracle on the values the forward kernel sees: delta, B, C, z rounded to half
+        rounded = [u_half.double(), delta.half().double(), A.double(), B.half().double(), C.half().double(),
+                   D.double(), z.half().double(), bias.double()]
+        oracle = _grads(lambda *a: scan_oracle(*a, delta_softplus=True), rounded, g_out.half().double())
+        for name, arg, a, b in zip(GRAD_NAMES, args, ours, oracle):
+            assert a.dtype == arg.dtype and a.shape == arg.shape, name
+            assert rel_err(a, b) <= GRAD_TOL[torch.float16], (name, rel_err(a, b))
+    finally:
+        for impl in dispatch.implementations():
+            impl.differentiable = saved.get(impl.name, impl.differentiable)
 
 
 def test_the_backward_prefers_mamba_ssm_then_our_kernel():

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from vivim.errors import ScanShapeError
 
@@ -54,24 +55,31 @@ class _TrainableKernelScan(torch.autograd.Function):
         return selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
     @staticmethod
+    @once_differentiable  # the kernel's gradients carry no graph: a second derivative must fail, not come out wrong
     def backward(ctx, grad_out):  # type: ignore[override]
         from vivim.ops._cuda_ext import selective_scan_cuda
 
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
         softplus = ctx.delta_softplus
+
+        def as_computed(t: Tensor) -> Tensor:  # the forward kernel rounds delta, B, C and z to u's dtype first
+            return t.to(u.dtype).float()
+
         g = grad_out.float()
-        dt_raw = delta.float() if delta_bias is None else delta.float() + delta_bias.float()[None, :, None]
+        dt_raw = as_computed(delta)
+        if delta_bias is not None:
+            dt_raw = dt_raw + delta_bias.float()[None, :, None]
         dt = F.softplus(dt_raw) if softplus else dt_raw
         dz: Optional[Tensor] = None
         if z is not None:  # out = y * silu(z): the gate needs y, recomputed by the forward kernel without it
             y = selective_scan_cuda(u, delta, A, B, C, D, None, delta_bias, softplus).float()
-            zf = z.float()
+            zf = as_computed(z)
             sig = torch.sigmoid(zf)
             dz = g * y * sig * (1 + zf * (1 - sig))
             g = g * zf * sig
         uf = u.float().contiguous()
-        B4 = (B if B.dim() == 4 else B.unsqueeze(1)).float().contiguous()
-        C4 = (C if C.dim() == 4 else C.unsqueeze(1)).float().contiguous()
+        B4 = as_computed(B if B.dim() == 4 else B.unsqueeze(1)).contiguous()
+        C4 = as_computed(C if C.dim() == 4 else C.unsqueeze(1)).contiguous()
         du, ddt, dA, dB4, dC4 = scan_core_backward(uf, dt.contiguous(), A.float().contiguous(), B4, C4,
                                                    g.contiguous())
         dD = None

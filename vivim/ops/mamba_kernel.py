@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def installed() -> bool:
@@ -47,6 +48,7 @@ class _KernelScan(torch.autograd.Function):
         return rest[0] if z is not None else out
 
     @staticmethod
+    @once_differentiable  # the kernel's gradients carry no graph: a second derivative must fail, not come out wrong
     def backward(ctx, grad_out):  # type: ignore[override]
         import selective_scan_cuda
 
@@ -71,7 +73,7 @@ def mamba_kernel_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     C4 = C.to(dtype).contiguous()
     B4 = B4.unsqueeze(1) if B4.dim() == 3 else B4
     C4 = C4.unsqueeze(1) if C4.dim() == 3 else C4
-    return _KernelScan.apply(
-        u.contiguous(), delta.contiguous(), A.float().contiguous(), B4, C4,
-        None if D is None else D.float().contiguous(), None if z is None else z.contiguous(),
+    return _KernelScan.apply(  # the extension takes delta, B, C and z in u's dtype only
+        u.contiguous(), delta.to(dtype).contiguous(), A.float().contiguous(), B4, C4,
+        None if D is None else D.float().contiguous(), None if z is None else z.to(dtype).contiguous(),
         None if delta_bias is None else delta_bias.float().contiguous(), bool(delta_softplus))
