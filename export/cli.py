@@ -36,7 +36,7 @@ def _mb(n_bytes: int) -> str:
 @app.command()
 def onnx(
     checkpoint: str = typer.Argument(..., help="Checkpoint (.safetensors) or 'demo' for the packaged demo weights."),
-    output: Path = typer.Option(Path("model.onnx"), "-o", "--output", help="ONNX file to write."),
+    output: Path = typer.Option(Path("model.onnx"), "-o", "--output", "--out", help="ONNX file to write."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 graph (A, D, delta_bias stay fp32); what TensorRT 11 needs for FP16."),
     frames: int | None = typer.Option(None, "--frames", "-T", help="Clip length T (default: the checkpoint's)."),
     size: tuple[int, int] | None = typer.Option(None, "--size", help="Input H W (multiples of 32; default: the checkpoint's).", show_default=False),
@@ -105,7 +105,7 @@ def check(
 
 @app.command()
 def plugin(
-    output_dir: Path = typer.Option(DEFAULT_PLUGIN_DIR, "-o", "--output", help="Folder for the plugin library."),
+    output_dir: Path = typer.Option(DEFAULT_PLUGIN_DIR, "-o", "--output", "--out", help="Folder for the plugin library."),
     arch: str | None = typer.Option(None, "--arch", help="CUDA compute capability, e.g. 87 (Orin), 90 (H100); default: this GPU's."),
     tensorrt_include: Path | None = typer.Option(None, "--tensorrt-include", help="Folder with NvInferRuntime.h (default: TENSORRT_ROOT or system paths)."),
     verbose: bool = typer.Option(False, "--verbose", help="Show the CMake/compiler output."),
@@ -121,7 +121,7 @@ def plugin(
 @app.command()
 def trt(
     source: str = typer.Argument(..., help="An ONNX from `vivim-export onnx`, or a checkpoint / 'demo' (exported first)."),
-    output: Path = typer.Option(Path("model.engine"), "-o", "--output", help="Engine file to write (+ .json sidecar)."),
+    output: Path = typer.Option(Path("model.engine"), "-o", "--output", "--out", help="Engine file to write (+ .json sidecar)."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 engine (the ONNX must be an FP16 graph: strongly typed build)."),
     plugin_path: Path | None = typer.Option(None, "--plugin", help=f"Plugin library (default: ./{DEFAULT_PLUGIN_DIR}/{PLUGIN_LIBRARY_NAME}, else beside -o)."),
     workspace: float = typer.Option(2.0, "--workspace", help="Builder workspace in GiB."),

@@ -238,7 +238,7 @@ def evaluate(
     output_frame: Optional[str] = typer.Option(None, "--output-frame", help="centre or newest (default: the checkpoint's)."),
     overlays: Optional[Path] = typer.Option(None, "--overlays", help="Folder for overlay images of the worst frames."),
     worst: int = typer.Option(8, "--worst", min=1, help="How many worst frames get an overlay."),
-    device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:N or cpu."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="cuda, cuda:N or cpu."),
     batch: int = typer.Option(8, "--batch", min=1, help="Clips per forward pass."),
     workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),

@@ -699,11 +699,11 @@ app = typer.Typer(add_completion=False, help="Train Vivim on a video segmentatio
 @app.command()
 def train(
     data: Path = typer.Option(..., "--data", help="Dataset folder (DAVIS: JPEGImages/ + Annotations/; VTUS: Train/ + Train_GT/)."),
-    out: Path = typer.Option(Path("runs/vivim.safetensors"), "--out", help="Best checkpoint; <stem>.last.safetensors and <stem>.state.pt go beside it."),
+    out: Path = typer.Option(Path("runs/vivim.safetensors"), "--out", "--output", "-o", help="Best checkpoint; <stem>.last.safetensors and <stem>.state.pt go beside it."),
     variant: str = typer.Option("paper", "--variant", help="paper, b1, b0 or tiny."),
     epochs: int = typer.Option(100, "--epochs", help="Epochs (cosine schedule length)."),
-    frames: int = typer.Option(5, "--frames", help="Clip length T."),
-    size: int = typer.Option(256, "--size", help="Input size (square, multiple of 32)."),
+    frames: int = typer.Option(5, "--frames", "-T", help="Clip length T."),
+    size: int = typer.Option(256, "--size", "-s", help="Input size (square, multiple of 32)."),
     batch: int = typer.Option(8, "--batch", help="Clips per step (per process under torchrun)."),
     workers: int = typer.Option(2, "--workers", help="Data-loading worker processes."),
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (cosine to 1e-6)."),
@@ -715,7 +715,7 @@ def train(
     init: Optional[Path] = typer.Option(None, "--init", help="Start from local SegFormer weights (folder or file) or a Vivim checkpoint of the same variant (fine-tuning)."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: on with CUDA)."),
     output_frame: str = typer.Option("centre", "--output-frame", help="Supervised frame: centre (paper, offline) or newest (causal, live)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:N or cpu (default: cuda when available)."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="cuda, cuda:N or cpu (default: cuda when available)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps (smoke tests)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Turn the paper's augmentations off."),

@@ -28,7 +28,7 @@ def bench(
                                              help="Checkpoint (.safetensors, or 'demo') to benchmark."),
     variant: Optional[str] = typer.Option(None, "--variant", "-v",
                                           help="Model variant with random weights (paper, b1, b0, tiny)."),
-    frames: Optional[int] = typer.Option(None, "--frames", "-t", help="Clip length T (default: the checkpoint's, else 5)."),
+    frames: Optional[int] = typer.Option(None, "--frames", "-T", "-t", help="Clip length T (default: the checkpoint's, else 5)."),
     size: Optional[int] = typer.Option(None, "--size", "-s", help="Square input size (default: the checkpoint's, else 256)."),
     batch: int = typer.Option(1, "--batch", help="Clips per call."),
     device: str = typer.Option("auto", "--device", "-d", help="cpu, cuda, cuda:N or auto."),
@@ -46,7 +46,7 @@ def bench(
     max_row_seconds: float = typer.Option(60.0, "--max-row-seconds",
                                           help="Time budget of one row; slower rows time fewer iterations "
                                                "(0 = no limit)."),
-    out: Path = typer.Option(Path("runs/bench"), "--out", "-o", help="Results folder."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", "--output", "-o", help="Results folder."),
     streaming: bool = typer.Option(False, "--streaming",
                                    help="Add per-new-frame streaming rows, the full-clip recompute they replace, "
                                         "and the vivim-run pipeline rows."),

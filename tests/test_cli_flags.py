@@ -1,0 +1,48 @@
+"""One spelling per idea across the tools: a flag learnt in one tool works in the others (the old spellings stay)."""
+
+import pytest
+import typer
+
+from vivim.bench.cli import app as bench_app
+from vivim.evaluate import app as eval_app
+from vivim.export.cli import app as export_app
+from vivim.runtime.cli import app as run_app
+from vivim.train import app as train_app
+
+
+def _options(app: typer.Typer, subcommand: str | None = None) -> dict[str, set[str]]:
+    command = typer.main.get_command(app)
+    if subcommand is not None:
+        command = command.commands[subcommand]  # type: ignore[attr-defined]
+    # Typer carries its own copy of click: options are told apart by their kind, not by click's classes
+    return {p.name: set(p.opts) for p in command.params if p.param_type_name == "option" and p.name}
+
+
+OUTPUT = {"-o", "--out", "--output"}
+CASES = [
+    ("vivim-train", train_app, None, {"out": OUTPUT, "frames": {"--frames", "-T"}, "size": {"--size", "-s"},
+                                      "device": {"--device", "-d"}}),
+    ("vivim-eval", eval_app, None, {"device": {"--device", "-d"}}),
+    ("vivim-bench", bench_app, None, {"out": OUTPUT, "frames": {"--frames", "-T", "-t"}, "size": {"--size", "-s"},
+                                      "device": {"--device", "-d"}}),
+    ("vivim-export onnx", export_app, "onnx", {"output": OUTPUT, "frames": {"--frames", "-T"}}),
+    ("vivim-export plugin", export_app, "plugin", {"output_dir": OUTPUT}),
+    ("vivim-export trt", export_app, "trt", {"output": OUTPUT}),
+    ("vivim-run", run_app, None, {"device": {"--device", "-d"}}),
+]
+
+
+@pytest.mark.parametrize("tool,app,subcommand,expected", CASES, ids=[c[0] for c in CASES])
+def test_shared_flags_have_the_same_spellings(tool, app, subcommand, expected):
+    options = _options(app, subcommand)
+    for name, spellings in expected.items():
+        assert options.get(name) == spellings, (tool, name, options.get(name))
+
+
+def test_no_tool_declares_one_spelling_twice():
+    for tool, app, subcommand, _ in CASES:
+        seen: dict[str, str] = {}
+        for name, spellings in _options(app, subcommand).items():
+            for flag in spellings:
+                assert flag not in seen, f"{tool}: {flag} names both {seen[flag]} and {name}"
+                seen[flag] = name
