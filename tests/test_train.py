@@ -201,6 +201,7 @@ def test_cli_smoke_and_one_line_errors(data, tmp_path, monkeypatch, capsys):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "next: vivim-eval" in result.output and out.is_file()
+    assert "fp32; scan reference\n" in result.output  # the start line names the scan implementation (one on the CPU)
 
     monkeypatch.setattr(sys, "argv", ["vivim-train", "--data", str(tmp_path / "missing"), "--variant", "tiny", "--out",
                                       str(tmp_path / "other.safetensors")])
@@ -534,6 +535,19 @@ def test_the_next_command_after_a_sparse_vtus_run_scores_its_test_split_sparsely
                             sheet=False, label_every=2)
     run_training(_cfg(root, tmp_path / "m.safetensors", epochs=1, max_steps=1, sparse_masks=True))
     assert "--split test --sparse-masks --json" in capsys.readouterr().out
+
+
+def test_the_start_line_names_forward_and_backward_scans_when_they_differ():
+    from vivim.ops import dispatch
+    from vivim.train import _scan_implementations
+
+    reference = dispatch.pick("cpu").fn
+    dispatch.register_impl("plain_kernel", reference, priority=1000, devices=("cpu",))  # forward only
+    try:
+        assert _scan_implementations(torch.device("cpu")) == "scan plain_kernel forward, reference backward"
+    finally:
+        dispatch._REGISTRY.pop("plain_kernel")
+    assert _scan_implementations(torch.device("cpu")) == "scan reference"
 
 
 def test_a_cuda_run_says_when_the_scan_backward_falls_back_to_the_reference(capsys):

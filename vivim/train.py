@@ -164,6 +164,16 @@ class _Dist:
         return self.rank == 0
 
 
+def _scan_implementations(device: Any) -> str:
+    """Which selective-scan implementations this run uses, for the start line (a user can tell whether mamba-ssm's
+    kernel was found)."""
+    from vivim.ops import dispatch
+
+    forward = dispatch.pick(device.type).name
+    backward = dispatch.pick(device.type, need_grad=True).name
+    return f"scan {forward}" if forward == backward else f"scan {forward} forward, {backward} backward"
+
+
 def _note_slow_scan_backward(device: Any) -> None:
     """On a GPU the scan's backward runs mamba-ssm's kernel, else ours (built on first use), else the PyTorch
     reference. Say so before a long run starts 3x slower than it could."""
@@ -333,7 +343,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         print(f"training {cfg.variant} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on {device} x{dist_info.world}: "
               f"{len(data.train_videos)} videos / {len(data.train_ds)} clips for training, {len(data.val_videos)} videos for "
               f"validation{' (' + data.val_source + ')' if data.val_videos else ''}; T={cfg.frames}, {cfg.size}x{cfg.size}, batch {cfg.batch}{' per process' if dist_info.world > 1 else ''}, "
-              f"{'AMP fp16' if use_amp else 'fp32'}")
+              f"{'AMP fp16' if use_amp else 'fp32'}; {_scan_implementations(device)}")
 
     start = time.perf_counter()
     for epoch in range(run.progress.start_epoch, cfg.epochs):
