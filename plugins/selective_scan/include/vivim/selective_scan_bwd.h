@@ -1,6 +1,6 @@
 // Vivim selective scan, backward (training only: the TensorRT plugin does not use it). Plain C launcher API.
 //
-// The caller (vivim/ops/_cuda_ext.py) reduces the full op to its scan core, all fp32:
+// The caller (vivim/ops/cuda_backward.py) reduces the full op to its scan core, all fp32:
 //   h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t,   y_t = sum_n C_t[n] * h_t[n]
 // with dt already through delta_bias and softplus. Given dy = dL/dy it returns
 //   du, ddt : [batch, dim, seqlen]            (overwritten)
@@ -44,7 +44,7 @@ typedef struct {
 size_t vivim_selective_scan_bwd_workspace_size(int64_t batch, int64_t dim, int64_t seqlen);
 
 // Enqueue the backward on `stream`; no allocation, no synchronisation. cudaErrorInvalidValue for bad arguments
-// (dstate > 16 among them: the caller then takes another implementation).
+// (dstate > 16 among them: the caller runs larger N as slices of 16 states, which are independent).
 cudaError_t vivim_selective_scan_bwd(const vivim_scan_bwd_params_t* params, void* workspace, size_t workspace_bytes,
                                      cudaStream_t stream);
 
