@@ -14,6 +14,7 @@ between machines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -88,6 +89,7 @@ def main() -> None:
     import torch
 
     import vivim
+    from vivim.errors import VivimError
     from vivim.model import create_model
     from vivim.ops import dispatch
 
@@ -97,23 +99,25 @@ def main() -> None:
                               "gpu": torch.cuda.get_device_name()}
     torch.manual_seed(0)
     if args.train:
-        if args.backward:  # every other implementation is taken out of the backward's choice for this run
-            dispatch.pick("cuda")  # registers the CUDA implementations
-            for impl in dispatch.implementations():
-                if impl.name != args.backward:
-                    impl.differentiable = False
-            if dispatch.pick("cuda", need_grad=True).name != args.backward:
-                sys.exit(f"bench_model_step: {args.backward} cannot run the backward here")
-        for spec in args.variants.split(","):
-            variant, size = spec.split(":")[0], int(spec.split(":")[1])
-            model = create_model(variant, img_size=size).cuda().train()
-            step_ms, peak_mib = train_step_ms(model, args.batch, size, args.steps)
-            row[f"train {variant}@{size} batch {args.batch}"] = round(step_ms, 2)
-            row[f"train {variant}@{size} peak MiB"] = round(peak_mib)
-            del model
-            torch.cuda.empty_cache()
-        # the op's forward takes the fastest kernel; its backward recomputes with a differentiable one
-        row["scan"] = f"{dispatch.pick('cuda').name} forward, {dispatch.pick('cuda', need_grad=True).name} backward"
+        with contextlib.ExitStack() as scope:
+            if args.backward:  # only that implementation computes backwards in this run
+                try:
+                    scope.enter_context(dispatch.use_backward(args.backward))
+                except VivimError as exc:
+                    sys.exit(f"bench_model_step: {exc}")
+                if dispatch.pick("cuda", need_grad=True).name != args.backward:
+                    sys.exit(f"bench_model_step: {args.backward} cannot run the backward here")
+            for spec in args.variants.split(","):
+                variant, size = spec.split(":")[0], int(spec.split(":")[1])
+                model = create_model(variant, img_size=size).cuda().train()
+                step_ms, peak_mib = train_step_ms(model, args.batch, size, args.steps)
+                row[f"train {variant}@{size} batch {args.batch}"] = round(step_ms, 2)
+                row[f"train {variant}@{size} peak MiB"] = round(peak_mib)
+                del model
+                torch.cuda.empty_cache()
+            # the op's forward takes the fastest kernel; its backward recomputes with a differentiable one
+            row["scan"] = (f"{dispatch.pick('cuda').name} forward, "
+                           f"{dispatch.pick('cuda', need_grad=True).name} backward")
         print(json.dumps(row), flush=True)
         return
     with torch.inference_mode():

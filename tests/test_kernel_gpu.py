@@ -325,10 +325,7 @@ def test_the_op_trains_through_our_backward_with_mixed_dtypes_and_strided_inputs
     u and z as strided views."""
     from vivim.ops import dispatch, selective_scan
 
-    saved = {impl.name: impl.differentiable for impl in dispatch.implementations()}
-    try:
-        for impl in dispatch.implementations():
-            impl.differentiable = impl.name in ("vivim_cuda", "reference")
+    with dispatch.use_backward("vivim_cuda"):
         assert dispatch.pick("cuda", need_grad=True, dtype=torch.float16).name == "vivim_cuda"
         u, delta, A, B, C, D, z, bias = make_inputs(2, 48, 300, 16, 3, torch.float32, True, True, True, True, seed=5)
         u_half = u.half().transpose(1, 2).contiguous().transpose(1, 2)  # strided rows
@@ -343,9 +340,6 @@ def test_the_op_trains_through_our_backward_with_mixed_dtypes_and_strided_inputs
         for name, arg, a, b in zip(GRAD_NAMES, args, ours, oracle):
             assert a.dtype == arg.dtype and a.shape == arg.shape, name
             assert rel_err(a, b) <= GRAD_TOL[torch.float16], (name, rel_err(a, b))
-    finally:
-        for impl in dispatch.implementations():
-            impl.differentiable = saved.get(impl.name, impl.differentiable)
 
 
 def test_the_backward_prefers_mamba_ssm_then_our_kernel():

@@ -5,6 +5,7 @@ import torch
 
 from scan_oracle import scan_oracle
 
+from vivim.errors import VivimError
 from vivim.ops import dispatch, selective_scan, selective_scan_reference
 
 
@@ -237,3 +238,24 @@ def test_the_backward_ranks_implementations_on_its_own(rng_seed):
     finally:
         dispatch._REGISTRY.pop("fast_forward")
         dispatch._REGISTRY.pop("fast_backward", None)
+
+
+def test_use_backward_lets_one_implementation_compute_backwards_and_restores_the_ranking():
+    """Benchmarks compare backwards (bench_model_step.py --backward) and GPU tests pin one; process-wide, since
+    autograd runs backwards on threads of its own."""
+    reference = dispatch.pick("cpu").fn
+    dispatch.register_impl("preferred", reference, priority=900, devices=("cpu",), differentiable=True)
+    dispatch.register_impl("pinned", reference, priority=800, devices=("cpu",), differentiable=True)
+    try:
+        assert dispatch.pick("cpu", need_grad=True).name == "preferred"
+        with dispatch.use_backward("pinned"):
+            assert dispatch.pick("cpu", need_grad=True).name == "pinned"
+            assert dispatch.pick("cpu").name == "preferred"  # the forward's choice is untouched
+        assert dispatch.pick("cpu", need_grad=True).name == "preferred"
+        assert dispatch._REGISTRY["reference"].differentiable
+        with pytest.raises(VivimError, match="cannot compute the selective scan's backward"):
+            with dispatch.use_backward("no_such_kernel"):
+                pass
+    finally:
+        dispatch._REGISTRY.pop("preferred")
+        dispatch._REGISTRY.pop("pinned")

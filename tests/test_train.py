@@ -554,18 +554,18 @@ def test_a_cuda_run_says_when_the_scan_backward_falls_back_to_the_reference(caps
     """Without a CUDA kernel for the backward (ours not buildable, mamba-ssm absent) a GPU run's backward is the
     PyTorch reference (3x slower steps, benchmarks/RESULTS.md). The run says so, and only then."""
     from vivim.ops import dispatch
-    from vivim.train import _note_slow_scan_backward
+    from vivim.train import _scan_implementations
 
-    _note_slow_scan_backward(torch.device("cpu"))
+    _scan_implementations(torch.device("cpu"))
     assert capsys.readouterr().err == ""
     if dispatch.pick("cuda", need_grad=True).name == "reference":  # no differentiable CUDA kernel here
-        _note_slow_scan_backward(torch.device("cuda"))
+        _scan_implementations(torch.device("cuda"))
         err = capsys.readouterr().err
         assert err.startswith("warning: no CUDA kernel for the selective scan's backward") and err.count("\n") == 1
     dispatch.register_impl("differentiable_cuda_kernel", dispatch.pick("cpu").fn, priority=60, devices=("cuda",),
                            differentiable=True)
     try:
-        _note_slow_scan_backward(torch.device("cuda"))
+        _scan_implementations(torch.device("cuda"))
         assert capsys.readouterr().err == ""
     finally:
         dispatch._REGISTRY.pop("differentiable_cuda_kernel")

@@ -166,22 +166,16 @@ class _Dist:
 
 def _scan_implementations(device: Any) -> str:
     """Which selective-scan implementations this run uses, for the start line (a user can tell whether mamba-ssm's
-    kernel was found)."""
+    kernel was found). On a GPU the backward runs mamba-ssm's kernel, else ours (built on first use), else the
+    PyTorch reference: a warning says so before a long run starts 3x slower than it could."""
     from vivim.ops import dispatch
 
     forward = dispatch.pick(device.type).name
     backward = dispatch.pick(device.type, need_grad=True).name
-    return f"scan {forward}" if forward == backward else f"scan {forward} forward, {backward} backward"
-
-
-def _note_slow_scan_backward(device: Any) -> None:
-    """On a GPU the scan's backward runs mamba-ssm's kernel, else ours (built on first use), else the PyTorch
-    reference. Say so before a long run starts 3x slower than it could."""
-    from vivim.ops import dispatch
-
-    if device.type == "cuda" and dispatch.pick("cuda", need_grad=True).name == "reference":
+    if device.type == "cuda" and backward == "reference":
         warn("no CUDA kernel for the selective scan's backward (the project's extension could not be built here and "
              "mamba-ssm is not installed): the PyTorch reference runs it, and a training step takes ~3x longer")
+    return f"scan {forward}" if forward == backward else f"scan {forward} forward, {backward} backward"
 
 
 def _init_distributed(device_name: Optional[str]) -> tuple[_Dist, Any]:
@@ -335,8 +329,6 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         run.resume(state)
         del state  # weights and optimiser moments: not kept for the whole run
     run.wrap_ddp()
-    if dist_info.main:
-        _note_slow_scan_backward(device)
     if run.progress.start_epoch >= cfg.epochs and dist_info.main:
         warn(f"{state_path}: already trained {run.progress.start_epoch} of --epochs {cfg.epochs}; nothing to do")
     if dist_info.main:

@@ -103,6 +103,26 @@ def use_impl(name: Optional[str], device_type: str = "cuda") -> Iterator[None]:
         _forced.name = previous
 
 
+@contextlib.contextmanager
+def use_backward(name: str) -> Iterator[None]:
+    """Only `name` computes backwards inside the block (the reference stays the last resort), for benchmarks and
+    tests. Process-wide, unlike use_impl: autograd runs backwards on threads of its own."""
+    _load_optional_impls()
+    impl = _REGISTRY.get(name)
+    if impl is None or not impl.differentiable:
+        raise VivimError(f"{name!r} cannot compute the selective scan's backward "
+                         f"(differentiable: {', '.join(sorted(n for n, i in _REGISTRY.items() if i.differentiable))})")
+    saved = {key: other.differentiable for key, other in _REGISTRY.items()}
+    for key, other in _REGISTRY.items():
+        other.differentiable = key == name
+    try:
+        yield
+    finally:
+        for key, was in saved.items():
+            if key in _REGISTRY:
+                _REGISTRY[key].differentiable = was
+
+
 def pick(device_type: str, need_grad: bool = False, dtype: Optional[torch.dtype] = None) -> ScanImpl:
     """The implementation a call on `device_type` (with inputs of `dtype`, when given) uses now."""
     _load_optional_impls()
