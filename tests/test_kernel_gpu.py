@@ -248,6 +248,34 @@ def test_bad_arguments_raise():
     assert "E6" in proc.stdout and "D must have shape (8), got (1, 8)" in proc.stdout, proc.stdout
 
 
+def test_backward_bad_arguments_are_refused_with_a_message():
+    """The backward binding refuses what its kernel cannot take (mixed dtypes, N > 16, a D of the wrong length)
+    with an empty result and a message, in a child process like the forward's check; the wrapper raises it."""
+    code = textwrap.dedent("""
+        import torch
+        from vivim.errors import ScanShapeError
+        from vivim.ops import _cuda_ext
+        from vivim.ops.cuda_backward import _kernel_backward
+        ext = _cuda_ext.load_extension()
+        u = torch.randn(1, 8, 40, device="cuda", dtype=torch.half)
+        A = -torch.ones(8, 16, device="cuda")
+        B = torch.randn(1, 1, 16, 40, device="cuda", dtype=torch.half)
+        print("E1", ext.bwd(u, u, A, B, B, u.float()), ext.last_error(), flush=True)
+        A17, B17 = -torch.ones(8, 17, device="cuda"), torch.randn(1, 1, 17, 40, device="cuda", dtype=torch.half)
+        print("E2", ext.bwd(u, u, A17, B17, B17, u), ext.last_error(), flush=True)
+        try:
+            _kernel_backward(u, u, A, B, B, u, torch.ones(7, device="cuda"), None, None, True)
+        except ScanShapeError as exc:
+            print("E3", exc, flush=True)
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "E1 [] " in proc.stdout and "of one dtype" in proc.stdout, proc.stdout
+    assert "E2 [] " in proc.stdout and "invalid argument" in proc.stdout, proc.stdout  # dstate > 16: the C API
+    assert "E3" in proc.stdout and "inconsistent shapes" in proc.stdout, proc.stdout
+
+
 def test_matches_mamba_ssm_when_installed():
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -285,15 +313,23 @@ def _grads(fn, args, g_out):
     return [t.grad if t is not None else None for t in leaves]
 
 
+# How the backward splits the sequence: its own choice (several parts for every case above with L > 32: few
+# channels), one part (one block walks the whole sequence), and three parts of many segments.
+SPLITS = {"auto": None, "whole": "1", "thirds": "3"}
+
+
+@pytest.mark.parametrize("split", SPLITS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: "b{}xP{}xL{}xN{}xG{}".format(*c[:5]))
-def test_training_gradients_of_our_kernel_match_the_oracle(dtype, case):
-    """Our backward (vivim.ops.cuda_backward: PyTorch for the elementwise chain, selective_scan_bwd.cu for the
-    recurrence): every input's gradient against the float64 oracle's on fresh random inputs, and against mamba-ssm's
-    kernel when installed."""
+def test_training_gradients_of_our_kernel_match_the_oracle(dtype, case, split, monkeypatch):
+    """Our backward (vivim.ops.cuda_backward; selective_scan_bwd.cu with the elementwise chain fused for N <= 16, in
+    PyTorch around slices of 16 states for N = 40): every input's gradient against the float64 oracle's on fresh
+    random inputs, and against mamba-ssm's kernel when installed."""
     from vivim.ops import mamba_kernel
     from vivim.ops.cuda_backward import trainable_selective_scan_cuda
 
+    if SPLITS[split] is not None:
+        monkeypatch.setenv("VIVIM_SCAN_BWD_PARTS", SPLITS[split])
     batch, P, L, N, G, grouped, has_z, has_D, softplus, has_bias = case
     args = make_inputs(batch, P * G, L, N, G, dtype, has_z, has_D, softplus, has_bias, seed=7 * L + N,
                        grouped_layout=grouped)
@@ -438,6 +474,44 @@ def _kernel_names(fn) -> set[str]:
         fn()
         torch.cuda.synchronize()
     return {ev.key for ev in prof.key_averages()}
+
+
+def test_the_backward_splits_few_long_sequences(monkeypatch):
+    """One batch element of 16 channels is one block per part: the backward splits the sequence (its part-sums
+    kernel runs) unless told to walk it whole, and both give the same gradients."""
+    from vivim.ops.cuda_backward import trainable_selective_scan_cuda
+
+    args = make_inputs(1, 16, 4096, 16, 1, torch.float32, True, True, True, True, seed=23)
+    g_out = torch.randn(args[0].shape, device=DEV, generator=torch.Generator(device=DEV).manual_seed(24))
+    grads, names = {}, {}
+    for split in ("auto", "1"):
+        if split == "1":
+            monkeypatch.setenv("VIVIM_SCAN_BWD_PARTS", "1")
+
+        def backward(split=split):
+            grads[split] = _grads(lambda *a: trainable_selective_scan_cuda(*a, True), args, g_out)
+
+        names[split] = _kernel_names(backward)
+    assert any("bwd_part_sums" in k for k in names["auto"]), names["auto"]
+    assert not any("bwd_part_sums" in k for k in names["1"]), names["1"]
+    for name, a, b in zip(GRAD_NAMES, grads["auto"], grads["1"]):
+        assert rel_err(a, b.double()) <= 1e-5, (name, rel_err(a, b.double()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_backward_equals_the_chain_in_pytorch(dtype):
+    """The one-call backward (elementwise chain in the kernel) against the N > 16 path's PyTorch chain around the
+    bare kernel, on the same N = 16 inputs: every gradient, grouped layout, all options on."""
+    from vivim.ops.cuda_backward import fused_backward, sliced_backward
+
+    u, delta, A, B, C, D, z, bias = make_inputs(2, 96, 1000, 16, 3, dtype, True, True, True, True, seed=31)
+    dout = torch.randn(u.shape, device=DEV, generator=torch.Generator(device=DEV).manual_seed(32)).to(dtype)
+    fused = fused_backward(u, delta, A, B, C, dout, D, z, bias, True)
+    chain = sliced_backward(u, delta, A, B, C, dout, D, z, bias, True)
+    # the fused path writes du, ddelta, dz in u's dtype, the chain in fp32: compare at the first's rounding
+    for name, a, b in zip("du ddelta dz dA dB dC dD ddelta_bias".split(), fused, chain):
+        assert a.shape == b.shape, name
+        assert rel_err(a, b.to(a.dtype).double()) <= TOL[dtype], (name, rel_err(a, b.to(a.dtype).double()))
 
 
 def test_path_selection():

@@ -1,4 +1,4 @@
-// PyTorch binding of the Vivim selective-scan kernels (forward, and the backward of the scan core for training).
+// PyTorch binding of the Vivim selective-scan kernels (forward, and the backward for training).
 // Thin: checks shapes and dtypes, allocates the outputs and the scratch workspace with torch's caching allocator,
 // launches on torch's current stream. Built on first use by vivim/ops/_cuda_ext.py (torch.utils.cpp_extension.load).
 #include <torch/extension.h>
@@ -173,30 +173,56 @@ at::Tensor selective_scan_fwd(const at::Tensor& u_in, const at::Tensor& delta_in
     return out;
 }
 
-// Backward of the scan core: every input fp32, contiguous, on one CUDA device; B and C as (batch, G, N, L); dt is
-// the step after delta_bias and softplus. Returns [du, ddt, dA, dB, dC], or an empty list (message recorded).
-std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& A,
-                                           const at::Tensor& B, const at::Tensor& C, const at::Tensor& dy) {
+// Backward, dstate <= 16: u, delta, B and C as (batch, G, N, L), z and dout contiguous in one dtype (fp32, fp16 or
+// bf16) on one CUDA device; A, D and delta_bias contiguous fp32. Returns [du, ddelta, dz, dA, dB, dC, dD,
+// ddelta_bias] (du, ddelta, dz in u's dtype, the rest fp32; dz, dD, ddelta_bias None without their input), or an
+// empty list (message recorded).
+std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                           const at::Tensor& B, const at::Tensor& C, const at::Tensor& dout,
+                                           const c10::optional<at::Tensor>& D_in, const c10::optional<at::Tensor>& z_in,
+                                           const c10::optional<at::Tensor>& bias_in, bool delta_softplus) {
     g_last_error[0] = '\0';
     const std::vector<at::Tensor> none;
     char sa[96];
-    for (const at::Tensor* t : {&u, &dt, &A, &B, &C, &dy}) {
-        if (!(t->defined() && t->is_cuda() && t->device() == u.device() && t->scalar_type() == at::kFloat &&
-              t->is_contiguous())) {
-            fail_msg("backward inputs must be contiguous float32 tensors on one CUDA device");
+    vivim_dtype_t vdt;
+    if (!(u.defined() && u.is_cuda() && to_vivim_dtype(u.scalar_type(), &vdt))) {
+        fail_msg("backward: u must be a float32, float16 or bfloat16 CUDA tensor");
+        return none;
+    }
+    const at::Tensor z = z_in.has_value() ? *z_in : at::Tensor();
+    const at::Tensor Dv = D_in.has_value() ? *D_in : at::Tensor();
+    const at::Tensor bias = bias_in.has_value() ? *bias_in : at::Tensor();
+    auto on_device = [&](const at::Tensor& t, at::ScalarType type) {
+        return t.is_cuda() && t.device() == u.device() && t.scalar_type() == type && t.is_contiguous();
+    };
+    for (const at::Tensor* t : {&u, &delta, &B, &C, &dout, &z}) {
+        if (t->defined() && !on_device(*t, u.scalar_type())) {
+            fail_msg("backward: u, delta, B, C, z and dout must be contiguous, of one dtype, on one CUDA device");
             return none;
         }
     }
-    if (u.dim() != 3 || dt.sizes() != u.sizes() || dy.sizes() != u.sizes() || B.dim() != 4 ||
-        C.sizes() != B.sizes() || A.dim() != 2 || A.size(0) != u.size(1) || B.size(0) != u.size(0) ||
-        B.size(2) != A.size(1) || B.size(3) != u.size(2) || u.size(1) % B.size(1) != 0) {
+    for (const at::Tensor* t : {&A, &Dv, &bias}) {
+        if (t->defined() && !on_device(*t, at::kFloat)) {
+            fail_msg("backward: A, D and delta_bias must be contiguous float32 tensors on u's device");
+            return none;
+        }
+    }
+    if (u.dim() != 3 || delta.sizes() != u.sizes() || dout.sizes() != u.sizes() ||
+        (z.defined() && z.sizes() != u.sizes()) || B.dim() != 4 || C.sizes() != B.sizes() || A.dim() != 2 ||
+        A.size(0) != u.size(1) || B.size(0) != u.size(0) || B.size(2) != A.size(1) || B.size(3) != u.size(2) ||
+        u.size(1) % B.size(1) != 0 || (Dv.defined() && Dv.numel() != u.size(1)) ||
+        (bias.defined() && bias.numel() != u.size(1))) {
         fail_msg("backward: inconsistent shapes (u %s)", shape_str(u.sizes(), sa));
         return none;
     }
     const c10::cuda::CUDAGuard guard(u.device());
     const int64_t batch = u.size(0), dim = u.size(1), seqlen = u.size(2);
-    at::Tensor du = at::empty_like(u), ddt = at::empty_like(u);
-    at::Tensor dA = at::zeros_like(A), dB = at::zeros_like(B), dC = at::zeros_like(C);
+    const auto f32 = u.options().dtype(at::kFloat);
+    at::Tensor du = at::empty_like(u), ddelta = at::empty_like(u);
+    at::Tensor dz = z.defined() ? at::empty_like(u) : at::Tensor();
+    at::Tensor dA = at::zeros(A.sizes(), f32), dB = at::zeros(B.sizes(), f32), dC = at::zeros(C.sizes(), f32);
+    at::Tensor dD = Dv.defined() ? at::zeros({dim}, f32) : at::Tensor();
+    at::Tensor dbias = bias.defined() ? at::zeros({dim}, f32) : at::Tensor();
     const size_t ws = vivim_selective_scan_bwd_workspace_size(batch, dim, seqlen);
     at::Tensor workspace = at::empty({(int64_t)ws}, u.options().dtype(at::kByte));
     vivim_scan_bwd_params_t p{};
@@ -205,24 +231,32 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor
     p.seqlen = seqlen;
     p.dstate = A.size(1);
     p.n_groups = B.size(1);
-    p.u = u.data_ptr<float>();
-    p.dt = dt.data_ptr<float>();
+    p.dtype = vdt;
+    p.delta_softplus = delta_softplus ? 1 : 0;
+    p.u = u.data_ptr();
+    p.delta = delta.data_ptr();
     p.A = A.data_ptr<float>();
-    p.B = B.data_ptr<float>();
-    p.C = C.data_ptr<float>();
-    p.dy = dy.data_ptr<float>();
-    p.du = du.data_ptr<float>();
-    p.ddt = ddt.data_ptr<float>();
+    p.B = B.data_ptr();
+    p.C = C.data_ptr();
+    p.D = Dv.defined() ? Dv.data_ptr<float>() : nullptr;
+    p.z = z.defined() ? z.data_ptr() : nullptr;
+    p.delta_bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
+    p.dout = dout.data_ptr();
+    p.du = du.data_ptr();
+    p.ddelta = ddelta.data_ptr();
+    p.dz = dz.defined() ? dz.data_ptr() : nullptr;
     p.dA = dA.data_ptr<float>();
     p.dB = dB.data_ptr<float>();
     p.dC = dC.data_ptr<float>();
+    p.dD = dD.defined() ? dD.data_ptr<float>() : nullptr;
+    p.ddelta_bias = dbias.defined() ? dbias.data_ptr<float>() : nullptr;
     const cudaError_t err = vivim_selective_scan_bwd(&p, workspace.data_ptr(), ws,
                                                      c10::cuda::getCurrentCUDAStream().stream());
     if (err != cudaSuccess) {
         fail_msg("backward launch failed: %s", cudaGetErrorString(err));
         return none;
     }
-    return {du, ddt, dA, dB, dC};
+    return {du, ddelta, dz, dA, dB, dC, dD, dbias};
 }
 
 const char* last_error() { return g_last_error; }
@@ -235,8 +269,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("B"), py::arg("C"), py::arg("D") = py::none(), py::arg("z") = py::none(),
           py::arg("delta_bias") = py::none(), py::arg("delta_softplus") = false, py::arg("out") = py::none(),
           py::arg("workspace") = py::none());
-    m.def("bwd", &selective_scan_bwd, "backward of the scan core, fp32 (CUDA)", py::arg("u"), py::arg("dt"),
-          py::arg("A"), py::arg("B"), py::arg("C"), py::arg("dy"));
+    m.def("bwd", &selective_scan_bwd, "selective scan backward, dstate <= 16 (CUDA)", py::arg("u"), py::arg("delta"),
+          py::arg("A"), py::arg("B"), py::arg("C"), py::arg("dout"), py::arg("D") = py::none(),
+          py::arg("z") = py::none(), py::arg("delta_bias") = py::none(), py::arg("delta_softplus") = false);
     m.def("last_error", &last_error, "message of the last failed fwd or bwd call on this thread");
     m.def("workspace_size", &vivim_selective_scan_workspace_size, "scratch bytes for (batch, dim, seqlen, dstate, groups)");
 }

@@ -1,8 +1,9 @@
 """Training on the project's CUDA kernels: the selective scan as an autograd function.
 
-The forward is the forward kernel. The backward splits the op in two: the elementwise chain around the recurrence
-(delta_bias and softplus, the D skip, the silu(z) gate) is a few PyTorch expressions here, and the recurrence itself
-is `plugins/selective_scan/src/selective_scan_bwd.cu` (fp32, states in slices of 16). So a GPU trains without
+The forward is the forward kernel; the backward is `plugins/selective_scan/src/selective_scan_bwd.cu`. For N <= 16
+(Vivim's, and Mamba's default) one call does everything, the elementwise chain around the recurrence (delta_bias
+and softplus, the D skip, the silu(z) gate) included, reading the inputs in their own dtype. Wider states run the
+kernel on slices of 16 states, which are independent, with the chain done here in PyTorch. So a GPU trains without
 mamba-ssm, whose package builds from source.
 """
 
@@ -19,30 +20,76 @@ from vivim.errors import ScanShapeError
 
 _STATES_PER_CALL = 16  # the backward kernel holds 16 states per channel
 
+Grads = tuple[Tensor, Tensor, Optional[Tensor], Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]
 
-def scan_core_backward(u: Tensor, dt: Tensor, A: Tensor, B4: Tensor, C4: Tensor, dy: Tensor
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of y_t = sum_n C_t[n] h_t[n], h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t (all fp32, B/C 4-D).
 
-    States are independent of each other, so N > 16 runs the kernel on slices of 16 and sums du and ddt.
-    """
+def _kernel_backward(u: Tensor, delta: Tensor, A: Tensor, B4: Tensor, C4: Tensor, dout: Tensor, D: Optional[Tensor],
+                     z: Optional[Tensor], delta_bias: Optional[Tensor], softplus: bool) -> Grads:
+    """One call of the backward kernel: (du, ddelta, dz, dA, dB, dC, dD, ddelta_bias); see selective_scan_bwd.h."""
     from vivim.ops._cuda_ext import load_extension
 
     ext = load_extension()
+    grads = ext.bwd(u, delta, A, B4, C4, dout, D, z, delta_bias, softplus)
+    if not grads:
+        raise ScanShapeError(ext.last_error())
+    return tuple(grads)  # type: ignore[return-value]
+
+
+def fused_backward(u: Tensor, delta: Tensor, A: Tensor, B4: Tensor, C4: Tensor, dout: Tensor, D: Optional[Tensor],
+                   z: Optional[Tensor], delta_bias: Optional[Tensor], softplus: bool) -> Grads:
+    """The whole op's gradients in one kernel call (N <= 16). The forward kernel rounds delta, B, C and z to u's
+    dtype before using them, so they are differentiated at those rounded values."""
+    def as_u(t: Tensor) -> Tensor:
+        return t.to(u.dtype).contiguous()
+
+    def fp32(t: Optional[Tensor]) -> Optional[Tensor]:
+        return None if t is None else t.float().contiguous()
+
+    return _kernel_backward(u.contiguous(), as_u(delta), A.float().contiguous(), as_u(B4), as_u(C4), as_u(dout),
+                            fp32(D), None if z is None else as_u(z), fp32(delta_bias), softplus)
+
+
+def sliced_backward(u: Tensor, delta: Tensor, A: Tensor, B4: Tensor, C4: Tensor, dout: Tensor, D: Optional[Tensor],
+                    z: Optional[Tensor], delta_bias: Optional[Tensor], softplus: bool) -> Grads:
+    """N > 16: the kernel on slices of 16 states (du and ddt summed over them), the elementwise chain here in fp32."""
+    from vivim.ops._cuda_ext import selective_scan_cuda
+
+    def as_computed(t: Tensor) -> Tensor:  # the forward kernel rounds delta, B, C and z to u's dtype first
+        return t.to(u.dtype).float()
+
+    g = dout.float()
+    dt_raw = as_computed(delta)
+    if delta_bias is not None:
+        dt_raw = dt_raw + delta_bias.float()[None, :, None]
+    dt = F.softplus(dt_raw) if softplus else dt_raw
+    dz: Optional[Tensor] = None
+    if z is not None:  # out = y * silu(z): the gate needs y, recomputed by the forward kernel without it
+        y = selective_scan_cuda(u, delta, A, B4, C4, D, None, delta_bias, softplus).float()
+        zf = as_computed(z)
+        sig = torch.sigmoid(zf)
+        dz = g * y * sig * (1 + zf * (1 - sig))
+        g = g * zf * sig
+    uf, dt, g = u.float().contiguous(), dt.contiguous(), g.contiguous()
+    Af, B4f, C4f = A.float(), as_computed(B4), as_computed(C4)
     du = ddt = None
     dA, dB, dC = [], [], []
     for s in range(0, A.shape[1], _STATES_PER_CALL):
         part = slice(s, s + _STATES_PER_CALL)
-        grads = ext.bwd(u, dt, A[:, part].contiguous(), B4[:, :, part].contiguous(), C4[:, :, part].contiguous(), dy)
-        if not grads:
-            raise ScanShapeError(ext.last_error())
+        grads = _kernel_backward(uf, dt, Af[:, part].contiguous(), B4f[:, :, part].contiguous(),
+                                 C4f[:, :, part].contiguous(), g, None, None, None, False)
         du = grads[0] if du is None else du + grads[0]
         ddt = grads[1] if ddt is None else ddt + grads[1]
-        dA.append(grads[2])
-        dB.append(grads[3])
-        dC.append(grads[4])
+        dA.append(grads[3])
+        dB.append(grads[4])
+        dC.append(grads[5])
     assert du is not None and ddt is not None
-    return du, ddt, torch.cat(dA, 1), torch.cat(dB, 2), torch.cat(dC, 2)
+    dD = None
+    if D is not None:
+        dD = (g * uf).sum((0, 2))
+        du = du + D.float()[None, :, None] * g
+    ddelta = ddt * torch.sigmoid(dt_raw) if softplus else ddt
+    dbias = ddelta.sum((0, 2)) if delta_bias is not None else None
+    return du, ddelta, dz, torch.cat(dA, 1), torch.cat(dB, 2), torch.cat(dC, 2), dD, dbias
 
 
 class _TrainableKernelScan(torch.autograd.Function):
@@ -57,37 +104,12 @@ class _TrainableKernelScan(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # the kernel's gradients carry no graph: a second derivative must fail, not come out wrong
     def backward(ctx, grad_out):  # type: ignore[override]
-        from vivim.ops._cuda_ext import selective_scan_cuda
-
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-        softplus = ctx.delta_softplus
-
-        def as_computed(t: Tensor) -> Tensor:  # the forward kernel rounds delta, B, C and z to u's dtype first
-            return t.to(u.dtype).float()
-
-        g = grad_out.float()
-        dt_raw = as_computed(delta)
-        if delta_bias is not None:
-            dt_raw = dt_raw + delta_bias.float()[None, :, None]
-        dt = F.softplus(dt_raw) if softplus else dt_raw
-        dz: Optional[Tensor] = None
-        if z is not None:  # out = y * silu(z): the gate needs y, recomputed by the forward kernel without it
-            y = selective_scan_cuda(u, delta, A, B, C, D, None, delta_bias, softplus).float()
-            zf = as_computed(z)
-            sig = torch.sigmoid(zf)
-            dz = g * y * sig * (1 + zf * (1 - sig))
-            g = g * zf * sig
-        uf = u.float().contiguous()
-        B4 = as_computed(B if B.dim() == 4 else B.unsqueeze(1)).contiguous()
-        C4 = as_computed(C if C.dim() == 4 else C.unsqueeze(1)).contiguous()
-        du, ddt, dA, dB4, dC4 = scan_core_backward(uf, dt.contiguous(), A.float().contiguous(), B4, C4,
-                                                   g.contiguous())
-        dD = None
-        if D is not None:
-            dD = (g * uf).sum((0, 2))
-            du = du + D.float()[None, :, None] * g
-        ddelta = ddt * torch.sigmoid(dt_raw) if softplus else ddt
-        dbias = ddelta.sum((0, 2)) if delta_bias is not None else None
+        B4 = B if B.dim() == 4 else B.unsqueeze(1)
+        C4 = C if C.dim() == 4 else C.unsqueeze(1)
+        backward = fused_backward if A.shape[1] <= _STATES_PER_CALL else sliced_backward
+        du, ddelta, dz, dA, dB4, dC4, dD, dbias = backward(u, delta, A, B4, C4, grad_out, D, z, delta_bias,
+                                                           ctx.delta_softplus)
         dB = dB4 if B.dim() == 4 else dB4.squeeze(1)
         dC = dC4 if C.dim() == 4 else dC4.squeeze(1)
 

@@ -1,17 +1,30 @@
-// Vivim selective scan, backward of the scan core (see selective_scan_bwd.h for the contract).
+// Vivim selective scan, backward (see selective_scan_bwd.h for the contract).
 //
-// A block owns 16 channels of one group and one batch element; thread (channel c, state n), 16 states padded
-// (N <= 16; the padded states have A = B = C = 0 and stay zero). It walks the whole sequence in 32-token segments:
-//   kernel 1 (states): forward, storing the state entering every segment in the workspace;
-//   kernel 2 (grads):  segments last to first; per segment it recomputes the 32 decays and entering states into
-//                      registers from the stored state, then walks the tokens backwards with the adjoint
-//                      G_t = C_t dy_t + exp(dt_{t+1} A) G_{t+1}:
+// A block owns 16 channels of one group, one batch element and one part of the sequence; thread (channel c,
+// state n), 16 states padded (N <= 16; the padded states have A = B = C = 0 and stay zero). A part is a run of
+// whole 32-token segments. Up to three kernels:
+//   part sums (only when the sequence is split): per part, from a zero state and a zero adjoint, the product of
+//                      its decays, its end state and the adjoint it sends to the part before it;
+//   states:            forward over the part's segments from the state folded from the parts before it, storing
+//                      the state entering every segment in the workspace;
+//   grads:             the part's segments last to first, from the adjoint folded from the parts after it; per
+//                      segment it recomputes the 32 decays and entering states into registers from the stored
+//                      state, then walks the tokens backwards with the adjoint G_t = C_t dy_t + exp(dt_{t+1} A) G_{t+1}:
 //                        dA += G dt a h_{t-1},  ddt = sum_n G (B u + A a h_{t-1}),  du = sum_n G dt B,
 //                        dB += G dt u,  dC += dy h_t     (dB, dC summed over the block's channels, then atomics).
-// Sequential in time per (batch, channel): training batches give the parallelism (batch x channels x 16 threads).
+// The elementwise chain rides along: staging computes dt = softplus(delta + bias) and dy = dout silu(z) from the raw
+// inputs (so no fp32 copies of them exist), and the lane that writes a token's du, ddelta and dz applies D, the
+// softplus derivative and the gate's derivative there (the gate's needs y, summed over the states like du).
+// Why parts: batch x channels / 16 blocks is too few to fill a GPU at Vivim's long stages (8 x 384 channels are
+// 192 blocks, each walking 20480 tokens); splitting the sequence costs one more exp2 per element (the part sums)
+// and buys as many times the blocks.
 #include "vivim/selective_scan_bwd.h"
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <cstdlib>
 
 namespace {
 
@@ -21,11 +34,40 @@ constexpr int kSeg = 32;   // tokens per segment (one stored state per segment)
 constexpr int kHalf = 16;  // tokens whose dB/dC contributions are reduced together
 constexpr int kThreads = kCh * kN;
 constexpr int kPad = kSeg + 1;  // row stride of the staged tiles: lanes reading 16 rows hit 16 banks
+// Splitting costs a pass (the part sums), so only grids of fewer than kSplitBelow blocks split, into enough parts
+// for about kTargetBlocks blocks. Measured on an H200 at Vivim's training shapes (batch 8, G = 3;
+// benchmarks/kernel_notes.md): 192 and 384 blocks gain 22% and 12% from ~4096 blocks; 960 and 1536 lose 8-12%
+// from any split.
+constexpr int64_t kSplitBelow = 512;
+constexpr int64_t kTargetBlocks = 4096;
+constexpr int64_t kMaxParts = 64;  // each block folds the other parts' sums: keep that O(parts) walk short
+
+// How the sequence splits into parts; a function of the sizes alone, so the workspace query and the launch agree.
+struct Split {
+    int64_t nseg;          // 32-token segments
+    int64_t seg_per_part;  // segments per part (the last part may have fewer)
+    int64_t parts;
+};
+
+// Per (batch, channel, part, state), fp32: what a part does to a state and to an adjoint passing through it.
+struct PartSums {
+    float* decay;  // product of the part's decays
+    float* h;      // its end state from a zero entering state
+    float* g;      // the adjoint it sends left from a zero adjoint entering on the right
+};
 
 struct Tile {
     int64_t b, g, d0;  // batch element, group, first channel
     int nch;           // channels of this block (the last tile of a group may be partial)
 };
+
+__device__ inline float to_f(float v) { return v; }
+__device__ inline float to_f(__half v) { return __half2float(v); }
+__device__ inline float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ inline T from_f(float v);
+template <> __device__ inline float from_f<float>(float v) { return v; }
+template <> __device__ inline __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ inline __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 __device__ inline Tile tile_of(const vivim_scan_bwd_params_t& p) {
     const int64_t per_group = p.dim / p.n_groups;
@@ -39,31 +81,146 @@ __device__ inline Tile tile_of(const vivim_scan_bwd_params_t& p) {
     return t;
 }
 
-// Rows [0, rows) of a row-major [*, L] array, tokens [t0, t0 + kSeg), into s; zeros outside (identity steps).
-__device__ inline void stage(float (*s)[kPad], const float* __restrict__ rows_base, int rows, int64_t L, int64_t t0) {
+// One past the last segment of part q.
+__device__ inline int64_t part_end(const Split& sp, int64_t q) {
+    const int64_t end = (q + 1) * sp.seg_per_part;
+    return end < sp.nseg ? end : sp.nseg;
+}
+
+// Index of (batch b, channel d, part q, state n) in a PartSums array.
+__device__ inline int64_t sums_at(const vivim_scan_bwd_params_t& p, const Tile& tl, int64_t d, int64_t q,
+                                  int64_t parts, int n) {
+    return ((tl.b * p.dim + d) * parts + q) * kN + n;
+}
+
+// Calls f(r, k, i) for every (row r < kCh, token k < kSeg) of a staged tile; i is the element's offset in a
+// row-major [rows, L] array, or -1 outside it (the tile is then zero there: an identity step).
+template <typename F>
+__device__ inline void for_tile(int rows, int64_t L, int64_t t0, F&& f) {
     for (int e = threadIdx.x; e < kCh * kSeg; e += kThreads) {
         const int r = e / kSeg, k = e % kSeg;
         const int64_t t = t0 + k;
-        s[r][k] = (r < rows && t < L) ? rows_base[(int64_t)r * L + t] : 0.f;
+        f(r, k, r < rows && t < L ? (int64_t)r * L + t : (int64_t)-1);
     }
 }
 
-__global__ void __launch_bounds__(kThreads) bwd_states_kernel(const vivim_scan_bwd_params_t p, float* __restrict__ states) {
+// The tile's channel rows of u (tokens [t0, t0 + kSeg)).
+template <typename T>
+__device__ inline void stage_u(float (*s)[kPad], const vivim_scan_bwd_params_t& p, const Tile& tl, int64_t t0) {
+    const T* u = static_cast<const T*>(p.u) + (tl.b * p.dim + tl.d0) * p.seqlen;
+    for_tile(tl.nch, p.seqlen, t0, [&](int r, int k, int64_t i) { s[r][k] = i >= 0 ? to_f(u[i]) : 0.f; });
+}
+
+// The group's B or C rows.
+template <typename T>
+__device__ inline void stage_states(float (*s)[kPad], const void* src, const vivim_scan_bwd_params_t& p,
+                                    const Tile& tl, int64_t t0) {
+    const T* x = static_cast<const T*>(src) + (tl.b * p.n_groups + tl.g) * p.dstate * p.seqlen;
+    for_tile((int)p.dstate, p.seqlen, t0, [&](int r, int k, int64_t i) { s[r][k] = i >= 0 ? to_f(x[i]) : 0.f; });
+}
+
+// dt = softplus(delta + delta_bias) (each optional) and, when s_sig is given, d dt / d delta (1 without softplus).
+template <typename T>
+__device__ inline void stage_dt(float (*s_dt)[kPad], float (*s_sig)[kPad], const vivim_scan_bwd_params_t& p,
+                                const Tile& tl, int64_t t0) {
+    const T* delta = static_cast<const T*>(p.delta) + (tl.b * p.dim + tl.d0) * p.seqlen;
+    for_tile(tl.nch, p.seqlen, t0, [&](int r, int k, int64_t i) {
+        float dt = 0.f, sig = 0.f;
+        if (i >= 0) {
+            const float x = to_f(delta[i]) + (p.delta_bias != nullptr ? p.delta_bias[tl.d0 + r] : 0.f);
+            dt = x;
+            sig = 1.f;
+            if (p.delta_softplus) {
+                const float e = expf(-fabsf(x));  // in (0, 1]: no overflow either side
+                dt = fmaxf(x, 0.f) + log1pf(e);
+                sig = (x >= 0.f ? 1.f : e) / (1.f + e);
+            }
+        }
+        s_dt[r][k] = dt;
+        if (s_sig != nullptr) s_sig[r][k] = sig;
+    });
+}
+
+// dy = dout * silu(z) (dout without z) and, when s_dzf is given, dout * silu'(z), so that dz = dzf * y.
+template <typename T>
+__device__ inline void stage_dy(float (*s_dy)[kPad], float (*s_dzf)[kPad], const vivim_scan_bwd_params_t& p,
+                                const Tile& tl, int64_t t0) {
+    const int64_t row = (tl.b * p.dim + tl.d0) * p.seqlen;
+    const T* dout = static_cast<const T*>(p.dout) + row;
+    const T* z = p.z != nullptr ? static_cast<const T*>(p.z) + row : nullptr;
+    for_tile(tl.nch, p.seqlen, t0, [&](int r, int k, int64_t i) {
+        float g = 0.f, dzf = 0.f;
+        if (i >= 0) {
+            g = to_f(dout[i]);
+            if (z != nullptr) {
+                const float zz = to_f(z[i]);
+                const float sg = 1.f / (1.f + expf(-zz));  // exp overflow gives sg = 0, silu = 0: right
+                dzf = g * sg * (1.f + zz * (1.f - sg));
+                g *= zz * sg;
+            }
+        }
+        s_dy[r][k] = g;
+        if (s_dzf != nullptr) s_dzf[r][k] = dzf;
+    });
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) bwd_part_sums_kernel(const vivim_scan_bwd_params_t p, const Split sp,
+                                                                 const PartSums sums) {
+    __shared__ float s_u[kCh][kPad], s_dt[kCh][kPad], s_dy[kCh][kPad], s_B[kN][kPad], s_C[kN][kPad];
+    const Tile tl = tile_of(p);
+    const int c = threadIdx.x / kN, n = threadIdx.x % kN;
+    const int64_t d = tl.d0 + c, part = blockIdx.z;
+    const int64_t s0 = part * sp.seg_per_part, s1 = part_end(sp, part);  // this block's segments
+    const float A = (c < tl.nch && n < p.dstate) ? p.A[d * p.dstate + n] : 0.f;
+    float h = 0.f, decay = 1.f, g = 0.f;
+    for (int64_t seg = s0; seg < s1; ++seg) {
+        stage_u<T>(s_u, p, tl, seg * kSeg);
+        stage_dt<T>(s_dt, nullptr, p, tl, seg * kSeg);
+        stage_dy<T>(s_dy, nullptr, p, tl, seg * kSeg);
+        stage_states<T>(s_B, p.B, p, tl, seg * kSeg);
+        stage_states<T>(s_C, p.C, p, tl, seg * kSeg);
+        __syncthreads();
+#pragma unroll 8
+        for (int k = 0; k < kSeg; ++k) {
+            const float dtk = s_dt[c][k];
+            const float a = __expf(dtk * A);
+            h = a * h + dtk * s_B[n][k] * s_u[c][k];
+            decay *= a;  // the adjoint of token t reaches the part's start through the decays of tokens s0..t
+            g += decay * (s_C[n][k] * s_dy[c][k]);
+        }
+        __syncthreads();
+    }
+    if (c < tl.nch) {
+        const int64_t i = sums_at(p, tl, d, part, sp.parts, n);
+        sums.decay[i] = decay;
+        sums.h[i] = h;
+        sums.g[i] = g;
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) bwd_states_kernel(const vivim_scan_bwd_params_t p, const Split sp,
+                                                              const PartSums sums, float* __restrict__ states) {
     __shared__ float s_u[kCh][kPad], s_dt[kCh][kPad], s_B[kN][kPad];
     const Tile tl = tile_of(p);
     const int c = threadIdx.x / kN, n = threadIdx.x % kN;
-    const int64_t L = p.seqlen, nseg = (L + kSeg - 1) / kSeg, d = tl.d0 + c;
+    const int64_t d = tl.d0 + c, part = blockIdx.z;
+    const int64_t s0 = part * sp.seg_per_part, s1 = part_end(sp, part);  // this block's segments
     const float A = (c < tl.nch && n < p.dstate) ? p.A[d * p.dstate + n] : 0.f;
-    const float* u = p.u + (tl.b * p.dim + tl.d0) * L;
-    const float* dt = p.dt + (tl.b * p.dim + tl.d0) * L;
-    const float* B = p.B + (tl.b * p.n_groups + tl.g) * p.dstate * L;
-    float* my_states = states + (tl.b * p.dim + d) * nseg * kN + n;
-    float h = 0.f;
-    for (int64_t seg = 0; seg < nseg; ++seg) {
+    float* my_states = states + (tl.b * p.dim + d) * sp.nseg * kN + n;
+    float h = 0.f;  // the state entering the part: the earlier parts' sums folded in order
+    if (c < tl.nch) {
+        for (int64_t q = 0; q < part; ++q) {
+            const int64_t i = sums_at(p, tl, d, q, sp.parts, n);
+            h = sums.decay[i] * h + sums.h[i];
+        }
+    }
+    for (int64_t seg = s0; seg < s1; ++seg) {
         if (c < tl.nch) my_states[seg * kN] = h;
-        stage(s_u, u, tl.nch, L, seg * kSeg);
-        stage(s_dt, dt, tl.nch, L, seg * kSeg);
-        stage(s_B, B, (int)p.dstate, L, seg * kSeg);
+        stage_u<T>(s_u, p, tl, seg * kSeg);
+        stage_dt<T>(s_dt, nullptr, p, tl, seg * kSeg);
+        stage_states<T>(s_B, p.B, p, tl, seg * kSeg);
         __syncthreads();
 #pragma unroll 8
         for (int k = 0; k < kSeg; ++k) {
@@ -74,31 +231,43 @@ __global__ void __launch_bounds__(kThreads) bwd_states_kernel(const vivim_scan_b
     }
 }
 
-__global__ void __launch_bounds__(kThreads) bwd_grads_kernel(const vivim_scan_bwd_params_t p,
-                                                            const float* __restrict__ states) {
-    __shared__ float s_u[kCh][kPad], s_dt[kCh][kPad], s_dy[kCh][kPad], s_B[kN][kPad], s_C[kN][kPad];
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 2) bwd_grads_kernel(const vivim_scan_bwd_params_t p, const Split sp,
+                                                             const PartSums sums, const float* __restrict__ states) {
+    __shared__ float s_u[kCh][kPad], s_dt[kCh][kPad], s_dy[kCh][kPad], s_sig[kCh][kPad], s_dzf[kCh][kPad];
+    __shared__ float s_B[kN][kPad], s_C[kN][kPad];
     __shared__ float s_gB[kHalf][kThreads], s_gC[kHalf][kThreads];  // [token][channel * kN + state]
     const Tile tl = tile_of(p);
     const int c = threadIdx.x / kN, n = threadIdx.x % kN;
     const bool valid = c < tl.nch && n < p.dstate;
-    const int64_t L = p.seqlen, nseg = (L + kSeg - 1) / kSeg, d = tl.d0 + c;
+    const int64_t L = p.seqlen, d = tl.d0 + c, part = blockIdx.z;
+    const int64_t s0 = part * sp.seg_per_part, s1 = part_end(sp, part);  // this block's segments
     const float A = valid ? p.A[d * p.dstate + n] : 0.f;
-    const int64_t row = (tl.b * p.dim + tl.d0) * L;  // first channel's row in u, dt, dy, du, ddt
+    const float Dc = (c < tl.nch && p.D != nullptr) ? p.D[d] : 0.f;
+    const bool gated = p.z != nullptr;
+    const int64_t row = (tl.b * p.dim + d) * L;  // this thread's channel row in u, delta, z, dout, du, ddelta, dz
     const int64_t bc = (tl.b * p.n_groups + tl.g) * p.dstate * L;
-    const float* my_states = states + (tl.b * p.dim + d) * nseg * kN + n;
-    float* du = p.du + row + (int64_t)c * L;
-    float* ddt = p.ddt + row + (int64_t)c * L;
+    const float* my_states = states + (tl.b * p.dim + d) * sp.nseg * kN + n;
+    T* du = static_cast<T*>(p.du) + row;
+    T* ddelta = static_cast<T*>(p.ddelta) + row;
+    T* dz = gated ? static_cast<T*>(p.dz) + row : nullptr;
     const bool writes_row = n == 0 && c < tl.nch;
 
     float carry = 0.f;  // exp(dt_{t+1} A) G_{t+1}: the adjoint arriving from the later tokens
-    float dA = 0.f;
-    for (int64_t seg = nseg - 1; seg >= 0; --seg) {
+    if (c < tl.nch) {   // entering the part: the later parts' sums folded from the last one back
+        for (int64_t q = sp.parts - 1; q > part; --q) {
+            const int64_t i = sums_at(p, tl, d, q, sp.parts, n);
+            carry = sums.decay[i] * carry + sums.g[i];
+        }
+    }
+    float dA = 0.f, dD = 0.f, dbias = 0.f;
+    for (int64_t seg = s1 - 1; seg >= s0; --seg) {
         const int64_t t0 = seg * kSeg;
-        stage(s_u, p.u + row, tl.nch, L, t0);
-        stage(s_dt, p.dt + row, tl.nch, L, t0);
-        stage(s_dy, p.dy + row, tl.nch, L, t0);
-        stage(s_B, p.B + bc, (int)p.dstate, L, t0);
-        stage(s_C, p.C + bc, (int)p.dstate, L, t0);
+        stage_u<T>(s_u, p, tl, t0);
+        stage_dt<T>(s_dt, s_sig, p, tl, t0);
+        stage_dy<T>(s_dy, gated ? s_dzf : nullptr, p, tl, t0);
+        stage_states<T>(s_B, p.B, p, tl, t0);
+        stage_states<T>(s_C, p.C, p, tl, t0);
         __syncthreads();
         // the segment's decays and the state before each token, in registers
         float a[kSeg], h_prev[kSeg];
@@ -124,16 +293,22 @@ __global__ void __launch_bounds__(kThreads) bwd_grads_kernel(const vivim_scan_bw
                 dA += decay_grad * dtk;
                 float gu = G * dtk * Bk;
                 float gdt = G * Bk * uk + decay_grad * A;
+                float y = gated ? s_C[n][k] * h_k : 0.f;  // this state's part of y (the gate's gradient needs y)
                 carry = a[k] * G;
 #pragma unroll
-                for (int off = kN / 2; off > 0; off >>= 1) {  // sum over the channel's 16 lanes
+                for (int off = kN / 2; off > 0; off >>= 1) {  // sums over the channel's 16 lanes
                     gu += __shfl_xor_sync(0xffffffffu, gu, off);
                     gdt += __shfl_xor_sync(0xffffffffu, gdt, off);
+                    if (gated) y += __shfl_xor_sync(0xffffffffu, y, off);
                 }
                 const int64_t t = t0 + k;
                 if (writes_row && t < L) {
-                    du[t] = gu;
-                    ddt[t] = gdt;
+                    const float dd = gdt * s_sig[c][k];
+                    du[t] = from_f<T>(gu + Dc * dyk);
+                    ddelta[t] = from_f<T>(dd);
+                    if (gated) dz[t] = from_f<T>(s_dzf[c][k] * (y + Dc * uk));
+                    dD += dyk * uk;
+                    dbias += dd;
                 }
             }
             __syncthreads();
@@ -154,22 +329,70 @@ __global__ void __launch_bounds__(kThreads) bwd_grads_kernel(const vivim_scan_bw
         }
     }
     if (valid) atomicAdd(p.dA + d * p.dstate + n, dA);
+    if (writes_row && p.dD != nullptr) atomicAdd(p.dD + d, dD);
+    if (writes_row && p.ddelta_bias != nullptr) atomicAdd(p.ddelta_bias + d, dbias);
+}
+
+template <typename T>
+void launch(const vivim_scan_bwd_params_t& p, const Split& sp, const PartSums& sums, float* states, dim3 grid,
+            cudaStream_t stream) {
+    if (sp.parts > 1) bwd_part_sums_kernel<T><<<grid, kThreads, 0, stream>>>(p, sp, sums);
+    bwd_states_kernel<T><<<grid, kThreads, 0, stream>>>(p, sp, sums, states);
+    bwd_grads_kernel<T><<<grid, kThreads, 0, stream>>>(p, sp, sums, states);
+}
+
+// VIVIM_SCAN_BWD_TARGET_BLOCKS (tuning: split any grid towards N blocks) and VIVIM_SCAN_BWD_PARTS (an exact part
+// count, for tests and tuning) are read on every call, so a test can compare splits in one process.
+static int64_t env_int(const char* name, int64_t lo, int64_t hi) {
+    const char* e = getenv(name);
+    const long long v = e != nullptr ? strtoll(e, nullptr, 10) : 0;
+    return v >= lo && v <= hi ? (int64_t)v : 0;
+}
+
+static Split make_split(int64_t batch, int64_t dim, int64_t seqlen) {
+    Split sp;
+    sp.nseg = (seqlen + kSeg - 1) / kSeg;
+    const int64_t target = env_int("VIVIM_SCAN_BWD_TARGET_BLOCKS", 1, 1 << 20);
+    const int64_t blocks = batch * ((dim + kCh - 1) / kCh);  // a lower bound: groups only add partial tiles
+    int64_t want = env_int("VIVIM_SCAN_BWD_PARTS", 1, kMaxParts);
+    if (want == 0 && (target > 0 || blocks < kSplitBelow))
+        want = ((target > 0 ? target : kTargetBlocks) + blocks - 1) / blocks;
+    if (want > kMaxParts) want = kMaxParts;
+    if (want > sp.nseg) want = sp.nseg;
+    if (want < 1) want = 1;
+    sp.seg_per_part = (sp.nseg + want - 1) / want;
+    sp.parts = (sp.nseg + sp.seg_per_part - 1) / sp.seg_per_part;  // no empty part
+    return sp;
+}
+
+static size_t states_bytes(int64_t batch, int64_t dim, const Split& sp) {
+    return (size_t)(batch * dim * sp.nseg * kN) * sizeof(float);
+}
+
+static size_t sums_floats(int64_t batch, int64_t dim, const Split& sp) {
+    return sp.parts > 1 ? (size_t)(batch * dim * sp.parts * kN) : 0;
 }
 
 }  // namespace
 
 extern "C" size_t vivim_selective_scan_bwd_workspace_size(int64_t batch, int64_t dim, int64_t seqlen) {
     if (batch < 1 || dim < 1 || seqlen < 1) return 0;
-    const int64_t nseg = (seqlen + kSeg - 1) / kSeg;
-    return (size_t)(batch * dim * nseg * kN) * sizeof(float);
+    const Split sp = make_split(batch, dim, seqlen);
+    return states_bytes(batch, dim, sp) + 3 * sums_floats(batch, dim, sp) * sizeof(float);
 }
 
 extern "C" cudaError_t vivim_selective_scan_bwd(const vivim_scan_bwd_params_t* p, void* workspace,
                                                 size_t workspace_bytes, cudaStream_t stream) {
     if (p == nullptr || p->batch < 1 || p->dim < 1 || p->seqlen < 1 || p->dstate < 1 || p->dstate > kN ||
-        p->n_groups < 1 || p->dim % p->n_groups != 0 || p->batch > 65535)
+        p->n_groups < 1 || p->dim % p->n_groups != 0 || p->batch > 65535 ||
+        (p->delta_softplus != 0 && p->delta_softplus != 1))
         return cudaErrorInvalidValue;
-    if (!p->u || !p->dt || !p->A || !p->B || !p->C || !p->dy || !p->du || !p->ddt || !p->dA || !p->dB || !p->dC)
+    if (!p->u || !p->delta || !p->A || !p->B || !p->C || !p->dout || !p->du || !p->ddelta || !p->dA || !p->dB ||
+        !p->dC)
+        return cudaErrorInvalidValue;
+    // each optional input comes with its gradient, and only then
+    if ((p->z == nullptr) != (p->dz == nullptr) || (p->D == nullptr) != (p->dD == nullptr) ||
+        (p->delta_bias == nullptr) != (p->ddelta_bias == nullptr))
         return cudaErrorInvalidValue;
     if (workspace == nullptr ||
         workspace_bytes < vivim_selective_scan_bwd_workspace_size(p->batch, p->dim, p->seqlen))
@@ -177,9 +400,17 @@ extern "C" cudaError_t vivim_selective_scan_bwd(const vivim_scan_bwd_params_t* p
     const int64_t per_group = p->dim / p->n_groups;
     const int64_t blocks = p->n_groups * ((per_group + kCh - 1) / kCh);
     if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
-    const dim3 grid((unsigned)blocks, (unsigned)p->batch);
+    const Split sp = make_split(p->batch, p->dim, p->seqlen);
+    const dim3 grid((unsigned)blocks, (unsigned)p->batch, (unsigned)sp.parts);
     float* states = static_cast<float*>(workspace);
-    bwd_states_kernel<<<grid, kThreads, 0, stream>>>(*p, states);
-    bwd_grads_kernel<<<grid, kThreads, 0, stream>>>(*p, states);
+    float* sums_base = reinterpret_cast<float*>(static_cast<char*>(workspace) + states_bytes(p->batch, p->dim, sp));
+    const size_t nsums = sums_floats(p->batch, p->dim, sp);
+    const PartSums sums{sums_base, sums_base + nsums, sums_base + 2 * nsums};
+    switch (p->dtype) {
+        case VIVIM_DTYPE_F32: launch<float>(*p, sp, sums, states, grid, stream); break;
+        case VIVIM_DTYPE_F16: launch<__half>(*p, sp, sums, states, grid, stream); break;
+        case VIVIM_DTYPE_BF16: launch<__nv_bfloat16>(*p, sp, sums, states, grid, stream); break;
+        default: return cudaErrorInvalidValue;
+    }
     return cudaGetLastError();
 }
