@@ -357,8 +357,8 @@ def test_training_gradients_of_our_kernel_match_the_oracle(dtype, case, split, m
 
 def test_the_op_trains_through_our_backward_with_mixed_dtypes_and_strided_inputs():
     """The path a training step takes without mamba-ssm: the op's backward picks our kernel. Half u beside fp32
-    delta, B, C and z (the forward rounds them to u's dtype; the backward must differentiate that same function),
-    u and z as strided views."""
+    delta, B, C and z (the forward rounds them to u's dtype; the backward must differentiate that same function;
+    with delta and z wider than u it keeps the chain in PyTorch), u and z as strided views."""
     from vivim.ops import dispatch, selective_scan
 
     with dispatch.use_backward("vivim_cuda"):

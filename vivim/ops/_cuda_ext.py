@@ -226,9 +226,9 @@ def try_register() -> bool:
 
         from vivim.ops.cuda_backward import trainable_selective_scan_cuda
 
-        # the backward ranks below mamba-ssm's (its scan backward is up to 2x faster at Vivim's longest stage,
-        # though training steps measured equal within noise on an H200, benchmarks/RESULTS.md) and above the
-        # reference (3x slower steps)
+        # the backward ranks below mamba-ssm's (on an H200 ours is faster at three of Vivim's four stage shapes,
+        # but 1.5x slower at the longest, and 6% slower over the four; training steps equal within noise;
+        # benchmarks/RESULTS.md) and above the reference (3x slower steps)
         dispatch.register_impl("vivim_cuda", selective_scan_cuda, priority=100, available=available,
                                devices=("cuda",), dtypes=dispatch.KERNEL_DTYPES, grad_fn=trainable_selective_scan_cuda,
                                grad_priority=40)

@@ -3,7 +3,8 @@
 The forward is the forward kernel; the backward is `plugins/selective_scan/src/selective_scan_bwd.cu`. For N <= 16
 (Vivim's, and Mamba's default) one call does everything, the elementwise chain around the recurrence (delta_bias
 and softplus, the D skip, the silu(z) gate) included, reading the inputs in their own dtype. Wider states run the
-kernel on slices of 16 states, which are independent, with the chain done here in PyTorch. So a GPU trains without
+kernel on slices of 16 states, which are independent, with the chain done here in PyTorch in fp32; so does a delta
+or z in another dtype than u's (the fused call would round their gradients to u's dtype). So a GPU trains without
 mamba-ssm, whose package builds from source.
 """
 
@@ -107,7 +108,10 @@ class _TrainableKernelScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
         B4 = B if B.dim() == 4 else B.unsqueeze(1)
         C4 = C if C.dim() == 4 else C.unsqueeze(1)
-        backward = fused_backward if A.shape[1] <= _STATES_PER_CALL else sliced_backward
+        # the fused kernel writes du, ddelta and dz in u's dtype: a delta or z in another dtype (fp32 beside half u)
+        # keeps its gradient's precision through the fp32 chain instead
+        fused = A.shape[1] <= _STATES_PER_CALL and delta.dtype == u.dtype and (z is None or z.dtype == u.dtype)
+        backward = fused_backward if fused else sliced_backward
         du, ddelta, dz, dA, dB4, dC4, dD, dbias = backward(u, delta, A, B4, C4, grad_out, D, z, delta_bias,
                                                            ctx.delta_softplus)
         dB = dB4 if B.dim() == 4 else dB4.squeeze(1)

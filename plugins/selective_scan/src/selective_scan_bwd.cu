@@ -11,10 +11,12 @@
 //                      segment it recomputes the 32 decays and entering states into registers from the stored
 //                      state, then walks the tokens backwards with the adjoint G_t = C_t dy_t + exp(dt_{t+1} A) G_{t+1}:
 //                        dA += G dt a h_{t-1},  ddt = sum_n G (B u + A a h_{t-1}),  du = sum_n G dt B,
-//                        dB += G dt u,  dC += dy h_t     (dB, dC summed over the block's channels, then atomics).
+//                        dB += G dt u,  dC += dy h_t     (dB, dC summed over the block's channels, then atomics;
+//                                                         du, ddt over each channel's states, per 16-token half).
 // The elementwise chain rides along: staging computes dt = softplus(delta + bias) and dy = dout silu(z) from the raw
-// inputs (so no fp32 copies of them exist), and the lane that writes a token's du, ddelta and dz applies D, the
-// softplus derivative and the gate's derivative there (the gate's needs y, summed over the states like du).
+// inputs (so no fp32 copies of them exist), and the thread that writes a token's du, ddelta and dz (after summing
+// the states' partials through shared memory) applies D, the softplus derivative and the gate's derivative there
+// (the gate's needs y, summed over the states like du).
 // Why parts: batch x channels / 16 blocks is too few to fill a GPU at Vivim's long stages (8 x 384 channels are
 // 192 blocks, each walking 20480 tokens); splitting the sequence costs one more exp2 per element (the part sums)
 // and buys as many times the blocks.
@@ -231,13 +233,24 @@ __global__ void __launch_bounds__(kThreads) bwd_states_kernel(const vivim_scan_b
     }
 }
 
+// The grads kernel's shared memory (97 KB: dynamic). Per-state partials of a 16-token half go through it twice: dB
+// and dC summed over the block's channels, du, ddt and y over each channel's states (rows padded by one float so
+// that the 16 tokens of a channel, read by 16 lanes, fall in 16 banks).
+constexpr int kRow = kThreads + 1;
+struct GradsSmem {
+    float u[kCh][kPad], dt[kCh][kPad], dy[kCh][kPad], sig[kCh][kPad], dzf[kCh][kPad];
+    float B[kN][kPad], C[kN][kPad];
+    float gB[kHalf][kThreads], gC[kHalf][kThreads];  // [token][channel * kN + state]
+    float gu[kHalf][kRow], gdt[kHalf][kRow], y[kHalf][kRow];
+};
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 2) bwd_grads_kernel(const vivim_scan_bwd_params_t p, const Split sp,
                                                              const PartSums sums, const float* __restrict__ states) {
-    __shared__ float s_u[kCh][kPad], s_dt[kCh][kPad], s_dy[kCh][kPad], s_sig[kCh][kPad], s_dzf[kCh][kPad];
-    __shared__ float s_B[kN][kPad], s_C[kN][kPad];
-    __shared__ float s_gB[kHalf][kThreads], s_gC[kHalf][kThreads];  // [token][channel * kN + state]
+    extern __shared__ float4 smem_raw[];
+    GradsSmem& sm = *reinterpret_cast<GradsSmem*>(smem_raw);
     const Tile tl = tile_of(p);
+    // thread (channel c, state n); in the output step the same thread writes token n of its half for channel c
     const int c = threadIdx.x / kN, n = threadIdx.x % kN;
     const bool valid = c < tl.nch && n < p.dstate;
     const int64_t L = p.seqlen, d = tl.d0 + c, part = blockIdx.z;
@@ -251,7 +264,6 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_grads_kernel(const vivim_scan
     T* du = static_cast<T*>(p.du) + row;
     T* ddelta = static_cast<T*>(p.ddelta) + row;
     T* dz = gated ? static_cast<T*>(p.dz) + row : nullptr;
-    const bool writes_row = n == 0 && c < tl.nch;
 
     float carry = 0.f;  // exp(dt_{t+1} A) G_{t+1}: the adjoint arriving from the later tokens
     if (c < tl.nch) {   // entering the part: the later parts' sums folded from the last one back
@@ -263,53 +275,38 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_grads_kernel(const vivim_scan
     float dA = 0.f, dD = 0.f, dbias = 0.f;
     for (int64_t seg = s1 - 1; seg >= s0; --seg) {
         const int64_t t0 = seg * kSeg;
-        stage_u<T>(s_u, p, tl, t0);
-        stage_dt<T>(s_dt, s_sig, p, tl, t0);
-        stage_dy<T>(s_dy, gated ? s_dzf : nullptr, p, tl, t0);
-        stage_states<T>(s_B, p.B, p, tl, t0);
-        stage_states<T>(s_C, p.C, p, tl, t0);
+        stage_u<T>(sm.u, p, tl, t0);
+        stage_dt<T>(sm.dt, sm.sig, p, tl, t0);
+        stage_dy<T>(sm.dy, gated ? sm.dzf : nullptr, p, tl, t0);
+        stage_states<T>(sm.B, p.B, p, tl, t0);
+        stage_states<T>(sm.C, p.C, p, tl, t0);
         __syncthreads();
         // the segment's decays and the state before each token, in registers
         float a[kSeg], h_prev[kSeg];
         float h = c < tl.nch ? my_states[seg * kN] : 0.f;
 #pragma unroll
         for (int k = 0; k < kSeg; ++k) {
-            const float dtk = s_dt[c][k];
+            const float dtk = sm.dt[c][k];
             a[k] = __expf(dtk * A);
             h_prev[k] = h;
-            h = a[k] * h + dtk * s_B[n][k] * s_u[c][k];
+            h = a[k] * h + dtk * sm.B[n][k] * sm.u[c][k];
         }
 #pragma unroll
         for (int half = 1; half >= 0; --half) {
 #pragma unroll
             for (int j = kHalf - 1; j >= 0; --j) {
                 const int k = half * kHalf + j;
-                const float dtk = s_dt[c][k], uk = s_u[c][k], Bk = s_B[n][k], dyk = s_dy[c][k];
-                const float G = s_C[n][k] * dyk + carry;
+                const float dtk = sm.dt[c][k], uk = sm.u[c][k], Bk = sm.B[n][k], dyk = sm.dy[c][k];
+                const float G = sm.C[n][k] * dyk + carry;
                 const float h_k = a[k] * h_prev[k] + dtk * Bk * uk;
-                s_gB[j][threadIdx.x] = G * dtk * uk;
-                s_gC[j][threadIdx.x] = dyk * h_k;
                 const float decay_grad = G * a[k] * h_prev[k];  // dL/d(dt A)
                 dA += decay_grad * dtk;
-                float gu = G * dtk * Bk;
-                float gdt = G * Bk * uk + decay_grad * A;
-                float y = gated ? s_C[n][k] * h_k : 0.f;  // this state's part of y (the gate's gradient needs y)
+                sm.gB[j][threadIdx.x] = G * dtk * uk;
+                sm.gC[j][threadIdx.x] = dyk * h_k;
+                sm.gu[j][threadIdx.x] = G * dtk * Bk;
+                sm.gdt[j][threadIdx.x] = G * Bk * uk + decay_grad * A;
+                if (gated) sm.y[j][threadIdx.x] = sm.C[n][k] * h_k;  // this state's part of y (for the gate)
                 carry = a[k] * G;
-#pragma unroll
-                for (int off = kN / 2; off > 0; off >>= 1) {  // sums over the channel's 16 lanes
-                    gu += __shfl_xor_sync(0xffffffffu, gu, off);
-                    gdt += __shfl_xor_sync(0xffffffffu, gdt, off);
-                    if (gated) y += __shfl_xor_sync(0xffffffffu, y, off);
-                }
-                const int64_t t = t0 + k;
-                if (writes_row && t < L) {
-                    const float dd = gdt * s_sig[c][k];
-                    du[t] = from_f<T>(gu + Dc * dyk);
-                    ddelta[t] = from_f<T>(dd);
-                    if (gated) dz[t] = from_f<T>(s_dzf[c][k] * (y + Dc * uk));
-                    dD += dyk * uk;
-                    dbias += dd;
-                }
             }
             __syncthreads();
             {  // dB, dC of these 16 tokens: sum over the block's channels, one atomic per (state, token)
@@ -318,27 +315,57 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_grads_kernel(const vivim_scan
                 if (s < p.dstate && t < L) {
                     float sum_b = 0.f, sum_c = 0.f;
                     for (int cc = 0; cc < tl.nch; ++cc) {
-                        sum_b += s_gB[j][cc * kN + s];
-                        sum_c += s_gC[j][cc * kN + s];
+                        sum_b += sm.gB[j][cc * kN + s];
+                        sum_c += sm.gC[j][cc * kN + s];
                     }
                     atomicAdd(p.dB + bc + (int64_t)s * L + t, sum_b);
                     atomicAdd(p.dC + bc + (int64_t)s * L + t, sum_c);
+                }
+            }
+            {  // du, ddelta, dz of token n of this half for channel c: sums over the channel's states
+                const int k = half * kHalf + n;
+                const int64_t t = t0 + k;
+                if (c < tl.nch && t < L) {
+                    float gu = 0.f, gdt = 0.f, y = 0.f;
+#pragma unroll
+                    for (int m = 0; m < kN; ++m) {
+                        gu += sm.gu[n][c * kN + m];
+                        gdt += sm.gdt[n][c * kN + m];
+                        if (gated) y += sm.y[n][c * kN + m];
+                    }
+                    const float dyk = sm.dy[c][k], uk = sm.u[c][k];
+                    const float dd = gdt * sm.sig[c][k];
+                    du[t] = from_f<T>(gu + Dc * dyk);
+                    ddelta[t] = from_f<T>(dd);
+                    if (gated) dz[t] = from_f<T>(sm.dzf[c][k] * (y + Dc * uk));
+                    dD += dyk * uk;
+                    dbias += dd;
                 }
             }
             __syncthreads();
         }
     }
     if (valid) atomicAdd(p.dA + d * p.dstate + n, dA);
-    if (writes_row && p.dD != nullptr) atomicAdd(p.dD + d, dD);
-    if (writes_row && p.ddelta_bias != nullptr) atomicAdd(p.ddelta_bias + d, dbias);
+#pragma unroll
+    for (int off = kN / 2; off > 0; off >>= 1) {  // dD, ddelta_bias: each lane summed its own tokens
+        dD += __shfl_xor_sync(0xffffffffu, dD, off);
+        dbias += __shfl_xor_sync(0xffffffffu, dbias, off);
+    }
+    if (n == 0 && c < tl.nch && p.dD != nullptr) atomicAdd(p.dD + d, dD);
+    if (n == 0 && c < tl.nch && p.ddelta_bias != nullptr) atomicAdd(p.ddelta_bias + d, dbias);
 }
 
 template <typename T>
-void launch(const vivim_scan_bwd_params_t& p, const Split& sp, const PartSums& sums, float* states, dim3 grid,
-            cudaStream_t stream) {
+cudaError_t launch(const vivim_scan_bwd_params_t& p, const Split& sp, const PartSums& sums, float* states, dim3 grid,
+                   cudaStream_t stream) {
+    constexpr int grads_smem = (int)sizeof(GradsSmem);
+    const cudaError_t e = cudaFuncSetAttribute(bwd_grads_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               grads_smem);
+    if (e != cudaSuccess) return e;  // a device without 97 KB of shared memory per block
     if (sp.parts > 1) bwd_part_sums_kernel<T><<<grid, kThreads, 0, stream>>>(p, sp, sums);
     bwd_states_kernel<T><<<grid, kThreads, 0, stream>>>(p, sp, sums, states);
-    bwd_grads_kernel<T><<<grid, kThreads, 0, stream>>>(p, sp, sums, states);
+    bwd_grads_kernel<T><<<grid, kThreads, grads_smem, stream>>>(p, sp, sums, states);
+    return cudaGetLastError();
 }
 
 // VIVIM_SCAN_BWD_TARGET_BLOCKS (tuning: split any grid towards N blocks) and VIVIM_SCAN_BWD_PARTS (an exact part
@@ -407,10 +434,9 @@ extern "C" cudaError_t vivim_selective_scan_bwd(const vivim_scan_bwd_params_t* p
     const size_t nsums = sums_floats(p->batch, p->dim, sp);
     const PartSums sums{sums_base, sums_base + nsums, sums_base + 2 * nsums};
     switch (p->dtype) {
-        case VIVIM_DTYPE_F32: launch<float>(*p, sp, sums, states, grid, stream); break;
-        case VIVIM_DTYPE_F16: launch<__half>(*p, sp, sums, states, grid, stream); break;
-        case VIVIM_DTYPE_BF16: launch<__nv_bfloat16>(*p, sp, sums, states, grid, stream); break;
+        case VIVIM_DTYPE_F32: return launch<float>(*p, sp, sums, states, grid, stream);
+        case VIVIM_DTYPE_F16: return launch<__half>(*p, sp, sums, states, grid, stream);
+        case VIVIM_DTYPE_BF16: return launch<__nv_bfloat16>(*p, sp, sums, states, grid, stream);
         default: return cudaErrorInvalidValue;
     }
-    return cudaGetLastError();
 }
