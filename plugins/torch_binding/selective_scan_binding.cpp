@@ -210,7 +210,7 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor
     if (u.dim() != 3 || delta.sizes() != u.sizes() || dout.sizes() != u.sizes() ||
         (z.defined() && z.sizes() != u.sizes()) || B.dim() != 4 || C.sizes() != B.sizes() || A.dim() != 2 ||
         A.size(0) != u.size(1) || B.size(0) != u.size(0) || B.size(2) != A.size(1) || B.size(3) != u.size(2) ||
-        B.size(1) < 1 || u.size(1) % B.size(1) != 0 ||  // (no group count of 0 reaches the modulo) (Dv.defined() && Dv.numel() != u.size(1)) ||
+        B.size(1) < 1 || u.size(1) % B.size(1) != 0 || (Dv.defined() && Dv.numel() != u.size(1)) ||
         (bias.defined() && bias.numel() != u.size(1))) {
         fail_msg("backward: inconsistent shapes (u %s)", shape_str(u.sizes(), sa));
         return none;

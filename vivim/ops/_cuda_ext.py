@@ -227,7 +227,7 @@ def try_register() -> bool:
         from vivim.ops.cuda_backward import trainable_selective_scan_cuda
 
         # the backward ranks below mamba-ssm's (on an H200 ours is faster at three of Vivim's four stage shapes,
-        # but 1.5x slower at the longest, and 6% slower over the four; training steps equal within noise;
+        # but 1.5x slower at the longest, and 7% slower over the four; training steps equal within noise;
         # benchmarks/RESULTS.md) and above the reference (3x slower steps)
         dispatch.register_impl("vivim_cuda", selective_scan_cuda, priority=100, available=available,
                                devices=("cuda",), dtypes=dispatch.KERNEL_DTYPES, grad_fn=trainable_selective_scan_cuda,

@@ -38,8 +38,8 @@ constexpr int kThreads = kCh * kN;
 constexpr int kPad = kSeg + 1;  // row stride of the staged tiles: lanes reading 16 rows hit 16 banks
 // Splitting costs a pass (the part sums), so only grids of fewer than kSplitBelow blocks split, into enough parts
 // for about kTargetBlocks blocks. Measured on an H200 at Vivim's training shapes (batch 8, G = 3;
-// benchmarks/kernel_notes.md): 192 and 384 blocks gain 22% and 12% from ~4096 blocks; 960 and 1536 lose 8-12%
-// from any split.
+// benchmarks/kernel_notes.md): 192 and 384 blocks gain 22% and 12% of the backward's time from ~4096 blocks; 960
+// and 1536 lose 10-21% from the splits tried (2 and 4 parts).
 constexpr int64_t kSplitBelow = 512;
 constexpr int64_t kTargetBlocks = 4096;
 constexpr int64_t kMaxParts = 64;  // each block folds the other parts' sums: keep that O(parts) walk short
@@ -361,7 +361,10 @@ cudaError_t launch(const vivim_scan_bwd_params_t& p, const Split& sp, const Part
     constexpr int grads_smem = (int)sizeof(GradsSmem);
     const cudaError_t e = cudaFuncSetAttribute(bwd_grads_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                grads_smem);
-    if (e != cudaSuccess) return e;  // a device without 97 KB of shared memory per block
+    if (e != cudaSuccess) {  // a device without 97 KB of shared memory per block
+        (void)cudaGetLastError();  // reported through the return value; leave no error behind for the next check
+        return e;
+    }
     if (sp.parts > 1) bwd_part_sums_kernel<T><<<grid, kThreads, 0, stream>>>(p, sp, sums);
     bwd_states_kernel<T><<<grid, kThreads, 0, stream>>>(p, sp, sums, states);
     bwd_grads_kernel<T><<<grid, kThreads, grads_smem, stream>>>(p, sp, sums, states);
