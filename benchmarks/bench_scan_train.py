@@ -29,9 +29,10 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vivim import atomic  # noqa: E402  (after the path line: the repository's own package)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_scan import STAGES, make_inputs  # noqa: E402  (the forward benchmark's shapes and value ranges)
+from vivim import atomic  # noqa: E402  (after the path lines: the repository's own package)
 
-STAGES = [(128, 20480), (256, 5120), (640, 1280), (1024, 320)]
 SPLIT_ENV = {"parts": "VIVIM_SCAN_BWD_PARTS", "target": "VIVIM_SCAN_BWD_TARGET_BLOCKS"}
 
 
@@ -65,17 +66,6 @@ def median_ms(step: Callable[[], None], samples: int) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
-
-
-def training_inputs(batch: int, dim: int, L: int, seed: int) -> tuple[list[Tensor], Tensor]:
-    g = torch.Generator(device="cuda").manual_seed(seed)
-
-    def r(*shape: int) -> Tensor:
-        return torch.randn(*shape, device="cuda", generator=g)
-
-    args = [r(batch, dim, L).half(), (r(batch, dim, L) * 0.5 - 1).half(), -torch.exp(r(dim, 16) * 0.5),
-            r(batch, 3, 16, L).half(), r(batch, 3, 16, L).half(), r(dim), r(batch, dim, L).half(), r(dim) * 0.3]
-    return args, r(batch, dim, L).half()
 
 
 def time_op(fn: Callable[..., Tensor], args: list[Tensor], g_out: Tensor, samples: int) -> float:
@@ -123,7 +113,9 @@ def main() -> None:
         peers["reference"] = selective_scan_reference
     rows = []
     for d, L in STAGES:
-        args, g_out = training_inputs(a.batch, 3 * d, L, seed=L)
+        args = list(make_inputs(a.batch, 3 * d, L, 16, 3, torch.half, seed=L))
+        g_out = torch.randn(args[0].shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(L + 1))
+        g_out = g_out.half()
         row: dict[str, object] = {"shape": f"{a.batch}x{3 * d}x{L}"}
         for s in splits:
             with split(s):

@@ -69,6 +69,19 @@ def make_inputs(batch, dim, L, N, G, dtype, has_z, has_D, softplus, has_bias, se
     return u, delta, A, B, C, D, z, bias
 
 
+def _child_env(**extra: str) -> dict:
+    """This environment plus `extra`, with the repository on PYTHONPATH: for a child interpreter."""
+    return dict(os.environ, **extra, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def _run_child(code: str, env: dict | None = None) -> str:
+    """Runs `code` in a fresh interpreter, so that a crash cannot take pytest down; its stdout after a zero exit."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env if env is not None else _child_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     scale = ref.abs().max().item()
     return (out.double() - ref).abs().max().item() / max(scale, 1e-30)
@@ -237,15 +250,13 @@ def test_bad_arguments_raise():
         except VivimError as exc:
             print("E6", exc, flush=True)
     """)
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "E1" in proc.stdout and "dstate" in proc.stdout, proc.stdout
-    assert "E2" in proc.stdout and "divisible" in proc.stdout, proc.stdout
-    assert "E3" in proc.stdout and "z must have" in proc.stdout, proc.stdout
-    assert "E4 ScanShapeError" in proc.stdout and "z must have u's shape" in proc.stdout, proc.stdout
-    assert "E5 selective_scan: B must be a tensor" in proc.stdout, proc.stdout
-    assert "E6" in proc.stdout and "D must have shape (8), got (1, 8)" in proc.stdout, proc.stdout
+    out = _run_child(code)
+    assert "E1" in out and "dstate" in out, out
+    assert "E2" in out and "divisible" in out, out
+    assert "E3" in out and "z must have" in out, out
+    assert "E4 ScanShapeError" in out and "z must have u's shape" in out, out
+    assert "E5 selective_scan: B must be a tensor" in out, out
+    assert "E6" in out and "D must have shape (8), got (1, 8)" in out, out
 
 
 def test_backward_bad_arguments_are_refused_with_a_message():
@@ -268,12 +279,10 @@ def test_backward_bad_arguments_are_refused_with_a_message():
         except ScanShapeError as exc:
             print("E3", exc, flush=True)
     """)
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "E1 [] " in proc.stdout and "of one dtype" in proc.stdout, proc.stdout
-    assert "E2 [] " in proc.stdout and "invalid argument" in proc.stdout, proc.stdout  # dstate > 16: the C API
-    assert "E3" in proc.stdout and "inconsistent shapes" in proc.stdout, proc.stdout
+    out = _run_child(code)
+    assert "E1 [] " in out and "of one dtype" in out, out
+    assert "E2 [] " in out and "invalid argument" in out, out  # dstate > 16: the C API
+    assert "E3" in out and "inconsistent shapes" in out, out
 
 
 def test_matches_mamba_ssm_when_installed():
@@ -424,10 +433,8 @@ def test_mamba_ssm_kernel_does_not_import_the_mamba_ssm_package():
         print("GRAD", x[0].grad.isfinite().all().item())
         print("IMPORTED", sorted(m for m in sys.modules if m.split(".")[0] == "mamba_ssm"))
     """)
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "GRAD True" in proc.stdout and "IMPORTED []" in proc.stdout, proc.stdout
+    out = _run_child(code)
+    assert "GRAD True" in out and "IMPORTED []" in out, out
 
 
 def test_chunked_passes_on_short_sequences():
@@ -437,8 +444,7 @@ def test_chunked_passes_on_short_sequences():
     short = [c for c in CASES if c["L"] <= 512 and c["N"] <= 16]
     assert len(short) >= 8
     selector = " or ".join(_case_id(c) for c in short)
-    env = dict(os.environ, VIVIM_SCAN_RESIDENT="0",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = _child_env(VIVIM_SCAN_RESIDENT="0")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
                            "-k", f"test_matches_float64_reference and ({selector})"],
                           capture_output=True, text=True, env=env, timeout=900)
@@ -459,9 +465,8 @@ def test_chunked_passes_on_short_sequences():
             torch.cuda.synchronize()
         print("KERNELS", sorted(ev.key for ev in prof.key_averages()))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "chunk_pass" in proc.stdout and "resident_pass" not in proc.stdout, proc.stdout[-2000:]
+    out = _run_child(code, env)
+    assert "chunk_pass" in out and "resident_pass" not in out, out[-2000:]
 
 
 def _kernel_names(fn) -> set[str]:

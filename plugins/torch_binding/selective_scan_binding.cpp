@@ -69,6 +69,29 @@ at::Tensor fp32_vector(const c10::optional<at::Tensor>& t, int64_t dim, const ch
     return t->to(at::kFloat).contiguous();
 }
 
+// The forward's arguments, which both calls' parameter structs hold under the same names: checked, contiguous
+// tensors, B and C as (batch, G, N, L); D, z and delta_bias undefined when absent.
+template <class Params>
+void set_scan_inputs(Params& p, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                     const at::Tensor& C, const at::Tensor& Dv, const at::Tensor& z, const at::Tensor& bias,
+                     vivim_dtype_t dtype, bool delta_softplus) {
+    p.batch = u.size(0);
+    p.dim = u.size(1);
+    p.seqlen = u.size(2);
+    p.dstate = A.size(1);
+    p.n_groups = B.size(1);
+    p.dtype = dtype;
+    p.delta_softplus = delta_softplus ? 1 : 0;
+    p.u = u.data_ptr();
+    p.delta = delta.data_ptr();
+    p.A = A.data_ptr<float>();
+    p.B = B.data_ptr();
+    p.C = C.data_ptr();
+    p.D = Dv.defined() ? Dv.data_ptr<float>() : nullptr;
+    p.z = z.defined() ? z.data_ptr() : nullptr;
+    p.delta_bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
+}
+
 at::Tensor selective_scan_fwd(const at::Tensor& u_in, const at::Tensor& delta_in, const at::Tensor& A_in,
                               const at::Tensor& B_in, const at::Tensor& C_in, const c10::optional<at::Tensor>& D_in,
                               const c10::optional<at::Tensor>& z_in, const c10::optional<at::Tensor>& bias_in,
@@ -151,21 +174,7 @@ at::Tensor selective_scan_fwd(const at::Tensor& u_in, const at::Tensor& delta_in
     }
 
     vivim_scan_params_t p{};
-    p.batch = batch;
-    p.dim = dim;
-    p.seqlen = seqlen;
-    p.dstate = dstate;
-    p.n_groups = groups;
-    p.dtype = vdt;
-    p.delta_softplus = delta_softplus ? 1 : 0;
-    p.u = u.data_ptr();
-    p.delta = delta.data_ptr();
-    p.A = A.data_ptr<float>();
-    p.B = B.data_ptr();
-    p.C = C.data_ptr();
-    p.D = Dv.defined() ? Dv.data_ptr<float>() : nullptr;
-    p.z = z.defined() ? z.data_ptr() : nullptr;
-    p.delta_bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
+    set_scan_inputs(p, u, delta, A, B, C, Dv, z, bias, vdt, delta_softplus);
     p.out = out.data_ptr();
     const cudaError_t err = vivim_selective_scan_fwd(&p, workspace.defined() ? workspace.data_ptr() : nullptr, ws,
                                                      c10::cuda::getCurrentCUDAStream().stream());
@@ -226,21 +235,7 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor
     const size_t ws = vivim_selective_scan_bwd_workspace_size(batch, dim, seqlen);
     at::Tensor workspace = at::empty({(int64_t)ws}, u.options().dtype(at::kByte));
     vivim_scan_bwd_params_t p{};
-    p.batch = batch;
-    p.dim = dim;
-    p.seqlen = seqlen;
-    p.dstate = A.size(1);
-    p.n_groups = B.size(1);
-    p.dtype = vdt;
-    p.delta_softplus = delta_softplus ? 1 : 0;
-    p.u = u.data_ptr();
-    p.delta = delta.data_ptr();
-    p.A = A.data_ptr<float>();
-    p.B = B.data_ptr();
-    p.C = C.data_ptr();
-    p.D = Dv.defined() ? Dv.data_ptr<float>() : nullptr;
-    p.z = z.defined() ? z.data_ptr() : nullptr;
-    p.delta_bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
+    set_scan_inputs(p, u, delta, A, B, C, Dv, z, bias, vdt, delta_softplus);
     p.dout = dout.data_ptr();
     p.du = du.data_ptr();
     p.ddelta = ddelta.data_ptr();
