@@ -1,10 +1,11 @@
 """The project's CUDA selective-scan kernel as a PyTorch extension, built on first use and cached.
 
 `try_register()` (called lazily by `vivim.ops.dispatch` when a CUDA tensor is first scanned) registers the
-implementation 'vivim_cuda' (priority 100; 40 for the backward, after mamba-ssm's kernel). Its availability check builds the extension once with
-`torch.utils.cpp_extension.load` (nvcc + ninja) into ~/.cache/vivim/torch_extensions/... (or
-$TORCH_EXTENSIONS_DIR); when that is impossible it answers False and dispatch falls back to mamba-ssm or the
-reference. Training: `vivim.ops.cuda_backward` gives it a backward (the kernel of selective_scan_bwd.cu).
+implementation 'vivim_cuda' (priority 100, before mamba-ssm's kernel, for the forward and the backward). Its
+availability check builds the extension once with `torch.utils.cpp_extension.load` (nvcc + ninja) into
+~/.cache/vivim/torch_extensions/... (or $TORCH_EXTENSIONS_DIR); when that is impossible it answers False and dispatch
+falls back to mamba-ssm or the reference. Training: `vivim.ops.cuda_backward` gives it a backward (the kernel of
+selective_scan_bwd.cu).
 
 The cache folder is named by a digest of every source and flag and of the target GPU architectures, so a process
 that finds the library there imports it directly, with no compiler: a runtime image (Jetson's l4t runtime
@@ -200,8 +201,10 @@ def selective_scan_cuda(
     if not all(isinstance(t, Tensor) for t in (u, delta, A, B, C)) or any(
             t is not None and not isinstance(t, Tensor) for t in (D, z, delta_bias)):
         names = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
-        wrong = [k for k, v in names.items() if not isinstance(v, Tensor) and (v is not None or k not in ("D", "z", "delta_bias"))]
-        raise ScanShapeError(f"selective_scan: {', '.join(wrong)} must be {'a tensor' if len(wrong) == 1 else 'tensors'}")
+        optional = ("D", "z", "delta_bias")
+        wrong = [k for k, v in names.items() if not isinstance(v, Tensor) and (v is not None or k not in optional)]
+        noun = "a tensor" if len(wrong) == 1 else "tensors"
+        raise ScanShapeError(f"selective_scan: {', '.join(wrong)} must be {noun}")
     dtype = u.dtype
     if B.dtype != dtype:
         B = B.to(dtype)
@@ -226,12 +229,11 @@ def try_register() -> bool:
 
         from vivim.ops.cuda_backward import trainable_selective_scan_cuda
 
-        # the backward ranks below mamba-ssm's (on an H200 ours is faster at three of Vivim's four stage shapes,
-        # but 1.5x slower at the longest, and 7% slower over the four; training steps equal within noise;
-        # benchmarks/RESULTS.md) and above the reference (3x slower steps)
+        # the backward ranks first too: on an H200 the scan's forward + backward takes 10% less time than with
+        # mamba-ssm's over Vivim's four training shapes (less at three, 1.25x more at the longest), and mamba-ssm's
+        # dA is wrong for one-token sequences in fp16/bf16 (benchmarks/RESULTS.md)
         dispatch.register_impl("vivim_cuda", selective_scan_cuda, priority=100, available=available,
-                               devices=("cuda",), dtypes=dispatch.KERNEL_DTYPES, grad_fn=trainable_selective_scan_cuda,
-                               grad_priority=40)
+                               devices=("cuda",), dtypes=dispatch.KERNEL_DTYPES, grad_fn=trainable_selective_scan_cuda)
         return True
     except Exception:
         return False

@@ -1,8 +1,8 @@
 """The `vivim::selective_scan` custom op: one opaque node per scan for torch.export and the ONNX exporter.
 
 Eager calls go to the implementation chosen by `vivim.ops.dispatch`. The backward recomputes the forward with a
-differentiable implementation and takes its vector-Jacobian product: on CUDA mamba-ssm's kernel when installed,
-else ours (vivim.ops.cuda_backward), else the reference.
+differentiable implementation and takes its vector-Jacobian product: on CUDA ours (vivim.ops.cuda_backward), else
+mamba-ssm's kernel when installed, else the reference.
 """
 
 from __future__ import annotations

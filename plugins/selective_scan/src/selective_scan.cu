@@ -36,13 +36,15 @@
 
 #include <utility>
 
+#include "scan_math.cuh"
+
 namespace vivim_scan {
 
 constexpr int kTileTokens = 16;      // tokens staged per shared-memory tile; chunk lengths are multiples of it
 constexpr int kMaxChannels = 128;    // channels per block (= threads per block)
 constexpr int kTargetBlocks = 1024;  // enough blocks to fill a large GPU several times over, evenly
 constexpr int kMaxChunks = 512;     // bounds the workspace and the carry pass (n_chunks <= want <= 512)
-constexpr float kLog2e = 1.4426950408889634f;
+using namespace vivim_scan_math;  // fast_exp2, softplus_fast, silu, kLog2e
 
 // ---------------------------------------------------------------------------------------------------
 // Launch geometry, shared by the workspace-size query and the launcher so they always agree.
@@ -137,13 +139,6 @@ template <> struct Elem<__nv_bfloat16> {
     static __device__ __forceinline__ __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
 };
 
-// One special-function-unit instruction; relative error ~2^-22, enough for the fp32 contract.
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
 // Programmatic dependent launch (sm_90+): a kernel launched with the PDL attribute may start while its
 // predecessor in the stream still runs; it must wait here before reading what the predecessor wrote. Without
 // the attribute, or below sm_90, these are no-ops.
@@ -156,24 +151,6 @@ __device__ __forceinline__ void pdl_allow_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
-}
-
-// softplus(x) = max(x, 0) + ln2 * log2(1 + 2^(-|x| log2 e)): two special-function instructions and four fp32
-// ops. Absolute error ~1e-7 (1 + e rounds to fp32 when e is tiny, where softplus ~ e is itself tiny).
-__device__ __forceinline__ float softplus_fast(float x) {
-    const float e = fast_exp2(-fabsf(x) * kLog2e);
-    float l;
-    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(l) : "f"(1.f + e));
-    return fmaf(l, 0.6931471805599453f, fmaxf(x, 0.f));
-}
-
-// z * sigmoid(z) with two special-function instructions and no range fix-ups: for very negative z, 2^(-z log2 e)
-// overflows to +inf and rcp gives 0, the right limit; relative error ~2^-21 for |z| up to ~20 (the rounding of
-// -z log2 e grows with |z|, where silu is ~0 or ~z).
-__device__ __forceinline__ float silu(float x) {
-    float r;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.f + fast_exp2(-x * kLog2e)));
-    return x * r;
 }
 
 // 16 consecutive tokens of one row <-> 16 floats in registers. `vec`: the row segment is 16-byte aligned and

@@ -13,10 +13,12 @@
 //                        dA += G dt a h_{t-1},  ddt = sum_n G (B u + A a h_{t-1}),  du = sum_n G dt B,
 //                        dB += G dt u,  dC += dy h_t     (dB, dC summed over the block's channels, then atomics;
 //                                                         du, ddt over each channel's states, per 16-token half).
-// The elementwise chain rides along: staging computes dt = softplus(delta + bias) and dy = dout silu(z) from the raw
-// inputs (so no fp32 copies of them exist), and the thread that writes a token's du, ddelta and dz (after summing
-// the states' partials through shared memory) applies D, the softplus derivative and the gate's derivative there
-// (the gate's needs y, summed over the states like du).
+// du and the first term of ddt share sum_n G B (du = dt sum_n G B, ddt = u sum_n G B + sum_n G a h_{t-1} A).
+// The elementwise chain rides along: staging computes dt = softplus(delta + bias), dt u and dy = dout silu(z) from
+// the raw inputs (so no fp32 copies of them exist), with the forward's fast softplus, sigmoid and exp2
+// (scan_math.cuh), so that the gradients are those of the values the forward computed; and the thread that writes a
+// token's du, ddelta and dz (after summing the states' partials through shared memory) applies D, the softplus
+// derivative and the gate's derivative there (the gate's needs y, summed over the states like du).
 // Why parts: batch x channels / 16 blocks is too few to fill a GPU at Vivim's long stages (8 x 384 channels are
 // 192 blocks, each walking 20480 tokens); splitting the sequence costs one more exp2 per element (the part sums)
 // and buys as many times the blocks.
@@ -28,7 +30,11 @@
 
 #include <cstdlib>
 
+#include "scan_math.cuh"
+
 namespace {
+
+using namespace vivim_scan_math;  // the forward's softplus, sigmoid and exp2: gradients at its exact values
 
 constexpr int kCh = 16;    // channels per block
 constexpr int kN = 16;     // states per channel (padded)
@@ -106,13 +112,6 @@ __device__ inline void for_tile(int rows, int64_t L, int64_t t0, F&& f) {
     }
 }
 
-// The tile's channel rows of u (tokens [t0, t0 + kSeg)).
-template <typename T>
-__device__ inline void stage_u(float (*s)[kPad], const vivim_scan_bwd_params_t& p, const Tile& tl, int64_t t0) {
-    const T* u = static_cast<const T*>(p.u) + (tl.b * p.dim + tl.d0) * p.seqlen;
-    for_tile(tl.nch, p.seqlen, t0, [&](int r, int k, int64_t i) { s[r][k] = i >= 0 ? to_f(u[i]) : 0.f; });
-}
-
 // The group's B or C rows.
 template <typename T>
 __device__ inline void stage_states(float (*s)[kPad], const void* src, const vivim_scan_bwd_params_t& p,
@@ -121,24 +120,30 @@ __device__ inline void stage_states(float (*s)[kPad], const void* src, const viv
     for_tile((int)p.dstate, p.seqlen, t0, [&](int r, int k, int64_t i) { s[r][k] = i >= 0 ? to_f(x[i]) : 0.f; });
 }
 
-// dt = softplus(delta + delta_bias) (each optional) and, when s_sig is given, d dt / d delta (1 without softplus).
+// The tile's channel rows (tokens [t0, t0 + kSeg)): dt = softplus(delta + delta_bias) (each optional) and dt * u;
+// when given, u itself and d dt / d delta (1 without softplus).
 template <typename T>
-__device__ inline void stage_dt(float (*s_dt)[kPad], float (*s_sig)[kPad], const vivim_scan_bwd_params_t& p,
-                                const Tile& tl, int64_t t0) {
-    const T* delta = static_cast<const T*>(p.delta) + (tl.b * p.dim + tl.d0) * p.seqlen;
+__device__ inline void stage_dt_u(float (*s_dt)[kPad], float (*s_dtu)[kPad], float (*s_u)[kPad], float (*s_sig)[kPad],
+                                  const vivim_scan_bwd_params_t& p, const Tile& tl, int64_t t0) {
+    const int64_t row = (tl.b * p.dim + tl.d0) * p.seqlen;
+    const T* delta = static_cast<const T*>(p.delta) + row;
+    const T* u = static_cast<const T*>(p.u) + row;
     for_tile(tl.nch, p.seqlen, t0, [&](int r, int k, int64_t i) {
-        float dt = 0.f, sig = 0.f;
+        float dt = 0.f, sig = 0.f, uu = 0.f;
         if (i >= 0) {
             const float x = to_f(delta[i]) + (p.delta_bias != nullptr ? p.delta_bias[tl.d0 + r] : 0.f);
+            uu = to_f(u[i]);
             dt = x;
             sig = 1.f;
             if (p.delta_softplus) {
-                const float e = expf(-fabsf(x));  // in (0, 1]: no overflow either side
-                dt = fmaxf(x, 0.f) + log1pf(e);
-                sig = (x >= 0.f ? 1.f : e) / (1.f + e);
+                float e;  // 2^(-|x| log2 e) in (0, 1]: no overflow either side
+                dt = softplus_fast(x, e);
+                sig = (x >= 0.f ? 1.f : e) * fast_rcp(1.f + e);
             }
         }
         s_dt[r][k] = dt;
+        s_dtu[r][k] = dt * uu;
+        if (s_u != nullptr) s_u[r][k] = uu;
         if (s_sig != nullptr) s_sig[r][k] = sig;
     });
 }
@@ -156,7 +161,7 @@ __device__ inline void stage_dy(float (*s_dy)[kPad], float (*s_dzf)[kPad], const
             g = to_f(dout[i]);
             if (z != nullptr) {
                 const float zz = to_f(z[i]);
-                const float sg = 1.f / (1.f + expf(-zz));  // exp overflow gives sg = 0, silu = 0: right
+                const float sg = sigmoid_fast(zz);  // the power's overflow gives sg = 0, silu = 0: right
                 dzf = g * sg * (1.f + zz * (1.f - sg));
                 g *= zz * sg;
             }
@@ -169,16 +174,15 @@ __device__ inline void stage_dy(float (*s_dy)[kPad], float (*s_dzf)[kPad], const
 template <typename T>
 __global__ void __launch_bounds__(kThreads) bwd_part_sums_kernel(const vivim_scan_bwd_params_t p, const Split sp,
                                                                  const PartSums sums) {
-    __shared__ float s_u[kCh][kPad], s_dt[kCh][kPad], s_dy[kCh][kPad], s_B[kN][kPad], s_C[kN][kPad];
+    __shared__ float s_dt[kCh][kPad], s_dtu[kCh][kPad], s_dy[kCh][kPad], s_B[kN][kPad], s_C[kN][kPad];
     const Tile tl = tile_of(p);
     const int c = threadIdx.x / kN, n = threadIdx.x % kN;
     const int64_t d = tl.d0 + c, part = blockIdx.z;
     const int64_t s0 = part * sp.seg_per_part, s1 = part_end(sp, part);  // this block's segments
-    const float A = (c < tl.nch && n < p.dstate) ? p.A[d * p.dstate + n] : 0.f;
+    const float A2 = (c < tl.nch && n < p.dstate) ? p.A[d * p.dstate + n] * kLog2e : 0.f;  // exp(dt A) = 2^(dt A2)
     float h = 0.f, decay = 1.f, g = 0.f;
     for (int64_t seg = s0; seg < s1; ++seg) {
-        stage_u<T>(s_u, p, tl, seg * kSeg);
-        stage_dt<T>(s_dt, nullptr, p, tl, seg * kSeg);
+        stage_dt_u<T>(s_dt, s_dtu, nullptr, nullptr, p, tl, seg * kSeg);
         stage_dy<T>(s_dy, nullptr, p, tl, seg * kSeg);
         stage_states<T>(s_B, p.B, p, tl, seg * kSeg);
         stage_states<T>(s_C, p.C, p, tl, seg * kSeg);
@@ -186,8 +190,8 @@ __global__ void __launch_bounds__(kThreads) bwd_part_sums_kernel(const vivim_sca
 #pragma unroll 8
         for (int k = 0; k < kSeg; ++k) {
             const float dtk = s_dt[c][k];
-            const float a = __expf(dtk * A);
-            h = a * h + dtk * s_B[n][k] * s_u[c][k];
+            const float a = fast_exp2(dtk * A2);
+            h = a * h + s_dtu[c][k] * s_B[n][k];
             decay *= a;  // the adjoint of token t reaches the part's start through the decays of tokens s0..t
             g += decay * (s_C[n][k] * s_dy[c][k]);
         }
@@ -204,12 +208,12 @@ __global__ void __launch_bounds__(kThreads) bwd_part_sums_kernel(const vivim_sca
 template <typename T>
 __global__ void __launch_bounds__(kThreads) bwd_states_kernel(const vivim_scan_bwd_params_t p, const Split sp,
                                                               const PartSums sums, float* __restrict__ states) {
-    __shared__ float s_u[kCh][kPad], s_dt[kCh][kPad], s_B[kN][kPad];
+    __shared__ float s_dt[kCh][kPad], s_dtu[kCh][kPad], s_B[kN][kPad];
     const Tile tl = tile_of(p);
     const int c = threadIdx.x / kN, n = threadIdx.x % kN;
     const int64_t d = tl.d0 + c, part = blockIdx.z;
     const int64_t s0 = part * sp.seg_per_part, s1 = part_end(sp, part);  // this block's segments
-    const float A = (c < tl.nch && n < p.dstate) ? p.A[d * p.dstate + n] : 0.f;
+    const float A2 = (c < tl.nch && n < p.dstate) ? p.A[d * p.dstate + n] * kLog2e : 0.f;  // exp(dt A) = 2^(dt A2)
     float* my_states = states + (tl.b * p.dim + d) * sp.nseg * kN + n;
     float h = 0.f;  // the state entering the part: the earlier parts' sums folded in order
     if (c < tl.nch) {
@@ -220,28 +224,28 @@ __global__ void __launch_bounds__(kThreads) bwd_states_kernel(const vivim_scan_b
     }
     for (int64_t seg = s0; seg < s1; ++seg) {
         if (c < tl.nch) my_states[seg * kN] = h;
-        stage_u<T>(s_u, p, tl, seg * kSeg);
-        stage_dt<T>(s_dt, nullptr, p, tl, seg * kSeg);
+        stage_dt_u<T>(s_dt, s_dtu, nullptr, nullptr, p, tl, seg * kSeg);
         stage_states<T>(s_B, p.B, p, tl, seg * kSeg);
         __syncthreads();
 #pragma unroll 8
         for (int k = 0; k < kSeg; ++k) {
             const float dtk = s_dt[c][k];
-            h = __expf(dtk * A) * h + dtk * s_B[n][k] * s_u[c][k];
+            h = fast_exp2(dtk * A2) * h + s_dtu[c][k] * s_B[n][k];
         }
         __syncthreads();
     }
 }
 
-// The grads kernel's shared memory (97 KB: dynamic). Per-state partials of a 16-token half go through it twice: dB
-// and dC summed over the block's channels, du, ddt and y over each channel's states (rows padded by one float so
-// that the 16 tokens of a channel, read by 16 lanes, fall in 16 banks).
+// The grads kernel's shared memory (99 KB: dynamic). Per-state partials of a 16-token half go through it twice: dB
+// and dC summed over the block's channels; G B, G a h A and y over each channel's states (rows padded by one float
+// so that the 16 tokens of a channel, read by 16 lanes, fall in 16 banks). du = dt sum_n G B and ddt = u sum_n G B +
+// sum_n G a h A share the first sum.
 constexpr int kRow = kThreads + 1;
 struct GradsSmem {
-    float u[kCh][kPad], dt[kCh][kPad], dy[kCh][kPad], sig[kCh][kPad], dzf[kCh][kPad];
+    float u[kCh][kPad], dt[kCh][kPad], dtu[kCh][kPad], dy[kCh][kPad], sig[kCh][kPad], dzf[kCh][kPad];
     float B[kN][kPad], C[kN][kPad];
     float gB[kHalf][kThreads], gC[kHalf][kThreads];  // [token][channel * kN + state]
-    float gu[kHalf][kRow], gdt[kHalf][kRow], y[kHalf][kRow];
+    float gGB[kHalf][kRow], gdA[kHalf][kRow], y[kHalf][kRow];
 };
 
 template <typename T>
@@ -256,6 +260,7 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_grads_kernel(const vivim_scan
     const int64_t L = p.seqlen, d = tl.d0 + c, part = blockIdx.z;
     const int64_t s0 = part * sp.seg_per_part, s1 = part_end(sp, part);  // this block's segments
     const float A = valid ? p.A[d * p.dstate + n] : 0.f;
+    const float A2 = A * kLog2e;  // exp(dt A) = 2^(dt A2), as the forward computes it
     const float Dc = (c < tl.nch && p.D != nullptr) ? p.D[d] : 0.f;
     const bool gated = p.z != nullptr;
     const int64_t row = (tl.b * p.dim + d) * L;  // this thread's channel row in u, delta, z, dout, du, ddelta, dz
@@ -275,37 +280,36 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_grads_kernel(const vivim_scan
     float dA = 0.f, dD = 0.f, dbias = 0.f;
     for (int64_t seg = s1 - 1; seg >= s0; --seg) {
         const int64_t t0 = seg * kSeg;
-        stage_u<T>(sm.u, p, tl, t0);
-        stage_dt<T>(sm.dt, sm.sig, p, tl, t0);
+        stage_dt_u<T>(sm.dt, sm.dtu, sm.u, sm.sig, p, tl, t0);
         stage_dy<T>(sm.dy, gated ? sm.dzf : nullptr, p, tl, t0);
         stage_states<T>(sm.B, p.B, p, tl, t0);
         stage_states<T>(sm.C, p.C, p, tl, t0);
         __syncthreads();
-        // the segment's decays and the state before each token, in registers
+        // the segment's decays and the state before each token, in registers (h_prev[k + 1] is the state after k)
         float a[kSeg], h_prev[kSeg];
         float h = c < tl.nch ? my_states[seg * kN] : 0.f;
 #pragma unroll
         for (int k = 0; k < kSeg; ++k) {
-            const float dtk = sm.dt[c][k];
-            a[k] = __expf(dtk * A);
+            a[k] = fast_exp2(sm.dt[c][k] * A2);
             h_prev[k] = h;
-            h = a[k] * h + dtk * sm.B[n][k] * sm.u[c][k];
+            h = a[k] * h + sm.dtu[c][k] * sm.B[n][k];
         }
+        const float h_last = h;
 #pragma unroll
         for (int half = 1; half >= 0; --half) {
 #pragma unroll
             for (int j = kHalf - 1; j >= 0; --j) {
                 const int k = half * kHalf + j;
-                const float dtk = sm.dt[c][k], uk = sm.u[c][k], Bk = sm.B[n][k], dyk = sm.dy[c][k];
-                const float G = sm.C[n][k] * dyk + carry;
-                const float h_k = a[k] * h_prev[k] + dtk * Bk * uk;
+                const float Ck = sm.C[n][k], dyk = sm.dy[c][k];
+                const float G = Ck * dyk + carry;
+                const float h_k = k + 1 < kSeg ? h_prev[k + 1] : h_last;
                 const float decay_grad = G * a[k] * h_prev[k];  // dL/d(dt A)
-                dA += decay_grad * dtk;
-                sm.gB[j][threadIdx.x] = G * dtk * uk;
+                dA += decay_grad * sm.dt[c][k];
+                sm.gB[j][threadIdx.x] = G * sm.dtu[c][k];
                 sm.gC[j][threadIdx.x] = dyk * h_k;
-                sm.gu[j][threadIdx.x] = G * dtk * Bk;
-                sm.gdt[j][threadIdx.x] = G * Bk * uk + decay_grad * A;
-                if (gated) sm.y[j][threadIdx.x] = sm.C[n][k] * h_k;  // this state's part of y (for the gate)
+                sm.gGB[j][threadIdx.x] = G * sm.B[n][k];
+                sm.gdA[j][threadIdx.x] = decay_grad * A;
+                if (gated) sm.y[j][threadIdx.x] = Ck * h_k;  // this state's part of y (for the gate)
                 carry = a[k] * G;
             }
             __syncthreads();
@@ -326,16 +330,16 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_grads_kernel(const vivim_scan
                 const int k = half * kHalf + n;
                 const int64_t t = t0 + k;
                 if (c < tl.nch && t < L) {
-                    float gu = 0.f, gdt = 0.f, y = 0.f;
+                    float gb = 0.f, gda = 0.f, y = 0.f;
 #pragma unroll
                     for (int m = 0; m < kN; ++m) {
-                        gu += sm.gu[n][c * kN + m];
-                        gdt += sm.gdt[n][c * kN + m];
+                        gb += sm.gGB[n][c * kN + m];
+                        gda += sm.gdA[n][c * kN + m];
                         if (gated) y += sm.y[n][c * kN + m];
                     }
                     const float dyk = sm.dy[c][k], uk = sm.u[c][k];
-                    const float dd = gdt * sm.sig[c][k];
-                    du[t] = from_f<T>(gu + Dc * dyk);
+                    const float dd = (uk * gb + gda) * sm.sig[c][k];
+                    du[t] = from_f<T>(sm.dt[c][k] * gb + Dc * dyk);
                     ddelta[t] = from_f<T>(dd);
                     if (gated) dz[t] = from_f<T>(sm.dzf[c][k] * (y + Dc * uk));
                     dD += dyk * uk;
@@ -361,7 +365,7 @@ cudaError_t launch(const vivim_scan_bwd_params_t& p, const Split& sp, const Part
     constexpr int grads_smem = (int)sizeof(GradsSmem);
     const cudaError_t e = cudaFuncSetAttribute(bwd_grads_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                grads_smem);
-    if (e != cudaSuccess) {  // a device without 97 KB of shared memory per block
+    if (e != cudaSuccess) {  // a device without 99 KB of shared memory per block
         (void)cudaGetLastError();  // reported through the return value; leave no error behind for the next check
         return e;
     }

@@ -62,7 +62,7 @@ typedef struct {
 size_t vivim_selective_scan_bwd_workspace_size(int64_t batch, int64_t dim, int64_t seqlen);
 
 // Enqueue the backward on `stream`; no allocation, no synchronisation. cudaErrorInvalidValue for bad arguments
-// (dstate > 16 among them). Needs 97 KB of shared memory per block (sm_80 and newer; the call sets the kernel's
+// (dstate > 16 among them). Needs 99 KB of shared memory per block (sm_80 and newer; the call sets the kernel's
 // limit); on a device with less it returns the error of that setting.
 cudaError_t vivim_selective_scan_bwd(const vivim_scan_bwd_params_t* params, void* workspace, size_t workspace_bytes,
                                      cudaStream_t stream);
