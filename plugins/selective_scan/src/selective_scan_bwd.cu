@@ -248,6 +248,10 @@ struct GradsSmem {
     float gGB[kHalf][kRow], gdA[kHalf][kRow], y[kHalf][kRow];
 };
 
+// Sums over 16 channels or states are split into kLanes interleaved partial sums, added at the end.
+constexpr int kLanes = 4;
+__device__ __forceinline__ float sum_lanes(const float (&x)[kLanes]) { return (x[0] + x[1]) + (x[2] + x[3]); }
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 2) bwd_grads_kernel(const vivim_scan_bwd_params_t p, const Split sp,
                                                              const PartSums sums, const float* __restrict__ states) {
@@ -317,26 +321,30 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_grads_kernel(const vivim_scan
                 const int j = threadIdx.x / kN, s = threadIdx.x % kN;
                 const int64_t t = t0 + half * kHalf + j;
                 if (s < p.dstate && t < L) {
-                    float sum_b = 0.f, sum_c = 0.f;
-                    for (int cc = 0; cc < tl.nch; ++cc) {
-                        sum_b += sm.gB[j][cc * kN + s];
-                        sum_c += sm.gC[j][cc * kN + s];
+                    float sum_b[kLanes] = {}, sum_c[kLanes] = {};  // independent chains: latency, not issue, bounds
+#pragma unroll
+                    for (int cc = 0; cc < kCh; ++cc) {
+                        if (cc < tl.nch) {  // a partial tile's missing channels are not summed (a 0 * inf there)
+                            sum_b[cc % kLanes] += sm.gB[j][cc * kN + s];
+                            sum_c[cc % kLanes] += sm.gC[j][cc * kN + s];
+                        }
                     }
-                    atomicAdd(p.dB + bc + (int64_t)s * L + t, sum_b);
-                    atomicAdd(p.dC + bc + (int64_t)s * L + t, sum_c);
+                    atomicAdd(p.dB + bc + (int64_t)s * L + t, sum_lanes(sum_b));
+                    atomicAdd(p.dC + bc + (int64_t)s * L + t, sum_lanes(sum_c));
                 }
             }
             {  // du, ddelta, dz of token n of this half for channel c: sums over the channel's states
                 const int k = half * kHalf + n;
                 const int64_t t = t0 + k;
                 if (c < tl.nch && t < L) {
-                    float gb = 0.f, gda = 0.f, y = 0.f;
+                    float gb_l[kLanes] = {}, gda_l[kLanes] = {}, y_l[kLanes] = {};
 #pragma unroll
                     for (int m = 0; m < kN; ++m) {
-                        gb += sm.gGB[n][c * kN + m];
-                        gda += sm.gdA[n][c * kN + m];
-                        if (gated) y += sm.y[n][c * kN + m];
+                        gb_l[m % kLanes] += sm.gGB[n][c * kN + m];
+                        gda_l[m % kLanes] += sm.gdA[n][c * kN + m];
+                        if (gated) y_l[m % kLanes] += sm.y[n][c * kN + m];
                     }
+                    const float gb = sum_lanes(gb_l), gda = sum_lanes(gda_l), y = sum_lanes(y_l);
                     const float dyk = sm.dy[c][k], uk = sm.u[c][k];
                     const float dd = (uk * gb + gda) * sm.sig[c][k];
                     du[t] = from_f<T>(sm.dt[c][k] * gb + Dc * dyk);
