@@ -1,5 +1,16 @@
 # Vivim Edge: `make demo` (set up a fresh machine, run the live runtime on the bundled clip), `make test`.
-PYTHON ?= python3
+#
+# Which Python: PYTHON if given, else the active virtual environment's or the system's python3; where the system's
+# refuses pip installs (PEP 668: Debian 12, Ubuntu 23.04 and later) and no environment is active, a virtual
+# environment in .venv, created on first use.
+SYS_PYTHON ?= python3
+VENV ?= .venv
+EXTERNALLY_MANAGED := $(shell $(SYS_PYTHON) -c "import os, sys, sysconfig; print(int(sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED'))))" 2>/dev/null)
+ifeq ($(EXTERNALLY_MANAGED),1)
+PYTHON ?= $(VENV)/bin/python
+else
+PYTHON ?= $(SYS_PYTHON)
+endif
 PIP ?= $(PYTHON) -m pip install --disable-pip-version-check -q
 # CPU-only machines can fetch the smaller CPU wheel: make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_SPEC ?= torch==2.13.0
@@ -13,10 +24,14 @@ STAMP := build/.demo-deps
 .PHONY: demo setup test clean-demo
 
 # Install once per pyproject.toml change (the stamp lives in the git-ignored build/ folder).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/bin/python)
 	$(PIP) "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PIP) -e ".[runtime,data]"
 	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
+
+$(VENV)/bin/python:
+	@echo "$(SYS_PYTHON) refuses pip installs into the system (PEP 668): creating a virtual environment in $(VENV)"
+	@$(SYS_PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "error: $(SYS_PYTHON) -m venv $(VENV) failed: install python3-venv (apt install python3-venv), or activate an environment of your own and run make again" >&2; exit 2; }
 
 setup: $(STAMP)
 
@@ -26,10 +41,11 @@ demo: $(STAMP)
 	$(PYTHON) -m vivim.runtime.cli --video $(DEMO_CLIP) --checkpoint demo --device cpu --threads $(DEMO_THREADS) --headless \
 		--save $(DEMO_OUT)/overlay.mp4 --stats $(DEMO_OUT)/stats.json --strip $(DEMO_OUT)/strip.png
 	@echo "next: open $(DEMO_OUT)/overlay.mp4 and $(DEMO_OUT)/strip.png; live camera: vivim-run --camera /dev/video0 --checkpoint demo --show"
+	@$(if $(filter $(VENV)/bin/python,$(PYTHON)),echo "(the tools are installed in $(VENV): run . $(VENV)/bin/activate first)")
 
 # The full CPU test suite (installs the test dependencies the same way CI does).
-test:
-	bash .ci/install
+test: $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/bin/python)
+	PYTHON=$(PYTHON) bash .ci/install
 	$(PYTHON) -m pytest -q
 
 clean-demo:

@@ -17,6 +17,7 @@ import typer
 from vivim import atomic, paths
 from vivim.checkpoint import checkpoint_file
 from vivim.cli_utils import next_command, run_app, shell, warn
+from vivim.constants import SEED_MAX
 from vivim.errors import VivimError
 from vivim.export.plugin import DEFAULT_PLUGIN_DIR, PLUGIN_LIBRARY_NAME, find_plugin_library
 
@@ -69,7 +70,7 @@ def check(
     json_out: Path | None = typer.Option(None, "--json", help="Write the comparison as JSON here."),
     atol: float | None = typer.Option(None, "--atol", help="Max |logit difference| (default 1e-3 FP32, 0.5 FP16)."),
     min_dice: float | None = typer.Option(None, "--min-dice", help="Min Dice between masks (default 0.999 FP32, 0.98 FP16)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic clip."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the synthetic clip."),
 ) -> None:
     """Run the ONNX in ONNX Runtime (NumPy VivimSelectiveScan) and the FP32 PyTorch model on a synthetic clip."""
     from vivim.export.parity import check_parity

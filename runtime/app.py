@@ -37,7 +37,15 @@ Log = Callable[[str], None]
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """A message on stderr that a progress bar, redrawn on the same line, does not overwrite (a warning from the
+    capture thread arrives while the bar is drawn)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(message, file=sys.stderr, flush=True)
+        return
+    with tqdm.external_write_mode(file=sys.stderr):
+        print(message, file=sys.stderr, flush=True)
 
 
 class GracefulStop:

@@ -129,8 +129,10 @@ class RunConfig:
             raise VivimError(f"overlay.contour_thickness must be >= 1 pixel, got {o.contour_thickness}")
         if b.threads is not None and b.threads < 1:
             raise VivimError(f"--threads must be at least 1, got {b.threads}")
-        if s.max_frames is not None and s.max_frames < 1:
-            raise VivimError(f"--max-frames must be at least 1, got {s.max_frames}")
+        for flag, count in (("--max-frames", s.max_frames), ("--width", s.width), ("--height", s.height),
+                            ("--buffer-size", s.buffer_size)):
+            if count is not None and count < 1:
+                raise VivimError(f"{flag} must be at least 1, got {count}")
         if s.fps is not None and not 0 < s.fps < float("inf"):
             raise VivimError(f"--fps must be a positive number of frames per second, got {s.fps}")
         if s.reconnect_attempts < 0:

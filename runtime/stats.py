@@ -97,6 +97,7 @@ def format_summary(summary: Dict[str, Any]) -> str:
             f"latency   capture->mask p50 {ms(lat['p50'])} / p90 {ms(lat['p90'])} / p99 {ms(lat['p99'])} ms; "
             f"per clip {ms(inf['p50'])} ms, per new frame {ms(summary['preprocess_ms']['p50'])} ms (p50)",
         ]
+        + ([f"stopped   {summary['stopped_by']}"] if summary.get("stopped_by") else [])
     )
 
 

@@ -46,3 +46,34 @@ def test_no_tool_declares_one_spelling_twice():
             for flag in spellings:
                 assert flag not in seen, f"{tool}: {flag} names both {seen[flag]} and {name}"
                 seen[flag] = name
+
+
+SEEDED = [("vivim-train", train_app, None), ("vivim-bench", bench_app, None), ("vivim-export check", export_app, "check"),
+          ("vivim-data synth", None, "synth")]
+
+
+@pytest.mark.parametrize("tool,app,subcommand", SEEDED, ids=[c[0] for c in SEEDED])
+def test_every_seed_flag_takes_the_range_numpy_and_torch_accept(tool, app, subcommand):
+    """A negative or too large --seed reached NumPy or torch after work had begun (a traceback, a half-written
+    dataset); the flag itself now refuses it, with the same range in every tool."""
+    from vivim.constants import SEED_MAX
+    from vivim.data.cli import app as data_app
+
+    command = typer.main.get_command(app or data_app)
+    if subcommand is not None:
+        command = command.commands[subcommand]  # type: ignore[attr-defined]
+    (seed,) = [p for p in command.params if p.name == "seed"]
+    assert (seed.min, seed.max) == (0, SEED_MAX), tool  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("value", ["-1", str(2**32)])
+def test_a_seed_out_of_range_is_refused_before_any_work(tmp_path, value):
+    from typer.testing import CliRunner
+
+    from vivim.data.cli import app as data_app
+
+    out = tmp_path / "synth"
+    result = CliRunner().invoke(data_app, ["synth", str(out), "--videos", "1", "--frames", "2", "--size", "32",
+                                           "--seed", value])
+    assert result.exit_code == 2 and "--seed" in result.output, result.output
+    assert not out.exists()  # nothing started: no half-written dataset to refuse the next run

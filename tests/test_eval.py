@@ -211,6 +211,12 @@ def test_cli_writes_json_table_and_overlays(checkpoint, data, tmp_path):
     assert result.exit_code == 0, result.output
     assert [p.name for p in sorted((tmp_path / "ov").glob("*.png"))] == [images[0].name]
     assert (tmp_path / "ov" / "notes.txt").read_text() == "mine"
+    assert "warning" not in result.output
+    assert not (data / "ImageSets").exists()  # a named split of a folder without lists scores every video: said so
+    result = CliRunner().invoke(app, [str(checkpoint), "--data", str(data), "--split", "test", "--device", "cpu",
+                                      "--no-progress"])
+    assert result.exit_code == 0 and "2 videos (test split" in result.output, result.output
+    assert "warning: --split test: " in result.output and "every video is scored" in result.output
     for extra, needle in ((["--threads", "0"], "--threads must be at least 1"),
                           (["--overlays", str(data / "JPEGImages")], "is inside the input --data")):
         result = CliRunner().invoke(app, [str(checkpoint), "--data", str(data), "--device", "cpu", *extra])

@@ -1,9 +1,13 @@
 """Packaging: folder-to-namespace mapping, console scripts, and a torch-free `import vivim`."""
 
+import os
+import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,3 +57,24 @@ def test_public_api_is_lazy_but_complete():
     assert callable(vivim.create_model) and callable(vivim.variants)
     assert callable(vivim.save_checkpoint) and callable(vivim.load_checkpoint)
     assert callable(vivim.ops.selective_scan)
+
+
+@pytest.mark.parametrize("externally_managed", [True, False])
+def test_make_uses_a_virtual_environment_only_where_the_system_python_refuses_pip(tmp_path, externally_managed):
+    """PEP 668 (Debian 12, Ubuntu 23.04+): pip refuses the system Python, and `make demo` failed there. The Makefile
+    asks the Python whether it is an externally managed one outside any environment; a stand-in answers here."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    stand_in = tmp_path / "python3"
+    stand_in.write_text(f"#!/bin/sh\necho {int(externally_managed)}\n")
+    stand_in.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MAKEFLAGS")}
+    dry = subprocess.run(["make", "-n", "-B", "demo", f"SYS_PYTHON={stand_in}"], cwd=ROOT, capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    if externally_managed:
+        assert f"{stand_in} -m venv .venv" in dry.stdout
+        assert ".venv/bin/python -m pip install" in dry.stdout and ".venv/bin/python -m vivim.runtime.cli" in dry.stdout
+    else:
+        assert "venv" not in dry.stdout
+        assert f"{stand_in} -m pip install" in dry.stdout and f"{stand_in} -m vivim.runtime.cli" in dry.stdout

@@ -17,6 +17,7 @@ from vivim.errors import VivimError
 from vivim.runtime.app import run
 from vivim.runtime.config import RunConfig
 from vivim.runtime.sources import opencv_has_gstreamer
+from vivim.runtime.stats import format_summary
 
 torch = pytest.importorskip("torch")
 import vivim  # noqa: E402
@@ -645,6 +646,27 @@ def test_a_video_that_stops_decoding_early_is_not_a_normal_end(tmp_path, checkpo
     assert summary["frames_captured"] < 58
     assert summary["stopped_by"] == "input ended early"
     assert any(f"decoding stopped at frame {summary['frames_captured']} of the 60" in line for line in lines), lines
+    assert "stopped   input ended early" in format_summary(summary).splitlines()  # printed, not only in --stats
+
+
+def test_a_warning_during_the_progress_bar_gets_a_line_of_its_own(monkeypatch):
+    """The capture thread warns (a truncated video) while the bar is drawn; the bar's next redraw on the same line
+    used to overwrite the warning on a terminal."""
+    import io
+
+    from tqdm import tqdm
+
+    from vivim.runtime.app import _stderr
+
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    with tqdm(total=60, desc="vivim-run", file=err, mininterval=0) as bar:
+        bar.update(15)
+        _stderr("warning: video half.avi: decoding stopped at frame 22")
+        bar.update(7)
+    text = err.getvalue()
+    at = text.index("warning: video half.avi")
+    assert text[at - 1] in "\r\n", repr(text[max(0, at - 40):at + 5])  # the bar's line was cleared first
 
 
 def test_ctrl_c_twice_while_run_finishes_keeps_the_summary_and_files(tmp_path, checkpoint, clip):

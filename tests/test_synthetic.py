@@ -132,7 +132,11 @@ def test_cli_synth_and_check(tmp_path):
     assert "wrote 2 videos x 3 frames" in result.output and "next: vivim-train" in result.output
     result = runner.invoke(app, ["check", str(tmp_path / "d")])
     assert result.exit_code == 0, result.output
-    assert "2 videos, 6 frames" in result.output
+    assert "2 videos, 6 frames" in result.output and "warning" not in result.output
+    # no ImageSets/ lists: a named split is every video, and the tool says so
+    result = runner.invoke(app, ["check", str(tmp_path / "d"), "--split", "test"])
+    assert result.exit_code == 0 and "2 videos, 6 frames" in result.output, result.output
+    assert "warning: --split test: " in result.output and "no ImageSets/ lists" in result.output, result.output
     result = runner.invoke(app, ["synth", str(tmp_path / "e"), "--layout", "coco"])
     assert result.exit_code != 0
 
@@ -203,6 +207,8 @@ def test_overwrite_replaces_a_vtus_dataset_with_its_test_split(tmp_path):
     assert sorted(p.name for p in (out / "Test").iterdir()) == ["0002"]
     result = runner.invoke(app, [*args, "--videos", "4", "--first-index", "10", "--overwrite"])
     assert result.exit_code == 0, (result.output, result.exception)
+    # a held-out set (later indices): the hint scores the model trained on the first set instead of training on it
+    assert f"next: vivim-eval runs/synth.safetensors --data {out}" in result.output, result.output
     assert sorted(p.name for p in (out / "Train").iterdir()) == ["0010", "0011", "0012"]
     assert sorted(p.name for p in (out / "Test_GT").iterdir()) == ["0013"]
     assert len(list((out / "Test" / "0013").iterdir())) == 2

@@ -139,6 +139,18 @@ def test_init_from_a_vivim_checkpoint(data, tmp_path):
         run_training(_cfg(data, tmp_path / "x.safetensors", epochs=1, max_steps=1, init=str(other)))
 
 
+def test_init_demo_names_the_bundled_weights_as_in_the_other_tools():
+    from vivim.train import _initialise
+
+    demo, meta = vivim.load_checkpoint("demo")
+    model = vivim.create_model(meta["variant"], frames=3, img_size=32)  # any T and size: fine-tuning elsewhere
+    _initialise(model, "demo", verbose=False)
+    for key, value in demo.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    with pytest.raises(VivimError, match="cannot initialise the 'b0' variant"):
+        _initialise(vivim.create_model("b0", frames=3, img_size=32), "demo", verbose=False)
+
+
 def test_init_from_local_segformer_weights(data, tmp_path):
     transformers = pytest.importorskip("transformers", reason="transformers is not installed")
     c = vivim.create_model("tiny", frames=3, img_size=32).config

@@ -3,6 +3,8 @@
 # ImageNet normalisation, as in the paper's pre-processing (SegFormer backbone pretrained on ImageNet/ADE20K).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# --seed of every tool: the range NumPy and torch both accept
+SEED_MAX = 2**32 - 1
 
 # Resize filters for frames going into the model. vivim-train resizes with TRAIN_RESIZE and records it in each
 # checkpoint ("resize"); export carries it into the ONNX and engine metadata, and vivim-run uses it by default, so a

@@ -130,6 +130,13 @@ def evaluate_checkpoint(
     return summary, acc, dataset, model
 
 
+def _warn_if_split_is_every_video(data: Path, split: Optional[str]) -> None:
+    from vivim.data.layouts import split_means_every_video
+
+    if split is not None and split_means_every_video(data, split):
+        warn(f"--split {split}: {data} has no ImageSets/ lists, so every video is scored")
+
+
 class PredictionFolders:
     """--save-masks: each scored frame's predicted mask, 0/255 PNG at the frame's own size (the model's logits
     upsampled, then thresholded at 0.5, as vivim-run draws them), as DIR/<video>/<frame stem>.png for tools that score
@@ -256,6 +263,7 @@ def evaluate(
         paths.check_writable(overlays, "--overlays", folder=True)
     if threads is not None and threads < 1:
         raise VivimError(f"--threads must be at least 1, got {threads}")
+    _warn_if_split_is_every_video(data, split)
     if threads:
         import torch
 

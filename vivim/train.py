@@ -22,6 +22,7 @@ import typer
 
 from vivim import atomic, paths
 from vivim.cli_utils import next_command, run_app, shell, warn
+from vivim.constants import SEED_MAX
 from vivim.devices import torch_device
 from vivim.errors import Interrupted, VivimError
 
@@ -251,10 +252,11 @@ def _validate(model, loader, device, output_frame: str, dist_info: _Dist, amp_dt
 
 
 def _initialise(model, source: str, verbose: bool) -> None:
-    """--init: a Vivim checkpoint (fine-tune; same variant, any T / size) or local SegFormer weights."""
-    from vivim.checkpoint import FORMAT, read_metadata
+    """--init: a Vivim checkpoint (fine-tune; same variant, any T / size; 'demo' names the bundled weights, as in the
+    other tools) or local SegFormer weights."""
+    from vivim.checkpoint import FORMAT, checkpoint_file, read_metadata
 
-    path = Path(source)
+    path = Path(checkpoint_file(source))
     if path.is_file() and path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -330,7 +332,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         del state  # weights and optimiser moments: not kept for the whole run
     run.wrap_ddp()
     if run.progress.start_epoch >= cfg.epochs and dist_info.main:
-        warn(f"{state_path}: already trained {run.progress.start_epoch} of --epochs {cfg.epochs}; nothing to do")
+        warn(f"{state_path}: already trained {run.progress.start_epoch} of --epochs {cfg.epochs}; nothing to do "
+             "(a larger --epochs continues it)")
     if dist_info.main:
         print(f"training {cfg.variant} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on {device} x{dist_info.world}: "
               f"{len(data.train_videos)} videos / {len(data.train_ds)} clips for training, {len(data.val_videos)} videos for "
@@ -569,7 +572,7 @@ class _Run:
                                   state["seconds"])
         rank = self.dist.rank
         _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
-        if self.dist.main:
+        if self.dist.main and self.progress.start_epoch < cfg.epochs:  # a finished run gets the warning instead
             print(f"resuming from {state_path} at epoch {self.progress.start_epoch + 1}/{cfg.epochs} "
                   f"(best Dice so far {self.progress.best_dice:.4f})")
 
@@ -711,10 +714,10 @@ def train(
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (cosine to 1e-6)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation dataset folder (default: carve --val-fraction of the videos from --data)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9, help="Share of training videos held out for validation (0 = none); when above 0, a VTUS folder's own Val/ + Val_GT/ is used instead if there is one."),
-    seed: int = typer.Option(1234, "--seed", help="Seed for initialisation, split, shuffling and augmentation."),
+    seed: int = typer.Option(1234, "--seed", min=0, max=SEED_MAX, help="Seed for initialisation, split, shuffling and augmentation."),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from <out stem>.state.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh over an earlier run's checkpoints at --out."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from local SegFormer weights (folder or file) or a Vivim checkpoint of the same variant (fine-tuning)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from local SegFormer weights (folder or file) or a Vivim checkpoint of the same variant (fine-tuning; 'demo' = the bundled tiny weights)."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: on with CUDA)."),
     output_frame: str = typer.Option("centre", "--output-frame", help="Supervised frame: centre (paper, offline) or newest (causal, live)."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="cuda, cuda:N or cpu (default: cuda when available)."),

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,7 +14,7 @@ import typer
 
 from vivim import paths
 from vivim.cli_utils import next_command, run_app, warn
-from vivim.constants import parse_output_frame
+from vivim.constants import SEED_MAX, parse_output_frame
 from vivim.devices import torch_device
 from vivim.errors import VivimError
 
@@ -73,7 +74,7 @@ def bench(
     trt_plugin: Optional[Path] = typer.Option(None, "--plugin", "--trt-plugin",
                                               help="TensorRT plugin library, as for vivim-run and vivim-export trt (default: ./vivim_plugin/libvivim_trt_plugin.so, else beside the engine)."),
     keep_onnx: Optional[Path] = typer.Option(None, "--keep-onnx", help="Keep the exported ONNX files here."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the random weights and inputs."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     threads: Optional[int] = typer.Option(None, "--threads",
@@ -116,6 +117,8 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
 
     variant = _model_choice(checkpoint, variant)
     _check_counts(iters=iters, warmup=warmup, batch=batch, long_iters=long_iters, pipeline_frames=pipeline_frames)
+    if not math.isfinite(max_row_seconds) or max_row_seconds < 0:  # nan would pass a range check, then break the JSON
+        raise VivimError(f"--max-row-seconds must be a number of seconds >= 0 (0 = no limit), got {max_row_seconds}")
     if fp16_mode not in ("half", "autocast"):
         raise VivimError(f"--fp16-mode must be half or autocast, got {fp16_mode!r}")
     backend_list = parse_list(backends, BACKENDS, "--backends")

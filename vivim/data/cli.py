@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from vivim import paths
-from vivim.cli_utils import next_command, run_app, shell
+from vivim.cli_utils import next_command, run_app, shell, warn
+from vivim.constants import SEED_MAX
 from vivim.errors import VivimError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic ultrasound data and dataset checks.")
@@ -20,7 +21,7 @@ def synth(
     videos: int = typer.Option(8, "--videos", "-n", min=1, help="Number of videos."),
     frames: int = typer.Option(30, "--frames", "-f", min=1, help="Frames per video."),
     size: int = typer.Option(256, "--size", "-s", min=32, help="Frame width = height in pixels."),
-    seed: int = typer.Option(0, "--seed", help="Seed; video k is the same for a given (seed, k) whatever --videos is."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed; video k is the same for a given (seed, k) whatever --videos is."),
     layout: str = typer.Option("davis", "--layout", help="davis (JPEGImages/, Annotations/) or vtus (Train/, Train_GT/, Test/, Test_GT/)."),
     test_fraction: float = typer.Option(0.25, "--test-fraction", min=0.0, max=0.9, help="vtus layout: share of videos written to Test/."),
     probe: str = typer.Option("mixed", "--probe", help="linear, convex (sector) or mixed (drawn per video)."),
@@ -59,6 +60,9 @@ def synth(
     train_size = max(32, min(size, 256) // 32 * 32)  # vivim-train takes multiples of 32 and resizes the frames
     no_val = ["--val-fraction", 0] if len(summary.videos) < 2 else []  # one training video: nothing to hold out
     sparse = ["--sparse-masks"] if label_every > 1 else []
+    if first_index > 0:  # a held-out set (same seed, later indices): score the model trained on the first set
+        next_command(shell("vivim-eval", "runs/synth.safetensors", "--data", out, *sparse))
+        return
     next_command(shell("vivim-train", "--data", out, "--variant", "tiny", "--size", train_size, "--epochs", 20, *no_val,
                        *sparse, "--out", "runs/synth.safetensors"))
 
@@ -74,9 +78,11 @@ def check(
     from tqdm import tqdm
 
     from vivim.data.image_io import read_frame, read_mask, size_mismatch
-    from vivim.data.layouts import detect_layout, discover_videos
+    from vivim.data.layouts import detect_layout, discover_videos, split_means_every_video
 
     videos = discover_videos(data, split, sparse=sparse_masks)
+    if split_means_every_video(data, split):
+        warn(f"--split {split}: {data} has no ImageSets/ lists, so the split is every video")
     sizes: set[tuple[int, int]] = set()
     fg, empty = [], 0
     total = sum(len(v) for v in videos)

@@ -159,6 +159,13 @@ def discover_videos(root: str | Path, split: str = "all", *, sparse: bool = Fals
     return _davis_videos(root, split, sparse) if layout == "davis" else _vtus_videos(root, split, sparse)
 
 
+def split_means_every_video(root: str | Path, split: str) -> bool:
+    """A DAVIS folder without ImageSets/ has no train/val/test lists: there such a split is every video (the tools
+    warn when it was asked for by name)."""
+    root = Path(root)
+    return split != "all" and detect_layout(root) == "davis" and not (root / "ImageSets").is_dir()
+
+
 def check_headers(videos: list[VideoRecord]) -> None:
     """Every frame and mask readable and of the same size, from the file headers: a bad file of a validation video
     must fail here, not after the first epoch of training. Frames without a mask (sparse annotation) are checked
