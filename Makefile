@@ -19,17 +19,20 @@ DEMO_CLIP ?= vivim/assets/demo_clip.mp4
 DEMO_OUT ?= runs/demo
 # One intra-op thread: immune to OpenMP oversubscription on shared CI cores (try DEMO_THREADS=2 on an idle machine).
 DEMO_THREADS ?= 1
-STAMP := build/.demo-deps
+# The install stamp is per interpreter and active environment: another Python or environment installs again.
+STAMP := build/.demo-deps-$(subst /,-,$(PYTHON)$(VIRTUAL_ENV)$(CONDA_PREFIX))
 
 .PHONY: demo setup test clean-demo
 
 # Install once per pyproject.toml change (the stamp lives in the git-ignored build/ folder).
-$(STAMP): pyproject.toml $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/bin/python)
+$(STAMP): pyproject.toml $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/pyvenv.cfg)
 	$(PIP) "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PIP) -e ".[runtime,data]"
 	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
-$(VENV)/bin/python:
+# pyvenv.cfg, not bin/python: that is a link to the system binary, whose old date would make a fresh .venv look
+# installed already
+$(VENV)/pyvenv.cfg:
 	@echo "$(SYS_PYTHON) refuses pip installs into the system (PEP 668): creating a virtual environment in $(VENV)"
 	@$(SYS_PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "error: $(SYS_PYTHON) -m venv $(VENV) failed: install python3-venv (apt install python3-venv), or activate an environment of your own and run make again" >&2; exit 2; }
 
@@ -44,7 +47,7 @@ demo: $(STAMP)
 	@$(if $(filter $(VENV)/bin/python,$(PYTHON)),echo "(the tools are installed in $(VENV): run . $(VENV)/bin/activate first)")
 
 # The full CPU test suite (installs the test dependencies the same way CI does).
-test: $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/bin/python)
+test: $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/pyvenv.cfg)
 	PYTHON=$(PYTHON) bash .ci/install
 	$(PYTHON) -m pytest -q
 

@@ -197,7 +197,7 @@ def test_dispatch_uses_the_kernel_and_autograd_works():
     out = selective_scan(*args, delta_softplus=True)
     ref = scan_oracle(*args, delta_softplus=True)
     assert rel_err(out, ref) <= 1e-5
-    # the op's backward recomputes with the backward's choice (mamba-ssm's kernel, else ours)
+    # the op's backward recomputes with the backward's choice (ours, else mamba-ssm's kernel)
     u = args[0].clone().requires_grad_(True)
     y = selective_scan(u, *args[1:], delta_softplus=True)
     y.sum().backward()

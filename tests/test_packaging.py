@@ -62,19 +62,31 @@ def test_public_api_is_lazy_but_complete():
 @pytest.mark.parametrize("externally_managed", [True, False])
 def test_make_uses_a_virtual_environment_only_where_the_system_python_refuses_pip(tmp_path, externally_managed):
     """PEP 668 (Debian 12, Ubuntu 23.04+): pip refuses the system Python, and `make demo` failed there. The Makefile
-    asks the Python whether it is an externally managed one outside any environment; a stand-in answers here."""
+    asks the interpreter itself (outside any environment, with an EXTERNALLY-MANAGED marker in its stdlib); here the
+    real interpreter answers, with its stdlib path pointed at a folder that has the marker or not."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    stand_in = tmp_path / "python3"
-    stand_in.write_text(f"#!/bin/sh\necho {int(externally_managed)}\n")
-    stand_in.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MAKEFLAGS")}
-    dry = subprocess.run(["make", "-n", "-B", "demo", f"SYS_PYTHON={stand_in}"], cwd=ROOT, capture_output=True,
+    stdlib = tmp_path / "stdlib"
+    stdlib.mkdir()
+    if externally_managed:
+        (stdlib / "EXTERNALLY-MANAGED").write_text("[externally-managed]\n")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys, sysconfig\n"
+        "real = sysconfig.get_path\n"
+        f"sysconfig.get_path = lambda name, *a, **k: {str(stdlib)!r} if name == 'stdlib' else real(name, *a, **k)\n"
+        "sys.base_prefix = sys.prefix  # as if outside any environment, as on a fresh machine\n")
+    interpreter = tmp_path / "python3"
+    interpreter.write_text(f"#!/bin/sh\nPYTHONPATH={site} exec {sys.executable} \"$@\"\n")
+    interpreter.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MAKEFLAGS", "VIRTUAL_ENV", "CONDA_PREFIX")}
+    dry = subprocess.run(["make", "-n", "-B", "demo", f"SYS_PYTHON={interpreter}"], cwd=ROOT, capture_output=True,
                          text=True, env=env, timeout=60)
     assert dry.returncode == 0, dry.stderr
     if externally_managed:
-        assert f"{stand_in} -m venv .venv" in dry.stdout
+        assert f"{interpreter} -m venv .venv" in dry.stdout
         assert ".venv/bin/python -m pip install" in dry.stdout and ".venv/bin/python -m vivim.runtime.cli" in dry.stdout
     else:
         assert "venv" not in dry.stdout
-        assert f"{stand_in} -m pip install" in dry.stdout and f"{stand_in} -m vivim.runtime.cli" in dry.stdout
+        assert f"{interpreter} -m pip install" in dry.stdout and f"{interpreter} -m vivim.runtime.cli" in dry.stdout

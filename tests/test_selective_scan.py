@@ -224,8 +224,8 @@ def test_backward_uses_the_grad_fn_of_an_implementation_whose_plain_call_has_no_
 
 
 def test_the_backward_ranks_implementations_on_its_own(rng_seed):
-    """An implementation may be the fastest forward but not the fastest backward (ours on CUDA: mamba-ssm's backward
-    trains faster): grad_priority ranks it for the backward alone."""
+    """An implementation may be the fastest forward but not the fastest backward (until the fifteenth session our
+    CUDA backward ranked after mamba-ssm's): grad_priority ranks it for the backward alone."""
     reference = dispatch.pick("cpu").fn
     dispatch.register_impl("fast_forward", reference, priority=1000, devices=("cpu",), grad_fn=reference,
                            grad_priority=10)

@@ -208,7 +208,8 @@ def test_overwrite_replaces_a_vtus_dataset_with_its_test_split(tmp_path):
     result = runner.invoke(app, [*args, "--videos", "4", "--first-index", "10", "--overwrite"])
     assert result.exit_code == 0, (result.output, result.exception)
     # a held-out set (later indices): the hint scores the model trained on the first set instead of training on it
-    assert f"next: vivim-eval runs/synth.safetensors --data {out}" in result.output, result.output
+    # (--split all: vivim-eval would score only a VTUS set's Test/)
+    assert f"next: vivim-eval runs/synth.safetensors --data {out} --split all" in result.output, result.output
     assert sorted(p.name for p in (out / "Train").iterdir()) == ["0010", "0011", "0012"]
     assert sorted(p.name for p in (out / "Test_GT").iterdir()) == ["0013"]
     assert len(list((out / "Test" / "0013").iterdir())) == 2

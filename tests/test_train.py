@@ -96,6 +96,17 @@ def test_resume_gives_identical_next_step_loss(data, tmp_path):
     assert [line.split(",")[2] for line in log.splitlines()[1:]] == ["", "", ""]  # no validation set: no Dice
 
 
+def test_resuming_a_finished_run_trains_nothing_and_says_so(data, tmp_path, capsys):
+    out = tmp_path / "done.safetensors"
+    first = run_training(_cfg(data, out, epochs=1, max_steps=1))
+    capsys.readouterr()
+    again = run_training(_cfg(data, out, epochs=1, max_steps=1, resume=True, progress=True))
+    printed = capsys.readouterr()
+    assert "already trained 1 of --epochs 1; nothing to do" in printed.err, printed.err
+    assert "resuming from" not in printed.out, printed.out  # it said "at epoch 2/1" before
+    assert first.step_losses and again.step_losses == [] and again.epochs_done == 1  # no step taken
+
+
 def test_resume_errors(data, tmp_path):
     with pytest.raises(VivimError, match="no training state"):
         run_training(_cfg(data, tmp_path / "none.safetensors", resume=True))

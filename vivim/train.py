@@ -167,7 +167,7 @@ class _Dist:
 
 def _scan_implementations(device: Any) -> str:
     """Which selective-scan implementations this run uses, for the start line (a user can tell whether mamba-ssm's
-    kernel was found). On a GPU the backward runs mamba-ssm's kernel, else ours (built on first use), else the
+    kernel was found). On a GPU the backward runs ours (built on first use), else mamba-ssm's kernel, else the
     PyTorch reference: a warning says so before a long run starts 3x slower than it could."""
     from vivim.ops import dispatch
 
@@ -333,7 +333,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     run.wrap_ddp()
     if run.progress.start_epoch >= cfg.epochs and dist_info.main:
         warn(f"{state_path}: already trained {run.progress.start_epoch} of --epochs {cfg.epochs}; nothing to do "
-             "(a larger --epochs continues it)")
+             "(the run is complete)")
     if dist_info.main:
         print(f"training {cfg.variant} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on {device} x{dist_info.world}: "
               f"{len(data.train_videos)} videos / {len(data.train_ds)} clips for training, {len(data.val_videos)} videos for "

@@ -61,7 +61,7 @@ def synth(
     no_val = ["--val-fraction", 0] if len(summary.videos) < 2 else []  # one training video: nothing to hold out
     sparse = ["--sparse-masks"] if label_every > 1 else []
     if first_index > 0:  # a held-out set (same seed, later indices): score the model trained on the first set
-        next_command(shell("vivim-eval", "runs/synth.safetensors", "--data", out, *sparse))
+        next_command(shell("vivim-eval", "runs/synth.safetensors", "--data", out, "--split", "all", *sparse))
         return
     next_command(shell("vivim-train", "--data", out, "--variant", "tiny", "--size", train_size, "--epochs", 20, *no_val,
                        *sparse, "--out", "runs/synth.safetensors"))

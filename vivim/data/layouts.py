@@ -163,7 +163,8 @@ def split_means_every_video(root: str | Path, split: str) -> bool:
     """A DAVIS folder without ImageSets/ has no train/val/test lists: there such a split is every video (the tools
     warn when it was asked for by name)."""
     root = Path(root)
-    return split != "all" and detect_layout(root) == "davis" and not (root / "ImageSets").is_dir()
+    named = split in SPLITS and split != "all"  # an unknown name gets discover_videos' error, not this warning
+    return named and detect_layout(root) == "davis" and not (root / "ImageSets").is_dir()
 
 
 def check_headers(videos: list[VideoRecord]) -> None:

@@ -231,7 +231,9 @@ def try_register() -> bool:
 
         # the backward ranks first too: on an H200 the scan's forward + backward takes 10% less time than with
         # mamba-ssm's over Vivim's four training shapes (less at three, 1.25x more at the longest), and mamba-ssm's
-        # dA is wrong for one-token sequences in fp16/bf16 (benchmarks/RESULTS.md)
+        # dA is wrong for one-token sequences in fp16/bf16 (benchmarks/RESULTS.md). Measured on the fused path (N <= 16,
+        # one dtype: every Vivim layer); other calls run the chain in PyTorch and are slower than mamba-ssm's
+        # (README: pin it with use_backward)
         dispatch.register_impl("vivim_cuda", selective_scan_cuda, priority=100, available=available,
                                devices=("cuda",), dtypes=dispatch.KERNEL_DTYPES, grad_fn=trainable_selective_scan_cuda)
         return True

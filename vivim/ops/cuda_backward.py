@@ -126,5 +126,5 @@ class _TrainableKernelScan(torch.autograd.Function):
 
 def trainable_selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                                   z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool) -> Tensor:
-    """`selective_scan_cuda` with a backward: the op's backward on CUDA tensors when mamba-ssm's kernel is absent."""
+    """`selective_scan_cuda` with a backward: the op's backward on CUDA tensors (before mamba-ssm's kernel)."""
     return _TrainableKernelScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))

@@ -3,7 +3,8 @@
 Implementations register with a priority and an availability check. A call picks, in order of priority, the first
 implementation that is available for the tensors' device: the project's CUDA kernel ('vivim_cuda', when built),
 mamba-ssm's kernel on CUDA ('mamba_ssm', when its compiled extension is installed), then the PyTorch reference
-(always). The backward ranks them on its own: mamba-ssm's kernel, ours (vivim.ops.cuda_backward), the reference.
+(always). The backward has a ranking of its own (`grad_priority`); today it is the same order: ours
+(vivim.ops.cuda_backward), mamba-ssm's kernel, the reference.
 `use_impl(name)` forces one for the forward, for benchmarks and cross-checks.
 """
 

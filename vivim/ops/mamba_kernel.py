@@ -1,6 +1,6 @@
 """mamba-ssm's compiled selective-scan kernels (`selective_scan_cuda`), called without the `mamba_ssm` package.
 
-Training on a GPU uses them for the scan's backward. Importing `mamba_ssm` would load its language models first
+They are the fallback on a GPU where our own extension cannot be built (forward and backward). Importing `mamba_ssm` would load its language models first
 (transformers, triton, tilelang): seconds on the first training step, and an ImportError wherever one of those is
 missing, for two compiled functions that need none of it. This wrapper talks to the extension directly, with the
 argument conventions of its `fwd`/`bwd` entry points (mamba-ssm 2.x).
