@@ -11,6 +11,7 @@ one-line `VivimError` from `start()`, in the caller's thread, before any model w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import sys
@@ -18,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Protocol, Tuple
+from typing import Callable, Iterator, List, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -373,11 +374,33 @@ class ImageFolder:
         self._next = len(self.files)
 
 
+@contextlib.contextmanager
+def _native_stderr_muted() -> Iterator[None]:
+    """OpenCV's own AVI parser prints its complaints about a damaged file straight to the process's stderr (no log
+    level governs it), ahead of the one-line error that says what matters."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stream (tests): native writes never reach it anyway
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
 def open_video(path: str) -> Callable[[], Capture]:
     paths.require_file(path, "--video", hint="use --frames DIR for a folder of images")
 
     def opener() -> Capture:
-        capture = cv2.VideoCapture(path)
+        with _native_stderr_muted():
+            capture = cv2.VideoCapture(path)
         if not capture.isOpened():
             raise VivimError(f"--video {path}: cannot open (unreadable or corrupt video, or a codec OpenCV lacks)")
         return capture
@@ -387,7 +410,8 @@ def open_video(path: str) -> Callable[[], Capture]:
 
 def video_header(path: str) -> Tuple[Optional[float], Optional[int]]:
     """(frame rate, frame count) as the video's header declares them, each None when it has none; one open."""
-    capture = cv2.VideoCapture(path)
+    with _native_stderr_muted():
+        capture = cv2.VideoCapture(path)
     try:
         if not capture.isOpened():
             return None, None
