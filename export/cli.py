@@ -116,7 +116,8 @@ def plugin(
 
     library = build_plugin(output_dir, arch, tensorrt_include, verbose=verbose)
     print(f"plugin: built {library} ({_mb(library.stat().st_size)})")
-    next_command(shell("vivim-export", "trt", "model.onnx", "--fp16", "-o", "model.engine", "--plugin", library))
+    # MODEL.onnx: the ONNX from `vivim-export onnx` (--fp16 only for an FP16 graph)
+    next_command(shell("vivim-export", "trt", "MODEL.onnx", "--fp16", "-o", "MODEL.engine", "--plugin", library))
 
 
 @app.command()
@@ -130,7 +131,7 @@ def trt(
     verbose: bool = typer.Option(False, "--verbose", help="TensorRT builder log."),
 ) -> None:
     """Build a TensorRT engine (strongly typed) with the VivimSelectiveScan plugin."""
-    from vivim.export.tensorrt_build import build_engine, tensorrt_missing_message
+    from vivim.export.tensorrt_build import build_engine, check_workspace, tensorrt_missing_message
 
     given = [("--plugin", plugin_path), ("--workspace", workspace if workspace != 2.0 else None),
              ("--timing-cache", timing_cache)]
@@ -148,6 +149,12 @@ def trt(
     paths.check_writable(output, "-o")
     if timing_cache is not None:
         paths.check_writable(timing_cache, "--timing-cache")
+    # the values too: the rerun printed when TensorRT is missing must not fail on a typo
+    check_workspace(workspace)
+    if plugin_path is not None:
+        paths.require_file(plugin_path, "--plugin")
+    if source.endswith(".onnx"):
+        _check_onnx_precision(paths.require_file(source, "ONNX"), fp16)
     if not _tensorrt_installed():
         raise VivimError(tensorrt_missing_message(rerun))
     plugin_path = find_plugin_library(plugin_path, output)
@@ -155,7 +162,8 @@ def trt(
     engine = build_engine(onnx_path, output, plugin_path, workspace, timing_cache, verbose,
                           precision="fp16" if fp16 else None, rerun=rerun)
     print(f"TensorRT: engine saved as '{engine}' ({_mb(engine.stat().st_size)}), sidecar '{engine}.json'")
-    next_command(shell("vivim-run", "--engine", engine, "--video", "VIDEO.mp4"))
+    # the plugin named explicitly: vivim-run looks only in ./vivim_plugin/ and beside the engine by itself
+    next_command(shell("vivim-run", "--engine", engine, "--plugin", plugin_path, "--video", "VIDEO.mp4"))
 
 
 def _tensorrt_installed() -> bool:
@@ -164,16 +172,20 @@ def _tensorrt_installed() -> bool:
     return import_tensorrt() is not None
 
 
+def _check_onnx_precision(path: Path, fp16: bool) -> None:
+    """--fp16 against the graph's own types (the build is strongly typed: the graph decides)."""
+    precision = _onnx_precision(path)
+    if fp16 and precision == "fp32":
+        raise VivimError(f"{path} is an FP32 graph; --fp16 needs an FP16 ONNX: vivim-export onnx CHECKPOINT --fp16 -o "
+                         f"{path.with_name(path.stem + '_fp16.onnx')}")
+    if not fp16 and precision == "fp16":
+        warn(f"{path} is an FP16 graph: the engine is FP16 (strong typing keeps the graph's types)")
+
+
 def _onnx_for_engine(source: str, engine: Path, fp16: bool) -> Path:
     """The ONNX to build from: `source` itself, or a fresh export of the checkpoint next to the engine."""
     if source.endswith(".onnx"):
-        path = paths.require_file(source, "ONNX")
-        precision = _onnx_precision(path)
-        if fp16 and precision == "fp32":
-            raise VivimError(f"{path} is an FP32 graph; --fp16 needs an FP16 ONNX: vivim-export onnx CHECKPOINT --fp16 -o {path.with_name(path.stem + '_fp16.onnx')}")
-        if not fp16 and precision == "fp16":
-            warn(f"{path} is an FP16 graph: the engine is FP16 (strong typing keeps the graph's types)")
-        return path
+        return paths.require_file(source, "ONNX")  # its precision was checked before TensorRT was looked for
     from vivim.export.onnx_export import export_onnx
 
     onnx_path = engine.with_suffix(".onnx")

@@ -207,6 +207,16 @@ def build_metadata(
     }
 
 
+def check_opset(opset: int) -> None:
+    """--opset, before the model loads. torch's exporter builds opset-18 graphs and only converts upwards reliably (a
+    down-conversion to 17 leaves opset-18 attributes behind, e.g. Split's num_outputs); above what the installed onnx
+    package knows, its checker fails after the whole export."""
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise VivimError(f"--opset {opset}: choose {MIN_OPSET}..{newest} (the exporter builds opset {MIN_OPSET} and up; "
+                         f"the installed onnx {onnx.__version__} knows opsets up to {newest})")
+
+
 def export_onnx(
     checkpoint: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -228,6 +238,8 @@ def export_onnx(
     output = Path(output)
     output_frame = str(parse_output_frame(output_frame, extra=("all",)))
     paths.check_writable(output, "-o")
+    if opset is not None:
+        check_opset(opset)
     model, metadata, ckpt_path = load_model(checkpoint)
 
     trained_size = model.img_size
@@ -255,10 +267,6 @@ def export_onnx(
     log(f"ONNX: exporting with torch.onnx.export(dynamo=True) {torch.__version__} ...")
     kwargs: dict[str, Any] = {}
     if opset is not None:
-        # torch's exporter builds opset-18 graphs and only converts upwards reliably (a down-conversion to 17
-        # leaves opset-18 attributes behind, e.g. Split's num_outputs), so lower opsets are refused up front.
-        if opset < MIN_OPSET:
-            raise VivimError(f"--opset {opset}: the dynamo exporter needs opset {MIN_OPSET} or newer")
         kwargs["opset_version"] = int(opset)
     try:
         with _quiet_exporter(), torch.no_grad(), Heartbeat("ONNX: exporting"):

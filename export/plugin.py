@@ -129,8 +129,11 @@ def resolve_cuda_archs(arch: str | None, cuda_archs: Sequence[str] | None = None
         requested += list(cuda_archs)
     cleaned = [a.strip().replace("sm_", "").replace(".", "") for a in requested]
     for a in cleaned:
-        if not (a.isdigit() or a == "native" or (a[:-1].isdigit() and a[-1] in "af")):
-            raise VivimError(f"--arch {a}: expected a CUDA compute capability such as 87 (Orin), 90 (H100) or 110 (Thor)")
+        number = a[:-1] if a[-1:] in ("a", "f") else a
+        # CUDA 13 builds for 7.5 and newer; 'native' (this machine's GPU) cannot be mixed with named ones
+        if not ((number.isdigit() and 75 <= int(number) < 1000) or (a == "native" and len(cleaned) == 1)):
+            raise VivimError(f"--arch {a}: expected a CUDA compute capability of 75 or more, such as 87 (Orin), "
+                             "90 (H100) or 110 (Thor), or 'native' alone")
     if cleaned:
         return list(dict.fromkeys(cleaned))
     return detect_local_cuda_archs() or list(FALLBACK_CUDA_ARCHS)

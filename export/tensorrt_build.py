@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import datetime as _dt
 import json
+import math
 import platform
 import sys
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from vivim import atomic, paths
 from vivim.checkpoint import file_sha256
+from vivim.cli_utils import shell
 from vivim.errors import VivimError
 from vivim.export.plugin import DEFAULT_PLUGIN_DIR, PLUGIN_LIBRARY_NAME, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
@@ -147,9 +149,10 @@ def rebuild_command(sidecar: Mapping[str, Any]) -> str:
     engine = sidecar.get("engine", {}).get("path", "model.engine")
     plugin = sidecar.get("plugin", {}).get("path", str(DEFAULT_PLUGIN_DIR / PLUGIN_LIBRARY_NAME))
     precision = sidecar.get("precision", "fp16")
-    flag = " --fp16" if precision == "fp16" else ""
+    flag = "--fp16" if precision == "fp16" else ""
     plugin_dir = str(Path(plugin).parent)
-    return f"vivim-export plugin -o {plugin_dir} && vivim-export trt {onnx}{flag} -o {engine} --plugin {plugin}"
+    return (shell("vivim-export", "plugin", "-o", plugin_dir) + " && "
+            + shell("vivim-export", "trt", onnx, flag or None, "-o", engine, "--plugin", plugin))
 
 
 def write_sidecar(engine_path: Path, sidecar: Mapping[str, Any]) -> Path:
@@ -323,7 +326,8 @@ def build_engine(
     if precision is not None and precision != graph_precision:
         raise VivimError(
             f"{onnx_path}: the graph computes in {graph_precision} but {precision} was requested; TensorRT builds "
-            f"strongly typed, so export the ONNX in {precision} (vivim-export onnx ... --{precision})"
+            f"strongly typed, so export the ONNX in {precision} "
+            f"({'vivim-export onnx ... --fp16' if precision == 'fp16' else 'vivim-export onnx ... without --fp16'})"
         )
     config = _builder_config(builder, workspace_gib, timing_cache)
     monitor = build_progress_monitor(trt, sys.stderr.isatty())
@@ -340,6 +344,13 @@ def build_engine(
     return engine_path
 
 
+def check_workspace(workspace_gib: float) -> None:
+    """--workspace: a finite size of at least 1 MiB (nan and inf would fail in the byte conversion; a sub-byte value
+    would give TensorRT an empty pool)."""
+    if not math.isfinite(workspace_gib) or workspace_gib * 2**30 < 2**20:
+        raise VivimError(f"--workspace {workspace_gib}: must be a number of GiB, at least 1 MiB (0.001)")
+
+
 def _check_build_arguments(onnx_path: Path, engine_path: Path, plugin_path: Path, workspace_gib: float,
                            precision: str | None) -> None:
     """The checks that need no TensorRT, so a typo fails at once, also on a machine without it."""
@@ -347,8 +358,7 @@ def _check_build_arguments(onnx_path: Path, engine_path: Path, plugin_path: Path
         raise VivimError(f"{onnx_path}: no such ONNX file")
     if not plugin_path.is_file():
         raise VivimError(f"--plugin {plugin_path}: no such plugin library (build it with vivim-export plugin)")
-    if workspace_gib <= 0:
-        raise VivimError(f"--workspace {workspace_gib}: must be a positive number of GiB")
+    check_workspace(workspace_gib)
     if precision is not None and precision not in PRECISION_OF_DTYPE.values():
         raise VivimError(f"precision {precision!r}: expected one of fp16, bf16, fp32")
     paths.check_writable(engine_path, "-o")

@@ -109,7 +109,7 @@ def _error(args: list[str]) -> BaseException:
     return result.exception
 
 
-def test_cli_error_paths_in_process(workdir):
+def test_cli_error_paths_in_process(workdir, exported_onnx):
     (workdir / "foreign.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}       ")
     cases = [
         (["onnx", str(workdir / "foreign.safetensors"), "-o", str(workdir / "x.onnx")], "foreign.safetensors"),
@@ -122,6 +122,8 @@ def test_cli_error_paths_in_process(workdir):
          "is the input --onnx"),
         (["onnx", str(workdir / "tiny.safetensors"), "-o", str(workdir / "t0.onnx"), "--frames", "0"],
          "--frames must be at least 1, got 0"),
+        (["onnx", str(workdir / "tiny.safetensors"), "-o", str(workdir / "o.onnx"), "--opset", "12"], "--opset 12: choose 18.."),
+        (["onnx", str(workdir / "tiny.safetensors"), "-o", str(workdir / "o.onnx"), "--opset", "99"], "--opset 99: choose 18.."),
         (["check", str(workdir / "tiny.safetensors"), "--onnx", str(workdir / "none.onnx")], "none.onnx"),
         (["check", str(workdir / "tiny.safetensors"), "--onnx", str(workdir)], "is a folder, not a file"),
         (["check", str(workdir / "tiny.safetensors"), "--onnx", str(workdir / "none.onnx"), "--atol", "-1"],
@@ -129,15 +131,22 @@ def test_cli_error_paths_in_process(workdir):
         (["check", str(workdir / "tiny.safetensors"), "--onnx", str(workdir / "none.onnx"), "--min-dice", "2"],
          "--min-dice must be within [0, 1]"),
         (["check", str(workdir / "tiny.safetensors"), "--onnx", str(workdir / "tiny.safetensors")], "tiny.safetensors"),
-        # the paths are checked before TensorRT: a rerun after installing it must not fail on them
+        # paths and values are checked before TensorRT: the rerun it prints after installing must not fail on them
         (["trt", str(workdir / "none.onnx"), "--fp16", "-o", str(workdir / "m.engine")], "none.onnx: no such file"),
         (["trt", str(workdir / "dummy.onnx"), "-o", str(workdir / "tiny.safetensors" / "m.engine")],
          "tiny.safetensors is a file, not a folder"),
-        (["trt", str(workdir / "dummy.onnx"), "--fp16", "-o", str(workdir / "my engines" / "m.engine")],
-         f"then rerun vivim-export trt {workdir / 'dummy.onnx'} --fp16 -o '{workdir / 'my engines' / 'm.engine'}'"
-         if not tensorrt_installed() else "dummy.onnx"),
+        (["trt", str(workdir / "dummy.onnx"), "-o", str(workdir / "m.engine")], "dummy.onnx: not a readable ONNX model"),
+        (["trt", str(exported_onnx), "--fp16", "-o", str(workdir / "m.engine"), "--plugin", str(workdir / "nosuch.so")],
+         "--plugin " + str(workdir / "nosuch.so") + ": no such file"),
+        (["trt", str(exported_onnx), "--fp16", "-o", str(workdir / "m.engine"), "--workspace", "nan"],
+         "--workspace nan: must be a number of GiB, at least 1 MiB"),
+        (["trt", str(exported_onnx), "--fp16", "-o", str(workdir / "m.engine"), "--workspace", "1e-12"],
+         "--workspace 1e-12: must be a number of GiB, at least 1 MiB"),
+        (["trt", str(exported_onnx), "--fp16", "-o", str(workdir / "my engines" / "m.engine")],
+         f"then rerun vivim-export trt {shlex.quote(str(exported_onnx))} --fp16 -o "
+         f"'{workdir / 'my engines' / 'm.engine'}'" if not tensorrt_installed() else "plugin"),
     ]
-    (workdir / "dummy.onnx").write_bytes(b"not parsed before TensorRT is found")
+    (workdir / "dummy.onnx").write_bytes(b"not an ONNX protobuf")
     for args, needle in cases:
         exc = _error(args)
         assert isinstance(exc, VivimError) and needle in str(exc), (args, exc)

@@ -210,9 +210,11 @@ def test_arch_flag_forms(arch: str, expected: list[str]) -> None:
     assert plugin_build.resolve_cuda_archs(arch) == expected
 
 
-def test_bad_arch_is_rejected() -> None:
-    with pytest.raises(VivimError, match="--arch orin"):
-        plugin_build.resolve_cuda_archs("orin")
+@pytest.mark.parametrize("arch, bad", [("orin", "orin"), ("5", "5"), ("87,native", "native"), ("sm_", "")])
+def test_bad_arch_is_rejected(arch: str, bad: str) -> None:
+    """Refused here with the flag named, not later by CMake's configure step with a pointer to its log."""
+    with pytest.raises(VivimError, match=f"--arch {bad}: expected a CUDA compute capability of 75 or more"):
+        plugin_build.resolve_cuda_archs(arch)
 
 
 def test_old_cmake_falls_back_to_the_standalone_plugin_project() -> None:

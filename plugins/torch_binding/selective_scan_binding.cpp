@@ -260,6 +260,7 @@ const char* last_error() { return g_last_error; }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "Vivim selective scan, CUDA forward and the scan core's backward";
+    vivim_selective_scan_read_tuning_env();  // benchmarks tune the chunking through VIVIM_SCAN_* (the plugin never does)
     m.def("fwd", &selective_scan_fwd, "selective scan forward (CUDA)", py::arg("u"), py::arg("delta"), py::arg("A"),
           py::arg("B"), py::arg("C"), py::arg("D") = py::none(), py::arg("z") = py::none(),
           py::arg("delta_bias") = py::none(), py::arg("delta_softplus") = false, py::arg("out") = py::none(),

@@ -233,7 +233,7 @@ __global__ void __launch_bounds__(kResMaxLanes, 2) resident_pass(const KernelArg
 // 4 channels per block took 7.3 us against 10.3 at 2). VIVIM_SCAN_RES_CPB=n overrides it (tuning).
 static int resident_channels(int64_t lanes, int64_t per_group) {
     static const int from_env = [] {
-        const char* e = getenv("VIVIM_SCAN_RES_CPB");
+        const char* e = tuning_env("VIVIM_SCAN_RES_CPB");
         const long v = e != nullptr ? strtol(e, nullptr, 10) : 0;
         return (int)(v >= 1 && v <= kResMaxLanes ? v : 0);
     }();
@@ -275,7 +275,7 @@ static int resident_smem_limit(int dev) {
 static int64_t resident_max_work(int64_t seqlen) { return seqlen <= 320 ? (int64_t)3 << 19 : (int64_t)1 << 20; }
 static int resident_mode() {
     static const int mode = [] {
-        const char* e = getenv("VIVIM_SCAN_RESIDENT");
+        const char* e = tuning_env("VIVIM_SCAN_RESIDENT");
         return e == nullptr ? -1 : e[0] == '0' ? 0 : e[0] == '1' ? 1 : -1;
     }();
     return mode;

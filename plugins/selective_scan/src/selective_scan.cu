@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <atomic>
 #include <utility>
 
 #include "scan_math.cuh"
@@ -55,11 +56,20 @@ struct Geometry {
     int64_t n_chunks;
 };
 
+// The VIVIM_SCAN_* tuning variables are read only in a process that opted in with
+// vivim_selective_scan_read_tuning_env() (the PyTorch binding does, for the benchmarks). A TensorRT plugin does not:
+// an engine's workspace was sized where it was built, and the environment of the process that runs it must not
+// change the chunking (a larger target needs more scratch than was reserved).
+static std::atomic<bool> g_read_tuning_env{false};
+static const char* tuning_env(const char* name) {
+    return g_read_tuning_env.load(std::memory_order_relaxed) ? getenv(name) : nullptr;
+}
+
 // Blocks the chunking aims at (enough to fill a large GPU a few times over, evenly). VIVIM_SCAN_TARGET_BLOCKS
 // overrides it (for tuning).
 static int64_t target_blocks() {
     static const int64_t from_env = [] {
-        const char* e = getenv("VIVIM_SCAN_TARGET_BLOCKS");
+        const char* e = tuning_env("VIVIM_SCAN_TARGET_BLOCKS");
         const long v = e != nullptr ? strtol(e, nullptr, 10) : 0;
         return (int64_t)(v >= 1 && v <= 65536 ? v : 0);
     }();
@@ -70,7 +80,7 @@ static int64_t target_blocks() {
 // chunk count for which kernel 3 folds the chunk states itself instead of a carry pass (VIVIM_SCAN_FOLD_MAX, tuning).
 static int64_t channel_cap() {
     static const int64_t v = [] {
-        const char* e = getenv("VIVIM_SCAN_CPB");
+        const char* e = tuning_env("VIVIM_SCAN_CPB");
         const long x = e != nullptr ? strtol(e, nullptr, 10) : 0;
         return (int64_t)(x == 16 || x == 32 ? x : 64);
     }();
@@ -78,7 +88,7 @@ static int64_t channel_cap() {
 }
 static int64_t fold_max() {
     static const int64_t v = [] {
-        const char* e = getenv("VIVIM_SCAN_FOLD_MAX");
+        const char* e = tuning_env("VIVIM_SCAN_FOLD_MAX");
         const long x = e != nullptr ? strtol(e, nullptr, 10) : -1;
         return (int64_t)(x >= 0 && x <= 512 ? x : 8);
     }();
@@ -681,7 +691,7 @@ static int device_attribute(int dev, int fallback) {
 // with their predecessor) on sm_90+; VIVIM_SCAN_PDL=0 turns it off.
 static bool pdl_enabled() {
     static const bool env_on = [] {
-        const char* e = getenv("VIVIM_SCAN_PDL");
+        const char* e = tuning_env("VIVIM_SCAN_PDL");
         return !(e != nullptr && e[0] == '0');
     }();
     return env_on && device_attribute<cudaDevAttrComputeCapabilityMajor>(current_device(), 0) >= 9;
@@ -769,6 +779,10 @@ static size_t workspace_bound(int64_t batch, int64_t dim, int64_t seqlen, int64_
 }
 
 }  // namespace vivim_scan
+
+extern "C" void vivim_selective_scan_read_tuning_env(void) {
+    vivim_scan::g_read_tuning_env.store(true, std::memory_order_relaxed);
+}
 
 extern "C" size_t vivim_selective_scan_workspace_size(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate,
                                                       int64_t n_groups) {

@@ -480,6 +480,7 @@ void checkConfigure(IPluginV3OneBuild* build)
         {"D % G != 0 (D=100, G=3)", {1, 100, 64, 16, 3}, "D % G"},
         {"N = 65 > 64", {1, 96, 64, 65, 3}, "N = 65"},
         {"N = 0", {1, 96, 64, 0, 3}, "N = 0"},
+        {"batch 65536 (the kernel's grid limit)", {65536, 96, 64, 16, 3}, "batch = 65536"},
     };
     for (Bad const& b : bads)
     {

@@ -40,7 +40,8 @@ enum InputIndex : int32_t
     kNbInputs = 8,
 };
 constexpr int32_t kNbOutputs = 1;
-constexpr int64_t kMaxDstate = 64;  // limit of the kernel (selective_scan.h)
+constexpr int64_t kMaxDstate = 64;     // limit of the kernel (selective_scan.h)
+constexpr int64_t kMaxBatch = 65535;   // the kernel launches one grid row per batch element
 
 // The one serialised field, declared once: the creator advertises it, createPlugin parses it and
 // getFieldsToSerialize writes it.

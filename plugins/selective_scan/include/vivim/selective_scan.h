@@ -54,6 +54,11 @@ typedef struct {
 size_t vivim_selective_scan_workspace_size(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate,
                                            int64_t n_groups);
 
+// Let this process's VIVIM_SCAN_* tuning variables (benchmarking only) change the chunking; call it before the first
+// scan. Without it they are ignored, so the workspace size and the results depend on the sizes alone, wherever the
+// process runs (a TensorRT engine sizes its workspace where it is built).
+void vivim_selective_scan_read_tuning_env(void);
+
 // Enqueue the forward scan on `stream`. No allocation, no synchronisation (CUDA-graph capturable).
 // `workspace` must hold at least vivim_selective_scan_workspace_size(...) bytes (may be NULL if that is 0).
 // Returns cudaSuccess, cudaErrorInvalidValue for bad arguments, or the launch error.
