@@ -197,6 +197,8 @@ def build_metadata(
         "normalization": json.dumps(normalization),
         "resize": resize_from_metadata(metadata.get("resize")),
         "output_frame": output_frame,
+        # the frame it was trained to segment: vivim-run's default --output-frame for an all-frames graph too
+        "trained_output_frame": str(metadata.get("output_frame", "centre")),
         "precision": "fp16" if fp16 else "fp32",
         "input_layout": "NTCHW, RGB, float, (x/255 - mean) / std",
         "output": "logits (sigmoid > 0.5 = lesion, i.e. logit > 0)",

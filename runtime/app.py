@@ -178,6 +178,8 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
     try:
         if backend is None:
             backend = create_backend(cfg.backend, cfg.preprocess.interpolation, log=log)
+        if cfg.backend.output_frame is None:  # a model trained on the newest frame is run on it, without lag
+            cfg.backend.output_frame = backend.trained_output_frame or "centre"
         window = ClipWindow(backend.frames, cfg.backend.output_frame)
         if backend.fixed_output_index is not None and backend.fixed_output_index != window.index:
             raise VivimError(

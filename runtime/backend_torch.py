@@ -30,6 +30,7 @@ from vivim.runtime.resample import DeviceResizer
 class TorchBackend:
     name = "pytorch"
     fixed_output_index: Optional[int] = None
+    trained_output_frame: Optional[str] = None  # from the checkpoint's metadata (vivim-train writes it)
 
     def __init__(
         self,
@@ -103,7 +104,10 @@ class TorchBackend:
         norm = Normalization.from_metadata(metadata.get("normalization"), f"--checkpoint {checkpoint}")
         kwargs["interpolation"] = choose_resize(kwargs.get("interpolation"), metadata.get("resize"),
                                                 f"--checkpoint {checkpoint}", kwargs.get("log", print))
-        return cls(model, normalization=norm, source=checkpoint, **kwargs)
+        backend = cls(model, normalization=norm, source=checkpoint, **kwargs)
+        if metadata.get("output_frame") in ("centre", "newest"):
+            backend.trained_output_frame = str(metadata["output_frame"])
+        return backend
 
     # -- interface ---------------------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -28,6 +28,7 @@ class Backend(Protocol):
     frames: int  # T, clip length the model was built for
     input_size: Tuple[int, int]  # (H, W) of the model input
     fixed_output_index: Optional[int]  # a graph that decodes one baked-in frame only; None = any frame
+    trained_output_frame: Optional[str]  # the frame it was trained to segment (centre | newest), when known
 
     def prepare(self, frame_shape: Sequence[int]) -> None: ...
 
@@ -82,6 +83,15 @@ def metadata_int(meta: Dict[str, str], key: str, default: Optional[int] = None) 
         return int(meta[key])
     except (KeyError, ValueError, TypeError):
         return default
+
+
+def trained_output_frame(meta: Dict[str, str]) -> Optional[str]:
+    """The frame an exported model was trained to segment: its own key (written since 2026-11-27), else a one-frame
+    graph's output frame; None when the metadata does not say (--output-frame then defaults to centre)."""
+    for key in ("trained_output_frame", "output_frame"):
+        if meta.get(key) in ("centre", "newest"):
+            return meta[key]
+    return None
 
 
 def output_index_from_metadata(meta: Dict[str, str], frames: int, out_frames: int) -> Optional[int]:

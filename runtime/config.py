@@ -56,7 +56,9 @@ class BackendConfig:
     stream_cache: bool = True  # PyTorch backend: per-frame features computed once and kept in the ring
     threads: Optional[int] = None  # PyTorch on the CPU: intra-op threads (default: torch's choice)
     plugin: Optional[str] = None  # TensorRT plugin library (default: ./vivim_plugin/, else the engine's folder)
-    output_frame: str = "centre"  # centre (T//2 frames lag, the paper's protocol) | newest (no lag)
+    # centre (T//2 frames lag, the paper's protocol) | newest (no lag); None: the one the model was trained for
+    # (its metadata), else centre
+    output_frame: Optional[str] = None
     threshold: float = 0.5  # mask = sigmoid(logits) > threshold
 
 
@@ -122,7 +124,8 @@ class RunConfig:
         if b.kind not in MODEL_KINDS:
             raise VivimError(f"backend.kind must be one of {', '.join(MODEL_KINDS)}, got {b.kind!r}")
         parse_device(b.device)
-        b.output_frame = str(parse_output_frame(b.output_frame))
+        if b.output_frame is not None:
+            b.output_frame = str(parse_output_frame(b.output_frame))
         if not 0.0 <= o.alpha <= 1.0:
             raise VivimError(f"--alpha must be within [0, 1], got {o.alpha}")
         if o.contour_thickness < 1:

@@ -496,3 +496,24 @@ def test_cli_check_counts_annotated_frames(tmp_path, davis):
     assert result.exit_code == 0, result.output
     count = sum(len(kept) for kept in annotated.values())
     assert f"3 videos, 18 frames, {count} of them annotated (1 video(s) without any mask)" in result.output
+
+
+def test_colour_jitter_is_the_pil_enhance_chain():
+    """Properties of the released loader's PIL chain that the earlier float version broke or only approximated."""
+    from vivim.data.transforms import colour_jitter
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    assert np.array_equal(colour_jitter(image, 1.0, 1.0, 1.0, 1.0), image)  # factor 1 everywhere: untouched
+    assert not colour_jitter(image, 0.0, 1.0, 1.0, 1.0).any()  # brightness 0: black
+    grey = colour_jitter(image, 1.0, 1.0, 0.0, 1.0)  # colour 0: each pixel its own grey level
+    assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(grey[..., 1], grey[..., 2])
+    sharp = colour_jitter(image, 1.0, 1.0, 1.0, 3.0)  # PIL's smoothing filter leaves the border pixels as they are
+    assert np.array_equal(sharp[0], image[0]) and np.array_equal(sharp[-1], image[-1])
+    assert np.array_equal(sharp[:, 0], image[:, 0]) and np.array_equal(sharp[:, -1], image[:, -1])
+    assert not np.array_equal(sharp[1:-1, 1:-1], image[1:-1, 1:-1])
+    # brightness saturates before contrast sees the image: a bright 200 and a 255 end up alike
+    flat = np.full((8, 8, 3), 200, np.uint8)
+    flat[:4] = 255
+    out = colour_jitter(flat, 1.5, 0.5, 1.0, 1.0)
+    assert np.array_equal(out[0], out[-1])

@@ -174,6 +174,28 @@ def test_single_frame_decoding_equals_that_frame_of_the_full_output(rng_seed, ou
     torch.testing.assert_close(one[:, 0], full[:, index], rtol=1e-5, atol=1e-5)
 
 
+def test_training_decodes_one_frame_with_batch_norm_statistics_over_every_frame(rng_seed):
+    """Training supervises one frame per clip; the official code decodes all T and its decoder's BatchNorm takes
+    batch statistics over B·T frames. Decoding the supervised frame alone took them over B frames (logits off by
+    ~2 in train mode). With dropout and drop-path off, the two must agree, running statistics included."""
+    import copy
+
+    model = vivim.create_model("tiny", frames=5, img_size=64).train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    twin = copy.deepcopy(model)
+    clip = torch.randn(2, 5, 3, 64, 64)
+    one = model(clip, output_frame="centre")
+    full = twin(clip)
+    torch.testing.assert_close(one[:, 0], full[:, 2], rtol=1e-4, atol=1e-4)
+    bn, bn_full = model.decode_head.batch_norm, twin.decode_head.batch_norm
+    torch.testing.assert_close(bn.running_mean, bn_full.running_mean)
+    torch.testing.assert_close(bn.running_var, bn_full.running_var)
+    one.sum().backward()  # the gradient flows to the encoder through every frame's statistics
+    assert model.patch_embeds[0].proj.weight.grad is not None
+
+
 def test_streaming_split_equals_forward(rng_seed):
     model = vivim.create_model("tiny", frames=4, img_size=64).eval()
     clip = torch.randn(1, 4, 3, 64, 64)

@@ -693,3 +693,32 @@ def test_ctrl_c_twice_while_run_finishes_keeps_the_summary_and_files(tmp_path, c
     assert lines.count("finishing the last masks and the output files, one moment") == 2
     assert json.loads((tmp_path / "s.json").read_text()) == summary and summary["stopped_by"] == "end of input"
     assert count_frames(tmp_path / "o.mp4") == summary["frames_processed"] == N_FRAMES
+
+
+def test_the_output_frame_defaults_to_the_one_the_model_was_trained_for(tmp_path, clip):
+    """A model trained with vivim-train --output-frame newest was run on the centre frame, with T//2 frames of lag,
+    unless the flag was repeated; vivim-eval already took the checkpoint's. Now the metadata decides by default,
+    for a checkpoint and for its ONNX export of all frames; a flag still overrides it."""
+    torch.manual_seed(0)
+    newest = tmp_path / "newest.safetensors"
+    vivim.save_checkpoint(vivim.create_model("tiny", frames=5, img_size=32), newest, output_frame="newest")
+
+    def summary(model: dict, **backend) -> dict:
+        return run(cfg(source={"kind": "video", "location": clip},
+                       backend={"device": "cpu", **model, **backend}, sink={"headless": True, "quiet": True}),
+                   log=lambda m: None)
+
+    checkpoint = {"kind": "checkpoint", "model": str(newest)}
+    assert (summary(checkpoint)["output_frame"], summary(checkpoint)["lag_frames"]) == ("newest", 0)
+    assert summary(checkpoint, output_frame="centre")["lag_frames"] == 2
+    default = tmp_path / "default.safetensors"  # no output_frame in its metadata: the paper's centre
+    vivim.save_checkpoint(vivim.create_model("tiny", frames=5, img_size=32), default)
+    assert summary({"kind": "checkpoint", "model": str(default)})["output_frame"] == "centre"
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime_extensions")
+    from vivim.export.onnx_export import export_onnx
+
+    onnx_path = tmp_path / "newest_all.onnx"
+    export_onnx(str(newest), onnx_path, output_frame="all", log=lambda m: None)
+    assert summary({"kind": "onnx", "model": str(onnx_path)})["output_frame"] == "newest"

@@ -48,7 +48,7 @@ def test_defaults_need_an_input_and_a_model():
     with pytest.raises(VivimError, match="no model"):
         RunConfig.build(None, {"source": BASE["source"]})
     cfg = RunConfig.build(None, BASE)
-    assert cfg.backend.output_frame == "centre" and cfg.backend.device == "auto"
+    assert cfg.backend.output_frame is None and cfg.backend.device == "auto"  # None: the model's own, else centre
     assert cfg.preprocess.interpolation == "model"  # the filter the model was trained with
 
 

@@ -79,13 +79,15 @@ def test_short_run_lowers_loss_and_writes_loadable_checkpoints(data, tmp_path):
     assert float(rows[[r["best"] for r in rows].index("1")]["val_dice"]) == pytest.approx(max(result.val_dice), abs=1e-6)
 
 
-def test_resume_gives_identical_next_step_loss(data, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])  # 2: persistent worker processes, vivim-train's default
+def test_resume_gives_identical_next_step_loss(data, tmp_path, workers):
     # three epochs, resumed after the first: the second resumed epoch runs on the restored schedule's learning rate
-    full = run_training(_cfg(data, tmp_path / "full.safetensors", epochs=3))
+    full = run_training(_cfg(data, tmp_path / "full.safetensors", epochs=3, workers=workers))
     steps_per_epoch = len(full.step_losses) // 3
-    first = run_training(_cfg(data, tmp_path / "part.safetensors", epochs=3, max_steps=steps_per_epoch))
+    first = run_training(_cfg(data, tmp_path / "part.safetensors", epochs=3, max_steps=steps_per_epoch,
+                              workers=workers))
     assert first.step_losses == full.step_losses[:steps_per_epoch]
-    resumed = run_training(_cfg(data, tmp_path / "part.safetensors", epochs=3, resume=True))
+    resumed = run_training(_cfg(data, tmp_path / "part.safetensors", epochs=3, resume=True, workers=workers))
     assert resumed.step_losses[0] == full.step_losses[steps_per_epoch]  # bit-identical next step
     assert resumed.step_losses == full.step_losses[steps_per_epoch:]
     for key, value in full.final_state.items():

@@ -417,6 +417,7 @@ class _Data:
 def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any, val_kind: str | None = None) -> _Data:
     """Train on the folder's train split, validate on whole held-out videos (never the test split): --val, else a
     VTUS folder's own Val/ (with Val_GT/), else videos carved from --data; `val_kind` forces one (a resumed run)."""
+    import torch
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
     from vivim.data.dataset import ClipDataset, EpochSampler
@@ -447,12 +448,16 @@ def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any, val_kind: str |
                                               shuffle=True, seed=cfg.seed, drop_last=False))
     loader_args: dict[str, Any] = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda",
                                    "persistent_workers": cfg.workers > 0}
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch, sampler=sampler, **loader_args)
+    # each loader draws its workers' base seed from a generator of its own: from torch's global one, persistent
+    # workers took one draw when first iterated, which a resumed run took again (dropout then drew other values)
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch, sampler=sampler,
+                              generator=torch.Generator().manual_seed(cfg.seed), **loader_args)
     val_loader = None
     if val_videos:
         val_ds = ClipDataset(val_videos, frames=cfg.frames, size=cfg.size, output_frame=cfg.output_frame, cache=cache)
         shard = Subset(val_ds, list(range(dist_info.rank, len(val_ds), dist_info.world)))
-        val_loader = DataLoader(shard, batch_size=cfg.batch, shuffle=False, **loader_args)
+        val_loader = DataLoader(shard, batch_size=cfg.batch, shuffle=False,
+                                generator=torch.Generator().manual_seed(cfg.seed), **loader_args)
     return _Data(train_videos, val_videos, train_ds, sampler, train_loader, val_loader, val_kind, val_source)
 
 

@@ -15,8 +15,6 @@ import numpy as np
 from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE
 from vivim.data.image_io import CV2_FILTERS
 
-_SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0  # PIL's ImageFilter.SMOOTH
-
 
 def resize_frame(image: np.ndarray, size: int) -> np.ndarray:
     """The training (and evaluation) resize; checkpoints record its filter so that vivim-run resizes alike."""
@@ -39,17 +37,16 @@ def _step(rng: np.random.Generator, low: float, high: float) -> float:
 
 
 def colour_jitter(image: np.ndarray, brightness: float, contrast: float, saturation: float, sharpness: float) -> np.ndarray:
-    """PIL-style enhance chain on an RGB uint8 image (brightness, contrast, colour, sharpness), float math."""
-    img = image.astype(np.float32)
-    img = img * brightness
-    grey_mean = float((img @ np.array([0.299, 0.587, 0.114], np.float32)).mean())
-    img = (img - grey_mean) * contrast + grey_mean
-    grey = (img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
-    img = grey + (img - grey) * saturation
-    img = np.clip(img, 0, 255)
-    smooth = cv2.filter2D(img, -1, _SMOOTH, borderType=cv2.BORDER_REPLICATE)
-    img = smooth + (img - smooth) * sharpness
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    """The released loader's PIL ImageEnhance chain on an RGB uint8 image (brightness, contrast, colour, sharpness),
+    run by PIL itself: each step rounds and clips to uint8 before the next, and sharpness leaves the border pixels
+    alone; float math carried values above 255 into the later steps (up to 42 grey levels off)."""
+    from PIL import Image, ImageEnhance
+
+    img = Image.fromarray(np.ascontiguousarray(image))
+    for enhancer, factor in ((ImageEnhance.Brightness, brightness), (ImageEnhance.Contrast, contrast),
+                             (ImageEnhance.Color, saturation), (ImageEnhance.Sharpness, sharpness)):
+        img = enhancer(img).enhance(factor)
+    return np.array(img)
 
 
 def salt_and_pepper(mask: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:

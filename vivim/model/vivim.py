@@ -44,7 +44,8 @@ class SegFormerHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(dim, num_classes, 1)
 
-    def forward(self, features: list[Tensor]) -> Tensor:
+    def forward(self, features: list[Tensor], keep: Optional[tuple[int, int, int]] = None) -> Tensor:
+        """keep = (batch, frames, t): BatchNorm sees every frame, the layers after it only frame t of each clip."""
         size = (features[0].shape[-2], features[0].shape[-1])
         projected = []
         for i, (feature, linear) in enumerate(zip(features, self.linear_c)):
@@ -52,9 +53,11 @@ class SegFormerHead(nn.Module):
             x = linear(feature.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(n, -1, h, w)
             projected.append(x if i == 0 else self.upsample[i - 1](x, size))
         # SegFormer concatenates the deepest stage first
-        x = self.linear_fuse(torch.cat(projected[::-1], dim=1))
-        x = self.dropout(F.relu(self.batch_norm(x)))
-        return self.classifier(x)
+        x = self.batch_norm(self.linear_fuse(torch.cat(projected[::-1], dim=1)))
+        if keep is not None:
+            batch, frames, t = keep
+            x = x.reshape(batch, frames, *x.shape[1:])[:, t]
+        return self.classifier(self.dropout(F.relu(x)))
 
 
 class VivimModel(nn.Module):
@@ -133,11 +136,17 @@ class VivimModel(nn.Module):
 
     def _decode(self, stage_outputs: list[Tensor], batch: int, frames: int, output_frame: OutputFrame,
                 out_size: Optional[tuple[int, int]]) -> Tensor:
+        keep = None
         if output_frame is not None:  # decode one frame of each clip only: the decoder works per frame
             t = output_frame_index(output_frame, frames)
-            stage_outputs = [s.reshape(batch, frames, *s.shape[1:])[:, t] for s in stage_outputs]
+            if self.training and frames > 1:
+                # except its BatchNorm, whose batch statistics span all B·T frames as in the official code (which
+                # decodes every frame and supervises one): the layers after it run on frame t alone
+                keep = (batch, frames, t)
+            else:
+                stage_outputs = [s.reshape(batch, frames, *s.shape[1:])[:, t] for s in stage_outputs]
             frames = 1
-        logits = self.decode_head(stage_outputs)
+        logits = self.decode_head(stage_outputs, keep)
         size = out_size or (stage_outputs[0].shape[-2] * 4, stage_outputs[0].shape[-1] * 4)
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits.reshape(batch, frames, *logits.shape[1:])
