@@ -213,10 +213,22 @@ def check_opset(opset: int) -> None:
     """--opset, before the model loads. torch's exporter builds opset-18 graphs and only converts upwards reliably (a
     down-conversion to 17 leaves opset-18 attributes behind, e.g. Split's num_outputs); above what the installed onnx
     package knows, its checker fails after the whole export."""
-    newest = onnx.defs.onnx_opset_version()
+    newest = newest_convertible_opset()
     if not MIN_OPSET <= opset <= newest:
-        raise VivimError(f"--opset {opset}: choose {MIN_OPSET}..{newest} (the exporter builds opset {MIN_OPSET} and up; "
-                         f"the installed onnx {onnx.__version__} knows opsets up to {newest})")
+        raise VivimError(f"--opset {opset}: choose {MIN_OPSET}..{newest} (the exporter builds opset {MIN_OPSET} and "
+                         f"converts upwards, up to {newest} with the installed onnx {onnx.__version__} and onnxscript)")
+
+
+def newest_convertible_opset() -> int:
+    """The newest opset the export can reach: the installed onnx's, capped by onnxscript's version converter (its
+    bound is not public API: without it, onnx's)."""
+    newest = onnx.defs.onnx_opset_version()
+    try:
+        from onnxscript.version_converter import _version_converter
+
+        return min(newest, int(_version_converter.SUPPORTED_MAX_ONNX_OPSET))
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return newest
 
 
 def export_onnx(

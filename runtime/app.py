@@ -92,7 +92,7 @@ class Pipeline:
         self.color = parse_color(cfg.overlay.color)
         self.overlay_cfg = cfg.overlay
         self.threshold = cfg.backend.threshold
-        self.hud_tail = f"{backend.name} {backend.device.split(' ')[0]} | {cfg.backend.output_frame} (lag {window.lag})"
+        self.hud_tail = f"{backend.name} {backend.device.split(' ')[0]} | {window.output_frame} (lag {window.lag})"
 
     def push(self, frame: Any) -> None:
         t0 = time.perf_counter()
@@ -178,12 +178,13 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
     try:
         if backend is None:
             backend = create_backend(cfg.backend, cfg.preprocess.interpolation, log=log)
-        if cfg.backend.output_frame is None:  # a model trained on the newest frame is run on it, without lag
-            cfg.backend.output_frame = backend.trained_output_frame or "centre"
-        window = ClipWindow(backend.frames, cfg.backend.output_frame)
+        # not given: the model's own (a model trained on the newest frame runs on it, without lag); the caller's
+        # config is left as it was, for a next run with another model
+        output_frame = cfg.backend.output_frame or getattr(backend, "trained_output_frame", None) or "centre"
+        window = ClipWindow(backend.frames, output_frame)
         if backend.fixed_output_index is not None and backend.fixed_output_index != window.index:
             raise VivimError(
-                f"--output-frame {cfg.backend.output_frame}: this model decodes clip frame "
+                f"--output-frame {output_frame}: this model decodes clip frame "
                 f"{backend.fixed_output_index} only; pass the matching --output-frame or re-export with --output-frame all"
             )
         assert source.frame_shape is not None
@@ -200,7 +201,7 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
     pipeline = Pipeline(cfg, backend, sinks, window, stats)
     if not cfg.sink.quiet:
         log(f"running: {source.name} -> {backend.name} on {backend.device}, T={backend.frames}, "
-            f"output frame {cfg.backend.output_frame} (lag {window.lag}); Ctrl-C stops")
+            f"output frame {window.output_frame} (lag {window.lag}); Ctrl-C stops")
     progress = _Progress(cfg, source, stats, log)
     failure: Optional[BaseException] = None
     with GracefulStop(log) as stop:
@@ -226,7 +227,7 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
             frames_unprocessed=max(0, source.frames_captured - stats.frames_processed - source.frames_dropped),
             reconnects=source.reconnects,
             source=source.name,
-            output_frame=cfg.backend.output_frame,
+            output_frame=window.output_frame,
             frames_per_clip=backend.frames,
             lag_frames=window.lag,
             stopped_by=stopped_by,

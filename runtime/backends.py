@@ -86,9 +86,10 @@ def metadata_int(meta: Dict[str, str], key: str, default: Optional[int] = None) 
 
 
 def trained_output_frame(meta: Dict[str, str]) -> Optional[str]:
-    """The frame an exported model was trained to segment: its own key (written since 2026-11-27), else a one-frame
-    graph's output frame; None when the metadata does not say (--output-frame then defaults to centre)."""
-    for key in ("trained_output_frame", "output_frame"):
+    """vivim-run's default --output-frame for an exported model: a one-frame graph's own frame (the only one it can
+    decode), else the frame it was trained for (a key written since 2026-11-27); None when the metadata says
+    neither (centre then)."""
+    for key in ("output_frame", "trained_output_frame"):
         if meta.get(key) in ("centre", "newest"):
             return meta[key]
     return None

@@ -80,6 +80,7 @@ class ClipWindow:
 
     def __init__(self, frames: int, output_frame: "str | int") -> None:
         self.frames = frames
+        self.output_frame = output_frame  # as given (centre, newest or an index), for messages and the summary
         self.index = output_frame_index(output_frame, frames)
         self.lag = frames - 1 - self.index  # frames that must arrive after a frame before its mask is due
         self._records: Ring[Any] = Ring(frames)

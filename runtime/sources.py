@@ -374,25 +374,34 @@ class ImageFolder:
         self._next = len(self.files)
 
 
+_MUTE_LOCK = threading.Lock()  # fd 2 is the process's: two overlapping mutes would restore each other's /dev/null
+
+
 @contextlib.contextmanager
 def _native_stderr_muted() -> Iterator[None]:
-    """OpenCV's own AVI parser prints its complaints about a damaged file straight to the process's stderr (no log
-    level governs it), ahead of the one-line error that says what matters."""
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # a captured stream (tests): native writes never reach it anyway
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, fd)
-        os.close(null)
-        yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
+    """OpenCV's own AVI parser prints its complaints about a damaged file straight to file descriptor 2 (no log level
+    governs it), ahead of the one-line error that says what matters. Where fd 2 cannot be swapped (closed), the open
+    runs unmuted."""
+    with _MUTE_LOCK:
+        try:
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield
+            return
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, 2)
+            finally:
+                os.close(null)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def open_video(path: str) -> Callable[[], Capture]:

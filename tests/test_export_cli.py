@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from vivim.export.cli import app
 
 from vivim.errors import VivimError
+from vivim.export.onnx_export import newest_convertible_opset
 
 FRAMES, SIZE = 3, (64, 64)
 
@@ -124,6 +125,9 @@ def test_cli_error_paths_in_process(workdir, exported_onnx):
          "--frames must be at least 1, got 0"),
         (["onnx", str(workdir / "tiny.safetensors"), "-o", str(workdir / "o.onnx"), "--opset", "12"], "--opset 12: choose 18.."),
         (["onnx", str(workdir / "tiny.safetensors"), "-o", str(workdir / "o.onnx"), "--opset", "99"], "--opset 99: choose 18.."),
+        # one past what the installed onnx and onnxscript can convert to: refused before the model loads
+        (["onnx", str(workdir / "tiny.safetensors"), "-o", str(workdir / "o.onnx"), "--opset",
+          str(newest_convertible_opset() + 1)], f"--opset {newest_convertible_opset() + 1}: choose 18.."),
         (["check", str(workdir / "tiny.safetensors"), "--onnx", str(workdir / "none.onnx")], "none.onnx"),
         (["check", str(workdir / "tiny.safetensors"), "--onnx", str(workdir)], "is a folder, not a file"),
         (["check", str(workdir / "tiny.safetensors"), "--onnx", str(workdir / "none.onnx"), "--atol", "-1"],

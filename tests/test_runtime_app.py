@@ -722,3 +722,11 @@ def test_the_output_frame_defaults_to_the_one_the_model_was_trained_for(tmp_path
     onnx_path = tmp_path / "newest_all.onnx"
     export_onnx(str(newest), onnx_path, output_frame="all", log=lambda m: None)
     assert summary({"kind": "onnx", "model": str(onnx_path)})["output_frame"] == "newest"
+    # a one-frame graph can decode only its own frame: that is the default, whatever the model was trained for
+    one_frame = tmp_path / "newest_as_centre.onnx"
+    export_onnx(str(newest), one_frame, output_frame="centre", log=lambda m: None)
+    assert summary({"kind": "onnx", "model": str(one_frame)})["output_frame"] == "centre"
+    # the caller's config is not rewritten: a second run with another model picks that model's frame
+    config = cfg(source={"kind": "video", "location": clip}, backend={"device": "cpu", **checkpoint},
+                 sink={"headless": True, "quiet": True})
+    assert run(config, log=lambda m: None)["output_frame"] == "newest" and config.backend.output_frame is None

@@ -137,7 +137,7 @@ class VivimModel(nn.Module):
     def _decode(self, stage_outputs: list[Tensor], batch: int, frames: int, output_frame: OutputFrame,
                 out_size: Optional[tuple[int, int]]) -> Tensor:
         keep = None
-        if output_frame is not None:  # decode one frame of each clip only: the decoder works per frame
+        if output_frame is not None:  # decode one frame of each clip (in training: from BatchNorm on, see below)
             t = output_frame_index(output_frame, frames)
             if self.training and frames > 1:
                 # except its BatchNorm, whose batch statistics span all B·T frames as in the official code (which
@@ -155,7 +155,8 @@ class VivimModel(nn.Module):
         """clip (batch, T, 3, H, W), ImageNet-normalised -> logits (batch, T, 1, H, W).
 
         With `output_frame` ('centre', 'newest' or an index) only that frame is decoded: (batch, 1, 1, H, W),
-        equal to that frame of the full output (in eval mode).
+        equal to that frame of the full output (in eval mode; in training the decoder runs every frame up to its
+        BatchNorm, whose batch statistics span all of them).
         """
         if clip.dim() != 5:
             raise ValueError(f"expected a clip (batch, T, C, H, W), got shape {tuple(clip.shape)}")

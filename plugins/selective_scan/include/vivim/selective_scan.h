@@ -54,9 +54,10 @@ typedef struct {
 size_t vivim_selective_scan_workspace_size(int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate,
                                            int64_t n_groups);
 
-// Let this process's VIVIM_SCAN_* tuning variables (benchmarking only) change the chunking; call it before the first
-// scan. Without it they are ignored, so the workspace size and the results depend on the sizes alone, wherever the
-// process runs (a TensorRT engine sizes its workspace where it is built).
+// Let this process's VIVIM_SCAN_* tuning variables of the forward (benchmarking only) change the chunking; call it
+// before the first scan. Without it they are ignored, so the workspace size and the results depend on the sizes
+// alone, wherever the process runs (a TensorRT engine sizes its workspace where it is built). The backward's
+// VIVIM_SCAN_BWD_* are read on every backward call (training only: no engine runs it).
 void vivim_selective_scan_read_tuning_env(void);
 
 // Enqueue the forward scan on `stream`. No allocation, no synchronisation (CUDA-graph capturable).
