@@ -390,7 +390,8 @@ def test_the_op_trains_through_our_backward_with_mixed_dtypes_and_strided_inputs
 def test_the_backward_prefers_our_kernel_even_beside_mamba_ssm():
     """Measured (benchmarks/RESULTS.md): our scan's forward + backward takes 10% less than mamba-ssm's over Vivim's
     four training shapes, and mamba-ssm's dA is wrong for one-token fp16/bf16 sequences. So ours computes the
-    backward whether or not mamba-ssm is installed; mamba-ssm's ranks next, for forward and backward alike."""
+    backward whether or not mamba-ssm is installed; mamba-ssm's ranks next, for forward and backward alike, except
+    for calls with more than 16 states, whose backward ours computes slower."""
     from vivim.ops import dispatch, mamba_kernel
 
     assert dispatch.pick("cuda", need_grad=True, dtype=torch.float16).name == "vivim_cuda"
@@ -399,6 +400,11 @@ def test_the_backward_prefers_our_kernel_even_beside_mamba_ssm():
         for backward in (False, True):
             ranked = [impl.name for impl in dispatch.implementations(for_backward=backward)]
             assert ranked.index("vivim_cuda") < ranked.index("mamba_ssm") < ranked.index("reference"), ranked
+        # per call: more than 16 states take our sliced backward, slower than mamba-ssm's, so mamba-ssm's goes
+        # first there; one-token fp16 sequences stay ours (mamba-ssm's dA is wrong there)
+        for N, L, expected in ((16, 300, "vivim_cuda"), (32, 300, "mamba_ssm"), (32, 1, "vivim_cuda")):
+            call = make_inputs(1, 8, L, N, 1, torch.float16, True, True, True, True, seed=N + L)
+            assert dispatch.pick("cuda", need_grad=True, dtype=torch.float16, inputs=call).name == expected, (N, L)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

@@ -240,6 +240,58 @@ def test_the_backward_ranks_implementations_on_its_own(rng_seed):
         dispatch._REGISTRY.pop("fast_backward", None)
 
 
+def test_the_backward_ranks_per_call_when_an_implementation_asks(rng_seed):
+    """A kernel may be the fastest backward on some calls only (ours: 16 states or fewer). A callable grad_priority
+    ranks it per call, from that call's inputs, through the op's own backward."""
+    reference = dispatch.pick("cpu").fn
+    ran = []
+
+    def recording(name):
+        def fn(*args):
+            ran.append(name)
+            return reference(*args)
+        return fn
+
+    dispatch.register_impl("narrow_states_first", recording("narrow_states_first"), priority=900, devices=("cpu",),
+                           differentiable=True, grad_priority=lambda inputs: 900 if inputs[2].shape[1] <= 16 else 5)
+    dispatch.register_impl("steady", recording("steady"), priority=800, devices=("cpu",), differentiable=True)
+    try:
+        assert dispatch.pick("cpu", need_grad=True).name == "narrow_states_first"  # no call: its forward's rank
+        for N, expected in ((16, "narrow_states_first"), (32, "steady")):
+            base = random_scan_inputs(2, 4, 19, N, 1)
+            assert dispatch.pick("cpu", need_grad=True, inputs=base).name == expected
+            ran.clear()
+            a = [t.clone().requires_grad_() for t in base]
+            b = [t.double().requires_grad_() for t in base]
+            selective_scan(*a, delta_softplus=True).sum().backward()
+            scan_oracle(*b, delta_softplus=True).sum().backward()
+            assert ran == ["narrow_states_first", expected], (N, ran)  # forward by priority, backward per call
+            for x, y in zip(a, b):
+                assert rel_error(x.grad, y.grad) <= 1e-5
+    finally:
+        dispatch._REGISTRY.pop("narrow_states_first")
+        dispatch._REGISTRY.pop("steady")
+
+
+def test_our_cuda_backward_ranks_second_to_mamba_ssm_only_where_it_is_slower_and_mamba_ssm_is_right():
+    """The rule behind our CUDA backward's per-call rank (mamba-ssm's is 50): first where one fused kernel call takes
+    the scan, second for wider states (sliced calls, chain in PyTorch: mamba-ssm's is faster), first again where
+    mamba-ssm's dA is wrong (one-token fp16/bf16) and where it would round a fp32 delta's gradient to u's dtype."""
+    from vivim.ops._cuda_ext import backward_rank
+
+    def rank(N, L, dtype, delta_dtype=None):
+        u = torch.zeros(1, 4, L, dtype=dtype)
+        delta = torch.zeros(1, 4, L, dtype=delta_dtype or dtype)
+        return backward_rank([u, delta, torch.zeros(4, N), None, None, None, None, None])
+
+    mamba = 50
+    assert rank(16, 20480, torch.half) > mamba and rank(8, 7, torch.float32) > mamba
+    assert rank(16, 320, torch.half, delta_dtype=torch.float32) > mamba
+    assert rank(32, 5, torch.half) < mamba and rank(64, 1, torch.float32) < mamba and rank(17, 9, torch.bfloat16) < mamba
+    assert rank(32, 1, torch.half) > mamba and rank(64, 1, torch.bfloat16) > mamba
+    assert rank(32, 5, torch.half) > dispatch._REGISTRY["reference"].priority
+
+
 def test_use_backward_lets_one_implementation_compute_backwards_and_restores_the_ranking():
     """Benchmarks compare backwards (bench_model_step.py --backward) and GPU tests pin one; process-wide, since
     autograd runs backwards on threads of its own."""

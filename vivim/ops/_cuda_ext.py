@@ -23,7 +23,7 @@ import sys
 import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -220,6 +220,22 @@ def selective_scan_cuda(
     return out
 
 
+def backward_rank(inputs: Sequence[Optional[Tensor]]) -> int:
+    """Our backward's rank for one call (mamba-ssm's is 50). First wherever one fused kernel call takes the scan
+    (N <= 16, every Vivim layer): on an H200 the scan's forward + backward takes 10% less time than with mamba-ssm's
+    over Vivim's four training shapes. Wider states take sliced calls with the chain in PyTorch, where mamba-ssm's
+    kernel is faster (benchmarks/RESULTS.md), so it goes second there; except for one-token fp16/bf16 sequences,
+    where mamba-ssm's dA is wrong. A delta or z in another dtype than u's keeps ours first: mamba-ssm's kernel
+    would round their gradients to u's dtype, which is why ours takes its fp32 chain there."""
+    from vivim.ops.cuda_backward import STATES_PER_CALL
+
+    u, A = inputs[0], inputs[2]
+    assert u is not None and A is not None
+    wide = A.shape[1] > STATES_PER_CALL
+    mamba_dA_wrong = u.shape[-1] == 1 and u.dtype != torch.float32
+    return 40 if wide and not mamba_dA_wrong else 100
+
+
 def try_register() -> bool:
     """Register 'vivim_cuda' with the dispatcher (priority 100). Never raises; False when it could not."""
     try:
@@ -229,13 +245,9 @@ def try_register() -> bool:
 
         from vivim.ops.cuda_backward import trainable_selective_scan_cuda
 
-        # the backward ranks first too: on an H200 the scan's forward + backward takes 10% less time than with
-        # mamba-ssm's over Vivim's four training shapes (less at three, 1.25x more at the longest), and mamba-ssm's
-        # dA is wrong for one-token sequences in fp16/bf16 (benchmarks/RESULTS.md). Measured on the fused path (N <= 16,
-        # one dtype: every Vivim layer); other calls run the chain in PyTorch and are slower than mamba-ssm's
-        # (README: pin it with use_backward)
         dispatch.register_impl("vivim_cuda", selective_scan_cuda, priority=100, available=available,
-                               devices=("cuda",), dtypes=dispatch.KERNEL_DTYPES, grad_fn=trainable_selective_scan_cuda)
+                               devices=("cuda",), dtypes=dispatch.KERNEL_DTYPES, grad_fn=trainable_selective_scan_cuda,
+                               grad_priority=backward_rank)
         return True
     except Exception:
         return False

@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from vivim.errors import ScanShapeError
 
-_STATES_PER_CALL = 16  # the backward kernel holds 16 states per channel
+STATES_PER_CALL = 16  # the backward kernel holds 16 states per channel
 
 Grads = tuple[Tensor, Tensor, Optional[Tensor], Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]
 
@@ -74,8 +74,8 @@ def sliced_backward(u: Tensor, delta: Tensor, A: Tensor, B4: Tensor, C4: Tensor,
     Af, B4f, C4f = A.float(), as_computed(B4), as_computed(C4)
     du = ddt = None
     dA, dB, dC = [], [], []
-    for s in range(0, A.shape[1], _STATES_PER_CALL):
-        part = slice(s, s + _STATES_PER_CALL)
+    for s in range(0, A.shape[1], STATES_PER_CALL):
+        part = slice(s, s + STATES_PER_CALL)
         grads = _kernel_backward(uf, dt, Af[:, part].contiguous(), B4f[:, :, part].contiguous(),
                                  C4f[:, :, part].contiguous(), g, None, None, None, False)
         du = grads[0] if du is None else du + grads[0]
@@ -93,6 +93,13 @@ def sliced_backward(u: Tensor, delta: Tensor, A: Tensor, B4: Tensor, C4: Tensor,
     return du, ddelta, dz, torch.cat(dA, 1), torch.cat(dB, 2), torch.cat(dC, 2), dD, dbias
 
 
+def takes_fused_path(u: Tensor, delta: Tensor, A: Tensor, z: Optional[Tensor]) -> bool:
+    """Whether one fused kernel call computes this scan's backward. The fused kernel writes du, ddelta and dz in u's
+    dtype, so a delta or z in another dtype (fp32 beside half u) keeps its gradient's precision through the fp32
+    chain instead; more than 16 states take the sliced calls."""
+    return A.shape[1] <= STATES_PER_CALL and delta.dtype == u.dtype and (z is None or z.dtype == u.dtype)
+
+
 class _TrainableKernelScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):  # type: ignore[override]
@@ -108,10 +115,7 @@ class _TrainableKernelScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
         B4 = B if B.dim() == 4 else B.unsqueeze(1)
         C4 = C if C.dim() == 4 else C.unsqueeze(1)
-        # the fused kernel writes du, ddelta and dz in u's dtype: a delta or z in another dtype (fp32 beside half u)
-        # keeps its gradient's precision through the fp32 chain instead
-        fused = A.shape[1] <= _STATES_PER_CALL and delta.dtype == u.dtype and (z is None or z.dtype == u.dtype)
-        backward = fused_backward if fused else sliced_backward
+        backward = fused_backward if takes_fused_path(u, delta, A, z) else sliced_backward
         du, ddelta, dz, dA, dB4, dC4, dD, dbias = backward(u, delta, A, B4, C4, grad_out, D, z, delta_bias,
                                                            ctx.delta_softplus)
         dB = dB4 if B.dim() == 4 else dB4.squeeze(1)

@@ -3,8 +3,8 @@
 Implementations register with a priority and an availability check. A call picks, in order of priority, the first
 implementation that is available for the tensors' device: the project's CUDA kernel ('vivim_cuda', when built),
 mamba-ssm's kernel on CUDA ('mamba_ssm', when its compiled extension is installed), then the PyTorch reference
-(always). The backward has a ranking of its own (`grad_priority`); today it is the same order: ours
-(vivim.ops.cuda_backward), mamba-ssm's kernel, the reference.
+(always). The backward has a ranking of its own (`grad_priority`, a number or a function of the call's inputs): ours
+(vivim.ops.cuda_backward) where its fused kernel takes the call, mamba-ssm's kernel, ours otherwise, the reference.
 `use_impl(name)` forces one for the forward, for benchmarks and cross-checks.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -24,6 +24,8 @@ from vivim.ops.reference import selective_scan_reference
 
 # fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> out
 ScanFn = Callable[..., Tensor]
+# (u, delta, A, B, C, D, z, delta_bias) of one call -> that call's rank: for a kernel faster on some calls only
+CallRank = Callable[[Sequence[Optional[Tensor]]], int]
 
 
 @dataclass
@@ -36,10 +38,13 @@ class ScanImpl:
     differentiable: bool  # True when it can compute the backward (fn itself, or grad_fn, supports autograd)
     dtypes: Optional[tuple[torch.dtype, ...]] = None  # input dtypes it takes (None: any)
     grad_fn: Optional[ScanFn] = None  # fn with autograd support, when fn itself has none (a faster plain call)
-    grad_priority: Optional[int] = None  # its rank for the backward, when that differs from the forward's
+    grad_priority: Union[None, int, CallRank] = None  # its rank for the backward, when that differs from the forward's
 
-    @property
-    def backward_priority(self) -> int:
+    def backward_priority(self, inputs: Optional[Sequence[Optional[Tensor]]] = None) -> int:
+        """Its rank for the backward of a call with these inputs (without inputs: a call-ranked one ranks as its
+        forward does)."""
+        if callable(self.grad_priority):
+            return self.grad_priority(inputs) if inputs is not None else self.priority
         return self.priority if self.grad_priority is None else self.grad_priority
 
     @property
@@ -61,16 +66,19 @@ def register_impl(
     differentiable: bool = False,
     dtypes: Optional[tuple[torch.dtype, ...]] = None,
     grad_fn: Optional[ScanFn] = None,
-    grad_priority: Optional[int] = None,
+    grad_priority: Union[None, int, CallRank] = None,
 ) -> None:
     """Add (or replace) an implementation of the selective scan (`grad_fn` makes it differentiable)."""
     _REGISTRY[name] = ScanImpl(name, fn, priority, available, devices, differentiable or grad_fn is not None, dtypes,
                                grad_fn, grad_priority)
 
 
-def implementations(for_backward: bool = False) -> list[ScanImpl]:
-    """Registered implementations, the preferred first (for the forward, or for the backward)."""
-    return sorted(_REGISTRY.values(), key=lambda impl: -(impl.backward_priority if for_backward else impl.priority))
+def implementations(for_backward: bool = False,
+                    inputs: Optional[Sequence[Optional[Tensor]]] = None) -> list[ScanImpl]:
+    """Registered implementations, the preferred first (for the forward, or for the backward of a call with
+    `inputs` = (u, delta, A, B, C, D, z, delta_bias))."""
+    return sorted(_REGISTRY.values(),
+                  key=lambda impl: -(impl.backward_priority(inputs) if for_backward else impl.priority))
 
 
 def is_available(name: str, device_type: str = "cuda") -> tuple[bool, str]:
@@ -124,13 +132,15 @@ def use_backward(name: str) -> Iterator[None]:
                 _REGISTRY[key].differentiable = was
 
 
-def pick(device_type: str, need_grad: bool = False, dtype: Optional[torch.dtype] = None) -> ScanImpl:
-    """The implementation a call on `device_type` (with inputs of `dtype`, when given) uses now."""
+def pick(device_type: str, need_grad: bool = False, dtype: Optional[torch.dtype] = None,
+         inputs: Optional[Sequence[Optional[Tensor]]] = None) -> ScanImpl:
+    """The implementation a call on `device_type` (with inputs of `dtype`, when given) uses now; a backward is
+    ranked for its call's `inputs` (u, delta, A, B, C, D, z, delta_bias) when given."""
     _load_optional_impls()
     forced = getattr(_forced, "name", None)
     if forced is not None and not need_grad:
         return _REGISTRY[forced]
-    for impl in implementations(for_backward=need_grad):
+    for impl in implementations(for_backward=need_grad, inputs=inputs):
         if need_grad and not impl.differentiable:
             continue
         if dtype is not None and impl.dtypes is not None and dtype not in impl.dtypes:

@@ -48,7 +48,7 @@ def _backward(ctx, grad_out):
     saved = ctx.saved_tensors
     args = [t.detach().requires_grad_(t.is_floating_point()) if present else None
             for t, present in zip(saved, ctx.present)]
-    impl = dispatch.pick(grad_out.device.type, need_grad=True, dtype=grad_out.dtype)
+    impl = dispatch.pick(grad_out.device.type, need_grad=True, dtype=grad_out.dtype, inputs=args)
     with torch.enable_grad():
         out = impl.differentiable_fn(*args, ctx.delta_softplus)
         wanted = [a for a in args if a is not None and a.requires_grad]

@@ -1,8 +1,20 @@
 // Fast elementwise math shared by the forward (selective_scan.cu) and the backward (selective_scan_bwd.cu), so
-// that the backward differentiates at exactly the dt and gate values the forward computed.
+// that the backward differentiates at exactly the dt and gate values the forward computed, and the element
+// conversions both kernels use (fp32 inside, the call's dtype at the edges).
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 namespace vivim_scan_math {
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;

@@ -45,7 +45,7 @@ constexpr int kTileTokens = 16;      // tokens staged per shared-memory tile; ch
 constexpr int kMaxChannels = 128;    // channels per block (= threads per block)
 constexpr int kTargetBlocks = 1024;  // enough blocks to fill a large GPU several times over, evenly
 constexpr int kMaxChunks = 512;     // bounds the workspace and the carry pass (n_chunks <= want <= 512)
-using namespace vivim_scan_math;  // fast_exp2, softplus_fast, silu, kLog2e
+using namespace vivim_scan_math;  // fast_exp2, softplus_fast, silu, kLog2e, to_f, from_f
 
 // ---------------------------------------------------------------------------------------------------
 // Launch geometry, shared by the workspace-size query and the launcher so they always agree.
@@ -131,24 +131,6 @@ static Geometry make_geometry(int64_t batch, int64_t dim, int64_t seqlen, int64_
     return g;
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Element access.
-template <typename T> struct Elem;
-template <> struct Elem<float> {
-    static __device__ __forceinline__ float load(const float* p) { return __ldg(p); }
-    static __device__ __forceinline__ float store(float v) { return v; }
-};
-template <> struct Elem<__half> {
-    static __device__ __forceinline__ float load(const __half* p) { return __half2float(__ldg(p)); }
-    static __device__ __forceinline__ __half store(float v) { return __float2half_rn(v); }
-};
-template <> struct Elem<__nv_bfloat16> {
-    static __device__ __forceinline__ float load(const __nv_bfloat16* p) {
-        return __bfloat162float(__ldg(p));
-    }
-    static __device__ __forceinline__ __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
-};
-
 // Programmatic dependent launch (sm_90+): a kernel launched with the PDL attribute may start while its
 // predecessor in the stream still runs; it must wait here before reading what the predecessor wrote. Without
 // the attribute, or below sm_90, these are no-ops.
@@ -202,7 +184,7 @@ __device__ __forceinline__ void store_row16(T* __restrict__ p, int nt, bool vec,
     } else {
 #pragma unroll
         for (int k = 0; k < kTileTokens; ++k)
-            if (k < nt) p[k] = Elem<T>::store(v[k]);
+            if (k < nt) p[k] = from_f<T>(v[k]);
     }
 }
 
@@ -232,7 +214,7 @@ __device__ __forceinline__ void store_rowM(T* __restrict__ p, int nvalid, bool v
         }
 #pragma unroll
         for (int k = 0; k < M; ++k)
-            if (k < nvalid) p[k] = Elem<T>::store(v[k]);
+            if (k < nvalid) p[k] = from_f<T>(v[k]);
     }
 }
 
@@ -370,7 +352,7 @@ __device__ __forceinline__ void load_raw(const T* __restrict__ p, int nvalid, bo
     }
     T e[M];
 #pragma unroll
-    for (int k = 0; k < M; ++k) e[k] = k < nvalid ? p[k] : Elem<T>::store(0.f);
+    for (int k = 0; k < M; ++k) e[k] = k < nvalid ? p[k] : from_f<T>(0.f);
     memcpy(r.w, e, sizeof(e));
 }
 
@@ -380,17 +362,13 @@ __device__ __forceinline__ void zero_raw(RowRaw<T, M>& r) {
     for (int q = 0; q < RowRaw<T, M>::kWords; ++q) r.w[q] = 0u;  // +0.0 in every type
 }
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
 template <typename T, int M>
 __device__ __forceinline__ void unpack_raw(const RowRaw<T, M>& r, float (&v)[M]) {
     T e[M];
     memcpy(e, r.w, sizeof(e));
 #pragma unroll
     for (int k = 0; k < M; ++k) {
-        v[k] = to_float(e[k]);
+        v[k] = to_f(e[k]);
     }
 }
 

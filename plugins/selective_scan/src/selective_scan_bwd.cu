@@ -34,7 +34,7 @@
 
 namespace {
 
-using namespace vivim_scan_math;  // the forward's softplus, sigmoid and exp2: gradients at its exact values
+using namespace vivim_scan_math;  // the forward's softplus, sigmoid, exp2 (gradients at its exact values), to_f, from_f
 
 constexpr int kCh = 16;    // channels per block
 constexpr int kN = 16;     // states per channel (padded)
@@ -68,14 +68,6 @@ struct Tile {
     int64_t b, g, d0;  // batch element, group, first channel
     int nch;           // channels of this block (the last tile of a group may be partial)
 };
-
-__device__ inline float to_f(float v) { return v; }
-__device__ inline float to_f(__half v) { return __half2float(v); }
-__device__ inline float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ inline T from_f(float v);
-template <> __device__ inline float from_f<float>(float v) { return v; }
-template <> __device__ inline __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ inline __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 __device__ inline Tile tile_of(const vivim_scan_bwd_params_t& p) {
     const int64_t per_group = p.dim / p.n_groups;
