@@ -13,7 +13,7 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site
 fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warning | tail -2
-if [ -d .deps/mamba/src ] && ! python3 -c "import selective_scan_cuda" 2>/dev/null; then
+if [ -d .deps/mamba/src ] && ! python3 -c "import torch, selective_scan_cuda" 2>/dev/null; then
   ( time bash .deps/mamba/mamba-peer.sh build .deps/mamba/src ) 2>&1 | tail -4
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
