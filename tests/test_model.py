@@ -196,6 +196,37 @@ def test_training_decodes_one_frame_with_batch_norm_statistics_over_every_frame(
     assert model.patch_embeds[0].proj.weight.grad is not None
 
 
+def test_decoder_equals_segformers_project_upsample_concatenate_fuse_order(rng_seed):
+    """The decoder forms fuse_i · linear_i per stage and sums the resized results; SegFormer projects, upsamples,
+    concatenates (deepest stage first) and fuses. Same map, values and gradients, written out the original way here
+    in float64 on random weights (so a wrong stage-to-block pairing cannot cancel out)."""
+    import torch.nn.functional as F
+
+    head = vivim.create_model("tiny", frames=5, img_size=64).decode_head.double()
+    for param in head.parameters():
+        param.data.normal_(0.0, 0.1)
+    dims, sides = [lin.in_features for lin in head.linear_c], [16, 8, 4, 2]
+    features = [torch.randn(3, d, s, s, dtype=torch.float64, requires_grad=True) for d, s in zip(dims, sides)]
+
+    def segformer_order(maps):
+        projected = []
+        for i, (x, linear) in enumerate(zip(maps, head.linear_c)):
+            n, _, h, w = x.shape
+            x = linear(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(n, -1, h, w)
+            projected.append(x if i == 0 else F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False))
+        return head.linear_fuse(torch.cat(projected[::-1], dim=1))
+
+    ours, theirs = head.fused_maps(features), segformer_order(features)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(ours)
+    grads = torch.autograd.grad((ours * weights).sum(), features + list(head.parameters()), allow_unused=True)
+    expected = torch.autograd.grad((theirs * weights).sum(), features + list(head.parameters()), allow_unused=True)
+    for a, b in zip(grads, expected):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_streaming_split_equals_forward(rng_seed):
     model = vivim.create_model("tiny", frames=4, img_size=64).eval()
     clip = torch.randn(1, 4, 3, 64, 64)

@@ -31,7 +31,16 @@ def stage_sizes(config: VivimConfig) -> list[tuple[int, int]]:
 
 
 class SegFormerHead(nn.Module):
-    """All-MLP decoder, per frame: project each stage to E channels, upsample to stage-1 size, fuse, classify."""
+    """All-MLP decoder, per frame: project each stage to E channels, upsample to stage-1 size, fuse, classify.
+
+    SegFormer's order is project, upsample, concatenate (deepest stage first), then a 1x1 fuse convolution from 4E
+    channels to E. All four steps are linear, and a 1x1 convolution commutes with a resize, so this computes the
+    same map as the sum over stages of resize(fuse_i · (linear_i f_i + b_i)), with fuse_i · linear_i (E x C_i)
+    formed from the weights on each call: the parameters and checkpoints are SegFormer's, but the 4E-channel
+    concatenation at stage-1 size never exists. That map was the largest activation of a training step (1 GB
+    for the paper model at batch 8 x 5 x 256^2, where training runs the decoder on every frame up to its
+    BatchNorm), and the fuse convolution over it most of the decoder's arithmetic (benchmarks/RESULTS.md).
+    """
 
     def __init__(self, in_dims: tuple[int, ...], dim: int, num_classes: int, dropout: float,
                  sizes: list[tuple[int, int]]):
@@ -44,16 +53,24 @@ class SegFormerHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(dim, num_classes, 1)
 
+    def fused_maps(self, features: list[Tensor]) -> Tensor:
+        """The fuse convolution's output (before BatchNorm) for per-stage maps (n, C_i, h_i, w_i)."""
+        size = (features[0].shape[-2], features[0].shape[-1])
+        dim, stages = self.linear_fuse.out_channels, len(features)
+        fuse = self.linear_fuse.weight.flatten(1)  # (E, stages * E); its input blocks run deepest stage first
+        fused: Optional[Tensor] = None
+        for i, (feature, linear) in enumerate(zip(features, self.linear_c)):
+            block = fuse[:, (stages - 1 - i) * dim:(stages - i) * dim]
+            weight = (block @ linear.weight)[:, :, None, None]  # (E, C_i, 1, 1)
+            x = F.conv2d(feature, weight, block @ linear.bias)
+            x = x if i == 0 else self.upsample[i - 1](x, size)
+            fused = x if fused is None else fused + x
+        assert fused is not None
+        return fused
+
     def forward(self, features: list[Tensor], keep: Optional[tuple[int, int, int]] = None) -> Tensor:
         """keep = (batch, frames, t): BatchNorm sees every frame, the layers after it only frame t of each clip."""
-        size = (features[0].shape[-2], features[0].shape[-1])
-        projected = []
-        for i, (feature, linear) in enumerate(zip(features, self.linear_c)):
-            n, _, h, w = feature.shape
-            x = linear(feature.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(n, -1, h, w)
-            projected.append(x if i == 0 else self.upsample[i - 1](x, size))
-        # SegFormer concatenates the deepest stage first
-        x = self.batch_norm(self.linear_fuse(torch.cat(projected[::-1], dim=1)))
+        x = self.batch_norm(self.fused_maps(features))
         if keep is not None:
             batch, frames, t = keep
             x = x.reshape(batch, frames, *x.shape[1:])[:, t]
