@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from vivim import atomic, paths
-from vivim.checkpoint import checkpoint_file
+from vivim.checkpoint import DEMO_CLIP, bundled_asset, checkpoint_file
 from vivim.cli_utils import next_command, run_app, shell, warn
 from vivim.constants import SEED_MAX
 from vivim.errors import VivimError
@@ -116,8 +116,8 @@ def plugin(
 
     library = build_plugin(output_dir, arch, tensorrt_include, verbose=verbose)
     print(f"plugin: built {library} ({_mb(library.stat().st_size)})")
-    # MODEL.onnx: the ONNX from `vivim-export onnx` (--fp16 only for an FP16 graph)
-    next_command(shell("vivim-export", "trt", "MODEL.onnx", "--fp16", "-o", "MODEL.engine", "--plugin", library))
+    # runnable as printed: the bundled demo weights, exported first (a checkpoint or an ONNX of one in their place)
+    next_command(shell("vivim-export", "trt", "demo", "--fp16", "-o", "demo.engine", "--plugin", library))
 
 
 @app.command()
@@ -163,7 +163,7 @@ def trt(
                           precision="fp16" if fp16 else None, rerun=rerun)
     print(f"TensorRT: engine saved as '{engine}' ({_mb(engine.stat().st_size)}), sidecar '{engine}.json'")
     # the plugin named explicitly: vivim-run looks only in ./vivim_plugin/ and beside the engine by itself
-    next_command(shell("vivim-run", "--engine", engine, "--plugin", plugin_path, "--video", "VIDEO.mp4"))
+    next_command(shell("vivim-run", "--engine", engine, "--plugin", plugin_path, "--video", bundled_asset(DEMO_CLIP)))
 
 
 def _tensorrt_installed() -> bool:

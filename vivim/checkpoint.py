@@ -26,15 +26,19 @@ FORMAT = "vivim-checkpoint"
 FORMAT_VERSION = "1"
 DEMO_NAME = "demo"
 DEMO_FILE = "demo_tiny.safetensors"
+DEMO_CLIP = "demo_clip.mp4"  # a held-out synthetic ultrasound video: an input every printed example can run on
 
 PathLike = Union[str, os.PathLike]
 
 
+def bundled_asset(name: str) -> str:
+    """The path of a file shipped in vivim/assets (DEMO_FILE, DEMO_CLIP)."""
+    return str(resources.files("vivim") / "assets" / name)
+
+
 def checkpoint_file(name: PathLike) -> str:
     """The file a checkpoint argument names: 'demo' is the bundled weights' path, anything else itself."""
-    if str(name) == DEMO_NAME:
-        return str(resources.files("vivim") / "assets" / DEMO_FILE)
-    return str(name)
+    return bundled_asset(DEMO_FILE) if str(name) == DEMO_NAME else str(name)
 
 
 def resolve_checkpoint(path: PathLike) -> Path:
