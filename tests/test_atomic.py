@@ -45,3 +45,33 @@ def test_json_is_strict_non_finite_numbers_become_null(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"dice": None, "runs": [1.5, None, {"mae": None}], "n": 3, "where": str(tmp_path)}
     assert [p.name for p in tmp_path.iterdir()] == ["scores.json"]  # no temporary file left
+
+
+def test_data_is_flushed_to_disk_before_the_rename(tmp_path, monkeypatch):
+    """A power cut right after the rename must not leave an empty or partial file under the real name (ext4 and
+    others may commit the rename before the data): the temporary's full contents are fsynced before it replaces
+    the target."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        events.append(("fsync", info.st_ino, info.st_size))
+        return real_fsync(fd)
+
+    def replace(src, dst, *args, **kwargs):
+        events.append(("replace", os.stat(src).st_ino, os.path.abspath(dst)))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "best.safetensors"
+    target.write_bytes(b"previous")
+    data = os.urandom(4096 + int.from_bytes(os.urandom(2), "little"))
+    atomic.write_bytes(target, data)
+    assert target.read_bytes() == data
+    inode = os.stat(target).st_ino  # a rename keeps the inode: the temporary's
+    renames = [i for i, e in enumerate(events) if e[0] == "replace" and e[2] == str(target)]
+    assert len(renames) == 1 and events[renames[0]][1] == inode
+    synced = [i for i, e in enumerate(events) if e[0] == "fsync" and e[1] == inode and e[2] == len(data)]
+    assert synced and synced[0] < renames[0], events

@@ -458,3 +458,16 @@ def test_neither_checkpoint_nor_variant_benchmarks_the_paper_model_and_says_so(c
     assert _model_choice(None, None) == "paper"
     assert "benchmarking the 'paper' variant with random weights" in capsys.readouterr().err
     assert _model_choice("demo", None) is None and _model_choice(None, "b1") == "b1"
+
+
+@pytest.mark.parametrize("frames", [3, 5, 8])
+def test_pipeline_rows_map_an_output_frame_index_onto_the_runtime_names(frames) -> None:
+    """vivim-run takes only 'centre' or 'newest': an index must map onto the frame it means (T // 2 is the centre,
+    T - 1 the newest), else the pipeline row would time a different output frame than the other rows."""
+    from vivim.bench.rows_runtime import _runtime_output_frame
+
+    assert _runtime_output_frame(frames // 2, frames) == "centre"
+    assert _runtime_output_frame(frames - 1, frames) == "newest"
+    assert _runtime_output_frame(-1, frames) == "newest"
+    assert _runtime_output_frame(0, frames) is None  # neither: the pipeline row is skipped, not mislabelled
+    assert _runtime_output_frame("centre", frames) == "centre" and _runtime_output_frame("newest", frames) == "newest"

@@ -155,3 +155,24 @@ def test_a_save_that_fails_midway_keeps_the_previous_checkpoint(tmp_path, tiny, 
     assert path.read_bytes() == before
     assert read_metadata(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]
+
+
+def test_fp16_model_is_stored_as_fp32_tensors_on_disk(tmp_path, tiny):
+    """The file itself must hold fp32 whatever the model was cast to: a reader other than load_checkpoint (a
+    user's own safetensors code, another framework) takes the stored dtype as it is, and a checkpoint saved
+    from an fp16 inference model must not quietly become a half-precision file."""
+    from safetensors import safe_open
+
+    tiny.half()
+    state = {k: v.clone() for k, v in tiny.state_dict().items()}
+    assert any(v.dtype == torch.float16 for v in state.values())
+    path = vivim.save_checkpoint(tiny, tmp_path / "m.safetensors")
+    with safe_open(str(path), "pt") as f:
+        assert set(f.keys()) == set(state)
+        for key in f.keys():
+            stored = f.get_tensor(key)
+            if state[key].is_floating_point():
+                assert stored.dtype == torch.float32, key
+                torch.testing.assert_close(stored, state[key].float(), rtol=0, atol=0)
+            else:
+                assert stored.dtype == state[key].dtype and torch.equal(stored, state[key]), key

@@ -517,3 +517,35 @@ def test_colour_jitter_is_the_pil_enhance_chain():
     flat[:4] = 255
     out = colour_jitter(flat, 1.5, 0.5, 1.0, 1.0)
     assert np.array_equal(out[0], out[-1])
+
+
+def test_frames_are_read_in_rgb_order(tmp_path):
+    """The model was trained on RGB frames normalised with ImageNet's RGB statistics: a BGR frame would swap red and
+    blue, and a red lesion on ultrasound colour Doppler would look blue to the model."""
+    from vivim.data.image_io import read_frame
+
+    red_bgr = np.zeros((6, 8, 3), np.uint8)
+    red_bgr[..., 2] = 255  # OpenCV writes BGR: this file is pure red
+    cv2.imwrite(str(tmp_path / "red.png"), red_bgr)
+    red = read_frame(tmp_path / "red.png")
+    assert red.shape == (6, 8, 3) and red.dtype == np.uint8
+    assert (red[..., 0] == 255).all() and (red[..., 1:] == 0).all()
+    rgb = np.random.default_rng().integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "random.png")  # PIL writes RGB, PNG is lossless
+    np.testing.assert_array_equal(read_frame(tmp_path / "random.png"), rgb)
+
+
+def test_a_png_mask_wins_over_another_image_of_the_same_name(tmp_path, davis):
+    """Folders often hold a lossless .png mask beside a .jpg preview of it: the .png is the annotation to train
+    and score on, whatever order the folder lists them in."""
+    root = _copy(davis, tmp_path)
+    folder = root / "Annotations/synth_0002"
+    for mask in sorted(folder.glob("*.png")):
+        inverted = 255 - cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)  # a different, stale picture
+        cv2.imwrite(str(mask.with_suffix(".jpg")), inverted)
+    video = next(v for v in discover_videos(root) if v.name == "synth_0002")
+    assert [m.suffix for m in video.masks] == [".png"] * len(video.frames)
+    assert [m.stem for m in video.masks] == [f.stem for f in video.frames]
+    reference = next(v for v in discover_videos(davis) if v.name == "synth_0002")
+    for ours, original in zip(video.masks, reference.masks):
+        np.testing.assert_array_equal(read_mask(ours), read_mask(original))

@@ -93,6 +93,35 @@ def test_scores_match_an_independent_recomputation(checkpoint, data, mode):
     assert summary["output_frame"] == mode and summary["frames"] == 10 and summary["videos"] == 2
 
 
+def test_masks_halved_in_size_are_thresholded_above_one_half(checkpoint, tmp_path):
+    """Ground truth at twice the model's size: halving it puts boundary pixels at exactly 0.5, which the protocol
+    (p > 0.5 for the prediction, gt > 0.5 for the mask) counts as background. The same independent recomputation."""
+    data = tmp_path / "data64"
+    write_synthetic_dataset(data, videos=2, frames=5, size=64, seed=5, mp4=False, sheet=False)
+    summary, acc, _, _ = evaluate_checkpoint(str(checkpoint), str(data), output_frame="centre", device="cpu", batch=4,
+                                             progress=False)
+    ref = _reference_scores(checkpoint, data, "centre")
+    for record in acc.records:
+        expected = ref[(record["video"], record["frame"])]
+        for key in ("dice", "precision", "recall", "mae"):
+            assert record[key] == pytest.approx(expected[key], abs=1e-5), (record["video"], record["frame"], key)
+
+
+def test_the_frame_a_checkpoint_was_trained_for_is_the_default(data, tmp_path):
+    """A model trained on the newest frame is scored on the newest frame unless --output-frame says otherwise."""
+    torch.manual_seed(1)
+    path = tmp_path / "newest.safetensors"
+    vivim.save_checkpoint(vivim.create_model("tiny", frames=3, img_size=32), path, output_frame="newest")
+    summary, acc, _, _ = evaluate_checkpoint(str(path), str(data), device="cpu", batch=4, progress=False)
+    assert summary["output_frame"] == "newest"
+    ref = _reference_scores(path, data, "newest")
+    for record in acc.records:
+        assert record["dice"] == pytest.approx(ref[(record["video"], record["frame"])]["dice"], abs=1e-5)
+    summary, _, _, _ = evaluate_checkpoint(str(path), str(data), output_frame="centre", device="cpu", batch=4,
+                                           progress=False)
+    assert summary["output_frame"] == "centre"
+
+
 def test_sparse_masks_score_the_annotated_frames_with_full_clips(checkpoint, data, tmp_path):
     import shutil
 

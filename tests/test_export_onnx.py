@@ -371,6 +371,40 @@ def test_exported_model_structure_and_metadata(exported, tiny_checkpoint, fp16):
     assert meta["checkpoint_sha256"] == file_sha256(tiny_checkpoint)
 
 
+def test_an_fp16_graph_keeps_a_d_and_dt_bias_at_full_precision(exported):
+    """The contract keeps A, D and delta_bias in fp32 inside an FP16 graph: their values, not only their types,
+    must be the FP32 graph's (a model cast to half before export would pass fp16-rounded values through fp32)."""
+    from onnx import numpy_helper
+
+    def scan_parameters(fp16):
+        model = onnx.load(exported(fp16, "all")[0])
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        scans = [n for n in model.graph.node if n.op_type == "VivimSelectiveScan"]
+        assert all(n.input[k] in inits for n in scans for k in (2, 5, 7)), "A, D, delta_bias are constants"
+        return [[inits[n.input[k]] for k in (2, 5, 7)] for n in scans]
+
+    half, full = scan_parameters(True), scan_parameters(False)
+    assert len(half) == len(full)
+    for node_half, node_full in zip(half, full):
+        for a, b in zip(node_half, node_full):
+            assert a.dtype == np.float32 and np.array_equal(a, b)
+    assert any(np.any(a != a.astype(np.float16).astype(np.float32)) for node in full for a in node)  # a real test
+
+
+def test_scan_node_contract_check_refuses_a_node_with_missing_inputs():
+    """validate_scan_nodes guards the plugin's input count: a node without its optional inputs (D, z, delta_bias
+    left out by a caller of the op) is refused at export, not at engine build on the device."""
+    from vivim.errors import VivimError
+    from vivim.export.onnx_export import validate_scan_nodes
+
+    for inputs in (["u", "delta", "A", "B", "C", "D", "z"], ["u", "delta", "A", "B", "C", "D", "", "bias"]):
+        model = single_scan_model(TensorProto.FLOAT, 1, 6, 4, 9, 1, 1)
+        model.graph.node[0].input[:] = inputs
+        with pytest.raises(VivimError, match="the contract needs all of"):
+            validate_scan_nodes(model)
+    assert validate_scan_nodes(single_scan_model(TensorProto.FLOAT, 1, 6, 4, 9, 1, 1)) == 1
+
+
 @pytest.mark.parametrize("output_frame", ["all", "centre", "newest"])
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_onnxruntime_parity_with_pytorch(exported, tiny_checkpoint, fp16, output_frame):
@@ -420,6 +454,26 @@ def test_parity_fails_beyond_tolerance_and_flags_other_checkpoint(exported, tmp_
     vivim.save_checkpoint(vivim.create_model("tiny", frames=FRAMES, img_size=SIZE[0]), other)
     result = check_parity(other, path)
     assert not result.checkpoint_matches and not result.passed
+
+
+def test_parity_compares_the_onnx_masks_with_pytorch_s(exported, tiny_checkpoint, tmp_path):
+    """Masks are the user-facing output: a graph whose logits have the wrong sign fails on Dice even when the
+    logit tolerance is lifted, and the report counts the ONNX masks' own pixels."""
+    from vivim.export.parity import check_parity
+
+    model = onnx.load(exported(False, "centre")[0])
+    out = model.graph.output[0].name
+    producer = next(n for n in model.graph.node if out in n.output)
+    producer.output[list(producer.output).index(out)] = "logits_before_negation"
+    model.graph.node.append(helper.make_node("Neg", ["logits_before_negation"], [out]))
+    negated = tmp_path / "negated.onnx"
+    onnx.save(model, negated)
+    result = check_parity(tiny_checkpoint, negated, atol=1e9)
+    assert result.max_abs_err <= 1e9 and not result.passed
+    assert result.dice < 0.5
+    total = int(np.prod(result.input_shape[-2:]))  # one decoded frame
+    assert result.mask_pixels_onnx + result.mask_pixels_torch == total  # complements (no logit exactly 0)
+    assert result.mask_agreement == 0.0
 
 
 def test_export_error_paths(tiny_checkpoint, tmp_path):

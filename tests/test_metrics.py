@@ -136,3 +136,20 @@ def test_structure_loss_matches_the_formula(rng_seed):
     per_pixel = -(target * torch.log(p) + (1 - target) * torch.log(1 - p))
     wbce = ((w * per_pixel).sum((2, 3)) / w.sum((2, 3))).mean()
     assert float(structure_loss(logits, target, weighted_bce=True)) == pytest.approx(float(wbce + wiou), rel=1e-5)
+
+
+def test_only_frames_without_any_lesion_pixel_count_as_empty():
+    """empty_gt_frames tells the user how many scores come from frames with nothing to find (where Dice is 0 by
+    convention): a frame with a lesion of a single pixel is a real, if tiny, lesion and must not be counted."""
+    rng = np.random.default_rng()
+    acc = MetricAccumulator(sweep=False)
+    gt = torch.zeros(4, 8, 8, dtype=torch.bool)
+    gt[1, rng.integers(8), rng.integers(8)] = True  # exactly one lesion pixel
+    gt[2, 2:5, 3:7] = True
+    gt[3].view(-1)[torch.from_numpy(rng.choice(64, 2, replace=False))] = True  # two pixels
+    prob = torch.from_numpy(rng.random((4, 8, 8))).float()
+    acc.add(prob, gt, ["v"] * 4, range(4))
+    assert [r["fg_pixels"] for r in acc.records] == [0, 1, 12, 2]
+    assert acc.summary()["empty_gt_frames"] == 1
+    acc.add(torch.zeros(1, 8, 8), torch.zeros(1, 8, 8, dtype=torch.bool), ["w"], [0])
+    assert acc.summary()["empty_gt_frames"] == 2

@@ -252,3 +252,67 @@ def test_torch_export_has_one_scan_node_per_temporal_layer():
     assert len(scans) == 4 * 2  # 4 stages x 2 ST-Mamba layers, each one grouped call (G = 3)
     for node in scans:
         assert node.args[3].meta["val"].shape[1] == 3  # B is (batch, G=3, N, L)
+
+
+def test_eval_mode_applies_no_stochastic_depth(rng_seed):
+    """Drop path is a training regulariser: in eval a model trained with it must give the same, deterministic masks
+    as the same weights without it, or vivim-run and vivim-eval would drop whole residual branches at random."""
+    import copy
+
+    from vivim.model.segformer import DropPath
+
+    model = vivim.create_model("tiny", frames=3, img_size=64, drop_path_rate=0.5).eval()
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if isinstance(module, DropPath):
+            module.rate = 0.0
+    assert any(m.rate > 0 for m in model.modules() if isinstance(m, DropPath))
+    clip = torch.randn(2, 3, 3, 64, 64)
+    with torch.no_grad():
+        first, second, plain = model(clip), model(clip), twin(clip)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    torch.testing.assert_close(first, plain, rtol=0, atol=0)
+
+
+def test_drop_path_keeps_or_drops_whole_samples_and_preserves_the_expectation(rng_seed):
+    """Stochastic depth must rescale kept samples by 1/keep: otherwise the residual branches are weaker in
+    training than in eval and the trained model's masks shift once dropping stops."""
+    from vivim.model.segformer import DropPath
+
+    rate, n = 0.25, 2000
+    layer = DropPath(rate).train()
+    x = torch.randn(n, 3, 4) + 2.0  # no sample is all zeros
+    y = layer(x)
+    dropped = (y == 0).flatten(1).all(1)
+    kept = ~dropped
+    torch.testing.assert_close(y[kept], x[kept] / (1 - rate), rtol=1e-6, atol=0)
+    assert kept.any() and dropped.any()
+    assert abs(float(dropped.float().mean()) - rate) < 0.05  # ~5 standard deviations of the binomial share
+    # expectation: the mean of many draws of one sample approaches the sample itself
+    one = torch.randn(1, 8)
+    draws = torch.stack([layer(one) for _ in range(4000)])
+    torch.testing.assert_close(draws.mean(0), one, rtol=0, atol=0.06 * float(one.abs().max()) + 1e-6)
+
+
+def test_drop_path_rate_ramps_linearly_from_zero_over_all_blocks():
+    """SegFormer's stochastic depth grows linearly with depth, from 0 at the first block to drop_path_rate at the
+    last: shallow blocks, which every later one depends on, are never dropped."""
+    rate, depths = 0.3, (2, 3, 1, 2)
+    model = vivim.create_model("tiny", frames=2, img_size=64, drop_path_rate=rate, depths=depths)
+    rates = [block.drop_path.rate for stage in model.blocks for block in stage]
+    n = sum(depths)
+    assert len(rates) == n
+    assert rates[0] == 0.0
+    assert rates[-1] == pytest.approx(rate)
+    assert rates == pytest.approx([rate * i / (n - 1) for i in range(n)])
+    assert all(a < b for a, b in zip(rates, rates[1:]))
+
+
+@pytest.mark.parametrize("index", [5, 6, -6, 100])
+def test_output_frame_outside_the_clip_is_refused(index):
+    """An index past either end of the clip must be an error, not wrap round to another frame's mask."""
+    from vivim.constants import output_frame_index
+
+    with pytest.raises(ValueError, match="outside a clip of 5 frames"):
+        output_frame_index(index, 5)
+    assert output_frame_index(4, 5) == 4 and output_frame_index(-5, 5) == 0

@@ -288,6 +288,7 @@ def test_realtime_video_behaves_like_a_live_source(tmp_path, checkpoint, workdir
     assert summary["frames_captured"] == 30
     assert summary["frames_dropped"] > 0
     assert summary["frames_processed"] + summary["frames_dropped"] == 30
+    assert summary["frames_unprocessed"] == 0  # a dropped frame is not one left in the queue at the end
 
 
 def _cli(argv, capsys):
@@ -557,7 +558,7 @@ def test_onnx_backend_logits_match_pytorch(onnx_model, checkpoint):
     np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-3)
 
 
-def test_output_frame_must_match_a_single_frame_graph(tmp_path, onnx_model, clip):
+def test_output_frame_must_match_a_single_frame_graph(tmp_path, onnx_model, checkpoint, clip):
     """A graph exported for one output frame refuses the other policy with a one-line error."""
     import onnx
 
@@ -571,6 +572,15 @@ def test_output_frame_must_match_a_single_frame_graph(tmp_path, onnx_model, clip
     assert output_index_from_metadata({"output_frame": "all"}, 1, 1) is None  # T = 1 exported with all frames
     with pytest.raises(VivimError, match="the model metadata's output_frame must be centre, newest"):
         output_index_from_metadata({"output_frame": "sideways"}, 5, 1)
+    # and vivim-run refuses the other policy before the first frame (a mask drawn on the wrong frame otherwise)
+    from vivim.export.onnx_export import export_onnx
+
+    centre_only = tmp_path / "centre.onnx"
+    export_onnx(checkpoint, centre_only, output_frame="centre", log=lambda m: None)
+    with pytest.raises(VivimError, match="--output-frame newest: this model decodes clip frame"):
+        run(cfg(source={"kind": "video", "location": clip},
+                backend={"kind": "onnx", "model": str(centre_only), "output_frame": "newest"},
+                sink={"headless": True, "quiet": True}), log=lambda m: None)
 
 
 @pytest.mark.gpu

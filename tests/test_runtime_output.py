@@ -307,3 +307,23 @@ def test_a_marked_folder_still_refuses_masks_no_run_wrote(tmp_path):
                                          r"vivim-run wrote there"):
         MaskFolderSink(str(folder), names=["frame_0", "frame_1"])
     assert _listing(folder) == ["000000.png", "frame_1.png", MaskFolderSink.MARKER]
+
+
+def test_looped_image_folder_writes_each_pass_under_that_image_name(tmp_path):
+    """--loop over a folder of images comes back to the first image with a growing capture index: the mask written
+    for image k on the second pass must replace image k's mask, not pile onto the last image's name."""
+    names = ["scan_03", "scan_10", "scan_11", "scan_20"]
+    rng = np.random.default_rng()
+    passes = [[rng.random((10, 12)) > 0.5 for _ in names] for _ in range(2)]  # clip context differs per pass
+    folder = tmp_path / "masks"
+    sink = MaskFolderSink(str(folder), names=names)
+    for p, masks in enumerate(passes):
+        for k, mask in enumerate(masks):
+            sink.write(p * len(names) + k, np.zeros((10, 12, 3), np.uint8), mask)
+            back = cv2.imread(str(folder / f"{names[k]}.png"), cv2.IMREAD_GRAYSCALE)
+            np.testing.assert_array_equal(back, mask.astype(np.uint8) * 255, err_msg=f"pass {p} image {k}")
+    sink.close()
+    assert _listing(folder) == sorted([f"{name}.png" for name in names] + [MaskFolderSink.MARKER])
+    for name, mask in zip(names, passes[1]):
+        np.testing.assert_array_equal(cv2.imread(str(folder / f"{name}.png"), cv2.IMREAD_GRAYSCALE),
+                                      mask.astype(np.uint8) * 255, err_msg=name)

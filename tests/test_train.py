@@ -118,7 +118,7 @@ def test_resume_errors(data, tmp_path):
     with pytest.raises(VivimError, match="--epochs 1"):
         run_training(_cfg(data, tmp_path / "a.safetensors", resume=True, epochs=3))
     for change, flag in ((dict(lr=0.05), "--lr"), (dict(seed=9), "--seed"), (dict(val_fraction=0.5), "--val-fraction"),
-                         (dict(val=str(data)), "--val")):
+                         (dict(val=str(data)), "--val"), (dict(output_frame="newest"), "--output-frame")):
         with pytest.raises(VivimError, match=f"started with {flag} "):
             run_training(_cfg(data, tmp_path / "a.safetensors", resume=True, epochs=1, **change))
 
@@ -365,6 +365,25 @@ def test_best_checkpoint_holds_the_best_epoch_s_weights(data, tmp_path, monkeypa
     for key, value in best_model.state_dict().items():
         assert torch.equal(value, three.final_state[key]), key
     assert not all(torch.equal(v, result.final_state[k]) for k, v in best_model.state_dict().items())
+
+
+def test_a_resumed_run_keeps_the_best_checkpoint_of_the_epochs_before_it(data, tmp_path, monkeypatch):
+    """The best Dice so far travels in the training state: after --resume, worse epochs must not replace the best
+    checkpoint written before the interruption."""
+    import vivim.train as train_module
+
+    out = tmp_path / "run.safetensors"
+    monkeypatch.setattr(train_module, "_validate", lambda *args, **kwargs: 0.1)
+    probe = run_training(_cfg(data, tmp_path / "probe.safetensors", epochs=1, val_fraction=0.34))
+    steps_per_epoch = len(probe.step_losses)
+    monkeypatch.setattr(train_module, "_validate", lambda *args, **kwargs: 0.9)
+    first = run_training(_cfg(data, out, epochs=3, val_fraction=0.34, max_steps=steps_per_epoch))
+    best_bytes = first.best_path.read_bytes()
+    monkeypatch.setattr(train_module, "_validate", lambda *args, **kwargs: 0.2)
+    resumed = run_training(_cfg(data, out, epochs=3, val_fraction=0.34, resume=True))
+    assert resumed.best_path.read_bytes() == best_bytes
+    _, meta = vivim.load_checkpoint(resumed.last_path)
+    assert meta["training"]["epochs_done"] == 3 and meta["training"]["best_epoch"] == 1
 
 
 @pytest.mark.parametrize("output_frame", ["centre", "newest"])
