@@ -59,7 +59,8 @@ class SegFormerHead(nn.Module):
         dim, stages = self.linear_fuse.out_channels, len(features)
         fuse = self.linear_fuse.weight.flatten(1)  # (E, stages * E); its input blocks run deepest stage first
         fused: Optional[Tensor] = None
-        for i, (feature, linear) in enumerate(zip(features, self.linear_c)):
+        for i, feature in enumerate(features):
+            linear = cast(nn.Linear, self.linear_c[i])
             block = fuse[:, (stages - 1 - i) * dim:(stages - i) * dim]
             weight = (block @ linear.weight)[:, :, None, None]  # (E, C_i, 1, 1)
             x = F.conv2d(feature, weight, block @ linear.bias)
