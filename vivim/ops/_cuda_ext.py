@@ -1,11 +1,11 @@
 """The project's CUDA selective-scan kernel as a PyTorch extension, built on first use and cached.
 
 `try_register()` (called lazily by `vivim.ops.dispatch` when a CUDA tensor is first scanned) registers the
-implementation 'vivim_cuda' (priority 100, before mamba-ssm's kernel, for the forward and the backward). Its
-availability check builds the extension once with `torch.utils.cpp_extension.load` (nvcc + ninja) into
-~/.cache/vivim/torch_extensions/... (or $TORCH_EXTENSIONS_DIR); when that is impossible it answers False and dispatch
-falls back to mamba-ssm or the reference. Training: `vivim.ops.cuda_backward` gives it a backward (the kernel of
-selective_scan_bwd.cu).
+implementation 'vivim_cuda' (priority 100, before mamba-ssm's kernel; the backward is ranked per call by
+`backward_rank`). Its availability check builds the extension once with `torch.utils.cpp_extension.load` (nvcc +
+ninja) into ~/.cache/vivim/torch_extensions/... (or $TORCH_EXTENSIONS_DIR); when that is impossible it answers False
+and dispatch falls back to mamba-ssm or the reference. Training: `vivim.ops.cuda_backward` gives it a backward (the
+kernel of selective_scan_bwd.cu).
 
 The cache folder is named by a digest of every source and flag and of the target GPU architectures, so a process
 that finds the library there imports it directly, with no compiler: a runtime image (Jetson's l4t runtime
@@ -237,7 +237,8 @@ def backward_rank(inputs: Sequence[Optional[Tensor]]) -> int:
 
 
 def try_register() -> bool:
-    """Register 'vivim_cuda' with the dispatcher (priority 100). Never raises; False when it could not."""
+    """Register 'vivim_cuda' with the dispatcher (priority 100; the backward ranked by `backward_rank`). Never raises;
+    False when it could not."""
     try:
         if not torch.cuda.is_available():
             return False

@@ -1,9 +1,10 @@
 """mamba-ssm's compiled selective-scan kernels (`selective_scan_cuda`), called without the `mamba_ssm` package.
 
-They are the fallback on a GPU where our own extension cannot be built (forward and backward). Importing `mamba_ssm` would load its language models first
-(transformers, triton, tilelang): seconds on the first training step, and an ImportError wherever one of those is
-missing, for two compiled functions that need none of it. This wrapper talks to the extension directly, with the
-argument conventions of its `fwd`/`bwd` entry points (mamba-ssm 2.x).
+They are the fallback on a GPU where our own extension cannot be built (forward and backward), and compute the
+backward of scans with more than 16 states, where they are faster than ours. Importing `mamba_ssm` would load its
+language models first (transformers, triton, tilelang): seconds on the first training step, and an ImportError
+wherever one of those is missing, for two compiled functions that need none of it. This wrapper talks to the
+extension directly, with the argument conventions of its `fwd`/`bwd` entry points (mamba-ssm 2.x).
 """
 
 from __future__ import annotations
