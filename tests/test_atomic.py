@@ -75,3 +75,40 @@ def test_data_is_flushed_to_disk_before_the_rename(tmp_path, monkeypatch):
     assert len(renames) == 1 and events[renames[0]][1] == inode
     synced = [i for i, e in enumerate(events) if e[0] == "fsync" and e[1] == inode and e[2] == len(data)]
     assert synced and synced[0] < renames[0], events
+
+
+def test_the_folder_is_flushed_after_the_rename(tmp_path, monkeypatch):
+    """The new name lives in the folder's entry: without a folder fsync after the rename, a power cut can bring back
+    the previous file (or none) even though the data was flushed."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    folder_inode = os.stat(tmp_path).st_ino
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        return real_fsync(fd)
+
+    def replace(src, dst, *args, **kwargs):
+        events.append(("replace", None))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic.write_json(tmp_path / "stats.json", {"frames": 3})
+    rename = events.index(("replace", None))
+    assert ("fsync", folder_inode) in events[rename + 1:], events
+
+
+def test_a_folder_that_refuses_fsync_still_gets_the_file(tmp_path, monkeypatch):
+    """Some mounts refuse fsync on a folder; the file is complete and in place by then, so that is not an error."""
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.path.isdir(f"/proc/self/fd/{fd}") or os.fstat(fd).st_ino == os.stat(tmp_path).st_ino:
+            raise OSError(22, "Invalid argument")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic.write_text(tmp_path / "note.txt", "kept")
+    assert (tmp_path / "note.txt").read_text() == "kept"
+    assert [p.name for p in tmp_path.iterdir()] == ["note.txt"]

@@ -245,7 +245,7 @@ def test_cli_writes_json_table_and_overlays(checkpoint, data, tmp_path):
     result = CliRunner().invoke(app, [str(checkpoint), "--data", str(data), "--split", "test", "--device", "cpu",
                                       "--no-progress"])
     assert result.exit_code == 0 and "2 videos (test split" in result.output, result.output
-    assert "warning: --split test: " in result.output and "every video is scored" in result.output
+    assert "warning: --split test: " in result.output and "so the split is every video" in result.output
     for extra, needle in ((["--threads", "0"], "--threads must be at least 1"),
                           (["--overlays", str(data / "JPEGImages")], "is inside the input --data")):
         result = CliRunner().invoke(app, [str(checkpoint), "--data", str(data), "--device", "cpu", *extra])

@@ -33,12 +33,29 @@ def temp_beside(path: PathLike, suffix: str = ".tmp") -> str:
 
 
 def commit(tmp: PathLike, path: PathLike, mode: int = FILE_MODE) -> Path:
-    """Flush `tmp` to disk and move it onto `path` in one step."""
+    """Flush `tmp` to disk and move it onto `path` in one step, then flush the folder so the rename itself survives
+    a power cut (the new name lives in the folder's entry, not in the file)."""
     with open(tmp, "rb+") as handle:
         os.fsync(handle.fileno())
     os.chmod(tmp, mode)
     os.replace(tmp, path)
+    _fsync_folder(Path(path).parent)
     return Path(path)
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Best effort: Windows cannot open a folder, and some file systems (network mounts) refuse fsync on one;
+    # the file is already in place and complete by then.
+    try:
+        fd = os.open(folder if str(folder) else ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def discard(tmp: PathLike) -> None:

@@ -131,10 +131,11 @@ def evaluate_checkpoint(
 
 
 def _warn_if_split_is_every_video(data: Path, split: Optional[str]) -> None:
-    from vivim.data.layouts import split_means_every_video
+    from vivim.data.layouts import every_video_note
 
-    if split is not None and split_means_every_video(data, split):
-        warn(f"--split {split}: {data} has no ImageSets/ lists, so every video is scored")
+    note = every_video_note(data, split) if split is not None else None
+    if note:
+        warn(note)
 
 
 class PredictionFolders:

@@ -78,11 +78,12 @@ def check(
     from tqdm import tqdm
 
     from vivim.data.image_io import read_frame, read_mask, size_mismatch
-    from vivim.data.layouts import detect_layout, discover_videos, split_means_every_video
+    from vivim.data.layouts import detect_layout, discover_videos, every_video_note
 
     videos = discover_videos(data, split, sparse=sparse_masks)
-    if split_means_every_video(data, split):
-        warn(f"--split {split}: {data} has no ImageSets/ lists, so the split is every video")
+    note = every_video_note(data, split)
+    if note:
+        warn(note)
     sizes: set[tuple[int, int]] = set()
     fg, empty = [], 0
     total = sum(len(v) for v in videos)

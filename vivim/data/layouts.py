@@ -159,12 +159,14 @@ def discover_videos(root: str | Path, split: str = "all", *, sparse: bool = Fals
     return _davis_videos(root, split, sparse) if layout == "davis" else _vtus_videos(root, split, sparse)
 
 
-def split_means_every_video(root: str | Path, split: str) -> bool:
-    """A DAVIS folder without ImageSets/ has no train/val/test lists: there such a split is every video (the tools
-    warn when it was asked for by name)."""
+def every_video_note(root: str | Path, split: str) -> str | None:
+    """A DAVIS folder without ImageSets/ has no train/val/test lists: there a split asked for by name is every video.
+    Returns the one-line warning the tools print then (None otherwise)."""
     root = Path(root)
     named = split in SPLITS and split != "all"  # an unknown name gets discover_videos' error, not this warning
-    return named and detect_layout(root) == "davis" and not (root / "ImageSets").is_dir()
+    if named and detect_layout(root) == "davis" and not (root / "ImageSets").is_dir():
+        return f"--split {split}: {root} has no ImageSets/ lists, so the split is every video"
+    return None
 
 
 def check_headers(videos: list[VideoRecord]) -> None:
