@@ -23,6 +23,7 @@ from vivim import paths
 from vivim.constants import TRAIN_RESIZE
 from vivim.cuda_graph import capture_cuda_graph
 from vivim.devices import torch_device
+from vivim.runtime.backends import trained_output_frame
 from vivim.runtime.preprocess import Normalization, choose_resize, resize_rgb
 from vivim.runtime.resample import DeviceResizer
 
@@ -105,8 +106,7 @@ class TorchBackend:
         kwargs["interpolation"] = choose_resize(kwargs.get("interpolation"), metadata.get("resize"),
                                                 f"--checkpoint {checkpoint}", kwargs.get("log", print))
         backend = cls(model, normalization=norm, source=checkpoint, **kwargs)
-        if metadata.get("output_frame") in ("centre", "newest"):
-            backend.trained_output_frame = str(metadata["output_frame"])
+        backend.trained_output_frame = trained_output_frame(metadata)
         return backend
 
     # -- interface ---------------------------------------------------------------------------------------------
