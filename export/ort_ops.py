@@ -208,14 +208,15 @@ def create_session(onnx_path: str | os.PathLike[str], providers: Sequence[str] |
     """An `onnxruntime.InferenceSession` for a Vivim ONNX file, with VivimSelectiveScan registered."""
     import onnx
     import onnxruntime as ort
-    from onnxruntime_extensions import get_library_path
 
     path = paths.require_file(onnx_path, "")
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError/others for foreign files
         raise VivimError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
-    register_ort_op()
+    register_ort_op()  # first: its one-line error names the extra when onnxruntime-extensions is missing
+    from onnxruntime_extensions import get_library_path
+
     options = ort.SessionOptions()
     options.register_custom_ops_library(get_library_path())
     options.log_severity_level = 3

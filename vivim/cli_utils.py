@@ -56,6 +56,34 @@ def run_app(app: Callable[..., object]) -> None:
     except OSError as exc:  # a path the early checks could not foresee (a disk filling up, a folder removed)
         remove_folders_left_empty()
         fail(_os_error_line(exc))
+    except ModuleNotFoundError as exc:  # an optional package this command needs (imports are lazy, per command)
+        hint = missing_package_hint(exc)
+        if hint is None:
+            raise  # one of our own modules: a bug, keep the traceback
+        remove_folders_left_empty()
+        fail(hint)
+
+
+# The extra of pyproject.toml that installs each optional top-level module.
+_EXTRA_OF_MODULE = {
+    "cv2": ("opencv-python-headless", "runtime"), "PIL": ("pillow", "data"), "yaml": ("pyyaml", "runtime"),
+    "onnx": ("onnx", "export"), "onnxscript": ("onnxscript", "export"), "onnxruntime": ("onnxruntime", "export"),
+    "onnxruntime_extensions": ("onnxruntime-extensions", "export"), "tensorrt": ("tensorrt", "trt"),
+    "pycuda": ("pycuda", "trt"), "matplotlib": ("matplotlib", "bench"), "transformers": ("transformers", "dev"),
+}
+
+
+def missing_package_hint(exc: ModuleNotFoundError) -> str | None:
+    """'this command needs <package> ...: pip install ...' for a missing third-party package; None for a module of
+    this project (a packaging bug, not the user's set-up)."""
+    name = (exc.name or "").split(".")[0]
+    if not name or name in ("vivim", "export", "runtime"):
+        return None
+    if name == "torch":
+        return "this command needs PyTorch, which is not installed: pip install torch (the CUDA build on a GPU machine)"
+    package, extra = _EXTRA_OF_MODULE.get(name, (name, None))
+    install = f"pip install 'vivim-edge[{extra}]'" if extra else f"pip install {package}"
+    return f"this command needs the Python package {package} (module {name}), which is not installed: {install}"
 
 
 def _caused_by_ctrl_c(exc: BaseException) -> bool:
