@@ -280,16 +280,19 @@ def test_our_cuda_backward_ranks_second_to_mamba_ssm_only_where_it_is_slower_and
     mamba-ssm's dA is wrong (one-token fp16/bf16) and where it would round a fp32 delta's gradient to u's dtype."""
     from vivim.ops._cuda_ext import backward_rank
 
-    def rank(N, L, dtype, delta_dtype=None):
+    def rank(N, L, dtype, delta_dtype=None, z_dtype=None):
         u = torch.zeros(1, 4, L, dtype=dtype)
         delta = torch.zeros(1, 4, L, dtype=delta_dtype or dtype)
-        return backward_rank([u, delta, torch.zeros(4, N), None, None, None, None, None])
+        z = torch.zeros(1, 4, L, dtype=z_dtype) if z_dtype is not None else None
+        return backward_rank([u, delta, torch.zeros(4, N), None, None, None, z, None])
 
     mamba = 50
     assert rank(16, 20480, torch.half) > mamba and rank(8, 7, torch.float32) > mamba
     assert rank(16, 320, torch.half, delta_dtype=torch.float32) > mamba
     assert rank(32, 5, torch.half) < mamba and rank(64, 1, torch.float32) < mamba and rank(17, 9, torch.bfloat16) < mamba
     assert rank(32, 1, torch.half) > mamba and rank(64, 1, torch.bfloat16) > mamba
+    assert rank(32, 5, torch.half, delta_dtype=torch.float32) > mamba  # wide, but fp32 delta: its gradient stays fp32
+    assert rank(32, 5, torch.half, z_dtype=torch.float32) > mamba and rank(32, 5, torch.half, z_dtype=torch.half) < mamba
     assert rank(32, 5, torch.half) > dispatch._REGISTRY["reference"].priority
 
 

@@ -229,11 +229,12 @@ def backward_rank(inputs: Sequence[Optional[Tensor]]) -> int:
     would round their gradients to u's dtype, which is why ours takes its fp32 chain there."""
     from vivim.ops.cuda_backward import STATES_PER_CALL
 
-    u, A = inputs[0], inputs[2]
-    assert u is not None and A is not None
+    u, delta, A, z = inputs[0], inputs[1], inputs[2], inputs[6]
+    assert u is not None and delta is not None and A is not None
     wide = A.shape[1] > STATES_PER_CALL
     mamba_dA_wrong = u.shape[-1] == 1 and u.dtype != torch.float32
-    return 40 if wide and not mamba_dA_wrong else 100
+    mixed = delta.dtype != u.dtype or (z is not None and z.dtype != u.dtype)
+    return 40 if wide and not mamba_dA_wrong and not mixed else 100
 
 
 def try_register() -> bool:

@@ -1,8 +1,9 @@
 """The `vivim::selective_scan` custom op: one opaque node per scan for torch.export and the ONNX exporter.
 
 Eager calls go to the implementation chosen by `vivim.ops.dispatch`. The backward recomputes the forward with a
-differentiable implementation and takes its vector-Jacobian product: on CUDA ours (vivim.ops.cuda_backward), else
-mamba-ssm's kernel when installed, else the reference.
+differentiable implementation and takes its vector-Jacobian product, ranked per call: on CUDA ours
+(vivim.ops.cuda_backward) for every Vivim layer (N <= 16), mamba-ssm's kernel first for wider states when installed
+(`vivim.ops._cuda_ext.backward_rank` says where), else the reference.
 """
 
 from __future__ import annotations
