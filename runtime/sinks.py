@@ -15,7 +15,7 @@ from typing import List, Optional, Protocol, Tuple
 import numpy as np
 
 from vivim import atomic, paths
-from vivim.data.image_io import write_image
+from vivim.data.image_io import AtomicVideoWriter, write_image
 from vivim.errors import VivimError
 
 import cv2  # noqa: E402
@@ -32,55 +32,37 @@ class Sink(Protocol):
 
 
 class VideoSink:
-    """The overlay video; opened lazily on the first frame (its size is known then)."""
-
-    _FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+    """The overlay video (--save); opened on the first frame, whose size it keeps."""
 
     def __init__(self, path: str, fps: float) -> None:
         self.path = path
-        self.fps = fps if fps and fps > 0 else 25.0
-        self.frames_written = 0
-        self._writer: Optional[cv2.VideoWriter] = None
-        self._tmp: Optional[str] = None
-        self._size: Optional[Tuple[int, int]] = None
-        self._committed = False
         paths.check_writable(path, "--save")
+        self._video = AtomicVideoWriter(path, fps, what=f"--save {path}")
+        self._committed = False
+
+    @property
+    def fps(self) -> float:
+        return self._video.fps
+
+    @fps.setter
+    def fps(self, value: float) -> None:  # the source's rate, known once it opened (before the first frame)
+        self._video.fps = value if value and value > 0 else 25.0
+
+    @property
+    def frames_written(self) -> int:
+        return self._video.frames_written
 
     def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
-        if self._writer is None:
-            suffix = os.path.splitext(self.path)[1].lower()
-            self._tmp = atomic.temp_beside(self.path, suffix)  # OpenCV picks the container from the name
-            self._size = (overlay.shape[1], overlay.shape[0])
-            fourcc = cv2.VideoWriter.fourcc(*self._FOURCC.get(suffix, "mp4v"))
-            self._writer = cv2.VideoWriter(self._tmp, fourcc, self.fps, self._size)
-            if not self._writer.isOpened():
-                self._discard()
-                raise VivimError(f"--save {self.path}: OpenCV cannot write this video format here")
-        if (overlay.shape[1], overlay.shape[0]) != self._size:  # a camera changed mode after a reconnect
-            overlay = cv2.resize(overlay, self._size, interpolation=cv2.INTER_AREA)
-        self._writer.write(overlay)
-        self.frames_written += 1
+        size = self._video.size
+        if size is not None and (overlay.shape[1], overlay.shape[0]) != size:  # a camera changed mode on reconnect
+            overlay = cv2.resize(overlay, size, interpolation=cv2.INTER_AREA)
+        self._video.write(overlay)
 
     def close(self) -> None:
-        if self._writer is None:
-            return
-        self._writer.release()  # writes the container index: without it the mp4 is unreadable
-        self._writer = None
-        if self._tmp is not None:
-            atomic.commit(self._tmp, self.path)
-            self._tmp = None
-            self._committed = True
+        self._committed = self._video.close() or self._committed
 
     def saved(self) -> Optional[Tuple[str, str]]:
         return ("overlay video", self.path) if self._committed else None
-
-    def _discard(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-        if self._tmp is not None:
-            atomic.discard(self._tmp)
-        self._tmp = None
 
 
 class MaskFolderSink:

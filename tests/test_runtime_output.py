@@ -327,3 +327,34 @@ def test_looped_image_folder_writes_each_pass_under_that_image_name(tmp_path):
     for name, mask in zip(names, passes[1]):
         np.testing.assert_array_equal(cv2.imread(str(folder / f"{name}.png"), cv2.IMREAD_GRAYSCALE),
                                       mask.astype(np.uint8) * 255, err_msg=name)
+
+
+def test_a_video_that_cannot_be_moved_into_place_leaves_no_temporary_and_names_the_target(tmp_path):
+    """The rename can fail at the very end (here a folder appeared under the name): the error names --save's path,
+    not the hidden temporary, and the temporary is removed."""
+    path = tmp_path / "out.mp4"
+    sink = VideoSink(str(path), fps=10.0)
+    for k, frame in enumerate(_frames(3)):
+        sink.write(k, frame, np.zeros(frame.shape[:2], bool))
+    path.mkdir()
+    with pytest.raises(OSError) as error:
+        sink.close()
+    assert error.value.filename == str(path)
+    assert os.listdir(tmp_path) == ["out.mp4"] and path.is_dir() and not os.listdir(path)
+    assert sink.saved() is None
+
+
+def test_write_video_leaves_nothing_behind_when_a_frame_fails(tmp_path):
+    from vivim.data.image_io import write_video
+
+    def frames():
+        yield from _frames(2)
+        raise RuntimeError("decoder died")
+
+    with pytest.raises(RuntimeError):
+        write_video(tmp_path / "clip.mp4", frames())
+    assert os.listdir(tmp_path) == []
+    write_video(tmp_path / "clip.mp4", _frames(4))
+    capture = cv2.VideoCapture(str(tmp_path / "clip.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    capture.release()

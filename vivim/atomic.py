@@ -35,10 +35,13 @@ def temp_beside(path: PathLike, suffix: str = ".tmp") -> str:
 def commit(tmp: PathLike, path: PathLike, mode: int = FILE_MODE) -> Path:
     """Flush `tmp` to disk and move it onto `path` in one step, then flush the folder so the rename itself survives
     a power cut (the new name lives in the folder's entry, not in the file)."""
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as exc:  # name the file the user asked for, not the temporary one they never saw
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     _fsync_folder(Path(path).parent)
     return Path(path)
 

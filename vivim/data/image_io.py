@@ -105,27 +105,65 @@ def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
     atomic.write_bytes(path, data.tobytes())
 
 
+class AtomicVideoWriter:
+    """A video written under a temporary name beside `path` (the same extension: OpenCV picks the container from it)
+    and moved onto `path` by `close()`; `abort()`, or a failure in `close()`, leaves no file behind. Opened on the
+    first frame, whose size it keeps. `what` names the file in errors (a flag, or the path itself)."""
+
+    FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+
+    def __init__(self, path: str | Path, fps: float, what: str = "") -> None:
+        self.path = Path(path)
+        self.fps = fps if fps and fps > 0 else 25.0
+        self.what = what or str(path)
+        self.size: tuple[int, int] | None = None  # (width, height) of the first frame
+        self.frames_written = 0
+        self._writer: cv2.VideoWriter | None = None
+        self._tmp: str | None = None
+
+    def write(self, bgr: np.ndarray) -> None:
+        if self._writer is None:
+            suffix = self.path.suffix.lower()
+            self._tmp = atomic.temp_beside(self.path, suffix)
+            self.size = (bgr.shape[1], bgr.shape[0])
+            self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter.fourcc(*self.FOURCC.get(suffix, "mp4v")),
+                                           self.fps, self.size)
+            if not self._writer.isOpened():
+                self.abort()
+                raise VivimError(f"{self.what}: OpenCV cannot write {suffix or 'this'} video here (no FFmpeg backend?)")
+        self._writer.write(bgr)
+        self.frames_written += 1
+
+    def close(self) -> bool:
+        """Finish the file and move it into place; False when no frame was written (no file then)."""
+        if self._writer is None:
+            return False
+        try:
+            self._writer.release()  # writes the container index: without it an .mp4 is unreadable
+            self._writer = None
+            atomic.commit(self._tmp, self.path)
+            return True
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._tmp is not None:
+            atomic.discard(self._tmp)
+            self._tmp = None
+
+
 def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.0) -> None:
     """Write BGR/grey frames to an .mp4 (MPEG-4 Part 2, plays in OpenCV/ffmpeg/browsers with a plugin), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic.temp_beside(path, suffix=f".tmp{path.suffix}")  # OpenCV picks the container from the name
-    writer = None
+    video = AtomicVideoWriter(path, fps)
     try:
         for frame in frames:
-            bgr = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR) if frame.ndim == 2 else frame
-            if writer is None:
-                height, width = bgr.shape[:2]
-                writer = cv2.VideoWriter(tmp, cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
-                if not writer.isOpened():
-                    raise VivimError(f"{path}: OpenCV cannot write .mp4 here (no FFmpeg backend?)")
-            writer.write(bgr)
-        if writer is None:
+            video.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR) if frame.ndim == 2 else frame)
+        if not video.close():
             raise VivimError(f"{path}: no frames to write")
-        writer.release()  # writes the container index
-        writer = None
-        atomic.commit(tmp, path)
     finally:
-        if writer is not None:
-            writer.release()
-        atomic.discard(tmp)
+        video.abort()
