@@ -613,3 +613,18 @@ def test_a_cuda_run_says_when_the_scan_backward_falls_back_to_the_reference(caps
         assert capsys.readouterr().err == ""
     finally:
         dispatch._REGISTRY.pop("differentiable_cuda_kernel")
+
+
+@pytest.mark.parametrize("workers, local_ranks, cached", [(0, 1, True), (1, 1, True), (2, 1, False), (0, 2, False)])
+def test_the_frame_cache_budget_counts_every_copy_on_the_machine(data, monkeypatch, workers, local_ranks, cached):
+    """Each DataLoader worker and each training process on the machine fills its own cache: the automatic choice
+    must fit all of them in the budget, not one."""
+    import vivim.train as train
+    from vivim.train import _build_data, _Dist
+
+    frames = 3 * 4  # the fixture: 3 videos of 4 frames, at the configuration's 32 x 32
+    one_copy = frames * 32 * 32 * 3
+    monkeypatch.setattr(train, "CACHE_BUDGET", int(1.5 * one_copy))  # one copy fits, two do not
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_ranks))
+    built = _build_data(_cfg(data, "unused.safetensors", workers=workers), _Dist(), torch.device("cpu"))
+    assert (built.train_ds.cache is not None) == cached

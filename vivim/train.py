@@ -222,9 +222,14 @@ def _annotated_only(videos: list, what: str, main: bool) -> list:
     return kept
 
 
-def _should_cache(videos, size: int) -> bool:
+CACHE_BUDGET = 2 * 1024**3  # bytes of decoded, resized frames kept in memory, over every copy on this machine
+
+
+def _should_cache(videos, size: int, copies: int) -> bool:
+    """Cache decoded frames when every copy of them fits the budget: each DataLoader worker (or the process itself
+    without workers) fills a cache of its own, and so does each training process on this machine."""
     frames = sum(len(v) for v in videos)
-    return frames * size * size * 3 < 2 * 1024**3  # decoded, resized frames under 2 GiB
+    return frames * size * size * 3 * max(1, copies) < CACHE_BUDGET
 
 
 def _validate(model, loader, device, output_frame: str, dist_info: _Dist, amp_dtype) -> float:
@@ -440,7 +445,8 @@ def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any, val_kind: str |
         train_videos, val_videos = split_by_video(all_train, cfg.val_fraction, cfg.seed)
         val_source = f"{len(val_videos)} video(s) carved from --data"
     check_headers(train_videos + val_videos)
-    cache = cfg.cache if cfg.cache is not None else _should_cache(train_videos + val_videos, cfg.size)
+    copies = max(1, cfg.workers) * int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cache = cfg.cache if cfg.cache is not None else _should_cache(train_videos + val_videos, cfg.size, copies)
     augment = TrainAugment() if cfg.augment else None
     train_ds = ClipDataset(train_videos, frames=cfg.frames, size=cfg.size, output_frame=cfg.output_frame,
                            augment=augment, seed=cfg.seed, cache=cache)
