@@ -208,11 +208,13 @@ def check_engine_compatible(
     trt_version: str,
     *,
     plugin_sha256: str | None = None,
+    engine_sha256: str | None = None,
 ) -> None:
     """Raise VivimError (with the rebuild command) unless the engine was built for this machine.
 
     TensorRT plans are specific to the GPU model and the TensorRT release that built them; the
-    plugin library must be the one the engine was built with.
+    plugin library must be the one the engine was built with, and the engine file the one the sidecar describes
+    (an engine copied over another, or a sidecar whose write failed, would otherwise pass with stale facts).
     """
     built_gpu = sidecar.get("gpu", {})
     built_name = str(built_gpu.get("name", "?"))
@@ -227,6 +229,9 @@ def check_engine_compatible(
     built_plugin = sidecar.get("plugin", {}).get("sha256")
     if plugin_sha256 is not None and built_plugin is not None and built_plugin != plugin_sha256:
         problems.append("plugin library differs from the one it was built with (sha256 mismatch)")
+    described = sidecar.get("engine", {}).get("sha256")
+    if engine_sha256 is not None and described is not None and described != engine_sha256:
+        problems.append("the engine file is not the one its sidecar describes (sha256 mismatch)")
     if problems:
         raise VivimError(
             f"{engine} was built for another setup ({'; '.join(problems)}); rebuild it here: {rebuild_command(sidecar)}"

@@ -80,9 +80,8 @@ class TensorRTBackend:
             raise VivimError(f"--device cuda:{index}: no usable NVIDIA GPU/driver found")
         built_with = sidecar.get("plugin", {}).get("path")
         plugin_path = find_plugin_library(plugin, path, hint=f"the engine was built with {built_with}" if built_with else "")
-        tb.check_engine_compatible(
-            sidecar, gpu.name, gpu.compute_capability, str(trt.__version__), plugin_sha256=tb.file_sha256(plugin_path)
-        )
+        tb.check_engine_compatible(sidecar, gpu.name, gpu.compute_capability, str(trt.__version__),
+                                   plugin_sha256=tb.file_sha256(plugin_path), engine_sha256=tb.file_sha256(path))
 
         cuda.init()
         self._cuda = cuda

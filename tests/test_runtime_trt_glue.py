@@ -151,7 +151,8 @@ def _engine_files(tmp_path, gpu_name=GPU.name, output_frame="all"):
     engine.write_bytes(b"plan")
     sidecar = {
         "schema": tb.SIDECAR_SCHEMA, "gpu": {"name": gpu_name, "compute_capability": "9.0"},
-        "tensorrt_version": "10.3.0.30", "engine": {"path": str(engine)}, "precision": "fp32",
+        "tensorrt_version": "10.3.0.30", "engine": {"path": str(engine), "sha256": tb.file_sha256(engine)},
+        "precision": "fp32",
         "plugin": {"path": str(plugin), "sha256": tb.file_sha256(plugin)},
         "inputs": [{"name": "frames", "shape": [1, T, 3, H, W], "dtype": "FLOAT"}],
         "outputs": [{"name": "logits", "shape": [1, T, 1, H, W], "dtype": "FLOAT"}],
@@ -224,6 +225,17 @@ def test_engine_for_another_gpu_is_refused_with_the_rebuild_command(tmp_path, fa
     fake_trt()
     with pytest.raises(VivimError, match="built for another setup.*vivim-export trt"):
         TensorRTBackend(_engine_files(tmp_path, gpu_name="NVIDIA Jetson AGX Orin"), device="cuda")
+
+
+def test_an_engine_copied_over_another_is_refused_by_its_sidecar(tmp_path, fake_trt):
+    """The sidecar's facts (GPU, TensorRT, plugin, model metadata) hold only for the engine it was written with."""
+    from vivim.runtime.backend_trt import TensorRTBackend
+
+    fake_trt()
+    engine = Path(_engine_files(tmp_path))
+    engine.write_bytes(b"another plan")
+    with pytest.raises(VivimError, match="not the one its sidecar describes.*vivim-export trt"):
+        TensorRTBackend(str(engine), device="cuda")
 
 
 def test_plugin_override_must_exist_and_the_sidecars_path_is_never_loaded(tmp_path, fake_trt, monkeypatch):

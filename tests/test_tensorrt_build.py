@@ -163,7 +163,8 @@ def test_compatible_machine_passes(tmp_path: Path) -> None:
     # The same release with another build number, and every spelling of the compute capability.
     for cc in ("8.7", "87", "sm_87", (8, 7)):
         tb.check_engine_compatible(side, "NVIDIA Jetson AGX Orin", cc, "10.3.0.26")
-    tb.check_engine_compatible(side, "NVIDIA Jetson AGX Orin", "8.7", "10.3.0.30", plugin_sha256="cd" * 32)
+    tb.check_engine_compatible(side, "NVIDIA Jetson AGX Orin", "8.7", "10.3.0.30", plugin_sha256="cd" * 32,
+                               engine_sha256="ab" * 32)
 
 
 @pytest.mark.parametrize(
