@@ -235,11 +235,13 @@ def test_cli_writes_json_table_and_overlays(checkpoint, data, tmp_path):
 
     # a second evaluation into the same folder replaces the first one's ranking instead of mixing with it
     (tmp_path / "ov" / "notes.txt").write_text("mine")
+    theirs = tmp_path / "ov" / "007_mine_00042.png"  # named like an overlay, but no vivim-eval wrote it
+    theirs.write_bytes(b"not ours")
     result = CliRunner().invoke(app, [str(checkpoint), "--data", str(data), "--overlays", str(tmp_path / "ov"),
                                       "--worst", "1", "--device", "cpu", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert [p.name for p in sorted((tmp_path / "ov").glob("*.png"))] == [images[0].name]
-    assert (tmp_path / "ov" / "notes.txt").read_text() == "mine"
+    assert [p.name for p in sorted((tmp_path / "ov").glob("*.png"))] == sorted([images[0].name, theirs.name])
+    assert (tmp_path / "ov" / "notes.txt").read_text() == "mine" and theirs.read_bytes() == b"not ours"
     assert "warning" not in result.output
     assert not (data / "ImageSets").exists()  # a named split of a folder without lists scores every video: said so
     result = CliRunner().invoke(app, [str(checkpoint), "--data", str(data), "--split", "test", "--device", "cpu",
@@ -337,5 +339,5 @@ def test_training_videos_are_found_by_folder_in_a_vtus_set(tmp_path, monkeypatch
     assert summary["per_video"][f"Test/{name}"]["frames"] == 2
     assert f"Test/{name}" in format_table(summary)  # whole names in the table
     written = write_overlays(tmp_path / "worst", acc, dataset, model, 3, summary["output_frame"])
-    assert sorted(p.name for p in (tmp_path / "worst").iterdir()) == sorted(p.name for p in written)  # flat files
+    assert sorted(p.name for p in (tmp_path / "worst").glob("*.png")) == sorted(p.name for p in written)  # flat files
     assert all(p.parent == tmp_path / "worst" and "/" not in p.name for p in written)

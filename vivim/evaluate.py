@@ -7,6 +7,8 @@ protocol), ground truth binarised at 0.5 after the bilinear resize, a zero denom
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -204,8 +206,12 @@ def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame:
 
     index = {(dataset.videos[v].name, i): k for k, (v, i) in enumerate(dataset.samples)}
     device = device or next(model.parameters()).device
+    records = acc.worst(worst)
+    planned = [_overlay_name(rank, record) for rank, record in enumerate(records, start=1)]
+    earlier = _overlays_listed(out_dir)
+    _list_overlays(out_dir, earlier | set(planned))  # first: a run that dies midway still owns what it wrote
     written = []
-    for rank, record in enumerate(acc.worst(worst), start=1):
+    for rank, record in enumerate(records, start=1):
         k = index[(record["video"], record["frame"])]
         item = dataset[k]
         with torch.no_grad():
@@ -223,15 +229,41 @@ def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame:
         cv2.putText(picture, f"{record['video']} #{record['frame']} {record.get('file', '')}  Dice {record['dice']:.3f}  "
                     "(green GT, red prediction)",
                     (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
-        video = record["video"].replace("/", "_")  # Train/0001 (a VTUS 'all' split) stays one file name
-        path = out_dir / f"{rank:03d}_{video}_{record['frame']:05d}.png"
+        path = out_dir / planned[rank - 1]
         write_image(path, np.hstack([big(frame), picture]))
         written.append(path)
-    # the folder holds this evaluation's ranking only: an earlier one's images (same naming) would read as ranks here
-    for stale in out_dir.glob("[0-9][0-9][0-9]_*_[0-9][0-9][0-9][0-9][0-9].png"):
-        if stale not in written:
-            stale.unlink()
+    # the folder holds this evaluation's ranking only: an earlier one's images would read as ranks here. Only files
+    # an earlier vivim-eval listed are removed, never a file of the same pattern that someone else put there.
+    for stale in earlier - set(planned):
+        with contextlib.suppress(FileNotFoundError):
+            (out_dir / stale).unlink()
+    _list_overlays(out_dir, set(planned))
     return written
+
+
+OVERLAY_LIST = "vivim-eval-overlays.json"
+
+
+def _overlay_name(rank: int, record: dict) -> str:
+    video = record["video"].replace("/", "_")  # Train/0001 (a VTUS 'all' split) stays one file name
+    return f"{rank:03d}_{video}_{record['frame']:05d}.png"
+
+
+def _overlays_listed(out_dir: Path) -> set[str]:
+    """The overlay images an earlier vivim-eval wrote in `out_dir` (plain .png names: the list is a file anyone can
+    edit, and it decides what is deleted)."""
+    try:
+        listed = json.loads((out_dir / OVERLAY_LIST).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return set()
+    if not isinstance(listed, list):
+        return set()
+    return {name for name in listed if isinstance(name, str) and name.endswith(".png") and Path(name).name == name}
+
+
+def _list_overlays(out_dir: Path, names: set[str]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(out_dir / OVERLAY_LIST, {"written_by": "vivim-eval --overlays", "files": sorted(names)})
 
 
 app = typer.Typer(add_completion=False, help="Evaluate a Vivim checkpoint on a dataset.")
