@@ -175,6 +175,7 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
     source: FrameSource = create_source(cfg.source, log=log)
     sinks = build_sinks(cfg, log, source.image_files)
     source.open()
+    created = backend is None  # a backend the caller passed stays the caller's to close
     try:
         if backend is None:
             backend = create_backend(cfg.backend, cfg.preprocess.interpolation, log=log)
@@ -191,6 +192,8 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
         backend.prepare(source.frame_shape)
     except BaseException:
         source.stop()
+        if created and backend is not None:  # TensorRT: its CUDA context and device buffers
+            backend.close()
         raise
     for sink in sinks:
         if isinstance(sink, VideoSink) and not cfg.sink.save_fps:

@@ -740,3 +740,33 @@ def test_the_output_frame_defaults_to_the_one_the_model_was_trained_for(tmp_path
     config = cfg(source={"kind": "video", "location": clip}, backend={"device": "cpu", **checkpoint},
                  sink={"headless": True, "quiet": True})
     assert run(config, log=lambda m: None)["output_frame"] == "newest" and config.backend.output_frame is None
+
+
+def test_a_backend_the_run_created_is_closed_when_set_up_fails(tmp_path, checkpoint, clip, monkeypatch):
+    """The TensorRT backend holds a CUDA context and device buffers: a refusal after it was created (here the
+    model's own frame against --output-frame, as a one-frame engine gives) must release them; a backend the caller
+    passed stays open, the caller's to close."""
+    import vivim.runtime.app as app
+    from vivim.runtime.backends import create_backend
+
+    closed = []
+
+    def one_frame_backend(*args, **kwargs):
+        backend = create_backend(*args, **kwargs)
+        backend.fixed_output_index = 0  # decodes clip frame 0 only
+        real_close = backend.close
+        backend.close = lambda: (closed.append(True), real_close())
+        return backend
+
+    monkeypatch.setattr(app, "create_backend", one_frame_backend)
+    config = cfg(source={"kind": "video", "location": clip},
+                 backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu", "output_frame": "newest"},
+                 sink={"headless": True, "quiet": True})
+    with pytest.raises(VivimError, match="decodes clip frame 0 only"):
+        run(config, log=lambda m: None)
+    assert closed == [True]
+    mine = one_frame_backend(config.backend, config.preprocess.interpolation, log=lambda m: None)
+    closed.clear()
+    with pytest.raises(VivimError, match="decodes clip frame 0 only"):
+        run(config, backend=mine, log=lambda m: None)
+    assert closed == []
