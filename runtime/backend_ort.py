@@ -58,8 +58,10 @@ class OrtBackend:
         meta: Dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.interpolation = choose_resize(interpolation, meta.get("resize"), f"--onnx {path}", log)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) < 1:
+        if len(inputs) != 1:
             raise VivimError(f"--onnx {path}: expected one input (1, T, 3, H, W), found {len(inputs)}")
+        if not outputs:
+            raise VivimError(f"--onnx {path}: the graph has no output; export it with vivim-export onnx")
         shape = inputs[0].shape
         if len(shape) != 5 or not all(isinstance(d, int) for d in shape[1:]):
             raise VivimError(f"--onnx {path}: input shape {shape} is not a static (1, T, 3, H, W); re-export it")

@@ -61,6 +61,13 @@ def test_garbage_and_foreign_files(tmp_path):
     save_file({"w": torch.zeros(2)}, str(foreign))
     with pytest.raises(CheckpointError, match="not a Vivim checkpoint"):
         vivim.load_checkpoint(foreign)
+    # valid JSON headers of the wrong shape: a list, and metadata that is not an object
+    for name, header in (("list", b"[]"), ("meta", b'{"__metadata__": [1]}')):
+        odd = tmp_path / f"{name}.safetensors"
+        odd.write_bytes(struct.pack("<Q", len(header)) + header)
+        for read in (read_metadata, vivim.load_checkpoint):
+            with pytest.raises(CheckpointError, match=f"{name}.safetensors: not a safetensors checkpoint"):
+                read(odd)
 
 
 def _edit_metadata(src, dst, change):

@@ -76,7 +76,9 @@ def read_metadata(path: PathLike) -> dict[str, Any]:
             if size > 100 * 1024 * 1024 or size > p.stat().st_size - 8:
                 raise ValueError("header size out of range")
             header = json.loads(f.read(size))
-        raw = header.get("__metadata__", {})
+        raw = header.get("__metadata__", {}) if isinstance(header, dict) else None
+        if not isinstance(raw, dict):
+            raise ValueError("its header is not a JSON object of tensors and metadata")
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{p}: not a safetensors checkpoint ({exc})") from None
     if raw.get("format") != FORMAT:

@@ -158,7 +158,8 @@ def load_extension() -> ModuleType:
                 **_build_flags(),  # type: ignore[arg-type]
             )
         except Exception as exc:  # compiler missing or failing: remember, fall back elsewhere
-            _failure = f"vivim: building the CUDA selective-scan extension failed: {str(exc).splitlines()[-1:]}"
+            last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            _failure = f"vivim: building the CUDA selective-scan extension failed: {last}"
             raise RuntimeError(_failure) from exc
         return _module
 
