@@ -164,6 +164,26 @@ def test_init_demo_names_the_bundled_weights_as_in_the_other_tools():
         _initialise(vivim.create_model("b0", frames=3, img_size=32), "demo", verbose=False)
 
 
+def test_init_refuses_a_checkpoint_with_tensors_this_model_does_not_have(tmp_path):
+    """Same variant, one tensor more (another version of the model): a one-line error, not load_state_dict's
+    multi-line RuntimeError."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from vivim.train import _initialise
+
+    from vivim.checkpoint import checkpoint_file
+
+    demo = checkpoint_file("demo")
+    tensors = load_file(str(demo))
+    with safe_open(str(demo), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors["decoder.extra_head.weight"] = torch.zeros(3)
+    save_file(tensors, str(tmp_path / "newer.safetensors"), metadata=metadata)
+    with pytest.raises(VivimError, match=r"1 tensors do not fit this model \(e.g. decoder.extra_head.weight\)"):
+        _initialise(vivim.create_model("tiny", frames=3, img_size=32), str(tmp_path / "newer.safetensors"), False)
+
+
 def test_init_from_local_segformer_weights(data, tmp_path):
     transformers = pytest.importorskip("transformers", reason="transformers is not installed")
     c = vivim.create_model("tiny", frames=3, img_size=32).config

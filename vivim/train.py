@@ -279,6 +279,7 @@ def _initialise(model, source: str, verbose: bool) -> None:
             state = load_file(str(path))
             ours = model.state_dict()
             wrong = [k for k in ours if k not in state or state[k].shape != ours[k].shape]
+            wrong += [k for k in state if k not in ours]  # e.g. a checkpoint of another version of the model
             if wrong:
                 raise VivimError(f"--init {path}: {len(wrong)} tensors do not fit this model (e.g. {wrong[0]})")
             model.load_state_dict(state)
