@@ -471,3 +471,25 @@ def test_pipeline_rows_map_an_output_frame_index_onto_the_runtime_names(frames) 
     assert _runtime_output_frame(-1, frames) == "newest"
     assert _runtime_output_frame(0, frames) is None  # neither: the pipeline row is skipped, not mislabelled
     assert _runtime_output_frame("centre", frames) == "centre" and _runtime_output_frame("newest", frames) == "newest"
+
+
+def test_the_environment_record_never_imports_mamba_ssm(monkeypatch):
+    """Its import loads mamba-ssm's language models (triton, transformers): seconds for a version string, which the
+    distribution's metadata gives without running its code."""
+    import importlib.abc
+    import sys
+
+    from vivim.bench.env import collect_environment
+
+    attempted = []
+
+    class Watch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "mamba_ssm":
+                attempted.append(name)
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [Watch(), *sys.meta_path])
+    monkeypatch.delitem(sys.modules, "mamba_ssm", raising=False)
+    env = collect_environment("cpu")
+    assert attempted == [] and "mamba_ssm" in env

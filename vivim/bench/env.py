@@ -11,6 +11,17 @@ import subprocess
 from typing import Any
 
 
+def _distribution_version(name: str) -> str | None:
+    """An installed distribution's version from its metadata, without importing it (mamba_ssm's import loads its
+    language models, triton and transformers: seconds, for one string)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _module_version(name: str) -> str | None:
     """Version of an importable module, or None when it is not installed (import errors are not fatal here)."""
     try:
@@ -88,7 +99,7 @@ def collect_environment(device: str = "cpu") -> dict[str, Any]:
         "onnxruntime": _module_version("onnxruntime"),
         "onnxruntime_providers": None,
         "onnx": _module_version("onnx"),
-        "mamba_ssm": _module_version("mamba_ssm"),
+        "mamba_ssm": _distribution_version("mamba_ssm"),
         "numpy": _module_version("numpy"),
         "vivim": _module_version("vivim"),
         "git_commit": _git_commit(),
