@@ -131,7 +131,7 @@ def trt(
     verbose: bool = typer.Option(False, "--verbose", help="TensorRT builder log."),
 ) -> None:
     """Build a TensorRT engine (strongly typed) with the VivimSelectiveScan plugin."""
-    from vivim.export.tensorrt_build import build_engine, check_workspace, tensorrt_missing_message
+    from vivim.export.tensorrt_build import build_engine, check_workspace, sidecar_path, tensorrt_missing_message
 
     given = [("--plugin", plugin_path), ("--workspace", workspace if workspace != 2.0 else None),
              ("--timing-cache", timing_cache)]
@@ -141,7 +141,7 @@ def trt(
     paths.require_file(checkpoint_file(source), "SOURCE")
     # the timing cache is read and rewritten after the build: an output like the engine (and the ONNX exported
     # beside it from a checkpoint)
-    outputs: dict[str, Path | None] = {"-o": output, "-o (sidecar)": Path(f"{output}.json")}
+    outputs: dict[str, Path | None] = {"-o": output, "-o (sidecar)": sidecar_path(output)}
     if not source.endswith(".onnx"):
         outputs["-o (ONNX exported first)"] = output.with_suffix(".onnx")
     outputs["--timing-cache"] = timing_cache  # last: a clash names it
@@ -174,7 +174,9 @@ def _tensorrt_installed() -> bool:
 
 def _check_onnx_precision(path: Path, fp16: bool) -> None:
     """--fp16 against the graph's own types (the build is strongly typed: the graph decides)."""
-    precision = _onnx_precision(path)
+    from vivim.export.onnx_files import onnx_metadata
+
+    precision = onnx_metadata(path).get("precision")
     if fp16 and precision == "fp32":
         raise VivimError(f"{path} is an FP32 graph; --fp16 needs an FP16 ONNX: vivim-export onnx CHECKPOINT --fp16 -o "
                          f"{path.with_name(path.stem + '_fp16.onnx')}")
@@ -192,16 +194,6 @@ def _onnx_for_engine(source: str, engine: Path, fp16: bool) -> Path:
     print(f"exporting {source} to {onnx_path} first")
     export_onnx(source, onnx_path, fp16=fp16)
     return onnx_path
-
-
-def _onnx_precision(path: Path) -> str | None:
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise VivimError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
-    return {p.key: p.value for p in model.metadata_props}.get("precision")
 
 
 def main() -> None:

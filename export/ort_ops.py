@@ -206,14 +206,12 @@ def prepare_for_ort(model):
 
 def create_session(onnx_path: str | os.PathLike[str], providers: Sequence[str] | None = None):
     """An `onnxruntime.InferenceSession` for a Vivim ONNX file, with VivimSelectiveScan registered."""
-    import onnx
     import onnxruntime as ort
 
+    from vivim.export.onnx_files import load_onnx
+
     path = paths.require_file(onnx_path, "")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # onnx raises DecodeError/others for foreign files
-        raise VivimError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
+    model = load_onnx(path)
     register_ort_op()  # first: its one-line error names the extra when onnxruntime-extensions is missing
     from onnxruntime_extensions import get_library_path
 

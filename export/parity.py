@@ -76,14 +76,10 @@ def synthetic_clip(frames: int, height: int, width: int, mean, std, seed: int = 
     return ((rgb - mean) / std)[None].astype(np.float32)
 
 
-def _onnx_metadata(onnx_path: Path) -> dict:
-    import onnx
+def _vivim_metadata(onnx_path: Path) -> dict:
+    from vivim.export.onnx_files import onnx_metadata
 
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:
-        raise VivimError(f"{onnx_path}: not a readable ONNX model ({type(exc).__name__})") from exc
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta = onnx_metadata(onnx_path)
     missing = [k for k in ("frames", "img_size", "output_frame", "normalization") if k not in meta]
     if missing:
         raise VivimError(f"{onnx_path}: no Vivim metadata ({', '.join(missing)} missing); export it with vivim-export onnx")
@@ -110,7 +106,7 @@ def check_parity(
     if min_dice is not None and not 0 <= min_dice <= 1:
         raise VivimError(f"--min-dice must be within [0, 1], got {min_dice}")
     onnx_path = paths.require_file(onnx_path, "--onnx")
-    meta = _onnx_metadata(onnx_path)
+    meta = _vivim_metadata(onnx_path)
     model, _, ckpt_path = load_model(checkpoint)
     precision = meta.get("precision", "fp32")
     tol = TOLERANCES.get(precision, TOLERANCES["fp32"])

@@ -26,6 +26,7 @@ from vivim import atomic, paths
 from vivim.checkpoint import file_sha256
 from vivim.cli_utils import shell
 from vivim.errors import VivimError
+from vivim.export.onnx_files import onnx_metadata
 from vivim.export.plugin import DEFAULT_PLUGIN_DIR, PLUGIN_LIBRARY_NAME, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 if TYPE_CHECKING:  # annotations only; the real import happens inside build_engine
@@ -124,19 +125,6 @@ def cuda_runtime_version() -> str | None:
     if cudart.cudaRuntimeGetVersion(ctypes.byref(value)) != 0:
         return None
     return _cuda_version_string(value.value)
-
-
-def onnx_metadata(onnx_path: Path) -> dict[str, str]:
-    """The ONNX model's metadata_props (variant, frames, size, normalisation, ...); {} without onnx."""
-    try:
-        import onnx
-    except ImportError:
-        return {}
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError, ... for a bad file
-        raise VivimError(f"{onnx_path}: not a readable ONNX model ({exc})") from exc
-    return {prop.key: prop.value for prop in model.metadata_props}
 
 
 # ---------------------------------------------------------------------------------------------
