@@ -341,3 +341,21 @@ def test_training_videos_are_found_by_folder_in_a_vtus_set(tmp_path, monkeypatch
     written = write_overlays(tmp_path / "worst", acc, dataset, model, 3, summary["output_frame"])
     assert sorted(p.name for p in (tmp_path / "worst").glob("*.png")) == sorted(p.name for p in written)  # flat files
     assert all(p.parent == tmp_path / "worst" and "/" not in p.name for p in written)
+
+
+def test_frames_are_prepared_with_the_checkpoints_own_normalisation_and_resize_filter(data, tmp_path):
+    """vivim-run and the exports read a checkpoint's recorded (mean, std) and resize filter; vivim-eval must score
+    the model on the same input, not on ImageNet's constants and the default filter."""
+    from vivim.data.image_io import read_frame
+
+    torch.manual_seed(1)
+    mean, std = (0.3, 0.5, 0.7), (0.2, 0.25, 0.4)
+    path = tmp_path / "own.safetensors"
+    vivim.save_checkpoint(vivim.create_model("tiny", frames=3, img_size=32), path,
+                          normalization={"mean": list(mean), "std": list(std)}, resize="area")
+    _, _, dataset, _ = evaluate_checkpoint(str(path), str(data), device="cpu", progress=False)
+    video, index = dataset.samples[0]
+    clip = dataset[0]["clip"].numpy()  # (T, 3, H, W): its centre frame is the sample's own frame
+    rgb = cv2.resize(read_frame(dataset.videos[video].frames[index]), (32, 32), interpolation=cv2.INTER_AREA)
+    expected = ((rgb.astype(np.float64) / 255.0 - np.array(mean)) / np.array(std)).transpose(2, 0, 1)
+    np.testing.assert_allclose(clip[1], expected, rtol=0, atol=1e-4)

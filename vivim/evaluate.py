@@ -78,7 +78,7 @@ def evaluate_checkpoint(
     from tqdm import tqdm
 
     import vivim
-    from vivim.constants import check_output_frame
+    from vivim.constants import check_output_frame, normalization_from_metadata, resize_from_metadata
     from vivim.data.dataset import ClipDataset
     from vivim.data.layouts import discover_videos
     from vivim.metrics import MetricAccumulator
@@ -91,7 +91,10 @@ def evaluate_checkpoint(
     check_output_frame(output_frame, frames)
     split = split or default_split(data)
     videos = discover_videos(data, split, sparse=sparse_masks)
-    dataset = ClipDataset(videos, frames=frames, size=size, output_frame=output_frame)
+    # the frames prepared as the model was trained on them: its recorded normalisation and resize filter
+    normalization = normalization_from_metadata(meta.get("normalization"), f"{checkpoint}")
+    dataset = ClipDataset(videos, frames=frames, size=size, output_frame=output_frame, normalization=normalization,
+                          resize=resize_from_metadata(meta.get("resize")))
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers)
     acc = MetricAccumulator(sweep=sweep)
     predictions = PredictionFolders(save_masks, videos, data) if save_masks is not None else None
@@ -219,7 +222,7 @@ def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame:
         pred = (torch.sigmoid(logits.float()[0, 0, 0]) > 0.5).cpu().numpy()
         gt = item["mask"][0].numpy() > 0.5
         v, i = dataset.samples[k]
-        frame = cv2.cvtColor(resize_frame(read_frame(dataset.videos[v].frames[i]), dataset.size), cv2.COLOR_RGB2BGR)
+        frame = cv2.cvtColor(resize_frame(read_frame(dataset.videos[v].frames[i]), dataset.size, dataset.resize), cv2.COLOR_RGB2BGR)
         scale = max(1, 384 // dataset.size)
         big = lambda a: cv2.resize(a, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)  # noqa: E731
         tinted = big(frame).copy()

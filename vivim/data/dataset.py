@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from vivim.constants import output_frame_index
+from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE, output_frame_index
 from vivim.data.clips import clip_indices
 from vivim.data.image_io import read_frame, read_mask, size_mismatch
 from vivim.data.layouts import VideoRecord
@@ -35,6 +35,8 @@ class ClipDataset(Dataset):
         augment: TrainAugment | None = None,
         seed: int = 0,
         cache: bool = False,
+        normalization: tuple[Sequence[float], Sequence[float]] = (IMAGENET_MEAN, IMAGENET_STD),
+        resize: str = TRAIN_RESIZE,
     ) -> None:
         if not videos:
             raise VivimError("dataset has no videos")
@@ -45,6 +47,8 @@ class ClipDataset(Dataset):
         self.output_frame = output_frame
         self.augment = augment
         self.seed = seed
+        self.normalization = normalization  # (mean, std): a checkpoint's recorded values when evaluating it
+        self.resize = resize  # the filter frames are resized with (a checkpoint's recorded one when evaluating)
         self.epoch = 0
         self.cache: dict[str, np.ndarray] | None = {} if cache else None
         self._shapes: dict[str, tuple[int, int]] = {}  # native (H, W) of frames read so far
@@ -65,7 +69,7 @@ class ClipDataset(Dataset):
             return self.cache[key]
         native = read_frame(path)
         self._shapes[key] = native.shape[:2]
-        image = resize_frame(native, self.size)
+        image = resize_frame(native, self.size, self.resize)
         if self.cache is not None:
             self.cache[key] = image
         return image
@@ -94,7 +98,7 @@ class ClipDataset(Dataset):
             clip = np.stack([self.augment.jitter(apply_geometry(f, *geometry), rng) for f in clip])
             mask = apply_geometry(mask, *geometry)
         return {
-            "clip": torch.from_numpy(normalise(clip)),
+            "clip": torch.from_numpy(normalise(clip, self.normalization)),
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)[None]),
             "video": video.name,
             "frame": i,

@@ -8,6 +8,7 @@ Generator passed in, so a sample is a pure function of (seed, epoch, index).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -16,11 +17,12 @@ from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE
 from vivim.data.image_io import CV2_FILTERS
 
 
-def resize_frame(image: np.ndarray, size: int) -> np.ndarray:
-    """The training (and evaluation) resize; checkpoints record its filter so that vivim-run resizes alike."""
+def resize_frame(image: np.ndarray, size: int, resize: str = TRAIN_RESIZE) -> np.ndarray:
+    """The training resize (TRAIN_RESIZE); checkpoints record its filter so that vivim-run and vivim-eval resize
+    alike."""
     if image.shape[0] == size and image.shape[1] == size:
         return image
-    return cv2.resize(image, (size, size), interpolation=CV2_FILTERS[TRAIN_RESIZE])
+    return cv2.resize(image, (size, size), interpolation=CV2_FILTERS[resize])
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
@@ -89,9 +91,10 @@ def apply_geometry(image: np.ndarray, vflip: bool, hflip: bool, rot180: bool) ->
     return np.ascontiguousarray(image)
 
 
-def normalise(frames: np.ndarray) -> np.ndarray:
-    """(T, H, W, 3) uint8 RGB → (T, 3, H, W) float32, ImageNet mean/std."""
-    mean = np.asarray(IMAGENET_MEAN, np.float32) * 255.0
-    std = np.asarray(IMAGENET_STD, np.float32) * 255.0
+def normalise(frames: np.ndarray, mean_std: tuple[Sequence[float], Sequence[float]] = (IMAGENET_MEAN, IMAGENET_STD)) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB → (T, 3, H, W) float32 with a per-channel (mean, std) on the 0–1 scale (ImageNet's
+    for training; a checkpoint's recorded one for evaluation)."""
+    mean = np.asarray(mean_std[0], np.float32) * 255.0
+    std = np.asarray(mean_std[1], np.float32) * 255.0
     out = (frames.astype(np.float32) - mean) / std
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
