@@ -32,7 +32,7 @@ from vivim.export.ort_ops import INPUT_NAMES, OP_DOMAIN, OP_TYPE
 
 import vivim
 from vivim.cli_utils import warn
-from vivim.constants import parse_output_frame
+from vivim.constants import parse_output_frame, size_problem
 from vivim.errors import VivimError
 from vivim.export.plugin import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from vivim.progress import Heartbeat
@@ -261,8 +261,9 @@ def export_onnx(
     size = (trained_size, trained_size) if size is None else (int(size[0]), int(size[1]))
     if frames < 1:
         raise VivimError(f"--frames must be at least 1, got {frames}")
-    if min(size) < 32 or size[0] % 32 or size[1] % 32:
-        raise VivimError(f"--size must be multiples of 32 (at least 32), got {size[0]} {size[1]}")
+    problem = size_problem(size[0]) or size_problem(size[1])
+    if problem:
+        raise VivimError(f"--size {size[0]} {size[1]}: each side {problem}")
     # the network accepts other T and sizes (no positional embeddings), but accuracy is only known for the trained ones
     if frames != model.frames:
         warn(f"the checkpoint was trained on clips of {model.frames} frames; exporting --frames {frames}")

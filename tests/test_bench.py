@@ -278,7 +278,8 @@ def test_cli_rejects_bad_flags_in_one_line() -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["--backends", ","], "--backends: empty list"),
-    (["--frames", "0"], "--frames must be >= 1"),
+    (["--frames", "0"], "--frames must be >= 1, got 0"),
+    (["--size", "48"], "--size must be a multiple of 32, at least 32"),
     (["--iters", "0"], "--iters must be >= 1, got 0"),
     (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
     (["--long-iters", "0"], "--long-iters must be >= 1, got 0"),

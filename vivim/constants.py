@@ -9,6 +9,18 @@ SEED_MAX = 2**32 - 1
 # Resize filters for frames going into the model. vivim-train resizes with TRAIN_RESIZE and records it in each
 # checkpoint ("resize"); export carries it into the ONNX and engine metadata, and vivim-run uses it by default, so a
 # model sees the same kind of pixels at run time as in training.
+# Input sides the network takes: the encoder downsamples 32x (four stages), so a side is a multiple of 32.
+SIZE_MULTIPLE = 32
+
+
+def size_problem(side: object) -> "str | None":
+    """Why `side` is not a usable input side (None when it is): the one rule behind vivim-train's, vivim-export's,
+    vivim-bench's and the model config's checks."""
+    if isinstance(side, bool) or not isinstance(side, int) or side < SIZE_MULTIPLE or side % SIZE_MULTIPLE:
+        return f"must be a multiple of {SIZE_MULTIPLE}, at least {SIZE_MULTIPLE} (the encoder downsamples 32x), got {side!r}"
+    return None
+
+
 RESIZE_FILTERS = ("area", "linear")
 TRAIN_RESIZE = "linear"
 

@@ -376,7 +376,7 @@ def _out_of_patience(progress: "_Progress", epoch: int, patience: Optional[int],
 def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
     """Every flag checked before any work, with one line naming it; returns the (best, last, state) paths."""
     import vivim
-    from vivim.constants import check_output_frame, parse_output_frame
+    from vivim.constants import check_output_frame, parse_output_frame, size_problem
 
     if cfg.variant not in vivim.variants():
         raise VivimError(f"--variant {cfg.variant!r}: choose one of {', '.join(vivim.variants())}")
@@ -390,8 +390,9 @@ def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
         raise VivimError(f"--lr must be a positive learning rate, got {cfg.lr}")
     cfg.output_frame = str(parse_output_frame(cfg.output_frame))  # 'center' -> 'centre': one spelling in the state
     check_output_frame(cfg.output_frame, cfg.frames)  # after --frames: against a valid clip length
-    if cfg.size % 32:
-        raise VivimError(f"--size {cfg.size}: must be a multiple of 32 (the encoder downsamples 32x)")
+    problem = size_problem(cfg.size)
+    if problem:
+        raise VivimError(f"--size {problem}")
     paths.check_writable(cfg.out, "--out")  # now, not after the first epoch (and not a folder)
     best_path, last_path, state_path = output_paths(cfg.out)
     log_path = history_path(cfg.out)

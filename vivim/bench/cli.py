@@ -14,7 +14,7 @@ import typer
 
 from vivim import paths
 from vivim.cli_utils import next_command, run_app, warn
-from vivim.constants import SEED_MAX, parse_output_frame
+from vivim.constants import SEED_MAX, parse_output_frame, size_problem
 from vivim.devices import torch_device
 from vivim.errors import VivimError
 
@@ -148,9 +148,11 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
         trained_frames, trained_size = source.checkpoint_defaults()
         settings.frames = int(trained_frames or 5) if frames is None else frames  # 0 is an error, not "default"
         settings.size = int(trained_size or 256) if size is None else size
-    if settings.frames < 1 or settings.size < 32 or settings.size % 32:
-        raise VivimError(f"--frames must be >= 1 and --size a multiple of 32, got {settings.frames} and "
-                         f"{settings.size}")
+    if settings.frames < 1:
+        raise VivimError(f"--frames must be >= 1, got {settings.frames}")
+    problem = size_problem(settings.size)
+    if problem:
+        raise VivimError(f"--size {problem}")
     check_output_frame(settings.output_frame, settings.frames)  # an index must fit the clip: now, not after rows
 
     paths.check_writable(out, "--out", folder=True)  # after the flags, before the measurements

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from vivim.constants import size_problem
+
 
 @dataclass(frozen=True)
 class VivimConfig:
@@ -39,9 +41,9 @@ class VivimConfig:
         # ints checked as ints: a float T or size would be saved in the checkpoint and fail later, in export
         if isinstance(self.frames, bool) or not isinstance(self.frames, int) or self.frames < 1:
             raise ValueError(f"config {self.name}: frames must be an int >= 1, got {self.frames!r}")
-        if isinstance(self.img_size, bool) or not isinstance(self.img_size, int) or self.img_size < 32 or self.img_size % 32:
-            raise ValueError(f"config {self.name}: img_size must be a multiple of 32 (the encoder downsamples 32x), "
-                             f"got {self.img_size!r}")
+        problem = size_problem(self.img_size)
+        if problem:
+            raise ValueError(f"config {self.name}: img_size {problem}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
