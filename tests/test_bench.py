@@ -494,3 +494,13 @@ def test_the_environment_record_never_imports_mamba_ssm(monkeypatch):
     monkeypatch.delitem(sys.modules, "mamba_ssm", raising=False)
     env = collect_environment("cpu")
     assert attempted == [] and "mamba_ssm" in env
+
+
+def test_a_nan_in_a_row_is_written_as_null_instead_of_losing_the_results(tmp_path) -> None:
+    """The results file is written after every measurement: a NaN (a degenerate timing) must not raise there."""
+    rows = _rows(np.random.default_rng())
+    rows[0].throughput_fps = float("nan")
+    report.write_json(tmp_path / "results.json", rows, ENV, {"variant": "paper"})
+    assert "NaN" not in (tmp_path / "results.json").read_text()
+    back, _, _ = report.read_results(tmp_path / "results.json")
+    assert len(back) == len(rows) and back[0].throughput_fps is None

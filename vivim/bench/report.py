@@ -124,7 +124,8 @@ def results_document(rows: Sequence[Row], env: dict[str, Any], config: dict[str,
 def write_json(path: str | os.PathLike[str], rows: Sequence[Row], env: dict[str, Any],
                config: dict[str, Any] | None = None) -> Path:
     document = results_document(rows, env, config)
-    return atomic_write_text(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic.write_json(path, document)  # strict JSON: a NaN (a row that never ran) becomes null
 
 
 # -------------------------------------------------------------------------------------------------------- CSV
