@@ -67,7 +67,7 @@ def run(
     output_frame: Optional[str] = typer.Option(
         None,
         "--output-frame",
-        help="centre: the paper's protocol, T//2 frames lag; newest: no lag (default: a one-frame graph's own frame, else the frame the model was trained for, else centre).",
+        help="centre: the paper's protocol, T-1-T//2 frames lag (2 at T=5); newest: no lag (default: a one-frame graph's own frame, else the frame the model was trained for, else centre).",
         rich_help_panel=_RUN,
     ),
     fp16: Optional[bool] = typer.Option(

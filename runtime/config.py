@@ -56,7 +56,7 @@ class BackendConfig:
     stream_cache: bool = True  # PyTorch backend: per-frame features computed once and kept in the ring
     threads: Optional[int] = None  # PyTorch on the CPU: intra-op threads (default: torch's choice)
     plugin: Optional[str] = None  # TensorRT plugin library (default: ./vivim_plugin/, else the engine's folder)
-    # centre (T//2 frames lag, the paper's protocol) | newest (no lag); None: the one the model was trained for
+    # centre (T-1-T//2 frames lag, the paper's protocol) | newest (no lag); None: the one the model was trained for
     # (its metadata), else centre
     output_frame: Optional[str] = None
     threshold: float = 0.5  # mask = sigmoid(logits) > threshold

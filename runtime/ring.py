@@ -8,9 +8,9 @@ last one. With this padding the clip used for frame k is frames clamp(k - i, 0, 
 positions, exactly Vivim's own clip sampling at the ends of a sequence.
 
 The output position is T - 1 for `newest` (no lag) and T // 2 for `centre` (the paper's protocol: the mask of
-frame k is ready once frame k + T // 2 has arrived). Every pushed frame is emitted exactly once, in order:
-N frames in -> N masks out, once `pad` has been called until `pending` is 0 at the end of the stream
-(at most T // 2 times).
+frame k is ready once frame k + lag has arrived, lag = T - 1 - T // 2: T // 2 for odd T, one less for even T).
+Every pushed frame is emitted exactly once, in order: N frames in -> N masks out, once `pad` has been called
+until `pending` is 0 at the end of the stream (lag times).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Run statistics: frames captured/processed/dropped, FPS, capture-to-mask latency percentiles.
 
 Latency is measured honestly per frame: from the monotonic capture timestamp of the frame a mask belongs to
-until that mask is drawn. In `centre` mode it therefore includes the T // 2 frames of lag the paper's
+until that mask is drawn. In `centre` mode it therefore includes the T - 1 - T // 2 frames of lag the paper's
 protocol needs; `infer_ms` is the clip model call alone and `preprocess_ms` the per-new-frame work (which
 holds the per-frame network part when the PyTorch stream cache is on).
 """
