@@ -74,7 +74,7 @@ def shared_stem(files) -> str | None:
 def _list_frames(folder: Path) -> list[Path]:
     frames = list_frame_files(folder)
     if not frames:
-        raise VivimError(f"{folder}: no frame images (.jpg/.png) in this video folder")
+        raise VivimError(f"{folder}: no frame images ({'/'.join(FRAME_EXTENSIONS)}) in this video folder")
     return frames
 
 
