@@ -136,7 +136,7 @@ class AtomicVideoWriter:
 
     def close(self) -> bool:
         """Finish the file and move it into place; False when no frame was written (no file then)."""
-        if self._writer is None:
+        if self._writer is None or self._tmp is None:
             return False
         try:
             self._writer.release()  # writes the container index: without it an .mp4 is unreadable
