@@ -26,3 +26,15 @@ def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     except ImportError:
         return {}
     return {prop.key: prop.value for prop in load_onnx(path, external_data=False).metadata_props}
+
+
+# What vivim-export onnx writes and every consumer (ONNX Runtime backend, parity check) needs to prepare frames.
+VIVIM_METADATA_KEYS = ("frames", "img_size", "output_frame", "normalization")
+
+
+def missing_vivim_metadata(meta: dict[str, str], source: str) -> None:
+    """A one-line VivimError naming `source` unless `meta` holds the keys vivim-export onnx writes: a graph from
+    elsewhere would run and draw masks from frames normalised in a way it was never trained on."""
+    missing = [key for key in VIVIM_METADATA_KEYS if key not in meta]
+    if missing:
+        raise VivimError(f"{source}: no Vivim metadata ({', '.join(missing)} missing); export it with vivim-export onnx")

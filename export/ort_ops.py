@@ -204,8 +204,11 @@ def prepare_for_ort(model):
     return model
 
 
-def create_session(onnx_path: str | os.PathLike[str], providers: Sequence[str] | None = None):
-    """An `onnxruntime.InferenceSession` for a Vivim ONNX file, with VivimSelectiveScan registered."""
+def create_session(onnx_path: str | os.PathLike[str], providers: Sequence[str] | None = None, *,
+                   threads: int | None = None):
+    """An `onnxruntime.InferenceSession` for a Vivim ONNX file, with VivimSelectiveScan registered; `threads`: the
+    CPU provider's intra-op threads (None: ONNX Runtime's choice). A file ONNX Runtime refuses (no graph, an
+    unknown op, a broken graph) is a one-line VivimError naming it."""
     import onnxruntime as ort
 
     from vivim.export.onnx_files import load_onnx
@@ -218,6 +221,12 @@ def create_session(onnx_path: str | os.PathLike[str], providers: Sequence[str] |
     options = ort.SessionOptions()
     options.register_custom_ops_library(get_library_path())
     options.log_severity_level = 3
-    return ort.InferenceSession(
-        prepare_for_ort(model).SerializeToString(), options, providers=list(providers or ["CPUExecutionProvider"])
-    )
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    try:
+        return ort.InferenceSession(
+            prepare_for_ort(model).SerializeToString(), options, providers=list(providers or ["CPUExecutionProvider"])
+        )
+    except Exception as exc:  # onnxruntime's own error types (InvalidGraph, InvalidArgument, Fail, ...)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VivimError(f"{path}: ONNX Runtime cannot load this model ({reason})") from exc

@@ -77,12 +77,10 @@ def synthetic_clip(frames: int, height: int, width: int, mean, std, seed: int = 
 
 
 def _vivim_metadata(onnx_path: Path) -> dict:
-    from vivim.export.onnx_files import onnx_metadata
+    from vivim.export.onnx_files import missing_vivim_metadata, onnx_metadata
 
     meta = onnx_metadata(onnx_path)
-    missing = [k for k in ("frames", "img_size", "output_frame", "normalization") if k not in meta]
-    if missing:
-        raise VivimError(f"{onnx_path}: no Vivim metadata ({', '.join(missing)} missing); export it with vivim-export onnx")
+    missing_vivim_metadata(meta, str(onnx_path))
     return meta
 
 

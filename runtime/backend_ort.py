@@ -29,6 +29,7 @@ class OrtBackend:
         *,
         device: str = "auto",
         interpolation: Optional[str] = None,
+        threads: Optional[int] = None,
         log: Callable[[str], None] = print,
     ) -> None:
         paths.require_file(path, "--onnx")
@@ -36,6 +37,7 @@ class OrtBackend:
             import onnxruntime as ort
         except ImportError:
             raise VivimError("--onnx needs ONNX Runtime: pip install 'vivim-edge[export]'") from None
+        from vivim.export.onnx_files import missing_vivim_metadata
         from vivim.export.ort_ops import create_session
 
         available = ort.get_available_providers()
@@ -51,11 +53,12 @@ class OrtBackend:
             providers: List[Any] = [("CUDAExecutionProvider", {"device_id": spec.cuda_index}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
-        self.session = create_session(path, providers)
+        self.session = create_session(path, providers, threads=threads)
         self.device = device
         self.source = path
 
         meta: Dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        missing_vivim_metadata(meta, f"--onnx {path}")  # a foreign graph would "run" and draw meaningless masks
         self.interpolation = choose_resize(interpolation, meta.get("resize"), f"--onnx {path}", log)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
@@ -63,7 +66,7 @@ class OrtBackend:
         if not outputs:
             raise VivimError(f"--onnx {path}: the graph has no output; export it with vivim-export onnx")
         shape = inputs[0].shape
-        if len(shape) != 5 or not all(isinstance(d, int) for d in shape[1:]):
+        if len(shape) != 5 or not all(isinstance(d, int) for d in shape[1:]) or shape[2] != 3:
             raise VivimError(f"--onnx {path}: input shape {shape} is not a static (1, T, 3, H, W); re-export it")
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name

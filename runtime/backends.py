@@ -57,7 +57,7 @@ def create_backend(cfg, interpolation: Optional[str] = None, log=print) -> Backe
     if cfg.kind == "onnx":
         from vivim.runtime.backend_ort import OrtBackend
 
-        return OrtBackend(cfg.model, device=cfg.device, interpolation=interpolation, log=log)
+        return OrtBackend(cfg.model, device=cfg.device, interpolation=interpolation, threads=cfg.threads, log=log)
     if cfg.kind == "engine":
         from vivim.runtime.backend_trt import TensorRTBackend
 
@@ -72,8 +72,8 @@ def _reject_torch_only_flags(cfg, log) -> None:
         log("warning: --cuda-graph applies to --checkpoint only; ignored")
     if cfg.compile:
         log("warning: --compile applies to --checkpoint only; ignored")
-    if cfg.threads:
-        log("warning: --threads applies to --checkpoint only; ignored")
+    if cfg.threads and cfg.kind == "engine":
+        log("warning: --threads applies to --checkpoint and --onnx only (CPU intra-op threads); ignored")
     if not cfg.stream_cache:
         log("warning: --no-stream-cache applies to --checkpoint only; ignored")
 

@@ -88,7 +88,7 @@ def run(
         rich_help_panel=_RUN,
     ),
     threads: Optional[int] = typer.Option(
-        None, "--threads", help="PyTorch on the CPU: intra-op threads (1 is fastest on a busy machine).",
+        None, "--threads", help="PyTorch or ONNX Runtime on the CPU: intra-op threads (1 is fastest on a busy machine).",
         rich_help_panel=_RUN,
     ),
     plugin: Optional[str] = typer.Option(

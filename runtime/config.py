@@ -54,7 +54,7 @@ class BackendConfig:
     cuda_graph: bool = False  # PyTorch backend on CUDA: capture both network parts as CUDA graphs
     compile: bool = False  # PyTorch backend: torch.compile (Inductor) both network parts before capturing/running
     stream_cache: bool = True  # PyTorch backend: per-frame features computed once and kept in the ring
-    threads: Optional[int] = None  # PyTorch on the CPU: intra-op threads (default: torch's choice)
+    threads: Optional[int] = None  # PyTorch or ONNX Runtime on the CPU: intra-op threads (default: the runtime's)
     plugin: Optional[str] = None  # TensorRT plugin library (default: ./vivim_plugin/, else the engine's folder)
     # centre (T-1-T//2 frames lag, the paper's protocol) | newest (no lag); None: the one the model was trained for
     # (its metadata), else centre

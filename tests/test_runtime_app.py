@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -770,3 +771,44 @@ def test_a_backend_the_run_created_is_closed_when_set_up_fails(tmp_path, checkpo
     with pytest.raises(VivimError, match="decodes clip frame 0 only"):
         run(config, backend=mine, log=lambda m: None)
     assert closed == []
+
+
+def _tiny_graph(path, input_shape, metadata=None):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, input_shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if metadata:
+        helper.set_model_props(model, metadata)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_onnx_files_the_runtime_cannot_use_are_one_line_errors(tmp_path, onnx_model):
+    """An empty file (no graph), a graph from elsewhere (no Vivim metadata: it would run and draw meaningless
+    masks) and a graph without 3 colour channels are refused before the run, naming the file."""
+    from vivim.runtime.backend_ort import OrtBackend
+
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    meta = {"frames": "5", "img_size": "32", "output_frame": "all",
+            "normalization": json.dumps({"mean": [0.5] * 3, "std": [0.25] * 3})}
+    cases = [(str(empty), "empty.onnx: ONNX Runtime cannot load this model"),
+             (_tiny_graph(tmp_path / "foreign.onnx", [1, 5, 3, 32, 32]),
+              "foreign.onnx: no Vivim metadata (frames, img_size, output_frame, normalization missing)"),
+             (_tiny_graph(tmp_path / "grey.onnx", [1, 5, 1, 32, 32], meta), "grey.onnx: input shape [1, 5, 1, 32, 32] is not")]
+    for path, message in cases:
+        with pytest.raises(VivimError, match=re.escape(message)) as error:
+            OrtBackend(path, device="cpu", log=lambda m: None)
+        assert "\n" not in str(error.value)
+
+
+def test_threads_sets_onnx_runtime_s_cpu_threads(onnx_model):
+    from vivim.runtime.backend_ort import OrtBackend
+
+    backend = OrtBackend(onnx_model, device="cpu", threads=1, log=lambda m: None)
+    assert backend.session.get_session_options().intra_op_num_threads == 1

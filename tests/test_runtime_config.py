@@ -155,4 +155,7 @@ def test_pytorch_only_flags_are_named_when_another_backend_ignores_them():
     assert lines == []  # the defaults say nothing
     _reject_torch_only_flags(BackendConfig(kind="onnx", model="m.onnx", fp16=True, cuda_graph=True, compile=True,
                                            threads=2, stream_cache=False), lines.append)
-    assert [line.split()[1] for line in lines] == ["--fp16", "--cuda-graph", "--compile", "--threads", "--no-stream-cache"]
+    assert [line.split()[1] for line in lines] == ["--fp16", "--cuda-graph", "--compile", "--no-stream-cache"]
+    lines.clear()  # ONNX Runtime takes --threads; a TensorRT engine does not
+    _reject_torch_only_flags(BackendConfig(kind="engine", model="m.engine", threads=2), lines.append)
+    assert [line.split()[1] for line in lines] == ["--threads"]
