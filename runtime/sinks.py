@@ -32,13 +32,16 @@ class Sink(Protocol):
 
 
 class VideoSink:
-    """The overlay video (--save); opened on the first frame, whose size it keeps."""
+    """The overlay video (--save); opened on the first frame, whose size it keeps. It keeps real time: a frame
+    dropped at capture (a live source faster than the model) repeats the overlay shown before it, as the window did,
+    so the video plays at the source's rate for the run's whole duration instead of fast-forwarding."""
 
     def __init__(self, path: str, fps: float) -> None:
         self.path = path
         paths.check_writable(path, "--save")
         self._video = AtomicVideoWriter(path, fps, what=f"--save {path}")
         self._committed = False
+        self._last: Optional[Tuple[int, np.ndarray]] = None  # (capture index, overlay) of the latest frame written
 
     @property
     def fps(self) -> float:
@@ -56,7 +59,12 @@ class VideoSink:
         size = self._video.size
         if size is not None and (overlay.shape[1], overlay.shape[0]) != size:  # a camera changed mode on reconnect
             overlay = cv2.resize(overlay, size, interpolation=cv2.INTER_AREA)
+        if self._last is not None:
+            shown_index, shown = self._last
+            for _ in range(index - shown_index - 1):  # the frames dropped in between (none for a file's frames)
+                self._video.write(shown)
         self._video.write(overlay)
+        self._last = (index, overlay)
 
     def close(self) -> None:
         self._committed = self._video.close() or self._committed

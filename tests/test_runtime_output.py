@@ -358,3 +358,25 @@ def test_write_video_leaves_nothing_behind_when_a_frame_fails(tmp_path):
     capture = cv2.VideoCapture(str(tmp_path / "clip.mp4"))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
     capture.release()
+
+
+def test_the_overlay_video_keeps_real_time_across_dropped_frames(tmp_path):
+    """A live source drops frames the model cannot keep up with: the video repeats the overlay shown meanwhile, so it
+    lasts as long as the run instead of playing fast-forward."""
+    path = tmp_path / "live.mp4"
+    sink = VideoSink(str(path), fps=10.0)
+    shades = {0: 20, 1: 80, 4: 160, 5: 240}  # frames 2 and 3 were dropped at capture
+    for index, shade in shades.items():
+        frame = np.full((48, 64, 3), shade, np.uint8)
+        sink.write(index, frame, np.zeros(frame.shape[:2], bool))
+    sink.close()
+    capture = cv2.VideoCapture(str(path))
+    seen = []
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            break
+        seen.append(float(image.mean()))
+    capture.release()
+    assert len(seen) == 6 and sink.frames_written == 6
+    np.testing.assert_allclose(seen, [20, 80, 80, 80, 160, 240], atol=6)
