@@ -30,6 +30,20 @@ app = typer.Typer(
 )
 
 
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """--size: 'N' (square, as vivim-train and vivim-bench take it) or 'HxW' (also 'H,W') for another aspect."""
+    if text is None:
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise VivimError(f"--size {text}: give one side N (square) or HxW, e.g. 256 or 256x320")
+    return (values[0], values[-1])
+
+
 def _mb(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:.1f} MB"
 
@@ -40,7 +54,8 @@ def onnx(
     output: Path = typer.Option(Path("model.onnx"), "-o", "--output", "--out", help="ONNX file to write."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 graph (A, D, delta_bias stay fp32); what TensorRT 11 needs for FP16."),
     frames: int | None = typer.Option(None, "--frames", "-T", help="Clip length T (default: the checkpoint's)."),
-    size: tuple[int, int] | None = typer.Option(None, "--size", help="Input H W (multiples of 32; default: the checkpoint's).", show_default=False),
+    size: str | None = typer.Option(None, "--size", "-s", help="Input side N (square) or HxW, e.g. 256 or 256x320 "
+                                    "(multiples of 32; default: the checkpoint's).", show_default=False),
     output_frame: str = typer.Option("all", "--output-frame", help="Logits for all frames, or only the centre / newest one."),
     opset: int | None = typer.Option(None, "--opset", help="Default-domain ONNX opset (default: the exporter's)."),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Full ONNX optimizer, or constant folding only (faster export)."),
@@ -51,8 +66,8 @@ def onnx(
     paths.refuse_writing_over_inputs({"-o": output}, {"CHECKPOINT": checkpoint_file(checkpoint)})
     if output.suffix.lower() != ".onnx":  # "-o out/models/" reaches here without its slash: a folder was meant
         raise VivimError(f"-o {output}: an ONNX file name ends in .onnx (for a folder, give {output / 'model.onnx'})")
-    result = export_onnx(checkpoint, output, fp16=fp16, frames=frames, size=size, output_frame=output_frame, opset=opset,
-                         optimize=optimize)
+    result = export_onnx(checkpoint, output, fp16=fp16, frames=frames, size=parse_size(size), output_frame=output_frame,
+                         opset=opset, optimize=optimize)
     for label, tensors in (("input", result.inputs), ("output", result.outputs)):
         for name, shape, dtype in tensors:
             print(f"  {label:6s} {name:8s} {tuple(shape)} {dtype}")

@@ -25,7 +25,7 @@ CASES = [
     ("vivim-eval", eval_app, None, {"device": {"--device", "-d"}}),
     ("vivim-bench", bench_app, None, {"out": OUTPUT, "frames": {"--frames", "-T", "-t"}, "size": {"--size", "-s"},
                                       "device": {"--device", "-d"}}),
-    ("vivim-export onnx", export_app, "onnx", {"output": OUTPUT, "frames": {"--frames", "-T"}}),
+    ("vivim-export onnx", export_app, "onnx", {"output": OUTPUT, "frames": {"--frames", "-T"}, "size": {"--size", "-s"}}),
     ("vivim-export plugin", export_app, "plugin", {"output_dir": OUTPUT}),
     ("vivim-export trt", export_app, "trt", {"output": OUTPUT}),
     ("vivim-run", run_app, None, {"device": {"--device", "-d"}}),
@@ -86,3 +86,16 @@ def test_a_seed_out_of_range_is_refused_before_any_work(tmp_path, value):
                                            "--seed", value])
     assert result.exit_code == 2 and "--seed" in result.output, result.output
     assert not out.exists()  # nothing started: no half-written dataset to refuse the next run
+
+
+def test_export_size_takes_one_side_or_h_by_w():
+    """-s 256 as in vivim-train and vivim-bench (a square), 256x320 for another aspect; anything else is named."""
+    from vivim.errors import VivimError
+    from vivim.export.cli import parse_size
+
+    assert parse_size(None) is None
+    assert parse_size("256") == (256, 256) and parse_size("256x320") == (256, 320) and parse_size("64,96") == (64, 96)
+    assert parse_size("128X64") == (128, 64)
+    for bad in ("", "x", "256x", "1x2x3", "big"):
+        with pytest.raises(VivimError, match=f"--size {bad}: give one side N"):
+            parse_size(bad)

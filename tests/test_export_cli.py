@@ -47,7 +47,7 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported_onnx(workdir) -> Path:
     proc = vivim_export("onnx", "tiny.safetensors", "-o", "out/model fp16.onnx", "--fp16", "--frames", FRAMES,
-                        "--size", *SIZE, "--output-frame", "newest", cwd=workdir)
+                        "--size", f"{SIZE[0]}x{SIZE[1]}", "--output-frame", "newest", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "input  frames   (1, 3, 3, 64, 64) float16" in out
