@@ -95,7 +95,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
                if summary.get("frames_unprocessed") else ""),
             f"speed     {summary['fps']:.2f} FPS over {summary['wall_s']:.2f} s",
             f"latency   capture->mask p50 {ms(lat['p50'])} / p90 {ms(lat['p90'])} / p99 {ms(lat['p99'])} ms; "
-            f"per clip {ms(inf['p50'])} ms, per new frame {ms(summary['preprocess_ms']['p50'])} ms (p50)",
+            f"model per clip {ms(inf['p50'])} ms, preprocessing per new frame {ms(summary['preprocess_ms']['p50'])} ms "
+            "(p50)",
         ]
         + ([f"stopped   {summary['stopped_by']}"] if summary.get("stopped_by") else [])
     )
