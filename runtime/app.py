@@ -54,6 +54,7 @@ class GracefulStop:
 
     def __init__(self, log: Log) -> None:
         self.requested = False
+        self.reason = ""  # "interrupted (Ctrl-C)" or "terminated (SIGTERM)": the summary's stopped_by
         self._finishing = False
         self._log = log
         self._previous: Dict[int, Any] = {}
@@ -77,8 +78,11 @@ class GracefulStop:
             return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if not self.requested:
+            self.reason = "interrupted (Ctrl-C)" if signum == signal.SIGINT else "terminated (SIGTERM)"
         self.requested = True
-        self._log("stopping after the current frame (Ctrl-C again to abort)")
+        by = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        self._log(f"{by}: stopping after the current frame (Ctrl-C again to abort)")
 
 
 class Pipeline:
@@ -250,7 +254,7 @@ def _process_until_stopped(cfg: RunConfig, source: FrameSource, pipeline: Pipeli
     """Push every frame the source delivers through the pipeline; returns why it stopped."""
     while True:
         if stop.requested:
-            return "interrupted (Ctrl-C)"
+            return stop.reason
         if any(getattr(sink, "quit_requested", False) for sink in sinks):
             return "window closed"
         frame = source.read(0.1)

@@ -609,10 +609,13 @@ def test_first_ctrl_c_asks_to_stop_a_second_one_aborts():
     lines = []
     with GracefulStop(lines.append) as stop:
         os.kill(os.getpid(), signal.SIGINT)
-        assert stop.requested and "Ctrl-C again to abort" in lines[0]
+        assert stop.requested and "Ctrl-C again to abort" in lines[0] and stop.reason == "interrupted (Ctrl-C)"
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+    with GracefulStop(lines.append) as stop:  # a service manager's stop: said as such in the summary
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.reason == "terminated (SIGTERM)" and lines[-1].startswith("SIGTERM: stopping")
 
 
 def test_ctrl_c_while_the_files_are_closed_does_not_abort():
