@@ -4,6 +4,7 @@ two gloo processes keeps both ranks identical, CLI smoke tests. Tiny variant, 32
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 
@@ -162,6 +163,9 @@ def test_init_demo_names_the_bundled_weights_as_in_the_other_tools():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
     with pytest.raises(VivimError, match="cannot initialise the 'b0' variant"):
         _initialise(vivim.create_model("b0", frames=3, img_size=32), "demo", verbose=False)
+    tiny = vivim.create_model("tiny", frames=3, img_size=32)
+    with pytest.raises(VivimError, match=r"--init runs/nope.safetensors: no such file or folder"):
+        _initialise(tiny, "runs/nope.safetensors", verbose=False)
 
 
 def test_init_refuses_a_checkpoint_with_tensors_this_model_does_not_have(tmp_path):
@@ -649,3 +653,20 @@ def test_the_frame_cache_budget_counts_every_copy_on_the_machine(data, monkeypat
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_ranks))
     built = _build_data(_cfg(data, "unused.safetensors", workers=workers), _Dist(), torch.device("cpu"))
     assert (built.train_ds.cache is not None) == cached
+
+
+def test_init_names_the_file_and_points_a_resume_state_to_resume(tmp_path):
+    from vivim.train import _initialise
+
+    tiny = vivim.create_model("tiny", frames=3, img_size=32)
+    state = tmp_path / "run.state.pt"
+    torch.save({"epoch": 1}, state)
+    with pytest.raises(VivimError, match=r"--init .*run.state.pt: a resume state, not weights; continue that run with "
+                                         r"--resume, or fine-tune from .*run.last.safetensors"):
+        _initialise(tiny, str(state), verbose=False)
+    unrelated = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(unrelated))
+    with pytest.raises(VivimError, match=rf"--init {re.escape(str(unrelated))}: no SegFormer tensor matched"):
+        _initialise(tiny, str(unrelated), verbose=False)

@@ -262,6 +262,13 @@ def _initialise(model, source: str, verbose: bool) -> None:
     from vivim.checkpoint import FORMAT, checkpoint_file, read_metadata
 
     path = Path(checkpoint_file(source))
+    if not path.exists():
+        raise VivimError(f"--init {source}: no such file or folder (a Vivim checkpoint, 'demo', or a SegFormer folder "
+                         "or file)")
+    if path.name.endswith(".state.pt"):  # vivim-train's resume state holds the optimiser too, not a model to load
+        last = path.with_name(path.name[: -len(".state.pt")] + ".last.safetensors")
+        raise VivimError(f"--init {path}: a resume state, not weights; continue that run with --resume, or "
+                         f"fine-tune from {last}")
     if path.is_file() and path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -291,7 +298,9 @@ def _initialise(model, source: str, verbose: bool) -> None:
     try:
         report = load_segformer_weights(model, source)
     except VivimError as exc:
-        raise VivimError(f"--init {exc}") from None
+        message = str(exc)
+        named = message.startswith((str(source), str(path)))  # the reader's errors mostly begin with the path
+        raise VivimError(f"--init {message}" if named else f"--init {source}: {message}") from None
     if verbose:
         print(f"initialised {len(report.mapped)} tensors from SegFormer weights {source}")
 
