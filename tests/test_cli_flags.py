@@ -99,3 +99,24 @@ def test_export_size_takes_one_side_or_h_by_w():
     for bad in ("", "x", "256x", "1x2x3", "big"):
         with pytest.raises(VivimError, match=f"--size {bad}: give one side N"):
             parse_size(bad)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--worst", "0"], "error: --worst: Input should be greater than or equal to 1 (see "),
+    (["--bogus"], "error: No such option: --bogus (see "),
+    ([], "error: --data: Missing parameter: data (see "),
+])
+def test_usage_errors_are_one_line_like_every_other_error(args, expected, tmp_path):
+    """Typer's own checks (a range, an unknown option, a missing option) printed a boxed multi-line message; they
+    read like every other error now: one line naming the flag, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", "import sys; from vivim.evaluate import main; sys.argv[0] = 'vivim-eval'; main()",
+               "demo", *(["--data", str(tmp_path)] if args and args[0] != "--data" else []), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(expected) and lines[0].endswith("vivim-eval --help)"), lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sys
@@ -36,7 +37,9 @@ def run_app(app: Callable[..., object]) -> None:
     from vivim.paths import remove_folders_left_empty
 
     try:
-        app(standalone_mode=True)
+        # not standalone: usage errors (a flag out of range, an unknown option) come here as exceptions, to be
+        # worded like every other error instead of in a multi-line box
+        code = app(standalone_mode=False)
     except VivimError as exc:
         remove_folders_left_empty()
         fail(one_line(str(exc)))
@@ -62,6 +65,41 @@ def run_app(app: Callable[..., object]) -> None:
             raise  # one of our own modules: a bug, keep the traceback
         remove_folders_left_empty()
         fail(hint)
+    except Exception as exc:
+        if _click_kind(exc) == "Abort" and _caused_by_ctrl_c(exc):  # click's wrapper of a Ctrl-C
+            remove_folders_left_empty()
+            print("interrupted", file=sys.stderr)
+            raise SystemExit(130)
+        if _click_kind(exc) != "UsageError":
+            raise
+        remove_folders_left_empty()
+        fail(usage_line(exc))
+    # typer.Exit(n) returns n here (e.g. a failed parity check); Typer returns 130 for a Ctrl-C it caught itself.
+    # Exit as click's standalone mode does: always through SystemExit, 0 on success.
+    code = code if isinstance(code, int) else 0
+    if code == 130:
+        remove_folders_left_empty()
+        print("interrupted", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _click_kind(exc: BaseException) -> str | None:
+    """'UsageError' or 'Abort' for click's exceptions (Typer carries its own copy of click: told apart by name)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return next((kind for kind in ("UsageError", "Abort") if kind in names), None)
+
+
+def usage_line(exc: BaseException) -> str:
+    """A usage error as one line: the flag it concerns, click's reason, where to read more."""
+    message = str(getattr(exc, "message", "") or exc).strip().splitlines()
+    text = " ".join(line.strip() for line in message if line.strip()) or type(exc).__name__
+    param = getattr(exc, "param", None)
+    flags = sorted(getattr(param, "opts", None) or [], key=len) if param is not None else []
+    flag = flags[-1] if flags else None
+    if flag and flag not in text:
+        text = f"{flag}: {text}"
+    tool = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "the command"
+    return f"{text} (see {tool} --help)"
 
 
 # The extra of pyproject.toml that installs each optional top-level module.
