@@ -244,9 +244,12 @@ def test_cli_writes_json_table_and_overlays(checkpoint, data, tmp_path):
     assert (tmp_path / "ov" / "notes.txt").read_text() == "mine" and theirs.read_bytes() == b"not ours"
     assert "warning" not in result.output
     assert not (data / "ImageSets").exists()  # a named split of a folder without lists scores every video: said so
+    named = tmp_path / "named.json"
     result = CliRunner().invoke(app, [str(checkpoint), "--data", str(data), "--split", "test", "--device", "cpu",
-                                      "--no-progress"])
-    assert result.exit_code == 0 and "2 videos (test split" in result.output, result.output
+                                      "--no-progress", "--json", str(named)])
+    assert result.exit_code == 0 and "2 videos (all split" in result.output, result.output  # what was scored
+    report = json.loads(named.read_text())
+    assert report["split"] == "all" and report["split_requested"] == "test"
     assert "warning: --split test: " in result.output and "so the split is every video" in result.output
     for extra, needle in ((["--threads", "0"], "--threads must be at least 1"),
                           (["--overlays", str(data / "JPEGImages")], "is inside the input --data")):

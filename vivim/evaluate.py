@@ -80,7 +80,7 @@ def evaluate_checkpoint(
     import vivim
     from vivim.constants import check_output_frame, normalization_from_metadata, resize_from_metadata
     from vivim.data.dataset import ClipDataset
-    from vivim.data.layouts import discover_videos
+    from vivim.data.layouts import discover_videos, every_video_note
     from vivim.metrics import MetricAccumulator
 
     device = str(torch_device(device))
@@ -89,7 +89,9 @@ def evaluate_checkpoint(
     frames, size = int(meta["frames"]), int(meta["img_size"])
     output_frame = output_frame or meta.get("output_frame", "centre")
     check_output_frame(output_frame, frames)
-    split = split or default_split(data)
+    asked = split = split or default_split(data)
+    if every_video_note(data, split):  # a DAVIS folder without lists: the split is every video, and says so
+        split = "all"
     videos = discover_videos(data, split, sparse=sparse_masks)
     # the frames prepared as the model was trained on them: its recorded normalisation and resize filter
     normalization = normalization_from_metadata(meta.get("normalization"), f"{checkpoint}")
@@ -119,6 +121,7 @@ def evaluate_checkpoint(
         "checkpoint": str(checkpoint),
         "data": str(data),
         "split": split,
+        **({"split_requested": asked} if asked != split else {}),
         "output_frame": output_frame,
         "variant": meta.get("variant"),
         "frames_per_clip": frames,
