@@ -167,6 +167,8 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
     """Run the pipeline until the input ends, --max-frames is reached, q is pressed or Ctrl-C; return the summary."""
     parse_color(cfg.overlay.color)  # flag errors before any heavy work
     logit(cfg.backend.threshold)
+    for note in cfg.ignored_flags():
+        log(f"warning: {note}")
     src, snk, model = cfg.source, cfg.sink, cfg.backend
     paths.refuse_writing_over_inputs(
         {"--save": snk.save, "--save-masks": snk.save_masks, "--stats": snk.stats, "--strip": snk.strip},

@@ -11,7 +11,7 @@ import math
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 from vivim import paths
 from vivim.constants import RESIZE_FILTERS, parse_output_frame
@@ -153,6 +153,25 @@ class RunConfig:
             raise VivimError(
                 f"preprocess.interpolation must be 'model', 'area' or 'linear', got {self.preprocess.interpolation!r}"
             )
+
+
+    def ignored_flags(self) -> List[str]:
+        """Warnings for flags that the chosen input or model does not use: silently ignoring them would leave a user
+        believing they took effect (camera settings on a file, a plugin for a PyTorch model)."""
+        s, b = self.source, self.backend
+        notes = []
+        if s.kind != "camera":
+            camera_only = [flag for flag, value in (("--width", s.width), ("--height", s.height),
+                                                    ("--fourcc", s.fourcc), ("--buffer-size", s.buffer_size != 1))
+                           if value]
+            if camera_only:
+                notes.append(f"{', '.join(camera_only)} set(s) the camera's capture mode; ignored for --{s.kind}")
+        if s.kind in ("camera", "gst") and (s.loop or s.realtime):
+            flags = ", ".join(flag for flag, on in (("--loop", s.loop), ("--realtime", s.realtime)) if on)
+            notes.append(f"{flags} applies to files and folders; --{s.kind} is live already; ignored")
+        if b.plugin and b.kind != "engine":
+            notes.append("--plugin is the TensorRT plugin library of an --engine; ignored")
+        return notes
 
 
 def _source_kind(location: str) -> str:

@@ -159,3 +159,21 @@ def test_pytorch_only_flags_are_named_when_another_backend_ignores_them():
     lines.clear()  # ONNX Runtime takes --threads; a TensorRT engine does not
     _reject_torch_only_flags(BackendConfig(kind="engine", model="m.engine", threads=2), lines.append)
     assert [line.split()[1] for line in lines] == ["--threads"]
+
+
+def test_flags_the_input_or_model_does_not_use_are_named():
+    """Camera settings on a file, --loop on a camera, a plugin for a PyTorch model: each said, none silently dropped."""
+    from vivim.runtime.config import RunConfig
+
+    def notes(**parts):
+        return RunConfig.build(overrides={"source": {"kind": "video", "location": "clip.mp4"},
+                                          "backend": {"kind": "checkpoint", "model": "demo"}, **parts}).ignored_flags()
+
+    assert notes() == []
+    assert notes(source={"kind": "camera", "location": "0", "width": 640, "fourcc": "MJPG"}) == []
+    file_with_camera_flags = notes(source={"kind": "video", "location": "clip.mp4", "width": 640, "buffer_size": 3})
+    assert len(file_with_camera_flags) == 1 and file_with_camera_flags[0].startswith("--width, --buffer-size")
+    assert "--loop applies to files" in notes(source={"kind": "camera", "location": "0", "loop": True})[0]
+    assert notes(backend={"kind": "onnx", "model": "m.onnx", "plugin": "lib.so"}) == [
+        "--plugin is the TensorRT plugin library of an --engine; ignored"]
+    assert notes(backend={"kind": "engine", "model": "m.engine", "plugin": "lib.so"}) == []
