@@ -62,7 +62,7 @@ def run(
         None, "--config", help="YAML file with sections source/preprocess/backend/overlay/sink; flags override it."
     ),
     device: Optional[str] = typer.Option(
-        None, "--device", "-d", help="cpu, cuda or cuda:N (default: cuda when available).", rich_help_panel=_RUN
+        None, "--device", "-d", help="auto, cpu, cuda or cuda:N (default auto: cuda when available).", rich_help_panel=_RUN
     ),
     output_frame: Optional[str] = typer.Option(
         None,

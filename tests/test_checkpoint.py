@@ -55,6 +55,11 @@ def test_garbage_and_foreign_files(tmp_path):
     garbage.write_bytes(b"\x00\x01not a checkpoint at all")
     with pytest.raises(CheckpointError, match="not a safetensors checkpoint"):
         vivim.load_checkpoint(garbage)
+    onnx_file = tmp_path / "model.onnx"  # handed to --checkpoint by mistake: say where it belongs
+    onnx_file.write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(64))
+    with pytest.raises(CheckpointError, match="not a safetensors checkpoint .*this looks like an ONNX model: vivim-run "
+                                              "takes it with --onnx"):
+        vivim.load_checkpoint(onnx_file)
     from safetensors.torch import save_file
 
     foreign = tmp_path / "foreign.safetensors"

@@ -64,6 +64,19 @@ def file_sha256(path: PathLike) -> str:
     return digest.hexdigest()
 
 
+# Files people hand to --checkpoint by mistake, and where each belongs instead.
+_OTHER_MODEL_FILES = {".onnx": "an ONNX model: vivim-run takes it with --onnx",
+                      ".engine": "a TensorRT engine: vivim-run takes it with --engine",
+                      ".plan": "a TensorRT engine: vivim-run takes it with --engine",
+                      ".pt": "a PyTorch pickle (vivim-train's resume state is one): checkpoints are .safetensors",
+                      ".pth": "a PyTorch pickle: checkpoints are .safetensors"}
+
+
+def _other_model_hint(path: Path) -> str:
+    hint = _OTHER_MODEL_FILES.get(path.suffix.lower())
+    return f"; this looks like {hint}" if hint else ""
+
+
 def read_metadata(path: PathLike) -> dict[str, Any]:
     """The metadata of a checkpoint without loading the weights (plain Python, no torch)."""
     p = resolve_checkpoint(path)
@@ -80,7 +93,7 @@ def read_metadata(path: PathLike) -> dict[str, Any]:
         if not isinstance(raw, dict):
             raise ValueError("its header is not a JSON object of tensors and metadata")
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{p}: not a safetensors checkpoint ({exc})") from None
+        raise CheckpointError(f"{p}: not a safetensors checkpoint ({exc}){_other_model_hint(p)}") from None
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"{p}: not a Vivim checkpoint (no '{FORMAT}' metadata; foreign safetensors file?)")
     if raw.get("format_version") != FORMAT_VERSION:

@@ -185,7 +185,8 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     if summary:
         print(summary)
     print(f"\nResults saved to {out}: {', '.join(p.name for p in written)}")
-    next_command(f"paste {out / 'results.md'} into benchmarks/RESULTS.md with the card and date")
+    if Path("benchmarks/RESULTS.md").is_file():  # a checkout of this repository: the numbers belong in its record
+        next_command(f"paste {out / 'results.md'} into benchmarks/RESULTS.md with the card and date")
 
 
 def _model_choice(checkpoint: Optional[str], variant: Optional[str]) -> Optional[str]:
