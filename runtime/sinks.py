@@ -8,8 +8,10 @@ interrupted run (Ctrl-C, a crash in the model) leaves either a finished file or 
 from __future__ import annotations
 
 import os
+import queue
 import re
 import sys
+import threading
 from typing import List, Optional, Protocol, Tuple
 
 import numpy as np
@@ -32,16 +34,28 @@ class Sink(Protocol):
 
 
 class VideoSink:
-    """The overlay video (--save); opened on the first frame, whose size it keeps. It keeps real time: a frame
-    dropped at capture (a live source faster than the model) repeats the overlay shown before it, as the window did,
-    so the video plays at the source's rate for the run's whole duration instead of fast-forwarding."""
+    """The overlay video (--save); opened on the first frame, whose size it keeps.
+
+    It keeps real time: a frame dropped at capture (a live source faster than the model) repeats the overlay shown
+    before it, as the window did, so the video plays at the source's rate for the run's whole duration instead of
+    fast-forwarding. Encoding runs on a thread of its own (OpenCV releases the GIL), off the path from capture to
+    mask: each processed frame waits for room in a short queue, so every one is in the video, while repeats that
+    find the queue full are skipped (and counted) instead of slowing the run down and dropping yet more frames."""
+
+    QUEUE_FRAMES = 16  # about half a second at 30 FPS
 
     def __init__(self, path: str, fps: float) -> None:
         self.path = path
         paths.check_writable(path, "--save")
         self._video = AtomicVideoWriter(path, fps, what=f"--save {path}")
         self._committed = False
-        self._last: Optional[Tuple[int, np.ndarray]] = None  # (capture index, overlay) of the latest frame written
+        self._size: Optional[Tuple[int, int]] = None  # (width, height) of the first frame
+        self._last: Optional[Tuple[int, np.ndarray]] = None  # (capture index, overlay) of the latest frame queued
+        self._queue: "queue.Queue[Optional[np.ndarray]]" = queue.Queue(maxsize=self.QUEUE_FRAMES)
+        self._encoder: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None  # the encoder's failure, raised once on the caller's thread
+        self._failed = False  # the encoder stopped writing (it drains the queue from then on)
+        self.repeats_skipped = 0
 
     @property
     def fps(self) -> float:
@@ -56,21 +70,68 @@ class VideoSink:
         return self._video.frames_written
 
     def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
-        size = self._video.size
-        if size is not None and (overlay.shape[1], overlay.shape[0]) != size:  # a camera changed mode on reconnect
-            overlay = cv2.resize(overlay, size, interpolation=cv2.INTER_AREA)
+        self._raise_encoder_error()
+        size = (overlay.shape[1], overlay.shape[0])
+        if self._size is None:
+            self._size = size
+        elif size != self._size:  # a camera changed mode on reconnect
+            overlay = cv2.resize(overlay, self._size, interpolation=cv2.INTER_AREA)
         if self._last is not None:
             shown_index, shown = self._last
-            for _ in range(index - shown_index - 1):  # the frames dropped in between (none for a file's frames)
-                self._video.write(shown)
-        self._video.write(overlay)
+            dropped = index - shown_index - 1  # frames dropped at capture in between (none for a file's frames)
+            for queued in range(max(dropped, 0)):
+                try:
+                    self._queue.put_nowait(shown)
+                except queue.Full:
+                    self.repeats_skipped += dropped - queued
+                    break
+        self._put(overlay)
         self._last = (index, overlay)
 
     def close(self) -> None:
+        if self._encoder is not None:
+            self._put(None)  # the encoder's last item: it stops after the frames before it
+            self._encoder.join()
+            self._encoder = None
+        if self._failed:  # no half video under the real name
+            self._video.abort()
+            self._raise_encoder_error()
+            return
         self._committed = self._video.close() or self._committed
 
     def saved(self) -> Optional[Tuple[str, str]]:
-        return ("overlay video", self.path) if self._committed else None
+        if not self._committed:
+            return None
+        skipped = f" ({self.repeats_skipped} repeated frames skipped to keep up)" if self.repeats_skipped else ""
+        return (f"overlay video{skipped}", self.path)
+
+    def _put(self, frame: Optional[np.ndarray]) -> None:
+        if self._encoder is None:
+            self._encoder = threading.Thread(target=self._encode, name="vivim-video-encoder", daemon=True)
+            self._encoder.start()
+        while True:  # wait for room, but not on an encoder that died (it drains without writing then)
+            try:
+                self._queue.put(frame, timeout=0.1)
+                return
+            except queue.Full:
+                if not self._encoder.is_alive():
+                    return
+
+    def _encode(self) -> None:
+        while True:
+            frame = self._queue.get()
+            if frame is None:
+                return
+            if not self._failed:
+                try:
+                    self._video.write(frame)
+                except BaseException as exc:  # disk full, a codec refusing the size: reported by write/close
+                    self._error, self._failed = exc, True
+
+    def _raise_encoder_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 class MaskFolderSink:

@@ -102,9 +102,9 @@ def test_export_size_takes_one_side_or_h_by_w():
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--worst", "0"], "error: --worst: Input should be greater than or equal to 1 (see "),
+    (["--worst", "0"], "error: Invalid value for '--worst': Input should be greater than or equal to 1 (see "),
     (["--bogus"], "error: No such option: --bogus (see "),
-    ([], "error: --data: Missing parameter: data (see "),
+    ([], "error: Missing option '--data'. (see "),
 ])
 def test_usage_errors_are_one_line_like_every_other_error(args, expected, tmp_path):
     """Typer's own checks (a range, an unknown option, a missing option) printed a boxed multi-line message; they
@@ -120,3 +120,53 @@ def test_usage_errors_are_one_line_like_every_other_error(args, expected, tmp_pa
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith(expected) and lines[0].endswith("vivim-eval --help)"), lines
+
+
+def test_every_exit_path_of_run_app(capsys):
+    """run_app runs Typer apps non-standalone: --help, a bare group (its help), typer.Exit(n), click's Abort and a
+    subcommand's usage error must each end as click's standalone mode would, in one line."""
+    from vivim.cli_utils import run_app as run_typer_app
+
+    app = typer.Typer(no_args_is_help=True)
+
+    @app.command()
+    def returns() -> None:
+        return None
+
+    @app.command()
+    def exits(code: int = 3) -> None:
+        raise typer.Exit(code)
+
+    @app.command()
+    def aborts() -> None:
+        raise typer.Abort()
+
+    def outcome(*args):
+        with pytest.raises(SystemExit) as stop:
+            run_typer_app(lambda standalone_mode: app(list(args), prog_name="tool", standalone_mode=standalone_mode))
+        out, err = capsys.readouterr()
+        return stop.value.code, out, err.strip().splitlines()
+
+    code, out, err = outcome("--help")
+    assert code == 0 and "returns" in out and err == []
+    code, out, err = outcome()
+    assert code == 2 and "returns" in out + "".join(err) and not any(line.startswith("error:") for line in err)
+    assert outcome("returns")[0] == 0
+    assert outcome("exits")[0] == 3 and outcome("exits", "--code", "0")[0] == 0
+    assert outcome("aborts")[::2] == (1, ["aborted"])
+    code, _, err = outcome("exits", "--code", "x")
+    assert code == 2 and len(err) == 1 and err[0].endswith("(see tool exits --help)"), err
+
+
+def test_no_command_returns_a_value():
+    """Non-standalone, click hands back a command's return value and typer.Exit(n)'s n alike, and run_app takes an
+    int as the exit status: a command that returned one would exit with it. Every command returns None."""
+    import typing
+
+    from vivim.data.cli import app as data_app
+
+    apps = [train_app, eval_app, bench_app, export_app, run_app, data_app]
+    commands = [info.callback for app in apps for info in app.registered_commands]
+    assert len(commands) >= 9
+    for callback in commands:
+        assert typing.get_type_hints(callback).get("return") is type(None), callback.__qualname__

@@ -380,3 +380,44 @@ def test_the_overlay_video_keeps_real_time_across_dropped_frames(tmp_path):
     capture.release()
     assert len(seen) == 6 and sink.frames_written == 6
     np.testing.assert_allclose(seen, [20, 80, 80, 80, 160, 240], atol=6)
+
+
+def test_an_encoder_failure_reaches_the_caller_once_and_leaves_no_file(tmp_path, monkeypatch):
+    """Encoding runs on its own thread: its error (a full disk, a codec refusing the size) must still stop the
+    run with that error, and no partial video may appear under the real name."""
+    from vivim.data.image_io import AtomicVideoWriter
+
+    real_write = AtomicVideoWriter.write
+
+    def failing_write(self, bgr):
+        if self.frames_written == 2:
+            raise OSError(28, "No space left on device", self.what)
+        real_write(self, bgr)
+
+    monkeypatch.setattr(AtomicVideoWriter, "write", failing_write)
+    path = tmp_path / "o.mp4"
+    sink = VideoSink(str(path), fps=10.0)
+    raised = []
+    for k, frame in enumerate(_frames(40)):
+        try:
+            sink.write(k, frame, np.zeros(frame.shape[:2], bool))
+        except OSError as exc:
+            raised.append(exc)
+    sink.close()  # the error was reported already: closing discards the video quietly
+    assert len(raised) == 1 and raised[0].errno == 28
+    assert os.listdir(tmp_path) == [] and sink.saved() is None
+
+
+def test_repeats_that_find_the_encoder_busy_are_skipped_and_counted(tmp_path, monkeypatch):
+    """A long capture gap must not queue unbounded repeats on the live path: at most the queue's room, the rest
+    counted and reported with the video."""
+    path = tmp_path / "gap.mp4"
+    sink = VideoSink(str(path), fps=10.0)
+    frame = np.full((32, 48, 3), 90, np.uint8)
+    sink.write(0, frame, np.zeros(frame.shape[:2], bool))
+    sink.write(1000, frame, np.zeros(frame.shape[:2], bool))
+    sink.close()
+    assert sink.repeats_skipped > 0
+    assert sink.frames_written + sink.repeats_skipped == 1001  # every capture index: written or counted
+    what, where = sink.saved()
+    assert where == str(path) and f"{sink.repeats_skipped} repeated frames skipped" in what

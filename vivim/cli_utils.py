@@ -66,17 +66,20 @@ def run_app(app: Callable[..., object]) -> None:
         remove_folders_left_empty()
         fail(hint)
     except Exception as exc:
-        if _click_kind(exc) == "Abort" and _caused_by_ctrl_c(exc):  # click's wrapper of a Ctrl-C
-            remove_folders_left_empty()
-            print("interrupted", file=sys.stderr)
-            raise SystemExit(130)
-        if _click_kind(exc) != "UsageError":
+        kind = _click_kind(exc)
+        if kind is None:
             raise
         remove_folders_left_empty()
-        fail(usage_line(exc))
+        if kind == "NoArgsIsHelpError":  # a bare `vivim-export`: the help was printed, nothing to add
+            raise SystemExit(getattr(exc, "exit_code", 2))
+        if kind == "Abort":  # click's wrapper of a Ctrl-C, or of end-of-input at a prompt
+            print("interrupted" if _caused_by_ctrl_c(exc) else "aborted", file=sys.stderr)
+            raise SystemExit(130 if _caused_by_ctrl_c(exc) else 1)
+        fail(usage_line(exc) if kind == "UsageError" else one_line(str(exc)), getattr(exc, "exit_code", 1) or 1)
     # typer.Exit(n) returns n here (e.g. a failed parity check); Typer returns 130 for a Ctrl-C it caught itself.
-    # Exit as click's standalone mode does: always through SystemExit, 0 on success.
-    code = code if isinstance(code, int) else 0
+    # Exit as click's standalone mode does: always through SystemExit, 0 on success. (Click returns a command's own
+    # return value the same way: every command returns None, which a test checks.)
+    code = code if type(code) is int else 0
     if code == 130:
         remove_folders_left_empty()
         print("interrupted", file=sys.stderr)
@@ -84,22 +87,26 @@ def run_app(app: Callable[..., object]) -> None:
 
 
 def _click_kind(exc: BaseException) -> str | None:
-    """'UsageError' or 'Abort' for click's exceptions (Typer carries its own copy of click: told apart by name)."""
+    """Which of click's exceptions `exc` is, most specific first (Typer carries its own copy of click, so they are
+    told apart by name); None for any other exception."""
     names = {cls.__name__ for cls in type(exc).__mro__}
-    return next((kind for kind in ("UsageError", "Abort") if kind in names), None)
+    kinds = ("NoArgsIsHelpError", "UsageError", "Abort", "ClickException")
+    return next((kind for kind in kinds if kind in names), None)
 
 
 def usage_line(exc: BaseException) -> str:
     """A usage error as one line: the flag it concerns, click's reason, where to read more."""
-    message = str(getattr(exc, "message", "") or exc).strip().splitlines()
+    format_message = getattr(exc, "format_message", None)
+    message = str(format_message() if callable(format_message) else exc).strip().splitlines()
     text = " ".join(line.strip() for line in message if line.strip()) or type(exc).__name__
     param = getattr(exc, "param", None)
     flags = sorted(getattr(param, "opts", None) or [], key=len) if param is not None else []
     flag = flags[-1] if flags else None
     if flag and flag not in text:
         text = f"{flag}: {text}"
-    tool = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "the command"
-    return f"{text} (see {tool} --help)"
+    ctx = getattr(exc, "ctx", None)  # 'vivim-export onnx': the help of the subcommand that refused the flag
+    tool = getattr(ctx, "command_path", None) or (os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "")
+    return f"{text} (see {tool or 'the command'} --help)"
 
 
 # The extra of pyproject.toml that installs each optional top-level module.
