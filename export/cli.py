@@ -48,8 +48,10 @@ def _mb(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:.1f} MB"
 
 
-@app.command()
+# extra arguments reach the command, to answer the two-value --size of earlier versions with the form to use now
+@app.command(context_settings={"allow_extra_args": True})
 def onnx(
+    ctx: typer.Context,
     checkpoint: str = typer.Argument(..., help="Checkpoint (.safetensors) or 'demo' for the packaged demo weights."),
     output: Path = typer.Option(Path("model.onnx"), "-o", "--output", "--out", help="ONNX file to write."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 graph (A, D, delta_bias stay fp32); what TensorRT 11 needs for FP16."),
@@ -62,6 +64,11 @@ def onnx(
 ) -> None:
     """Export a checkpoint to a static-shape ONNX with one vivim::VivimSelectiveScan node per selective scan."""
     from vivim.export.onnx_export import export_onnx
+
+    if ctx.args:
+        if size is not None and len(ctx.args) == 1 and ctx.args[0].isdigit():
+            raise VivimError(f"--size {size} {ctx.args[0]}: give the two sides as HxW, e.g. --size {size}x{ctx.args[0]}")
+        raise VivimError(f"unexpected argument(s): {' '.join(ctx.args)} (see vivim-export onnx --help)")
 
     paths.refuse_writing_over_inputs({"-o": output}, {"CHECKPOINT": checkpoint_file(checkpoint)})
     if output.suffix.lower() != ".onnx":  # "-o out/models/" reaches here without its slash: a folder was meant

@@ -263,12 +263,12 @@ def export_onnx(
         raise VivimError(f"--frames must be at least 1, got {frames}")
     problem = size_problem(size[0]) or size_problem(size[1])
     if problem:
-        raise VivimError(f"--size {size[0]} {size[1]}: each side {problem}")
+        raise VivimError(f"--size {size[0]}x{size[1]}: each side {problem}")
     # the network accepts other T and sizes (no positional embeddings), but accuracy is only known for the trained ones
     if frames != model.frames:
         warn(f"the checkpoint was trained on clips of {model.frames} frames; exporting --frames {frames}")
     if size != (trained_size, trained_size):
-        warn(f"the checkpoint was trained at {trained_size}x{trained_size}; exporting --size {size[0]} {size[1]}")
+        warn(f"the checkpoint was trained at {trained_size}x{trained_size}; exporting --size {size[0]}x{size[1]}")
 
     dtype = torch.float16 if fp16 else torch.float32
     if fp16:

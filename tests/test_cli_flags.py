@@ -170,3 +170,14 @@ def test_no_command_returns_a_value():
     assert len(commands) >= 9
     for callback in commands:
         assert typing.get_type_hints(callback).get("return") is type(None), callback.__qualname__
+
+
+def test_the_two_value_size_of_earlier_versions_is_answered_with_the_new_form(tmp_path):
+    from typer.testing import CliRunner
+
+    from vivim.errors import VivimError
+
+    result = CliRunner().invoke(export_app, ["onnx", "demo", "-o", str(tmp_path / "m.onnx"), "--size", "64", "96"])
+    assert isinstance(result.exception, VivimError), result.output
+    assert str(result.exception) == "--size 64 96: give the two sides as HxW, e.g. --size 64x96"
+    assert not (tmp_path / "m.onnx").exists()
