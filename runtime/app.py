@@ -112,7 +112,7 @@ class Pipeline:
     def _emit(self, emission: Optional[Emission]) -> None:
         if emission is None:
             return
-        frame = emission.record  # the frame this mask belongs to (T // 2 frames old in centre mode)
+        frame = emission.record  # the frame this mask belongs to (T - 1 - T // 2 frames old in centre mode)
         t0 = time.perf_counter()
         logits = self.backend.infer(emission.clip, emission.index)
         infer_s = time.perf_counter() - t0

@@ -52,7 +52,7 @@ def bench(
                                    help="Add per-new-frame streaming rows, the full-clip recompute they replace, "
                                         "and the vivim-run pipeline rows."),
     output_frame: str = typer.Option("newest", "--output-frame",
-                                     help="Output frame of the streaming rows: newest (no lag), centre (T//2 frames "
+                                     help="Output frame of the streaming rows: newest (no lag), centre (T-1-T//2 frames "
                                           "of lag, the paper's protocol) or an index."),
     stream_scan: str = typer.Option("auto", "--stream-scan",
                                     help="Scan of the streaming and long-clip rows (auto: the dispatcher's choice)."),
