@@ -13,6 +13,7 @@ T // 2 masks, closing the files) and is what the user wants to keep.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -164,7 +165,8 @@ def build_sinks(cfg: RunConfig, log: Log, image_files: Optional[List[str]] = Non
 
 
 def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr, out: Log = print) -> Dict[str, Any]:
-    """Run the pipeline until the input ends, --max-frames is reached, q is pressed or Ctrl-C; return the summary."""
+    """Run the pipeline until the input ends, --max-frames is reached, q is pressed or Ctrl-C; return the summary.
+    The backend (the caller's, or one made from cfg) is closed when run() returns or raises."""
     parse_color(cfg.overlay.color)  # flag errors before any heavy work
     logit(cfg.backend.threshold)
     for note in cfg.ignored_flags():
@@ -181,7 +183,6 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
     source: FrameSource = create_source(cfg.source, log=log)
     sinks = build_sinks(cfg, log, source.image_files)
     source.open()
-    created = backend is None  # a backend the caller passed stays the caller's to close
     try:
         if backend is None:
             backend = create_backend(cfg.backend, cfg.preprocess.interpolation, log=log)
@@ -198,8 +199,9 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
         backend.prepare(source.frame_shape)
     except BaseException:
         source.stop()
-        if created and backend is not None:  # TensorRT: its CUDA context and device buffers
-            backend.close()
+        if backend is not None:  # run() owns the backend, as at the end of a run (TensorRT: CUDA context, buffers)
+            with contextlib.suppress(Exception):  # the set-up error is the one to report
+                backend.close()
         raise
     for sink in sinks:
         if isinstance(sink, VideoSink) and not cfg.sink.save_fps:

@@ -242,7 +242,7 @@ def test_cli_writes_json_table_and_overlays(checkpoint, data, tmp_path):
     assert result.exit_code == 0, result.output
     assert [p.name for p in sorted((tmp_path / "ov").glob("*.png"))] == sorted([images[0].name, theirs.name])
     assert (tmp_path / "ov" / "notes.txt").read_text() == "mine" and theirs.read_bytes() == b"not ours"
-    assert "warning" not in result.output
+    assert "warning: --overlays" in result.output and "007_mine_00042.png" in result.output  # said, not deleted
     assert not (data / "ImageSets").exists()  # a named split of a folder without lists scores every video: said so
     named = tmp_path / "named.json"
     result = CliRunner().invoke(app, [str(checkpoint), "--data", str(data), "--split", "test", "--device", "cpu",

@@ -748,8 +748,8 @@ def test_the_output_frame_defaults_to_the_one_the_model_was_trained_for(tmp_path
 
 def test_a_backend_the_run_created_is_closed_when_set_up_fails(tmp_path, checkpoint, clip, monkeypatch):
     """The TensorRT backend holds a CUDA context and device buffers: a refusal after it was created (here the
-    model's own frame against --output-frame, as a one-frame engine gives) must release them; a backend the caller
-    passed stays open, the caller's to close."""
+    model's own frame against --output-frame, as a one-frame engine gives) must release them. run() owns the
+    backend, a caller's too, as it does when the run ends."""
     import vivim.runtime.app as app
     from vivim.runtime.backends import create_backend
 
@@ -773,7 +773,7 @@ def test_a_backend_the_run_created_is_closed_when_set_up_fails(tmp_path, checkpo
     closed.clear()
     with pytest.raises(VivimError, match="decodes clip frame 0 only"):
         run(config, backend=mine, log=lambda m: None)
-    assert closed == []
+    assert closed == [True]
 
 
 def _tiny_graph(path, input_shape, metadata=None):
@@ -811,7 +811,18 @@ def test_onnx_files_the_runtime_cannot_use_are_one_line_errors(tmp_path, onnx_mo
 
 
 def test_threads_sets_onnx_runtime_s_cpu_threads(onnx_model):
-    from vivim.runtime.backend_ort import OrtBackend
+    from vivim.runtime.backends import create_backend
+    from vivim.runtime.config import BackendConfig
 
-    backend = OrtBackend(onnx_model, device="cpu", threads=1, log=lambda m: None)
+    config = BackendConfig(kind="onnx", model=onnx_model, device="cpu", threads=1)
+    backend = create_backend(config, log=lambda m: None)  # the path vivim-run --threads takes
     assert backend.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_the_run_names_flags_its_input_does_not_use(tmp_path, checkpoint, clip):
+    lines = []
+    run(cfg(source={"kind": "video", "location": clip, "width": 640, "max_frames": 2},
+            backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu"}, sink={"headless": True, "quiet": True}),
+        log=lines.append, out=lambda m: None)
+    assert any(line.startswith("warning: --width set(s) the camera's capture mode; ignored for --video")
+               for line in lines), lines

@@ -6,9 +6,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # --seed of every tool: the range NumPy and torch both accept
 SEED_MAX = 2**32 - 1
 
-# Resize filters for frames going into the model. vivim-train resizes with TRAIN_RESIZE and records it in each
-# checkpoint ("resize"); export carries it into the ONNX and engine metadata, and vivim-run uses it by default, so a
-# model sees the same kind of pixels at run time as in training.
 # Input sides the network takes: the encoder downsamples 32x (four stages), so a side is a multiple of 32.
 SIZE_MULTIPLE = 32
 
@@ -21,6 +18,9 @@ def size_problem(side: object) -> "str | None":
     return None
 
 
+# Resize filters for frames going into the model. vivim-train resizes with TRAIN_RESIZE and records it in each
+# checkpoint ("resize"); export carries it into the ONNX and engine metadata, and vivim-run uses it by default, so a
+# model sees the same kind of pixels at run time as in training.
 RESIZE_FILTERS = ("area", "linear")
 TRAIN_RESIZE = "linear"
 

@@ -215,6 +215,11 @@ def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame:
     records = acc.worst(worst)
     planned = [_overlay_name(rank, record) for rank, record in enumerate(records, start=1)]
     earlier = _overlays_listed(out_dir)
+    unlisted = sorted(p.name for p in out_dir.glob("[0-9][0-9][0-9]_*_[0-9][0-9][0-9][0-9][0-9].png")
+                      if p.name not in earlier and p.name not in planned) if out_dir.is_dir() else []
+    if unlisted:  # e.g. an earlier version's ranking, which kept no list: it would read as ranks of this one
+        warn(f"--overlays {out_dir}: {len(unlisted)} image(s) named like overlays (e.g. {unlisted[0]}) that no "
+             f"vivim-eval listed in {OVERLAY_LIST} stay in place; remove them, or choose another folder")
     _list_overlays(out_dir, earlier | set(planned))  # first: a run that dies midway still owns what it wrote
     written = []
     for rank, record in enumerate(records, start=1):

@@ -460,7 +460,8 @@ def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any, val_kind: str |
         train_videos, val_videos = split_by_video(all_train, cfg.val_fraction, cfg.seed)
         val_source = f"{len(val_videos)} video(s) carved from --data"
     check_headers(train_videos + val_videos)
-    copies = max(1, cfg.workers) * int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local_ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")  # torchrun's processes on this machine
+    copies = max(1, cfg.workers) * (int(local_ranks) if local_ranks.isdigit() else 1)
     cache = cfg.cache if cfg.cache is not None else _should_cache(train_videos + val_videos, cfg.size, copies)
     augment = TrainAugment() if cfg.augment else None
     train_ds = ClipDataset(train_videos, frames=cfg.frames, size=cfg.size, output_frame=cfg.output_frame,
