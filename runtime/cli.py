@@ -74,7 +74,7 @@ def run(
         None, "--fp16/--fp32", help="PyTorch on CUDA: half precision.", rich_help_panel=_RUN
     ),
     cuda_graph: Optional[bool] = typer.Option(
-        None, "--cuda-graph/--no-cuda-graph", help="PyTorch on CUDA: replay CUDA graphs.", rich_help_panel=_RUN
+        None, "--cuda-graph/--no-cuda-graph", help="PyTorch on CUDA: replay CUDA graphs (default: on; --no-cuda-graph runs eagerly).", rich_help_panel=_RUN
     ),
     compile_model: Optional[bool] = typer.Option(
         None, "--compile/--no-compile",

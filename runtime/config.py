@@ -51,7 +51,7 @@ class BackendConfig:
     model: Optional[str] = None  # checkpoint path or 'demo', .onnx file or .engine file
     device: str = "auto"  # auto | cpu | cuda (auto = cuda when available)
     fp16: bool = False  # PyTorch backend on CUDA
-    cuda_graph: bool = False  # PyTorch backend on CUDA: capture both network parts as CUDA graphs
+    cuda_graph: Optional[bool] = None  # PyTorch backend: replay CUDA graphs of both network parts (None: on for CUDA)
     compile: bool = False  # PyTorch backend: torch.compile (Inductor) both network parts before capturing/running
     stream_cache: bool = True  # PyTorch backend: per-frame features computed once and kept in the ring
     threads: Optional[int] = None  # PyTorch or ONNX Runtime on the CPU: intra-op threads (default: the runtime's)

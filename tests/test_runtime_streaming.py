@@ -94,6 +94,8 @@ def test_fp16_and_cuda_graph_fall_back_on_cpu(tiny_model):
     info = backend.describe()
     assert info["backend"] == "pytorch" and info["device"] == "cpu" and info["scan_impl"] == "reference"
     assert info["threads"] == 1
+    quiet = []  # the default (graphs wherever CUDA is) is not a request: no warning on the CPU
+    assert TorchBackend(tiny_model, device="cpu", threads=1, log=quiet.append).cuda_graph is False and quiet == []
 
 
 @pytest.mark.gpu
