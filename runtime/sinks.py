@@ -160,6 +160,11 @@ class MaskFolderSink:
         indexed = {name for name in present if self._NAME.fullmatch(name)} if tool == "vivim-run" else set()
         if not os.path.exists(os.path.join(folder, self.marker)):
             theirs = sorted(indexed | (planned & present))
+            other = next((t for t in ("vivim-run", "vivim-eval") if t != tool
+                          and os.path.exists(os.path.join(folder, f"{t}-masks.json"))), None)
+            if theirs and other:  # the other tool's masks: never mixed, never replaced
+                raise VivimError(f"--save-masks {folder}: holds {other}'s masks ({other}-masks.json, e.g. {theirs[0]}); "
+                                 "choose another folder")
             if theirs:
                 raise VivimError(f"--save-masks {folder}: holds {len(theirs)} mask-named file(s) (e.g. {theirs[0]}) "
                                  f"but no {self.marker}, so {self.tool} did not write them"

@@ -421,3 +421,15 @@ def test_repeats_that_find_the_encoder_busy_are_skipped_and_counted(tmp_path, mo
     assert sink.frames_written + sink.repeats_skipped == 1001  # every capture index: written or counted
     what, where = sink.saved()
     assert where == str(path) and f"{sink.repeats_skipped} repeated frames skipped" in what
+
+
+def test_a_folder_of_the_other_tools_masks_is_named_as_such(tmp_path):
+    """vivim-eval's predictions (its own list file) handed to vivim-run --save-masks, and the reverse: the refusal
+    says whose masks they are instead of 'no one wrote them'."""
+    folder = tmp_path / "pred"
+    evaluation = MaskFolderSink(str(folder), names=["frame_1", "frame_2"], tool="vivim-eval")
+    evaluation.write(0, np.empty(0), np.ones((4, 4), bool))
+    evaluation.close()
+    with pytest.raises(VivimError, match=r"holds vivim-eval's masks \(vivim-eval-masks.json, e.g. frame_1.png\); "
+                                         r"choose another folder"):
+        MaskFolderSink(str(folder), names=["frame_1", "frame_2"])
