@@ -230,6 +230,8 @@ def test_mask_formats_users_bring(tmp_path):
     rgba_alpha_only[..., 3] = u8 * 255
     red_opaque = np.zeros((*lesion.shape, 4), np.uint8)
     red_opaque[..., 0], red_opaque[..., 3] = u8 * 255, 255
+    red_drawn_in_alpha = np.zeros((*lesion.shape, 4), np.uint8)  # a uniformly red layer, the lesion in its alpha
+    red_drawn_in_alpha[..., 0], red_drawn_in_alpha[..., 3] = 255, u8 * 255
     green, blue = np.zeros((*lesion.shape, 3), np.uint8), np.zeros((*lesion.shape, 3), np.uint8)
     green[..., 1], blue[..., 2] = u8 * 255, u8 * 128
     formats = {
@@ -238,6 +240,7 @@ def test_mask_formats_users_bring(tmp_path):
         "grey_alpha_marks_lesion.png": Image.fromarray(np.stack([np.full_like(u8, 255), u8 * 255], -1), "LA"),
         "grey_marks_lesion_opaque.png": Image.fromarray(np.stack([u8 * 255, np.full_like(u8, 255)], -1), "LA"),
         "rgba_alpha_only.png": Image.fromarray(rgba_alpha_only),
+        "red_layer_alpha_marks_lesion.png": Image.fromarray(red_drawn_in_alpha),
         "red_on_black_opaque.png": Image.fromarray(red_opaque),
         "green_on_black.png": Image.fromarray(green),
         "dark_blue_on_black.png": Image.fromarray(blue),
@@ -260,9 +263,12 @@ def test_mask_formats_users_bring(tmp_path):
     # frames without a lesion, as each convention stores them
     transparent = np.zeros((*lesion.shape, 4), np.uint8)
     transparent[..., :3] = 255
+    green_transparent = np.zeros((*lesion.shape, 4), np.uint8)
+    green_transparent[..., 1] = 255
     empty = {
         "zeros.png": Image.fromarray(np.zeros_like(u8)),
         "white_fully_transparent.png": Image.fromarray(transparent),
+        "green_fully_transparent.png": Image.fromarray(green_transparent),
         "grey_alpha_fully_transparent.png": Image.fromarray(np.stack([np.full_like(u8, 255), np.zeros_like(u8)], -1), "LA"),
         "black_opaque.png": Image.fromarray(np.dstack([np.zeros((*lesion.shape, 3), np.uint8), np.full_like(u8, 255)])),
         "uniform_dim_grey.png": Image.fromarray(np.full_like(u8, 50)),

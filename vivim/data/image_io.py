@@ -76,7 +76,8 @@ def _mask_values(array: np.ndarray, has_alpha: bool) -> np.ndarray:
     if array.ndim == 2:
         return array
     colour, alpha = (array[..., :-1], array[..., -1]) if has_alpha else (array, None)
-    if alpha is not None and np.ptp(colour) == 0:
+    uniform = alpha is not None and bool((colour == colour.reshape(-1, colour.shape[-1])[0]).all())  # one colour, any hue
+    if alpha is not None and uniform:
         if np.ptp(alpha) > 0 or not alpha.any():  # drawn as transparency, or nothing drawn at all
             return alpha
     return colour.max(axis=2)
