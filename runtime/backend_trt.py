@@ -19,6 +19,7 @@ runs, the logits come back through page-locked memory.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -80,15 +81,17 @@ class TensorRTBackend:
             raise VivimError(f"--device cuda:{index}: no usable NVIDIA GPU/driver found")
         built_with = sidecar.get("plugin", {}).get("path")
         plugin_path = find_plugin_library(plugin, path, hint=f"the engine was built with {built_with}" if built_with else "")
+        plan = path.read_bytes()  # read once: hashed against the sidecar here, deserialised by _load
         tb.check_engine_compatible(sidecar, gpu.name, gpu.compute_capability, str(trt.__version__),
-                                   plugin_sha256=tb.file_sha256(plugin_path), engine_sha256=tb.file_sha256(path))
+                                   plugin_sha256=tb.file_sha256(plugin_path),
+                                   engine_sha256=hashlib.sha256(plan).hexdigest())
 
         cuda.init()
         self._cuda = cuda
         self._context = cuda.Device(index).retain_primary_context()
         self._context.push()  # current for this thread until close()
         try:
-            self._load(trt, path, plugin_path, sidecar, tb)
+            self._load(trt, path, plan, plugin_path, sidecar, tb)
         except BaseException:
             self._context.pop()
             raise
@@ -100,7 +103,7 @@ class TensorRTBackend:
         self.trt_version = str(trt.__version__)
         self._log = log
 
-    def _load(self, trt: Any, path: Path, plugin_path: Path, sidecar: Dict[str, Any], tb: Any) -> None:
+    def _load(self, trt: Any, path: Path, plan: bytes, plugin_path: Path, sidecar: Dict[str, Any], tb: Any) -> None:
         cuda = self._cuda
         self._logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self._logger, "")
@@ -108,7 +111,7 @@ class TensorRTBackend:
         if self._plugin_handle is None:
             raise VivimError(f"TensorRT could not load the plugin library {plugin_path}")
         self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
             raise VivimError(f"--engine {path}: TensorRT could not deserialize it; rebuild: {tb.rebuild_command(sidecar)}")
         self._exec = self._engine.create_execution_context()
