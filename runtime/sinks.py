@@ -172,7 +172,7 @@ class MaskFolderSink:
                                  f"choose another folder, or create an empty {self.marker} there to let it replace them")
             earlier: set[str] = set()
         else:
-            listed = self._listed(folder)
+            listed = paths.files_listed_in(os.path.join(folder, self.marker))
             if listed is None:  # an empty marker (the hand-over the refusal names) or one from before the list
                 earlier = indexed | (planned & present)
             else:  # the earlier run's own list; index-named masks are claimed by the marker itself
@@ -186,21 +186,6 @@ class MaskFolderSink:
         self.written = 0
         self.removed = 0
         self._names: set[str] = set()
-
-    def _listed(self, folder: str) -> Optional[set]:
-        """The names the marker's run wrote or was about to write; None for a marker without that list."""
-        import json
-
-        try:
-            with open(os.path.join(folder, self.marker)) as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            return None
-        listed = info.get("files") if isinstance(info, dict) else None
-        if not isinstance(listed, list):
-            return None
-        # plain names only: a marker is a file anyone can edit, and this list decides what close() deletes
-        return {name for name in listed if isinstance(name, str) and name.endswith(".png") and os.path.basename(name) == name}
 
     def _mark(self, files: set) -> None:
         atomic.write_json(os.path.join(self.folder, self.marker), {

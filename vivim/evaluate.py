@@ -8,7 +8,6 @@ protocol), ground truth binarised at 0.5 after the bilinear resize, a zero denom
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -214,7 +213,7 @@ def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame:
     device = device or next(model.parameters()).device
     records = acc.worst(worst)
     planned = [_overlay_name(rank, record) for rank, record in enumerate(records, start=1)]
-    earlier = _overlays_listed(out_dir)
+    earlier = paths.files_listed_in(out_dir / OVERLAY_LIST) or set()
     unlisted = sorted(p.name for p in out_dir.glob("[0-9][0-9][0-9]_*_[0-9][0-9][0-9][0-9][0-9].png")
                       if p.name not in earlier and p.name not in planned) if out_dir.is_dir() else []
     if unlisted:  # e.g. an earlier version's ranking, which kept no list: it would read as ranks of this one
@@ -258,18 +257,6 @@ OVERLAY_LIST = "vivim-eval-overlays.json"
 def _overlay_name(rank: int, record: dict) -> str:
     video = record["video"].replace("/", "_")  # Train/0001 (a VTUS 'all' split) stays one file name
     return f"{rank:03d}_{video}_{record['frame']:05d}.png"
-
-
-def _overlays_listed(out_dir: Path) -> set[str]:
-    """The overlay images an earlier vivim-eval wrote in `out_dir` (plain .png names: the list is a file anyone can
-    edit, and it decides what is deleted)."""
-    try:
-        listed = json.loads((out_dir / OVERLAY_LIST).read_text()).get("files")
-    except (OSError, ValueError, AttributeError):
-        return set()
-    if not isinstance(listed, list):
-        return set()
-    return {name for name in listed if isinstance(name, str) and name.endswith(".png") and Path(name).name == name}
 
 
 def _list_overlays(out_dir: Path, names: set[str]) -> None:

@@ -101,3 +101,20 @@ def refuse_writing_over_inputs(
             if out_real == in_real or inside:
                 where = "is" if out_real == in_real else "is inside"
                 raise VivimError(f"{out_flag} {out_path}: {where} the input {in_flag} {in_path}; write somewhere else")
+
+
+def files_listed_in(marker: PathLike) -> Optional[set[str]]:
+    """The .png names a tool's list file (JSON with "files": [...], beside them) says it wrote: vivim-run's and
+    vivim-eval's mask folders, vivim-eval's overlays. None when the file is missing, unreadable or holds no list.
+    Plain names only: the list is a file anyone can edit, and it decides what the tool deletes."""
+    import json
+
+    try:
+        with open(marker) as handle:
+            info = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    listed = info.get("files") if isinstance(info, dict) else None
+    if not isinstance(listed, list):
+        return None
+    return {name for name in listed if isinstance(name, str) and name.endswith(".png") and os.path.basename(name) == name}
