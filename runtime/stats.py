@@ -8,7 +8,6 @@ holds the per-frame network part when the PyTorch stream cache is on).
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Dict, List, Optional
 
@@ -104,5 +103,4 @@ def format_summary(summary: Dict[str, Any]) -> str:
 
 def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
     """The stats file, atomically (readers never see half a file), its folder created if needed."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic.write_json(path, data)
+    atomic.write_json(path, data, parents=True)

@@ -67,8 +67,11 @@ def discard(tmp: PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: PathLike, *, suffix: str = ".tmp", mode: int = FILE_MODE) -> Iterator[str]:
-    """Yield a temporary path to write; on success it replaces `path`, on any error it is removed."""
+def atomic_path(path: PathLike, *, suffix: str = ".tmp", mode: int = FILE_MODE, parents: bool = False) -> Iterator[str]:
+    """Yield a temporary path to write; on success it replaces `path`, on any error it is removed. `parents`:
+    create `path`'s missing folders first (outputs whose folder no early check made, e.g. a report's)."""
+    if parents:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_beside(path, suffix)
     try:
         yield tmp
@@ -77,20 +80,21 @@ def atomic_path(path: PathLike, *, suffix: str = ".tmp", mode: int = FILE_MODE) 
         discard(tmp)
 
 
-def write_bytes(path: PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+def write_bytes(path: PathLike, data: bytes, *, parents: bool = False) -> Path:
+    with atomic_path(path, parents=parents) as tmp, open(tmp, "wb") as handle:
         handle.write(data)
     return Path(path)
 
 
-def write_text(path: PathLike, text: str) -> Path:
-    return write_bytes(path, text.encode("utf-8"))
+def write_text(path: PathLike, text: str, *, parents: bool = False) -> Path:
+    return write_bytes(path, text.encode("utf-8"), parents=parents)
 
 
-def write_json(path: PathLike, data: Any, *, indent: int = 2) -> Path:
+def write_json(path: PathLike, data: Any, *, indent: int = 2, parents: bool = False) -> Path:
     """Strict JSON: a NaN or infinite number (a diverged score, a timing that never ran) is written as null, which
     every JSON reader accepts, instead of Python's NaN/Infinity, which most refuse."""
-    return write_text(path, json.dumps(_finite_or_null(data), indent=indent, allow_nan=False, default=str) + "\n")
+    text = json.dumps(_finite_or_null(data), indent=indent, allow_nan=False, default=str) + "\n"
+    return write_text(path, text, parents=parents)
 
 
 def _finite_or_null(data: Any) -> Any:

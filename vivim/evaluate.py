@@ -260,8 +260,7 @@ def _overlay_name(rank: int, record: dict) -> str:
 
 
 def _list_overlays(out_dir: Path, names: set[str]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(out_dir / OVERLAY_LIST, {"written_by": "vivim-eval --overlays", "files": sorted(names)})
+    atomic.write_json(out_dir / OVERLAY_LIST, {"written_by": "vivim-eval --overlays", "files": sorted(names)}, parents=True)
 
 
 app = typer.Typer(add_completion=False, help="Evaluate a Vivim checkpoint on a dataset.")

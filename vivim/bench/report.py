@@ -34,13 +34,6 @@ CSV_COLUMNS = (
 
 
 # ----------------------------------------------------------------------------------------------- file helpers
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write text via a temporary file in the same folder and os.replace, so readers never see half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return atomic.write_text(target, text)
-
-
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -124,8 +117,7 @@ def results_document(rows: Sequence[Row], env: dict[str, Any], config: dict[str,
 def write_json(path: str | os.PathLike[str], rows: Sequence[Row], env: dict[str, Any],
                config: dict[str, Any] | None = None) -> Path:
     document = results_document(rows, env, config)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return atomic.write_json(path, document)  # strict JSON: a NaN (a row that never ran) becomes null
+    return atomic.write_json(path, document, parents=True)  # strict JSON: a NaN (a row that never ran) becomes null
 
 
 # -------------------------------------------------------------------------------------------------------- CSV
@@ -152,7 +144,7 @@ def write_csv(path: str | os.PathLike[str], rows: Sequence[Row], env: dict[str, 
     writer.writeheader()
     for row in rows:
         writer.writerow(_csv_record(row))
-    return atomic_write_text(path, buffer.getvalue())
+    return atomic.write_text(path, buffer.getvalue(), parents=True)
 
 
 def read_csv(path: str | os.PathLike[str]) -> tuple[dict[str, str], list[dict[str, str]]]:
@@ -186,7 +178,7 @@ def format_markdown(rows: Sequence[Row], env: dict[str, Any], config: dict[str, 
 
 def write_markdown(path: str | os.PathLike[str], rows: Sequence[Row], env: dict[str, Any],
                    config: dict[str, Any] | None = None) -> Path:
-    return atomic_write_text(path, format_markdown(rows, env, config))
+    return atomic.write_text(path, format_markdown(rows, env, config), parents=True)
 
 
 # ------------------------------------------------------------------------------------------------------ plots
@@ -196,8 +188,7 @@ def _caption(env: dict[str, Any]) -> str:
 
 
 def _save_figure(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(path, suffix=".png") as tmp:
+    with atomic.atomic_path(path, suffix=".png", parents=True) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return path
 

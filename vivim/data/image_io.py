@@ -102,8 +102,7 @@ def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
     ok, data = cv2.imencode(extension, image, params)
     if not ok:
         raise VivimError(f"{path}: OpenCV could not encode this image type")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_bytes(path, data.tobytes())
+    atomic.write_bytes(path, data.tobytes(), parents=True)
 
 
 class AtomicVideoWriter:
