@@ -79,10 +79,9 @@ class GracefulStop:
             return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        if not self.requested:
-            self.reason = "interrupted (Ctrl-C)" if signum == signal.SIGINT else "terminated (SIGTERM)"
+        by, reason = ("Ctrl-C", "interrupted (Ctrl-C)") if signum == signal.SIGINT else ("SIGTERM", "terminated (SIGTERM)")
+        self.reason = self.reason or reason  # the first signal is why the run stopped
         self.requested = True
-        by = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         self._log(f"{by}: stopping after the current frame (Ctrl-C again to abort)")
 
 

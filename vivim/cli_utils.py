@@ -73,8 +73,9 @@ def run_app(app: Callable[..., object]) -> None:
         if kind == "NoArgsIsHelpError":  # a bare `vivim-export`: the help was printed, nothing to add
             raise SystemExit(getattr(exc, "exit_code", 2))
         if kind == "Abort":  # click's wrapper of a Ctrl-C, or of end-of-input at a prompt
-            print("interrupted" if _caused_by_ctrl_c(exc) else "aborted", file=sys.stderr)
-            raise SystemExit(130 if _caused_by_ctrl_c(exc) else 1)
+            ctrl_c = _caused_by_ctrl_c(exc)
+            print("interrupted" if ctrl_c else "aborted", file=sys.stderr)
+            raise SystemExit(130 if ctrl_c else 1)
         fail(usage_line(exc) if kind == "UsageError" else one_line(str(exc)), getattr(exc, "exit_code", 1) or 1)
     # typer.Exit(n) returns n here (e.g. a failed parity check); Typer returns 130 for a Ctrl-C it caught itself.
     # Exit as click's standalone mode does: always through SystemExit, 0 on success. (Click returns a command's own

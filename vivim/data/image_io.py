@@ -142,6 +142,7 @@ class AtomicVideoWriter:
             self._writer.release()  # writes the container index: without it an .mp4 is unreadable
             self._writer = None
             atomic.commit(self._tmp, self.path)
+            self._tmp = None  # moved into place: nothing left for abort() to remove
             return True
         finally:
             self.abort()
