@@ -13,9 +13,12 @@ def load_onnx(path: str | os.PathLike[str], *, external_data: bool = True) -> An
     import onnx
 
     try:
-        return onnx.load(str(path), load_external_data=external_data)
+        model = onnx.load(str(path), load_external_data=external_data)
     except Exception as exc:  # onnx raises DecodeError, OSError, ... for a foreign or damaged file
         raise VivimError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
+    if not model.HasField("graph"):  # protobuf reads an empty (or truncated-to-nothing) file as an empty model
+        raise VivimError(f"{path}: not a readable ONNX model (no graph)")
+    return model
 
 
 def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

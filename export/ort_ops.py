@@ -205,16 +205,19 @@ def prepare_for_ort(model):
 
 
 def create_session(onnx_path: str | os.PathLike[str], providers: Sequence[str] | None = None, *,
-                   threads: int | None = None):
+                   threads: int | None = None, require_metadata: str | None = None):
     """An `onnxruntime.InferenceSession` for a Vivim ONNX file, with VivimSelectiveScan registered; `threads`: the
     CPU provider's intra-op threads (None: ONNX Runtime's choice). A file ONNX Runtime refuses (no graph, an
-    unknown op, a broken graph) is a one-line VivimError naming it."""
+    unknown op, a broken graph) is a one-line VivimError naming it. `require_metadata`: refuse, naming that source,
+    a graph without the metadata vivim-export onnx writes, before paying for a session build."""
     import onnxruntime as ort
 
-    from vivim.export.onnx_files import load_onnx
+    from vivim.export.onnx_files import load_onnx, missing_vivim_metadata
 
     path = paths.require_file(onnx_path, "")
     model = load_onnx(path)
+    if require_metadata is not None:
+        missing_vivim_metadata({prop.key: prop.value for prop in model.metadata_props}, require_metadata)
     register_ort_op()  # first: its one-line error names the extra when onnxruntime-extensions is missing
     from onnxruntime_extensions import get_library_path
 

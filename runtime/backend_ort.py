@@ -37,7 +37,6 @@ class OrtBackend:
             import onnxruntime as ort
         except ImportError:
             raise VivimError("--onnx needs ONNX Runtime: pip install 'vivim-edge[export]'") from None
-        from vivim.export.onnx_files import missing_vivim_metadata
         from vivim.export.ort_ops import create_session
 
         available = ort.get_available_providers()
@@ -53,12 +52,12 @@ class OrtBackend:
             providers: List[Any] = [("CUDAExecutionProvider", {"device_id": spec.cuda_index}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
-        self.session = create_session(path, providers, threads=threads)
+        # a foreign graph would "run" and draw meaningless masks: refused before its session is built
+        self.session = create_session(path, providers, threads=threads, require_metadata=f"--onnx {path}")
         self.device = device
         self.source = path
 
         meta: Dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
-        missing_vivim_metadata(meta, f"--onnx {path}")  # a foreign graph would "run" and draw meaningless masks
         self.interpolation = choose_resize(interpolation, meta.get("resize"), f"--onnx {path}", log)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:

@@ -776,14 +776,15 @@ def test_a_backend_the_run_created_is_closed_when_set_up_fails(tmp_path, checkpo
     assert closed == [True]
 
 
-def _tiny_graph(path, input_shape, metadata=None):
+def _tiny_graph(path, input_shape, metadata=None, op=("Identity", "")):
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+    graph = helper.make_graph([helper.make_node(op[0], ["x"], ["y"], domain=op[1])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, input_shape)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(op[1], 1)] if op[1] else [])
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
     if metadata:
         helper.set_model_props(model, metadata)
@@ -800,7 +801,7 @@ def test_onnx_files_the_runtime_cannot_use_are_one_line_errors(tmp_path, onnx_mo
     empty.write_bytes(b"")
     meta = {"frames": "5", "img_size": "32", "output_frame": "all",
             "normalization": json.dumps({"mean": [0.5] * 3, "std": [0.25] * 3})}
-    cases = [(str(empty), "empty.onnx: ONNX Runtime cannot load this model"),
+    cases = [(str(empty), "empty.onnx: not a readable ONNX model (no graph)"),
              (_tiny_graph(tmp_path / "foreign.onnx", [1, 5, 3, 32, 32]),
               "foreign.onnx: no Vivim metadata (frames, img_size, output_frame, normalization missing)"),
              (_tiny_graph(tmp_path / "grey.onnx", [1, 5, 1, 32, 32], meta), "grey.onnx: input shape [1, 5, 1, 32, 32] is not")]
@@ -808,6 +809,16 @@ def test_onnx_files_the_runtime_cannot_use_are_one_line_errors(tmp_path, onnx_mo
         with pytest.raises(VivimError, match=re.escape(message)) as error:
             OrtBackend(path, device="cpu", log=lambda m: None)
         assert "\n" not in str(error.value)
+
+
+def test_a_foreign_graph_is_refused_before_its_session_is_built(tmp_path):
+    """The metadata check comes first: a foreign graph with an op ONNX Runtime does not know gets the metadata
+    error, not a session-build failure (and a large foreign graph costs no session build)."""
+    from vivim.runtime.backend_ort import OrtBackend
+
+    foreign = _tiny_graph(tmp_path / "foreign.onnx", [1, 5, 3, 32, 32], op=("NoSuchOp", "com.example"))
+    with pytest.raises(VivimError, match=re.escape("foreign.onnx: no Vivim metadata")):
+        OrtBackend(foreign, device="cpu", log=lambda m: None)
 
 
 def test_threads_sets_onnx_runtime_s_cpu_threads(onnx_model):
