@@ -214,9 +214,11 @@ def _val_videos(path: str, sparse: bool):
 def _annotated_only(videos: list, what: str, main: bool) -> list:
     """A sparsely annotated set may hold videos without any mask: they give no sample, and a validation split
     carved from them would score nothing."""
+    from vivim.data.dataset import no_mask_error
+
     kept = [v for v in videos if v.annotated]
     if not kept:
-        raise VivimError(f"{videos[0].frames[0].parent.parent}: none of the {len(videos)} {what} videos has a mask")
+        raise no_mask_error(videos, what)
     if len(kept) < len(videos) and main:
         warn(f"{len(videos) - len(kept)} {what} video(s) have no mask at all and are left out (e.g. {next(v.name for v in videos if not v.annotated)})")
     return kept

@@ -16,6 +16,12 @@ from vivim.data.transforms import TrainAugment, apply_geometry, normalise, resiz
 from vivim.errors import VivimError
 
 
+def no_mask_error(videos: Sequence, what: str = "") -> VivimError:
+    """The one-line error for a set of videos none of which has a mask (`what`: e.g. "validation")."""
+    kind = f"{what} videos" if what else "video(s)"
+    return VivimError(f"{videos[0].frames[0].parent.parent}: none of the {len(videos)} {kind} has a mask")
+
+
 class ClipDataset(Dataset):
     """Samples are (video, frame) pairs; item = {'clip': (T,3,S,S) float32, 'mask': (1,S,S) float32 in [0,1],
     'video': name, 'frame': index}. The mask is the supervised frame's (soft after the bilinear resize).
@@ -55,7 +61,7 @@ class ClipDataset(Dataset):
         # frames without a mask (a sparsely annotated set) are not samples, but their pixels enter neighbours' clips
         self.samples = [(v, i) for v, video in enumerate(self.videos) for i in video.annotated]
         if not self.samples:
-            raise VivimError(f"{self.videos[0].frames[0].parent.parent}: none of the {len(self.videos)} video(s) has a mask")
+            raise no_mask_error(self.videos)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
