@@ -263,10 +263,13 @@ def test_cli_smoke_and_one_line_errors(data, tmp_path, monkeypatch, capsys):
     # bad flags are named, and found before the first epoch
     blocker = tmp_path / "weights.txt"
     blocker.write_text("not a folder")
+    empty = tmp_path / "empty"
+    empty.mkdir()
     for extra, needle in ((["--frames", "0"], "--frames must be at least 1, got 0"),
                           (["--lr", "-1"], "--lr must be a positive learning rate"),
                           (["--size", "48"], "--size must be a multiple of 32, at least 32"),
                           (["--val", str(tmp_path / "nope")], f"--val {tmp_path / 'nope'}: no such dataset folder"),
+                          (["--val", str(empty)], f"--val {empty}: not a dataset folder (expected JPEGImages/"),
                           (["--workers", "-1"], "--workers must be 0 or more"),
                           (["--threads", "0"], "--threads must be at least 1"),
                           (["--out", str(blocker / "x.safetensors")], "weights.txt is a file, not a folder"),

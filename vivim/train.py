@@ -404,10 +404,11 @@ def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
     problem = size_problem(cfg.size)
     if problem:
         raise VivimError(f"--size {problem}")
-    for flag, folder in (("--data", cfg.data), ("--val", cfg.val)):  # named here: the dataset reader cannot say which
-        if folder is not None and not Path(folder).is_dir():
-            raise VivimError(f"{flag} {folder}: " + ("is a file, not a dataset folder" if Path(folder).exists()
-                                                     else "no such dataset folder"))
+    from vivim.data.layouts import detect_layout
+
+    for flag, folder in (("--data", cfg.data), ("--val", cfg.val)):  # checked now, named by flag (there are two)
+        if folder is not None:
+            detect_layout(Path(folder), flag)
     paths.check_writable(cfg.out, "--out")  # now, not after the first epoch (and not a folder)
     best_path, last_path, state_path = output_paths(cfg.out)
     log_path = history_path(cfg.out)

@@ -33,16 +33,18 @@ class VideoRecord:
         return [i for i, mask in enumerate(self.masks) if mask is not None]
 
 
-def detect_layout(root: Path) -> str:
+def detect_layout(root: Path, flag: str = "") -> str:
+    """"davis" or "vtus"; a one-line VivimError naming `root` (after `flag`, e.g. "--val", where a tool has two)."""
+    name = f"{flag} {root}" if flag else f"{root}"
     if root.is_file():
-        raise VivimError(f"{root}: is a file, not a dataset folder")
+        raise VivimError(f"{name}: is a file, not a dataset folder")
     if not root.is_dir():
-        raise VivimError(f"{root}: dataset folder not found")
+        raise VivimError(f"{name}: no such dataset folder")
     if (root / "JPEGImages").is_dir():
         return "davis"
     if any((root / name).is_dir() for name in ("Train", "Test", "Val")):
         return "vtus"
-    raise VivimError(f"{root}: not a dataset folder (expected JPEGImages/ + Annotations/, or Train/ + Train_GT/)")
+    raise VivimError(f"{name}: not a dataset folder (expected JPEGImages/ + Annotations/, or Train/ + Train_GT/)")
 
 
 def frame_order(path: Path) -> tuple:
