@@ -22,13 +22,89 @@ def load_onnx(path: str | os.PathLike[str], *, external_data: bool = True) -> An
 
 
 def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The model's metadata_props (variant, frames, size, precision, normalisation, ...), without its weights;
-    {} where the onnx package is not installed (a Jetson building engines with TensorRT's own parser)."""
+    """The model's metadata_props (variant, frames, size, precision, normalisation, ...), read straight from the
+    protobuf wire format: no onnx package needed (a Jetson building engines with TensorRT's own parser has none),
+    and the weights are skipped, not parsed. A file that is not an ONNX model is a one-line VivimError naming it."""
     try:
-        import onnx  # noqa: F401
-    except ImportError:
-        return {}
-    return {prop.key: prop.value for prop in load_onnx(path, external_data=False).metadata_props}
+        with open(path, "rb") as handle:
+            fields = _top_level_fields(handle)
+            if _GRAPH not in fields:
+                raise ValueError("no graph")
+            meta: dict[str, str] = {}
+            for offset, length in fields.get(_METADATA_PROPS, []):
+                handle.seek(offset)
+                entry = _fields_of(handle.read(length))
+                meta[entry.get(1, b"").decode("utf-8")] = entry.get(2, b"").decode("utf-8")
+            return meta
+    except OSError as exc:
+        raise VivimError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise VivimError(f"{path}: not a readable ONNX model ({exc})") from exc
+
+
+# ModelProto field numbers (onnx.proto): graph = 7, metadata_props = 14 (StringStringEntryProto: key = 1, value = 2).
+_GRAPH, _METADATA_PROPS = 7, 14
+_VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
+
+
+def _varint(read: Any) -> int | None:
+    """A base-128 varint from `read(1)`; None at a clean end of input."""
+    value, shift = 0, 0
+    while True:
+        byte = read(1)
+        if not byte:
+            if shift:
+                raise ValueError("truncated")
+            return None
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise ValueError("bad varint")
+
+
+def _top_level_fields(handle: Any) -> dict[int, list[tuple[int, int]]]:
+    """(offset, length) of each length-delimited top-level field of a protobuf message in a file, by field
+    number; the contents are seeked over, not read. Wire types a ModelProto cannot hold are errors."""
+    start = handle.tell()
+    size = handle.seek(0, os.SEEK_END)
+    handle.seek(start)
+    fields: dict[int, list[tuple[int, int]]] = {}
+    while (key := _varint(handle.read)) is not None:
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire == _VARINT:
+            if _varint(handle.read) is None:
+                raise ValueError("truncated")
+        elif wire == _BYTES:
+            length = _varint(handle.read)
+            offset = handle.tell()
+            if length is None or offset + length > size:
+                raise ValueError("truncated")
+            fields.setdefault(number, []).append((offset, length))
+            handle.seek(offset + length)
+        elif wire in (_FIXED64, _FIXED32):
+            width = 8 if wire == _FIXED64 else 4
+            if handle.tell() + width > size:
+                raise ValueError("truncated")
+            handle.seek(width, os.SEEK_CUR)
+        else:
+            raise ValueError(f"wire type {wire}")
+    return fields
+
+
+def _fields_of(message: bytes) -> dict[int, bytes]:
+    """The length-delimited fields of a small message in memory (the last one of each number wins, as in protobuf)."""
+    import io
+
+    stream = io.BytesIO(message)
+    out: dict[int, bytes] = {}
+    for number, spans in _top_level_fields(stream).items():
+        offset, length = spans[-1]
+        out[number] = message[offset : offset + length]
+    return out
 
 
 # What vivim-export onnx writes and every consumer (ONNX Runtime backend, parity check) needs to prepare frames.

@@ -15,6 +15,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vivim.errors import VivimError
@@ -199,25 +200,67 @@ def test_file_sha256_matches_hashlib(tmp_path: Path) -> None:
     assert tb.file_sha256(path) == hashlib.sha256(data).hexdigest()
 
 
-def test_onnx_metadata_is_read_from_metadata_props(tmp_path: Path) -> None:
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
+def _model_with_weights(props: dict, rng) -> "object":
+    from onnx import TensorProto, helper, numpy_helper
 
+    weight = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4])],
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], initializer=[weight],
     )
-    model = helper.make_model(graph)
-    props = {"variant": "tiny", "frames": "5", "normalization": json.dumps({"mean": [0.485], "std": [0.229]})}
+    model = helper.make_model(graph, doc_string="d" * 300)  # a doc string and weights around the metadata
     helper.set_model_props(model, props)
+    return model
+
+
+def test_onnx_metadata_is_read_from_metadata_props(tmp_path: Path) -> None:
+    """The wire-format reader against onnx's own parser, on fresh random keys and values (unicode, long, empty),
+    inline and external weights; broken files are one-line errors."""
+    onnx = pytest.importorskip("onnx")
+    rng = np.random.default_rng()
+    props = {f"k{i}-é{rng.integers(1e9)}": "v" * int(rng.integers(0, 400)) + "→" for i in range(int(rng.integers(3, 9)))}
+    props["normalization"] = json.dumps({"mean": rng.random(3).tolist(), "std": rng.random(3).tolist()})
+    props["empty"] = ""
+    model = _model_with_weights(props, rng)
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
-    assert tb.onnx_metadata(path) == props
-    junk = tmp_path / "junk.onnx"
-    junk.write_bytes(b"\xff" * 64)
-    with pytest.raises(VivimError, match="junk.onnx: not a readable ONNX model"):
-        tb.onnx_metadata(junk)
+    expected = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert tb.onnx_metadata(path) == expected == props
+    external = tmp_path / "ext.onnx"
+    onnx.save(model, str(external), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.onnx.data", size_threshold=0)
+    assert (tmp_path / "ext.onnx.data").stat().st_size >= 64 * 64 * 4  # the weights did move out
+    assert tb.onnx_metadata(external) == props
+
+    data = path.read_bytes()
+    cases = {"junk.onnx": b"\xff" * 64, "empty.onnx": b"", "half.onnx": data[: len(data) // 2],
+             "text.onnx": b"this is not a model\n"}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(VivimError, match=f"{name}: not a readable ONNX model") as error:
+            tb.onnx_metadata(tmp_path / name)
+        assert "\n" not in str(error.value)
+    with pytest.raises(VivimError, match="nope.onnx: cannot read it"):
+        tb.onnx_metadata(tmp_path / "nope.onnx")
+
+
+def test_onnx_metadata_needs_no_onnx_package(tmp_path: Path) -> None:
+    """A Jetson that builds engines with TensorRT's own parser may have no onnx package: the engine's sidecar still
+    gets the model's metadata (normalisation, output frame), without which vivim-run would guess them."""
+    import subprocess
+    import sys
+
+    onnx = pytest.importorskip("onnx")
+    props = {"frames": "5", "output_frame": "newest"}
+    onnx.save(_model_with_weights(props, np.random.default_rng(0)), str(tmp_path / "m.onnx"))
+    script = (
+        "import sys\nsys.modules['onnx'] = None\n"  # import onnx now raises ImportError
+        "from vivim.export.onnx_files import onnx_metadata\nprint(onnx_metadata('m.onnx'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(props)
 
 
 # ---------------------------------------------------------------------------------------------
