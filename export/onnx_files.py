@@ -111,9 +111,9 @@ def _fields_of(message: bytes) -> dict[int, bytes]:
 VIVIM_METADATA_KEYS = ("frames", "img_size", "output_frame", "normalization")
 
 
-def missing_vivim_metadata(meta: dict[str, str], source: str) -> None:
+def missing_vivim_metadata(meta: dict[str, str], source: str, remedy: str = "export it with vivim-export onnx") -> None:
     """A one-line VivimError naming `source` unless `meta` holds the keys vivim-export onnx writes: a graph from
     elsewhere would run and draw masks from frames normalised in a way it was never trained on."""
     missing = [key for key in VIVIM_METADATA_KEYS if key not in meta]
     if missing:
-        raise VivimError(f"{source}: no Vivim metadata ({', '.join(missing)} missing); export it with vivim-export onnx")
+        raise VivimError(f"{source}: no Vivim metadata ({', '.join(missing)} missing); {remedy}")

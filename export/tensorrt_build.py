@@ -26,7 +26,7 @@ from vivim import atomic, paths
 from vivim.checkpoint import file_sha256
 from vivim.cli_utils import shell
 from vivim.errors import VivimError
-from vivim.export.onnx_files import onnx_metadata
+from vivim.export.onnx_files import missing_vivim_metadata, onnx_metadata
 from vivim.export.plugin import DEFAULT_PLUGIN_DIR, PLUGIN_LIBRARY_NAME, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 if TYPE_CHECKING:  # annotations only; the real import happens inside build_engine
@@ -131,10 +131,11 @@ def cuda_runtime_version() -> str | None:
 # Sidecar: write, read, check
 
 
-def rebuild_command(sidecar: Mapping[str, Any]) -> str:
-    """The commands that rebuild this engine on the current machine (plugin first: it is per-arch)."""
+def rebuild_command(sidecar: Mapping[str, Any], engine_path: Path | str | None = None) -> str:
+    """The commands that rebuild this engine on the current machine (plugin first: it is per-arch); `engine_path`:
+    where the engine is now (it may have moved with its sidecar since it was built)."""
     onnx = sidecar.get("source_onnx", {}).get("path", "model.onnx")
-    engine = sidecar.get("engine", {}).get("path", "model.engine")
+    engine = engine_path if engine_path is not None else sidecar.get("engine", {}).get("path", "model.engine")
     plugin = sidecar.get("plugin", {}).get("path", str(DEFAULT_PLUGIN_DIR / PLUGIN_LIBRARY_NAME))
     precision = sidecar.get("precision", "fp16")
     flag = "--fp16" if precision == "fp16" else ""
@@ -197,6 +198,7 @@ def check_engine_compatible(
     *,
     plugin_sha256: str | None = None,
     engine_sha256: str | None = None,
+    engine_path: Path | str | None = None,
 ) -> None:
     """Raise VivimError (with the rebuild command) unless the engine was built for this machine.
 
@@ -208,7 +210,7 @@ def check_engine_compatible(
     built_name = str(built_gpu.get("name", "?"))
     built_cc = _normalise_cc(str(built_gpu.get("compute_capability", "?")))
     built_trt = str(sidecar.get("tensorrt_version", "?"))
-    engine = sidecar.get("engine", {}).get("path", "the engine")
+    engine = engine_path if engine_path is not None else sidecar.get("engine", {}).get("path", "the engine")
     problems: list[str] = []
     if built_name != gpu_name or built_cc != _normalise_cc(cc):
         problems.append(f"GPU {built_name} (sm {built_cc}) vs this {gpu_name} (sm {_normalise_cc(cc)})")
@@ -222,7 +224,7 @@ def check_engine_compatible(
         problems.append("the engine file is not the one its sidecar describes (sha256 mismatch)")
     if problems:
         raise VivimError(
-            f"{engine} was built for another setup ({'; '.join(problems)}); rebuild it here: {rebuild_command(sidecar)}"
+            f"{engine} was built for another setup ({'; '.join(problems)}); rebuild it here: {rebuild_command(sidecar, engine_path)}"
         )
 
 
@@ -311,8 +313,14 @@ def build_engine(
                 print(f"[TensorRT] {msg}", file=sys.stderr)
 
     logger = _Logger()
-    _load_plugin(plugin_path)
-    builder = trt.Builder(logger)
+    load_plugin_library(plugin_path)
+    gpu = current_gpu()
+    if gpu is None:  # the sidecar binds the engine to its GPU; without it no later run could accept the engine
+        raise VivimError(f"cannot build {engine_path}: the CUDA driver (libcuda) does not name this machine's GPU")
+    try:
+        builder = trt.Builder(logger)
+    except Exception as exc:  # pybind's TypeError/RuntimeError when CUDA cannot start
+        raise VivimError(f"TensorRT could not start a builder on this GPU ({exc}); check the driver with nvidia-smi") from exc
     # the parser owns weights that the network refers to: both stay referenced here until the build returns
     network, parser = _parse_onnx(builder, logger, onnx_path)
     graph_precision = _graph_precision(network)
@@ -333,7 +341,7 @@ def build_engine(
     if timing_cache is not None:
         atomic.write_bytes(Path(timing_cache), bytes(memoryview(config.get_timing_cache().serialize())))
     write_sidecar(engine_path, _engine_sidecar(engine_path, plugin_path, onnx_path, network, graph_precision,
-                                               workspace_gib))
+                                               workspace_gib, gpu))
     return engine_path
 
 
@@ -355,22 +363,43 @@ def _check_build_arguments(onnx_path: Path, engine_path: Path, plugin_path: Path
     if precision is not None and precision not in PRECISION_OF_DTYPE.values():
         raise VivimError(f"precision {precision!r}: expected one of fp16, bf16, fp32")
     paths.check_writable(engine_path, "-o")
+    # the sidecar carries the model's metadata to vivim-run (normalisation, output frame): a graph without it would
+    # build, then draw masks from wrongly prepared frames
+    missing_vivim_metadata(onnx_metadata(onnx_path), str(onnx_path))
 
 
-def _load_plugin(plugin_path: Path) -> None:
-    """Load our plugin library into TensorRT's registry and check that its creator registered."""
+# The plugin library this process registered with TensorRT: (resolved path, sha256, handle). TensorRT keeps a
+# library's creators until the process ends and refuses to load one whose creators are registered already.
+_loaded_plugin: tuple[str, str, Any] | None = None
+
+
+def load_plugin_library(plugin_path: Path, flag: str = "--plugin") -> None:
+    """Register our plugin's creator with TensorRT, once per process: a second engine in the same process (vivim-bench
+    builds one, then opens it twice) reuses it. A different build of the library in the same process is refused,
+    since TensorRT would keep running the first one."""
+    global _loaded_plugin
     import tensorrt as trt
 
+    digest = file_sha256(plugin_path)
+    if _loaded_plugin is not None:
+        if _loaded_plugin[1] == digest:
+            return
+        raise VivimError(f"{flag} {plugin_path}: this process already loaded another build of the plugin "
+                         f"({_loaded_plugin[0]}), which TensorRT keeps until the process ends; run it in a new process")
     registry = trt.get_plugin_registry()
+    if registry.get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE) is not None:
+        raise VivimError(f"{flag} {plugin_path}: a {PLUGIN_NAMESPACE}::{PLUGIN_NAME} v{PLUGIN_VERSION} creator is already "
+                         "registered in this process by another library, which TensorRT would run instead")
     try:
         handle = registry.load_library(str(plugin_path))
     except Exception as exc:  # pybind raises RuntimeError/TypeError depending on the version
-        raise VivimError(f"--plugin {plugin_path}: TensorRT could not load it ({exc})") from exc
+        raise VivimError(f"{flag} {plugin_path}: TensorRT could not load it ({exc})") from exc
     if handle is None or registry.get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
         raise VivimError(
-            f"--plugin {plugin_path}: no {PLUGIN_NAMESPACE}::{PLUGIN_NAME} v{PLUGIN_VERSION} creator after loading; "
+            f"{flag} {plugin_path}: no {PLUGIN_NAMESPACE}::{PLUGIN_NAME} v{PLUGIN_VERSION} creator after loading; "
             f"rebuild it against TensorRT {trt.__version__} headers with vivim-export plugin"
         )
+    _loaded_plugin = (str(Path(plugin_path).resolve()), digest, handle)
 
 
 def _parse_onnx(builder: tensorrt.Builder, logger: tensorrt.ILogger,
@@ -408,27 +437,23 @@ def _builder_config(builder: tensorrt.Builder, workspace_gib: float,
     if timing_cache is not None and Path(timing_cache).is_file():
         cache_bytes = Path(timing_cache).read_bytes()
     cache = config.create_timing_cache(cache_bytes)
-    if not config.set_timing_cache(cache, False):
+    if cache is None or not config.set_timing_cache(cache, False):
         print(f"warning: timing cache {timing_cache} does not match this TensorRT/GPU; starting a new one", file=sys.stderr)
         config.set_timing_cache(config.create_timing_cache(b""), False)
     return config
 
 
 def _engine_sidecar(engine_path: Path, plugin_path: Path, onnx_path: Path, network: tensorrt.INetworkDefinition,
-                    precision: str, workspace_gib: float) -> dict[str, Any]:
+                    precision: str, workspace_gib: float, gpu: GpuInfo) -> dict[str, Any]:
     """What the engine is bound to (GPU, TensorRT, CUDA, plugin) and what it holds (I/O, model, source)."""
     import tensorrt as trt
 
-    gpu = current_gpu()
     return {
         "schema": SIDECAR_SCHEMA,
         "engine": {"path": str(engine_path), "sha256": file_sha256(engine_path), "bytes": engine_path.stat().st_size},
-        "gpu": {
-            "name": gpu.name if gpu else None,
-            "compute_capability": gpu.compute_capability if gpu else None,
-        },
+        "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
         "tensorrt_version": str(trt.__version__),
-        "cuda": {"driver": gpu.cuda_driver if gpu else None, "runtime": cuda_runtime_version()},
+        "cuda": {"driver": gpu.cuda_driver, "runtime": cuda_runtime_version()},
         "precision": precision,
         "strongly_typed": True,
         "workspace_gib": workspace_gib,

@@ -29,6 +29,7 @@ import numpy as np
 from vivim import paths
 from vivim.devices import parse_device
 from vivim.errors import VivimError
+from vivim.export.onnx_files import missing_vivim_metadata
 from vivim.export.plugin import find_plugin_library
 from vivim.runtime.backends import output_index_from_metadata, select_output, trained_output_frame
 from vivim.runtime.preprocess import Normalization, choose_resize, normalize_chw, resize_rgb
@@ -84,7 +85,11 @@ class TensorRTBackend:
         plan = path.read_bytes()  # read once: hashed against the sidecar here, deserialised by _load
         tb.check_engine_compatible(sidecar, gpu.name, gpu.compute_capability, str(trt.__version__),
                                    plugin_sha256=tb.file_sha256(plugin_path),
-                                   engine_sha256=hashlib.sha256(plan).hexdigest())
+                                   engine_sha256=hashlib.sha256(plan).hexdigest(), engine_path=path)
+        # the frames are prepared from the model's metadata (normalisation, output frame): an engine whose sidecar
+        # lacks it (built before the metadata was read without the onnx package) would draw misplaced masks
+        missing_vivim_metadata({str(k): str(v) for k, v in (sidecar.get("model") or {}).items()},
+                               f"--engine {path} (its sidecar)", f"rebuild it: {tb.rebuild_command(sidecar, path)}")
 
         cuda.init()
         self._cuda = cuda
@@ -107,14 +112,15 @@ class TensorRTBackend:
         cuda = self._cuda
         self._logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self._logger, "")
-        self._plugin_handle = trt.get_plugin_registry().load_library(str(plugin_path))
-        if self._plugin_handle is None:
-            raise VivimError(f"TensorRT could not load the plugin library {plugin_path}")
+        tb.load_plugin_library(plugin_path)  # once per process: a second backend reuses it
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
-            raise VivimError(f"--engine {path}: TensorRT could not deserialize it; rebuild: {tb.rebuild_command(sidecar)}")
+            raise VivimError(f"--engine {path}: TensorRT could not deserialize it; rebuild: "
+                             f"{tb.rebuild_command(sidecar, path)}")
         self._exec = self._engine.create_execution_context()
+        if self._exec is None:  # TensorRT logs the reason (usually device memory for the activations)
+            raise VivimError(f"--engine {path}: TensorRT could not create an execution context (out of GPU memory?)")
 
         inputs: List[Tuple[str, Tuple[int, ...], np.dtype]] = []
         outputs: List[Tuple[str, Tuple[int, ...], np.dtype]] = []

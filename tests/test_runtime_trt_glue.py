@@ -47,7 +47,26 @@ class _Memory:
         return memoryview(self.buffers[i])[offset : offset + nbytes]
 
 
-def _fake_modules(memory, frames_out):
+class _Registry:
+    """TensorRT's plugin registry as its header describes it: loading a library whose creators are registered
+    already fails (None), and they stay registered until the process ends."""
+
+    def __init__(self):
+        self.loads, self.registered = [], False
+
+    def load_library(self, path):
+        self.loads.append(path)
+        if self.registered:
+            return None
+        self.registered = True
+        return object()
+
+    def get_creator(self, name, version, namespace):
+        ours = (name, version, namespace) == (tb.PLUGIN_NAME, tb.PLUGIN_VERSION, tb.PLUGIN_NAMESPACE)
+        return object() if ours and self.registered else None
+
+
+def _fake_modules(memory, frames_out, registry, dtype=np.float32):
     cuda = types.ModuleType("pycuda.driver")
 
     class Allocation:
@@ -92,8 +111,8 @@ def _fake_modules(memory, frames_out):
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=None: None})
     trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
     trt.init_libnvinfer_plugins = lambda logger, namespace: True
-    trt.get_plugin_registry = lambda: types.SimpleNamespace(load_library=lambda path: object())
-    trt.nptype = lambda dtype: np.float32
+    trt.get_plugin_registry = lambda: registry
+    trt.nptype = lambda name: {"FLOAT": np.float32, "HALF": np.float16}[name]
     shapes = {"frames": (1, T, 3, H, W), "logits": (1, frames_out, 1, H, W)}
 
     class ExecutionContext:
@@ -104,12 +123,12 @@ def _fake_modules(memory, frames_out):
             self.addresses[name] = address
 
         def execute_async_v3(self, stream_handle):
-            n_in = int(np.prod(shapes["frames"])) * 4
-            clip = np.frombuffer(bytes(memory.view(self.addresses["frames"], n_in)), np.float32).reshape(shapes["frames"])
-            out = engine_function(clip)
+            n_in = int(np.prod(shapes["frames"])) * np.dtype(dtype).itemsize
+            clip = np.frombuffer(bytes(memory.view(self.addresses["frames"], n_in)), dtype).reshape(shapes["frames"])
+            out = engine_function(clip.astype(np.float32)).astype(dtype)
             if frames_out == 1:
                 out = out[:, T // 2 : T // 2 + 1]
-            memory.view(self.addresses["logits"], out.nbytes)[:] = out.astype(np.float32).tobytes()
+            memory.view(self.addresses["logits"], out.nbytes)[:] = out.tobytes()
             return True
 
     class Engine:
@@ -122,7 +141,7 @@ def _fake_modules(memory, frames_out):
             return shapes[name]
 
         def get_tensor_dtype(self, name):
-            return "FLOAT"
+            return "HALF" if dtype == np.float16 else "FLOAT"
 
         def get_tensor_mode(self, name):
             return "in" if name == "frames" else "out"
@@ -144,9 +163,9 @@ def engine_function(clip):
 GPU = tb.GpuInfo(name="NVIDIA H100 80GB HBM3", compute_capability="9.0", cuda_driver="13.0")
 
 
-def _engine_files(tmp_path, gpu_name=GPU.name, output_frame="all"):
+def _engine_files(tmp_path, gpu_name=GPU.name, output_frame="all", plugin_bytes=b"plugin bytes"):
     plugin = tmp_path / "libvivim_trt_plugin.so"
-    plugin.write_bytes(b"plugin bytes")
+    plugin.write_bytes(plugin_bytes)
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
     sidecar = {
@@ -156,7 +175,7 @@ def _engine_files(tmp_path, gpu_name=GPU.name, output_frame="all"):
         "plugin": {"path": str(plugin), "sha256": tb.file_sha256(plugin)},
         "inputs": [{"name": "frames", "shape": [1, T, 3, H, W], "dtype": "FLOAT"}],
         "outputs": [{"name": "logits", "shape": [1, T, 1, H, W], "dtype": "FLOAT"}],
-        "model": {"frames": str(T), "output_frame": output_frame,
+        "model": {"frames": str(T), "img_size": f"[{H}, {W}]", "output_frame": output_frame,
                   "normalization": json.dumps({"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})},
         "source_onnx": {"path": "m.onnx"},
     }
@@ -168,19 +187,24 @@ def _engine_files(tmp_path, gpu_name=GPU.name, output_frame="all"):
 def fake_trt(monkeypatch):
     memory = _Memory()
 
-    def install(frames_out=T):
-        for name, module in _fake_modules(memory, frames_out).items():
+    def install(frames_out=T, dtype=np.float32):
+        registry = _Registry()
+        for name, module in _fake_modules(memory, frames_out, registry, dtype).items():
             monkeypatch.setitem(sys.modules, name, module)
         monkeypatch.setattr(tb, "current_gpu", lambda index=0: GPU)
+        monkeypatch.setattr(tb, "_loaded_plugin", None)  # a fresh process
+        return registry
 
     return install
 
 
-@pytest.mark.parametrize("output_frame", ["centre", "newest"])
-def test_stream_through_device_slots_matches_reference(tmp_path, fake_trt, output_frame):
+@pytest.mark.parametrize("output_frame, dtype", [("centre", np.float32), ("newest", np.float32), ("centre", np.float16)])
+def test_stream_through_device_slots_matches_reference(tmp_path, fake_trt, output_frame, dtype):
+    """fp16: the engine's input and output types decide the slot sizes and the host buffers (an FP16 engine is the
+    default of vivim-export trt)."""
     from vivim.runtime.backend_trt import TensorRTBackend
 
-    fake_trt()
+    fake_trt(dtype=dtype)
     backend = TensorRTBackend(_engine_files(tmp_path), device="cuda")
     assert (backend.frames, backend.input_size, backend.fixed_output_index) == (T, (H, W), None)
     rng = np.random.default_rng(3)
@@ -203,7 +227,8 @@ def test_stream_through_device_slots_matches_reference(tmp_path, fake_trt, outpu
     assert sorted(got) == list(range(11))
     for k in range(11):
         clip = np.stack([pre[min(max(k - index + j, 0), 10)] for j in range(T)])[None]
-        np.testing.assert_allclose(got[k], engine_function(clip)[0, index, 0], rtol=1e-5, atol=1e-5)
+        tol = 1e-5 if dtype == np.float32 else 2e-3
+        np.testing.assert_allclose(got[k], engine_function(clip)[0, index, 0], rtol=tol, atol=tol)
 
 
 def test_single_frame_engine_and_policy_mismatch(tmp_path, fake_trt):
@@ -255,3 +280,41 @@ def test_plugin_override_must_exist_and_the_sidecars_path_is_never_loaded(tmp_pa
         TensorRTBackend(str(moved / engine.name), device="cuda")
     with pytest.raises(VivimError, match="GPU only"):
         TensorRTBackend(_engine_files(tmp_path), device="cpu")
+
+
+def test_a_second_engine_in_one_process_reuses_the_plugin_library(tmp_path, fake_trt):
+    """TensorRT refuses a second load of a library whose creators are registered (vivim-bench opens its engine
+    twice, after building it in the same process); a different build of the library is refused by name."""
+    from vivim.runtime.backend_trt import TensorRTBackend
+
+    registry = fake_trt()
+    for _ in range(2):
+        backend = TensorRTBackend(_engine_files(tmp_path), device="cuda")
+        backend.close()
+    assert len(registry.loads) == 1
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(VivimError, match="already loaded another build of the plugin .*new process"):
+        TensorRTBackend(_engine_files(other, plugin_bytes=b"another build"), device="cuda")
+
+
+def test_an_engine_without_model_metadata_or_context_is_refused(tmp_path, fake_trt, monkeypatch):
+    """Without its model metadata the frames would be normalised by guess and the mask put on a guessed frame."""
+    from vivim.runtime.backend_trt import TensorRTBackend
+
+    fake_trt()
+    engine = _engine_files(tmp_path)
+    side = Path(engine + ".json")
+    data = json.loads(side.read_text())
+    data["model"] = {}
+    side.write_text(json.dumps(data))
+    with pytest.raises(VivimError, match=r"m.engine \(its sidecar\): no Vivim metadata .*rebuild it: vivim-export plugin"):
+        TensorRTBackend(engine, device="cuda")
+
+    engine = _engine_files(tmp_path)
+    trt = sys.modules["tensorrt"]
+    plain = trt.Runtime(None).deserialize_cuda_engine(b"")
+    engine_class = type(plain)
+    monkeypatch.setattr(engine_class, "create_execution_context", lambda self: None)
+    with pytest.raises(VivimError, match="could not create an execution context"):
+        TensorRTBackend(engine, device="cuda")

@@ -273,9 +273,17 @@ def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
 
 
-def _inputs(tmp_path: Path) -> tuple[Path, Path]:
+VIVIM_PROPS = {"frames": "5", "img_size": "[64, 64]", "output_frame": "centre", "precision": "fp16",
+               "normalization": json.dumps({"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})}
+
+
+def _inputs(tmp_path: Path, props: dict | None = None) -> tuple[Path, Path]:
+    """A small ONNX file with Vivim's metadata (or `props`), and a stand-in plugin library."""
+    pytest.importorskip("onnx")
+    import onnx
+
     onnx_path = tmp_path / "model.onnx"
-    onnx_path.write_bytes(b"onnx bytes")
+    onnx.save(_model_with_weights(VIVIM_PROPS if props is None else props, np.random.default_rng(0)), str(onnx_path))
     plugin = tmp_path / "libvivim_trt_plugin.so"
     plugin.write_bytes(b"\x7fELF")
     return onnx_path, plugin
@@ -307,6 +315,15 @@ def test_bad_arguments_fail_before_tensorrt(no_tensorrt: None, tmp_path: Path) -
         tb.build_engine(onnx_path, tmp_path / "a_file" / "model.engine", plugin)
     with pytest.raises(VivimError, match="precision 'int8'"):
         tb.build_engine(onnx_path, engine, plugin, precision="int8")
+    foreign, _ = _inputs(_subdir(tmp_path, "foreign"), props={"author": "x"})
+    with pytest.raises(VivimError, match="model.onnx: no Vivim metadata .*export it with vivim-export onnx"):
+        tb.build_engine(foreign, engine, plugin)
+    assert not engine.exists()
+
+
+def _subdir(tmp_path: Path, name: str) -> Path:
+    (tmp_path / name).mkdir(exist_ok=True)
+    return tmp_path / name
 
 
 def test_no_cuda_driver_means_no_gpu_info(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -363,3 +380,182 @@ def test_build_progress_monitor_follows_top_level_phases(capsys: pytest.MonkeyPa
     monitor.phase_finish("Tactic selection")
     monitor.phase_finish("Building engine")
     assert monitor._bars == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# build_engine against a stand-in TensorRT (no machine of this project has TensorRT): what it asks of TensorRT and
+# what it writes
+
+
+class _FakeBuildTensorRT:
+    """The parts of the TensorRT Python API build_engine uses, recording what it is asked."""
+
+    def __init__(self, *, input_shape=(1, 5, 3, 64, 64), layer_dtype="HALF", plan: bytes | None = b"serialized plan",
+                 builder_error: Exception | None = None) -> None:
+        import types
+
+        self.calls: dict = {"network_flags": [], "pool_limit": None, "loads": []}
+        self.registered = False
+        fake = self
+
+        class SeverityLevel(int):
+            pass
+
+        class ILogger:
+            Severity = SeverityLevel
+            ERROR, WARNING, INFO = SeverityLevel(1), SeverityLevel(2), SeverityLevel(3)
+
+            def __init__(self) -> None:
+                pass
+
+        class Tensor:
+            def __init__(self, name, shape, dtype):
+                self.name, self.shape, self.dtype = name, shape, f"DataType.{dtype}"  # as str() of TensorRT's enum
+
+        class Layer:
+            num_outputs = 1
+
+            def get_output(self, j):
+                return Tensor("l", (1,), layer_dtype)
+
+        class Network:
+            num_inputs = num_outputs = num_layers = 1
+
+            def get_input(self, i):
+                return Tensor("frames", input_shape, layer_dtype)
+
+            def get_output(self, i):
+                return Tensor("logits", (1, 1, 1, 64, 64), layer_dtype)
+
+            def get_layer(self, i):
+                return Layer()
+
+        class Cache:
+            def serialize(self):
+                return b"timing cache"
+
+        class Config:
+            progress_monitor = None
+
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls["pool_limit"] = (pool, size)
+
+            def create_timing_cache(self, data):
+                return Cache()
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                return True
+
+            def get_timing_cache(self):
+                return Cache()
+
+        class Builder:
+            def __init__(self, logger):
+                if builder_error is not None:
+                    raise builder_error
+                self.logger = logger
+
+            def create_network(self, flags):
+                fake.calls["network_flags"].append(flags)
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def build_serialized_network(self, network, config):
+                if plan is None:
+                    self.logger.log(ILogger.ERROR, "out of memory while building")
+                return plan
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                fake.calls["parsed"] = path
+                return True
+
+        class Registry:
+            def load_library(self, path):
+                fake.calls["loads"].append(path)
+                if fake.registered:
+                    return None  # the header's contract: its creators are registered already
+                fake.registered = True
+                return object()
+
+            def get_creator(self, name, version, namespace):
+                return object() if fake.registered else None
+
+        module = types.ModuleType("tensorrt")
+        module.__version__ = "10.3.0.30"
+        module.ILogger = ILogger
+        module.Builder = Builder
+        module.OnnxParser = OnnxParser
+        module.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
+        module.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+        registry = Registry()
+        module.get_plugin_registry = lambda: registry
+        self.module = module
+
+
+@pytest.fixture
+def fake_build(monkeypatch: pytest.MonkeyPatch):
+    def install(**kwargs) -> _FakeBuildTensorRT:
+        fake = _FakeBuildTensorRT(**kwargs)
+        monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
+        monkeypatch.setattr(tb, "current_gpu", lambda index=0: tb.GpuInfo("NVIDIA H100 80GB HBM3", "9.0", "13.0"))
+        monkeypatch.setattr(tb, "_loaded_plugin", None)  # a fresh process
+        return fake
+
+    return install
+
+
+def test_build_writes_a_strongly_typed_engine_and_its_sidecar(tmp_path: Path, fake_build) -> None:
+    fake = fake_build()
+    onnx_path, plugin = _inputs(tmp_path)
+    engine = tmp_path / "out" / "model.engine"
+    engine.parent.mkdir()
+    cache = tmp_path / "timing.cache"
+    assert tb.build_engine(onnx_path, engine, plugin, workspace_gib=1.5, timing_cache=cache, precision="fp16") == engine
+    assert engine.read_bytes() == b"serialized plan" and cache.read_bytes() == b"timing cache"
+    assert fake.calls["network_flags"] == [1 << 5]  # STRONGLY_TYPED: TensorRT never changes the graph's types
+    assert fake.calls["pool_limit"] == ("workspace", int(1.5 * 2**30))
+    side = tb.read_sidecar(engine)
+    assert side["precision"] == "fp16" and side["strongly_typed"] is True
+    assert side["gpu"] == {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    assert side["engine"]["sha256"] == hashlib.sha256(b"serialized plan").hexdigest()
+    assert side["plugin"]["sha256"] == hashlib.sha256(b"\x7fELF").hexdigest()
+    assert side["model"] == VIVIM_PROPS  # what vivim-run prepares frames and picks the output frame with
+    assert side["inputs"] == [{"name": "frames", "shape": [1, 5, 3, 64, 64], "dtype": "HALF"}]
+    assert sorted(p.name for p in engine.parent.iterdir()) == ["model.engine", "model.engine.json"]  # no temporaries
+
+    # a second engine in the same process (vivim-bench) reuses the registered library
+    tb.build_engine(onnx_path, tmp_path / "second.engine", plugin, precision="fp16")
+    assert len(fake.calls["loads"]) == 1
+
+
+@pytest.mark.parametrize("case, match", [
+    ("precision", "computes in fp32 but fp16 was requested"),
+    ("dynamic", "has a dynamic shape .*export with static shapes"),
+    ("build fails", "TensorRT could not build .*out of memory while building"),
+    ("no builder", "TensorRT could not start a builder on this GPU \\(CUDA initialization failure"),
+    ("no gpu", "the CUDA driver \\(libcuda\\) does not name this machine's GPU"),
+    ("another plugin", "a vivim::VivimSelectiveScan v1 creator is already registered in this process by another"),
+])
+def test_a_failed_build_is_one_line_and_writes_nothing(tmp_path: Path, fake_build, monkeypatch, case, match) -> None:
+    settings = {"precision": {"layer_dtype": "FLOAT"}, "dynamic": {"input_shape": (-1, 5, 3, 64, 64)},
+                "build fails": {"plan": None}, "no builder": {"builder_error": TypeError("CUDA initialization failure")}}
+    fake = fake_build(**settings.get(case, {}))
+    if case == "no gpu":
+        monkeypatch.setattr(tb, "current_gpu", lambda index=0: None)
+    if case == "another plugin":
+        fake.registered = True  # something else registered a creator of that name first
+    onnx_path, plugin = _inputs(tmp_path)
+    engine = tmp_path / "out" / "model.engine"
+    engine.parent.mkdir()
+    with pytest.raises(VivimError, match=match) as error:
+        tb.build_engine(onnx_path, engine, plugin, precision="fp16", timing_cache=tmp_path / "out" / "t.cache")
+    assert "\n" not in str(error.value)
+    assert list(engine.parent.iterdir()) == []
