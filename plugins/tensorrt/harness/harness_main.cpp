@@ -27,6 +27,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #ifndef VIVIM_TRT_PLUGIN_DEFAULT_PATH
@@ -463,12 +464,34 @@ void checkConfigure(IPluginV3OneBuild* build)
         {
             dynamic[i].desc.dims.d[lAxis[i]] = -1;
             dynamic[i].min.d[lAxis[i]] = 1;
+            dynamic[i].opt.d[lAxis[i]] = 64;  // opt below max: a workspace sized at opt would be caught below
             dynamic[i].desc.dims.d[0] = -1;  // every tensor with an L axis also has the batch axis first
-            dynamic[i].min.d[0] = 1;
+            dynamic[i].min.d[0] = dynamic[i].opt.d[0] = 1;
         }
     }
     report(build->configurePlugin(dynamic.data(), kNbIn, dynamic.data() + kNbIn, 1) == 0,
         "configurePlugin accepts a dynamic profile (batch 1..4, L 1..4096)");
+    auto tooLong = dynamic;  // a profile whose largest batch exceeds the kernel's grid limit
+    for (int32_t i = 0; i < kNbIO; ++i)
+    {
+        if (lAxis[i] >= 0)
+        {
+            tooLong[i].max.d[0] = 70000;
+        }
+    }
+    log.clear();
+    report(build->configurePlugin(tooLong.data(), kNbIn, tooLong.data() + kNbIn, 1) != 0 && log.saw("batch = 70000"),
+        "configurePlugin rejects a profile whose largest batch exceeds the kernel's limit");
+    for (auto const& [tensor, axis, symbol] : {std::tuple<int32_t, int32_t, char const*>{0, 1, "D must be static"},
+             std::tuple<int32_t, int32_t, char const*>{2, 1, "N must be static"},
+             std::tuple<int32_t, int32_t, char const*>{3, 1, "G must be static"}})
+    {
+        auto ranged = good;
+        ranged[tensor].min.d[axis] = 1;  // a range on an axis the workspace size is not monotonic in
+        log.clear();
+        report(build->configurePlugin(ranged.data(), kNbIn, ranged.data() + kNbIn, 1) != 0 && log.saw(symbol),
+            std::string("configurePlugin rejects a profile where ") + symbol);
+    }
 
     struct Bad
     {

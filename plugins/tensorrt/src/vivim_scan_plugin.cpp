@@ -218,6 +218,22 @@ int32_t SelectiveScanPlugin::configurePlugin(
         {
             reason = checkShapes(upper, nbInputs, nbOutputs);
         }
+        // getWorkspaceSize sizes the scratch at the profile's largest batch and L; the kernel's need is not monotonic
+        // in D, N or G (the chunking changes with them), so those must be fixed (in Vivim they come from weights).
+        struct StaticAxis
+        {
+            int32_t tensor, axis;
+            char const* symbol;
+        };
+        for (StaticAxis const& a : {StaticAxis{kU, 1, "D"}, StaticAxis{kA, 1, "N"}, StaticAxis{kB, 1, "G"}})
+        {
+            if (reason.empty() && in[a.tensor].min.d[a.axis] != in[a.tensor].max.d[a.axis])
+            {
+                reason = std::string(a.symbol) + " must be static, but the profile gives " + kTensorNames[a.tensor]
+                    + " a range " + std::to_string(in[a.tensor].min.d[a.axis]) + ".."
+                    + std::to_string(in[a.tensor].max.d[a.axis]);
+            }
+        }
         if (!reason.empty())
         {
             logError(prefixed(reason));
