@@ -596,3 +596,29 @@ def test_stage_shapes_large_d():
         args = make_inputs(3, dim, L, 16, 1, torch.float32, True, True, True, True, seed=dim)
         out = run_poisoned(args, True)
         assert rel_err(out, scan_oracle(*args, delta_softplus=True)) <= 1e-5
+
+
+def test_an_earlier_cuda_error_is_not_blamed_on_the_scan():
+    """A failed cudaMalloc of someone else's leaves its error as the thread's last error. The launcher reports each
+    launch's own status; cudaGetLastError() after `<<<>>>` would return that old error (failing the scan) and clear
+    it (hiding it from its owner)."""
+    import ctypes
+
+    ext = _cuda_ext.load_extension()
+    libs = subprocess.run(["ldd", str(ext.__file__)], capture_output=True, text=True).stdout
+    match = re.search(r"libcudart\.so\S* => (\S+)", libs)
+    if match is None:
+        pytest.skip("the extension links the CUDA runtime statically: no error state shared with this test")
+    cudart = ctypes.CDLL(match.group(1))
+    alloc_error = 2  # cudaErrorMemoryAllocation
+    for dim, L in ((128, 2048), (1024, 320)):  # the chunked passes and the resident pass
+        args = make_inputs(1, dim, L, 16, 1, torch.float16, True, True, True, True, seed=11)
+        expected = ext.fwd(*args, True)
+        torch.cuda.synchronize()
+        pointer = ctypes.c_void_p()
+        assert cudart.cudaMalloc(ctypes.byref(pointer), ctypes.c_size_t(1 << 62)) == alloc_error
+        out = ext.fwd(*args, True)  # inputs already in the call's types: no torch kernel runs in between
+        assert out is not None, ext.last_error()
+        assert cudart.cudaGetLastError() == alloc_error  # still there for its owner: the scan neither took nor cleared it
+        torch.cuda.synchronize()
+        assert torch.equal(out, expected)

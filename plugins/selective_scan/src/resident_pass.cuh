@@ -309,6 +309,5 @@ static cudaError_t launch_resident(KernelArgs a, const ResidentPlan& r, int64_t 
         }
     }
     const dim3 grid((unsigned)(a.n_groups * r.tiles), (unsigned)batch);
-    kernel<<<grid, dim3(32u * (unsigned)r.n_warps), r.smem, stream>>>(a);
-    return cudaGetLastError();
+    return launch(kernel, grid, dim3(32u * (unsigned)r.n_warps), (size_t)r.smem, stream, false, a);
 }

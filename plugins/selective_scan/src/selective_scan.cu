@@ -37,6 +37,7 @@
 #include <atomic>
 #include <utility>
 
+#include "launch.cuh"
 #include "scan_math.cuh"
 
 namespace vivim_scan {
@@ -46,6 +47,7 @@ constexpr int kMaxChannels = 128;    // channels per block (= threads per block)
 constexpr int kTargetBlocks = 1024;  // enough blocks to fill a large GPU several times over, evenly
 constexpr int kMaxChunks = 512;     // bounds the workspace and the carry pass (n_chunks <= want <= 512)
 using namespace vivim_scan_math;  // fast_exp2, softplus_fast, silu, kLog2e, to_f, from_f
+using vivim_scan_launch::launch;
 
 // ---------------------------------------------------------------------------------------------------
 // Launch geometry, shared by the workspace-size query and the launcher so they always agree.
@@ -675,22 +677,6 @@ static bool pdl_enabled() {
     return env_on && device_attribute<cudaDevAttrComputeCapabilityMajor>(current_device(), 0) >= 9;
 }
 
-template <typename... KArgs, typename... Args>
-static cudaError_t launch_maybe_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl,
-                                   Args&&... args) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
-}
-
 // Kernels 1-3 for K lanes per channel.
 template <typename T, int K>
 static cudaError_t launch_k(const KernelArgs& a, const Geometry& g, int64_t batch, cudaStream_t stream) {
@@ -698,22 +684,20 @@ static cudaError_t launch_k(const KernelArgs& a, const Geometry& g, int64_t batc
     const dim3 grid((unsigned)(a.n_groups * g.tiles_per_group), (unsigned)g.n_chunks, (unsigned)batch);
     if (g.n_chunks > 1) {
         const bool pdl = pdl_enabled();
-        chunk_pass<T, K, false><<<grid, block, 0, stream>>>(a);
-        cudaError_t e = cudaGetLastError();
+        cudaError_t e = launch(chunk_pass<T, K, false>, grid, block, 0, stream, false, a);
         if (e != cudaSuccess) return e;
-        if (a.fold) return launch_maybe_pdl(chunk_pass<T, K, true>, grid, block, stream, pdl, a);
+        if (a.fold) return launch(chunk_pass<T, K, true>, grid, block, 0, stream, pdl, a);
         const int64_t pairs = batch * a.dim * a.dstate;
         const unsigned segs = (unsigned)((g.n_chunks + kCarryPerThread - 1) / kCarryPerThread);
         const dim3 cblock(kCarryPairs, segs);
         const dim3 cgrid((unsigned)((pairs + kCarryPairs - 1) / kCarryPairs));
-        e = launch_maybe_pdl(carry_pass, cgrid, cblock, stream, pdl, a, pairs);
+        e = launch(carry_pass, cgrid, cblock, 0, stream, pdl, a, pairs);
         if (e != cudaSuccess) return e;
-        return launch_maybe_pdl(chunk_pass<T, K, true>, grid, block, stream, pdl, a);
+        return launch(chunk_pass<T, K, true>, grid, block, 0, stream, pdl, a);
     }
     KernelArgs single = a;
     single.dt_cache = nullptr;  // one chunk: kernel 3 alone computes dt itself
-    chunk_pass<T, K, true><<<grid, block, 0, stream>>>(single);
-    return cudaGetLastError();
+    return launch(chunk_pass<T, K, true>, grid, block, 0, stream, false, single);
 }
 
 template <typename T>

@@ -30,6 +30,7 @@
 
 #include <cstdlib>
 
+#include "launch.cuh"
 #include "scan_math.cuh"
 
 namespace {
@@ -369,10 +370,14 @@ cudaError_t launch(const vivim_scan_bwd_params_t& p, const Split& sp, const Part
         (void)cudaGetLastError();  // reported through the return value; leave no error behind for the next check
         return e;
     }
-    if (sp.parts > 1) bwd_part_sums_kernel<T><<<grid, kThreads, 0, stream>>>(p, sp, sums);
-    bwd_states_kernel<T><<<grid, kThreads, 0, stream>>>(p, sp, sums, states);
-    bwd_grads_kernel<T><<<grid, kThreads, grads_smem, stream>>>(p, sp, sums, states);
-    return cudaGetLastError();
+    using vivim_scan_launch::launch;  // each launch's own status (not an earlier caller's error)
+    const dim3 block(kThreads);
+    cudaError_t launched = cudaSuccess;
+    if (sp.parts > 1) launched = launch(bwd_part_sums_kernel<T>, grid, block, 0, stream, false, p, sp, sums);
+    if (launched == cudaSuccess) launched = launch(bwd_states_kernel<T>, grid, block, 0, stream, false, p, sp, sums, states);
+    if (launched == cudaSuccess)
+        launched = launch(bwd_grads_kernel<T>, grid, block, (size_t)grads_smem, stream, false, p, sp, sums, states);
+    return launched;
 }
 
 // VIVIM_SCAN_BWD_TARGET_BLOCKS (tuning: split any grid towards N blocks) and VIVIM_SCAN_BWD_PARTS (an exact part
