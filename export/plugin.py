@@ -105,19 +105,29 @@ def find_cmake() -> Path:
 
 
 def detect_local_cuda_archs() -> list[str]:
-    """Compute capabilities of the visible GPUs via nvidia-smi, e.g. ['87']; [] when unknown."""
+    """Compute capabilities of the visible GPUs, e.g. ['87']: nvidia-smi's, else the CUDA driver's (containers and
+    some Jetson images have no nvidia-smi, or one without compute_cap); [] when neither knows."""
+    archs: set[str] = set()
     smi = shutil.which("nvidia-smi")
-    if not smi:
-        return []
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    archs = sorted({line.strip().replace(".", "") for line in out.splitlines() if line.strip()})
-    return [a for a in archs if a.isdigit()]
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=20, check=True,
+            ).stdout
+            archs = {line.strip().replace(".", "") for line in out.splitlines() if line.strip()}
+        except (OSError, subprocess.SubprocessError):
+            pass
+    archs = {a for a in archs if a.isdigit()}
+    if not archs:
+        from vivim.export.tensorrt_build import current_gpu
+
+        for index in range(16):
+            gpu = current_gpu(index)
+            if gpu is None:
+                break
+            archs.add(gpu.compute_capability.replace(".", ""))
+    return sorted(archs)
 
 
 def resolve_cuda_archs(arch: str | None, cuda_archs: Sequence[str] | None = None) -> list[str]:

@@ -210,6 +210,26 @@ def test_arch_flag_forms(arch: str, expected: list[str]) -> None:
     assert plugin_build.resolve_cuda_archs(arch) == expected
 
 
+def test_the_default_arch_is_the_local_gpus_with_or_without_nvidia_smi(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """nvidia-smi's compute capabilities; without nvidia-smi (containers, some Jetson images) the CUDA driver's,
+    so a desktop sm_86 card does not get a plugin built for 87 and 90 only; neither: the fallback."""
+    from vivim.export import tensorrt_build as tb
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nprintf '8.6\\n8.6\\n'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert plugin_build.resolve_cuda_archs(None) == ["86"]
+    smi.unlink()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    gpus = [tb.GpuInfo("NVIDIA RTX A6000", "8.6", "13.0"), tb.GpuInfo("NVIDIA Jetson AGX Orin", "8.7", "12.6")]
+    monkeypatch.setattr(tb, "current_gpu", lambda index=0: gpus[index] if index < len(gpus) else None)
+    assert plugin_build.resolve_cuda_archs(None) == ["86", "87"]
+    monkeypatch.setattr(tb, "current_gpu", lambda index=0: None)
+    assert plugin_build.resolve_cuda_archs(None) == list(plugin_build.FALLBACK_CUDA_ARCHS)
+
+
 @pytest.mark.parametrize("arch, bad", [("orin", "orin"), ("5", "5"), ("87,native", "native"), ("sm_", "")])
 def test_bad_arch_is_rejected(arch: str, bad: str) -> None:
     """Refused here with the flag named, not later by CMake's configure step with a pointer to its log."""
