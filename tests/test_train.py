@@ -99,9 +99,40 @@ def test_resume_gives_identical_next_step_loss(data, tmp_path, workers):
     assert [line.split(",")[2] for line in log.splitlines()[1:]] == ["", "", ""]  # no validation set: no Dice
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_max_steps_inside_an_epoch_leaves_it_open_and_resume_finishes_it_exactly(data, tmp_path, workers, capsys):
+    """--max-steps stopping inside an epoch saves and validates, but does not count the epoch as done (nor step the
+    schedule): --resume continues at the next batch, and the run ends as the uninterrupted one does, to the bit."""
+    full = run_training(_cfg(data, tmp_path / "full.safetensors", epochs=2, workers=workers, val_fraction=0.34))
+    steps_per_epoch = len(full.step_losses) // 2
+    assert steps_per_epoch >= 3
+    out = tmp_path / "part.safetensors"
+    stop = steps_per_epoch + 2  # inside the second epoch
+    first = run_training(_cfg(data, out, epochs=2, workers=workers, val_fraction=0.34, max_steps=stop))
+    printed = capsys.readouterr().out
+    assert first.epochs_done == 1 and first.step_losses == full.step_losses[:stop]
+    assert f"epoch 2/2 stopped by --max-steps after 2 of {steps_per_epoch} batches" in printed, printed
+    assert f"done: 1 epochs and 2 of {steps_per_epoch} batches of epoch 2 (--max-steps)" in printed, printed
+    state = load_state(output_paths(out)[2])
+    assert state["epoch"] == 0 and state["partial"]["batches"] == 2 and state["partial"]["of"] == steps_per_epoch
+    assert len(state["history"]["epoch_loss"]) == 1  # the open epoch has no row yet
+    _, meta = vivim.load_checkpoint(output_paths(out)[1])
+    assert meta["training"]["epochs_done"] == 1 and meta["training"]["partial_epoch"]["batches"] == 2
+    # a second stop inside the same epoch, then the rest
+    second = run_training(_cfg(data, out, epochs=2, workers=workers, val_fraction=0.34, resume=True, max_steps=1))
+    assert "resuming from" in capsys.readouterr().out
+    assert second.step_losses == full.step_losses[stop : stop + 1]
+    rest = run_training(_cfg(data, out, epochs=2, workers=workers, val_fraction=0.34, resume=True))
+    assert rest.step_losses == full.step_losses[stop + 1 :]
+    assert rest.epochs_done == 2
+    for key, value in full.final_state.items():
+        assert torch.equal(value, rest.final_state[key]), key
+    assert history_path(out).read_text() == history_path(tmp_path / "full.safetensors").read_text()
+
+
 def test_resuming_a_finished_run_trains_nothing_and_says_so(data, tmp_path, capsys):
     out = tmp_path / "done.safetensors"
-    first = run_training(_cfg(data, out, epochs=1, max_steps=1))
+    first = run_training(_cfg(data, out, epochs=1))
     capsys.readouterr()
     again = run_training(_cfg(data, out, epochs=1, max_steps=1, resume=True, progress=True))
     printed = capsys.readouterr()
@@ -122,6 +153,14 @@ def test_resume_errors(data, tmp_path):
                          (dict(val=str(data)), "--val"), (dict(output_frame="newest"), "--output-frame")):
         with pytest.raises(VivimError, match=f"started with {flag} "):
             run_training(_cfg(data, tmp_path / "a.safetensors", resume=True, epochs=1, **change))
+    with pytest.raises(VivimError, match="started without --no-augment; resume with the same flags"):
+        run_training(_cfg(data, tmp_path / "a.safetensors", resume=True, epochs=1, augment=False))
+    # every difference in one message, not one attempt per flag
+    with pytest.raises(VivimError, match="started with --frames 3, not 5; with --lr 0.001, not 0.05; without "
+                                         "--no-augment; resume with the same flags"):
+        run_training(_cfg(data, tmp_path / "a.safetensors", resume=True, epochs=1, frames=5, lr=0.05, augment=False))
+    with pytest.raises(VivimError, match="--resume continues the run at --out and --overwrite starts a new one"):
+        run_training(_cfg(data, tmp_path / "a.safetensors", resume=True, overwrite=True, epochs=1))
 
 
 def test_resume_of_an_older_state_without_none_settings_still_refuses_a_new_val(data, tmp_path):
@@ -135,7 +174,7 @@ def test_resume_of_an_older_state_without_none_settings_still_refuses_a_new_val(
     torch.save(state, state_path)
     with pytest.raises(VivimError, match="started with --val None"):
         run_training(_cfg(data, out, resume=True, epochs=2, val=str(data)))
-    assert run_training(_cfg(data, out, resume=True, epochs=2, max_steps=1)).epochs_done >= 1  # same flags: resumes
+    assert len(run_training(_cfg(data, out, resume=True, epochs=2, max_steps=1)).step_losses) == 1  # same flags: resumes
 
 
 def test_init_from_a_vivim_checkpoint(data, tmp_path):
@@ -305,7 +344,10 @@ def test_persistent_workers_draw_new_augmentation_each_epoch(data):
             assert torch.equal(clip, parallel[epoch][key]), f"epoch {epoch}, {key}: 2 workers must give the 0-worker clip"
 
 
-def test_ctrl_c_says_what_was_saved_and_how_to_continue(data, tmp_path):
+@pytest.mark.parametrize("signame, progress", [("SIGINT", False), ("SIGTERM", True)])
+def test_ctrl_c_says_what_was_saved_and_how_to_continue(data, tmp_path, signame, progress):
+    """Ctrl-C, and SIGTERM (a batch scheduler's time limit, docker stop): one line on a line of its own (the progress
+    bar is closed first), saying what is kept; exit 130 and 143, as a shell reports them."""
     import signal
     import subprocess
     import time
@@ -314,18 +356,20 @@ def test_ctrl_c_says_what_was_saved_and_how_to_continue(data, tmp_path):
     state = out.with_name("model.state.pt")
     command = [sys.executable, "-m", "vivim.train", "--data", str(data), "--variant", "tiny", "--size", "32", "--frames",
                "3", "--epochs", "500", "--batch", "2", "--workers", "0", "--val-fraction", "0", "--out", str(out),
-               "--device", "cpu", "--threads", "1", "--no-progress"]
+               "--device", "cpu", "--threads", "1", "--progress" if progress else "--no-progress"]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"},
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not inherited as ignored
     deadline = time.monotonic() + 120
     while not state.is_file() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    child.send_signal(signal.SIGINT)
+    time.sleep(0.3)  # inside the next epoch's steps
+    child.send_signal(getattr(signal, signame))
     _, err = child.communicate(timeout=60)
-    assert child.returncode == 130, err
+    assert child.returncode == (130 if signame == "SIGINT" else 143), err
     lines = err.strip().splitlines()
-    assert lines[-1] == f"interrupted: the finished epochs are saved; continue with --resume and the same flags ({state})"
+    said = "interrupted" if signame == "SIGINT" else "terminated (SIGTERM)"
+    assert lines[-1] == f"{said}: the finished epochs are saved; continue with --resume and the same flags ({state})"
     assert "Traceback" not in err
     assert load_state(state)["epoch"] >= 0  # the state it points at is a finished epoch's
 

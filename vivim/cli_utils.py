@@ -45,8 +45,8 @@ def run_app(app: Callable[..., object]) -> None:
         fail(one_line(str(exc)))
     except Interrupted as exc:
         remove_folders_left_empty()
-        print(f"interrupted: {exc}", file=sys.stderr)
-        raise SystemExit(130)
+        print(f"{'terminated (SIGTERM)' if exc.terminated else 'interrupted'}: {exc}", file=sys.stderr)
+        raise SystemExit(143 if exc.terminated else 130)
     except KeyboardInterrupt:
         remove_folders_left_empty()
         print("interrupted", file=sys.stderr)

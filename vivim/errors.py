@@ -14,4 +14,13 @@ class ScanShapeError(VivimError, ValueError):
 
 
 class Interrupted(Exception):
-    """Ctrl-C, with what was kept and how to continue; reported as one line, exit 130 (not a VivimError: no failure)."""
+    """Ctrl-C (or SIGTERM: `terminated`), with what was kept and how to continue; reported as one line, exit 130
+    (143 for SIGTERM, as a shell reports a process it ended) - not a VivimError: no failure."""
+
+    def __init__(self, message: str, *, terminated: bool = False) -> None:
+        super().__init__(message)
+        self.terminated = terminated
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by a SIGTERM handler (a batch scheduler or `docker stop` ending a run) to unwind like Ctrl-C."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -24,7 +26,7 @@ from vivim import atomic, paths
 from vivim.cli_utils import next_command, run_app, shell, warn
 from vivim.constants import SEED_MAX
 from vivim.devices import torch_device
-from vivim.errors import Interrupted, VivimError
+from vivim.errors import Interrupted, Terminated, VivimError
 
 STATE_FORMAT = "vivim-train-state-1"
 
@@ -51,7 +53,7 @@ class TrainConfig:
     device: Optional[str] = None
     threads: Optional[int] = None
     cache: Optional[bool] = None  # keep decoded frames in memory (None = when the dataset is small)
-    max_steps: Optional[int] = None  # stop early (smoke tests); the epoch still ends, validates and saves
+    max_steps: Optional[int] = None  # this run stops after that many steps (validated and saved; --resume continues)
     progress: bool = True
     augment: bool = True
     overwrite: bool = False  # a fresh run may replace the checkpoint of an earlier run at `out`
@@ -345,6 +347,9 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     model.to(device)
     run = _Run(cfg, dist_info, device, use_amp, model, best_path, last_path, state_path)
     if state is not None:
+        if bool(state["scaler"]) != use_amp and dist_info.main:  # a disabled GradScaler saves an empty state
+            warn(f"{state_path}: the run was trained {'with' if state['scaler'] else 'without'} AMP and continues "
+                 f"{'with' if use_amp else 'without'} it ({'--amp' if state['scaler'] else '--no-amp'} keeps it as it was)")
         run.resume(state)
         del state  # weights and optimiser moments: not kept for the whole run
     run.wrap_ddp()
@@ -366,7 +371,10 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         mean_loss, stopped = run.train_epoch(epoch, data)
         dice = _validate(model, data.val_loader, device, cfg.output_frame, dist_info, run.amp_dtype) \
             if data.val_loader is not None else float("nan")
-        improved = run.progress.record_epoch(mean_loss, dice, epoch, lr)
+        if run.progress.partial is None:
+            improved = run.progress.record_epoch(mean_loss, dice, epoch, lr)
+        else:  # --max-steps stopped inside the epoch: validated and saved, the epoch left open for --resume
+            improved = run.progress.record_partial(dice, epoch)
         run.save_epoch(epoch, data, run.progress.elapsed_before + time.perf_counter() - start, improved, dice, t_epoch)
         if stopped:
             break
@@ -415,6 +423,8 @@ def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
     paths.check_writable(log_path, "--out (its per-epoch log)")
     paths.refuse_writing_over_inputs({"--out": best_path, "--out (last)": last_path, "--out (state)": state_path,
                                       "--out (history)": log_path}, {"--init": cfg.init})
+    if cfg.resume and cfg.overwrite:
+        raise VivimError("--resume continues the run at --out and --overwrite starts a new one there; choose one")
     if not (cfg.resume or cfg.overwrite) and any(p.exists() for p in (best_path, last_path, state_path, log_path)):
         raise VivimError(f"--out {best_path}: an earlier run's checkpoint or log is there; --resume continues that "
                          "run, --overwrite replaces it, or choose another --out")
@@ -432,9 +442,10 @@ class _Data:
     val_kind: str = "carved"  # "--val", "Val/" (a VTUS folder's own) or "carved" (held out from --data)
     val_source: str = ""  # where the validation videos come from, for the log and the checkpoint metadata
 
-    def start_epoch(self, epoch: int) -> None:
-        """New shuffle and augmentation; the epoch reaches the DataLoader workers inside each sample's key."""
-        self.sampler.set_epoch(epoch)
+    def start_epoch(self, epoch: int, skip: int = 0) -> None:
+        """New shuffle and augmentation; the epoch reaches the DataLoader workers inside each sample's key. `skip`:
+        this process's first clips of the epoch, done before a resume."""
+        self.sampler.set_epoch(epoch, skip)
 
 
 def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any, val_kind: str | None = None) -> _Data:
@@ -499,18 +510,21 @@ def _check_resumable(cfg: TrainConfig, state: dict, state_path: Path, last_path:
     """The same settings are required to resume (a resumed run that silently changed the model, the schedule or the
     validation split would compare "best" epochs across different runs); checked before the data is read."""
     saved = state["config"]
+    differences = []
     for key in ("variant", "frames", "size", "output_frame", "lr", "min_lr", "batch", "seed", "val_fraction", "val",
-                "sparse_masks"):
+                "sparse_masks", "augment"):
         # absent: a state file from before the key was recorded, or (states written before 2026-11-27 left out
         # None values) a --val that was not given; --val is the only one of these settings that can be None
-        was = saved.get(key)
-        if (key in saved or key == "val") and was != getattr(cfg, key):
-            flag = "--" + key.replace("_", "-")
-            if isinstance(was, bool):  # an on/off flag
-                raise VivimError(f"{state_path}: the run was started {'with' if was else 'without'} {flag}; "
-                                 "resume with the same flags")
-            raise VivimError(f"{state_path}: the run was started with {flag} {was!r}, not {getattr(cfg, key)!r}; "
-                             "resume with the same flags")
+        was, now = saved.get(key), getattr(cfg, key)
+        if (key in saved or key == "val") and was != now:
+            if key == "augment":  # the flag is --no-augment
+                differences.append(f"{'without' if was else 'with'} --no-augment")
+            elif isinstance(was, bool):  # an on/off flag
+                differences.append(f"{'with' if was else 'without'} --{key.replace('_', '-')}")
+            else:
+                differences.append(f"with --{key.replace('_', '-')} {was!r}, not {now!r}")
+    if differences:  # every one at once: resuming should not take one attempt per flag
+        raise VivimError(f"{state_path}: the run was started {'; '.join(differences)}; resume with the same flags")
     if saved["epochs"] != cfg.epochs:  # the cosine schedule's length is part of the state
         raise VivimError(f"{state_path}: the run was planned for --epochs {saved['epochs']}; resume with that value "
                          f"(or train longer in a new run: --init {last_path} with another --out)")
@@ -552,6 +566,17 @@ class _Progress:
     step_losses: list = field(default_factory=list)  # this process's steps only (not saved)
     val_history: list = field(default_factory=list)
     steps: int = 0
+    # an epoch --max-steps stopped inside: {"batches": done, "of": the epoch's batches, "loss_sum": their losses}
+    partial: Optional[dict] = None
+
+    def record_partial(self, dice: float, epoch: int) -> bool:
+        """A validation inside an open epoch (--max-steps): it may give the best weights so far, but the epoch's row
+        in the history waits for the epoch's end."""
+        self.val_history.append(dice)
+        improved = (not math.isfinite(dice)) or dice > self.best_dice
+        if improved:
+            self.best_dice, self.best_epoch = (dice if math.isfinite(dice) else self.best_dice), epoch
+        return improved
 
     def record_epoch(self, mean_loss: float, dice: float, epoch: int, lr: float) -> bool:
         """Append the epoch; True when it is the best so far (every epoch is, without a validation set)."""
@@ -597,28 +622,57 @@ class _Run:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty from a run without AMP: a run now with it starts a fresh scale
+            self.scaler.load_state_dict(state["scaler"])
         self.progress = _Progress(state["epoch"] + 1, state["best_dice"], state["best_epoch"], state["history"],
-                                  state["seconds"])
+                                  state["seconds"], partial=state.get("partial"))
         rank = self.dist.rank
         _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
         if self.dist.main and self.progress.start_epoch < cfg.epochs:  # a finished run gets the warning instead
-            print(f"resuming from {state_path} at epoch {self.progress.start_epoch + 1}/{cfg.epochs} "
+            partial = self.progress.partial
+            inside = f", batch {partial['batches'] + 1} of {partial['of']}" if partial else ""
+            print(f"resuming from {state_path} at epoch {self.progress.start_epoch + 1}/{cfg.epochs}{inside} "
                   f"(best Dice so far {self.progress.best_dice:.4f})")
 
     def train_epoch(self, epoch: int, data: _Data) -> tuple[float, bool]:
-        """One pass over the training clips; (mean loss, stopped by --max-steps). The LR schedule steps after it."""
-        import torch
+        """One pass over the training clips, or the rest of one that --max-steps stopped inside; (mean loss, stopped by
+        --max-steps). The LR schedule steps after a whole epoch; `progress.partial` tells an epoch left open."""
         from tqdm import tqdm
+
+        cfg, progress = self.cfg, self.progress
+        # an epoch left open by --max-steps continues where it stopped: the shuffle and the augmentation are functions
+        # of (seed, epoch, index), so skipping the batches done gives the clips the uninterrupted run would have drawn
+        open_epoch = progress.partial or {"batches": 0, "loss_sum": 0.0}
+        done_before = int(open_epoch["batches"])
+        data.start_epoch(epoch, skip=done_before * cfg.batch)
+        self.net.train()
+        epoch_batches = done_before + len(data.train_loader)
+        bar = tqdm(total=epoch_batches, initial=done_before, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not (cfg.progress and self.dist.main), dynamic_ncols=True)
+        try:
+            total, batches, stopped = self._steps(epoch, data, bar, float(open_epoch["loss_sum"]), done_before)
+        finally:
+            bar.close()  # also on Ctrl-C: the interruption's message starts on a line of its own
+        progress.partial = None if batches >= epoch_batches else {"batches": batches, "of": epoch_batches,
+                                                                    "loss_sum": total}
+        if progress.partial is None:
+            with warnings.catch_warnings():
+                # AMP's grad scaler skips the steps whose gradients overflow, at first while it finds its scale; when
+                # that is every step of an epoch (a short epoch), torch warns that the schedule steps before the
+                # optimiser did. The schedule is per epoch, so the warning describes nothing wrong here.
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                self.scheduler.step()
+        return total / max(1, batches), stopped
+
+    def _steps(self, epoch: int, data: _Data, bar: Any, total: float, batches: int) -> tuple[float, int, bool]:
+        """The optimisation steps of one epoch, continuing the sums (`total` loss over `batches`) of the batches done
+        before; returns them and whether --max-steps ended the steps."""
+        import torch
 
         from vivim.losses import structure_loss
 
         cfg, progress = self.cfg, self.progress
-        data.start_epoch(epoch)
-        self.net.train()
-        bar = tqdm(total=len(data.train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not (cfg.progress and self.dist.main), dynamic_ncols=True)
-        total, batches, clips, t0, stopped = 0.0, 0, 0, time.perf_counter(), False
+        stopped, clips, t0 = False, 0, time.perf_counter()
         for batch in data.train_loader:
             clip = batch["clip"].to(self.device, non_blocking=True)
             target = batch["mask"].to(self.device, non_blocking=True)
@@ -640,14 +694,7 @@ class _Run:
             if cfg.max_steps is not None and progress.steps >= cfg.max_steps:
                 stopped = True
                 break
-        bar.close()
-        with warnings.catch_warnings():
-            # AMP's grad scaler skips the steps whose gradients overflow, at first while it finds its scale; when that
-            # is every step of an epoch (a short epoch), torch warns that the schedule steps before the optimiser did.
-            # The schedule is per epoch, so the warning describes nothing wrong here.
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-            self.scheduler.step()
-        return total / max(1, batches), stopped
+        return total, batches, stopped
 
     def save_epoch(self, epoch: int, data: _Data, seconds: float, improved: bool, dice: float, t_epoch: float) -> None:
         """Rank 0 writes last (and best) checkpoints and the resume state, atomically; every rank sends its RNG."""
@@ -661,9 +708,11 @@ class _Run:
             if self.dist.world > 1:
                 dist.gather_object(_rng_state(), None, dst=0)
             return
-        best = progress.best_dice
+        best, partial = progress.best_dice, progress.partial
         summary = {
-            "epochs_done": epoch + 1, "epochs": cfg.epochs, "best_val_dice": round(best, 6) if best >= 0 else None,
+            "epochs_done": epoch + (partial is None), "epochs": cfg.epochs,
+            **({"partial_epoch": {"epoch": epoch + 1, "batches": partial["batches"], "of": partial["of"]}}
+               if partial else {}), "best_val_dice": round(best, 6) if best >= 0 else None,
             "best_epoch": progress.best_epoch + 1, "data": str(cfg.data),
             "val": data.val_source, "val_kind": data.val_kind, "data_id": folder_id(cfg.data),
             "seed": cfg.seed,
@@ -685,12 +734,19 @@ class _Run:
             "format": STATE_FORMAT, "config": asdict(cfg),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "epoch": epoch, "best_dice": best, "best_epoch": progress.best_epoch,
+            # "epoch": the last whole one; "partial": the epoch after it, open (--max-steps stopped inside it)
+            "scaler": self.scaler.state_dict(), "epoch": epoch - (partial is not None), "partial": partial,
+            "best_dice": best, "best_epoch": progress.best_epoch,
             "history": progress.history, "seconds": seconds, "rng": rngs, "val_kind": data.val_kind,
             "val_videos": [v.name for v in data.val_videos],
         }, self.state_path)
         atomic.write_text(history_path(cfg.out), history_csv(progress.history, progress.best_epoch))
         shown = f"val Dice {dice:.4f}" if math.isfinite(dice) else "no validation set"
+        if partial:
+            print(f"epoch {epoch + 1}/{cfg.epochs} stopped by --max-steps after {partial['batches']} of {partial['of']} "
+                  f"batches: loss {partial['loss_sum'] / max(1, partial['batches']):.4f}, {shown}, "
+                  f"{time.perf_counter() - t_epoch:.0f} s{' (best)' if improved else ''}; --resume continues the epoch")
+            return
         print(f"epoch {epoch + 1}/{cfg.epochs}: loss {progress.history['epoch_loss'][-1]:.4f}, {shown}, "
               f"lr {progress.history['lr'][-1]:.2e}, {time.perf_counter() - t_epoch:.0f} s{' (best)' if improved else ''}")
 
@@ -709,15 +765,18 @@ class _Run:
         result = TrainResult(self.best_path, self.last_path, self.state_path, progress.best_dice, progress.best_epoch + 1,
                              epochs_done, progress.step_losses, progress.val_history, seconds,
                              {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
-        if self.dist.main and epochs_done:
+        if self.dist.main and (epochs_done or progress.partial):
             best = progress.best_dice
             best_text = f"best val Dice {best:.4f} (epoch {progress.best_epoch + 1})" if best >= 0 else "no validation"
-            print(f"done: {epochs_done} epochs in {seconds / 60:.1f} min, {best_text}; "
+            open_epoch = (f" and {progress.partial['batches']} of {progress.partial['of']} batches of epoch "
+                          f"{epochs_done + 1} (--max-steps)" if progress.partial else "")
+            print(f"done: {epochs_done} epochs{open_epoch} in {seconds / 60:.1f} min, {best_text}; "
                   f"best {self.best_path}, last {self.last_path}, resume state {self.state_path}, "
                   f"per-epoch log {history_path(cfg.out)}")
             report = self.best_path.with_suffix(".eval.json")
             sparse = ["--sparse-masks"] if cfg.sparse_masks else []  # a held-out set annotated the same way
-            if detect_layout(Path(cfg.data)) == "vtus" and (Path(cfg.data) / "Test").is_dir():
+            scored_test = all((Path(cfg.data) / name).is_dir() for name in ("Test", "Test_GT"))  # frames and masks
+            if detect_layout(Path(cfg.data)) == "vtus" and scored_test:
                 next_command(shell("vivim-eval", self.best_path, "--data", cfg.data, "--split", "test", *sparse,
                                    "--json", report))
             else:  # a DAVIS folder has no test split of its own: score on videos the model never saw
@@ -767,18 +826,35 @@ def train(
         patience=patience,
     )
     started = time.time()
+    previous = _terminate_like_ctrl_c()
     try:
         run_training(cfg)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (a scheduler's time limit, docker stop) through Terminated
+        terminated = isinstance(exc, Terminated)
         state = output_paths(cfg.out)[2]
         if state.is_file() and (resume or state.stat().st_mtime >= started):  # this run's, or the one it continues
-            raise Interrupted(f"the finished epochs are saved; continue with --resume and the same flags ({state})") from None
-        raise Interrupted("before the first epoch finished; nothing was saved") from None
+            raise Interrupted(f"the finished epochs are saved; continue with --resume and the same flags ({state})",
+                              terminated=terminated) from None
+        raise Interrupted("before the first epoch finished; nothing was saved", terminated=terminated) from None
     finally:
         import torch.distributed as dist
 
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _terminate_like_ctrl_c() -> Any:
+    """SIGTERM unwinds vivim-train as Ctrl-C does (the one-line note of what is saved, exit 143), instead of ending it
+    without a word; returns the previous handler (None off the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 def main() -> None:

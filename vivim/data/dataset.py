@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import numpy as np
@@ -118,15 +119,17 @@ class EpochSampler(Sampler):
     def __init__(self, sampler: Sampler) -> None:
         self.sampler = sampler
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """`skip`: leave out the epoch's first indices (the part of an epoch a resumed run has done already)."""
+        self.epoch, self.skip = epoch, skip
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
     def __iter__(self):
         epoch = self.epoch
-        return ((epoch, int(idx)) for idx in self.sampler)
+        return ((epoch, int(idx)) for idx in itertools.islice(self.sampler, self.skip, None))
 
     def __len__(self) -> int:
-        return len(self.sampler)  # type: ignore[arg-type]
+        return max(0, len(self.sampler) - self.skip)  # type: ignore[arg-type]
