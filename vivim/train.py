@@ -811,7 +811,7 @@ def train(
     output_frame: str = typer.Option("centre", "--output-frame", help="Supervised frame: centre (paper, offline) or newest (causal, live)."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="cuda, cuda:N or cpu (default: cuda when available)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps (smoke tests)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop this run after this many steps (validated and saved; --resume continues from that step)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Turn the paper's augmentations off."),
     sparse_masks: bool = typer.Option(False, "--sparse-masks", help="Only some frames have masks: train on those; the others feed their clips."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without a better validation Dice (default: train all --epochs)."),
