@@ -237,6 +237,7 @@ def test_mask_formats_users_bring(tmp_path):
     formats = {
         "labels_0_2.png": Image.fromarray(u8 * 2),
         "labels_0_100.png": Image.fromarray(u8 * 100),
+        "two_classes_0_1_2.png": Image.fromarray(u8 * rng.integers(1, 3, lesion.shape).astype(np.uint8)),
         "grey_alpha_marks_lesion.png": Image.fromarray(np.stack([np.full_like(u8, 255), u8 * 255], -1), "LA"),
         "grey_marks_lesion_opaque.png": Image.fromarray(np.stack([u8 * 255, np.full_like(u8, 255)], -1), "LA"),
         "rgba_alpha_only.png": Image.fromarray(rgba_alpha_only),
@@ -260,6 +261,12 @@ def test_mask_formats_users_bring(tmp_path):
     ]:
         image.save(tmp_path / name)
         np.testing.assert_array_equal(read_mask(tmp_path / name), expected, err_msg=name)
+    # a 0/1 mask saved as JPEG: compression adds small values near the edges, none reach 128
+    big = np.zeros((64, 64), np.uint8)
+    big[16:48, 20:44] = 1
+    Image.fromarray(big).save(tmp_path / "jpeg_0_1.jpg", quality=90)
+    read = read_mask(tmp_path / "jpeg_0_1.jpg")
+    assert (read & (big > 0)).sum() / (read | (big > 0)).sum() > 0.9
     # frames without a lesion, as each convention stores them
     transparent = np.zeros((*lesion.shape, 4), np.uint8)
     transparent[..., :3] = 255
@@ -502,6 +509,38 @@ def test_cli_check_counts_annotated_frames(tmp_path, davis):
     assert result.exit_code == 0, result.output
     count = sum(len(kept) for kept in annotated.values())
     assert f"3 videos, 18 frames, {count} of them annotated (1 video(s) without any mask)" in result.output
+
+
+def test_two_frames_or_masks_of_one_stem_are_refused_naming_both(tmp_path, davis):
+    """00002.jpg beside 00002.png would share one mask; two masks of one frame, neither a .png (the annotation beside
+    a .jpg preview), would leave the choice to the file names."""
+    root = _copy(davis, tmp_path)
+    frames = root / "JPEGImages" / "synth_0001"
+    cv2.imwrite(str(frames / "00002.png"), np.zeros((48, 48, 3), np.uint8))
+    assert f"{frames}: several frames are named 00002.* (00002.jpg, 00002.png); keep one of them" == \
+        _error(lambda: discover_videos(root))
+    (frames / "00002.png").unlink()
+    masks = root / "Annotations" / "synth_0002"
+    cv2.imwrite(str(masks / "00003.tif"), np.zeros((48, 48), np.uint8))
+    assert next(v for v in discover_videos(root) if v.name == "synth_0002").masks[3].suffix == ".png"  # .png wins
+    (masks / "00003.png").rename(masks / "00003.bmp")
+    assert f"{masks}: several masks are named 00003.* (00003.bmp, 00003.tif) and none is a .png" in \
+        _error(lambda: discover_videos(root))
+
+
+def test_cli_check_warns_when_every_mask_is_empty(tmp_path, davis):
+    """Masks that encode the lesion in a way the reader does not take read as empty: training would learn nothing."""
+    from typer.testing import CliRunner
+
+    from vivim.data.cli import app
+
+    root = _copy(davis, tmp_path)
+    masks = sorted((root / "Annotations").rglob("*.png"))
+    for mask in masks:
+        cv2.imwrite(str(mask), np.zeros(cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE).shape, np.uint8))
+    result = CliRunner().invoke(app, ["check", str(root)])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {root}: every one of the {len(masks)} masks is empty" in result.output
 
 
 def test_colour_jitter_is_the_pil_enhance_chain():

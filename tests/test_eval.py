@@ -201,9 +201,9 @@ def test_predicted_mask_folders_keep_what_vivim_eval_did_not_write_and_survive_a
     shutil.copy(data / "JPEGImages" / "synth_0001" / "00003.jpg", copy / "JPEGImages" / "synth_0001" / "00003.jpg")
     evaluate_checkpoint(str(checkpoint), str(copy), device="cpu", progress=False, save_masks=out)
     assert (out / "synth_0000" / "123456.png").read_bytes() == b"the user's"
-    # two frames that would share one mask file: refused before any model pass
+    # two frames that would share one mask (and one predicted mask file): refused by the reader, before any model pass
     cv2.imwrite(str(copy / "JPEGImages" / "synth_0000" / "00001.png"), np.zeros((48, 48, 3), np.uint8))
-    with pytest.raises(VivimError, match="video 'synth_0000' has several frames named 00001"):
+    with pytest.raises(VivimError, match=r"synth_0000: several frames are named 00001\.\* \(00001\.jpg, 00001\.png\)"):
         evaluate_checkpoint(str(checkpoint), str(copy), device="cpu", progress=False, save_masks=tmp_path / "p2")
 
 

@@ -718,3 +718,22 @@ def test_init_names_the_file_and_points_a_resume_state_to_resume(tmp_path):
     save_file({"w": torch.zeros(2)}, str(unrelated))
     with pytest.raises(VivimError, match=rf"--init {re.escape(str(unrelated))}: no SegFormer tensor matched"):
         _initialise(tiny, str(unrelated), verbose=False)
+
+
+def test_a_training_set_whose_masks_are_all_empty_is_named_once(data, tmp_path, capsys):
+    """Masks that mark the lesion in a way the reader does not take read as empty: the run says so after its first
+    epoch instead of training a model that only learned 'no lesion'."""
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    copy = tmp_path / "blank"
+    shutil.copytree(data, copy)
+    for mask in (copy / "Annotations").rglob("*.png"):
+        cv2.imwrite(str(mask), np.zeros(cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE).shape, np.uint8))
+    run_training(_cfg(copy, tmp_path / "blank.safetensors", epochs=2))
+    err = capsys.readouterr().err
+    assert err.count("every training mask this epoch was empty") == 1, err
+    run_training(_cfg(data, tmp_path / "fine.safetensors", epochs=1, max_steps=2))
+    assert "every training mask" not in capsys.readouterr().err

@@ -152,17 +152,12 @@ class PredictionFolders:
     files it did not write are never overwritten. Folders of videos this evaluation does not score are left alone."""
 
     def __init__(self, folder: Path, videos, data: str | Path) -> None:
-        from vivim.data.layouts import shared_stem
         from vivim.runtime.sinks import MaskFolderSink
 
         # masks written among the frames would be read as frames by the next evaluation
         paths.refuse_writing_over_inputs({"--save-masks": folder}, {"--data": data}, folders=("--data",))
+        # one mask file per frame: the dataset reader refused frames that share a stem (frame_1.jpg and frame_1.png)
         self.videos = {video.name: video for video in videos if video.annotated}
-        for name, video in self.videos.items():
-            twice = shared_stem(video.frames)
-            if twice is not None:  # frame_1.jpg and frame_1.png: one mask file for two frames
-                raise VivimError(f"--save-masks: video '{name}' has several frames named {twice}.*, whose masks would "
-                                 "share one file; rename them")
         self.sinks = {name: MaskFolderSink(str(Path(folder) / name), names=[f.stem for f in video.frames],
                                            tool="vivim-eval")
                       for name, video in self.videos.items()}

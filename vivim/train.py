@@ -605,6 +605,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
         self.progress = _Progress()
         self.net = model  # wrap_ddp() replaces it once the weights are final (after a resume)
+        self.saw_lesion = False  # any training mask with a lesion in this run's first epoch
 
     def wrap_ddp(self) -> None:
         """One process per GPU: DistributedDataParallel over the model, after resume() loaded its weights."""
@@ -649,10 +650,15 @@ class _Run:
         epoch_batches = done_before + len(data.train_loader)
         bar = tqdm(total=epoch_batches, initial=done_before, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not (cfg.progress and self.dist.main), dynamic_ncols=True)
+        first = not self.saw_lesion
         try:
             total, batches, stopped = self._steps(epoch, data, bar, float(open_epoch["loss_sum"]), done_before)
         finally:
             bar.close()  # also on Ctrl-C: the interruption's message starts on a line of its own
+        if first and not self.saw_lesion and self.dist.main and self.dist.world == 1:
+            self.saw_lesion = True  # said once
+            warn(f"every training mask this epoch was empty: the model can only learn 'no lesion'; check how the masks "
+                 f"mark the lesion with vivim-data check {shell(cfg.data)}")
         progress.partial = None if batches >= epoch_batches else {"batches": batches, "of": epoch_batches,
                                                                     "loss_sum": total}
         if progress.partial is None:
@@ -674,6 +680,7 @@ class _Run:
         cfg, progress = self.cfg, self.progress
         stopped, clips, t0 = False, 0, time.perf_counter()
         for batch in data.train_loader:
+            self.saw_lesion = self.saw_lesion or bool(batch["lesion"].any())  # the files', before any mask noise
             clip = batch["clip"].to(self.device, non_blocking=True)
             target = batch["mask"].to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):

@@ -105,6 +105,10 @@ def check(
     lesion = f"{100 * float(np.mean(fg)):.1f} %" if fg else "n/a"
     print(f"{data}: {detect_layout(Path(data))} layout, split {split}: {len(videos)} videos, {total} frames, "
           f"{annotated}sizes {size_text}, lesion pixels {lesion} on average, {empty} frames with an empty mask")
+    if fg and empty == len(fg):  # nothing to learn: most likely masks that encode the lesion in another way
+        warn(f"{data}: every one of the {len(fg)} masks is empty; see README (Data) for how a mask marks the lesion")
+    elif sparse_masks and not fg:
+        warn(f"{data}: no frame has a mask; masks are named like their frames (<frame stem>.png)")
 
 
 def main() -> None:

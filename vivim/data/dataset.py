@@ -25,7 +25,8 @@ def no_mask_error(videos: Sequence, what: str = "") -> VivimError:
 
 class ClipDataset(Dataset):
     """Samples are (video, frame) pairs; item = {'clip': (T,3,S,S) float32, 'mask': (1,S,S) float32 in [0,1],
-    'video': name, 'frame': index}. The mask is the supervised frame's (soft after the bilinear resize).
+    'video': name, 'frame': index, 'lesion': whether the mask file marks any}. The mask is the supervised frame's
+    (soft after the bilinear resize).
 
     Randomness (augmentation) is a pure function of (seed, epoch, index): identical across worker counts,
     processes and resumed runs. Index it with (epoch, index) keys from `EpochSampler`; a plain index uses the epoch
@@ -81,7 +82,9 @@ class ClipDataset(Dataset):
             self.cache[key] = image
         return image
 
-    def _mask(self, video: VideoRecord, index: int, rng: np.random.Generator | None) -> np.ndarray:
+    def _mask(self, video: VideoRecord, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, bool]:
+        """The supervised frame's mask at the model's size (augmentation noise added when training), and whether
+        the file itself marks any lesion."""
         mask_path, frame_path = video.masks[index], video.frames[index]
         assert mask_path is not None  # samples are annotated frames only
         mask = read_mask(mask_path)
@@ -89,8 +92,8 @@ class ClipDataset(Dataset):
         if mask.shape != frame_shape:
             raise size_mismatch(mask_path, mask.shape[::-1], frame_path, frame_shape[::-1])
         if rng is not None and self.augment is not None and self.augment.mask_noise > 0:
-            return resize_mask(salt_and_pepper(mask, self.augment.mask_noise, rng), self.size)
-        return resize_mask(mask, self.size)
+            return resize_mask(salt_and_pepper(mask, self.augment.mask_noise, rng), self.size), bool(mask.any())
+        return resize_mask(mask, self.size), bool(mask.any())
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, idx = key if isinstance(key, tuple) else (self.epoch, key)
@@ -99,7 +102,7 @@ class ClipDataset(Dataset):
         indices = clip_indices(i, len(video), self.frames, self.output_frame)
         rng = np.random.default_rng([self.seed, epoch, idx]) if self.augment is not None else None
         clip = np.stack([self._frame(video.frames[j]) for j in indices])
-        mask = self._mask(video, i, rng)
+        mask, lesion = self._mask(video, i, rng)
         if rng is not None and self.augment is not None:
             geometry = self.augment.geometry(rng)
             clip = np.stack([self.augment.jitter(apply_geometry(f, *geometry), rng) for f in clip])
@@ -109,6 +112,7 @@ class ClipDataset(Dataset):
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)[None]),
             "video": video.name,
             "frame": i,
+            "lesion": lesion,  # the mask file marks a lesion (the noise the augmentation adds aside)
         }
 
 

@@ -90,6 +90,8 @@ def _binarise(values: np.ndarray) -> np.ndarray:
     zero = values == 0
     if zero.any() and np.all(zero | (values == top)):  # 0 and one label value
         return ~zero
+    if 1 < top < 128 and zero.any():  # small labels on a 0 background: classes (0/1/2), or 0/1 with JPEG noise
+        return ~zero
     scale = 1 if top <= 1 else 255 if top <= 255 else 65535 if top <= 65535 else float(top)
     return values > scale / 2
 

@@ -84,10 +84,18 @@ def _video_record(name: str, frame_dir: Path, mask_dir: Path, sparse: bool) -> V
     if not mask_dir.is_dir():
         raise VivimError(f"{mask_dir}: mask folder for video '{name}' is missing")
     frames = _list_frames(frame_dir)
+    # a mask belongs to the frame of its stem: two frames of one stem (00002.jpg and 00002.png) would share one mask
+    twice = shared_stem(frames)
+    if twice is not None:
+        names = sorted(p.name for p in frames if p.stem.casefold() == twice.casefold())
+        raise VivimError(f"{frame_dir}: several frames are named {twice}.* ({', '.join(names)}); keep one of them")
     masks_by_stem: dict[str, Path] = {}
     for mask in sorted(mask_dir.iterdir(), key=lambda p: (p.suffix != ".png", p.name)):  # <stem>.png first
         if mask.suffix.lower() in FRAME_EXTENSIONS and not mask.name.startswith("."):
-            masks_by_stem.setdefault(mask.stem, mask)
+            chosen = masks_by_stem.setdefault(mask.stem, mask)
+            if chosen is not mask and chosen.suffix != ".png":  # a .png is the annotation (a .jpg is its preview)
+                raise VivimError(f"{mask_dir}: several masks are named {mask.stem}.* ({chosen.name}, {mask.name}) and "
+                                 "none is a .png, which would be the one read; keep one of them")
     missing = [frame for frame in frames if frame.stem not in masks_by_stem]
     # a missing mask is an error unless the dataset says it is annotated sparsely: a file lost in a copy must not
     # silently shrink the training set
