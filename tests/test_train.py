@@ -485,7 +485,7 @@ def test_validation_dice_is_the_mean_over_frames_of_the_supervised_frame(data, o
     assert dice == pytest.approx(sum(per_frame) / len(per_frame), abs=1e-9)
 
 
-def test_a_vtus_val_folder_is_the_validation_split(tmp_path):
+def test_a_vtus_val_folder_is_the_validation_split(tmp_path, capsys):
     import shutil
 
     root = tmp_path / "vtus"
@@ -514,8 +514,10 @@ def test_a_vtus_val_folder_is_the_validation_split(tmp_path):
     assert vivim.load_checkpoint(resumed.last_path)[1]["training"]["val_videos"] == carved["val_videos"]
     # Val/ without its masks is not a validation split: carve as before
     shutil.rmtree(root / "Val_GT")
+    capsys.readouterr()
     unlabelled = run_training(_cfg(root, tmp_path / "u.safetensors", epochs=1, val_fraction=0.34, max_steps=1))
     assert vivim.load_checkpoint(unlabelled.best_path)[1]["training"]["val_kind"] == "carved"
+    assert f"warning: {root / 'Val'} has no Val_GT/ beside it (no masks to score)" in capsys.readouterr().err
     # the same rule for a VTUS folder given as --val: its unlabelled Val/ is passed over for its Train/
     other = tmp_path / "other"
     shutil.copytree(root, other)

@@ -473,6 +473,10 @@ def _build_data(cfg: TrainConfig, dist_info: _Dist, device: Any, val_kind: str |
     else:
         train_videos, val_videos = split_by_video(all_train, cfg.val_fraction, cfg.seed)
         val_source = f"{len(val_videos)} video(s) carved from --data"
+        unlabelled_val = Path(cfg.data) / "Val"
+        if val_videos and unlabelled_val.is_dir() and not (Path(cfg.data) / "Val_GT").is_dir() and dist_info.main:
+            warn(f"{unlabelled_val} has no Val_GT/ beside it (no masks to score): validating on videos carved from "
+                 "--data instead")
     check_headers(train_videos + val_videos)
     local_ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")  # torchrun's processes on this machine
     copies = max(1, cfg.workers) * (int(local_ranks) if local_ranks.isdigit() else 1)
