@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from vivim import paths
 from vivim.checkpoint import checkpoint_file
+from vivim.constants import untrained_output_frame
 from vivim.errors import VivimError
 from vivim.runtime.backends import Backend, create_backend
 from vivim.runtime.config import RunConfig
@@ -187,7 +188,11 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
             backend = create_backend(cfg.backend, cfg.preprocess.interpolation, log=log)
         # not given: the model's own (a model trained on the newest frame runs on it, without lag); the caller's
         # config is left as it was, for a next run with another model
-        output_frame = cfg.backend.output_frame or getattr(backend, "trained_output_frame", None) or "centre"
+        trained_frame = getattr(backend, "trained_output_frame", None)
+        output_frame = cfg.backend.output_frame or trained_frame or "centre"
+        mismatch = untrained_output_frame(cfg.backend.output_frame, trained_frame, backend.frames, str(getattr(backend, "source", "the model")))
+        if mismatch:
+            log(f"warning: {mismatch}")
         window = ClipWindow(backend.frames, output_frame)
         if backend.fixed_output_index is not None and backend.fixed_output_index != window.index:
             raise VivimError(

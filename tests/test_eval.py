@@ -362,3 +362,12 @@ def test_frames_are_prepared_with_the_checkpoints_own_normalisation_and_resize_f
     rgb = cv2.resize(read_frame(dataset.videos[video].frames[index]), (32, 32), interpolation=cv2.INTER_AREA)
     expected = ((rgb.astype(np.float64) / 255.0 - np.array(mean)) / np.array(std)).transpose(2, 0, 1)
     np.testing.assert_allclose(clip[1], expected, rtol=0, atol=1e-4)
+
+
+def test_scoring_a_frame_the_model_was_not_trained_for_is_said(checkpoint, data, capsys):
+    """A centre-trained model scored on the newest frame of its clips scores worse there: allowed, and said."""
+    evaluate_checkpoint(str(checkpoint), str(data), device="cpu", progress=False, output_frame="newest", sweep=False)
+    err = capsys.readouterr().err
+    assert f"warning: {checkpoint} was trained to segment the centre frame of its clip; --output-frame newest" in err
+    evaluate_checkpoint(str(checkpoint), str(data), device="cpu", progress=False, output_frame="centre", sweep=False)
+    assert "was trained to segment" not in capsys.readouterr().err

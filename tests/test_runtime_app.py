@@ -725,6 +725,11 @@ def test_the_output_frame_defaults_to_the_one_the_model_was_trained_for(tmp_path
     checkpoint = {"kind": "checkpoint", "model": str(newest)}
     assert (summary(checkpoint)["output_frame"], summary(checkpoint)["lag_frames"]) == ("newest", 0)
     assert summary(checkpoint, output_frame="centre")["lag_frames"] == 2
+    lines = []  # asked for a frame it was not trained to segment: said, not refused
+    run(cfg(source={"kind": "video", "location": clip}, backend={"device": "cpu", **checkpoint, "output_frame": "centre"},
+            sink={"headless": True, "quiet": True}), log=lines.append)
+    assert any(line.startswith(f"warning: {newest} was trained to segment the newest frame of its clip; "
+                               "--output-frame centre asks for another") for line in lines), lines
     default = tmp_path / "default.safetensors"  # no output_frame in its metadata: the paper's centre
     vivim.save_checkpoint(vivim.create_model("tiny", frames=5, img_size=32), default)
     assert summary({"kind": "checkpoint", "model": str(default)})["output_frame"] == "centre"

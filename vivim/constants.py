@@ -93,6 +93,20 @@ def output_frame_index(output_frame: "str | int", frames: int) -> int:
     return index % frames
 
 
+def untrained_output_frame(given: "str | None", trained: "str | None", frames: int, source: str) -> "str | None":
+    """The warning for an --output-frame the model was not trained to segment (its masks are worse there, e.g. a
+    centre-trained model asked for the newest frame of its clip), or None. Index equality: at T = 1 both are frame 0."""
+    if given is None or trained is None or given == trained:
+        return None
+    try:
+        if output_frame_index(given, frames) == output_frame_index(trained, frames):
+            return None
+    except ValueError:
+        return None
+    return (f"{source} was trained to segment the {trained} frame of its clip; --output-frame {given} asks for "
+            f"another, where its masks are less accurate (retrain with --output-frame {given} for that)")
+
+
 def check_output_frame(output_frame: "str | int", frames: int, flag: str = "--output-frame") -> int:
     """output_frame_index for a user's flag: a frame outside the clip is a one-line VivimError naming the flag."""
     from vivim.errors import VivimError

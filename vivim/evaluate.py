@@ -77,7 +77,8 @@ def evaluate_checkpoint(
     from tqdm import tqdm
 
     import vivim
-    from vivim.constants import check_output_frame, normalization_from_metadata, resize_from_metadata
+    from vivim.constants import (check_output_frame, normalization_from_metadata, resize_from_metadata,
+                                 untrained_output_frame)
     from vivim.data.dataset import ClipDataset
     from vivim.data.layouts import discover_videos, every_video_note
     from vivim.metrics import MetricAccumulator
@@ -86,7 +87,11 @@ def evaluate_checkpoint(
     model, meta = model_and_meta or vivim.load_checkpoint(checkpoint, map_location=device)
     model.to(device).eval()
     frames, size = int(meta["frames"]), int(meta["img_size"])
-    output_frame = output_frame or meta.get("output_frame", "centre")
+    trained_frame = meta.get("output_frame", "centre")  # checkpoints record the frame they were trained for
+    mismatch = untrained_output_frame(output_frame, trained_frame, frames, str(checkpoint))
+    if mismatch:
+        warn(mismatch)
+    output_frame = output_frame or trained_frame
     check_output_frame(output_frame, frames)
     asked = split = split or default_split(data)
     if every_video_note(data, split):  # a DAVIS folder without lists: the split is every video, and says so
