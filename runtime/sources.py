@@ -378,7 +378,7 @@ _MUTE_LOCK = threading.Lock()  # fd 2 is the process's: two overlapping mutes wo
 
 
 @contextlib.contextmanager
-def _native_stderr_muted() -> Iterator[None]:
+def native_stderr_muted() -> Iterator[None]:
     """OpenCV's own AVI parser prints its complaints about a damaged file straight to file descriptor 2 (no log level
     governs it), ahead of the one-line error that says what matters. Where fd 2 cannot be swapped (closed), the open
     runs unmuted."""
@@ -408,7 +408,7 @@ def open_video(path: str) -> Callable[[], Capture]:
     paths.require_file(path, "--video", hint="use --frames DIR for a folder of images")
 
     def opener() -> Capture:
-        with _native_stderr_muted():
+        with native_stderr_muted():
             capture = cv2.VideoCapture(path)
         if not capture.isOpened():
             raise VivimError(f"--video {path}: cannot open (unreadable or corrupt video, or a codec OpenCV lacks)")
@@ -419,7 +419,7 @@ def open_video(path: str) -> Callable[[], Capture]:
 
 def video_header(path: str) -> Tuple[Optional[float], Optional[int]]:
     """(frame rate, frame count) as the video's header declares them, each None when it has none; one open."""
-    with _native_stderr_muted():
+    with native_stderr_muted():
         capture = cv2.VideoCapture(path)
     try:
         if not capture.isOpened():

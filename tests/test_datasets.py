@@ -528,6 +528,24 @@ def test_two_frames_or_masks_of_one_stem_are_refused_naming_both(tmp_path, davis
         _error(lambda: discover_videos(root))
 
 
+def test_a_folder_that_is_not_a_dataset_says_what_it_looks_like(tmp_path, davis):
+    """The folders people pass by mistake: a layout's own subfolder, a folder of videos, one video's frames."""
+    root = _copy(davis, tmp_path)
+    inner = root / "JPEGImages"
+    assert _error(lambda: discover_videos(inner)).endswith(f"; this is the JPEGImages/ folder of one: pass its parent {root}")
+    videos = tmp_path / "my videos"
+    videos.mkdir()
+    (videos / "case1.mp4").write_bytes(b"")
+    assert f"it holds video files: vivim-data import '{videos}' --masks MASKS -o DATASET" in \
+        _error(lambda: discover_videos(videos))
+    one = root / "JPEGImages" / "synth_0000"
+    assert _error(lambda: discover_videos(one)).endswith("; it holds the frames of one video, which go in "
+                                                         "JPEGImages/<video>/ (masks in Annotations/<video>/)")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _error(lambda: discover_videos(empty)).endswith("(expected JPEGImages/ + Annotations/, or Train/ + Train_GT/)")
+
+
 def test_cli_check_warns_when_every_mask_is_empty(tmp_path, davis):
     """Masks that encode the lesion in a way the reader does not take read as empty: training would learn nothing."""
     from typer.testing import CliRunner

@@ -330,14 +330,14 @@ def test_an_image_removed_during_the_run_is_named_as_such(tmp_path):
 def test_muting_the_native_stderr_restores_it_under_threads_and_tolerates_it_closed():
     """The mute swaps file descriptor 2 of the whole process: overlapping mutes from two threads must not leave it
     on /dev/null, and a process whose fd 2 was closed still opens its video (unmuted)."""
-    from vivim.runtime.sources import _native_stderr_muted
+    from vivim.runtime.sources import native_stderr_muted
 
     before = os.fstat(2)
     start = threading.Barrier(4)
 
     def mute_a_while():
         start.wait()
-        with _native_stderr_muted():
+        with native_stderr_muted():
             time.sleep(0.02)
 
     threads = [threading.Thread(target=mute_a_while) for _ in range(4)]
@@ -347,7 +347,7 @@ def test_muting_the_native_stderr_restores_it_under_threads_and_tolerates_it_clo
         t.join()
     after = os.fstat(2)
     assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
-    code = ("import os\nos.close(2)\nfrom vivim.runtime.sources import _native_stderr_muted\n"
-            "with _native_stderr_muted():\n    pass\nprint('ok')\n")
+    code = ("import os\nos.close(2)\nfrom vivim.runtime.sources import native_stderr_muted\n"
+            "with native_stderr_muted():\n    pass\nprint('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr

@@ -12,7 +12,7 @@ from vivim.cli_utils import next_command, run_app, shell, warn
 from vivim.constants import SEED_MAX
 from vivim.errors import VivimError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic ultrasound data and dataset checks.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic ultrasound data, video import and dataset checks.")
 
 
 @app.command()
@@ -65,6 +65,38 @@ def synth(
         return
     next_command(shell("vivim-train", "--data", out, "--variant", "tiny", "--size", train_size, "--epochs", 20, *no_val,
                        *sparse, "--out", "runs/synth.safetensors"))
+
+
+@app.command("import")
+def import_command(
+    videos: Path = typer.Argument(..., help="A video file, or a folder of them (.mp4, .avi, .mov, .mkv, ...)."),
+    masks: Path = typer.Option(..., "--masks", "-m", help="Folder with, per video <stem>, a mask video <stem>.mp4 (any container) or a folder <stem>/ of one mask image per frame."),
+    out: Path = typer.Option(..., "--out", "-o", help="New dataset folder (DAVIS layout: JPEGImages/ + Annotations/)."),
+    image_format: str = typer.Option("jpg", "--format", help="Frame files: jpg (quality 95, as DAVIS) or png (lossless)."),
+) -> None:
+    """Turn video files and their masks into a dataset for vivim-train and vivim-eval."""
+    from tqdm import tqdm
+
+    from vivim.data.video_import import find_videos, header_frames, import_videos, plan_import
+
+    if image_format not in ("jpg", "png"):
+        raise VivimError(f"--format {image_format!r}: choose jpg or png")
+    if not masks.is_dir():
+        raise VivimError(f"--masks {masks}: no such folder")
+    paths.check_writable(out, "-o", folder=True)
+    files = find_videos(videos)
+    sources = plan_import(files, masks, out)
+    start = time.perf_counter()
+    with tqdm(total=sum(header_frames(v) for v in files) or None, unit="frame", desc="import") as bar:
+        summary = import_videos(sources, out, image_format=image_format, progress=bar.update)
+    sizes = sorted({f"{v['width']}x{v['height']}" for v in summary.videos})
+    lesion = sum(v["lesion"] * v["frames"] for v in summary.videos) / max(1, summary.frames)
+    print(f"imported {len(summary.videos)} video(s), {summary.frames} frames ({', '.join(sizes)}) into {out} in "
+          f"{time.perf_counter() - start:.1f} s; lesion pixels {100 * lesion:.1f} %")
+    if lesion == 0:
+        warn(f"{masks}: every mask is empty; see README (Data) for how a mask marks the lesion")
+    no_val = ["--val-fraction", 0] if len(summary.videos) < 2 else []  # one video: nothing to hold out
+    next_command(shell("vivim-train", "--data", out, *no_val, "--out", "runs/model.safetensors"))
 
 
 @app.command()

@@ -68,6 +68,11 @@ def read_mask(path: str | Path) -> np.ndarray:
         raise VivimError(f"{path}: cannot decode this mask ({exc.__class__.__name__})") from None
     if palette:
         return array > 0
+    return binarise_mask_image(array, has_alpha)
+
+
+def binarise_mask_image(array: np.ndarray, has_alpha: bool = False) -> np.ndarray:
+    """The lesion of a mask already in memory (e.g. a frame of a mask video, BGR), by the rules of `read_mask`."""
     return _binarise(_mask_values(array, has_alpha))
 
 

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vivim.cli_utils import shell
 from vivim.data.image_io import FRAME_EXTENSIONS, image_size, size_mismatch
 from vivim.errors import VivimError
 
@@ -44,7 +45,22 @@ def detect_layout(root: Path, flag: str = "") -> str:
         return "davis"
     if any((root / name).is_dir() for name in ("Train", "Test", "Val")):
         return "vtus"
-    raise VivimError(f"{name}: not a dataset folder (expected JPEGImages/ + Annotations/, or Train/ + Train_GT/)")
+    raise VivimError(f"{name}: not a dataset folder (expected JPEGImages/ + Annotations/, or Train/ + Train_GT/)"
+                     + _what_it_looks_like(root))
+
+
+def _what_it_looks_like(root: Path) -> str:
+    """A hint for the folders people pass by mistake: a layout's subfolder, a folder of videos, one video's frames."""
+    from vivim.data.video_import import VIDEO_EXTENSIONS
+
+    if root.name in ("JPEGImages", "Annotations", "Train", "Train_GT", "Test", "Test_GT", "Val", "Val_GT"):
+        return f"; this is the {root.name}/ folder of one: pass its parent {root.parent}"
+    files = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if any(p.suffix.lower() in VIDEO_EXTENSIONS for p in files):
+        return f"; it holds video files: vivim-data import {shell(root)} --masks MASKS -o DATASET makes a dataset of them"
+    if any(p.suffix.lower() in FRAME_EXTENSIONS for p in files):
+        return "; it holds the frames of one video, which go in JPEGImages/<video>/ (masks in Annotations/<video>/)"
+    return ""
 
 
 def frame_order(path: Path) -> tuple:

@@ -1,0 +1,178 @@
+"""vivim-data import: video files and their masks (mask videos, or folders of mask images) -> a DAVIS dataset.
+
+The expected frames and masks are the ones written into the source videos, read back with OpenCV (the frames) or
+known exactly (the masks): the imported dataset must hold the same pictures, in order, through the dataset reader.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from vivim.data.cli import app
+from vivim.data.image_io import read_frame, read_mask
+from vivim.data.layouts import discover_videos
+from vivim.errors import VivimError
+
+H, W = 40, 48
+
+
+def _scene(rng: np.random.Generator, frames: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Speckled frames with a bright disc moving across them, and the disc's masks."""
+    images, masks = [], []
+    x, y, r = rng.integers(12, 20), rng.integers(12, 24), int(rng.integers(6, 10))
+    for k in range(frames):
+        image = rng.integers(0, 60, (H, W), dtype=np.uint8)
+        mask = np.zeros((H, W), np.uint8)
+        cv2.circle(mask, (int(x) + 3 * k, int(y)), r, 1, -1)
+        image[mask > 0] = 220
+        images.append(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
+        masks.append(mask)
+    return images, masks
+
+
+def _write_video(path: Path, images: list[np.ndarray]) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*("MJPG" if path.suffix == ".avi" else "mp4v")), 10, (W, H))
+    assert writer.isOpened()
+    for image in images:
+        writer.write(image)
+    writer.release()
+
+
+def _decoded(path: Path) -> list[np.ndarray]:
+    capture, frames = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return frames
+        frames.append(frame)
+
+
+@pytest.fixture
+def sources(tmp_path):
+    """Two videos: one with a mask video (0/255, lossy codec), one with a folder of 0/1 PNG masks."""
+    rng = np.random.default_rng()
+    videos, masks = tmp_path / "videos", tmp_path / "masks"
+    videos.mkdir()
+    masks.mkdir()
+    truth = {}
+    first, first_masks = _scene(rng, 7)
+    _write_video(videos / "case 1.mp4", first)
+    _write_video(masks / "case 1.avi", [cv2.cvtColor(m * 255, cv2.COLOR_GRAY2BGR) for m in first_masks])
+    truth["case 1"] = first_masks
+    second, second_masks = _scene(rng, 4)
+    _write_video(videos / "case_2.avi", second)
+    (masks / "case_2").mkdir()
+    for k, mask in enumerate(second_masks):
+        cv2.imwrite(str(masks / "case_2" / f"frame_{k + 1}.png"), mask)  # 1-based names: the order is what counts
+    truth["case_2"] = second_masks
+    return videos, masks, truth
+
+
+def _import(*args: str):
+    return CliRunner().invoke(app, ["import", *args])
+
+
+def test_videos_and_their_masks_become_a_dataset_the_reader_takes(sources, tmp_path):
+    videos, masks, truth = sources
+    out = tmp_path / "dataset"
+    result = _import(str(videos), "--masks", str(masks), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "imported 2 video(s), 11 frames (48x40)" in result.output
+    assert f"next: vivim-train --data {out} --out runs/model.safetensors" in result.output
+    records = {v.name: v for v in discover_videos(out)}
+    assert sorted(records) == ["case 1", "case_2"]
+    for name, source in (("case 1", videos / "case 1.mp4"), ("case_2", videos / "case_2.avi")):
+        record, expected_masks = records[name], truth[name]
+        assert len(record.frames) == len(expected_masks) and record.frames[0].name == "00000.jpg"
+        for frame_path, mask_path, decoded, expected in zip(record.frames, record.masks, _decoded(source),
+                                                            expected_masks):
+            error = read_frame(frame_path).astype(float) - decoded[..., ::-1].astype(float)  # read_frame gives RGB
+            assert 10 * np.log10(255**2 / max(1e-9, float(np.mean(error**2)))) > 30  # the same picture (JPEG q95)
+            mask = read_mask(mask_path)
+            if name == "case_2":  # PNG masks: exact
+                np.testing.assert_array_equal(mask, expected > 0)
+            else:  # a mask video through a lossy codec: the same disc up to its rim
+                assert (mask & (expected > 0)).sum() / (mask | (expected > 0)).sum() > 0.9
+    assert (out / "import.json").is_file()
+    assert not list(tmp_path.glob(".dataset.importing-*"))
+
+
+def test_png_frames_are_lossless(sources, tmp_path):
+    videos, masks, _ = sources
+    out = tmp_path / "png"
+    assert _import(str(videos / "case_2.avi"), "--masks", str(masks), "-o", str(out), "--format", "png").exit_code == 0
+    frames = sorted((out / "JPEGImages" / "case_2").iterdir())
+    for path, decoded in zip(frames, _decoded(videos / "case_2.avi")):
+        assert path.suffix == ".png" and np.array_equal(cv2.imread(str(path)), decoded)
+
+
+def _error(result) -> str:
+    assert result.exit_code != 0 and isinstance(result.exception, VivimError), result.output
+    message = str(result.exception)
+    assert "\n" not in message
+    return message
+
+
+def test_what_cannot_be_imported_is_one_line_and_leaves_nothing(sources, tmp_path):
+    videos, masks, truth = sources
+    out = tmp_path / "dataset"
+    # a mask video one frame short, a mask folder one image long
+    short = tmp_path / "short"
+    short.mkdir()
+    _write_video(short / "case 1.avi", [cv2.cvtColor(m * 255, cv2.COLOR_GRAY2BGR) for m in truth["case 1"][:-1]])
+    (short / "case_2").mkdir()
+    for k in range(len(truth["case_2"]) + 1):
+        cv2.imwrite(str(short / "case_2" / f"{k:05d}.png"), truth["case_2"][0])
+    assert f"{short / 'case 1.avi'}: only 6 masks for {videos / 'case 1.mp4'}, which has more frames" == \
+        _error(_import(str(videos), "--masks", str(short), "-o", str(out)))
+    assert f"{short / 'case_2'}: 5 masks for the 4 frames of {videos / 'case_2.avi'}" == \
+        _error(_import(str(videos / "case_2.avi"), "--masks", str(short), "-o", str(out)))
+    # masks of another size, missing masks, a broken video, a file that is not a video
+    wrong = tmp_path / "wrong"
+    (wrong / "case_2").mkdir(parents=True)
+    for k in range(4):
+        cv2.imwrite(str(wrong / "case_2" / f"{k:05d}.png"), np.zeros((H, W + 2), np.uint8))
+    assert f"{wrong / 'case_2'} (frame 0): mask is 50x40 but frame {videos / 'case_2.avi'} is 48x40" == \
+        _error(_import(str(videos / "case_2.avi"), "--masks", str(wrong), "-o", str(out)))
+    assert f"--masks {wrong}: no masks for case 1.mp4 (looked for the folder {wrong / 'case 1'}/" in \
+        _error(_import(str(videos), "--masks", str(wrong), "-o", str(out)))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "case_2.mp4").write_bytes(b"not a video at all" * 10)
+    assert f"{broken / 'case_2.mp4'}: cannot open this video" in \
+        _error(_import(str(broken), "--masks", str(masks), "-o", str(out)))
+    assert f"{masks / 'case_2' / 'frame_1.png'}: not a video file" in \
+        _error(_import(str(masks / "case_2" / "frame_1.png"), "--masks", str(masks), "-o", str(out)))
+    assert not list(tmp_path.glob(".dataset.importing-*"))  # nothing half-imported
+    assert not out.exists() or not any(out.iterdir())  # (the command's own empty folder goes in run_app, below)
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "vivim.data.cli", "import", str(videos), "--masks", str(wrong), "-o",
+                           str(tmp_path / "via_cli")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --masks") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "via_cli").exists()
+    if out.exists():
+        out.rmdir()
+    # an output folder that holds anything is never written into
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert f"-o {out}: already exists and is not empty" in _error(_import(str(videos), "--masks", str(masks), "-o", str(out)))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_an_imported_dataset_trains(sources, tmp_path):
+    from vivim.train import TrainConfig, run_training
+
+    videos, masks, _ = sources
+    out = tmp_path / "dataset"
+    assert _import(str(videos), "--masks", str(masks), "-o", str(out)).exit_code == 0
+    result = run_training(TrainConfig(data=str(out), out=str(tmp_path / "m.safetensors"), variant="tiny", epochs=1,
+                                      frames=3, size=32, batch=2, workers=0, val_fraction=0.5, seed=0, device="cpu",
+                                      progress=False, max_steps=2))
+    assert len(result.step_losses) == 2 and result.best_path.is_file()
