@@ -13,7 +13,7 @@ from PIL import Image
 from vivim.constants import IMAGENET_MEAN, IMAGENET_STD
 from vivim.data.clips import clip_indices
 from vivim.data.dataset import ClipDataset
-from vivim.data.image_io import read_mask
+from vivim.data.image_io import read_frame, read_mask
 from vivim.data.layouts import discover_videos, list_frame_files, split_by_video
 from vivim.data.synth_dataset import write_synthetic_dataset
 from vivim.data.transforms import TrainAugment
@@ -612,3 +612,17 @@ def test_a_png_mask_wins_over_another_image_of_the_same_name(tmp_path, davis):
     reference = next(v for v in discover_videos(davis) if v.name == "synth_0002")
     for ours, original in zip(video.masks, reference.masks):
         np.testing.assert_array_equal(read_mask(ours), read_mask(original))
+
+
+def test_an_empty_frame_or_mask_file_says_it_is_empty(tmp_path):
+    """A copy cut short leaves 0-byte files: the message says so, not only the decoder's error type."""
+    from vivim.data.image_io import image_size
+
+    empty = tmp_path / "00003.png"
+    empty.write_bytes(b"")
+    assert _error(lambda: read_mask(empty)) == f"{empty}: cannot decode this mask (the file is empty)"
+    assert _error(lambda: read_frame(empty)) == f"{empty}: cannot decode this frame (the file is empty)"
+    assert _error(lambda: image_size(empty, "frame")) == f"{empty}: cannot decode this frame (the file is empty)"
+    junk = tmp_path / "00004.png"
+    junk.write_bytes(b"not an image")
+    assert _error(lambda: read_mask(junk)) == f"{junk}: cannot decode this mask (UnidentifiedImageError)"

@@ -313,6 +313,8 @@ def test_cli_smoke_and_one_line_errors(data, tmp_path, monkeypatch, capsys):
                           (["--threads", "0"], "--threads must be at least 1"),
                           (["--out", str(blocker / "x.safetensors")], "weights.txt is a file, not a folder"),
                           (["--out", str(tmp_path)], "is a folder, not a file name"),
+                          (["--out", str(tmp_path / "z4.pt")], f"vivim-train writes .safetensors checkpoints (its resume "
+                                                                f"state .state.pt beside them); use --out {tmp_path / 'z4.safetensors'}"),
                           ([], "an earlier run's checkpoint or log is there"),  # the first run above wrote --out
                           (["--overwrite", "--init", str(out)], f"--out {out}: is the input --init"),
                           (["--overwrite", "--init", str(blocker)], f"--init {blocker}: not readable as SegFormer weights")):

@@ -417,6 +417,9 @@ def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
     for flag, folder in (("--data", cfg.data), ("--val", cfg.val)):  # checked now, named by flag (there are two)
         if folder is not None:
             detect_layout(Path(folder), flag)
+    if Path(cfg.out).suffix.lower() in (".pt", ".pth", ".ckpt", ".bin", ".onnx", ".engine"):  # not "x.pt.safetensors"
+        raise VivimError(f"--out {cfg.out}: vivim-train writes .safetensors checkpoints (its resume state .state.pt "
+                         f"beside them); use --out {Path(cfg.out).with_suffix('.safetensors')}")
     paths.check_writable(cfg.out, "--out")  # now, not after the first epoch (and not a folder)
     best_path, last_path, state_path = output_paths(cfg.out)
     log_path = history_path(cfg.out)

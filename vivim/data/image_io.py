@@ -22,7 +22,8 @@ def read_frame(path: str | Path) -> np.ndarray:
     if image is None:
         if not Path(path).is_file():
             raise VivimError(f"{path}: frame file is missing")
-        raise VivimError(f"{path}: cannot decode this frame (not a readable image)")
+        why = "the file is empty" if Path(path).stat().st_size == 0 else "not a readable image"
+        raise VivimError(f"{path}: cannot decode this frame ({why})")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -40,7 +41,17 @@ def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
     except FileNotFoundError:
         raise VivimError(f"{path}: {what} file is missing") from None
     except (UnidentifiedImageError, OSError) as exc:
-        raise VivimError(f"{path}: cannot decode this {what} ({exc.__class__.__name__})") from None
+        raise VivimError(f"{path}: cannot decode this {what} ({_why_undecodable(path, exc)})") from None
+
+
+def _why_undecodable(path: str | Path, exc: Exception) -> str:
+    """An empty file (a copy cut short, a placeholder) says so; otherwise the reader's error type."""
+    try:
+        if Path(path).stat().st_size == 0:
+            return "the file is empty"
+    except OSError:
+        pass
+    return exc.__class__.__name__
 
 
 def size_mismatch(mask: str | Path, mask_wh: tuple[int, int], frame: str | Path, frame_wh: tuple[int, int]) -> VivimError:
@@ -65,7 +76,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     except FileNotFoundError:
         raise VivimError(f"{path}: mask file is missing") from None
     except (UnidentifiedImageError, OSError) as exc:
-        raise VivimError(f"{path}: cannot decode this mask ({exc.__class__.__name__})") from None
+        raise VivimError(f"{path}: cannot decode this mask ({_why_undecodable(path, exc)})") from None
     if palette:
         return array > 0
     return binarise_mask_image(array, has_alpha)
