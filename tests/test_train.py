@@ -112,7 +112,7 @@ def test_max_steps_inside_an_epoch_leaves_it_open_and_resume_finishes_it_exactly
     printed = capsys.readouterr().out
     assert first.epochs_done == 1 and first.step_losses == full.step_losses[:stop]
     assert f"epoch 2/2 stopped by --max-steps after 2 of {steps_per_epoch} batches" in printed, printed
-    assert f"done: 1 epochs and 2 of {steps_per_epoch} batches of epoch 2 (--max-steps)" in printed, printed
+    assert f"done: 1 epoch and 2 of {steps_per_epoch} batches of epoch 2 (--max-steps)" in printed, printed
     state = load_state(output_paths(out)[2])
     assert state["epoch"] == 0 and state["partial"]["batches"] == 2 and state["partial"]["of"] == steps_per_epoch
     assert len(state["history"]["epoch_loss"]) == 1  # the open epoch has no row yet

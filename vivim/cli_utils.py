@@ -21,6 +21,11 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def count(n: int, noun: str) -> str:
+    """'1 video', '3 videos' (nouns with a plain plural)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def next_command(command: str) -> None:
     print(f"next: {command}")
 

@@ -16,7 +16,7 @@ import typer
 
 from vivim import atomic, paths
 from vivim.checkpoint import checkpoint_file
-from vivim.cli_utils import run_app, warn
+from vivim.cli_utils import count, run_app, warn
 from vivim.devices import torch_device
 from vivim.errors import VivimError
 
@@ -306,7 +306,7 @@ def evaluate(
     if seen:
         warn(f"{len(seen)} of the {summary['videos']} videos scored here were training videos of this checkpoint "
              f"(e.g. {seen[0]}): these scores are optimistic; score held-out videos (--split, or another --data)")
-    print(f"{summary['frames']} frames of {summary['videos']} videos ({summary['split']} split, {summary['output_frame']} frame), "
+    print(f"{count(summary['frames'], 'frame')} of {count(summary['videos'], 'video')} ({summary['split']} split, {summary['output_frame']} frame), "
           f"{summary['empty_gt_frames']} with an empty mask; Dice {summary['dice']:.4f} at threshold 0.5, "
           f"{summary['thresholds_256']['dice']:.4f} as the mean over 256 thresholds")
     if json_out:

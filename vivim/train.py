@@ -23,7 +23,7 @@ from typing import Any, Optional
 import typer
 
 from vivim import atomic, paths
-from vivim.cli_utils import next_command, run_app, shell, warn
+from vivim.cli_utils import count, next_command, run_app, shell, warn
 from vivim.constants import SEED_MAX
 from vivim.devices import torch_device
 from vivim.errors import Interrupted, Terminated, VivimError
@@ -358,7 +358,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
              "(the run is complete)")
     if dist_info.main:
         print(f"training {cfg.variant} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on {device} x{dist_info.world}: "
-              f"{len(data.train_videos)} videos / {len(data.train_ds)} clips for training, {len(data.val_videos)} videos for "
+              f"{count(len(data.train_videos), 'video')} / {count(len(data.train_ds), 'clip')} for training, {count(len(data.val_videos), 'video')} for "
               f"validation{' (' + data.val_source + ')' if data.val_videos else ''}; T={cfg.frames}, {cfg.size}x{cfg.size}, batch {cfg.batch}{' per process' if dist_info.world > 1 else ''}, "
               f"{'AMP fp16' if use_amp else 'fp32'}; {_scan_implementations(device)}")
 
@@ -784,7 +784,7 @@ class _Run:
             best_text = f"best val Dice {best:.4f} (epoch {progress.best_epoch + 1})" if best >= 0 else "no validation"
             open_epoch = (f" and {progress.partial['batches']} of {progress.partial['of']} batches of epoch "
                           f"{epochs_done + 1} (--max-steps)" if progress.partial else "")
-            print(f"done: {epochs_done} epochs{open_epoch} in {seconds / 60:.1f} min, {best_text}; "
+            print(f"done: {count(epochs_done, 'epoch')}{open_epoch} in {seconds / 60:.1f} min, {best_text}; "
                   f"best {self.best_path}, last {self.last_path}, resume state {self.state_path}, "
                   f"per-epoch log {history_path(cfg.out)}")
             report = self.best_path.with_suffix(".eval.json")

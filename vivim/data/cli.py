@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from vivim import paths
-from vivim.cli_utils import next_command, run_app, shell, warn
+from vivim.cli_utils import count, next_command, run_app, shell, warn
 from vivim.constants import SEED_MAX
 from vivim.errors import VivimError
 
@@ -53,7 +53,7 @@ def synth(
     elapsed = time.perf_counter() - start
     split = f" ({len(summary.videos)} train / {len(summary.test_videos)} test)" if layout == "vtus" else ""
     labels = f", masks on one frame in {label_every}" if label_every > 1 else ""
-    print(f"wrote {videos} videos x {frames} frames at {size}x{size}{split}{labels} to {out} in {elapsed:.1f} s; "
+    print(f"wrote {count(videos, 'video')} x {count(frames, 'frame')} at {size}x{size}{split}{labels} to {out} in {elapsed:.1f} s; "
           f"lesion pixels {100 * summary.foreground:.1f} %")
     if summary.contact_sheet:
         print(f"contact sheet: {summary.contact_sheet}")
@@ -135,7 +135,7 @@ def check(
     unlabelled = sum(not v.annotated for v in videos)
     annotated = f"{len(fg)} of them annotated ({unlabelled} video(s) without any mask), " if sparse_masks else ""
     lesion = f"{100 * float(np.mean(fg)):.1f} %" if fg else "n/a"
-    print(f"{data}: {detect_layout(Path(data))} layout, split {split}: {len(videos)} videos, {total} frames, "
+    print(f"{data}: {detect_layout(Path(data))} layout, split {split}: {count(len(videos), 'video')}, {count(total, 'frame')}, "
           f"{annotated}sizes {size_text}, lesion pixels {lesion} on average, {empty} frames with an empty mask")
     if fg and empty == len(fg):  # nothing to learn: most likely masks that encode the lesion in another way
         warn(f"{data}: every one of the {len(fg)} masks is empty; see README (Data) for how a mask marks the lesion")
