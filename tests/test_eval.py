@@ -304,9 +304,14 @@ def test_scoring_the_training_videos_is_flagged(data, tmp_path, capsys):
     summary, *_ = evaluate_checkpoint(str(result.best_path), str(data), progress=False)
     assert summary["split"] == "all" and summary["videos"] == 2
     assert summary["training_videos_scored"] == [name for name in ("synth_0000", "synth_0001") if name not in held_out]
+    # --split val on the training folder (no ImageSets lists): the videos the run held out, as its checkpoint says
+    val, *_ = evaluate_checkpoint(str(result.best_path), str(data), split="val", progress=False)
+    assert val["split"] == "val" and sorted(val["per_video"]) == sorted(held_out) and val["training_videos_scored"] == []
+    assert "split_videos" in val and "scoring the 1 video" in capsys.readouterr().out
     copy = tmp_path / "held_out_copy"  # the same videos elsewhere are not the training folder
     shutil.copytree(data, copy)
     assert evaluate_checkpoint(str(result.best_path), str(copy), progress=False)[0]["training_videos_scored"] == []
+    assert evaluate_checkpoint(str(result.best_path), str(copy), split="val", progress=False)[0]["split"] == "all"
 
     monkey_argv = ["vivim-eval", str(result.best_path), "--data", str(data), "--no-progress"]
     old_argv, sys.argv = sys.argv, monkey_argv

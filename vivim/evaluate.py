@@ -33,23 +33,37 @@ def default_split(data: str | Path) -> str:
     return "val" if any((root / "ImageSets").glob("**/val.txt")) else "all"
 
 
+def _trained_on(meta: dict, data: str | Path) -> bool:
+    """Whether the checkpoint's training metadata names `data` as the folder it trained on."""
+    import os
+
+    from vivim.data.layouts import folder_id
+
+    training = meta.get("training") or {}
+    if "data_id" in training:  # written since 2026-11-27: the folder, wherever eval runs from
+        return bool(training["data_id"] == folder_id(data))
+    # the path as given to vivim-train, relative to where it ran
+    return bool(training.get("data")) and os.path.realpath(training["data"]) == os.path.realpath(data)
+
+
+def _held_out_videos(meta: dict, data: str | Path) -> list[str]:
+    """The videos vivim-train carved out of `data` for validation, when `data` is the checkpoint's training folder;
+    [] otherwise (metadata before val_kind says "carved" in its text)."""
+    training = meta.get("training") or {}
+    carved = training.get("val_kind", "carved" if str(training.get("val", "")).endswith("carved from --data") else None)
+    return list(training.get("val_videos") or []) if carved == "carved" and _trained_on(meta, data) else []
+
+
 def training_videos_among(meta: dict, data: str | Path, videos) -> list[str]:
     """Names of the `videos` (from `data`) that the checkpoint was trained on, by its training metadata: scores on
     them are optimistic. Videos are compared by folder, so Train/0001 and Val/0001 of a VTUS set stay apart."""
     import os
 
-    from vivim.data.layouts import discover_videos, folder_id
+    from vivim.data.layouts import discover_videos
 
-    training = meta.get("training") or {}
-    if "data_id" in training:  # written since 2026-11-27: the folder, wherever eval runs from
-        same = training["data_id"] == folder_id(data)
-    else:  # the path as given to vivim-train, relative to where it ran
-        same = bool(training.get("data")) and os.path.realpath(training["data"]) == os.path.realpath(data)
-    if not same:
+    if not _trained_on(meta, data):
         return []
-    # videos carved for validation came out of the train split (metadata before val_kind says so in its text)
-    carved = training.get("val_kind", "carved" if str(training.get("val", "")).endswith("carved from --data") else None)
-    held_out = set(training.get("val_videos") or []) if carved == "carved" else set()
+    held_out = set(_held_out_videos(meta, data))
     # only the video folders matter here, so frames without masks are no error
     trained = {os.path.realpath(v.frames[0].parent) for v in discover_videos(data, "train", sparse=True)
                if v.name not in held_out}
@@ -93,10 +107,23 @@ def evaluate_checkpoint(
         warn(mismatch)
     output_frame = output_frame or trained_frame
     check_output_frame(output_frame, frames)
+    split_given = split is not None
     asked = split = split or default_split(data)
-    if every_video_note(data, split):  # a DAVIS folder without lists: the split is every video, and says so
-        split = "all"
-    videos = discover_videos(data, split, sparse=sparse_masks)
+    note = every_video_note(data, split)  # a DAVIS folder without lists: a named split would be every video
+    held_out = _held_out_videos(meta, data) if note and split == "val" else []
+    if held_out:  # ... but for --split val on its own training folder the checkpoint names its validation videos
+        print(f"note: --split val: {data} has no ImageSets/ lists; scoring the {count(len(held_out), 'video')} "
+              f"{checkpoint} held out for validation")
+        videos = [v for v in discover_videos(data, "all", sparse=sparse_masks) if v.name in set(held_out)]
+        if len(videos) != len(held_out):
+            raise VivimError(f"{data}: {len(held_out) - len(videos)} of the validation videos {checkpoint} records are "
+                             f"gone (e.g. {sorted(set(held_out) - {v.name for v in videos})[0]})")
+    else:
+        if note:
+            if split_given:
+                warn(note)
+            split = "all"
+        videos = discover_videos(data, split, sparse=sparse_masks)
     # the frames prepared as the model was trained on them: its recorded normalisation and resize filter
     normalization = normalization_from_metadata(meta.get("normalization"), f"{checkpoint}")
     dataset = ClipDataset(videos, frames=frames, size=size, output_frame=output_frame, normalization=normalization,
@@ -126,6 +153,7 @@ def evaluate_checkpoint(
         "data": str(data),
         "split": split,
         **({"split_requested": asked} if asked != split else {}),
+        **({"split_videos": "held out for validation by vivim-train (recorded in the checkpoint)"} if held_out else {}),
         "output_frame": output_frame,
         "variant": meta.get("variant"),
         "frames_per_clip": frames,
@@ -140,14 +168,6 @@ def evaluate_checkpoint(
                        "= mean over that video's frames",
     }
     return summary, acc, dataset, model
-
-
-def _warn_if_split_is_every_video(data: Path, split: Optional[str]) -> None:
-    from vivim.data.layouts import every_video_note
-
-    note = every_video_note(data, split) if split is not None else None
-    if note:
-        warn(note)
 
 
 class PredictionFolders:
@@ -293,7 +313,6 @@ def evaluate(
         paths.check_writable(overlays, "--overlays", folder=True)
     if threads is not None and threads < 1:
         raise VivimError(f"--threads must be at least 1, got {threads}")
-    _warn_if_split_is_every_video(data, split)
     if threads:
         import torch
 
