@@ -44,7 +44,7 @@ def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 
 # ModelProto field numbers (onnx.proto): graph = 7, metadata_props = 14 (StringStringEntryProto: key = 1, value = 2).
 _GRAPH, _METADATA_PROPS = 7, 14
-_VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
+_VARINT, _FIXED64, _BYTES, _START_GROUP, _END_GROUP, _FIXED32 = 0, 1, 2, 3, 4, 5
 
 
 def _varint(read: Any) -> int | None:
@@ -66,33 +66,52 @@ def _varint(read: Any) -> int | None:
 
 def _top_level_fields(handle: Any) -> dict[int, list[tuple[int, int]]]:
     """(offset, length) of each length-delimited top-level field of a protobuf message in a file, by field
-    number; the contents are seeked over, not read. Wire types a ModelProto cannot hold are errors."""
+    number; the contents are seeked over, not read. Malformed input (truncation, bad wire types) is a ValueError."""
     start = handle.tell()
     size = handle.seek(0, os.SEEK_END)
     handle.seek(start)
     fields: dict[int, list[tuple[int, int]]] = {}
     while (key := _varint(handle.read)) is not None:
         number, wire = key >> 3, key & 7
-        if number == 0:
-            raise ValueError("field number 0")
-        if wire == _VARINT:
-            if _varint(handle.read) is None:
-                raise ValueError("truncated")
-        elif wire == _BYTES:
-            length = _varint(handle.read)
-            offset = handle.tell()
-            if length is None or offset + length > size:
-                raise ValueError("truncated")
-            fields.setdefault(number, []).append((offset, length))
-            handle.seek(offset + length)
-        elif wire in (_FIXED64, _FIXED32):
-            width = 8 if wire == _FIXED64 else 4
-            if handle.tell() + width > size:
-                raise ValueError("truncated")
-            handle.seek(width, os.SEEK_CUR)
-        else:
-            raise ValueError(f"wire type {wire}")
+        span = _skip_field(handle, number, wire, size)
+        if span is not None:
+            fields.setdefault(number, []).append(span)
     return fields
+
+
+def _skip_field(handle: Any, number: int, wire: int, size: int) -> tuple[int, int] | None:
+    """Move past one field's value; (offset, length) for a length-delimited one. Groups (a deprecated encoding
+    that unknown fields may still use) are skipped to their end marker."""
+    if number == 0:
+        raise ValueError("field number 0")
+    if wire == _VARINT:
+        if _varint(handle.read) is None:
+            raise ValueError("truncated")
+    elif wire == _BYTES:
+        length = _varint(handle.read)
+        offset = handle.tell()
+        if length is None or offset + length > size:
+            raise ValueError("truncated")
+        handle.seek(offset + length)
+        return offset, length
+    elif wire in (_FIXED64, _FIXED32):
+        width = 8 if wire == _FIXED64 else 4
+        if handle.tell() + width > size:
+            raise ValueError("truncated")
+        handle.seek(width, os.SEEK_CUR)
+    elif wire == _START_GROUP:
+        while True:
+            key = _varint(handle.read)
+            if key is None:
+                raise ValueError("truncated group")
+            if key & 7 == _END_GROUP:
+                if key >> 3 != number:
+                    raise ValueError("mismatched group end")
+                break
+            _skip_field(handle, key >> 3, key & 7, size)
+    else:
+        raise ValueError(f"wire type {wire}")
+    return None
 
 
 def _fields_of(message: bytes) -> dict[int, bytes]:

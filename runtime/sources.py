@@ -404,8 +404,20 @@ def native_stderr_muted() -> Iterator[None]:
             os.close(saved)
 
 
+def openable_by_opencv(path: "str | os.PathLike[str]", flag: str = "") -> None:
+    """OpenCV's VideoCapture crashes the process on a path that is not valid UTF-8 (a name copied from another
+    system's encoding): a one-line error naming it instead."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        name = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise VivimError(f"{flag + ' ' if flag else ''}{name}: the file name is not valid UTF-8, which OpenCV cannot "
+                         "open; rename the file") from None
+
+
 def open_video(path: str) -> Callable[[], Capture]:
     paths.require_file(path, "--video", hint="use --frames DIR for a folder of images")
+    openable_by_opencv(path, "--video")
 
     def opener() -> Capture:
         with native_stderr_muted():

@@ -523,7 +523,9 @@ def test_two_frames_or_masks_of_one_stem_are_refused_naming_both(tmp_path, davis
     masks = root / "Annotations" / "synth_0002"
     cv2.imwrite(str(masks / "00003.tif"), np.zeros((48, 48), np.uint8))
     assert next(v for v in discover_videos(root) if v.name == "synth_0002").masks[3].suffix == ".png"  # .png wins
-    (masks / "00003.png").rename(masks / "00003.bmp")
+    (masks / "00003.png").rename(masks / "00003.PNG")  # the extension in capitals is still the annotation
+    assert next(v for v in discover_videos(root) if v.name == "synth_0002").masks[3].name == "00003.PNG"
+    (masks / "00003.PNG").rename(masks / "00003.bmp")
     assert f"{masks}: several masks are named 00003.* (00003.bmp, 00003.tif) and none is a .png" in \
         _error(lambda: discover_videos(root))
 

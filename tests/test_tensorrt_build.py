@@ -234,6 +234,11 @@ def test_onnx_metadata_is_read_from_metadata_props(tmp_path: Path) -> None:
     assert tb.onnx_metadata(external) == props
 
     data = path.read_bytes()
+    # an unknown field in the deprecated group encoding (field 99 holding a varint and a nested group) is valid
+    grouped = tmp_path / "grouped.onnx"
+    grouped.write_bytes(bytes([0x9B, 0x06, 0x08, 0x05, 0x13, 0x0A, 0x02]) + b"hi" + bytes([0x14, 0x9C, 0x06]) + data)
+    assert {p.key: p.value for p in onnx.load(str(grouped), load_external_data=False).metadata_props} == props
+    assert tb.onnx_metadata(grouped) == props
     cases = {"junk.onnx": b"\xff" * 64, "empty.onnx": b"", "half.onnx": data[: len(data) // 2],
              "text.onnx": b"this is not a model\n"}
     for name, content in cases.items():

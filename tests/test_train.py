@@ -739,5 +739,63 @@ def test_a_training_set_whose_masks_are_all_empty_is_named_once(data, tmp_path, 
     run_training(_cfg(copy, tmp_path / "blank.safetensors", epochs=2))
     err = capsys.readouterr().err
     assert err.count("every training mask this epoch was empty") == 1, err
+    # a part of an epoch proves nothing: not said after --max-steps stopped inside it, nor for the rest of it
+    run_training(_cfg(copy, tmp_path / "part.safetensors", epochs=2, max_steps=1))
+    assert "every training mask" not in capsys.readouterr().err
+    run_training(_cfg(copy, tmp_path / "part.safetensors", epochs=2, resume=True))
+    assert capsys.readouterr().err.count("every training mask this epoch was empty") == 1  # epoch 2, seen whole
     run_training(_cfg(data, tmp_path / "fine.safetensors", epochs=1, max_steps=2))
     assert "every training mask" not in capsys.readouterr().err
+
+
+def test_a_validation_inside_an_open_epoch_decides_nothing(data, tmp_path, monkeypatch):
+    """The best epoch, --patience and the history's best row come from whole epochs only, so a run stopped by
+    --max-steps and resumed ends as the uninterrupted one: same best file, same stop, same log. A mid-epoch
+    validation writes the best file only while no whole epoch has been validated (a smoke run still gets one)."""
+    import vivim.train as train
+
+    def scripted(dice_by_call):
+        calls = iter(dice_by_call)
+        return lambda *args, **kwargs: next(calls)
+
+    cfg = dict(epochs=3, patience=1, val_fraction=0.34)
+    monkeypatch.setattr(train, "_validate", scripted([0.5, 0.4]))  # epoch 2 is worse: patience stops the run
+    full = run_training(_cfg(data, tmp_path / "full.safetensors", **cfg))
+    steps = len(full.step_losses) // 2
+    assert full.epochs_done == 2 and full.best_epoch == 1
+    out = tmp_path / "part.safetensors"
+    # epoch 1 whole (0.5), then a validation 2 batches into epoch 2 (0.9, better than any) and its end (0.4)
+    monkeypatch.setattr(train, "_validate", scripted([0.5, 0.9]))
+    run_training(_cfg(data, out, max_steps=steps + 2, **cfg))
+    monkeypatch.setattr(train, "_validate", scripted([0.4]))
+    rest = run_training(_cfg(data, out, resume=True, **cfg))
+    assert (rest.epochs_done, rest.best_epoch, rest.best_dice) == (2, 1, 0.5)  # stopped by patience, as the full run
+    assert history_path(out).read_text() == history_path(tmp_path / "full.safetensors").read_text()
+    best_weights, _ = vivim.load_checkpoint(out)
+    full_best, _ = vivim.load_checkpoint(tmp_path / "full.safetensors")
+    for (name, a), b in zip(best_weights.state_dict().items(), full_best.state_dict().values()):
+        assert torch.equal(a, b), name  # epoch 1's weights, not the mid-epoch ones
+    # before any whole epoch: the mid-epoch weights are the best file for now
+    monkeypatch.setattr(train, "_validate", scripted([0.7]))
+    smoke = run_training(_cfg(data, tmp_path / "smoke.safetensors", max_steps=1, **cfg))
+    assert smoke.best_path.is_file() and smoke.epochs_done == 0 and smoke.best_epoch == 0  # none recorded yet
+
+
+def test_an_open_epoch_resumes_only_with_as_many_processes(data, tmp_path):
+    """The batches done are per process: another process count would skip other clips."""
+    out = tmp_path / "w.safetensors"
+    run_training(_cfg(data, out, max_steps=2))
+    state_path = output_paths(out)[2]
+    state = load_state(state_path)
+    assert state["partial"]["world"] == 1
+    state["partial"]["world"] = 2
+    torch.save(state, state_path)
+    with pytest.raises(VivimError, match=r"stopped inside epoch 1 with 2 processes; resume it with as many"):
+        run_training(_cfg(data, out, resume=True))
+
+
+def test_a_resumable_run_of_an_older_pt_out_is_pointed_at_its_files(data, tmp_path):
+    """Runs before the .safetensors rule wrote --out x.pt as x.pt.safetensors (+ x.pt.state.pt): resume those."""
+    run_training(_cfg(data, tmp_path / "z4.pt.safetensors", max_steps=1))
+    with pytest.raises(VivimError, match=re.escape(f"use --out {tmp_path / 'z4.pt.safetensors'}")):
+        run_training(_cfg(data, tmp_path / "z4.pt", resume=True))

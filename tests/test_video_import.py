@@ -176,3 +176,80 @@ def test_an_imported_dataset_trains(sources, tmp_path):
                                       frames=3, size=32, batch=2, workers=0, val_fraction=0.5, seed=0, device="cpu",
                                       progress=False, max_steps=2))
     assert len(result.step_losses) == 2 and result.best_path.is_file()
+
+
+def test_names_with_pattern_characters_and_mask_previews(tmp_path):
+    """'scan[1]' is a name, not a glob pattern; a .jpg preview beside each .png mask is not a second mask."""
+    rng = np.random.default_rng()
+    videos, masks = tmp_path / "videos", tmp_path / "masks"
+    (masks / "scan[2]").mkdir(parents=True)
+    videos.mkdir()
+    first, first_masks = _scene(rng, 3)
+    _write_video(videos / "scan[1].avi", first)
+    _write_video(masks / "scan[1].mp4", [cv2.cvtColor(m * 255, cv2.COLOR_GRAY2BGR) for m in first_masks])
+    second, second_masks = _scene(rng, 3)
+    _write_video(videos / "scan[2].avi", second)
+    for k, mask in enumerate(second_masks):
+        cv2.imwrite(str(masks / "scan[2]" / f"{k:05d}.png"), mask * 255)
+        cv2.imwrite(str(masks / "scan[2]" / f"{k:05d}.jpg"), 255 - mask * 255)  # a stale preview: never read
+    out = tmp_path / "dataset"
+    result = _import(str(videos), "--masks", str(masks), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    record = next(v for v in discover_videos(out) if v.name == "scan[2]")
+    for mask_path, expected in zip(record.masks, second_masks):
+        np.testing.assert_array_equal(read_mask(mask_path), expected > 0)
+
+
+def test_a_file_name_opencv_cannot_open_is_one_line(tmp_path):
+    """OpenCV crashes the process on a path that is not valid UTF-8 (a name from another system's encoding)."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng()
+    videos, masks = tmp_path / "videos", tmp_path / "masks"
+    videos.mkdir()
+    masks.mkdir()
+    images, image_masks = _scene(rng, 2)
+    _write_video(videos / "ok.avi", images)
+    raw = os.path.join(os.fsencode(videos), b"\xe9cho.avi")
+    os.rename(os.fsencode(videos / "ok.avi"), raw)
+    _write_video(masks / "x.avi", images)
+    os.rename(os.fsencode(masks / "x.avi"), os.path.join(os.fsencode(masks), b"\xe9cho.avi"))
+    proc = subprocess.run([sys.executable, "-m", "vivim.data.cli", "import", str(videos), "--masks", str(masks), "-o",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "the file name is not valid UTF-8, which OpenCV cannot open; rename the file" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("signame, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_import_stopped_midway_leaves_nothing(tmp_path, signame, code):
+    """Ctrl-C and SIGTERM (docker stop, a scheduler) remove the dataset written so far under its temporary name."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng()
+    videos, masks = tmp_path / "videos", tmp_path / "masks"
+    videos.mkdir()
+    (masks / "long").mkdir(parents=True)
+    images, image_masks = _scene(rng, 400)
+    _write_video(videos / "long.avi", images)
+    for k, mask in enumerate(image_masks):
+        cv2.imwrite(str(masks / "long" / f"{k:05d}.png"), mask)
+    out = tmp_path / "dataset"
+    child = subprocess.Popen([sys.executable, "-m", "vivim.data.cli", "import", str(videos), "--masks", str(masks),
+                              "-o", str(out), "--format", "png"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".dataset.importing-*/JPEGImages/long/*.png")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.send_signal(getattr(signal, signame))
+    _, err = child.communicate(timeout=60)
+    if child.returncode == 0:
+        pytest.skip("the import finished before the signal arrived")
+    assert child.returncode == code, err
+    assert err.strip().splitlines()[-1] == ("interrupted" if signame == "SIGINT" else "terminated (SIGTERM)")
+    assert not out.exists() and not list(tmp_path.glob(".dataset.importing-*"))

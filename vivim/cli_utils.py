@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
+import signal
 import sys
-from typing import Callable, NoReturn
+import threading
+from typing import Callable, Iterator, NoReturn
 
-from vivim.errors import Interrupted, VivimError
+from vivim.errors import Interrupted, Terminated, VivimError
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -22,8 +25,8 @@ def warn(message: str) -> None:
 
 
 def count(n: int, noun: str) -> str:
-    """'1 video', '3 videos' (nouns with a plain plural)."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+    """'1 video', '3 videos', '2 processes'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
 
 
 def next_command(command: str) -> None:
@@ -52,14 +55,14 @@ def run_app(app: Callable[..., object]) -> None:
         remove_folders_left_empty()
         print(f"{'terminated (SIGTERM)' if exc.terminated else 'interrupted'}: {exc}", file=sys.stderr)
         raise SystemExit(143 if exc.terminated else 130)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         remove_folders_left_empty()
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130)
+        _stopped_by(exc)
     except SystemExit as exc:  # Typer turns Ctrl-C into exit 130 itself, before the handler above could see it
-        if exc.code == 130 and _caused_by_ctrl_c(exc):
+        stop = _interruption_in(exc) if exc.code == 130 else None
+        if stop is not None:
             remove_folders_left_empty()
-            print("interrupted", file=sys.stderr)
+            _stopped_by(stop)
         raise
     except OSError as exc:  # a path the early checks could not foresee (a disk filling up, a folder removed)
         remove_folders_left_empty()
@@ -77,18 +80,20 @@ def run_app(app: Callable[..., object]) -> None:
         remove_folders_left_empty()
         if kind == "NoArgsIsHelpError":  # a bare `vivim-export`: the help was printed, nothing to add
             raise SystemExit(getattr(exc, "exit_code", 2))
-        if kind == "Abort":  # click's wrapper of a Ctrl-C, or of end-of-input at a prompt
-            ctrl_c = _caused_by_ctrl_c(exc)
-            print("interrupted" if ctrl_c else "aborted", file=sys.stderr)
-            raise SystemExit(130 if ctrl_c else 1)
+        if kind == "Abort":  # click's wrapper of a Ctrl-C (or SIGTERM), or of end-of-input at a prompt
+            stop = _interruption_in(exc)
+            if stop is not None:
+                _stopped_by(stop)
+            print("aborted", file=sys.stderr)
+            raise SystemExit(1)
         fail(usage_line(exc) if kind == "UsageError" else one_line(str(exc)), getattr(exc, "exit_code", 1) or 1)
     # typer.Exit(n) returns n here (e.g. a failed parity check); Typer returns 130 for a Ctrl-C it caught itself.
     # Exit as click's standalone mode does: always through SystemExit, 0 on success. (Click returns a command's own
     # return value the same way: every command returns None, which a test checks.)
     code = code if type(code) is int else 0
-    if code == 130:
+    if code == 130:  # Typer caught the KeyboardInterrupt (or Terminated) and kept only its exit code
         remove_folders_left_empty()
-        print("interrupted", file=sys.stderr)
+        _stopped_by(Terminated() if _sigterm_received.is_set() else KeyboardInterrupt())
     raise SystemExit(code)
 
 
@@ -137,13 +142,44 @@ def missing_package_hint(exc: ModuleNotFoundError) -> str | None:
     return f"this command needs the Python package {package} (module {name}), which is not installed: {install}"
 
 
-def _caused_by_ctrl_c(exc: BaseException) -> bool:
+def _interruption_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or SIGTERM, as Terminated) an exception was raised while handling, if any."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, KeyboardInterrupt):
-            return True
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
+
+
+def _stopped_by(stop: KeyboardInterrupt) -> NoReturn:
+    """One line and the exit status a shell gives a process stopped that way: 130 for Ctrl-C, 143 for SIGTERM."""
+    terminated = isinstance(stop, Terminated)
+    print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
+    raise SystemExit(143 if terminated else 130)
+
+
+_sigterm_received = threading.Event()  # for the exit code when Typer swallowed the Terminated itself
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (a batch scheduler's time limit, docker stop) raises Terminated, a KeyboardInterrupt, in the main
+    thread: the command unwinds as on Ctrl-C (temporaries removed, what is kept said) instead of ending without a
+    word. Elsewhere than the main thread signals cannot be handled, and this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        _sigterm_received.set()
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def one_line(message: str) -> str:

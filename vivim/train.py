@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import signal
-import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -23,7 +21,7 @@ from typing import Any, Optional
 import typer
 
 from vivim import atomic, paths
-from vivim.cli_utils import count, next_command, run_app, shell, warn
+from vivim.cli_utils import count, next_command, run_app, shell, sigterm_unwinds, warn
 from vivim.constants import SEED_MAX
 from vivim.devices import torch_device
 from vivim.errors import Interrupted, Terminated, VivimError
@@ -334,6 +332,11 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     state = load_state(state_path) if cfg.resume else None
     if state is not None:
         _check_resumable(cfg, state, state_path, last_path)
+        partial = state.get("partial")
+        if partial and partial.get("world", 1) != dist_info.world:
+            raise VivimError(f"{state_path}: the run stopped inside epoch {state['epoch'] + 2} with "
+                             f"{count(partial.get('world', 1), 'process')}; resume it with as many (each skips its "
+                             "own share of the epoch's clips)")
     # a resumed run validates where it started, even if a Val/ folder appeared or went since ("best" keeps its meaning)
     data = _build_data(cfg, dist_info, device, _started_val_kind(state) if state else None)
     if state is not None:
@@ -374,7 +377,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         if run.progress.partial is None:
             improved = run.progress.record_epoch(mean_loss, dice, epoch, lr)
         else:  # --max-steps stopped inside the epoch: validated and saved, the epoch left open for --resume
-            improved = run.progress.record_partial(dice, epoch)
+            improved = run.progress.record_partial()
         run.save_epoch(epoch, data, run.progress.elapsed_before + time.perf_counter() - start, improved, dice, t_epoch)
         if stopped:
             break
@@ -418,8 +421,10 @@ def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
         if folder is not None:
             detect_layout(Path(folder), flag)
     if Path(cfg.out).suffix.lower() in (".pt", ".pth", ".ckpt", ".bin", ".onnx", ".engine"):  # not "x.pt.safetensors"
+        earlier = output_paths(cfg.out)[0]  # where runs before this rule wrote such an --out: resume them there
+        use = earlier if any(p.exists() for p in output_paths(earlier)) else Path(cfg.out).with_suffix(".safetensors")
         raise VivimError(f"--out {cfg.out}: vivim-train writes .safetensors checkpoints (its resume state .state.pt "
-                         f"beside them); use --out {Path(cfg.out).with_suffix('.safetensors')}")
+                         f"beside them); use --out {use}")
     paths.check_writable(cfg.out, "--out")  # now, not after the first epoch (and not a folder)
     best_path, last_path, state_path = output_paths(cfg.out)
     log_path = history_path(cfg.out)
@@ -530,11 +535,11 @@ def _check_resumable(cfg: TrainConfig, state: dict, state_path: Path, last_path:
                 differences.append(f"{'with' if was else 'without'} --{key.replace('_', '-')}")
             else:
                 differences.append(f"with --{key.replace('_', '-')} {was!r}, not {now!r}")
+    if saved["epochs"] != cfg.epochs:  # the cosine schedule's length is part of the state
+        differences.append(f"with --epochs {saved['epochs']}, not {cfg.epochs} (to train longer, start a new run "
+                           f"with --init {last_path} and another --out)")
     if differences:  # every one at once: resuming should not take one attempt per flag
         raise VivimError(f"{state_path}: the run was started {'; '.join(differences)}; resume with the same flags")
-    if saved["epochs"] != cfg.epochs:  # the cosine schedule's length is part of the state
-        raise VivimError(f"{state_path}: the run was planned for --epochs {saved['epochs']}; resume with that value "
-                         f"(or train longer in a new run: --init {last_path} with another --out)")
 
 
 def _check_same_validation(state: dict, data: "_Data", state_path: Path) -> None:
@@ -576,14 +581,11 @@ class _Progress:
     # an epoch --max-steps stopped inside: {"batches": done, "of": the epoch's batches, "loss_sum": their losses}
     partial: Optional[dict] = None
 
-    def record_partial(self, dice: float, epoch: int) -> bool:
-        """A validation inside an open epoch (--max-steps): it may give the best weights so far, but the epoch's row
-        in the history waits for the epoch's end."""
-        self.val_history.append(dice)
-        improved = (not math.isfinite(dice)) or dice > self.best_dice
-        if improved:
-            self.best_dice, self.best_epoch = (dice if math.isfinite(dice) else self.best_dice), epoch
-        return improved
+    def record_partial(self) -> bool:
+        """A validation inside an open epoch (--max-steps) decides nothing: the best epoch, --patience and the history
+        wait for the epoch's end, so the run ends as an uninterrupted one. True while no whole epoch was validated:
+        then the weights are written as the best file for now (a smoke run gets one), and the epoch replaces them."""
+        return self.best_epoch < 0
 
     def record_epoch(self, mean_loss: float, dice: float, epoch: int, lr: float) -> bool:
         """Append the epoch; True when it is the best so far (every epoch is, without a validation set)."""
@@ -657,17 +659,19 @@ class _Run:
         epoch_batches = done_before + len(data.train_loader)
         bar = tqdm(total=epoch_batches, initial=done_before, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not (cfg.progress and self.dist.main), dynamic_ncols=True)
-        first = not self.saw_lesion
+        whole = done_before == 0 and not self.saw_lesion  # this process sees the epoch from its start
         try:
             total, batches, stopped = self._steps(epoch, data, bar, float(open_epoch["loss_sum"]), done_before)
         finally:
             bar.close()  # also on Ctrl-C: the interruption's message starts on a line of its own
-        if first and not self.saw_lesion and self.dist.main and self.dist.world == 1:
+        whole = whole and batches >= epoch_batches  # ... to its end: a part of an epoch proves nothing
+        if whole and not self.saw_lesion and self.dist.main and self.dist.world == 1:
             self.saw_lesion = True  # said once
             warn(f"every training mask this epoch was empty: the model can only learn 'no lesion'; check how the masks "
                  f"mark the lesion with vivim-data check {shell(cfg.data)}")
+        # "world": the batches are per process, so only the same number of processes can skip the right clips
         progress.partial = None if batches >= epoch_batches else {"batches": batches, "of": epoch_batches,
-                                                                    "loss_sum": total}
+                                                                    "loss_sum": total, "world": self.dist.world}
         if progress.partial is None:
             with warnings.catch_warnings():
                 # AMP's grad scaler skips the steps whose gradients overflow, at first while it finds its scale; when
@@ -759,7 +763,8 @@ class _Run:
         if partial:
             print(f"epoch {epoch + 1}/{cfg.epochs} stopped by --max-steps after {partial['batches']} of {partial['of']} "
                   f"batches: loss {partial['loss_sum'] / max(1, partial['batches']):.4f}, {shown}, "
-                  f"{time.perf_counter() - t_epoch:.0f} s{' (best)' if improved else ''}; --resume continues the epoch")
+                  f"{time.perf_counter() - t_epoch:.0f} s{' (the best file until an epoch completes)' if improved else ''}; "
+                  "--resume continues the epoch")
             return
         print(f"epoch {epoch + 1}/{cfg.epochs}: loss {progress.history['epoch_loss'][-1]:.4f}, {shown}, "
               f"lr {progress.history['lr'][-1]:.2e}, {time.perf_counter() - t_epoch:.0f} s{' (best)' if improved else ''}")
@@ -840,9 +845,9 @@ def train(
         patience=patience,
     )
     started = time.time()
-    previous = _terminate_like_ctrl_c()
     try:
-        run_training(cfg)
+        with sigterm_unwinds():
+            run_training(cfg)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (a scheduler's time limit, docker stop) through Terminated
         terminated = isinstance(exc, Terminated)
         state = output_paths(cfg.out)[2]
@@ -853,22 +858,8 @@ def train(
     finally:
         import torch.distributed as dist
 
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _terminate_like_ctrl_c() -> Any:
-    """SIGTERM unwinds vivim-train as Ctrl-C does (the one-line note of what is saved, exit 143), instead of ending it
-    without a word; returns the previous handler (None off the main thread, where signals cannot be handled)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def terminate(signum: int, frame: object) -> None:
-        raise Terminated
-
-    return signal.signal(signal.SIGTERM, terminate)
 
 
 def main() -> None:

@@ -106,10 +106,10 @@ def _video_record(name: str, frame_dir: Path, mask_dir: Path, sparse: bool) -> V
         names = sorted(p.name for p in frames if p.stem.casefold() == twice.casefold())
         raise VivimError(f"{frame_dir}: several frames are named {twice}.* ({', '.join(names)}); keep one of them")
     masks_by_stem: dict[str, Path] = {}
-    for mask in sorted(mask_dir.iterdir(), key=lambda p: (p.suffix != ".png", p.name)):  # <stem>.png first
+    for mask in sorted(mask_dir.iterdir(), key=lambda p: (p.suffix.lower() != ".png", p.name)):  # <stem>.png first
         if mask.suffix.lower() in FRAME_EXTENSIONS and not mask.name.startswith("."):
             chosen = masks_by_stem.setdefault(mask.stem, mask)
-            if chosen is not mask and chosen.suffix != ".png":  # a .png is the annotation (a .jpg is its preview)
+            if chosen is not mask and chosen.suffix.lower() != ".png":  # a .png is the annotation, a .jpg its preview
                 raise VivimError(f"{mask_dir}: several masks are named {mask.stem}.* ({chosen.name}, {mask.name}) and "
                                  "none is a .png, which would be the one read; keep one of them")
     missing = [frame for frame in frames if frame.stem not in masks_by_stem]

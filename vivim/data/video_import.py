@@ -61,7 +61,8 @@ def masks_of(video: Path, masks: Path) -> Path:
     folder = masks / video.stem
     if folder.is_dir():
         return folder
-    found = [p for p in sorted(masks.glob(f"{video.stem}.*")) if p.suffix.lower() in VIDEO_EXTENSIONS and p != video]
+    # by stem, not a glob pattern: names such as 'scan[1]' hold pattern characters
+    found = sorted(p for p in masks.iterdir() if p.stem == video.stem and p.suffix.lower() in VIDEO_EXTENSIONS and p != video)
     if found:
         return found[0]
     raise VivimError(f"--masks {masks}: no masks for {video.name} (looked for the folder {folder}/ and a mask video "
@@ -70,8 +71,9 @@ def masks_of(video: Path, masks: Path) -> Path:
 
 @contextlib.contextmanager
 def _opened(path: Path) -> Iterator[cv2.VideoCapture]:
-    from vivim.runtime.sources import native_stderr_muted
+    from vivim.runtime.sources import native_stderr_muted, openable_by_opencv
 
+    openable_by_opencv(path)
     with native_stderr_muted():  # OpenCV's parsers print their own complaints about a damaged file
         capture = cv2.VideoCapture(str(path))
     try:
@@ -94,11 +96,21 @@ def _video_frames(path: Path) -> Iterator[np.ndarray]:
 def _mask_frames(path: Path) -> Iterator[np.ndarray]:
     """Binary masks from a mask video, or from a folder of mask images in frame-number order."""
     if path.is_dir():
-        for file in list_frame_files(path):
+        for file in _one_mask_per_stem(list_frame_files(path)):
             yield read_mask(file)
         return
     for frame in _video_frames(path):
         yield binarise_mask_image(frame)
+
+
+def _one_mask_per_stem(files: list[Path]) -> list[Path]:
+    """The dataset reader's rule: a .png mask wins over another image of its name (a .jpg preview of it)."""
+    chosen: dict[str, Path] = {}
+    for file in files:
+        key = file.stem.casefold()
+        if key not in chosen or (file.suffix.lower() == ".png" and chosen[key].suffix.lower() != ".png"):
+            chosen[key] = file
+    return [file for file in files if chosen[file.stem.casefold()] is file]
 
 
 def header_frames(path: Path) -> int:
@@ -113,7 +125,13 @@ def plan_import(videos: list[Path], masks: Path, out: Path) -> list[tuple[Path, 
     output."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise VivimError(f"-o {out}: already exists and is not empty; choose a new folder")
-    return [(video, masks_of(video, masks)) for video in videos]
+    from vivim.runtime.sources import openable_by_opencv
+
+    sources = [(video, masks_of(video, masks)) for video in videos]
+    for video, mask_source in sources:
+        for path in (video, mask_source):
+            openable_by_opencv(path)
+    return sources
 
 
 def import_videos(sources: list[tuple[Path, Path]], out: Path, *, image_format: str = "jpg",

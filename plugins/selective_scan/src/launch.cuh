@@ -1,6 +1,7 @@
 // One way to launch the scan's kernels (forward, resident pass, backward): cudaLaunchKernelEx, whose return value
 // is this launch's own status. `kernel<<<...>>>` followed by cudaGetLastError() would also report, and clear, an
-// error some earlier unrelated call of the caller left behind, and blame it on the scan.
+// error some earlier unrelated call of the caller left behind, and blame it on the scan. A failed launch's own error
+// is cleared once returned, so the caller's next error check (PyTorch's, TensorRT's) does not meet it again.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -24,7 +25,9 @@ inline cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+    const cudaError_t launched = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+    if (launched != cudaSuccess) (void)cudaGetLastError();  // reported here: not left for the caller's next check
+    return launched;
 }
 
 }  // namespace vivim_scan_launch
