@@ -235,10 +235,11 @@ def test_an_interrupted_synth_run_is_refused_until_written_again(tmp_path):
 
 def test_each_mask_lines_up_with_its_own_frame_in_time():
     """Mask t marks the lesion of frame t, not of frame t +- 1: inside the mask, frame t is darker against the
-    ring just outside it than with a neighbour's mask, for most frames (fresh seeds; ~80% measured, a one-frame
-    lag of the masks drops it to ~50%)."""
+    ring just outside it than with a neighbour's mask, for most frames (fresh seeds; 67-81% over 8 videos in 12
+    draws, 2026-11-27, so 16 videos and a bound of 60%: four standard deviations from both that and the ~50% a
+    one-frame lag of the masks gives)."""
     wins = total = 0
-    for seed in np.random.default_rng().integers(0, 1_000_000, size=8):
+    for seed in np.random.default_rng().integers(0, 1_000_000, size=16):
         video = make_video(int(seed), 0, frames=24, size=64)
         frames = [cv2.GaussianBlur(f.astype(np.float32), (3, 3), 0) for f in video.frames]
         masks = video.masks.astype(bool)
@@ -252,7 +253,7 @@ def test_each_mask_lines_up_with_its_own_frame_in_time():
                 if 0 <= u < 24 and masks[t].any() and masks[u].any():
                     wins += contrast(t, t) < contrast(t, u)
                     total += 1
-    assert total > 200 and wins / total > 0.65, (wins, total)
+    assert total > 400 and wins / total > 0.6, (wins, total)
 
 
 def test_label_every_writes_a_sparsely_annotated_set(tmp_path):
