@@ -748,7 +748,7 @@ def test_a_training_set_whose_masks_are_all_empty_is_named_once(data, tmp_path, 
     assert "every training mask" not in capsys.readouterr().err
 
 
-def test_a_validation_inside_an_open_epoch_decides_nothing(data, tmp_path, monkeypatch):
+def test_a_validation_inside_an_open_epoch_decides_nothing(data, tmp_path, monkeypatch, capsys):
     """The best epoch, --patience and the history's best row come from whole epochs only, so a run stopped by
     --max-steps and resumed ends as the uninterrupted one: same best file, same stop, same log. A mid-epoch
     validation writes the best file only while no whole epoch has been validated (a smoke run still gets one)."""
@@ -777,8 +777,10 @@ def test_a_validation_inside_an_open_epoch_decides_nothing(data, tmp_path, monke
         assert torch.equal(a, b), name  # epoch 1's weights, not the mid-epoch ones
     # before any whole epoch: the mid-epoch weights are the best file for now
     monkeypatch.setattr(train, "_validate", scripted([0.7]))
+    capsys.readouterr()
     smoke = run_training(_cfg(data, tmp_path / "smoke.safetensors", max_steps=1, **cfg))
     assert smoke.best_path.is_file() and smoke.epochs_done == 0 and smoke.best_epoch == 0  # none recorded yet
+    assert "no whole epoch validated yet" in capsys.readouterr().out
 
 
 def test_an_open_epoch_resumes_only_with_as_many_processes(data, tmp_path):

@@ -786,7 +786,8 @@ class _Run:
                              {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
         if self.dist.main and (epochs_done or progress.partial):
             best = progress.best_dice
-            best_text = f"best val Dice {best:.4f} (epoch {progress.best_epoch + 1})" if best >= 0 else "no validation"
+            best_text = (f"best val Dice {best:.4f} (epoch {progress.best_epoch + 1})" if best >= 0
+                         else "no whole epoch validated yet" if data.val_videos else "no validation")
             open_epoch = (f" and {progress.partial['batches']} of {progress.partial['of']} batches of epoch "
                           f"{epochs_done + 1} (--max-steps)" if progress.partial else "")
             print(f"done: {count(epochs_done, 'epoch')}{open_epoch} in {seconds / 60:.1f} min, {best_text}; "
