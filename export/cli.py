@@ -177,6 +177,8 @@ def trt(
         paths.require_file(plugin_path, "--plugin")
     if source.endswith(".onnx"):
         _check_onnx_precision(paths.require_file(source, "ONNX"), fp16)
+    else:
+        _check_replaceable_onnx(output.with_suffix(".onnx"), source)
     if not _tensorrt_installed():
         raise VivimError(tensorrt_missing_message(rerun))
     plugin_path = find_plugin_library(plugin_path, output)
@@ -204,6 +206,23 @@ def _check_onnx_precision(path: Path, fp16: bool) -> None:
                          f"{path.with_name(path.stem + '_fp16.onnx')}")
     if not fp16 and precision == "fp16":
         warn(f"{path} is an FP16 graph: the engine is FP16 (strong typing keeps the graph's types)")
+
+
+def _check_replaceable_onnx(onnx_path: Path, checkpoint: str) -> None:
+    """The ONNX exported beside the engine may replace a file there only when that file was exported from the same
+    checkpoint: another model's ONNX (a user's own file of that name) is not silently lost."""
+    from vivim.checkpoint import file_sha256, resolve_checkpoint
+    from vivim.export.onnx_files import onnx_metadata
+
+    if not onnx_path.exists():
+        return
+    try:
+        exported_from = onnx_metadata(onnx_path).get("checkpoint_sha256")
+    except VivimError:
+        exported_from = None
+    if exported_from != file_sha256(resolve_checkpoint(checkpoint)):
+        raise VivimError(f"-o: {onnx_path} exists and was not exported from {checkpoint}; the engine's ONNX would "
+                         f"replace it: move it, or build from it (vivim-export trt {shell(onnx_path)} ...)")
 
 
 def _onnx_for_engine(source: str, engine: Path, fp16: bool) -> Path:

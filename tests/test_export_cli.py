@@ -146,6 +146,13 @@ def test_cli_error_paths_in_process(workdir, exported_onnx):
          "--workspace nan: must be a number of GiB, at least 1 MiB"),
         (["trt", str(exported_onnx), "--fp16", "-o", str(workdir / "m.engine"), "--workspace", "1e-12"],
          "--workspace 1e-12: must be a number of GiB, at least 1 MiB"),
+        # from a checkpoint, the ONNX exported beside the engine would replace a file of that name: only its own
+        (["trt", str(workdir / "tiny.safetensors"), "-o", str(workdir / "dummy.engine")],
+         f"-o: {workdir / 'dummy.onnx'} exists and was not exported from {workdir / 'tiny.safetensors'}"),
+        (["trt", "demo", "--fp16", "-o", str(exported_onnx.with_suffix(".engine"))],
+         f"-o: {exported_onnx} exists and was not exported from demo"),
+        (["trt", str(workdir / "tiny.safetensors"), "--fp16", "-o", str(exported_onnx.with_suffix(".engine"))],
+         "TensorRT is not installed" if not tensorrt_installed() else "plugin"),  # the same checkpoint's: replaced
         (["trt", str(exported_onnx), "--fp16", "-o", str(workdir / "my engines" / "m.engine")],
          f"then rerun vivim-export trt {shlex.quote(str(exported_onnx))} --fp16 -o "
          f"'{workdir / 'my engines' / 'm.engine'}'" if not tensorrt_installed() else "plugin"),
