@@ -433,3 +433,22 @@ def test_a_folder_of_the_other_tools_masks_is_named_as_such(tmp_path):
     with pytest.raises(VivimError, match=r"holds vivim-eval's masks \(vivim-eval-masks.json, e.g. frame_1.png\); "
                                          r"choose another folder"):
         MaskFolderSink(str(folder), names=["frame_1", "frame_2"])
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi"])
+def test_an_odd_sized_video_keeps_its_last_row_and_column(tmp_path, suffix):
+    """4:2:0 codecs crop an odd frame size by one pixel (93 x 67 became 92 x 66): the writer repeats the last row
+    and column instead, so every pixel of the frame is in the video."""
+    import cv2
+
+    from vivim.data.image_io import write_video
+
+    frame = np.zeros((67, 93, 3), np.uint8)
+    frame[:, -8:] = 255  # a bright band along the right edge and the bottom, where a crop would eat into it
+    frame[-8:, :] = 255
+    path = tmp_path / f"odd{suffix}"
+    write_video(path, [frame] * 3)
+    ok, decoded = cv2.VideoCapture(str(path)).read()
+    assert ok and decoded.shape == (68, 94, 3)
+    assert decoded[:67, -2:].mean() > 200 and decoded[-2:, :93].mean() > 200  # the edges made it in
+    assert np.abs(decoded[:67, :93].astype(float) - frame).mean() < 8  # the same picture

@@ -126,7 +126,8 @@ def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
 class AtomicVideoWriter:
     """A video written under a temporary name beside `path` (the same extension: OpenCV picks the container from it)
     and moved onto `path` by `close()`; `abort()`, or a failure in `close()`, leaves no file behind. Opened on the
-    first frame, whose size it keeps. `what` names the file in errors (a flag, or the path itself)."""
+    first frame, whose size it keeps, rounded up to even sides (the last row or column repeated): the codecs'
+    4:2:0 sampling would otherwise crop it. `what` names the file in errors (a flag, or the path itself)."""
 
     FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 
@@ -140,6 +141,8 @@ class AtomicVideoWriter:
         self._tmp: str | None = None
 
     def write(self, bgr: np.ndarray) -> None:
+        if bgr.shape[0] % 2 or bgr.shape[1] % 2:  # 4:2:0 codecs drop an odd last row/column: repeat it instead
+            bgr = cv2.copyMakeBorder(bgr, 0, bgr.shape[0] % 2, 0, bgr.shape[1] % 2, cv2.BORDER_REPLICATE)
         if self._writer is None:
             suffix = self.path.suffix.lower()
             self._tmp = atomic.temp_beside(self.path, suffix)
