@@ -90,6 +90,12 @@ def test_hud_draws_text():
     image = np.zeros((120, 200, 3), np.uint8)
     draw_hud(image, ["12.0 FPS  latency 40 ms", "pytorch cpu"])
     assert image[:40].any() and not image[80:].any()
+    # a small frame keeps the picture: the block stays within about a quarter of its height (the first line at least)
+    for height in (64, 96, 480):
+        small = np.zeros((height, height, 3), np.uint8)
+        draw_hud(small, ["12.0 FPS  latency 40 ms", "pytorch cpu", "frame 120", "mask 3.2 %"])
+        rows = np.flatnonzero(small.any(axis=(1, 2)))
+        assert rows.size and rows.max() < max(height // 4 + 4, 14), (height, rows.max())
 
 
 def test_preprocess_matches_formula():
