@@ -24,9 +24,9 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def count(n: int, noun: str) -> str:
-    """'1 video', '3 videos', '2 processes'."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 video', '3 videos'; `plural` where adding an s is wrong ('processes')."""
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
 
 
 def next_command(command: str) -> None:

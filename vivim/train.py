@@ -335,7 +335,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         partial = state.get("partial")
         if partial and partial.get("world", 1) != dist_info.world:
             raise VivimError(f"{state_path}: the run stopped inside epoch {state['epoch'] + 2} with "
-                             f"{count(partial.get('world', 1), 'process')}; resume it with as many (each skips its "
+                             f"{count(partial.get('world', 1), 'process', 'processes')}; resume it with as many (each skips its "
                              "own share of the epoch's clips)")
     # a resumed run validates where it started, even if a Val/ folder appeared or went since ("best" keeps its meaning)
     data = _build_data(cfg, dist_info, device, _started_val_kind(state) if state else None)

@@ -70,7 +70,7 @@ def synth(
 @app.command("import")
 def import_command(
     videos: Path = typer.Argument(..., help="A video file, or a folder of them (.mp4, .avi, .mov, .mkv, ...)."),
-    masks: Path = typer.Option(..., "--masks", "-m", help="Folder with, per video <stem>, a mask video <stem>.mp4 (any container) or a folder <stem>/ of one mask image per frame."),
+    masks: Path = typer.Option(..., "--masks", "-m", help="Folder with, per video <stem>, a mask video (<stem>.mp4 or <stem>_mask.mp4, any container) or a folder (<stem>/ or <stem>_mask/) of one mask image per frame; for a single video, also its mask video or mask folder itself."),
     out: Path = typer.Option(..., "--out", "-o", help="New dataset folder (DAVIS layout: JPEGImages/ + Annotations/)."),
     image_format: str = typer.Option("jpg", "--format", help="Frame files: jpg (quality 95, as DAVIS) or png (lossless)."),
 ) -> None:
@@ -81,8 +81,8 @@ def import_command(
 
     if image_format not in ("jpg", "png"):
         raise VivimError(f"--format {image_format!r}: choose jpg or png")
-    if not masks.is_dir():
-        raise VivimError(f"--masks {masks}: no such folder")
+    if not masks.exists():
+        raise VivimError(f"--masks {masks}: no such folder or file")
     paths.check_writable(out, "-o", folder=True)
     files = find_videos(videos)
     sources = plan_import(files, masks, out)
@@ -92,12 +92,16 @@ def import_command(
         summary = import_videos(sources, out, image_format=image_format, progress=bar.update)
     sizes = sorted({f"{v['width']}x{v['height']}" for v in summary.videos})
     lesion = sum(v["lesion"] * v["frames"] for v in summary.videos) / max(1, summary.frames)
-    print(f"imported {len(summary.videos)} video(s), {summary.frames} frames ({', '.join(sizes)}) into {out} in "
-          f"{time.perf_counter() - start:.1f} s; lesion pixels {100 * lesion:.1f} %")
+    print(f"imported {count(len(summary.videos), 'video')}, {count(summary.frames, 'frame')} ({', '.join(sizes)}) "
+          f"into {out} in {time.perf_counter() - start:.1f} s; lesion pixels {100 * lesion:.1f} %")
+    for warning in summary.warnings:
+        warn(warning)
     if lesion == 0:
         warn(f"{masks}: every mask is empty; see README (Data) for how a mask marks the lesion")
     no_val = ["--val-fraction", 0] if len(summary.videos) < 2 else []  # one video: nothing to hold out
-    next_command(shell("vivim-train", "--data", out, *no_val, "--out", "runs/model.safetensors"))
+    smallest = min(min(v["width"], v["height"]) for v in summary.videos)
+    train_size = max(32, min(smallest, 256) // 32 * 32)  # vivim-train takes multiples of 32 and resizes the frames
+    next_command(shell("vivim-train", "--data", out, "--size", train_size, *no_val, "--out", "runs/model.safetensors"))
 
 
 @app.command()

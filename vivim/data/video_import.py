@@ -2,17 +2,22 @@
 
 Users record clips as video files; the training layouts are folders of frames. Each video `<stem>.<ext>` becomes
 `JPEGImages/<stem>/00000.jpg ...`, and its masks `Annotations/<stem>/00000.png ...` (0/255), from either a mask
-video `MASKS/<stem>.<ext>` (any container OpenCV reads; a lossy codec's noise is thresholded away) or a folder
-`MASKS/<stem>/` with one mask image per frame in frame-number order. Masks are read with the dataset reader's rules
-(0/1, 0/255, labels, alpha). The dataset is written under a temporary name beside the output folder and moved into
-place at the end, so a failure or Ctrl-C leaves no half-imported dataset.
+video (`MASKS/<stem>.<ext>` or `MASKS/<stem>_mask.<ext>`; any container OpenCV reads) or a folder of one mask image
+per frame (`MASKS/<stem>/` or `MASKS/<stem>_mask/`), numbered consecutively. A mask video is thresholded at half of
+the level its lesion is coded with (255, a class colour such as 128, or 1), measured over the whole video: a
+lossy codec's noise around a per-frame threshold would otherwise eat into the lesion. Mask images are read with the
+dataset reader's rules (0/1, 0/255, labels, alpha). The dataset is written under a temporary name and moved into
+place at the end, so a failure, Ctrl-C or SIGTERM leaves no half-imported dataset.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -21,52 +26,69 @@ import cv2
 import numpy as np
 
 from vivim import atomic
-from vivim.data.image_io import binarise_mask_image, read_mask, size_mismatch
+from vivim.data.image_io import read_mask, size_mismatch
 from vivim.data.layouts import frame_order, list_frame_files
 from vivim.errors import VivimError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
 MANIFEST = "import.json"
+MASK_SUFFIXES = ("", "_mask", "-mask", "_masks", "_label", "_gt")  # <stem><suffix>: the names masks are given
 
 
 @dataclass
 class ImportSummary:
     videos: list[dict] = field(default_factory=list)  # name, source, masks, frames, width, height, lesion fraction
     frames: int = 0
+    warnings: list[str] = field(default_factory=list)  # per video: masks all empty, or mostly lesion (inverted?)
+
+
+def _is_video(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".")
+
+
+def _mask_named(stem: str) -> str | None:
+    """The video stem a mask's stem names ('a_mask' -> 'a'), or None."""
+    return next((stem[: -len(s)] for s in MASK_SUFFIXES if s and stem.endswith(s) and len(stem) > len(s)), None)
 
 
 def find_videos(source: Path) -> list[Path]:
-    """The video files to import: `source` itself, or the videos of a folder (hidden files aside), by name."""
+    """The video files to import: `source` itself, or the videos of a folder (hidden files aside, and mask videos
+    such as `a_mask.mp4` beside their `a.mp4`), by name."""
     if source.is_file():
         if source.suffix.lower() not in VIDEO_EXTENSIONS:
             raise VivimError(f"{source}: not a video file ({', '.join(VIDEO_EXTENSIONS)})")
         return [source]
     if not source.is_dir():
         raise VivimError(f"{source}: no such video file or folder")
-    videos = sorted((p for p in source.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".")),
-                    key=frame_order)
+    found = [p for p in source.iterdir() if _is_video(p)]
+    stems = {p.stem for p in found}
+    videos = sorted((p for p in found if _mask_named(p.stem) not in stems), key=frame_order)
     if not videos:
-        raise VivimError(f"{source}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in this folder")
-    stems = [v.stem for v in videos]
-    twice = next((s for s in stems if stems.count(s) > 1), None)
+        nested = sum(1 for p in source.rglob("*") if _is_video(p))
+        where = f" ({nested} in its subfolders: import each folder, or move them up)" if nested else ""
+        raise VivimError(f"{source}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in this folder{where}")
+    names = [v.stem for v in videos]
+    twice = next((s for s in names if names.count(s) > 1), None)
     if twice is not None:  # one frame folder per stem
         raise VivimError(f"{source}: several videos are named {twice}.* ({', '.join(v.name for v in videos if v.stem == twice)}); "
-                         "rename one")
+                         "rename one (a mask video is named <stem>_mask.<ext>)")
     return videos
 
 
 def masks_of(video: Path, masks: Path) -> Path:
-    """`MASKS/<stem>/` (one image per frame) or a mask video `MASKS/<stem>.<ext>`; a one-line error naming both
-    places looked at otherwise."""
-    folder = masks / video.stem
-    if folder.is_dir():
-        return folder
-    # by stem, not a glob pattern: names such as 'scan[1]' hold pattern characters
-    found = sorted(p for p in masks.iterdir() if p.stem == video.stem and p.suffix.lower() in VIDEO_EXTENSIONS and p != video)
-    if found:
-        return found[0]
-    raise VivimError(f"--masks {masks}: no masks for {video.name} (looked for the folder {folder}/ and a mask video "
-                     f"{video.stem}.<{'|'.join(e.lstrip('.') for e in VIDEO_EXTENSIONS[:3])}|...>)")
+    """The masks of `video` in the folder `masks`: a folder of mask images or a mask video named after it (`<stem>`,
+    `<stem>_mask`, ...; case aside); a one-line error saying what was looked for otherwise."""
+    here = video.resolve()
+    wanted = {(video.stem + suffix).casefold() for suffix in MASK_SUFFIXES}
+    candidates = sorted((p for p in masks.iterdir() if p.stem.casefold() in wanted or p.name.casefold() in wanted),
+                        key=lambda p: (not p.is_dir(), p.name))
+    for path in candidates:
+        if path.is_dir() and path.name.casefold() in wanted:
+            return path
+        if _is_video(path) and path.resolve() != here:  # the video itself is no mask (--masks = the videos' folder)
+            return path
+    raise VivimError(f"--masks {masks}: no masks for {video.name} (looked for a folder or video named {video.stem} or "
+                     f"{video.stem}_mask)")
 
 
 @contextlib.contextmanager
@@ -74,6 +96,8 @@ def _opened(path: Path) -> Iterator[cv2.VideoCapture]:
     from vivim.runtime.sources import native_stderr_muted, openable_by_opencv
 
     openable_by_opencv(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise VivimError(f"{path}: cannot open this video (the file is empty)")
     with native_stderr_muted():  # OpenCV's parsers print their own complaints about a damaged file
         capture = cv2.VideoCapture(str(path))
     try:
@@ -93,14 +117,43 @@ def _video_frames(path: Path) -> Iterator[np.ndarray]:
             yield frame
 
 
-def _mask_frames(path: Path) -> Iterator[np.ndarray]:
-    """Binary masks from a mask video, or from a folder of mask images in frame-number order."""
-    if path.is_dir():
-        for file in _one_mask_per_stem(list_frame_files(path)):
-            yield read_mask(file)
-        return
+def _values(frame: np.ndarray) -> np.ndarray:
+    """One value per pixel of a mask video's frame: its brightest channel (a class colour lights one channel)."""
+    return frame.max(axis=2) if frame.ndim == 3 else frame
+
+
+def _mask_video_threshold(path: Path) -> float:
+    """Half of the level the lesion is coded with, over the whole mask video: the most common value from 32 up
+    (255, or a class colour such as 128), else the most common non-zero value (a 0/1 mask)."""
+    histogram = np.zeros(256, np.int64)
     for frame in _video_frames(path):
-        yield binarise_mask_image(frame)
+        histogram += np.bincount(_values(frame).ravel(), minlength=256)[:256]
+    if histogram[32:].any():
+        return (32 + int(np.argmax(histogram[32:]))) / 2
+    if histogram[1:].any():
+        return (1 + int(np.argmax(histogram[1:]))) / 2
+    return 0.5  # every frame empty
+
+
+def _numbered(files: list[Path], folder: Path) -> list[Path]:
+    """Mask images in frame order, checked to be numbered consecutively by the last number in their names (frame_1,
+    frame_2, ... or 00000, 00001, ...): a lost or duplicated file would shift every later mask onto another frame."""
+    numbers = [re.findall(r"\d+", f.stem) for f in files]
+    if not files or not all(numbers):
+        return files  # not numbered: their order is all there is
+    by_number: dict[int, Path] = {}
+    for file, found in zip(files, numbers):
+        number = int(found[-1])
+        if number in by_number:
+            one, other = sorted((by_number[number].name, file.name))
+            raise VivimError(f"{folder}: {one} and {other} both carry frame number {number}; keep one")
+        by_number[number] = file
+    first, last = min(by_number), max(by_number)
+    missing = [n for n in range(first, last + 1) if n not in by_number]
+    if missing:
+        raise VivimError(f"{folder}: the masks are numbered {first}..{last} but {len(missing)} are missing (e.g. "
+                         f"number {missing[0]}); every frame needs its mask, in order")
+    return [by_number[n] for n in sorted(by_number)]
 
 
 def _one_mask_per_stem(files: list[Path]) -> list[Path]:
@@ -113,8 +166,19 @@ def _one_mask_per_stem(files: list[Path]) -> list[Path]:
     return [file for file in files if chosen[file.stem.casefold()] is file]
 
 
+def _mask_frames(path: Path) -> Iterator[tuple[np.ndarray, str]]:
+    """(binary mask, where it comes from) per frame: from a mask video, or a folder of mask images."""
+    if path.is_dir():
+        for file in _numbered(_one_mask_per_stem(list_frame_files(path)), path):
+            yield read_mask(file), str(file)
+        return
+    threshold = _mask_video_threshold(path)
+    for k, frame in enumerate(_video_frames(path)):
+        yield _values(frame) > threshold, f"{path} (frame {k})"
+
+
 def header_frames(path: Path) -> int:
-    """The frame count a video's header declares (0 when it has none): for the progress bar only."""
+    """The frame count a video's header declares (0 when it has none): for the progress bar and messages."""
     with contextlib.suppress(VivimError), _opened(path) as capture:
         return max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
     return 0
@@ -122,41 +186,103 @@ def header_frames(path: Path) -> int:
 
 def plan_import(videos: list[Path], masks: Path, out: Path) -> list[tuple[Path, Path]]:
     """(video, its masks) for every video, and `out` checked, before any frame is decoded: a refusal is the only
-    output."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise VivimError(f"-o {out}: already exists and is not empty; choose a new folder")
+    output. For a single video, `masks` may also be its mask video or its folder of mask images itself."""
     from vivim.runtime.sources import openable_by_opencv
 
-    sources = [(video, masks_of(video, masks)) for video in videos]
+    openable_by_opencv(out, "-o")  # cv2.imwrite crashes on such a path too
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise VivimError(f"-o {out}: already exists and is not empty; choose a new folder")
+    if len(videos) == 1 and (_is_video(masks) or (masks.is_dir() and list_frame_files(masks))):
+        sources = [(videos[0], masks)]  # the one video's own masks, given directly
+    elif not masks.is_dir():
+        raise VivimError(f"--masks {masks}: no such folder" + (" (a mask video goes with a single video file as "
+                                                             "VIDEOS)" if masks.is_file() else ""))
+    else:
+        sources, lacking = [], []
+        for video in videos:
+            try:
+                sources.append((video, masks_of(video, masks)))
+            except VivimError:
+                lacking.append(video.name)
+        if lacking:  # every one named at once, not one per attempt
+            raise VivimError(f"--masks {masks}: no masks for {count_text(lacking)} (looked for a folder or video "
+                             f"named <stem> or <stem>_mask)")
     for video, mask_source in sources:
         for path in (video, mask_source):
             openable_by_opencv(path)
     return sources
 
 
+def count_text(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{len(names)} videos ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+
+
 def import_videos(sources: list[tuple[Path, Path]], out: Path, *, image_format: str = "jpg",
                   progress: Callable[[int], None] = lambda n: None) -> ImportSummary:
     """Write each (video, masks) of `sources` (from `plan_import`) as a DAVIS-layout dataset at `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.importing-{os.getpid()}")  # beside `out`: the final move is a rename
-    shutil.rmtree(staging, ignore_errors=True)
+    # staged beside `out` and renamed onto it; inside an `out` that exists already (an empty folder: perhaps a mount
+    # point or a link to another disk), so every move stays on the disk the dataset is meant for
+    inside = out.is_dir()
+    staging = (out / f".importing-{os.getpid()}") if inside else out.with_name(f".{out.name}.importing-{os.getpid()}")
+    _remove_stale_staging(out)
     summary = ImportSummary()
     try:
         for video, mask_source in sources:
-            summary.videos.append(_import_one(video, mask_source, staging, image_format, progress))
-            summary.frames += summary.videos[-1]["frames"]
+            record, warning = _import_one(video, mask_source, staging, image_format, progress)
+            summary.videos.append(record)
+            summary.frames += record["frames"]
+            if warning:
+                summary.warnings.append(warning)
         atomic.write_json(staging / MANIFEST, {"videos": summary.videos, "frames": summary.frames}, indent=1)
-        if out.is_dir():
-            out.rmdir()  # empty (checked above): the staged dataset takes its place
-        os.replace(staging, out)
+        if inside:
+            for entry in ("JPEGImages", "Annotations", MANIFEST):
+                os.replace(staging / entry, out / entry)
+            staging.rmdir()
+        else:
+            os.replace(staging, out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        with _sigint_ignored():  # a second Ctrl-C must not leave the half-written dataset behind
+            shutil.rmtree(staging, ignore_errors=True)
+            if inside:
+                for entry in ("JPEGImages", "Annotations"):
+                    shutil.rmtree(out / entry, ignore_errors=True)
         raise
     return summary
 
 
+def _remove_stale_staging(out: Path) -> None:
+    """Temporary folders an import killed outright (SIGKILL, a power cut) left: their process is gone."""
+    for folder in [*out.parent.glob(f".{out.name}.importing-*"), *(out.glob(".importing-*") if out.is_dir() else [])]:
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _import_one(video: Path, mask_source: Path, root: Path, image_format: str,
-                progress: Callable[[int], None]) -> dict:
+                progress: Callable[[int], None]) -> tuple[dict, str | None]:
     frame_dir, mask_dir = root / "JPEGImages" / video.stem, root / "Annotations" / video.stem
     frame_dir.mkdir(parents=True)
     mask_dir.mkdir(parents=True)
@@ -164,11 +290,15 @@ def _import_one(video: Path, mask_source: Path, root: Path, image_format: str,
     masks = _mask_frames(mask_source)
     count, lesion, height, width = 0, 0.0, 0, 0
     for frame in _video_frames(video):
-        mask = next(masks, None)
-        if mask is None:
-            raise VivimError(f"{mask_source}: only {count} masks for {video}, which has more frames")
+        item = next(masks, None)
+        if item is None:
+            total = sum(1 for _ in _video_frames(video))  # the video's whole length, for the message
+            raise VivimError(f"{mask_source}: {count} masks for the {total} frames of {video}{_rates(video, mask_source)}; "
+                             "import needs one mask per frame (sparsely annotated sets go in the DAVIS layout "
+                             "directly, see README)")
+        mask, where = item
         if mask.shape != frame.shape[:2]:
-            raise size_mismatch(f"{mask_source} (frame {count})", mask.shape[::-1], video, frame.shape[1::-1])
+            raise size_mismatch(where, mask.shape[::-1], f"{video} (frame {count})", frame.shape[1::-1])
         name = f"{count:05d}"
         if not cv2.imwrite(str(frame_dir / f"{name}.{image_format}"), frame, params):
             raise VivimError(f"{frame_dir}: could not write {name}.{image_format} (disk full?)")
@@ -180,6 +310,28 @@ def _import_one(video: Path, mask_source: Path, root: Path, image_format: str,
         raise VivimError(f"{video}: no frame could be decoded")
     extra = sum(1 for _ in masks)
     if extra:
-        raise VivimError(f"{mask_source}: {count + extra} masks for the {count} frames of {video}")
-    return {"name": video.stem, "source": str(video.resolve()), "masks": str(mask_source.resolve()), "frames": count,
-            "width": width, "height": height, "lesion": round(lesion / count, 6)}
+        declared = header_frames(video)
+        if declared > count:  # the video stopped early: its masks are not the ones at fault
+            raise VivimError(f"{video}: decoding stopped at frame {count} of the {declared} its header declares (a "
+                             "cut-short or damaged file)")
+        raise VivimError(f"{mask_source}: {count + extra} masks for the {count} frames of {video}"
+                         f"{_rates(video, mask_source)}")
+    share = lesion / count
+    warning = (f"{video.name}: every mask is empty" if share == 0 else
+               f"{video.name}: {100 * share:.0f} % of the pixels are lesion; are its masks inverted?" if share > 0.5
+               else None)
+    return ({"name": video.stem, "source": str(video.resolve()), "masks": str(mask_source.resolve()), "frames": count,
+             "width": width, "height": height, "lesion": round(share, 6)}, warning)
+
+
+def _rates(video: Path, masks: Path) -> str:
+    """' (mask video at 10 fps, video at 30 fps)' when a mask video's frame rate differs, else ''."""
+    if masks.is_dir():
+        return ""
+    rates = []
+    for path in (masks, video):
+        with contextlib.suppress(VivimError), _opened(path) as capture:
+            rates.append(float(capture.get(cv2.CAP_PROP_FPS)))
+    if len(rates) == 2 and min(rates) > 0 and abs(rates[0] - rates[1]) > 0.01:
+        return f" (mask video at {rates[0]:g} fps, video at {rates[1]:g} fps)"
+    return ""
