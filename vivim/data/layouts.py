@@ -96,6 +96,19 @@ def _list_frames(folder: Path) -> list[Path]:
     return frames
 
 
+def masks_by_stem_in(mask_dir: Path) -> dict[str, Path]:
+    """The mask image of each stem in a folder. A .png wins over another image of its name (the annotation beside a
+    .jpg preview of it); two of one name, neither a .png, are refused: which one counts would be a guess."""
+    masks_by_stem: dict[str, Path] = {}
+    for mask in sorted(mask_dir.iterdir(), key=lambda p: (p.suffix.lower() != ".png", p.name)):  # <stem>.png first
+        if mask.suffix.lower() in FRAME_EXTENSIONS and not mask.name.startswith("."):
+            chosen = masks_by_stem.setdefault(mask.stem, mask)
+            if chosen is not mask and chosen.suffix.lower() != ".png":
+                raise VivimError(f"{mask_dir}: several masks are named {mask.stem}.* ({chosen.name}, {mask.name}) and "
+                                 "none is a .png, which would be the one read; keep one of them")
+    return masks_by_stem
+
+
 def _video_record(name: str, frame_dir: Path, mask_dir: Path, sparse: bool) -> VideoRecord:
     if not mask_dir.is_dir():
         raise VivimError(f"{mask_dir}: mask folder for video '{name}' is missing")
@@ -105,13 +118,7 @@ def _video_record(name: str, frame_dir: Path, mask_dir: Path, sparse: bool) -> V
     if twice is not None:
         names = sorted(p.name for p in frames if p.stem.casefold() == twice.casefold())
         raise VivimError(f"{frame_dir}: several frames are named {twice}.* ({', '.join(names)}); keep one of them")
-    masks_by_stem: dict[str, Path] = {}
-    for mask in sorted(mask_dir.iterdir(), key=lambda p: (p.suffix.lower() != ".png", p.name)):  # <stem>.png first
-        if mask.suffix.lower() in FRAME_EXTENSIONS and not mask.name.startswith("."):
-            chosen = masks_by_stem.setdefault(mask.stem, mask)
-            if chosen is not mask and chosen.suffix.lower() != ".png":  # a .png is the annotation, a .jpg its preview
-                raise VivimError(f"{mask_dir}: several masks are named {mask.stem}.* ({chosen.name}, {mask.name}) and "
-                                 "none is a .png, which would be the one read; keep one of them")
+    masks_by_stem = masks_by_stem_in(mask_dir)
     missing = [frame for frame in frames if frame.stem not in masks_by_stem]
     # a missing mask is an error unless the dataset says it is annotated sparsely: a file lost in a copy must not
     # silently shrink the training set

@@ -27,7 +27,7 @@ import numpy as np
 
 from vivim import atomic
 from vivim.data.image_io import read_mask, size_mismatch
-from vivim.data.layouts import frame_order, list_frame_files
+from vivim.data.layouts import frame_order, list_frame_files, masks_by_stem_in
 from vivim.errors import VivimError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
@@ -156,20 +156,10 @@ def _numbered(files: list[Path], folder: Path) -> list[Path]:
     return [by_number[n] for n in sorted(by_number)]
 
 
-def _one_mask_per_stem(files: list[Path]) -> list[Path]:
-    """The dataset reader's rule: a .png mask wins over another image of its name (a .jpg preview of it)."""
-    chosen: dict[str, Path] = {}
-    for file in files:
-        key = file.stem.casefold()
-        if key not in chosen or (file.suffix.lower() == ".png" and chosen[key].suffix.lower() != ".png"):
-            chosen[key] = file
-    return [file for file in files if chosen[file.stem.casefold()] is file]
-
-
 def _mask_frames(path: Path) -> Iterator[tuple[np.ndarray, str]]:
     """(binary mask, where it comes from) per frame: from a mask video, or a folder of mask images."""
     if path.is_dir():
-        for file in _numbered(_one_mask_per_stem(list_frame_files(path)), path):
+        for file in _numbered(sorted(masks_by_stem_in(path).values(), key=frame_order), path):
             yield read_mask(file), str(file)
         return
     threshold = _mask_video_threshold(path)
