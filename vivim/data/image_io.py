@@ -22,8 +22,7 @@ def read_frame(path: str | Path) -> np.ndarray:
     if image is None:
         if not Path(path).is_file():
             raise VivimError(f"{path}: frame file is missing")
-        why = "the file is empty" if Path(path).stat().st_size == 0 else "not a readable image"
-        raise VivimError(f"{path}: cannot decode this frame ({why})")
+        raise VivimError(f"{path}: cannot decode this frame ({why_unreadable(path, 'not a readable image')})")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -41,17 +40,18 @@ def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
     except FileNotFoundError:
         raise VivimError(f"{path}: {what} file is missing") from None
     except (UnidentifiedImageError, OSError) as exc:
-        raise VivimError(f"{path}: cannot decode this {what} ({_why_undecodable(path, exc)})") from None
+        raise VivimError(f"{path}: cannot decode this {what} ({why_unreadable(path, type(exc).__name__)})") from None
 
 
-def _why_undecodable(path: str | Path, exc: Exception) -> str:
-    """An empty file (a copy cut short, a placeholder) says so; otherwise the reader's error type."""
+def why_unreadable(path: str | Path, otherwise: str) -> str:
+    """Why a reader failed on `path`, for its message: an empty file (a copy cut short, a placeholder) says so,
+    else `otherwise` (the reader's own reason)."""
     try:
         if Path(path).stat().st_size == 0:
             return "the file is empty"
     except OSError:
         pass
-    return exc.__class__.__name__
+    return otherwise
 
 
 def size_mismatch(mask: str | Path, mask_wh: tuple[int, int], frame: str | Path, frame_wh: tuple[int, int]) -> VivimError:
@@ -76,7 +76,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     except FileNotFoundError:
         raise VivimError(f"{path}: mask file is missing") from None
     except (UnidentifiedImageError, OSError) as exc:
-        raise VivimError(f"{path}: cannot decode this mask ({_why_undecodable(path, exc)})") from None
+        raise VivimError(f"{path}: cannot decode this mask ({why_unreadable(path, type(exc).__name__)})") from None
     if palette:
         return array > 0
     return binarise_mask_image(array, has_alpha)

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from vivim import atomic
-from vivim.data.image_io import read_mask, size_mismatch
+from vivim.data.image_io import read_mask, size_mismatch, why_unreadable
 from vivim.data.layouts import frame_order, list_frame_files, masks_by_stem_in
 from vivim.errors import VivimError
 
@@ -96,13 +96,12 @@ def _opened(path: Path) -> Iterator[cv2.VideoCapture]:
     from vivim.runtime.sources import native_stderr_muted, openable_by_opencv
 
     openable_by_opencv(path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise VivimError(f"{path}: cannot open this video (the file is empty)")
     with native_stderr_muted():  # OpenCV's parsers print their own complaints about a damaged file
         capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
-            raise VivimError(f"{path}: cannot open this video (unreadable or corrupt, or a codec OpenCV lacks)")
+            why = why_unreadable(path, "unreadable or corrupt, or a codec OpenCV lacks")
+            raise VivimError(f"{path}: cannot open this video ({why})")
         yield capture
     finally:
         capture.release()
