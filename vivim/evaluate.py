@@ -46,12 +46,12 @@ def _trained_on(meta: dict, data: str | Path) -> bool:
     return bool(training.get("data")) and os.path.realpath(training["data"]) == os.path.realpath(data)
 
 
-def _held_out_videos(meta: dict, data: str | Path) -> list[str]:
-    """The videos vivim-train carved out of `data` for validation, when `data` is the checkpoint's training folder;
-    [] otherwise (metadata before val_kind says "carved" in its text)."""
+def _carved_videos(meta: dict) -> list[str]:
+    """The videos vivim-train carved out of its training folder for validation (none for a --val or Val/ split;
+    metadata before val_kind says "carved" in its text)."""
     training = meta.get("training") or {}
     carved = training.get("val_kind", "carved" if str(training.get("val", "")).endswith("carved from --data") else None)
-    return list(training.get("val_videos") or []) if carved == "carved" and _trained_on(meta, data) else []
+    return list(training.get("val_videos") or []) if carved == "carved" else []
 
 
 def training_videos_among(meta: dict, data: str | Path, videos) -> list[str]:
@@ -63,7 +63,7 @@ def training_videos_among(meta: dict, data: str | Path, videos) -> list[str]:
 
     if not _trained_on(meta, data):
         return []
-    held_out = set(_held_out_videos(meta, data))
+    held_out = set(_carved_videos(meta))
     # only the video folders matter here, so frames without masks are no error
     trained = {os.path.realpath(v.frames[0].parent) for v in discover_videos(data, "train", sparse=True)
                if v.name not in held_out}
@@ -110,7 +110,7 @@ def evaluate_checkpoint(
     split_given = split is not None
     asked = split = split or default_split(data)
     note = every_video_note(data, split)  # a DAVIS folder without lists: a named split would be every video
-    held_out = _held_out_videos(meta, data) if note and split == "val" else []
+    held_out = _carved_videos(meta) if note and split == "val" and _trained_on(meta, data) else []
     if held_out:  # ... but for --split val on its own training folder the checkpoint names its validation videos
         print(f"note: --split val: {data} has no ImageSets/ lists; scoring the {count(len(held_out), 'video')} "
               f"{checkpoint} held out for validation")
