@@ -659,12 +659,11 @@ class _Run:
         epoch_batches = done_before + len(data.train_loader)
         bar = tqdm(total=epoch_batches, initial=done_before, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not (cfg.progress and self.dist.main), dynamic_ncols=True)
-        whole = done_before == 0 and not self.saw_lesion  # this process sees the epoch from its start
         try:
             total, batches, stopped = self._steps(epoch, data, bar, float(open_epoch["loss_sum"]), done_before)
         finally:
             bar.close()  # also on Ctrl-C: the interruption's message starts on a line of its own
-        whole = whole and batches >= epoch_batches  # ... to its end: a part of an epoch proves nothing
+        whole = done_before == 0 and batches >= epoch_batches  # a part of an epoch proves nothing
         if whole and not self.saw_lesion and self.dist.main and self.dist.world == 1:
             self.saw_lesion = True  # said once
             warn(f"every training mask this epoch was empty: the model can only learn 'no lesion'; check how the masks "
