@@ -43,6 +43,19 @@ def _write_video(path: Path, images: list[np.ndarray]) -> None:
     writer.release()
 
 
+def _video_and_mask_folder(root: Path, name: str, images: list[np.ndarray], masks: list[np.ndarray],
+                           mask_name: str = "{k:05d}.png") -> tuple[Path, Path]:
+    """root/videos/<name>.avi and root/masks/<name>/ holding one mask image per frame (named by `mask_name` with the
+    0-based index k or the 1-based n); returns the videos and masks folders, as vivim-data import takes them."""
+    videos, masks_root = root / "videos", root / "masks"
+    videos.mkdir(parents=True, exist_ok=True)
+    (masks_root / name).mkdir(parents=True)
+    _write_video(videos / f"{name}.avi", images)
+    for k, mask in enumerate(masks):
+        cv2.imwrite(str(masks_root / name / mask_name.format(k=k, n=k + 1)), mask)
+    return videos, masks_root
+
+
 def _decoded(path: Path) -> list[np.ndarray]:
     capture, frames = cv2.VideoCapture(str(path)), []
     while True:
@@ -232,14 +245,7 @@ def test_an_import_stopped_midway_leaves_nothing(tmp_path, signame, code):
     import sys
     import time
 
-    rng = np.random.default_rng()
-    videos, masks = tmp_path / "videos", tmp_path / "masks"
-    videos.mkdir()
-    (masks / "long").mkdir(parents=True)
-    images, image_masks = _scene(rng, 400)
-    _write_video(videos / "long.avi", images)
-    for k, mask in enumerate(image_masks):
-        cv2.imwrite(str(masks / "long" / f"{k:05d}.png"), mask)
+    videos, masks = _video_and_mask_folder(tmp_path, "long", *_scene(np.random.default_rng(), 400))
     out = tmp_path / "dataset"
     child = subprocess.Popen([sys.executable, "-m", "vivim.data.cli", "import", str(videos), "--masks", str(masks),
                               "-o", str(out), "--format", "png"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -281,14 +287,8 @@ def test_mask_videos_beside_their_videos_and_the_same_folder_spelled_otherwise(t
 
 def test_mask_images_must_be_numbered_without_gaps_or_repeats(tmp_path):
     """A lost mask file (frame_8.png) or a copy (frame_12 copy.png) would shift every later mask onto another frame."""
-    rng = np.random.default_rng()
-    videos, masks = tmp_path / "videos", tmp_path / "masks"
-    videos.mkdir()
-    (masks / "scan").mkdir(parents=True)
-    images, image_masks = _scene(rng, 6)
-    _write_video(videos / "scan.avi", images)
-    for k, mask in enumerate(image_masks):
-        cv2.imwrite(str(masks / "scan" / f"frame_{k + 1}.png"), mask)
+    images, image_masks = _scene(np.random.default_rng(), 6)
+    videos, masks = _video_and_mask_folder(tmp_path, "scan", images, image_masks, "frame_{n}.png")  # 1-based names
     (masks / "scan" / "frame_4.png").rename(masks / "scan" / "frame_4 copy.png")
     cv2.imwrite(str(masks / "scan" / "frame_4.png"), image_masks[3])
     assert f"{masks / 'scan'}: frame_4 copy.png and frame_4.png both carry frame number 4" in \
@@ -318,27 +318,17 @@ def test_a_mask_video_in_a_class_colour_keeps_its_lesion(tmp_path, colour):
 
 
 def test_a_cut_short_video_is_named_and_odd_masks_are_said(tmp_path):
-    rng = np.random.default_rng()
-    videos, masks = tmp_path / "videos", tmp_path / "masks"
-    videos.mkdir()
-    (masks / "cut").mkdir(parents=True)
-    images, image_masks = _scene(rng, 20)
-    _write_video(videos / "cut.avi", images)
+    images, image_masks = _scene(np.random.default_rng(), 20)
+    videos, masks = _video_and_mask_folder(tmp_path, "cut", images, image_masks)
     data = (videos / "cut.avi").read_bytes()
     (videos / "cut.avi").write_bytes(data[: len(data) // 2])  # the header still declares 20 frames
-    for k, mask in enumerate(image_masks):
-        cv2.imwrite(str(masks / "cut" / f"{k:05d}.png"), mask)
     message = _error(_import(str(videos), "--masks", str(masks), "-o", str(tmp_path / "o")))
     assert message.startswith(f"{videos / 'cut.avi'}: decoding stopped at frame ") and "of the 20 its header" in message
     # one video whose masks are all empty, one whose masks are mostly lesion: imported, and said
     for name, make in (("empty", lambda m: m * 0), ("inverted", lambda m: 1 - m)):
         folder = tmp_path / name
-        (folder / "masks" / "v").mkdir(parents=True)
-        (folder / "videos").mkdir()
-        _write_video(folder / "videos" / "v.avi", images[:3])
-        for k, mask in enumerate(image_masks[:3]):
-            cv2.imwrite(str(folder / "masks" / "v" / f"{k:05d}.png"), make(mask))
-        result = _import(str(folder / "videos"), "--masks", str(folder / "masks"), "-o", str(folder / "ds"))
+        videos, masks = _video_and_mask_folder(folder, "v", images[:3], [make(m) for m in image_masks[:3]])
+        result = _import(str(videos), "--masks", str(masks), "-o", str(folder / "ds"))
         assert result.exit_code == 0, result.output
         said = "v.avi: every mask is empty" if name == "empty" else "of the pixels are lesion; are its masks inverted?"
         assert said in result.output, result.output
