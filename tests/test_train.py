@@ -193,18 +193,18 @@ def test_init_from_a_vivim_checkpoint(data, tmp_path):
 
 
 def test_init_demo_names_the_bundled_weights_as_in_the_other_tools():
-    from vivim.train import _initialise
+    from vivim.training.init_weights import initialise_weights
 
     demo, meta = vivim.load_checkpoint("demo")
     model = vivim.create_model(meta["variant"], frames=3, img_size=32)  # any T and size: fine-tuning elsewhere
-    _initialise(model, "demo", verbose=False)
+    initialise_weights(model, "demo", verbose=False)
     for key, value in demo.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
     with pytest.raises(VivimError, match="cannot initialise the 'b0' variant"):
-        _initialise(vivim.create_model("b0", frames=3, img_size=32), "demo", verbose=False)
+        initialise_weights(vivim.create_model("b0", frames=3, img_size=32), "demo", verbose=False)
     tiny = vivim.create_model("tiny", frames=3, img_size=32)
     with pytest.raises(VivimError, match=r"--init runs/nope.safetensors: no such file or folder"):
-        _initialise(tiny, "runs/nope.safetensors", verbose=False)
+        initialise_weights(tiny, "runs/nope.safetensors", verbose=False)
 
 
 def test_init_refuses_a_checkpoint_with_tensors_this_model_does_not_have(tmp_path):
@@ -213,7 +213,7 @@ def test_init_refuses_a_checkpoint_with_tensors_this_model_does_not_have(tmp_pat
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from vivim.train import _initialise
+    from vivim.training.init_weights import initialise_weights
 
     from vivim.checkpoint import checkpoint_file
 
@@ -224,7 +224,7 @@ def test_init_refuses_a_checkpoint_with_tensors_this_model_does_not_have(tmp_pat
     tensors["decoder.extra_head.weight"] = torch.zeros(3)
     save_file(tensors, str(tmp_path / "newer.safetensors"), metadata=metadata)
     with pytest.raises(VivimError, match=r"1 tensors do not fit this model \(e.g. decoder.extra_head.weight\)"):
-        _initialise(vivim.create_model("tiny", frames=3, img_size=32), str(tmp_path / "newer.safetensors"), False)
+        initialise_weights(vivim.create_model("tiny", frames=3, img_size=32), str(tmp_path / "newer.safetensors"), False)
 
 
 def test_init_from_local_segformer_weights(data, tmp_path):
@@ -324,9 +324,10 @@ def test_cli_smoke_and_one_line_errors(data, tmp_path, monkeypatch, capsys):
 
 def _epoch_clips(data, workers: int, epochs: int = 2) -> list[dict]:
     """Each epoch's augmented training clips by (video, frame), from the loader vivim-train builds and advances."""
-    from vivim.train import _build_data, _Dist
+    from vivim.training.data import build_data
+    from vivim.training.environment import Dist
 
-    built = _build_data(_cfg(data, "unused.safetensors", workers=workers, batch=4), _Dist(), torch.device("cpu"))
+    built = build_data(_cfg(data, "unused.safetensors", workers=workers, batch=4), Dist(), torch.device("cpu"))
     clips = []
     for epoch in range(epochs):
         built.start_epoch(epoch)
@@ -425,7 +426,7 @@ def test_best_checkpoint_holds_the_best_epoch_s_weights(data, tmp_path, monkeypa
     import vivim.train as train_module
 
     scripted = iter([0.3, 0.2, 0.9, 0.5])  # validation Dice per epoch: the third epoch is the best
-    monkeypatch.setattr(train_module, "_validate", lambda *args, **kwargs: next(scripted))
+    monkeypatch.setattr(train_module, "validate", lambda *args, **kwargs: next(scripted))
     result = run_training(_cfg(data, tmp_path / "best.safetensors", epochs=4, val_fraction=0.34))
     best_model, best_meta = vivim.load_checkpoint(result.best_path)
     assert best_meta["training"]["best_epoch"] == 3 and best_meta["training"]["val_dice"] == 0.9
@@ -434,7 +435,7 @@ def test_best_checkpoint_holds_the_best_epoch_s_weights(data, tmp_path, monkeypa
     assert last_meta["training"]["epochs_done"] == 4 and last_meta["training"]["best_epoch"] == 3
     # the same run stopped after three epochs (same schedule, same steps) ends with exactly the best weights
     steps_per_epoch = len(result.step_losses) // 4
-    monkeypatch.setattr(train_module, "_validate", lambda *args, **kwargs: 0.1)
+    monkeypatch.setattr(train_module, "validate", lambda *args, **kwargs: 0.1)
     three = run_training(_cfg(data, tmp_path / "three.safetensors", epochs=4, val_fraction=0.34,
                               max_steps=3 * steps_per_epoch))
     for key, value in best_model.state_dict().items():
@@ -448,13 +449,13 @@ def test_a_resumed_run_keeps_the_best_checkpoint_of_the_epochs_before_it(data, t
     import vivim.train as train_module
 
     out = tmp_path / "run.safetensors"
-    monkeypatch.setattr(train_module, "_validate", lambda *args, **kwargs: 0.1)
+    monkeypatch.setattr(train_module, "validate", lambda *args, **kwargs: 0.1)
     probe = run_training(_cfg(data, tmp_path / "probe.safetensors", epochs=1, val_fraction=0.34))
     steps_per_epoch = len(probe.step_losses)
-    monkeypatch.setattr(train_module, "_validate", lambda *args, **kwargs: 0.9)
+    monkeypatch.setattr(train_module, "validate", lambda *args, **kwargs: 0.9)
     first = run_training(_cfg(data, out, epochs=3, val_fraction=0.34, max_steps=steps_per_epoch))
     best_bytes = first.best_path.read_bytes()
-    monkeypatch.setattr(train_module, "_validate", lambda *args, **kwargs: 0.2)
+    monkeypatch.setattr(train_module, "validate", lambda *args, **kwargs: 0.2)
     resumed = run_training(_cfg(data, out, epochs=3, val_fraction=0.34, resume=True))
     assert resumed.best_path.read_bytes() == best_bytes
     _, meta = vivim.load_checkpoint(resumed.last_path)
@@ -463,12 +464,13 @@ def test_a_resumed_run_keeps_the_best_checkpoint_of_the_epochs_before_it(data, t
 
 @pytest.mark.parametrize("output_frame", ["centre", "newest"])
 def test_validation_dice_is_the_mean_over_frames_of_the_supervised_frame(data, output_frame):
-    """_validate against a by-hand Dice per frame (threshold 0.5) over a loader whose last batch is short."""
+    """validate against a by-hand Dice per frame (threshold 0.5) over a loader whose last batch is short."""
     from torch.utils.data import DataLoader
 
     from vivim.data.dataset import ClipDataset
     from vivim.data.layouts import discover_videos
-    from vivim.train import _Dist, _validate
+    from vivim.training.environment import Dist
+    from vivim.training.loop import validate
 
     torch.manual_seed(0)
     model = vivim.create_model("tiny", frames=3, img_size=32).eval()
@@ -483,7 +485,7 @@ def test_validation_dice_is_the_mean_over_frames_of_the_supervised_frame(data, o
             per_frame.append(2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0)
     assert len(set(per_frame)) > 3, "the check needs frames that score differently"
     loader = DataLoader(dataset, batch_size=5, shuffle=False)  # 12 frames: batches of 5, 5 and 2
-    dice = _validate(model, loader, torch.device("cpu"), output_frame, _Dist(), None)
+    dice = validate(model, loader, torch.device("cpu"), output_frame, Dist(), None)
     assert dice == pytest.approx(sum(per_frame) / len(per_frame), abs=1e-9)
 
 
@@ -535,14 +537,14 @@ def test_resume_flags_are_checked_before_the_data_is_read(data, tmp_path):
 
 
 def test_states_of_earlier_versions_validate_where_they_started(tmp_path):
-    from vivim.train import _started_val_kind
+    from vivim.training.state import started_val_kind
 
     data = str(tmp_path / "vt")
-    assert _started_val_kind({"val_kind": "Val/", "config": {"data": data}}) == "Val/"
-    assert _started_val_kind({"config": {"data": data, "val": "other"}}) == "--val"
-    assert _started_val_kind({"config": {"data": data}}) == "carved"  # before Val/ folders were used
-    assert _started_val_kind({"val_source": str(tmp_path / "vt" / "Val"), "config": {"data": data}}) == "Val/"
-    assert _started_val_kind({"val_source": "1 video(s) carved from --data", "config": {"data": data}}) == "carved"
+    assert started_val_kind({"val_kind": "Val/", "config": {"data": data}}) == "Val/"
+    assert started_val_kind({"config": {"data": data, "val": "other"}}) == "--val"
+    assert started_val_kind({"config": {"data": data}}) == "carved"  # before Val/ folders were used
+    assert started_val_kind({"val_source": str(tmp_path / "vt" / "Val"), "config": {"data": data}}) == "Val/"
+    assert started_val_kind({"val_source": "1 video(s) carved from --data", "config": {"data": data}}) == "carved"
 
 
 def test_sparse_masks_train_on_the_annotated_frames_only(data, tmp_path, capsys):
@@ -619,7 +621,7 @@ def test_patience_stops_after_epochs_without_a_better_dice(data, tmp_path, monke
     import vivim.train as train
 
     scores = iter([0.5, 0.6, 0.6, 0.58, 0.9, 0.95])  # best at epoch 2, then a tie (not better) and a lower one
-    monkeypatch.setattr(train, "_validate", lambda *args, **kwargs: next(scores))
+    monkeypatch.setattr(train, "validate", lambda *args, **kwargs: next(scores))
     out = tmp_path / "m.safetensors"
     result = run_training(_cfg(data, out, epochs=6, val_fraction=0.34, patience=2))
     assert result.epochs_done == 4 and result.val_dice == [0.5, 0.6, 0.6, 0.58]
@@ -660,33 +662,33 @@ def test_the_next_command_after_a_sparse_vtus_run_scores_its_test_split_sparsely
 
 def test_the_start_line_names_forward_and_backward_scans_when_they_differ():
     from vivim.ops import dispatch
-    from vivim.train import _scan_implementations
+    from vivim.training.environment import scan_implementations
 
     reference = dispatch.pick("cpu").fn
     dispatch.register_impl("plain_kernel", reference, priority=1000, devices=("cpu",))  # forward only
     try:
-        assert _scan_implementations(torch.device("cpu")) == "scan plain_kernel forward, reference backward"
+        assert scan_implementations(torch.device("cpu")) == "scan plain_kernel forward, reference backward"
     finally:
         dispatch._REGISTRY.pop("plain_kernel")
-    assert _scan_implementations(torch.device("cpu")) == "scan reference"
+    assert scan_implementations(torch.device("cpu")) == "scan reference"
 
 
 def test_a_cuda_run_says_when_the_scan_backward_falls_back_to_the_reference(capsys):
     """Without a CUDA kernel for the backward (ours not buildable, mamba-ssm absent) a GPU run's backward is the
     PyTorch reference (3x slower steps, benchmarks/RESULTS.md). The run says so, and only then."""
     from vivim.ops import dispatch
-    from vivim.train import _scan_implementations
+    from vivim.training.environment import scan_implementations
 
-    _scan_implementations(torch.device("cpu"))
+    scan_implementations(torch.device("cpu"))
     assert capsys.readouterr().err == ""
     if dispatch.pick("cuda", need_grad=True).name == "reference":  # no differentiable CUDA kernel here
-        _scan_implementations(torch.device("cuda"))
+        scan_implementations(torch.device("cuda"))
         err = capsys.readouterr().err
         assert err.startswith("warning: no CUDA kernel for the selective scan's backward") and err.count("\n") == 1
     dispatch.register_impl("differentiable_cuda_kernel", dispatch.pick("cpu").fn, priority=60, devices=("cuda",),
                            differentiable=True)
     try:
-        _scan_implementations(torch.device("cuda"))
+        scan_implementations(torch.device("cuda"))
         assert capsys.readouterr().err == ""
     finally:
         dispatch._REGISTRY.pop("differentiable_cuda_kernel")
@@ -696,32 +698,33 @@ def test_a_cuda_run_says_when_the_scan_backward_falls_back_to_the_reference(caps
 def test_the_frame_cache_budget_counts_every_copy_on_the_machine(data, monkeypatch, workers, local_ranks, cached):
     """Each DataLoader worker and each training process on the machine fills its own cache: the automatic choice
     must fit all of them in the budget, not one."""
-    import vivim.train as train
-    from vivim.train import _build_data, _Dist
+    import vivim.training.data as training_data
+    from vivim.training.data import build_data
+    from vivim.training.environment import Dist
 
     frames = 3 * 4  # the fixture: 3 videos of 4 frames, at the configuration's 32 x 32
     one_copy = frames * 32 * 32 * 3
-    monkeypatch.setattr(train, "CACHE_BUDGET", int(1.5 * one_copy))  # one copy fits, two do not
+    monkeypatch.setattr(training_data, "CACHE_BUDGET", int(1.5 * one_copy))  # one copy fits, two do not
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_ranks))
-    built = _build_data(_cfg(data, "unused.safetensors", workers=workers), _Dist(), torch.device("cpu"))
+    built = build_data(_cfg(data, "unused.safetensors", workers=workers), Dist(), torch.device("cpu"))
     assert (built.train_ds.cache is not None) == cached
 
 
 def test_init_names_the_file_and_points_a_resume_state_to_resume(tmp_path):
-    from vivim.train import _initialise
+    from vivim.training.init_weights import initialise_weights
 
     tiny = vivim.create_model("tiny", frames=3, img_size=32)
     state = tmp_path / "run.state.pt"
     torch.save({"epoch": 1}, state)
     with pytest.raises(VivimError, match=r"--init .*run.state.pt: a resume state, not weights; continue that run with "
                                          r"--resume, or fine-tune from .*run.last.safetensors"):
-        _initialise(tiny, str(state), verbose=False)
+        initialise_weights(tiny, str(state), verbose=False)
     unrelated = tmp_path / "other.safetensors"
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(unrelated))
     with pytest.raises(VivimError, match=rf"--init {re.escape(str(unrelated))}: no SegFormer tensor matched"):
-        _initialise(tiny, str(unrelated), verbose=False)
+        initialise_weights(tiny, str(unrelated), verbose=False)
 
 
 def test_a_training_set_whose_masks_are_all_empty_is_named_once(data, tmp_path, capsys):
@@ -759,15 +762,15 @@ def test_a_validation_inside_an_open_epoch_decides_nothing(data, tmp_path, monke
         return lambda *args, **kwargs: next(calls)
 
     cfg = dict(epochs=3, patience=1, val_fraction=0.34)
-    monkeypatch.setattr(train, "_validate", scripted([0.5, 0.4]))  # epoch 2 is worse: patience stops the run
+    monkeypatch.setattr(train, "validate", scripted([0.5, 0.4]))  # epoch 2 is worse: patience stops the run
     full = run_training(_cfg(data, tmp_path / "full.safetensors", **cfg))
     steps = len(full.step_losses) // 2
     assert full.epochs_done == 2 and full.best_epoch == 1
     out = tmp_path / "part.safetensors"
     # epoch 1 whole (0.5), then a validation 2 batches into epoch 2 (0.9, better than any) and its end (0.4)
-    monkeypatch.setattr(train, "_validate", scripted([0.5, 0.9]))
+    monkeypatch.setattr(train, "validate", scripted([0.5, 0.9]))
     run_training(_cfg(data, out, max_steps=steps + 2, **cfg))
-    monkeypatch.setattr(train, "_validate", scripted([0.4]))
+    monkeypatch.setattr(train, "validate", scripted([0.4]))
     rest = run_training(_cfg(data, out, resume=True, **cfg))
     assert (rest.epochs_done, rest.best_epoch, rest.best_dice) == (2, 1, 0.5)  # stopped by patience, as the full run
     assert history_path(out).read_text() == history_path(tmp_path / "full.safetensors").read_text()
@@ -776,7 +779,7 @@ def test_a_validation_inside_an_open_epoch_decides_nothing(data, tmp_path, monke
     for (name, a), b in zip(best_weights.state_dict().items(), full_best.state_dict().values()):
         assert torch.equal(a, b), name  # epoch 1's weights, not the mid-epoch ones
     # before any whole epoch: the mid-epoch weights are the best file for now
-    monkeypatch.setattr(train, "_validate", scripted([0.7]))
+    monkeypatch.setattr(train, "validate", scripted([0.7]))
     capsys.readouterr()
     smoke = run_training(_cfg(data, tmp_path / "smoke.safetensors", max_steps=1, **cfg))
     assert smoke.best_path.is_file() and smoke.epochs_done == 0 and smoke.best_epoch == 0  # none recorded yet
