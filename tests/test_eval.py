@@ -308,10 +308,15 @@ def test_scoring_the_training_videos_is_flagged(data, tmp_path, capsys):
     val, *_ = evaluate_checkpoint(str(result.best_path), str(data), split="val", progress=False)
     assert val["split"] == "val" and sorted(val["per_video"]) == sorted(held_out) and val["training_videos_scored"] == []
     assert "split_videos" in val and "scoring the 1 video" in capsys.readouterr().out
-    copy = tmp_path / "held_out_copy"  # the same videos elsewhere are not the training folder
+    trained = [name for name in ("synth_0000", "synth_0001") if name not in held_out]
+    assert len(meta["training"]["train_fingerprints"]) == len(trained)
+    copy = tmp_path / "training_copy"  # a copy of the training folder elsewhere: its training videos are found by content
     shutil.copytree(data, copy)
-    assert evaluate_checkpoint(str(result.best_path), str(copy), progress=False)[0]["training_videos_scored"] == []
+    assert evaluate_checkpoint(str(result.best_path), str(copy), progress=False)[0]["training_videos_scored"] == trained
     assert evaluate_checkpoint(str(result.best_path), str(copy), split="val", progress=False)[0]["split"] == "all"
+    other = tmp_path / "other"  # videos the run never saw
+    write_synthetic_dataset(other, videos=2, frames=4, size=48, seed=99, mp4=False, sheet=False)
+    assert evaluate_checkpoint(str(result.best_path), str(other), progress=False)[0]["training_videos_scored"] == []
 
     monkey_argv = ["vivim-eval", str(result.best_path), "--data", str(data), "--no-progress"]
     old_argv, sys.argv = sys.argv, monkey_argv
@@ -321,7 +326,7 @@ def test_scoring_the_training_videos_is_flagged(data, tmp_path, capsys):
     finally:
         sys.argv = old_argv
     assert info.value.code in (0, None)
-    assert "1 of the 2 videos scored here were training videos of this checkpoint" in capsys.readouterr().err
+    assert "1 of the 2 videos scored here were training videos of this checkpoint or copies of them" in capsys.readouterr().err
 
 
 def test_training_videos_are_found_by_folder_in_a_vtus_set(tmp_path, monkeypatch):
@@ -337,13 +342,17 @@ def test_training_videos_are_found_by_folder_in_a_vtus_set(tmp_path, monkeypatch
     for part in ("", "_GT"):  # Val/ and Test/ hold videos named like a Train/ one; the Test/ one is shorter
         shutil.copytree(root / f"Train{part}" / name, root / f"Val{part}" / name)
         shutil.copytree(root / f"Train{part}" / name, root / f"Test{part}" / name)
+        shutil.copytree(root / f"Train{part}" / name, root / f"Val{part}" / "copied")  # the same video, renamed
         for extra in sorted((root / f"Test{part}" / name).iterdir())[2:]:
             extra.unlink()
+    first = sorted((root / "Val" / name).iterdir())[0]  # the Val/ namesake is another video: other frames
+    first.write_bytes(sorted((root / "Val" / name).iterdir())[1].read_bytes())
     result = run_training(TrainConfig(data="vt", out="m.safetensors", variant="tiny", epochs=1, frames=3, size=32,
                                       batch=2, workers=0, seed=0, device="cpu", progress=False, max_steps=1))
     summary, acc, dataset, model = evaluate_checkpoint(str(result.best_path), str(root), split="all", progress=False)
     train_names = sorted(f"Train/{p.name}" for p in (root / "Train").iterdir())
-    assert summary["training_videos_scored"] == train_names  # Val/ and Test/ namesakes are not training videos
+    # Val/ and Test/ namesakes are not training videos; a byte-identical copy under another name is one
+    assert summary["training_videos_scored"] == sorted(train_names + ["Val/copied"])
     assert summary["per_video"][f"Test/{name}"]["frames"] == 2
     assert f"Test/{name}" in format_table(summary)  # whole names in the table
     written = write_overlays(tmp_path / "worst", acc, dataset, model, 3, summary["output_frame"])

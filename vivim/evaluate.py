@@ -56,18 +56,23 @@ def _carved_videos(meta: dict) -> list[str]:
 
 def training_videos_among(meta: dict, data: str | Path, videos) -> list[str]:
     """Names of the `videos` (from `data`) that the checkpoint was trained on, by its training metadata: scores on
-    them are optimistic. Videos are compared by folder, so Train/0001 and Val/0001 of a VTUS set stay apart."""
+    them are optimistic. In the training folder itself videos are compared by folder, so Train/0001 and Val/0001 of
+    a VTUS set stay apart; anywhere, a video whose frames are byte-identical to a training video's is one too (a
+    copied or rearranged training set), for checkpoints that record their videos' fingerprints."""
     import os
 
+    from vivim.data.fingerprint import video_fingerprint
     from vivim.data.layouts import discover_videos
 
-    if not _trained_on(meta, data):
-        return []
-    held_out = set(_carved_videos(meta))
-    # only the video folders matter here, so frames without masks are no error
-    trained = {os.path.realpath(v.frames[0].parent) for v in discover_videos(data, "train", sparse=True)
-               if v.name not in held_out}
-    return [v.name for v in videos if os.path.realpath(v.frames[0].parent) in trained]
+    trained: set[str] = set()
+    if _trained_on(meta, data):
+        held_out = set(_carved_videos(meta))
+        # only the video folders matter here, so frames without masks are no error
+        trained = {os.path.realpath(v.frames[0].parent) for v in discover_videos(data, "train", sparse=True)
+                   if v.name not in held_out}
+    recorded = set((meta.get("training") or {}).get("train_fingerprints") or [])
+    return [v.name for v in videos
+            if os.path.realpath(v.frames[0].parent) in trained or (recorded and video_fingerprint(v) in recorded)]
 
 
 def evaluate_checkpoint(
@@ -324,7 +329,7 @@ def evaluate(
     seen = summary["training_videos_scored"]
     if seen:
         warn(f"{len(seen)} of the {summary['videos']} videos scored here were training videos of this checkpoint "
-             f"(e.g. {seen[0]}): these scores are optimistic; score held-out videos (--split, or another --data)")
+             f"or copies of them (e.g. {seen[0]}): these scores are optimistic; score held-out videos (--split, or another --data)")
     print(f"{count(summary['frames'], 'frame')} of {count(summary['videos'], 'video')} ({summary['split']} split, {summary['output_frame']} frame), "
           f"{summary['empty_gt_frames']} with an empty mask; Dice {summary['dice']:.4f} at threshold 0.5, "
           f"{summary['thresholds_256']['dice']:.4f} as the mean over 256 thresholds")

@@ -3,6 +3,7 @@ videos held out from --data, never a test split), caching, and the data loaders.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,13 @@ class TrainData:
         """New shuffle and augmentation; the epoch reaches the DataLoader workers inside each sample's key. `skip`:
         this process's first clips of the epoch, done before a resume."""
         self.sampler.set_epoch(epoch, skip)
+
+    @functools.cached_property
+    def train_fingerprints(self) -> list[str]:
+        """Content fingerprints of the training videos, for the checkpoint: vivim-eval flags copies of them."""
+        from vivim.data.fingerprint import fingerprints
+
+        return fingerprints(self.train_videos)
 
 
 def build_data(cfg: TrainConfig, dist_info: Dist, device: Any, val_kind: str | None = None) -> TrainData:

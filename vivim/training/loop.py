@@ -228,7 +228,7 @@ class Run:
             "seed": cfg.seed,
             "seconds": round(seconds, 1), "lr": cfg.lr, "batch": cfg.batch, "world_size": self.dist.world,
             "device": str(self.device), "amp": self.use_amp, "train_videos": len(data.train_videos),
-            "val_videos": [v.name for v in data.val_videos], "init": cfg.init, "sparse_masks": cfg.sparse_masks,
+            "train_fingerprints": data.train_fingerprints, "val_videos": [v.name for v in data.val_videos], "init": cfg.init, "sparse_masks": cfg.sparse_masks,
         }
         metadata = {"output_frame": cfg.output_frame}
         vivim.save_checkpoint(self.model, self.last_path, **metadata, training={**summary, "kind": "last"})
