@@ -385,3 +385,30 @@ def test_scoring_a_frame_the_model_was_not_trained_for_is_said(checkpoint, data,
     assert f"warning: {checkpoint} was trained to segment the centre frame of its clip; --output-frame newest" in err
     evaluate_checkpoint(str(checkpoint), str(data), device="cpu", progress=False, output_frame="centre", sweep=False)
     assert "was trained to segment" not in capsys.readouterr().err
+
+
+def test_a_video_fingerprint_follows_the_frames_it_samples(tmp_path):
+    """Copies match; a changed first, middle or last frame, or another frame count, does not; a frame that cannot
+    be read gives no fingerprint (never a false match)."""
+    from vivim.data.fingerprint import video_fingerprint
+    from vivim.data.layouts import VideoRecord
+
+    rng = np.random.default_rng()
+    files = []
+    for k in range(5):
+        path = tmp_path / f"{k:05d}.bin"
+        path.write_bytes(rng.bytes(64))
+        files.append(path)
+    video = VideoRecord("v", files, [None] * 5)
+    base = video_fingerprint(video)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in files:
+        shutil.copy(path, copy / path.name)
+    assert video_fingerprint(VideoRecord("w", sorted(copy.iterdir()), [None] * 5)) == base
+    for index in (0, 2, 4):
+        (copy / files[index].name).write_bytes(rng.bytes(64))
+        assert video_fingerprint(VideoRecord("w", sorted(copy.iterdir()), [None] * 5)) != base
+        shutil.copy(files[index], copy / files[index].name)
+    assert video_fingerprint(VideoRecord("v", files[:4], [None] * 4)) != base
+    assert video_fingerprint(VideoRecord("v", files[:4] + [tmp_path / "gone.bin"], [None] * 5)) is None
