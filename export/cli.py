@@ -16,18 +16,13 @@ import typer
 
 from vivim import atomic, paths
 from vivim.checkpoint import DEMO_CLIP, bundled_asset, checkpoint_file
-from vivim.cli_utils import next_command, run_app, shell, warn
+from vivim.cli_utils import cli_app, next_command, run_app, shell, warn
 from vivim.constants import SEED_MAX
 from vivim.errors import VivimError
 from vivim.export.plugin import DEFAULT_PLUGIN_DIR, PLUGIN_LIBRARY_NAME, find_plugin_library
 
-app = typer.Typer(
-    name="vivim-export",
-    help="Export Vivim checkpoints to ONNX (one VivimSelectiveScan node per scan) and TensorRT engines.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = cli_app("Export Vivim checkpoints to ONNX (one VivimSelectiveScan node per scan) and TensorRT engines.",
+              name="vivim-export", no_args_is_help=True)
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -49,10 +44,11 @@ def _mb(n_bytes: int) -> str:
 
 
 # extra arguments reach the command, to answer the two-value --size of earlier versions with the form to use now
-@app.command(context_settings={"allow_extra_args": True})
+@app.command(context_settings={"allow_extra_args": True},
+             short_help="Checkpoint -> ONNX with one custom node per selective scan.")
 def onnx(
     ctx: typer.Context,
-    checkpoint: str = typer.Argument(..., help="Checkpoint (.safetensors) or 'demo' for the packaged demo weights."),
+    checkpoint: str = typer.Argument(..., metavar="CHECKPOINT", help="Checkpoint (.safetensors) or 'demo' for the packaged demo weights."),
     output: Path = typer.Option(Path("model.onnx"), "-o", "--output", "--out", help="ONNX file to write."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 graph (A, D, delta_bias stay fp32); what TensorRT 11 needs for FP16."),
     frames: int | None = typer.Option(None, "--frames", "-T", help="Clip length T (default: the checkpoint's)."),
@@ -85,9 +81,9 @@ def onnx(
     next_command(shell("vivim-export", "trt", result.path, precision, "-o", result.path.with_suffix(".engine")))
 
 
-@app.command()
+@app.command(short_help="ONNX Runtime against PyTorch on a synthetic clip.")
 def check(
-    checkpoint: str = typer.Argument(..., help="The checkpoint the ONNX was exported from (or 'demo')."),
+    checkpoint: str = typer.Argument(..., metavar="CHECKPOINT", help="The checkpoint the ONNX was exported from (or 'demo')."),
     onnx_path: Path = typer.Option(..., "--onnx", help="ONNX file from `vivim-export onnx`."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the comparison as JSON here."),
     atol: float | None = typer.Option(None, "--atol", help="Max |logit difference| (default 1e-3 FP32, 0.5 FP16)."),
@@ -126,7 +122,7 @@ def check(
     next_command(shell("vivim-export", "trt", onnx_path, flag, "-o", Path(onnx_path).with_suffix(".engine")))
 
 
-@app.command()
+@app.command(short_help="Build the TensorRT selective-scan plugin (CMake + nvcc).")
 def plugin(
     output_dir: Path = typer.Option(DEFAULT_PLUGIN_DIR, "-o", "--output", "--out", help="Folder for the plugin library."),
     arch: str | None = typer.Option(None, "--arch", help="CUDA compute capability, e.g. 87 (Orin), 90 (H100); default: this GPU's."),
@@ -142,9 +138,9 @@ def plugin(
     next_command(shell("vivim-export", "trt", "demo", "--fp16", "-o", "demo.engine", "--plugin", library))
 
 
-@app.command()
+@app.command(short_help="Checkpoint or ONNX -> TensorRT engine with the plugin.")
 def trt(
-    source: str = typer.Argument(..., help="An ONNX from `vivim-export onnx`, or a checkpoint / 'demo' (exported first)."),
+    source: str = typer.Argument(..., metavar="SOURCE", help="An ONNX from `vivim-export onnx`, or a checkpoint / 'demo' (exported first)."),
     output: Path = typer.Option(Path("model.engine"), "-o", "--output", "--out", help="Engine file to write (+ .json sidecar)."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 engine (the ONNX must be an FP16 graph: strongly typed build)."),
     plugin_path: Path | None = typer.Option(None, "--plugin", help=f"Plugin library (default: ./{DEFAULT_PLUGIN_DIR}/{PLUGIN_LIBRARY_NAME}, else beside -o)."),

@@ -10,20 +10,12 @@ from typing import Optional
 
 import typer
 
-from vivim.cli_utils import run_app
+from vivim.cli_utils import cli_app, run_app
 from vivim.errors import VivimError
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Segment a live video stream with Vivim: a rolling buffer of the last T frames, the mask drawn on the "
-    "frame it belongs to, FPS and capture-to-mask latency reported.",
-)
+app = cli_app("Segment a live video stream with Vivim: a rolling buffer of the last T frames, the mask drawn on the "
+              "frame it belongs to, FPS and capture-to-mask latency reported.", no_args_is_help=True)
 
-_SRC = "Input (one of)"
-_MODEL = "Model (one of)"
-_RUN = "Inference"
-_OUT = "Output"
 
 
 def _one_of(kind: str, **given: Optional[str]) -> tuple[Optional[str], Optional[str]]:
@@ -37,137 +29,132 @@ def _one_of(kind: str, **given: Optional[str]) -> tuple[Optional[str], Optional[
 @app.command()
 def run(
     camera: Optional[str] = typer.Option(
-        None, "--camera", help="V4L2 device path or index, e.g. /dev/video0 or 0.", rich_help_panel=_SRC
+        None, "--camera", help="V4L2 device path or index, e.g. /dev/video0 or 0."
     ),
-    video: Optional[str] = typer.Option(None, "--video", help="Video file.", rich_help_panel=_SRC),
+    video: Optional[str] = typer.Option(None, "--video", help="Video file."),
     frames: Optional[str] = typer.Option(
-        None, "--frames", help="Folder of images, read in frame-number order (frame_2 before frame_10).", rich_help_panel=_SRC
+        None, "--frames", help="Folder of images, read in frame-number order (frame_2 before frame_10)."
     ),
     gst: Optional[str] = typer.Option(
-        None, "--gst", help="GStreamer pipeline ending in appsink (OpenCV built with GStreamer).", rich_help_panel=_SRC
+        None, "--gst", help="GStreamer pipeline ending in appsink (OpenCV built with GStreamer)."
     ),
     checkpoint: Optional[str] = typer.Option(
-        None, "--checkpoint", help="PyTorch checkpoint (.safetensors) or 'demo'.", rich_help_panel=_MODEL
+        None, "--checkpoint", help="PyTorch checkpoint (.safetensors) or 'demo'."
     ),
     onnx: Optional[str] = typer.Option(
-        None, "--onnx", help="ONNX model from `vivim-export onnx` (ONNX Runtime).", rich_help_panel=_MODEL
+        None, "--onnx", help="ONNX model from `vivim-export onnx` (ONNX Runtime)."
     ),
     engine: Optional[str] = typer.Option(
         None,
         "--engine",
         help="TensorRT engine from `vivim-export trt` (with its .json sidecar).",
-        rich_help_panel=_MODEL,
     ),
     config: Optional[str] = typer.Option(
         None, "--config", help="YAML file with sections source/preprocess/backend/overlay/sink; flags override it."
     ),
     device: Optional[str] = typer.Option(
-        None, "--device", "-d", help="auto, cpu, cuda or cuda:N (default auto: cuda when available).", rich_help_panel=_RUN
+        None, "--device", "-d", help="auto, cpu, cuda or cuda:N (default auto: cuda when available)."
     ),
     output_frame: Optional[str] = typer.Option(
         None,
         "--output-frame",
         help="centre: the paper's protocol, T-1-T//2 frames lag (2 at T=5); newest: no lag (default: a one-frame graph's own frame, else the frame the model was trained for, else centre).",
-        rich_help_panel=_RUN,
     ),
     fp16: Optional[bool] = typer.Option(
-        None, "--fp16/--fp32", help="PyTorch on CUDA: half precision.", rich_help_panel=_RUN
+        None, "--fp16/--fp32", help="PyTorch on CUDA: half precision."
     ),
     cuda_graph: Optional[bool] = typer.Option(
-        None, "--cuda-graph/--no-cuda-graph", help="PyTorch on CUDA: replay CUDA graphs (default: on; --no-cuda-graph runs eagerly).", rich_help_panel=_RUN
+        None, "--cuda-graph/--no-cuda-graph", help="PyTorch on CUDA: replay CUDA graphs (default: on; --no-cuda-graph runs eagerly)."
     ),
     compile_model: Optional[bool] = typer.Option(
         None, "--compile/--no-compile",
         help="PyTorch: torch.compile the network (Inductor; about a minute at start-up). With --fp16 --cuda-graph "
-             "the fastest PyTorch path.", rich_help_panel=_RUN
+             "the fastest PyTorch path."
     ),
     stream_cache: Optional[bool] = typer.Option(
         None,
         "--stream-cache/--no-stream-cache",
         help="PyTorch: compute per-frame features once per frame (default) or recompute the whole clip.",
-        rich_help_panel=_RUN,
     ),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="PyTorch or ONNX Runtime on the CPU: intra-op threads (1 is fastest on a busy machine).",
-        rich_help_panel=_RUN,
     ),
     plugin: Optional[str] = typer.Option(
         None,
         "--plugin",
         help="TensorRT plugin library (default: ./vivim_plugin/libvivim_trt_plugin.so, else the one beside the engine).",
-        rich_help_panel=_RUN,
     ),
     threshold: Optional[float] = typer.Option(
-        None, "--threshold", help="Mask = sigmoid(logits) > threshold (default 0.5).", rich_help_panel=_RUN
+        None, "--threshold", help="Mask = sigmoid(logits) > threshold (default 0.5)."
     ),
     loop: Optional[bool] = typer.Option(
-        None, "--loop/--no-loop", help="Files/folders: start again at the end.", rich_help_panel=_SRC
+        None, "--loop/--no-loop", help="Files/folders: start again at the end."
     ),
     realtime: Optional[bool] = typer.Option(
         None,
         "--realtime/--no-realtime",
         help="Files/folders: pace at the frame rate and keep only the newest frame, like a camera.",
-        rich_help_panel=_SRC,
     ),
     fps: Optional[float] = typer.Option(
-        None, "--fps", help="Camera: requested rate; video files and folders: the rate they play at (--realtime) and are saved at (default: a video's own rate, 25 for folders).", rich_help_panel=_SRC
+        None, "--fps", help="Camera: requested rate; video files and folders: the rate they play at (--realtime) and are saved at (default: a video's own rate, 25 for folders)."
     ),
-    width: Optional[int] = typer.Option(None, "--width", help="Camera: requested width.", rich_help_panel=_SRC),
-    height: Optional[int] = typer.Option(None, "--height", help="Camera: requested height.", rich_help_panel=_SRC),
+    width: Optional[int] = typer.Option(None, "--width", help="Camera: requested width."),
+    height: Optional[int] = typer.Option(None, "--height", help="Camera: requested height."),
     fourcc: Optional[str] = typer.Option(
-        None, "--fourcc", help="Camera: pixel format, e.g. MJPG or YUYV.", rich_help_panel=_SRC
+        None, "--fourcc", help="Camera: pixel format, e.g. MJPG or YUYV."
     ),
     buffer_size: Optional[int] = typer.Option(
         None,
         "--buffer-size",
         help="Camera: V4L2 driver buffers (default 1: newest frame, least latency).",
-        rich_help_panel=_SRC,
     ),
     max_frames: Optional[int] = typer.Option(
-        None, "--max-frames", help="Stop after N captured frames (each gets its mask, unless --realtime drops some to keep up).", rich_help_panel=_SRC
+        None, "--max-frames", help="Stop after N captured frames (each gets its mask, unless --realtime drops some to keep up)."
     ),
     reconnect_attempts: Optional[int] = typer.Option(
         None,
         "--reconnect-attempts",
         help="Live sources: reopen attempts (exponential back-off) before giving up.",
-        rich_help_panel=_SRC,
     ),
     alpha: Optional[float] = typer.Option(
-        None, "--alpha", help="Mask opacity 0..1 (default 0.45).", rich_help_panel=_OUT
+        None, "--alpha", help="Mask opacity 0..1 (default 0.45)."
     ),
     contour: Optional[bool] = typer.Option(
-        None, "--contour/--no-contour", help="Draw the mask outline (default on).", rich_help_panel=_OUT
+        None, "--contour/--no-contour", help="Draw the mask outline (default on)."
     ),
     color: Optional[str] = typer.Option(
-        None, "--color", help="Mask colour: R,G,B, #RRGGBB or a name (default green).", rich_help_panel=_OUT
+        None, "--color", help="Mask colour: R,G,B, #RRGGBB or a name (default green)."
     ),
     hud: Optional[bool] = typer.Option(
-        None, "--hud/--no-hud", help="FPS and latency text on the picture (default on).", rich_help_panel=_OUT
+        None, "--hud/--no-hud", help="FPS and latency text on the picture (default on)."
     ),
     show: Optional[bool] = typer.Option(
         None,
         "--show/--no-show",
         help="Window with the overlay (default: shown when there is a display and OpenCV has a GUI).",
-        rich_help_panel=_OUT,
     ),
     headless: Optional[bool] = typer.Option(
-        None, "--headless", help="Never open a window (automatic without a display).", rich_help_panel=_OUT
+        None, "--headless", help="Never open a window (automatic without a display)."
     ),
-    save: Optional[str] = typer.Option(None, "--save", help="Overlay video (.mp4).", rich_help_panel=_OUT),
+    save: Optional[str] = typer.Option(None, "--save", help="Overlay video (.mp4)."),
     save_masks: Optional[str] = typer.Option(
-        None, "--save-masks", help="Folder for one binary mask PNG per frame, named after its image with --frames, else by capture index (replaces an earlier vivim-run's masks there; never files it did not write).", rich_help_panel=_OUT
+        None, "--save-masks", help="Folder for one binary mask PNG per frame, named after its image with --frames, else by capture index (replaces an earlier vivim-run's masks there; never files it did not write)."
     ),
     stats: Optional[str] = typer.Option(
-        None, "--stats", help="Summary JSON (frames, FPS, latency percentiles).", rich_help_panel=_OUT
+        None, "--stats", help="Summary JSON (frames, FPS, latency percentiles)."
     ),
     strip: Optional[str] = typer.Option(
-        None, "--strip", help="PNG strip of frames with their masks.", rich_help_panel=_OUT
+        None, "--strip", help="PNG strip of frames with their masks."
     ),
     quiet: Optional[bool] = typer.Option(
-        None, "--quiet", help="No progress and no summary on the console.", rich_help_panel=_OUT
+        None, "--quiet", help="No progress and no summary on the console."
     ),
 ) -> None:
-    """Run Vivim on a live or recorded stream and draw the masks."""
+    """Run Vivim on a live or recorded stream and draw the masks.
+
+    One input (--camera, --video, --frames or --gst) and one model (--checkpoint, --onnx or --engine), given here
+    or in --config; then the inference, source and output options below.
+    """
     from vivim.runtime.app import run as run_pipeline
     from vivim.runtime.config import RunConfig
 

@@ -181,3 +181,31 @@ def test_the_two_value_size_of_earlier_versions_is_answered_with_the_new_form(tm
     assert isinstance(result.exception, VivimError), result.output
     assert str(result.exception) == "--size 64 96: give the two sides as HxW, e.g. --size 64x96"
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_help_at_80_columns_names_every_option_and_default_in_full(monkeypatch):
+    """A console on a Jetson (SSH, serial) is often 80 columns wide, and help piped to a file or pager gets 80 too:
+    every flag and its default must be there whole (Rich's boxed tables cut them: '--max-row-secon…')."""
+    from typer.testing import CliRunner
+
+    from vivim.data.cli import app as data_app
+
+    monkeypatch.setenv("COLUMNS", "80")
+    apps = [("vivim-train", train_app), ("vivim-eval", eval_app), ("vivim-bench", bench_app),
+            ("vivim-export", export_app), ("vivim-run", run_app), ("vivim-data", data_app)]
+    for name, app in apps:
+        for tool, command in _commands(app, name):
+            words = tool.split()[1:]
+            result = CliRunner().invoke(app, [*words, "--help"], terminal_width=80)
+            assert result.exit_code == 0, (tool, result.output)
+            text = result.output
+            assert "…" not in text and max(map(len, text.splitlines())) <= 80, (tool, text)
+            joined = " ".join(text.split())  # a default may wrap onto the next line
+            for p in command.params:
+                if p.param_type_name != "option":
+                    continue
+                for flag in [*p.opts, *p.secondary_opts]:
+                    assert flag in text, (tool, flag)
+                default = p.default
+                if isinstance(default, (int, float, str)) and not isinstance(default, bool) and p.show_default:
+                    assert str(default) in joined, (tool, p.name, default)

@@ -9,9 +9,22 @@ import shlex
 import signal
 import sys
 import threading
-from typing import Callable, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 from vivim.errors import Interrupted, Terminated, VivimError
+
+if TYPE_CHECKING:
+    import typer
+
+
+def cli_app(help: str, **settings: Any) -> "typer.Typer":
+    """A Typer app with the settings every vivim tool shares. Help is click's plain text, wrapped to the terminal:
+    Rich's boxed tables cut option names and paths to fit 80 columns ("--max-row-secon…"), and an SSH or serial
+    console on a Jetson is often that narrow. Errors are worded by run_app, not by Typer's tracebacks."""
+    import typer
+
+    return typer.Typer(help=help, add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
+                       context_settings={"max_content_width": 100}, **settings)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -16,7 +16,7 @@ import typer
 
 from vivim import atomic, paths
 from vivim.checkpoint import checkpoint_file
-from vivim.cli_utils import count, run_app, warn
+from vivim.cli_utils import cli_app, count, run_app, warn
 from vivim.devices import torch_device
 from vivim.errors import VivimError
 
@@ -288,12 +288,12 @@ def _list_overlays(out_dir: Path, names: set[str]) -> None:
     atomic.write_json(out_dir / OVERLAY_LIST, {"written_by": "vivim-eval --overlays", "files": sorted(names)}, parents=True)
 
 
-app = typer.Typer(add_completion=False, help="Evaluate a Vivim checkpoint on a dataset.")
+app = cli_app("Evaluate a Vivim checkpoint on a dataset.")
 
 
 @app.command()
 def evaluate(
-    checkpoint: str = typer.Argument(..., help="A .safetensors checkpoint, or 'demo' for the bundled demo weights."),
+    checkpoint: str = typer.Argument(..., metavar="CHECKPOINT", help="A .safetensors checkpoint, or 'demo' for the bundled demo weights."),
     data: Path = typer.Option(..., "--data", help="Dataset folder (DAVIS or Vivim/VTUS layout)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write all numbers (per frame, per video, means) here."),
     split: Optional[str] = typer.Option(None, "--split", help="train, val, test or all (default: test for VTUS; for DAVIS, val with an ImageSets val list, else all)."),

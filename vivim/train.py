@@ -17,7 +17,7 @@ from typing import Optional
 import typer
 
 from vivim import paths
-from vivim.cli_utils import count, run_app, sigterm_unwinds, warn
+from vivim.cli_utils import cli_app, count, run_app, sigterm_unwinds, warn
 from vivim.constants import SEED_MAX
 from vivim.errors import Interrupted, Terminated, VivimError
 from vivim.training.config import TrainConfig, TrainResult
@@ -153,7 +153,7 @@ def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
 
 # ----------------------------------------------------------------------------------------------- CLI
 
-app = typer.Typer(add_completion=False, help="Train Vivim on a video segmentation dataset (DAVIS or Vivim/VTUS layout).")
+app = cli_app("Train Vivim on a video segmentation dataset (DAVIS or Vivim/VTUS layout).")
 
 
 @app.command()

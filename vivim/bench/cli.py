@@ -13,14 +13,13 @@ from typing import Any, Optional
 import typer
 
 from vivim import paths
-from vivim.cli_utils import next_command, run_app, warn
+from vivim.cli_utils import cli_app, next_command, run_app, warn
 from vivim.constants import SEED_MAX, parse_output_frame, size_problem
 from vivim.devices import torch_device
 from vivim.errors import VivimError
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
-                  help="Benchmark Vivim latency: PyTorch eager/FP16/CUDA graph per scan kernel, ONNX Runtime, "
-                       "TensorRT, streaming and long clips. Writes results.json/.csv/.md and PNG plots.")
+app = cli_app("Benchmark Vivim latency: PyTorch eager/FP16/CUDA graph per scan kernel, ONNX Runtime, TensorRT, "
+              "streaming and long clips. Writes results.json/.csv/.md and PNG plots.")
 
 
 @app.command()

@@ -8,16 +8,16 @@ from pathlib import Path
 import typer
 
 from vivim import paths
-from vivim.cli_utils import count, next_command, run_app, shell, sigterm_unwinds, warn
+from vivim.cli_utils import cli_app, count, next_command, run_app, shell, sigterm_unwinds, warn
 from vivim.constants import SEED_MAX
 from vivim.errors import VivimError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic ultrasound data, video import and dataset checks.")
+app = cli_app("Synthetic ultrasound data, video import and dataset checks.", no_args_is_help=True)
 
 
-@app.command()
+@app.command(short_help="Synthetic ultrasound videos with exact lesion masks.")
 def synth(
-    out: Path = typer.Argument(..., help="Output folder (created)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Output folder (created)."),
     videos: int = typer.Option(8, "--videos", "-n", min=1, help="Number of videos."),
     frames: int = typer.Option(30, "--frames", "-f", min=1, help="Frames per video."),
     size: int = typer.Option(256, "--size", "-s", min=32, help="Frame width = height in pixels."),
@@ -67,9 +67,9 @@ def synth(
                        *sparse, "--out", "runs/synth.safetensors"))
 
 
-@app.command("import")
+@app.command("import", short_help="Video files and their masks -> a dataset for vivim-train.")
 def import_command(
-    videos: Path = typer.Argument(..., help="A video file, or a folder of them (.mp4, .avi, .mov, .mkv, ...)."),
+    videos: Path = typer.Argument(..., metavar="VIDEOS", help="A video file, or a folder of them (.mp4, .avi, .mov, .mkv, ...)."),
     masks: Path = typer.Option(..., "--masks", "-m", help="Folder with, per video <stem>, a mask video (<stem>.mp4 or <stem>_mask.mp4, any container) or a folder (<stem>/ or <stem>_mask/) of one mask image per frame; for a single video, also its mask video or mask folder itself."),
     out: Path = typer.Option(..., "--out", "-o", help="New dataset folder (DAVIS layout: JPEGImages/ + Annotations/)."),
     image_format: str = typer.Option("jpg", "--format", help="Frame files: jpg (quality 95, as DAVIS) or png (lossless)."),
@@ -104,9 +104,9 @@ def import_command(
     next_command(shell("vivim-train", "--data", out, "--size", train_size, *no_val, "--out", "runs/model.safetensors"))
 
 
-@app.command()
+@app.command(short_help="Check a dataset: videos, frames, sizes and lesion area.")
 def check(
-    data: Path = typer.Argument(..., help="Dataset folder (DAVIS or Vivim/VTUS layout)."),
+    data: Path = typer.Argument(..., metavar="DATA", help="Dataset folder (DAVIS or Vivim/VTUS layout)."),
     split: str = typer.Option("all", "--split", help="train, val, test or all."),
     sparse_masks: bool = typer.Option(False, "--sparse-masks", help="Only some frames have masks (the others feed clips only)."),
 ) -> None:
