@@ -332,3 +332,35 @@ def test_a_cut_short_video_is_named_and_odd_masks_are_said(tmp_path):
         assert result.exit_code == 0, result.output
         said = "v.avi: every mask is empty" if name == "empty" else "of the pixels are lesion; are its masks inverted?"
         assert said in result.output, result.output
+
+
+def test_one_folder_of_numbered_masks_for_several_videos(tmp_path):
+    """Annotation tools often export every video's masks into one folder as <video>_<frame>.png: each video takes
+    its own images, in frame-number order, even where one video's name begins another's (case1, case10) and one
+    import takes a single video from such a folder."""
+    rng = np.random.default_rng()
+    videos, flat = tmp_path / "videos", tmp_path / "labels"
+    videos.mkdir()
+    flat.mkdir()
+    truth = {}
+    for name, frames, pattern in (("case1", 5, "{name}_{n}.png"), ("case10", 4, "{name}_mask_{k:05d}.png")):
+        images, masks = _scene(rng, frames)
+        _write_video(videos / f"{name}.avi", images)
+        for k, mask in enumerate(masks):
+            cv2.imwrite(str(flat / pattern.format(name=name, n=k + 1, k=k)), mask)
+        truth[name] = masks
+    out = tmp_path / "ds"
+    result = _import(str(videos), "--masks", str(flat), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    imported = {v.name: v for v in discover_videos(out)}
+    assert sorted(imported) == ["case1", "case10"]
+    for name, masks in truth.items():
+        assert len(imported[name]) == len(masks)
+        for path, expected in zip(imported[name].masks, masks):  # PNG masks: exact, and in frame-number order
+            assert np.array_equal(read_mask(path), expected > 0), (name, path)
+    single = tmp_path / "ds1"
+    assert _import(str(videos / "case1.avi"), "--masks", str(flat), "-o", str(single)).exit_code == 0
+    assert len(discover_videos(single)[0]) == 5
+    (flat / "case10_mask_00002.png").unlink()
+    assert f"{flat / 'case10_*'}: the masks are numbered 0..3 but 1 are missing (e.g. number 2)" in \
+        _error(_import(str(videos), "--masks", str(flat), "-o", str(tmp_path / "ds2")))

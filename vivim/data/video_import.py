@@ -3,7 +3,8 @@
 Users record clips as video files; the training layouts are folders of frames. Each video `<stem>.<ext>` becomes
 `JPEGImages/<stem>/00000.jpg ...`, and its masks `Annotations/<stem>/00000.png ...` (0/255), from either a mask
 video (`MASKS/<stem>.<ext>` or `MASKS/<stem>_mask.<ext>`; any container OpenCV reads) or a folder of one mask image
-per frame (`MASKS/<stem>/` or `MASKS/<stem>_mask/`), numbered consecutively. A mask video is thresholded at half of
+per frame (`MASKS/<stem>/` or `MASKS/<stem>_mask/`), or the images `MASKS/<stem>_00000.png ...` among other videos'
+masks in one folder, numbered consecutively. A mask video is thresholded at half of
 the level its lesion is coded with (255, a class colour such as 128, or 1), measured over the whole video: a
 lossy codec's noise around a per-frame threshold would otherwise eat into the lesion. Mask images are read with the
 dataset reader's rules (0/1, 0/255, labels, alpha). The dataset is written under a temporary name and moved into
@@ -75,9 +76,34 @@ def find_videos(source: Path) -> list[Path]:
     return videos
 
 
-def masks_of(video: Path, masks: Path) -> Path:
+@dataclass(frozen=True)
+class NumberedMasks:
+    """One video's mask images among other videos' in one folder: `<stem>_00000.png`, `<stem>_mask-1.png`, ..."""
+
+    folder: Path
+    stem: str
+    files: tuple[Path, ...]
+
+    def __str__(self) -> str:
+        return str(self.folder / f"{self.stem}_*")
+
+
+MaskSource = Path | NumberedMasks  # a mask video, a folder of one video's mask images, or NumberedMasks
+_NUMBERED = re.compile(r"(.+?)[ _.-](\d+)")  # <name><separator><frame number>, the name as short as it can be
+
+
+def numbered_masks_of(stem: str, folder: Path) -> NumberedMasks | None:
+    """The images of `folder` named `<stem>` (or `<stem>_mask`, ...), a separator and a frame number, or None."""
+    wanted = {(stem + suffix).casefold() for suffix in MASK_SUFFIXES}
+    files = [path for path in masks_by_stem_in(folder).values()
+             if (match := _NUMBERED.fullmatch(path.stem)) and match.group(1).casefold() in wanted]
+    return NumberedMasks(folder, stem, tuple(files)) if files else None
+
+
+def masks_of(video: Path, masks: Path) -> MaskSource:
     """The masks of `video` in the folder `masks`: a folder of mask images or a mask video named after it (`<stem>`,
-    `<stem>_mask`, ...; case aside); a one-line error saying what was looked for otherwise."""
+    `<stem>_mask`, ...; case aside), else its numbered images `<stem>_00000.png ...` there; a one-line error saying
+    what was looked for otherwise."""
     here = video.resolve()
     wanted = {(video.stem + suffix).casefold() for suffix in MASK_SUFFIXES}
     candidates = sorted((p for p in masks.iterdir() if p.stem.casefold() in wanted or p.name.casefold() in wanted),
@@ -87,8 +113,11 @@ def masks_of(video: Path, masks: Path) -> Path:
             return path
         if _is_video(path) and path.resolve() != here:  # the video itself is no mask (--masks = the videos' folder)
             return path
+    numbered = numbered_masks_of(video.stem, masks)
+    if numbered is not None:
+        return numbered
     raise VivimError(f"--masks {masks}: no masks for {video.name} (looked for a folder or video named {video.stem} or "
-                     f"{video.stem}_mask)")
+                     f"{video.stem}_mask, or images {video.stem}_00000.png ...)")
 
 
 @contextlib.contextmanager
@@ -134,7 +163,7 @@ def _mask_video_threshold(path: Path) -> float:
     return 0.5  # every frame empty
 
 
-def _numbered(files: list[Path], folder: Path) -> list[Path]:
+def _numbered(files: list[Path], folder: MaskSource) -> list[Path]:
     """Mask images in frame order, checked to be numbered consecutively by the last number in their names (frame_1,
     frame_2, ... or 00000, 00001, ...): a lost or duplicated file would shift every later mask onto another frame."""
     numbers = [re.findall(r"\d+", f.stem) for f in files]
@@ -155,8 +184,12 @@ def _numbered(files: list[Path], folder: Path) -> list[Path]:
     return [by_number[n] for n in sorted(by_number)]
 
 
-def _mask_frames(path: Path) -> Iterator[tuple[np.ndarray, str]]:
-    """(binary mask, where it comes from) per frame: from a mask video, or a folder of mask images."""
+def _mask_frames(path: MaskSource) -> Iterator[tuple[np.ndarray, str]]:
+    """(binary mask, where it comes from) per frame: from a mask video, or mask images."""
+    if isinstance(path, NumberedMasks):
+        for file in _numbered(sorted(path.files, key=frame_order), path):
+            yield read_mask(file), str(file)
+        return
     if path.is_dir():
         for file in _numbered(sorted(masks_by_stem_in(path).values(), key=frame_order), path):
             yield read_mask(file), str(file)
@@ -173,31 +206,36 @@ def header_frames(path: Path) -> int:
     return 0
 
 
-def plan_import(videos: list[Path], masks: Path, out: Path) -> list[tuple[Path, Path]]:
+def plan_import(videos: list[Path], masks: Path, out: Path) -> list[tuple[Path, MaskSource]]:
     """(video, its masks) for every video, and `out` checked, before any frame is decoded: a refusal is the only
-    output. For a single video, `masks` may also be its mask video or its folder of mask images itself."""
+    output. For a single video, `masks` may also be its mask video or its folder of mask images itself (when the
+    folder holds no masks named after it)."""
     from vivim.runtime.sources import openable_by_opencv
 
     openable_by_opencv(out, "-o")  # cv2.imwrite crashes on such a path too
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise VivimError(f"-o {out}: already exists and is not empty; choose a new folder")
-    if len(videos) == 1 and (_is_video(masks) or (masks.is_dir() and list_frame_files(masks))):
-        sources = [(videos[0], masks)]  # the one video's own masks, given directly
+    sources: list[tuple[Path, MaskSource]] = []
+    if len(videos) == 1 and _is_video(masks):
+        sources = [(videos[0], masks)]  # the one video's mask video, given directly
     elif not masks.is_dir():
         raise VivimError(f"--masks {masks}: no such folder" + (" (a mask video goes with a single video file as "
                                                              "VIDEOS)" if masks.is_file() else ""))
     else:
-        sources, lacking = [], []
+        lacking = []
         for video in videos:
             try:
                 sources.append((video, masks_of(video, masks)))
             except VivimError:
-                lacking.append(video.name)
+                if len(videos) == 1 and list_frame_files(masks):  # the one video's own folder of masks
+                    sources.append((video, masks))
+                else:
+                    lacking.append(video.name)
         if lacking:  # every one named at once, not one per attempt
             raise VivimError(f"--masks {masks}: no masks for {count_text(lacking)} (looked for a folder or video "
                              f"named <stem> or <stem>_mask)")
     for video, mask_source in sources:
-        for path in (video, mask_source):
+        for path in (video, *(mask_source.files if isinstance(mask_source, NumberedMasks) else [mask_source])):
             openable_by_opencv(path)
     return sources
 
@@ -206,7 +244,7 @@ def count_text(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{len(names)} videos ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
 
 
-def import_videos(sources: list[tuple[Path, Path]], out: Path, *, image_format: str = "jpg",
+def import_videos(sources: list[tuple[Path, MaskSource]], out: Path, *, image_format: str = "jpg",
                   progress: Callable[[int], None] = lambda n: None) -> ImportSummary:
     """Write each (video, masks) of `sources` (from `plan_import`) as a DAVIS-layout dataset at `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +308,7 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _import_one(video: Path, mask_source: Path, root: Path, image_format: str,
+def _import_one(video: Path, mask_source: MaskSource, root: Path, image_format: str,
                 progress: Callable[[int], None]) -> tuple[dict, str | None]:
     frame_dir, mask_dir = root / "JPEGImages" / video.stem, root / "Annotations" / video.stem
     frame_dir.mkdir(parents=True)
@@ -309,13 +347,20 @@ def _import_one(video: Path, mask_source: Path, root: Path, image_format: str,
     warning = (f"{video.name}: every mask is empty" if share == 0 else
                f"{video.name}: {100 * share:.0f} % of the pixels are lesion; are its masks inverted?" if share > 0.5
                else None)
-    return ({"name": video.stem, "source": str(video.resolve()), "masks": str(mask_source.resolve()), "frames": count,
+    return ({"name": video.stem, "source": str(video.resolve()), "masks": _where(mask_source), "frames": count,
              "width": width, "height": height, "lesion": round(share, 6)}, warning)
 
 
-def _rates(video: Path, masks: Path) -> str:
+def _where(masks: MaskSource) -> str:
+    """The masks' absolute path for the manifest (numbered images as their pattern)."""
+    if isinstance(masks, NumberedMasks):
+        return str(masks.folder.resolve() / f"{masks.stem}_*")
+    return str(masks.resolve())
+
+
+def _rates(video: Path, masks: MaskSource) -> str:
     """' (mask video at 10 fps, video at 30 fps)' when a mask video's frame rate differs, else ''."""
-    if masks.is_dir():
+    if isinstance(masks, NumberedMasks) or masks.is_dir():
         return ""
     rates = []
     for path in (masks, video):
