@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from vivim import paths
 from vivim.checkpoint import checkpoint_file
+from vivim.cli_utils import detach_from_terminal, stop_signals
 from vivim.constants import untrained_output_frame
 from vivim.errors import VivimError
 from vivim.runtime.backends import Backend, create_backend
@@ -51,12 +52,14 @@ def _stderr(message: str) -> None:
 
 
 class GracefulStop:
-    """SIGINT/SIGTERM set a flag the loop checks; a second SIGINT raises KeyboardInterrupt (hard abort) until
-    `finishing()`: from then on the run is completing its last masks and files, and aborting would only lose them."""
+    """SIGINT, SIGTERM and SIGHUP (see `stop_signals`) set a flag the loop checks; a second SIGINT raises
+    KeyboardInterrupt (hard abort) until `finishing()`: from then on the run is completing its last masks and files,
+    and aborting would only lose them. After SIGHUP (an SSH session dropped) the run ends as it would on Ctrl-C, its
+    console output going nowhere."""
 
     def __init__(self, log: Log) -> None:
         self.requested = False
-        self.reason = ""  # "interrupted (Ctrl-C)" or "terminated (SIGTERM)": the summary's stopped_by
+        self.reason = ""  # "interrupted (Ctrl-C)", "terminated (SIGTERM)", "hung up (SIGHUP)": the summary's stopped_by
         self._finishing = False
         self._log = log
         self._previous: Dict[int, Any] = {}
@@ -66,7 +69,7 @@ class GracefulStop:
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, *stop_signals()):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -75,12 +78,15 @@ class GracefulStop:
             signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: object) -> None:
+        if signum not in (signal.SIGINT, signal.SIGTERM):  # SIGHUP: the terminal is gone
+            detach_from_terminal()
         if self._finishing:
             self._log("finishing the last masks and the output files, one moment")
             return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        by, reason = ("Ctrl-C", "interrupted (Ctrl-C)") if signum == signal.SIGINT else ("SIGTERM", "terminated (SIGTERM)")
+        by, reason = {signal.SIGINT: ("Ctrl-C", "interrupted (Ctrl-C)"), signal.SIGTERM: ("SIGTERM", "terminated (SIGTERM)")}.get(
+            signum, ("SIGHUP", "hung up (SIGHUP)"))
         self.reason = self.reason or reason  # the first signal is why the run stopped
         self.requested = True
         self._log(f"{by}: stopping after the current frame (Ctrl-C again to abort)")

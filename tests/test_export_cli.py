@@ -203,3 +203,29 @@ def test_demo_checkpoint_is_accepted():
         pytest.skip(f"demo weights not packaged in this checkout: {exc}")
     model, metadata, resolved = load_model("demo")
     assert resolved == path and metadata["variant"] == model.config.name
+
+
+@pytest.mark.parametrize("signame, code, said", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGHUP", 129, "hung up (SIGHUP)")])
+def test_a_stop_signal_during_an_export_is_said_and_leaves_nothing(tmp_path, signame, code, said):
+    """A service manager's stop (SIGTERM) or a dropped SSH session (SIGHUP) ends a command as Ctrl-C does: one
+    line, the shell's exit status for it, no half-written file and no folder the checks created."""
+    import signal
+    import time
+
+    out = tmp_path / "new" / "sub" / "model.onnx"
+    proc = subprocess.Popen([sys.executable, "-m", "vivim.export.cli", "onnx", "demo", "-o", str(out)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not out.parent.is_dir():  # the flag checks made it: the export has begun
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(getattr(signal, signame))
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if proc.returncode == 0:
+        pytest.skip("the export finished before the signal arrived")
+    assert proc.returncode == code and stderr.strip().splitlines()[-1] == said, stderr
+    assert "Traceback" not in stderr and not (tmp_path / "new").exists()

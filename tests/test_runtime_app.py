@@ -295,13 +295,14 @@ def test_realtime_video_behaves_like_a_live_source(tmp_path, checkpoint, workdir
 def _cli(argv, capsys):
     from vivim.runtime.cli import main
 
-    old = sys.argv
+    old, ctrl_c = sys.argv, signal.getsignal(signal.SIGINT)
     sys.argv = ["vivim-run", *argv]
     try:
         with pytest.raises(SystemExit) as info:
             main()
     finally:
         sys.argv = old
+        signal.signal(signal.SIGINT, ctrl_c)  # main() is a process's end: a Ctrl-C after it exits at once
     captured = capsys.readouterr()
     return info.value.code, captured.err
 
@@ -399,15 +400,23 @@ def test_error_in_a_subprocess_has_no_traceback(tmp_path, checkpoint, name, head
     assert len(lines) == 1 and lines[0].startswith(f"error: --video {corrupt}: cannot open"), proc.stderr
 
 
-def test_ctrl_c_stops_cleanly_and_the_video_is_readable(tmp_path, checkpoint, clip):
+@pytest.mark.parametrize("how", ["Ctrl-C", "Ctrl-C twice", "SSH session dropped"])
+def test_ctrl_c_stops_cleanly_and_the_video_is_readable(tmp_path, checkpoint, clip, how):
+    """Ctrl-C ends a live run with its files complete; so does a second Ctrl-C while the process ends, and SIGHUP
+    from an SSH session that dropped (the terminal gone: writing to it fails, and must not cost the files)."""
+    import pty
+
     out = tmp_path / "run"
+    hang_up = how == "SSH session dropped"
+    terminal, console = pty.openpty() if hang_up else (None, None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "vivim.runtime.cli", "--video", clip, "--loop", "--checkpoint", checkpoint,
          "--device", "cpu", "--headless", "--save", str(out / "overlay.mp4"), "--save-masks", str(out / "masks"),
          "--stats", str(out / "stats.json")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        stdout=console or subprocess.PIPE, stderr=console or subprocess.PIPE, text=True, env=ENV,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell job may start pytest with it ignored
     )
+    stdout = stderr = ""
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:  # wait until a few masks are out (the run would loop forever)
@@ -415,15 +424,25 @@ def test_ctrl_c_stops_cleanly_and_the_video_is_readable(tmp_path, checkpoint, cl
                 break
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        if hang_up:
+            os.close(console)
+            os.close(terminal)  # the terminal's other end gone, as when sshd closes it: writes fail with EIO
+            proc.send_signal(signal.SIGHUP)
+            proc.wait(timeout=60)
+        else:
+            proc.send_signal(signal.SIGINT)
+            if how == "Ctrl-C twice":
+                while proc.poll() is None and not (out / "stats.json").exists():  # the run is ending
+                    time.sleep(0.01)
+                proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["stopped_by"].startswith("interrupted")
+    assert stats["stopped_by"].startswith("hung up (SIGHUP)" if hang_up else "interrupted")
     assert stats["frames_processed"] >= 3
     assert count_frames(out / "overlay.mp4") == stats["frames_processed"]
     assert len(list((out / "masks").glob("*.png"))) == stats["frames_processed"]
@@ -432,7 +451,8 @@ def test_ctrl_c_stops_cleanly_and_the_video_is_readable(tmp_path, checkpoint, cl
     last_pushed = max(int(p.stem) for p in (out / "masks").glob("*.png"))
     assert sorted(int(p.stem) for p in (out / "masks").glob("*.png")) == list(range(last_pushed + 1))
     assert not [f for f in os.listdir(out) if f.startswith(".")]  # no temporary file left behind
-    assert "frames" in stdout and "latency" in stdout
+    if not hang_up:
+        assert "frames" in stdout and "latency" in stdout
 
 
 def test_runtime_imports_without_torch():

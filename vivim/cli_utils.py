@@ -60,14 +60,15 @@ def run_app(app: Callable[..., object]) -> None:
     try:
         # not standalone: usage errors (a flag out of range, an unknown option) come here as exceptions, to be
         # worded like every other error instead of in a multi-line box
-        code = app(standalone_mode=False)
+        with stop_signals_unwind():
+            code = app(standalone_mode=False)
     except VivimError as exc:
         remove_folders_left_empty()
         fail(one_line(str(exc)))
     except Interrupted as exc:
         remove_folders_left_empty()
-        print(f"{'terminated (SIGTERM)' if exc.terminated else 'interrupted'}: {exc}", file=sys.stderr)
-        raise SystemExit(143 if exc.terminated else 130)
+        print(f"{exc.label}: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code)
     except KeyboardInterrupt as exc:
         remove_folders_left_empty()
         _stopped_by(exc)
@@ -106,7 +107,7 @@ def run_app(app: Callable[..., object]) -> None:
     code = code if type(code) is int else 0
     if code == 130:  # Typer caught the KeyboardInterrupt (or Terminated) and kept only its exit code
         remove_folders_left_empty()
-        _stopped_by(Terminated() if _sigterm_received.is_set() else KeyboardInterrupt())
+        _stopped_by(Terminated(_stop_signal[0]) if _stop_signal else KeyboardInterrupt())
     raise SystemExit(code)
 
 
@@ -166,33 +167,64 @@ def _interruption_in(exc: BaseException) -> KeyboardInterrupt | None:
 
 
 def _stopped_by(stop: KeyboardInterrupt) -> NoReturn:
-    """One line and the exit status a shell gives a process stopped that way: 130 for Ctrl-C, 143 for SIGTERM."""
-    terminated = isinstance(stop, Terminated)
-    print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
-    raise SystemExit(143 if terminated else 130)
+    """One line and the exit status a shell gives a process stopped that way: 130 for Ctrl-C, 143 for SIGTERM, 129
+    for SIGHUP."""
+    print(stop.label if isinstance(stop, Terminated) else "interrupted", file=sys.stderr)
+    raise SystemExit(stop.exit_code if isinstance(stop, Terminated) else 130)
 
 
-_sigterm_received = threading.Event()  # for the exit code when Typer swallowed the Terminated itself
+_stop_signal: list[int] = []  # the SIGTERM or SIGHUP received, for the exit code when Typer swallowed Terminated
+
+
+def stop_signals() -> list[int]:
+    """The signals that end a command as Ctrl-C does, besides SIGINT: SIGTERM (a batch scheduler's time limit,
+    docker stop) and SIGHUP (the terminal or SSH session closed) - unless SIGHUP is ignored, as under nohup."""
+    signals = [signal.SIGTERM]
+    hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+        signals.append(hangup)
+    return signals
+
+
+def detach_from_terminal() -> None:
+    """After SIGHUP the terminal is gone and writing to it fails (EIO): output that went to it goes nowhere from
+    now on, so that printing a message cannot cost the files still to be closed. Files and pipes stay."""
+    import stat
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                # a character device: a hung-up terminal no longer passes isatty() (its settings cannot be read)
+                if stat.S_ISCHR(os.fstat(fd).st_mode):
+                    os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 @contextlib.contextmanager
-def sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM (a batch scheduler's time limit, docker stop) raises Terminated, a KeyboardInterrupt, in the main
-    thread: the command unwinds as on Ctrl-C (temporaries removed, what is kept said) instead of ending without a
-    word. Elsewhere than the main thread signals cannot be handled, and this does nothing."""
+def stop_signals_unwind() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Terminated, a KeyboardInterrupt, in the main thread: the command unwinds as on
+    Ctrl-C (temporaries removed, what is kept said) instead of ending without a word. run_app wraps every command in
+    it. Elsewhere than the main thread signals cannot be handled, and this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def terminate(signum: int, frame: object) -> None:
-        _sigterm_received.set()
-        raise Terminated
+    _stop_signal.clear()
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    def terminate(signum: int, frame: object) -> None:
+        _stop_signal[:] = [signum]
+        if signum != signal.SIGTERM:
+            detach_from_terminal()
+        raise Terminated(signum)
+
+    previous = {signum: signal.signal(signum, terminate) for signum in stop_signals()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def one_line(message: str) -> str:

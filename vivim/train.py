@@ -17,9 +17,9 @@ from typing import Optional
 import typer
 
 from vivim import paths
-from vivim.cli_utils import cli_app, count, run_app, sigterm_unwinds, warn
+from vivim.cli_utils import cli_app, count, run_app, warn
 from vivim.constants import SEED_MAX
-from vivim.errors import Interrupted, Terminated, VivimError
+from vivim.errors import Interrupted, VivimError
 from vivim.training.config import TrainConfig, TrainResult
 from vivim.training.data import build_data
 from vivim.training.environment import init_distributed, scan_implementations
@@ -193,15 +193,13 @@ def train(
     )
     started = time.time()
     try:
-        with sigterm_unwinds():
-            run_training(cfg)
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (a scheduler's time limit, docker stop) through Terminated
-        terminated = isinstance(exc, Terminated)
+        run_training(cfg)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP through Terminated (run_app's handlers)
         state = output_paths(cfg.out)[2]
         if state.is_file() and (resume or state.stat().st_mtime >= started):  # this run's, or the one it continues
             raise Interrupted(f"the finished epochs are saved; continue with --resume and the same flags ({state})",
-                              terminated=terminated) from None
-        raise Interrupted("before the first epoch finished; nothing was saved", terminated=terminated) from None
+                              by=exc) from None
+        raise Interrupted("before the first epoch finished; nothing was saved", by=exc) from None
     finally:
         import torch.distributed as dist
 

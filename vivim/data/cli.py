@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from vivim import paths
-from vivim.cli_utils import cli_app, count, next_command, run_app, shell, sigterm_unwinds, warn
+from vivim.cli_utils import cli_app, count, next_command, run_app, shell, warn
 from vivim.constants import SEED_MAX
 from vivim.errors import VivimError
 
@@ -88,7 +88,7 @@ def import_command(
     sources = plan_import(files, masks, out)
     start = time.perf_counter()
     # SIGTERM unwinds like Ctrl-C: the half-written dataset under its temporary name is removed either way
-    with sigterm_unwinds(), tqdm(total=sum(header_frames(v) for v in files) or None, unit="frame", desc="import") as bar:
+    with tqdm(total=sum(header_frames(v) for v in files) or None, unit="frame", desc="import") as bar:
         summary = import_videos(sources, out, image_format=image_format, progress=bar.update)
     sizes = sorted({f"{v['width']}x{v['height']}" for v in summary.videos})
     lesion = sum(v["lesion"] * v["frames"] for v in summary.videos) / max(1, summary.frames)
