@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from vivim import paths
 from vivim.checkpoint import checkpoint_file
@@ -85,8 +85,9 @@ class GracefulStop:
             return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        by, reason = {signal.SIGINT: ("Ctrl-C", "interrupted (Ctrl-C)"), signal.SIGTERM: ("SIGTERM", "terminated (SIGTERM)")}.get(
-            signum, ("SIGHUP", "hung up (SIGHUP)"))
+        said: Dict[int, Tuple[str, str]] = {signal.SIGINT: ("Ctrl-C", "interrupted (Ctrl-C)"),
+                                           signal.SIGTERM: ("SIGTERM", "terminated (SIGTERM)")}
+        by, reason = said.get(signum, ("SIGHUP", "hung up (SIGHUP)"))
         self.reason = self.reason or reason  # the first signal is why the run stopped
         self.requested = True
         self._log(f"{by}: stopping after the current frame (Ctrl-C again to abort)")
@@ -294,7 +295,7 @@ def _close_sinks(sinks: List[Sink], failure: Optional[BaseException], log: Log) 
         try:
             sink.close()
         except Exception as exc:
-            log(f"warning: closing {type(sink).__name__} failed: {exc}")
+            log(f"warning: {exc}" if isinstance(exc, VivimError) else f"warning: {getattr(sink, 'name', type(sink).__name__)}: {exc}")
             failure = failure or exc
     return failure
 

@@ -7,23 +7,26 @@ interrupted run (Ctrl-C, a crash in the model) leaves either a finished file or 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
 import sys
 import threading
-from typing import List, Optional, Protocol, Tuple
+from typing import Iterator, List, Optional, Protocol, Tuple
 
 import numpy as np
 
 from vivim import atomic, paths
-from vivim.data.image_io import AtomicVideoWriter, write_image
+from vivim.data.image_io import AtomicVideoWriter, DiskNearlyFull, check_disk_space, write_image
 from vivim.errors import VivimError
 
 import cv2  # noqa: E402
 
 
 class Sink(Protocol):
+    name: str  # what it writes, for messages: "--save out.mp4", "the window"
+
     def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None: ...
 
     def close(self) -> None: ...
@@ -46,8 +49,10 @@ class VideoSink:
 
     def __init__(self, path: str, fps: float) -> None:
         self.path = path
+        self.name = f"--save {path}"  # in messages
         paths.check_writable(path, "--save")
-        self._video = AtomicVideoWriter(path, fps, what=f"--save {path}")
+        check_disk_space(path, self.name)  # before the run, not at its first frame
+        self._video = AtomicVideoWriter(path, fps, what=self.name)
         self._committed = False
         self._size: Optional[Tuple[int, int]] = None  # (width, height) of the first frame
         self._last: Optional[Tuple[int, np.ndarray]] = None  # (capture index, overlay) of the latest frame queued
@@ -55,6 +60,7 @@ class VideoSink:
         self._encoder: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None  # the encoder's failure, raised once on the caller's thread
         self._failed = False  # the encoder stopped writing (it drains the queue from then on)
+        self._finishable = False  # it stopped before the disk filled up: the video so far is kept
         self.repeats_skipped = 0
 
     @property
@@ -93,11 +99,12 @@ class VideoSink:
             self._put(None)  # the encoder's last item: it stops after the frames before it
             self._encoder.join()
             self._encoder = None
-        if self._failed:  # no half video under the real name
+        if self._failed and not self._finishable:  # no half video under the real name
             self._video.abort()
             self._raise_encoder_error()
             return
         self._committed = self._video.close() or self._committed
+        self._raise_encoder_error()  # the disk filled up: the video so far is saved, and the run says why it stopped
 
     def saved(self) -> Optional[Tuple[str, str]]:
         if not self._committed:
@@ -125,8 +132,9 @@ class VideoSink:
             if not self._failed:
                 try:
                     self._video.write(frame)
-                except BaseException as exc:  # disk full, a codec refusing the size: reported by write/close
+                except BaseException as exc:  # disk (nearly) full, a codec refusing the size: reported by write/close
                     self._error, self._failed = exc, True
+                    self._finishable = isinstance(exc, DiskNearlyFull)
 
     def _raise_encoder_error(self) -> None:
         if self._error is not None:
@@ -151,6 +159,8 @@ class MaskFolderSink:
     def __init__(self, folder: str, names: Optional[List[str]] = None, tool: str = "vivim-run") -> None:
         paths.check_writable(folder, "--save-masks", folder=True)
         self.folder = folder
+        self.name = f"--save-masks {folder}"  # in messages
+        self._complete = True  # False once a write failed: then the folder is not reported as saved
         self.names = names
         self.tool = tool  # vivim-eval writes its predictions the same way, one folder per video
         self.marker = f"{tool}-masks.json"
@@ -196,24 +206,35 @@ class MaskFolderSink:
     def write(self, index: int, overlay: np.ndarray, mask: np.ndarray) -> None:
         # --loop over a folder comes back to its first image: the mask of that image is written again
         name = f"{self.names[index % len(self.names)]}.png" if self.names else f"{index:06d}.png"
-        if not self.written:  # before the first mask, listing all it may leave behind if the run dies
-            self._mark(self._planned | self._earlier)
-        write_image(os.path.join(self.folder, name), mask.astype(np.uint8) * 255)
+        with self._named_os_errors():
+            if not self.written:  # before the first mask, listing all it may leave behind if the run dies
+                self._mark(self._planned | self._earlier)
+            write_image(os.path.join(self.folder, name), mask.astype(np.uint8) * 255)
         self._names.add(name)
         self.written += 1
+
+    @contextlib.contextmanager
+    def _named_os_errors(self) -> Iterator[None]:
+        """A failed write (a full disk) as one line naming the folder; the folder is then not reported as saved."""
+        try:
+            yield
+        except OSError as exc:
+            self._complete = False
+            raise VivimError(f"{self.name}: {exc.strerror or exc}; the masks written before stay") from None
 
     def close(self) -> None:
         if not self.written:
             return
-        for name in sorted(self._earlier - self._names):
-            path = os.path.join(self.folder, name)
-            if os.path.isfile(path):
-                os.unlink(path)
-                self.removed += 1
-        self._mark(self._names)  # now exactly what the folder holds of ours
+        with self._named_os_errors():
+            for name in sorted(self._earlier - self._names):
+                path = os.path.join(self.folder, name)
+                if os.path.isfile(path):
+                    os.unlink(path)
+                    self.removed += 1
+            self._mark(self._names)  # now exactly what the folder holds of ours
 
     def saved(self) -> Optional[Tuple[str, str]]:
-        if not self.written:
+        if not self.written or not self._complete:
             return None
         return ("masks" + (f" ({self.removed} of an earlier run removed)" if self.removed else ""), self.folder)
 
@@ -237,6 +258,7 @@ class WindowSink:
                 "or install opencv-python"
             )
         self.title = title
+        self.name = "the window"  # in messages
         self.quit_requested = False
         cv2.namedWindow(title, cv2.WINDOW_NORMAL)
 
@@ -268,6 +290,7 @@ class StripSink:
             raise VivimError(f"--strip {path}: use a .png file name")
         paths.check_writable(path, "--strip")
         self.path = path
+        self.name = f"--strip {path}"  # in messages
         self._written = False
         self.count = max(1, count)
         self.height = height

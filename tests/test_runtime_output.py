@@ -458,3 +458,80 @@ def test_an_odd_sized_video_keeps_its_last_row_and_column(tmp_path, suffix):
     assert ok and decoded.shape == (68, 94, 3)
     assert decoded[:67, -2:].mean() > 200 and decoded[-2:, :93].mean() > 200  # the edges made it in
     assert np.abs(decoded[:67, :93].astype(float) - frame).mean() < 8  # the same picture
+
+
+def _count_frames(path):
+    capture, count = cv2.VideoCapture(str(path)), 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    return count
+
+
+def test_a_disk_filling_up_stops_the_video_while_it_can_still_be_finished(tmp_path, monkeypatch):
+    """OpenCV's writer does not report a full disk; it leaves a file without its index, which no player opens.
+    The free space is watched instead: the video stops in time, is finished and kept, and the run is told why."""
+    import shutil
+
+    from vivim.data.image_io import AtomicVideoWriter, DiskNearlyFull
+
+    real_usage = shutil.disk_usage
+    frames_at_full = 20
+
+    written = []  # the sink, once made
+
+    def filling_disk(path):  # plenty of room until the sink's 20th frame, then less than the reserve
+        usage = real_usage(path)
+        full = written and written[0].frames_written >= frames_at_full
+        return usage._replace(free=AtomicVideoWriter.MIN_RESERVE // 2 if full else 10 * 2**30)
+
+    monkeypatch.setattr(shutil, "disk_usage", filling_disk)
+    path = tmp_path / "o.mp4"
+    sink = VideoSink(str(path), fps=10.0)
+    written.append(sink)
+    raised = []
+    for k, frame in enumerate(_frames(60)):
+        try:
+            sink.write(k, frame, np.zeros(frame.shape[:2], bool))
+        except DiskNearlyFull as exc:
+            raised.append(exc)
+            break
+    sink.close()
+    stopped_at = AtomicVideoWriter.CHECK_EVERY * -(-frames_at_full // AtomicVideoWriter.CHECK_EVERY)  # the next look
+    assert len(raised) == 1 and f"--save {path}: the disk is nearly full" in str(raised[0])
+    assert f"stops after {stopped_at} frames and is kept" in str(raised[0])
+    assert _count_frames(path) == stopped_at and sink.saved() is not None
+    assert os.listdir(tmp_path) == ["o.mp4"]
+
+
+def test_a_video_the_disk_cut_short_is_not_moved_into_place(tmp_path):
+    """A file OpenCV finished without a readable start (what a full disk leaves) is an error, not a saved video."""
+    from vivim.data.image_io import AtomicVideoWriter
+
+    path = tmp_path / "o.mp4"
+    video = AtomicVideoWriter(path, 10.0, what=f"--save {path}")
+    for frame in _frames(5):
+        video.write(frame)
+    video._writer.release()
+    os.truncate(video._tmp, os.path.getsize(video._tmp) // 2)  # the index and the last frames never reached the disk
+
+    class FinishedAlready:
+        def release(self):
+            pass
+
+    video._writer = FinishedAlready()
+    with pytest.raises(VivimError, match=r"--save .*o\.mp4: the video could not be finished \(.*\); nothing was saved"):
+        video.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_refuses_the_video_before_the_run(tmp_path, monkeypatch):
+    import shutil
+
+    from vivim.data.image_io import AtomicVideoWriter
+
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=AtomicVideoWriter.MIN_RESERVE - 1))
+    with pytest.raises(VivimError, match=r"^--save .*o\.mp4: its disk is full \(8 MB left\)$"):
+        VideoSink(str(tmp_path / "o.mp4"), fps=10.0)
+    assert os.listdir(tmp_path) == []

@@ -176,10 +176,10 @@ def _stopped_by(stop: KeyboardInterrupt) -> NoReturn:
 _stop_signal: list[int] = []  # the SIGTERM or SIGHUP received, for the exit code when Typer swallowed Terminated
 
 
-def stop_signals() -> list[int]:
+def stop_signals() -> list[signal.Signals]:
     """The signals that end a command as Ctrl-C does, besides SIGINT: SIGTERM (a batch scheduler's time limit,
     docker stop) and SIGHUP (the terminal or SSH session closed) - unless SIGHUP is ignored, as under nohup."""
-    signals = [signal.SIGTERM]
+    signals: list[signal.Signals] = [signal.SIGTERM]
     hangup = getattr(signal, "SIGHUP", None)  # not on Windows
     if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
         signals.append(hangup)

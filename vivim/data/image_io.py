@@ -123,11 +123,22 @@ def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
     atomic.write_bytes(path, data.tobytes(), parents=True)
 
 
+class DiskNearlyFull(VivimError):
+    """A video stopped before its disk filled up: the frames so far are a complete file, which `close()` keeps."""
+
+
 class AtomicVideoWriter:
     """A video written under a temporary name beside `path` (the same extension: OpenCV picks the container from it)
     and moved onto `path` by `close()`; `abort()`, or a failure in `close()`, leaves no file behind. Opened on the
     first frame, whose size it keeps, rounded up to even sides (the last row or column repeated): the codecs'
-    4:2:0 sampling would otherwise crop it. `what` names the file in errors (a flag, or the path itself)."""
+    4:2:0 sampling would otherwise crop it. `what` names the file in errors (a flag, or the path itself).
+
+    OpenCV's writer does not report failed writes: on a full disk it leaves a file without its index, which no
+    player opens. So the free space is watched while writing (DiskNearlyFull stops the video while it can still be
+    finished), and `close()` checks that the finished file opens before moving it into place."""
+
+    CHECK_EVERY = 16  # frames between two looks at the free space
+    MIN_RESERVE = 8 * 1024 * 1024  # bytes left free at least: the container index and the filesystem's own needs
 
     FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 
@@ -151,9 +162,30 @@ class AtomicVideoWriter:
                                            self.fps, self.size)
             if not self._writer.isOpened():
                 self.abort()
+                check_disk_space(self.path, self.what)  # the likelier cause, when it is so
                 raise VivimError(f"{self.what}: OpenCV cannot write {suffix or 'this'} video here (no FFmpeg backend?)")
+            self._check_free_space()  # a full disk: said as such, before the first frame
+        elif self.frames_written % self.CHECK_EVERY == 0:
+            self._check_free_space()
         self._writer.write(bgr)
         self.frames_written += 1
+
+    def _check_free_space(self) -> None:
+        """DiskNearlyFull when less than the reserve is left: the larger of MIN_RESERVE and ~4 checks' worth of
+        frames at the size written so far."""
+        import shutil
+
+        assert self._tmp is not None
+        try:
+            free = shutil.disk_usage(Path(self._tmp).parent).free
+            per_frame = Path(self._tmp).stat().st_size / max(1, self.frames_written)
+        except OSError:
+            return  # the writes themselves will tell
+        if free < max(self.MIN_RESERVE, 4 * self.CHECK_EVERY * per_frame):
+            if not self.frames_written:
+                raise VivimError(f"{self.what}: its disk is full ({free / 2**20:.0f} MB left)")
+            raise DiskNearlyFull(f"{self.what}: the disk is nearly full ({free / 2**20:.0f} MB left): the video stops "
+                                 f"after {self.frames_written} frames and is kept")
 
     def close(self) -> bool:
         """Finish the file and move it into place; False when no frame was written (no file then)."""
@@ -162,6 +194,9 @@ class AtomicVideoWriter:
         try:
             self._writer.release()  # writes the container index: without it an .mp4 is unreadable
             self._writer = None
+            if not _video_opens(self._tmp):
+                raise VivimError(f"{self.what}: the video could not be finished ({_disk_note(self._tmp)}); nothing "
+                                 "was saved")
             atomic.commit(self._tmp, self.path)
             self._tmp = None  # moved into place: nothing left for abort() to remove
             return True
@@ -175,6 +210,40 @@ class AtomicVideoWriter:
         if self._tmp is not None:
             atomic.discard(self._tmp)
             self._tmp = None
+
+
+def check_disk_space(path: str | Path, what: str) -> None:
+    """A one-line error when the disk `path` goes to has less than a video's reserve left (checked before a run)."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return  # the folder checks say what is wrong with it
+    if free < AtomicVideoWriter.MIN_RESERVE:
+        raise VivimError(f"{what}: its disk is full ({free / 2**20:.0f} MB left)")
+
+
+def _video_opens(path: str) -> bool:
+    """Whether OpenCV reads a first frame from the video at `path` (a file cut short by a full disk does not)."""
+    from vivim.runtime.sources import native_stderr_muted
+
+    with native_stderr_muted():  # FFmpeg's own complaints about a damaged file
+        capture = cv2.VideoCapture(path)
+        try:
+            return bool(capture.isOpened() and capture.read()[0])
+        finally:
+            capture.release()
+
+
+def _disk_note(path: str) -> str:
+    import shutil
+
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return "its folder is gone"
+    return "the disk is full" if free < AtomicVideoWriter.MIN_RESERVE else "OpenCV wrote no readable file"
 
 
 def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.0) -> None:
