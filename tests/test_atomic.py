@@ -112,3 +112,19 @@ def test_a_folder_that_refuses_fsync_still_gets_the_file(tmp_path, monkeypatch):
     atomic.write_text(tmp_path / "note.txt", "kept")
     assert (tmp_path / "note.txt").read_text() == "kept"
     assert [p.name for p in tmp_path.iterdir()] == ["note.txt"]
+
+
+def test_a_failed_write_names_the_file_asked_for_not_the_temporary(tmp_path):
+    """A full disk fails the write itself, an OSError without a file name (or with the temporary's): the error
+    must name the target, which is all the user knows."""
+    import errno
+
+    from vivim import atomic
+
+    target = tmp_path / "model.onnx"
+    for filename in (None, "TMP"):
+        with pytest.raises(OSError) as info:
+            with atomic.atomic_path(target) as tmp:
+                raise OSError(errno.ENOSPC, "No space left on device", *([tmp] if filename else []))
+        assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert os.listdir(tmp_path) == []

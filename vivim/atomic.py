@@ -74,7 +74,12 @@ def atomic_path(path: PathLike, *, suffix: str = ".tmp", mode: int = FILE_MODE, 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_beside(path, suffix)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:  # a write that failed (a full disk): name the file the user asked for
+            if exc.errno is None or exc.filename not in (None, tmp):
+                raise
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from None
         commit(tmp, path, mode)
     finally:
         discard(tmp)
