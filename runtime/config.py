@@ -99,11 +99,16 @@ class RunConfig:
     def build(
         cls, config_file: Optional[str] = None, overrides: Optional[Mapping[str, Mapping[str, Any]]] = None
     ) -> "RunConfig":
-        """Defaults, then the YAML file's sections, then every override that is not None."""
+        """Defaults, then the YAML file's sections, then every override that is not None. A flag naming another kind
+        of input than the file's (--video with a file for a camera) replaces the file's whole source section: its
+        camera's fps, size and pixel format belong to that camera, not to the video."""
         config = cls()
         if config_file is not None:
             for section, values in load_yaml(config_file).items():
                 _apply(config, section, values, origin=f"--config {config_file}")
+        kind = (overrides or {}).get("source", {}).get("kind")
+        if kind is not None and config.source.kind not in (None, kind):
+            config.source = SourceConfig()
         for section, flags in (overrides or {}).items():
             _apply(config, section, {k: v for k, v in flags.items() if v is not None}, origin="flags")
         config.validate()

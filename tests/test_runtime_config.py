@@ -25,7 +25,7 @@ def test_yaml_sections_then_flags(tmp_path):
     assert cfg.preprocess.interpolation == "linear"
     cfg = RunConfig.build(str(path), {"source": {"kind": "video", "location": "clip.mp4", "width": None},
                                       "overlay": {"contour": True, "alpha": None}, "backend": {"output_frame": "centre"}})
-    assert (cfg.source.kind, cfg.source.location, cfg.source.width) == ("video", "clip.mp4", 1280)
+    assert (cfg.source.kind, cfg.source.location, cfg.source.width) == ("video", "clip.mp4", None)  # the camera's
     assert cfg.overlay.contour is True and cfg.overlay.alpha == 0.3 and cfg.backend.output_frame == "centre"
 
 
@@ -119,6 +119,13 @@ def test_example_config_loads():
     path = os.path.join(os.path.dirname(__file__), "..", "runtime", "example.yaml")
     cfg = RunConfig.build(path)
     assert cfg.source.kind == "camera" and cfg.backend.model == "demo" and cfg.source.buffer_size == 1
+    # another kind of input from a flag: the camera's rate, size and format stay with the camera (a video kept its
+    # own 25 fps instead of being written at the camera's 30), the other sections still apply
+    video = RunConfig.build(path, {"source": {"kind": "video", "location": "clip.mp4"}})
+    assert (video.source.fps, video.source.width, video.source.fourcc, video.source.reconnect_delay) == (None, None, None, 0.5)
+    assert video.backend.model == "demo" and video.sink.save == "runs/live/overlay.mp4"
+    camera = RunConfig.build(path, {"source": {"kind": "camera", "location": "/dev/video2"}})
+    assert (camera.source.location, camera.source.fps, camera.source.fourcc) == ("/dev/video2", 30, "YUYV")
 
 
 def test_a_config_file_may_name_input_and_model_alone(tmp_path):
