@@ -32,7 +32,7 @@ from vivim.export.ort_ops import INPUT_NAMES, OP_DOMAIN, OP_TYPE
 
 import vivim
 from vivim.cli_utils import warn
-from vivim.constants import parse_output_frame, size_problem
+from vivim.constants import parse_output_frame, size_problem, untrained_output_frame
 from vivim.errors import VivimError
 from vivim.export.plugin import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from vivim.progress import Heartbeat
@@ -269,6 +269,10 @@ def export_onnx(
         warn(f"the checkpoint was trained on clips of {model.frames} frames; exporting --frames {frames}")
     if size != (trained_size, trained_size):
         warn(f"the checkpoint was trained at {trained_size}x{trained_size}; exporting --size {size[0]}x{size[1]}")
+    mismatch = untrained_output_frame(None if output_frame == "all" else output_frame,
+                                      metadata.get("output_frame", "centre"), frames, ckpt_path.name)
+    if mismatch:
+        warn(mismatch)
 
     dtype = torch.float16 if fp16 else torch.float32
     if fp16:

@@ -196,8 +196,10 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
         # not given: the model's own (a model trained on the newest frame runs on it, without lag); the caller's
         # config is left as it was, for a next run with another model
         trained_frame = getattr(backend, "trained_output_frame", None)
-        output_frame = cfg.backend.output_frame or trained_frame or "centre"
-        mismatch = untrained_output_frame(cfg.backend.output_frame, trained_frame, backend.frames, str(getattr(backend, "source", "the model")))
+        output_frame = cfg.backend.output_frame or getattr(backend, "default_output_frame", trained_frame) or "centre"
+        mismatch = untrained_output_frame(output_frame, trained_frame, backend.frames,
+                                          str(getattr(backend, "source", "the model")),
+                                          flag=cfg.backend.output_frame is not None)
         if mismatch:
             log(f"warning: {mismatch}")
         window = ClipWindow(backend.frames, output_frame)

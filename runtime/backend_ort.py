@@ -14,7 +14,8 @@ import numpy as np
 from vivim import paths
 from vivim.devices import parse_device
 from vivim.errors import VivimError
-from vivim.runtime.backends import metadata_int, output_index_from_metadata, select_output, trained_output_frame
+from vivim.runtime.backends import (default_output_frame, metadata_int, output_index_from_metadata, select_output,
+                                    trained_output_frame)
 from vivim.runtime.preprocess import Normalization, choose_resize, preprocess
 
 _NP_OF_ORT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -77,6 +78,7 @@ class OrtBackend:
         out_frames = out_shape[1] if len(out_shape) == 5 and isinstance(out_shape[1], int) else self.frames
         self.fixed_output_index = output_index_from_metadata(meta, self.frames, int(out_frames))
         self.trained_output_frame = trained_output_frame(meta)
+        self.default_output_frame = default_output_frame(meta)
         if metadata_int(meta, "frames", self.frames) != self.frames:
             log(f"warning: --onnx {path}: metadata says T={meta.get('frames')} but the input has T={self.frames}")
         self.precision = meta.get("precision", "fp16" if self.input_dtype == np.float16 else "fp32")

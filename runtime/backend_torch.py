@@ -32,6 +32,7 @@ class TorchBackend:
     name = "pytorch"
     fixed_output_index: Optional[int] = None
     trained_output_frame: Optional[str] = None  # from the checkpoint's metadata (vivim-train writes it)
+    default_output_frame: Optional[str] = None  # a checkpoint decodes any frame: the trained one
 
     def __init__(
         self,
@@ -109,6 +110,7 @@ class TorchBackend:
                                                 f"--checkpoint {checkpoint}", kwargs.get("log", print))
         backend = cls(model, normalization=norm, source=checkpoint, **kwargs)
         backend.trained_output_frame = trained_output_frame(metadata)
+        backend.default_output_frame = backend.trained_output_frame
         return backend
 
     # -- interface ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from vivim.devices import parse_device
 from vivim.errors import VivimError
 from vivim.export.onnx_files import missing_vivim_metadata
 from vivim.export.plugin import find_plugin_library
-from vivim.runtime.backends import output_index_from_metadata, select_output, trained_output_frame
+from vivim.runtime.backends import default_output_frame, output_index_from_metadata, select_output, trained_output_frame
 from vivim.runtime.preprocess import Normalization, choose_resize, normalize_chw, resize_rgb
 
 
@@ -142,6 +142,7 @@ class TensorRTBackend:
         out_frames = out_shape[1] if len(out_shape) == 5 else self.frames
         self.fixed_output_index = output_index_from_metadata(meta, self.frames, out_frames)
         self.trained_output_frame = trained_output_frame(meta)
+        self.default_output_frame = default_output_frame(meta)
         self.precision = str(sidecar.get("precision", "?"))
 
         self._stream = cuda.Stream()

@@ -29,6 +29,7 @@ class Backend(Protocol):
     input_size: Tuple[int, int]  # (H, W) of the model input
     fixed_output_index: Optional[int]  # a graph that decodes one baked-in frame only; None = any frame
     trained_output_frame: Optional[str]  # the frame it was trained to segment (centre | newest), when known
+    default_output_frame: Optional[str]  # the frame run without --output-frame: a one-frame graph's own, else trained
 
     def prepare(self, frame_shape: Sequence[int]) -> None: ...
 
@@ -86,13 +87,20 @@ def metadata_int(meta: Dict[str, str], key: str, default: Optional[int] = None) 
 
 
 def trained_output_frame(meta: Dict[str, str]) -> Optional[str]:
-    """vivim-run's default --output-frame for an exported model: a one-frame graph's own frame (the only one it can
-    decode), else the frame it was trained for (a key written since 2026-11-27); None when the metadata says
-    neither (centre then)."""
-    for key in ("output_frame", "trained_output_frame"):
+    """The frame the model was trained to segment: an exported graph's `trained_output_frame` (written since
+    2026-11-27), else `output_frame` (a checkpoint's training frame; an older one-frame graph's own frame); None
+    when the metadata says neither."""
+    for key in ("trained_output_frame", "output_frame"):
         if meta.get(key) in ("centre", "newest"):
             return meta[key]
     return None
+
+
+def default_output_frame(meta: Dict[str, str]) -> Optional[str]:
+    """vivim-run's default --output-frame for an exported model: a one-frame graph's own frame (the only one it
+    can decode), else the frame it was trained for; None when the metadata says neither (centre then)."""
+    own = meta.get("output_frame")
+    return own if own in ("centre", "newest") else trained_output_frame(meta)
 
 
 def output_index_from_metadata(meta: Dict[str, str], frames: int, out_frames: int) -> Optional[int]:

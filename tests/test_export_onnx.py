@@ -513,3 +513,12 @@ def test_metadata_carries_the_checkpoint_s_normalization_and_resize(tmp_path, re
                           size=(64, 96), output_frame="newest", fp16=True, checkpoint_path=checkpoint)
     assert json.loads(meta["normalization"]) == normalization and meta["resize"] == resize
     assert json.loads(meta["img_size"]) == [64, 96] and meta["output_frame"] == "newest" and meta["precision"] == "fp16"
+
+
+def test_exporting_a_frame_the_model_was_not_trained_for_is_said(tiny_checkpoint, tmp_path, capsys):
+    from vivim.export.onnx_export import export_onnx
+
+    export_onnx(tiny_checkpoint, tmp_path / "newest.onnx", size=SIZE, output_frame="newest", optimize=False,
+                log=lambda *_: None)
+    assert "tiny.safetensors was trained to segment the centre frame of its clip; --output-frame newest asks for " \
+           "another" in capsys.readouterr().err

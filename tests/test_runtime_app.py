@@ -765,6 +765,20 @@ def test_the_output_frame_defaults_to_the_one_the_model_was_trained_for(tmp_path
     one_frame = tmp_path / "newest_as_centre.onnx"
     export_onnx(str(newest), one_frame, output_frame="centre", log=lambda m: None)
     assert summary({"kind": "onnx", "model": str(one_frame)})["output_frame"] == "centre"
+    # ... and said to be a frame its model was not trained for; asking for the graph's own frame by flag is said too,
+    # naming the trained frame (not the graph's, as before)
+    for flag in (None, "centre"):
+        lines = []
+        run(cfg(source={"kind": "video", "location": clip}, sink={"headless": True, "quiet": True},
+                backend={"device": "cpu", "kind": "onnx", "model": str(one_frame), "output_frame": flag}), log=lines.append)
+        said = [line for line in lines if "trained to segment" in line]
+        assert len(said) == 1 and "trained to segment the newest frame" in said[0], lines
+    lines = []  # the graph of the frame it was trained for: nothing to say
+    newest_graph = tmp_path / "newest_one.onnx"
+    export_onnx(str(newest), newest_graph, output_frame="newest", log=lambda m: None)
+    run(cfg(source={"kind": "video", "location": clip}, sink={"headless": True, "quiet": True},
+            backend={"device": "cpu", "kind": "onnx", "model": str(newest_graph)}), log=lines.append)
+    assert not [line for line in lines if "trained to segment" in line], lines
     # the caller's config is not rewritten: a second run with another model picks that model's frame
     config = cfg(source={"kind": "video", "location": clip}, backend={"device": "cpu", **checkpoint},
                  sink={"headless": True, "quiet": True})

@@ -93,9 +93,11 @@ def output_frame_index(output_frame: "str | int", frames: int) -> int:
     return index % frames
 
 
-def untrained_output_frame(given: "str | None", trained: "str | None", frames: int, source: str) -> "str | None":
+def untrained_output_frame(given: "str | None", trained: "str | None", frames: int, source: str,
+                           flag: bool = True) -> "str | None":
     """The warning for an --output-frame the model was not trained to segment (its masks are worse there, e.g. a
-    centre-trained model asked for the newest frame of its clip), or None. Index equality: at T = 1 both are frame 0."""
+    centre-trained model asked for the newest frame of its clip), or None. Index equality: at T = 1 both are frame 0.
+    `flag`: the frame came from --output-frame; else it is the one a one-frame exported graph decodes."""
     if given is None or trained is None or given == trained:
         return None
     try:
@@ -103,6 +105,9 @@ def untrained_output_frame(given: "str | None", trained: "str | None", frames: i
             return None
     except ValueError:
         return None
+    if not flag:
+        return (f"{source} decodes the {given} frame of its clip, but its model was trained to segment the {trained} "
+                f"frame: its masks are less accurate there (export with --output-frame {trained} or all)")
     return (f"{source} was trained to segment the {trained} frame of its clip; --output-frame {given} asks for "
             f"another, where its masks are less accurate (retrain with --output-frame {given} for that)")
 
