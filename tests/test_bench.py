@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -504,3 +506,68 @@ def test_a_nan_in_a_row_is_written_as_null_instead_of_losing_the_results(tmp_pat
     assert "NaN" not in (tmp_path / "results.json").read_text()
     back, _, _ = report.read_results(tmp_path / "results.json")
     assert len(back) == len(rows) and back[0].throughput_fps is None
+
+
+def test_flags_no_row_uses_are_named_in_one_warning(capsys) -> None:
+    """A flag that seems to work and does not is worse than one refused: vivim-bench says which flags its rows
+    do not use, as vivim-run does."""
+    from vivim.bench.cli import _warn_unused_flags
+
+    plain = dict(streaming=False, long_clips=False, device="cpu", backends="torch", video=None, pipeline_frames=120,
+                 compile_rows=False, engine=None, keep_onnx=None, long_frames="5,16,32,64,150",
+                 long_precisions="fp32,fp16", long_iters=10, stream_scan="auto")
+    _warn_unused_flags(**plain)
+    assert capsys.readouterr().err == ""
+    _warn_unused_flags(**{**plain, "video": "v.mp4", "pipeline_frames": 8, "long_iters": 3, "engine": Path("e"),
+                          "keep_onnx": Path("k")})
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: no row of this run uses --video (needs --streaming), "
+                                                   "--pipeline-frames (needs --streaming), --long-iters (needs --long-clips), "
+                                                   "--engine (no tensorrt in --backends), --keep-onnx"), err
+    _warn_unused_flags(**{**plain, "streaming": True, "video": "v.mp4", "pipeline_frames": 8, "compile_rows": True,
+                          "backends": "torch,ort-cpu", "keep_onnx": Path("k")})
+    assert capsys.readouterr().err == "warning: no row of this run uses --compile (CUDA only)\n"
+
+
+def test_onnx_runtime_rows_run_on_the_threads_asked_for(monkeypatch, tmp_path) -> None:
+    """--threads set PyTorch's threads only: ONNX Runtime ran on all cores beside a one-thread PyTorch row."""
+    from vivim.bench import rows_deploy
+    from vivim.export import ort_ops
+
+    asked = []
+    real = ort_ops.create_session
+
+    def spy(path, providers, threads=None, **kwargs):
+        asked.append(threads)
+        return real(path, providers, threads=threads, **kwargs)
+
+    monkeypatch.setattr(ort_ops, "create_session", spy)
+    from vivim.bench.artifacts import Artifacts
+    from vivim.bench.common import BenchSettings, ModelSource
+
+    settings = BenchSettings(variant="tiny", frames=3, size=32, device="cpu", warmup=0, iters=2, threads=1,
+                             keep_onnx=tmp_path)
+    row = rows_deploy.ort_row(Artifacts(ModelSource(settings), settings), settings, provider="CPUExecutionProvider",
+                              precision="fp32")
+    if row.status.startswith("skipped"):
+        pytest.skip(row.status)
+    assert row.ok and asked == [1] and "ONNX Runtime CPU, synchronous, 1 intra-op threads" in row.notes
+
+
+def test_a_row_whose_mean_a_few_slow_calls_decide_is_said(capsys) -> None:
+    """Speed-ups compare means: [1149, 31, 34] ms (a busy 2-core machine) made ONNX Runtime look 4.9x faster where
+    the medians said 0.4x. Such rows are named after the table."""
+    from vivim.bench.cli import _warn_uneven_timings
+    from vivim.bench.records import Row
+    from vivim.latency import summarize
+
+    steady = Row(backend="ONNX Runtime CPU", precision="fp32", mode="clip", scan="onnx-custom-op", frames=5, size=64,
+                 batch=1, latency=summarize([92.0, 91.0, 93.5]))
+    _warn_uneven_timings([steady])
+    assert capsys.readouterr().err == ""
+    busy = Row(backend="PyTorch eager", precision="fp32", mode="clip", scan="reference", frames=5, size=64, batch=1,
+               latency=summarize([1149.0, 31.0, 34.0]))
+    _warn_uneven_timings([steady, busy])
+    err = capsys.readouterr().err
+    assert err.startswith("warning: 1 row(s) have a mean far above their median (e.g. PyTorch eager") and \
+        "median 34.00 ms" in err, err

@@ -77,7 +77,7 @@ def bench(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     threads: Optional[int] = typer.Option(None, "--threads",
-                                          help="CPU threads for PyTorch (torch.set_num_threads; default: torch's)."),
+                                          help="CPU threads for PyTorch and ONNX Runtime's CPU rows (default: their own)."),
 ) -> None:
     """Measure latency per backend and precision in one process and write the results folder."""
     import torch
@@ -85,11 +85,11 @@ def bench(
     previous_threads = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
-            raise VivimError(f"--threads must be >= 1, got {threads}")
+            raise VivimError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     try:
         # Every option except the thread count goes on to _bench, by name.
-        _bench(**{k: v for k, v in locals().items() if k not in ("torch", "previous_threads", "threads")})
+        _bench(**{k: v for k, v in locals().items() if k not in ("torch", "previous_threads")})
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -107,7 +107,7 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
            max_row_seconds: float, out: Path, streaming: bool, output_frame: str, stream_scan: str,
            long_clips: bool, compile_rows: bool, long_frames: str, long_precisions: str, long_iters: int,
            fp16_mode: str, video: Optional[str], pipeline_frames: int, engine: Optional[Path], trt_plugin: Optional[Path],
-           keep_onnx: Optional[Path], seed: int, plots: bool, progress: bool) -> None:
+           keep_onnx: Optional[Path], seed: int, plots: bool, progress: bool, threads: Optional[int]) -> None:
     from vivim.bench import report
     from vivim.bench.common import BenchSettings, ModelSource, scan_unavailable_reason
     from vivim.bench.env import collect_environment
@@ -115,6 +115,10 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     from vivim.constants import check_output_frame
 
     variant = _model_choice(checkpoint, variant)
+    _warn_unused_flags(streaming=streaming, long_clips=long_clips, device=str(torch_device(device)), backends=backends,
+                       video=video, pipeline_frames=pipeline_frames, compile_rows=compile_rows, engine=engine,
+                       keep_onnx=keep_onnx, long_frames=long_frames, long_precisions=long_precisions,
+                       long_iters=long_iters, stream_scan=stream_scan)
     _check_counts(iters=iters, warmup=warmup, batch=batch, long_iters=long_iters, pipeline_frames=pipeline_frames)
     if not math.isfinite(max_row_seconds) or max_row_seconds < 0:  # nan would pass a range check, then break the JSON
         raise VivimError(f"--max-row-seconds must be a number of seconds >= 0 (0 = no limit), got {max_row_seconds}")
@@ -140,7 +144,7 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
         warmup=warmup, iters=iters, max_row_seconds=max_row_seconds or None, output_frame=parse_output_frame(output_frame, allow_index=True),
         fp16_mode=fp16_mode, reference_scan=reference_scan, seed=seed, keep_onnx=keep_onnx, video=video,
         pipeline_frames=pipeline_frames, long_iters=long_iters, engine=engine, trt_plugin=trt_plugin,
-        compile=compile_rows,
+        compile=compile_rows, threads=threads,
     )
     source = ModelSource(settings)
     if checkpoint is not None:
@@ -180,12 +184,45 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     rows, written = _run_and_save(plan, env, config, out, progress=progress, plots=plots)
     print()
     print(report.format_table(rows))
+    _warn_uneven_timings(rows)
     summary = best_streaming_summary(rows)
     if summary:
         print(summary)
     print(f"\nResults saved to {out}: {', '.join(p.name for p in written)}")
     if Path("benchmarks/RESULTS.md").is_file():  # a checkout of this repository: the numbers belong in its record
         next_command(f"paste {out / 'results.md'} into benchmarks/RESULTS.md with the card and date")
+
+
+def _warn_unused_flags(*, streaming: bool, long_clips: bool, device: str, backends: str, video: Optional[str],
+                       pipeline_frames: int, compile_rows: bool, engine: Optional[Path], keep_onnx: Optional[Path],
+                       long_frames: str, long_precisions: str, long_iters: int, stream_scan: str) -> None:
+    """One warning naming the flags that change nothing in this run, as vivim-run gives: a flag that seems to
+    work and does not is worse than one refused."""
+    from vivim.bench.plan import BACKENDS, parse_list
+
+    chosen = set(parse_list(backends, BACKENDS, "--backends"))
+    changed = {flag for flag, value, default in (
+        ("--pipeline-frames", pipeline_frames, 120), ("--long-frames", long_frames, "5,16,32,64,150"),
+        ("--long-precisions", long_precisions, "fp32,fp16"), ("--long-iters", long_iters, 10),
+        ("--stream-scan", stream_scan, "auto")) if value != default}
+    unused = []
+    if not streaming:
+        unused += [f"{flag} (needs --streaming)" for flag, given in (
+            ("--video", video is not None), ("--pipeline-frames", "--pipeline-frames" in changed),
+            ("--compile", compile_rows)) if given]
+    elif compile_rows and not device.startswith("cuda"):
+        unused.append("--compile (CUDA only)")
+    if not (streaming or long_clips) and "--stream-scan" in changed:
+        unused.append("--stream-scan (needs --streaming or --long-clips)")
+    if not long_clips:
+        unused += [f"{flag} (needs --long-clips)" for flag in ("--long-frames", "--long-precisions", "--long-iters")
+                   if flag in changed]
+    if engine is not None and "tensorrt" not in chosen:
+        unused.append("--engine (no tensorrt in --backends)")
+    if keep_onnx is not None and not chosen & {"ort-cpu", "ort-cuda", "tensorrt"}:
+        unused.append("--keep-onnx (no ONNX Runtime or TensorRT in --backends)")
+    if unused:
+        warn(f"no row of this run uses {', '.join(unused)}")
 
 
 def _model_choice(checkpoint: Optional[str], variant: Optional[str]) -> Optional[str]:
@@ -226,7 +263,8 @@ def _run_and_save(plan: Any, env: Any, config: dict[str, Any], out: Path, *, pro
 
     def on_row(row: Any) -> None:
         timing_text = f"{row.latency.mean:.2f} ms mean, p99 {row.latency.p99:.2f} ms" if row.latency else ""
-        tqdm.write(f"{row.label}: {row.status}{'  ' + timing_text if timing_text else ''}")
+        cut = next((f"  ({note})" for note in row.notes if note.startswith("warm-up cut")), "")
+        tqdm.write(f"{row.label}: {row.status}{'  ' + timing_text if timing_text else ''}{cut}")
         finished.append(row)
         apply_speedups(finished)
         report.write_json(out / "results.json", finished, env, config)
@@ -236,6 +274,17 @@ def _run_and_save(plan: Any, env: Any, config: dict[str, Any], out: Path, *, pro
     apply_speedups(rows)
     config["complete"] = True
     return rows, report.write_all(out, rows, env, config, plots=plots)
+
+
+def _warn_uneven_timings(rows: list[Any]) -> None:
+    """Speed-ups compare means: a row whose mean is far above its median had a few slow calls (a busy machine,
+    another process on the cores) that decide its speed-up. Said, with the rows, rather than left in the JSON."""
+    uneven = [r for r in rows if r.ok and r.latency and r.latency.p50 > 0 and r.latency.mean > 1.5 * r.latency.p50]
+    if uneven:
+        worst = max(uneven, key=lambda r: r.latency.mean / r.latency.p50)
+        warn(f"{len(uneven)} row(s) have a mean far above their median (e.g. {worst.label}: mean {worst.latency.mean:.2f} "
+             f"ms, median {worst.latency.p50:.2f} ms): a few slow calls decide their speed-up; on a busy CPU try "
+             "--threads 1 and more --iters")
 
 
 def best_streaming_summary(rows: list[Any]) -> str | None:

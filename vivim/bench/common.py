@@ -43,6 +43,7 @@ class BenchSettings:
     engine: Path | None = None  # a prebuilt TensorRT engine to benchmark instead of building one
     trt_plugin: Path | None = None  # plugin library for building/running the engine
     compile: bool = False  # add torch.compile (Inductor) variants of the FP16 CUDA-graph rows
+    threads: int | None = None  # CPU threads of PyTorch (set by the CLI) and of ONNX Runtime's CPU sessions
 
 
 # --------------------------------------------------------------------------------------------- the model

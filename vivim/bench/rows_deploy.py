@@ -58,7 +58,7 @@ def ort_row(artifacts: Artifacts, settings: BenchSettings, *, provider: str, pre
 
         path = artifacts.onnx(precision)
         providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-        session = create_session(str(path), providers)
+        session = create_session(str(path), providers, threads=settings.threads)
         inputs = session.get_inputs()
         if len(inputs) != 1:
             raise VivimError(f"{path}: expected one input, found {len(inputs)}")
@@ -66,8 +66,9 @@ def ort_row(artifacts: Artifacts, settings: BenchSettings, *, provider: str, pre
         rng = np.random.default_rng(settings.seed)
         x = rng.standard_normal((settings.batch, settings.frames, 3, settings.size, settings.size)).astype(np_dtype)
         feed = {inputs[0].name: x}
+        threads = f", {settings.threads} intra-op threads" if settings.threads else ""
         row.notes.append("host latency: includes host<->device copies" if provider != "CPUExecutionProvider"
-                         else "ONNX Runtime CPU, synchronous")
+                         else f"ONNX Runtime CPU, synchronous{threads}")
         apply_measurement(row, measure_on_host(settings, lambda: session.run(None, feed)), None)
 
     return guarded(row, settings.device, body)
