@@ -316,7 +316,7 @@ def _report(cfg: RunConfig, summary: Dict[str, Any], sinks: List[Sink], out: Log
 
 
 class _Progress:
-    """A tqdm bar for finite inputs, a status line every few seconds for live ones."""
+    """A tqdm bar for finite inputs on a terminal, else a status line every few seconds (live inputs, logs)."""
 
     def __init__(self, cfg: RunConfig, source: FrameSource, stats: RunStats, log: Log) -> None:
         self._stats = stats
@@ -328,7 +328,8 @@ class _Progress:
             return
         # what the source already counted (a file's header, a folder's images; None when looping or live)
         total = cfg.source.max_frames if cfg.source.max_frames is not None else source.declared_frames
-        if cfg.source.kind in ("video", "frames"):
+        # a bar only on a terminal: in a log (systemd, nohup) its redraws pile up; the status lines suit it better
+        if cfg.source.kind in ("video", "frames") and sys.stderr.isatty():
             try:
                 from tqdm import tqdm
 

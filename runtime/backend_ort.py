@@ -55,6 +55,7 @@ class OrtBackend:
             providers = ["CPUExecutionProvider"]
         # a foreign graph would "run" and draw meaningless masks: refused before its session is built
         self.session = create_session(path, providers, threads=threads, require_metadata=f"--onnx {path}")
+        self.threads = threads  # None: ONNX Runtime's own choice
         self.device = device
         self.source = path
 
@@ -107,6 +108,7 @@ class OrtBackend:
             "precision": self.precision,
             "resize": self.interpolation,
             "providers": list(self.providers),
+            "threads": self.threads or "onnxruntime's default",
             "onnxruntime": ort.__version__,
         }
 

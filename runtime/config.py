@@ -109,6 +109,11 @@ class RunConfig:
         kind = (overrides or {}).get("source", {}).get("kind")
         if kind is not None and config.source.kind not in (None, kind):
             config.source = SourceConfig()
+        sink_flags = (overrides or {}).get("sink", {})
+        if sink_flags.get("headless"):  # a flag wins over the file's window: --headless on a server
+            config.sink.show = None
+        if sink_flags.get("show"):
+            config.sink.headless = False
         for section, flags in (overrides or {}).items():
             _apply(config, section, {k: v for k, v in flags.items() if v is not None}, origin="flags")
         config.validate()
@@ -131,10 +136,12 @@ class RunConfig:
         parse_device(b.device)
         if b.output_frame is not None:
             b.output_frame = str(parse_output_frame(b.output_frame))
+        if self.sink.show and self.sink.headless:
+            raise VivimError("--show opens a window and --headless never does; give one of them")
         if not 0.0 <= o.alpha <= 1.0:
             raise VivimError(f"--alpha must be within [0, 1], got {o.alpha}")
         if o.contour_thickness < 1:
-            raise VivimError(f"overlay.contour_thickness must be >= 1 pixel, got {o.contour_thickness}")
+            raise VivimError(f"overlay.contour_thickness must be at least 1 pixel, got {o.contour_thickness}")
         if b.threads is not None and b.threads < 1:
             raise VivimError(f"--threads must be at least 1, got {b.threads}")
         for flag, count in (("--max-frames", s.max_frames), ("--width", s.width), ("--height", s.height),
@@ -174,6 +181,8 @@ class RunConfig:
         if s.kind in ("camera", "gst") and (s.loop or s.realtime):
             flags = ", ".join(flag for flag, on in (("--loop", s.loop), ("--realtime", s.realtime)) if on)
             notes.append(f"{flags} applies to files and folders; --{s.kind} is live already; ignored")
+        if s.kind in ("video", "frames") and s.reconnect_attempts != SourceConfig.reconnect_attempts:
+            notes.append(f"--reconnect-attempts reopens a lost live source; ignored for --{s.kind}")
         if b.plugin and b.kind != "engine":
             notes.append("--plugin is the TensorRT plugin library of an --engine; ignored")
         return notes

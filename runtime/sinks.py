@@ -236,7 +236,10 @@ class MaskFolderSink:
     def saved(self) -> Optional[Tuple[str, str]]:
         if not self.written or not self._complete:
             return None
-        return ("masks" + (f" ({self.removed} of an earlier run removed)" if self.removed else ""), self.folder)
+        notes = [f"{self.removed} of an earlier run removed"] if self.removed else []
+        if self.written > len(self._names):  # --loop over a folder: each pass rewrote its images' masks
+            notes.append(f"{len(self._names)} files for {self.written} frames: each pass of --loop rewrote them")
+        return ("masks" + (f" ({'; '.join(notes)})" if notes else ""), self.folder)
 
 
 def opencv_has_gui() -> bool:

@@ -280,12 +280,12 @@ def test_cli_rejects_bad_flags_in_one_line() -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["--backends", ","], "--backends: empty list"),
-    (["--frames", "0"], "--frames must be >= 1, got 0"),
+    (["--frames", "0"], "--frames must be at least 1, got 0"),
     (["--size", "48"], "--size must be a multiple of 32, at least 32"),
-    (["--iters", "0"], "--iters must be >= 1, got 0"),
-    (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
-    (["--long-iters", "0"], "--long-iters must be >= 1, got 0"),
-    (["--pipeline-frames", "0"], "--pipeline-frames must be >= 1, got 0"),
+    (["--iters", "0"], "--iters must be at least 1, got 0"),
+    (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
+    (["--long-iters", "0"], "--long-iters must be at least 1, got 0"),
+    (["--pipeline-frames", "0"], "--pipeline-frames must be at least 1, got 0"),
     (["--max-row-seconds", "nan"], "--max-row-seconds must be a number of seconds >= 0 (0 = no limit), got nan"),
     (["--max-row-seconds", "inf"], "--max-row-seconds must be a number of seconds >= 0 (0 = no limit), got inf"),
     (["--max-row-seconds", "-1"], "--max-row-seconds must be a number of seconds >= 0 (0 = no limit), got -1.0"),

@@ -184,3 +184,21 @@ def test_flags_the_input_or_model_does_not_use_are_named():
     assert notes(backend={"kind": "onnx", "model": "m.onnx", "plugin": "lib.so"}) == [
         "--plugin is the TensorRT plugin library of an --engine; ignored"]
     assert notes(backend={"kind": "engine", "model": "m.engine", "plugin": "lib.so"}) == []
+    assert notes(source={"kind": "video", "location": "clip.mp4", "reconnect_attempts": 3}) == [
+        "--reconnect-attempts reopens a lost live source; ignored for --video"]
+    assert notes(source={"kind": "camera", "location": "0", "reconnect_attempts": 3}) == []
+
+
+def test_show_and_headless_together_are_refused():
+    from vivim.runtime.config import RunConfig
+
+    with pytest.raises(VivimError, match="^--show opens a window and --headless never does; give one of them$"):
+        RunConfig.build(overrides={"source": {"kind": "video", "location": "clip.mp4"},
+                                   "backend": {"kind": "checkpoint", "model": "demo"},
+                                   "sink": {"show": True, "headless": True}})
+    # one from the file, the other a flag: the flag wins (the example file shows a window; a server adds --headless)
+    import os
+
+    example = os.path.join(os.path.dirname(__file__), "..", "runtime", "example.yaml")
+    config = RunConfig.build(example, {"sink": {"headless": True}})
+    assert config.sink.headless and not config.sink.show

@@ -333,6 +333,7 @@ def test_looped_image_folder_writes_each_pass_under_that_image_name(tmp_path):
     for name, mask in zip(names, passes[1]):
         np.testing.assert_array_equal(cv2.imread(str(folder / f"{name}.png"), cv2.IMREAD_GRAYSCALE),
                                       mask.astype(np.uint8) * 255, err_msg=name)
+    assert sink.saved() == ("masks (4 files for 8 frames: each pass of --loop rewrote them)", str(folder))
 
 
 def test_a_video_that_cannot_be_moved_into_place_leaves_no_temporary_and_names_the_target(tmp_path):

@@ -152,7 +152,7 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
         settings.frames = int(trained_frames or 5) if frames is None else frames  # 0 is an error, not "default"
         settings.size = int(trained_size or 256) if size is None else size
     if settings.frames < 1:
-        raise VivimError(f"--frames must be >= 1, got {settings.frames}")
+        raise VivimError(f"--frames must be at least 1, got {settings.frames}")
     problem = size_problem(settings.size)
     if problem:
         raise VivimError(f"--size {problem}")
@@ -246,7 +246,7 @@ def _check_counts(**counts: int) -> None:
     for name, value in counts.items():
         low = lowest.get(name, 1)
         if value < low:
-            raise VivimError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+            raise VivimError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
 
 
 def _run_and_save(plan: Any, env: Any, config: dict[str, Any], out: Path, *, progress: bool,

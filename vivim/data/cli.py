@@ -71,7 +71,7 @@ def synth(
 def import_command(
     videos: Path = typer.Argument(..., metavar="VIDEOS", help="A video file, or a folder of them (.mp4, .avi, .mov, .mkv, ...)."),
     masks: Path = typer.Option(..., "--masks", "-m", help="Folder with, per video <stem>, a mask video (<stem>.mp4 or <stem>_mask.mp4, any container) or a folder (<stem>/ or <stem>_mask/) of one mask image per frame, or numbered images <stem>_00000.png ... among other videos' masks; for a single video, also its mask video or mask folder itself."),
-    out: Path = typer.Option(..., "--out", "-o", help="New dataset folder (DAVIS layout: JPEGImages/ + Annotations/)."),
+    out: Path = typer.Option(..., "--out", "--output", "-o", help="New dataset folder (DAVIS layout: JPEGImages/ + Annotations/)."),
     image_format: str = typer.Option("jpg", "--format", help="Frame files: jpg (quality 95, as DAVIS) or png (lossless)."),
 ) -> None:
     """Turn video files and their masks into a dataset for vivim-train and vivim-eval."""
