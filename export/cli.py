@@ -132,7 +132,7 @@ def plugin(
     """Build the TensorRT IPluginV3 library (VivimSelectiveScan) with CMake + nvcc."""
     from vivim.export.plugin import build_plugin
 
-    library = build_plugin(output_dir, arch, tensorrt_include, verbose=verbose)
+    library = build_plugin(output_dir, arch, tensorrt_include, verbose=verbose, log=print)
     print(f"plugin: built {library} ({_mb(library.stat().st_size)})")
     # runnable as printed: the bundled demo weights, exported first (a checkpoint or an ONNX of one in their place)
     next_command(shell("vivim-export", "trt", "demo", "--fp16", "-o", "demo.engine", "--plugin", library))

@@ -8,16 +8,18 @@ from typing import Any
 from vivim.errors import VivimError
 
 
-def load_onnx(path: str | os.PathLike[str], *, external_data: bool = True) -> Any:
-    """The `onnx.ModelProto` of `path`; a file that is not ONNX gets a one-line VivimError naming it."""
+def load_onnx(path: str | os.PathLike[str], *, external_data: bool = True, what: str | None = None) -> Any:
+    """The `onnx.ModelProto` of `path`; a file that is not ONNX gets a one-line VivimError naming it (as `what`,
+    e.g. "--onnx m.onnx", where a flag gave it)."""
     import onnx
 
+    name = what or str(path)
     try:
         model = onnx.load(str(path), load_external_data=external_data)
     except Exception as exc:  # onnx raises DecodeError, OSError, ... for a foreign or damaged file
-        raise VivimError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
+        raise VivimError(f"{name}: not a readable ONNX model ({type(exc).__name__})") from exc
     if not model.HasField("graph"):  # protobuf reads an empty (or truncated-to-nothing) file as an empty model
-        raise VivimError(f"{path}: not a readable ONNX model (no graph)")
+        raise VivimError(f"{name}: not a readable ONNX model (no graph)")
     return model
 
 

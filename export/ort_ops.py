@@ -215,7 +215,7 @@ def create_session(onnx_path: str | os.PathLike[str], providers: Sequence[str] |
     from vivim.export.onnx_files import load_onnx, missing_vivim_metadata
 
     path = paths.require_file(onnx_path, "")
-    model = load_onnx(path)
+    model = load_onnx(path, what=require_metadata)
     if require_metadata is not None:
         missing_vivim_metadata({prop.key: prop.value for prop in model.metadata_props}, require_metadata)
     register_ort_op()  # first: its one-line error names the extra when onnxruntime-extensions is missing
@@ -232,4 +232,4 @@ def create_session(onnx_path: str | os.PathLike[str], providers: Sequence[str] |
         )
     except Exception as exc:  # onnxruntime's own error types (InvalidGraph, InvalidArgument, Fail, ...)
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise VivimError(f"{path}: ONNX Runtime cannot load this model ({reason})") from exc
+        raise VivimError(f"{require_metadata or path}: ONNX Runtime cannot load this model ({reason})") from exc

@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from vivim import atomic, paths
 from vivim.paths import PathLike
@@ -132,6 +132,11 @@ def detect_local_cuda_archs() -> list[str]:
 
 def resolve_cuda_archs(arch: str | None, cuda_archs: Sequence[str] | None = None) -> list[str]:
     """`--arch 87`, `--arch 87,90` or a list; default: the local GPU, else FALLBACK_CUDA_ARCHS."""
+    return cuda_archs_and_origin(arch, cuda_archs)[0]
+
+
+def cuda_archs_and_origin(arch: str | None, cuda_archs: Sequence[str] | None = None) -> tuple[list[str], str]:
+    """resolve_cuda_archs, and where the architectures come from, for the build's log line."""
     requested: list[str] = []
     if arch:
         requested += [a for a in arch.replace(";", ",").split(",") if a.strip()]
@@ -145,8 +150,11 @@ def resolve_cuda_archs(arch: str | None, cuda_archs: Sequence[str] | None = None
             raise VivimError(f"--arch {a}: expected a CUDA compute capability of 75 or more, such as 87 (Orin), "
                              "90 (H100) or 110 (Thor), or 'native' alone")
     if cleaned:
-        return list(dict.fromkeys(cleaned))
-    return detect_local_cuda_archs() or list(FALLBACK_CUDA_ARCHS)
+        return list(dict.fromkeys(cleaned)), "--arch"
+    local = detect_local_cuda_archs()
+    if local:
+        return local, "this machine's GPU"
+    return list(FALLBACK_CUDA_ARCHS), "no GPU found here: Jetson Orin and Hopper; --arch for another"
 
 
 def cmake_version(cmake: Path) -> tuple[int, int]:
@@ -219,6 +227,7 @@ def build_plugin(
     build_harness: bool = False,
     build_type: str = "Release",
     jobs: int | None = None,
+    log: Callable[[str], None] = lambda message: None,
 ) -> Path:
     """Configure and build the plugin with CMake; returns out_dir/libvivim_trt_plugin.so.
 
@@ -232,7 +241,8 @@ def build_plugin(
     if major < 10:
         raise VivimError(f"{include_dir}: TensorRT {major}.x headers; the IPluginV3 plugin needs TensorRT 10.0 or newer")
     out_dir = paths.check_writable(out_dir, "-o", folder=True)  # after the tools are found: a refusal leaves no folder
-    archs = resolve_cuda_archs(arch, cuda_archs)
+    archs, origin = cuda_archs_and_origin(arch, cuda_archs)
+    log(f"plugin: building for compute capability {', '.join(archs)} ({origin})")
     source = cmake_source_dir(plugin_source_dir(), cmake_version(cmake))
 
     build_dir = out_dir / "build"

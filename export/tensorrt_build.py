@@ -155,9 +155,10 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     path = Path(path)
     side = path if path.suffix == ".json" else sidecar_path(path)
     if not side.is_file():
-        raise VivimError(
-            f"{side}: engine sidecar not found; engines built by vivim-export trt have one "
-            "(rebuild the engine with vivim-export trt MODEL.onnx --fp16 -o ENGINE)"
+        engine = side.with_suffix("") if side.suffix == ".json" else path
+        raise VivimError(  # from a checkpoint, as --fp16 refuses an FP32 ONNX (an ONNX is built in its own types)
+            f"{side}: engine sidecar not found; engines built by vivim-export trt have one (rebuild the engine: "
+            f"{shell('vivim-export', 'trt', 'CHECKPOINT', '--fp16', '-o', engine)})"
         )
     try:
         data = json.loads(side.read_text())

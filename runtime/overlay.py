@@ -124,8 +124,8 @@ def draw_hud(image: np.ndarray, lines: Iterable[str]) -> None:
     scale = min(max(0.4, min(image.shape[:2]) / 600.0), (image.shape[1] - 8) / max(widest, 1))
     scale = max(scale, 0.25)
     (_, line_h), line_base = cv2.getTextSize("Ag", font, scale, 1)
-    # at most a quarter of the picture (small frames keep the first lines only): the mask is what matters
-    lines = lines[: max(1, int(image.shape[0] / 4 // (line_h + line_base + 4)))]
+    # at most a quarter of the picture (small frames keep the first lines only, tiny ones none): the mask matters
+    lines = lines[: int(image.shape[0] / 4 // (line_h + line_base + 4))]
     y = 0
     for line in lines:
         (w, h), base = cv2.getTextSize(line, font, scale, 1)

@@ -226,8 +226,12 @@ def test_the_default_arch_is_the_local_gpus_with_or_without_nvidia_smi(tmp_path:
     gpus = [tb.GpuInfo("NVIDIA RTX A6000", "8.6", "13.0"), tb.GpuInfo("NVIDIA Jetson AGX Orin", "8.7", "12.6")]
     monkeypatch.setattr(tb, "current_gpu", lambda index=0: gpus[index] if index < len(gpus) else None)
     assert plugin_build.resolve_cuda_archs(None) == ["86", "87"]
+    assert plugin_build.cuda_archs_and_origin(None)[1] == "this machine's GPU"
     monkeypatch.setattr(tb, "current_gpu", lambda index=0: None)
     assert plugin_build.resolve_cuda_archs(None) == list(plugin_build.FALLBACK_CUDA_ARCHS)
+    # no GPU: the build says which architectures it chose, and why (it used to choose them silently)
+    assert plugin_build.cuda_archs_and_origin(None)[1].startswith("no GPU found here: Jetson Orin and Hopper")
+    assert plugin_build.cuda_archs_and_origin("87") == (["87"], "--arch")
 
 
 @pytest.mark.parametrize("arch, bad", [("orin", "orin"), ("5", "5"), ("87,native", "native"), ("sm_", "")])
