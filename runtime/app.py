@@ -57,8 +57,9 @@ class GracefulStop:
     and aborting would only lose them. After SIGHUP (an SSH session dropped) the run ends as it would on Ctrl-C, its
     console output going nowhere."""
 
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: Log, ctrl_c_after: Any = None) -> None:
         self.requested = False
+        self._ctrl_c_after = ctrl_c_after  # SIGINT's handler once the run is over (None: the one before it)
         self.reason = ""  # "interrupted (Ctrl-C)", "terminated (SIGTERM)", "hung up (SIGHUP)": the summary's stopped_by
         self._finishing = False
         self._log = log
@@ -75,7 +76,7 @@ class GracefulStop:
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, self._ctrl_c_after if sig == signal.SIGINT and self._ctrl_c_after is not None else handler)
 
     def _handle(self, signum: int, frame: object) -> None:
         if signum not in (signal.SIGINT, signal.SIGTERM):  # SIGHUP: the terminal is gone
@@ -171,9 +172,12 @@ def build_sinks(cfg: RunConfig, log: Log, image_files: Optional[List[str]] = Non
     return sinks
 
 
-def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr, out: Log = print) -> Dict[str, Any]:
+def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr, out: Log = print,
+        ctrl_c_after: Any = None) -> Dict[str, Any]:
     """Run the pipeline until the input ends, --max-frames is reached, q is pressed or Ctrl-C; return the summary.
-    The backend (the caller's, or one made from cfg) is closed when run() returns or raises."""
+    The backend (the caller's, or one made from cfg) is closed when run() returns or raises. `ctrl_c_after`: SIGINT's
+    handler from the moment the files are closed (vivim-run: ignored, as the process only has to end; a Ctrl-C in
+    that second killed it without a word), else the caller's is restored."""
     parse_color(cfg.overlay.color)  # flag errors before any heavy work
     logit(cfg.backend.threshold)
     for note in cfg.ignored_flags():
@@ -228,7 +232,7 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
             f"output frame {window.output_frame} (lag {window.lag}); Ctrl-C stops")
     progress = _Progress(cfg, source, stats, log)
     failure: Optional[BaseException] = None
-    with GracefulStop(log) as stop:
+    with GracefulStop(log, ctrl_c_after) as stop:
         try:
             source.start()
             stopped_by = _process_until_stopped(cfg, source, pipeline, sinks, stop, progress)

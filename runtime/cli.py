@@ -6,8 +6,7 @@ vivim-run --camera /dev/video0 --engine vivim.engine --output-frame newest --sho
 
 from __future__ import annotations
 
-import contextlib
-import sys
+import signal
 from typing import Optional
 
 import typer
@@ -197,33 +196,11 @@ def run(
             ),
         },
     )
-    run_pipeline(cfg)
-
-
-def _exit_at_once_on_ctrl_c(code: object) -> None:
-    """The run is complete (its files closed, its summary out); what is left is the interpreter's shutdown (threads,
-    CUDA), which can take a second. A Ctrl-C then, a second one after a first that stopped the run, ends the process
-    with the run's own exit status instead of a KeyboardInterrupt in that shutdown (killed by SIGINT, no word)."""
-    import os
-    import signal
-    import threading
-
-    def exit_now(signum: int, frame: object) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code if isinstance(code, int) else 0 if code is None else 1)
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, exit_now)
+    run_pipeline(cfg, ctrl_c_after=signal.SIG_IGN)  # the process ends right after: nothing left to abort
 
 
 def main() -> None:
-    try:
-        run_app(app)
-    except SystemExit as done:
-        _exit_at_once_on_ctrl_c(done.code)
-        raise
+    run_app(app)
 
 
 if __name__ == "__main__":

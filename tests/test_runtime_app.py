@@ -638,6 +638,25 @@ def test_first_ctrl_c_asks_to_stop_a_second_one_aborts():
         assert stop.requested and stop.reason == "terminated (SIGTERM)" and lines[-1].startswith("SIGTERM: stopping")
 
 
+def test_once_the_run_is_over_ctrl_c_is_what_the_caller_asked_for():
+    """vivim-run asks for SIGINT to be ignored from the moment its files are closed: what is left is the process's
+    end, and a Ctrl-C there killed it without a word (exit -2). A library caller gets its own handler back."""
+    from vivim.runtime.app import GracefulStop
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with GracefulStop(lambda m: None, signal.SIG_IGN):
+            assert signal.getsignal(signal.SIGINT) not in (before, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing raised
+        time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    with GracefulStop(lambda m: None):
+        pass
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_ctrl_c_while_the_files_are_closed_does_not_abort():
     """Once the run closes its files, a further Ctrl-C only says to wait: aborting then would lose the video."""
     from vivim.runtime.app import GracefulStop

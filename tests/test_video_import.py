@@ -237,9 +237,10 @@ def test_a_file_name_opencv_cannot_open_is_one_line(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("signame, code", [("SIGINT", 130), ("SIGTERM", 143)])
-def test_an_import_stopped_midway_leaves_nothing(tmp_path, signame, code):
-    """Ctrl-C and SIGTERM (docker stop, a scheduler) remove the dataset written so far under its temporary name."""
+@pytest.mark.parametrize("signame, code, times", [("SIGINT", 130, 1), ("SIGTERM", 143, 1), ("SIGHUP", 129, 2)])
+def test_an_import_stopped_midway_leaves_nothing(tmp_path, signame, code, times):
+    """Ctrl-C, SIGTERM (docker stop, a scheduler) and SIGHUP (an SSH session dropped; sent twice, as a shell may
+    pass the hang-up on while the first is handled) remove the dataset written so far under its temporary name."""
     import signal
     import subprocess
     import sys
@@ -253,12 +254,15 @@ def test_an_import_stopped_midway_leaves_nothing(tmp_path, signame, code):
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob("dataset/.importing-*/JPEGImages/long/*.png")) and time.monotonic() < deadline:
         time.sleep(0.01)
-    child.send_signal(getattr(signal, signame))
+    for _ in range(times):
+        child.send_signal(getattr(signal, signame))
+        time.sleep(0.002)
     _, err = child.communicate(timeout=60)
     if child.returncode == 0:
         pytest.skip("the import finished before the signal arrived")
     assert child.returncode == code, err
-    assert err.strip().splitlines()[-1] == ("interrupted" if signame == "SIGINT" else "terminated (SIGTERM)")
+    said = {"SIGINT": "interrupted", "SIGTERM": "terminated (SIGTERM)", "SIGHUP": "hung up (SIGHUP)"}[signame]
+    assert err.strip().splitlines()[-1] == said
     assert not out.exists() and not list(tmp_path.glob(".dataset.importing-*"))
 
 

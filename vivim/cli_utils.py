@@ -206,7 +206,9 @@ def detach_from_terminal() -> None:
 def stop_signals_unwind() -> Iterator[None]:
     """SIGTERM and SIGHUP raise Terminated, a KeyboardInterrupt, in the main thread: the command unwinds as on
     Ctrl-C (temporaries removed, what is kept said) instead of ending without a word. run_app wraps every command in
-    it. Elsewhere than the main thread signals cannot be handled, and this does nothing."""
+    it. Only the first signal raises: a second one (a hang-up and then the shell's SIGTERM) would cut the clean-up
+    short, and after the first the process is ending, so none is acted on. Elsewhere than the main thread signals
+    cannot be handled, and this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -214,17 +216,19 @@ def stop_signals_unwind() -> Iterator[None]:
     _stop_signal.clear()
 
     def terminate(signum: int, frame: object) -> None:
-        _stop_signal[:] = [signum]
         if signum != signal.SIGTERM:
             detach_from_terminal()
+        if _stop_signal:  # a second signal (a hang-up, then the shell's SIGTERM) must not cut the clean-up short
+            return
+        _stop_signal[:] = [signum]
         raise Terminated(signum)
 
     previous = {signum: signal.signal(signum, terminate) for signum in stop_signals()}
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, handler in previous.items():  # once stopped, the process is ending: a further signal waits
+            signal.signal(signum, signal.SIG_IGN if _stop_signal else handler)
 
 
 def one_line(message: str) -> str:

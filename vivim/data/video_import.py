@@ -269,7 +269,7 @@ def import_videos(sources: list[tuple[Path, MaskSource]], out: Path, *, image_fo
         else:
             os.replace(staging, out)
     except BaseException:
-        with _sigint_ignored():  # a second Ctrl-C must not leave the half-written dataset behind
+        with _stops_ignored():  # a second Ctrl-C or stop signal must not leave the half-written dataset behind
             shutil.rmtree(staging, ignore_errors=True)
             if inside:
                 for entry in ("JPEGImages", "Annotations"):
@@ -297,15 +297,19 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
+def _stops_ignored() -> Iterator[None]:
+    """Ctrl-C and the stop signals (SIGTERM, SIGHUP) ignored while a half-written dataset is removed."""
+    from vivim.cli_utils import stop_signals
+
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, *stop_signals())}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _import_one(video: Path, mask_source: MaskSource, root: Path, image_format: str,
