@@ -107,8 +107,11 @@ class RunConfig:
             for section, values in load_yaml(config_file).items():
                 _apply(config, section, values, origin=f"--config {config_file}")
         kind = (overrides or {}).get("source", {}).get("kind")
-        if kind is not None and config.source.kind not in (None, kind):
+        if kind is not None and _kind_of_source(config.source) not in (None, kind):
             config.source = SourceConfig()
+        model_kind = (overrides or {}).get("backend", {}).get("kind")
+        if model_kind is not None and model_kind != "engine" and _kind_of_model(config.backend) == "engine":
+            config.backend.plugin = None  # the file's engine's plugin library, not the flag's model's
         sink_flags = (overrides or {}).get("sink", {})
         if sink_flags.get("headless"):  # a flag wins over the file's window: --headless on a server
             config.sink.show = None
@@ -186,6 +189,15 @@ class RunConfig:
         if b.plugin and b.kind != "engine":
             notes.append("--plugin is the TensorRT plugin library of an --engine; ignored")
         return notes
+
+
+def _kind_of_source(source: "SourceConfig") -> Optional[str]:
+    """A source section's kind, as given or guessed from its location (a file may give the location alone)."""
+    return source.kind or (_source_kind(str(source.location)) if source.location is not None else None)
+
+
+def _kind_of_model(backend: "BackendConfig") -> Optional[str]:
+    return backend.kind or (_model_kind(str(backend.model)) if backend.model is not None else None)
 
 
 def _source_kind(location: str) -> str:

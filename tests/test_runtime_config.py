@@ -113,7 +113,7 @@ def test_bad_values():
         RunConfig.build("/nonexistent/run.yaml", BASE)
 
 
-def test_example_config_loads():
+def test_example_config_loads(tmp_path):
     import os
 
     path = os.path.join(os.path.dirname(__file__), "..", "runtime", "example.yaml")
@@ -126,6 +126,13 @@ def test_example_config_loads():
     assert video.backend.model == "demo" and video.sink.save == "runs/live/overlay.mp4"
     camera = RunConfig.build(path, {"source": {"kind": "camera", "location": "/dev/video2"}})
     assert (camera.source.location, camera.source.fps, camera.source.fourcc) == ("/dev/video2", 30, "YUYV")
+    # the same for a file that names its camera by location alone, and for an engine's plugin under --onnx
+    located = tmp_path / "located.yaml"
+    located.write_text("source: {location: /dev/video0, fps: 30, width: 1280}\nbackend: {model: m.engine, plugin: lib.so}\n")
+    other = RunConfig.build(str(located), {"source": {"kind": "video", "location": "clip.mp4"},
+                                           "backend": {"kind": "onnx", "model": "m.onnx"}})
+    assert (other.source.fps, other.source.width, other.backend.plugin) == (None, None, None)
+    assert other.ignored_flags() == []
 
 
 def test_a_config_file_may_name_input_and_model_alone(tmp_path):
