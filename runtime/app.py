@@ -247,8 +247,8 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
         failure = _close_sinks(sinks, failure, log)
         source.stop()
         backend.close()
-        if source.error is not None and failure is None:
-            stopped_by = "error"
+        if (source.error is not None or failure is not None) and stopped_by != "aborted (second Ctrl-C)":
+            stopped_by = "error"  # also a file that failed as it was closed (a disk filling up)
         summary = stats.summary(
             frames_captured=source.frames_captured,
             frames_dropped=source.frames_dropped,
@@ -296,13 +296,16 @@ def _end_reason(cfg: RunConfig, source: FrameSource) -> str:
 
 
 def _close_sinks(sinks: List[Sink], failure: Optional[BaseException], log: Log) -> Optional[BaseException]:
-    """Close every sink, even after one fails; returns the run's first failure."""
+    """Close every sink, even after one fails; returns the run's first failure (reported once, as the run's error;
+    the others as warnings)."""
     for sink in sinks:
         try:
             sink.close()
         except Exception as exc:
+            if failure is None:
+                failure = exc
+                continue
             log(f"warning: {exc}" if isinstance(exc, VivimError) else f"warning: {getattr(sink, 'name', type(sink).__name__)}: {exc}")
-            failure = failure or exc
     return failure
 
 

@@ -133,8 +133,9 @@ class VideoSink:
                 try:
                     self._video.write(frame)
                 except BaseException as exc:  # disk (nearly) full, a codec refusing the size: reported by write/close
-                    self._error, self._failed = exc, True
                     self._finishable = isinstance(exc, DiskNearlyFull)
+                    self._error = DiskNearlyFull(f"{exc}, which are kept") if self._finishable else exc
+                    self._failed = True
 
     def _raise_encoder_error(self) -> None:
         if self._error is not None:

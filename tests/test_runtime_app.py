@@ -895,3 +895,34 @@ def test_the_run_names_flags_its_input_does_not_use(tmp_path, checkpoint, clip):
         log=lines.append, out=lambda m: None)
     assert any(line.startswith("warning: --width set(s) the camera's capture mode; ignored for --video")
                for line in lines), lines
+
+
+def test_a_disk_filling_up_ends_the_run_with_its_video_so_far(tmp_path, checkpoint, clip, monkeypatch):
+    """The overlay video stops while it can still be finished: the run ends as an error, said once, its summary
+    says so, and the frames written are a video that plays (the encoder may report it only when it is closed)."""
+    import shutil
+
+    from vivim.data.image_io import AtomicVideoWriter, DiskNearlyFull
+
+    real_usage = shutil.disk_usage
+    written = []
+    real_write = AtomicVideoWriter.write
+
+    def counting_write(self, bgr):
+        real_write(self, bgr)
+        written.append(1)
+
+    monkeypatch.setattr(AtomicVideoWriter, "write", counting_write)
+    monkeypatch.setattr(AtomicVideoWriter, "CHECK_EVERY", 2)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(
+        free=AtomicVideoWriter.MIN_RESERVE // 2 if len(written) >= 4 else 10 * 2**30))
+    lines = []
+    with pytest.raises(DiskNearlyFull, match=r"the disk is nearly full .*: the video stops after 4 frames, which are kept$"):
+        run(cfg(source={"kind": "video", "location": clip, "loop": True, "max_frames": 40},
+                backend={"kind": "checkpoint", "model": checkpoint, "device": "cpu"},
+                sink={"headless": True, "quiet": True, "save": str(tmp_path / "o.mp4"), "stats": str(tmp_path / "s.json")}),
+            log=lines.append)
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["stopped_by"] == "error" and "the disk is nearly full" in stats["error"]
+    assert not [line for line in lines if "nearly full" in line]  # the error is the run's, said once (by its caller)
+    assert count_frames(tmp_path / "o.mp4") == 4

@@ -185,7 +185,7 @@ class AtomicVideoWriter:
             if not self.frames_written:
                 raise VivimError(f"{self.what}: its disk is full ({free / 2**20:.0f} MB left)")
             raise DiskNearlyFull(f"{self.what}: the disk is nearly full ({free / 2**20:.0f} MB left): the video stops "
-                                 f"after {self.frames_written} frames and is kept")
+                                 f"after {self.frames_written} frames")
 
     def close(self) -> bool:
         """Finish the file and move it into place; False when no frame was written (no file then)."""
