@@ -366,5 +366,9 @@ def test_one_folder_of_numbered_masks_for_several_videos(tmp_path):
     assert _import(str(videos / "case1.avi"), "--masks", str(flat), "-o", str(single)).exit_code == 0
     assert len(discover_videos(single)[0]) == 5
     (flat / "case10_mask_00002.png").unlink()
-    assert f"{flat / 'case10_*'}: the masks are numbered 0..3 but 1 are missing (e.g. number 2)" in \
+    assert f"{flat / 'case10_mask_00000.png'} ... case10_mask_00003.png: the masks are numbered 0..3 but 1 are missing " \
+           "(e.g. number 2)" in \
         _error(_import(str(videos), "--masks", str(flat), "-o", str(tmp_path / "ds2")))
+    for suffix in (".jpg", ".bmp"):  # two masks of one name, neither a .png: said as such, not as "no masks"
+        cv2.imwrite(str(flat / f"case1_9{suffix}"), truth["case1"][0])
+    assert "several masks are named case1_9.*" in _error(_import(str(videos), "--masks", str(flat), "-o", str(tmp_path / "ds3")))

@@ -82,10 +82,14 @@ class NumberedMasks:
 
     folder: Path
     stem: str
-    files: tuple[Path, ...]
+    files: tuple[Path, ...]  # in frame-number order
 
     def __str__(self) -> str:
-        return str(self.folder / f"{self.stem}_*")
+        return self.named(self.folder)
+
+    def named(self, folder: Path) -> str:
+        """The images as `folder/first.png ... last.png`: the separators vary (case_1, case-mask.00001), no glob fits."""
+        return str(folder / self.files[0].name) + (f" ... {self.files[-1].name}" if len(self.files) > 1 else "")
 
 
 MaskSource = Path | NumberedMasks  # a mask video, a folder of one video's mask images, or NumberedMasks
@@ -97,7 +101,11 @@ def numbered_masks_of(stem: str, folder: Path) -> NumberedMasks | None:
     wanted = {(stem + suffix).casefold() for suffix in MASK_SUFFIXES}
     files = [path for path in masks_by_stem_in(folder).values()
              if (match := _NUMBERED.fullmatch(path.stem)) and match.group(1).casefold() in wanted]
-    return NumberedMasks(folder, stem, tuple(files)) if files else None
+    return NumberedMasks(folder, stem, tuple(sorted(files, key=frame_order))) if files else None
+
+
+class NoMasksFound(VivimError):
+    """No masks named after a video: the one refusal that a single video's own folder of masks may answer."""
 
 
 def masks_of(video: Path, masks: Path) -> MaskSource:
@@ -116,7 +124,7 @@ def masks_of(video: Path, masks: Path) -> MaskSource:
     numbered = numbered_masks_of(video.stem, masks)
     if numbered is not None:
         return numbered
-    raise VivimError(f"--masks {masks}: no masks for {video.name} (looked for a folder or video named {video.stem} or "
+    raise NoMasksFound(f"--masks {masks}: no masks for {video.name} (looked for a folder or video named {video.stem} or "
                      f"{video.stem}_mask, or images {video.stem}_00000.png ...)")
 
 
@@ -187,7 +195,7 @@ def _numbered(files: list[Path], folder: MaskSource) -> list[Path]:
 def _mask_frames(path: MaskSource) -> Iterator[tuple[np.ndarray, str]]:
     """(binary mask, where it comes from) per frame: from a mask video, or mask images."""
     if isinstance(path, NumberedMasks):
-        for file in _numbered(sorted(path.files, key=frame_order), path):
+        for file in _numbered(list(path.files), path):
             yield read_mask(file), str(file)
         return
     if path.is_dir():
@@ -226,7 +234,7 @@ def plan_import(videos: list[Path], masks: Path, out: Path) -> list[tuple[Path, 
         for video in videos:
             try:
                 sources.append((video, masks_of(video, masks)))
-            except VivimError:
+            except NoMasksFound:
                 if len(videos) == 1 and list_frame_files(masks):  # the one video's own folder of masks
                     sources.append((video, masks))
                 else:
@@ -358,7 +366,7 @@ def _import_one(video: Path, mask_source: MaskSource, root: Path, image_format: 
 def _where(masks: MaskSource) -> str:
     """The masks' absolute path for the manifest (numbered images as their pattern)."""
     if isinstance(masks, NumberedMasks):
-        return str(masks.folder.resolve() / f"{masks.stem}_*")
+        return masks.named(masks.folder.resolve())
     return str(masks.resolve())
 
 
