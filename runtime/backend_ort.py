@@ -108,7 +108,7 @@ class OrtBackend:
             "precision": self.precision,
             "resize": self.interpolation,
             "providers": list(self.providers),
-            "threads": self.threads or "onnxruntime's default",
+            "threads": self.threads,  # None: ONNX Runtime's own choice
             "onnxruntime": ort.__version__,
         }
 

@@ -24,6 +24,7 @@ app = cli_app("Benchmark Vivim latency: PyTorch eager/FP16/CUDA graph per scan k
 
 @app.command()
 def bench(
+    ctx: typer.Context,
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c",
                                              help="Checkpoint (.safetensors, or 'demo') to benchmark."),
     variant: Optional[str] = typer.Option(None, "--variant", "-v",
@@ -82,6 +83,8 @@ def bench(
     """Measure latency per backend and precision in one process and write the results folder."""
     import torch
 
+    # the flags given on the command line, to name those that no row of the run uses (defaults are not "given")
+    given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
     previous_threads = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
@@ -89,7 +92,7 @@ def bench(
         torch.set_num_threads(threads)
     try:
         # Every option except the thread count goes on to _bench, by name.
-        _bench(**{k: v for k, v in locals().items() if k not in ("torch", "previous_threads")})
+        _bench(**{k: v for k, v in locals().items() if k not in ("torch", "previous_threads", "ctx")})
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -107,7 +110,8 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
            max_row_seconds: float, out: Path, streaming: bool, output_frame: str, stream_scan: str,
            long_clips: bool, compile_rows: bool, long_frames: str, long_precisions: str, long_iters: int,
            fp16_mode: str, video: Optional[str], pipeline_frames: int, engine: Optional[Path], trt_plugin: Optional[Path],
-           keep_onnx: Optional[Path], seed: int, plots: bool, progress: bool, threads: Optional[int]) -> None:
+           keep_onnx: Optional[Path], seed: int, plots: bool, progress: bool, threads: Optional[int],
+           given: set[str]) -> None:
     from vivim.bench import report
     from vivim.bench.common import BenchSettings, ModelSource, scan_unavailable_reason
     from vivim.bench.env import collect_environment
@@ -115,10 +119,8 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     from vivim.constants import check_output_frame
 
     variant = _model_choice(checkpoint, variant)
-    _warn_unused_flags(streaming=streaming, long_clips=long_clips, device=str(torch_device(device)), backends=backends,
-                       video=video, pipeline_frames=pipeline_frames, compile_rows=compile_rows, engine=engine,
-                       keep_onnx=keep_onnx, long_frames=long_frames, long_precisions=long_precisions,
-                       long_iters=long_iters, stream_scan=stream_scan)
+    _warn_unused_flags(given, streaming=streaming, long_clips=long_clips, device=str(torch_device(device)),
+                       backends=backends)
     _check_counts(iters=iters, warmup=warmup, batch=batch, long_iters=long_iters, pipeline_frames=pipeline_frames)
     if not math.isfinite(max_row_seconds) or max_row_seconds < 0:  # nan would pass a range check, then break the JSON
         raise VivimError(f"--max-row-seconds must be a number of seconds >= 0 (0 = no limit), got {max_row_seconds}")
@@ -193,34 +195,27 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
         next_command(f"paste {out / 'results.md'} into benchmarks/RESULTS.md with the card and date")
 
 
-def _warn_unused_flags(*, streaming: bool, long_clips: bool, device: str, backends: str, video: Optional[str],
-                       pipeline_frames: int, compile_rows: bool, engine: Optional[Path], keep_onnx: Optional[Path],
-                       long_frames: str, long_precisions: str, long_iters: int, stream_scan: str) -> None:
-    """One warning naming the flags that change nothing in this run, as vivim-run gives: a flag that seems to
-    work and does not is worse than one refused."""
+def _warn_unused_flags(given: set[str], *, streaming: bool, long_clips: bool, device: str, backends: str) -> None:
+    """One warning naming the flags given (`given`: their parameter names) that change nothing in this run, as
+    vivim-run gives: a flag that seems to work and does not is worse than one refused."""
     from vivim.bench.plan import BACKENDS, parse_list
 
     chosen = set(parse_list(backends, BACKENDS, "--backends"))
-    changed = {flag for flag, value, default in (
-        ("--pipeline-frames", pipeline_frames, 120), ("--long-frames", long_frames, "5,16,32,64,150"),
-        ("--long-precisions", long_precisions, "fp32,fp16"), ("--long-iters", long_iters, 10),
-        ("--stream-scan", stream_scan, "auto")) if value != default}
-    unused = []
-    if not streaming:
-        unused += [f"{flag} (needs --streaming)" for flag, given in (
-            ("--video", video is not None), ("--pipeline-frames", "--pipeline-frames" in changed),
-            ("--compile", compile_rows)) if given]
-    elif compile_rows and not device.startswith("cuda"):
-        unused.append("--compile (CUDA only)")
-    if not (streaming or long_clips) and "--stream-scan" in changed:
-        unused.append("--stream-scan (needs --streaming or --long-clips)")
-    if not long_clips:
-        unused += [f"{flag} (needs --long-clips)" for flag in ("--long-frames", "--long-precisions", "--long-iters")
-                   if flag in changed]
-    if engine is not None and "tensorrt" not in chosen:
-        unused.append("--engine (no tensorrt in --backends)")
-    if keep_onnx is not None and not chosen & {"ort-cpu", "ort-cuda", "tensorrt"}:
-        unused.append("--keep-onnx (no ONNX Runtime or TensorRT in --backends)")
+    needs = {  # parameter -> (flag, why it is unused here, or None when it is used)
+        "video": ("--video", None if streaming else "needs --streaming"),
+        "pipeline_frames": ("--pipeline-frames", None if streaming else "needs --streaming"),
+        "compile_rows": ("--compile", "needs --streaming" if not streaming else
+                         None if device.startswith("cuda") else "CUDA only"),
+        "stream_scan": ("--stream-scan", None if streaming or long_clips else "needs --streaming or --long-clips"),
+        "long_frames": ("--long-frames", None if long_clips else "needs --long-clips"),
+        "long_precisions": ("--long-precisions", None if long_clips else "needs --long-clips"),
+        "long_iters": ("--long-iters", None if long_clips else "needs --long-clips"),
+        "engine": ("--engine", None if "tensorrt" in chosen else "no tensorrt in --backends"),
+        "trt_plugin": ("--plugin", None if "tensorrt" in chosen else "no tensorrt in --backends"),
+        "keep_onnx": ("--keep-onnx", None if chosen & {"ort-cpu", "ort-cuda", "tensorrt"} else
+                      "no ONNX Runtime or TensorRT in --backends"),
+    }
+    unused = [f"{flag} ({why})" for name, (flag, why) in needs.items() if name in given and why is not None]
     if unused:
         warn(f"no row of this run uses {', '.join(unused)}")
 

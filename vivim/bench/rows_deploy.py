@@ -13,6 +13,7 @@ from vivim.bench.common import (
     BenchSettings, apply_measurement, capture_frame, cuda_ready, guarded, measure_on_host, quiet,
 )
 from vivim.bench.records import Row, one_line, skipped
+from vivim.cli_utils import count
 from vivim.errors import VivimError
 from vivim.export.plugin import DEFAULT_PLUGIN_DIR, PLUGIN_LIBRARY_NAME
 
@@ -66,7 +67,7 @@ def ort_row(artifacts: Artifacts, settings: BenchSettings, *, provider: str, pre
         rng = np.random.default_rng(settings.seed)
         x = rng.standard_normal((settings.batch, settings.frames, 3, settings.size, settings.size)).astype(np_dtype)
         feed = {inputs[0].name: x}
-        threads = f", {settings.threads} intra-op threads" if settings.threads else ""
+        threads = f", {count(settings.threads, 'intra-op thread')}" if settings.threads else ""
         row.notes.append("host latency: includes host<->device copies" if provider != "CPUExecutionProvider"
                          else f"ONNX Runtime CPU, synchronous{threads}")
         apply_measurement(row, measure_on_host(settings, lambda: session.run(None, feed)), None)
