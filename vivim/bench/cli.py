@@ -134,9 +134,9 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     long_list = parse_frames_list(long_frames) if long_clips else []
     long_precision_list = parse_list(long_precisions, ("fp32", "fp16"), "--long-precisions")
     device = str(torch_device(device))
-    for flag, given in (("--video", video), ("--engine", engine), ("--plugin", trt_plugin)):
-        if given is not None:
-            paths.require_file(given, flag)
+    for flag, named in (("--video", video), ("--engine", engine), ("--plugin", trt_plugin)):
+        if named is not None:
+            paths.require_file(named, flag)
     if video is not None:
         _require_readable_video(video)
 
