@@ -20,3 +20,23 @@ def test_heartbeat_is_silent_in_a_log(capsys):
     with Heartbeat("ONNX: exporting", enabled=False, interval=0.01):
         time.sleep(0.05)
     assert capsys.readouterr().err == ""
+
+
+def test_a_bar_in_a_log_file_writes_whole_lines_at_an_interval(monkeypatch, capsys):
+    """nohup, a batch scheduler or systemd: tqdm's carriage-return redraws piled up into one line of thousands of
+    updates. In a log the bar is one plain line per LOG_INTERVAL, plus its first and last."""
+    from vivim import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0.05)
+    with progress.bar(total=40, desc="epoch 1/3", unit="batch") as bar:  # capsys: stderr is no terminal
+        for _ in range(40):
+            time.sleep(0.005)
+            bar.update(1)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and err.endswith("\n")
+    assert lines[0].startswith("epoch 1/3:   0%") and lines[-1].startswith("epoch 1/3: 100%") and "40/40" in lines[-1]
+    assert 3 <= len(lines) <= 8, lines  # ~0.2 s of work at one line per 0.05 s, not one per update
+    with progress.bar(total=3, disable=True) as quiet:
+        quiet.update(3)
+    assert capsys.readouterr().err == ""

@@ -93,7 +93,7 @@ def evaluate_checkpoint(
     """Run the model over every annotated frame of `data`; returns (summary dict, accumulator, dataset, model)."""
     import torch
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
+    from vivim.progress import bar as progress_bar
 
     import vivim
     from vivim.constants import (check_output_frame, normalization_from_metadata, resize_from_metadata,
@@ -137,7 +137,7 @@ def evaluate_checkpoint(
     acc = MetricAccumulator(sweep=sweep)
     predictions = PredictionFolders(save_masks, videos, data) if save_masks is not None else None
     start = time.perf_counter()
-    with torch.no_grad(), tqdm(total=len(dataset), unit="frame", desc="eval", disable=not progress,
+    with torch.no_grad(), progress_bar(total=len(dataset), unit="frame", desc="eval", disable=not progress,
                                dynamic_ncols=True) as bar:
         for item in loader:
             logits = model(item["clip"].to(device), output_frame=output_frame).float()[:, 0, 0]

@@ -1,4 +1,5 @@
-"""Feedback during long single calls that report no progress of their own (the ONNX exporter, a TensorRT build)."""
+"""Feedback on long work: progress bars that suit a terminal and a log file alike, and a heartbeat during long single
+calls that report no progress of their own (the ONNX exporter, a TensorRT build)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,33 @@ class Heartbeat:
             self._thread.join()
         if self._bar is not None:
             self._bar.close()
+
+
+LOG_INTERVAL = 30.0  # seconds between two progress lines in a log file
+
+
+def bar(iterable: Any = None, **kwargs: Any) -> Any:
+    """A tqdm progress bar on a terminal. In a log file (stderr not a terminal: nohup, a batch scheduler, systemd)
+    one plain line every LOG_INTERVAL seconds instead: tqdm's carriage-return redraws pile up there into one line of
+    thousands of updates."""
+    from tqdm import tqdm
+
+    if not kwargs.get("disable") and not sys.stderr.isatty():
+        kwargs = {**kwargs, "file": _LogLines(sys.stderr), "mininterval": LOG_INTERVAL, "ascii": True,
+                  "dynamic_ncols": False, "ncols": 100}
+    return tqdm(iterable, **kwargs)
+
+
+class _LogLines:
+    """tqdm's output as whole lines: each redraw ("\r" + status) becomes a line, the clearing ones are dropped."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        for part in text.replace("\n", "\r").split("\r"):
+            if part.strip():
+                self._stream.write(part.rstrip() + "\n")
+
+    def flush(self) -> None:
+        self._stream.flush()

@@ -145,12 +145,12 @@ def _default_reference_scan(device: str) -> str:
 
 def run_rows(plan: Plan, *, progress: bool = True, on_row: Callable[[Row], None] | None = None) -> list[Row]:
     """Run the planned rows in order (one process, one device) with a progress bar; always runs the cleanups."""
-    from tqdm import tqdm
+    from vivim.progress import bar as progress_bar
 
     rows: list[Row] = []
     try:
         # a step may produce several table rows (the clip-length sweep): the bar counts steps
-        with tqdm(plan.rows, desc="vivim-bench", unit="step", disable=not progress, leave=False) as bar:
+        with progress_bar(plan.rows, desc="vivim-bench", unit="step", disable=not progress, leave=False) as bar:
             for planned in bar:
                 bar.set_postfix_str(planned.label[:40])
                 produced = planned.run()

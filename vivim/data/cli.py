@@ -32,7 +32,7 @@ def synth(
     label_every: int = typer.Option(1, "--label-every", min=1, help="Write the mask of every k-th frame only (a sparsely annotated set: train it with --sparse-masks)."),
 ) -> None:
     """Write procedural B-mode ultrasound videos with exact lesion masks (+ .mp4s and contact_sheet.png)."""
-    from tqdm import tqdm
+    from vivim.progress import bar as progress_bar
 
     from vivim.data.synth_dataset import LAYOUTS, prepare_output_folder, write_synthetic_dataset
 
@@ -44,7 +44,7 @@ def synth(
     paths.check_writable(out, "OUT", folder=True)
     prepare_output_folder(out, overwrite, clear=False)  # before the progress bar: a refusal is the only output
     start = time.perf_counter()
-    with tqdm(total=videos, unit="video", desc="synth") as bar:
+    with progress_bar(total=videos, unit="video", desc="synth") as bar:
         summary = write_synthetic_dataset(
             out, videos=videos, frames=frames, size=size, seed=seed, layout=layout, test_fraction=test_fraction,
             sector=sector, mp4=mp4, fps=fps, first_index=first_index, progress=lambda k: bar.update(1),  # type: ignore[arg-type]
@@ -75,7 +75,7 @@ def import_command(
     image_format: str = typer.Option("jpg", "--format", help="Frame files: jpg (quality 95, as DAVIS) or png (lossless)."),
 ) -> None:
     """Turn video files and their masks into a dataset for vivim-train and vivim-eval."""
-    from tqdm import tqdm
+    from vivim.progress import bar as progress_bar
 
     from vivim.data.video_import import find_videos, header_frames, import_videos, plan_import
 
@@ -88,7 +88,7 @@ def import_command(
     sources = plan_import(files, masks, out)
     start = time.perf_counter()
     # SIGTERM unwinds like Ctrl-C: the half-written dataset under its temporary name is removed either way
-    with tqdm(total=sum(header_frames(v) for v in files) or None, unit="frame", desc="import") as bar:
+    with progress_bar(total=sum(header_frames(v) for v in files) or None, unit="frame", desc="import") as bar:
         summary = import_videos(sources, out, image_format=image_format, progress=bar.update)
     sizes = sorted({f"{v['width']}x{v['height']}" for v in summary.videos})
     lesion = sum(v["lesion"] * v["frames"] for v in summary.videos) / max(1, summary.frames)
@@ -112,7 +112,7 @@ def check(
 ) -> None:
     """Read every frame and mask of a dataset and report videos, frames, sizes and lesion area."""
     import numpy as np
-    from tqdm import tqdm
+    from vivim.progress import bar as progress_bar
 
     from vivim.data.image_io import read_frame, read_mask, size_mismatch
     from vivim.data.layouts import detect_layout, discover_videos, every_video_note
@@ -124,7 +124,7 @@ def check(
     sizes: set[tuple[int, int]] = set()
     fg, empty = [], 0
     total = sum(len(v) for v in videos)
-    with tqdm(total=total, unit="frame", desc="check") as bar:
+    with progress_bar(total=total, unit="frame", desc="check") as bar:
         for video in videos:
             for frame, mask_path in zip(video.frames, video.masks):
                 image = read_frame(frame)

@@ -140,7 +140,7 @@ class Run:
     def train_epoch(self, epoch: int, data: TrainData) -> tuple[float, bool]:
         """One pass over the training clips, or the rest of one that --max-steps stopped inside; (mean loss, stopped by
         --max-steps). The LR schedule steps after a whole epoch; `progress.partial` tells an epoch left open."""
-        from tqdm import tqdm
+        from vivim import progress as progress_bars
 
         cfg, progress = self.cfg, self.progress
         # an epoch left open by --max-steps continues where it stopped: the shuffle and the augmentation are functions
@@ -150,7 +150,7 @@ class Run:
         data.start_epoch(epoch, skip=done_before * cfg.batch)
         self.net.train()
         epoch_batches = done_before + len(data.train_loader)
-        bar = tqdm(total=epoch_batches, initial=done_before, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+        bar = progress_bars.bar(total=epoch_batches, initial=done_before, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not (cfg.progress and self.dist.main), dynamic_ncols=True)
         try:
             total, batches, stopped = self._steps(epoch, data, bar, float(open_epoch["loss_sum"]), done_before)
