@@ -19,13 +19,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 from vivim import paths
 from vivim.checkpoint import checkpoint_file
 from vivim.cli_utils import detach_from_terminal, stop_signals
 from vivim.constants import untrained_output_frame
-from vivim.errors import VivimError
+from vivim.errors import VivimError, signal_label
 from vivim.runtime.backends import Backend, create_backend
 from vivim.runtime.config import RunConfig
 from vivim.runtime.overlay import draw_hud, draw_mask, logit, mask_from_logits, parse_color
@@ -86,9 +86,10 @@ class GracefulStop:
             return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        said: Dict[int, Tuple[str, str]] = {signal.SIGINT: ("Ctrl-C", "interrupted (Ctrl-C)"),
-                                           signal.SIGTERM: ("SIGTERM", "terminated (SIGTERM)")}
-        by, reason = said.get(signum, ("SIGHUP", "hung up (SIGHUP)"))
+        if signum == signal.SIGINT:
+            by, reason = "Ctrl-C", "interrupted (Ctrl-C)"
+        else:
+            by, reason = signal.Signals(signum).name, signal_label(signum)
         self.reason = self.reason or reason  # the first signal is why the run stopped
         self.requested = True
         self._log(f"{by}: stopping after the current frame (Ctrl-C again to abort)")

@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
-from vivim.errors import Interrupted, Terminated, VivimError
+from vivim.errors import Interrupted, Terminated, VivimError, stop_exit_code, stop_label
 
 if TYPE_CHECKING:
     import typer
@@ -169,8 +169,8 @@ def _interruption_in(exc: BaseException) -> KeyboardInterrupt | None:
 def _stopped_by(stop: KeyboardInterrupt) -> NoReturn:
     """One line and the exit status a shell gives a process stopped that way: 130 for Ctrl-C, 143 for SIGTERM, 129
     for SIGHUP."""
-    print(stop.label if isinstance(stop, Terminated) else "interrupted", file=sys.stderr)
-    raise SystemExit(stop.exit_code if isinstance(stop, Terminated) else 130)
+    print(stop_label(stop), file=sys.stderr)
+    raise SystemExit(stop_exit_code(stop))
 
 
 _stop_signal: list[int] = []  # the SIGTERM or SIGHUP received, for the exit code when Typer swallowed Terminated

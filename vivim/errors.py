@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class VivimError(Exception):
     """An error caused by the user's input or environment, reported as one line without a traceback."""
@@ -25,11 +27,11 @@ class Interrupted(Exception):
 
     @property
     def label(self) -> str:
-        return self.by.label if isinstance(self.by, Terminated) else "interrupted"
+        return stop_label(self.by)
 
     @property
     def exit_code(self) -> int:
-        return self.by.exit_code if isinstance(self.by, Terminated) else 130
+        return stop_exit_code(self.by)
 
 
 class Terminated(KeyboardInterrupt):
@@ -42,8 +44,23 @@ class Terminated(KeyboardInterrupt):
 
     @property
     def label(self) -> str:
-        return "hung up (SIGHUP)" if self.signum == 1 else "terminated (SIGTERM)"
+        return signal_label(self.signum)
 
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+def signal_label(signum: int) -> str:
+    """How a run stopped by SIGTERM or SIGHUP says so (a summary's stopped_by, the last line of a command)."""
+    return "hung up (SIGHUP)" if signum == getattr(signal, "SIGHUP", None) else "terminated (SIGTERM)"
+
+
+def stop_label(by: BaseException | None) -> str:
+    """The last line of a command stopped by Ctrl-C (`by` a KeyboardInterrupt, or None) or a stop signal."""
+    return by.label if isinstance(by, Terminated) else "interrupted"
+
+
+def stop_exit_code(by: BaseException | None) -> int:
+    """The exit status a shell gives a process stopped that way: 130 for Ctrl-C, 128 + the signal's number else."""
+    return by.exit_code if isinstance(by, Terminated) else 130
