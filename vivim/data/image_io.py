@@ -176,14 +176,15 @@ class AtomicVideoWriter:
         import shutil
 
         assert self._tmp is not None
+        if not self.frames_written:  # nothing to keep yet: a full disk is said as such
+            check_disk_space(self._tmp, self.what)
+            return
         try:
             free = shutil.disk_usage(Path(self._tmp).parent).free
-            per_frame = Path(self._tmp).stat().st_size / max(1, self.frames_written)
+            per_frame = Path(self._tmp).stat().st_size / self.frames_written
         except OSError:
             return  # the writes themselves will tell
         if free < max(self.MIN_RESERVE, 4 * self.CHECK_EVERY * per_frame):
-            if not self.frames_written:
-                raise VivimError(f"{self.what}: its disk is full ({free / 2**20:.0f} MB left)")
             raise DiskNearlyFull(f"{self.what}: the disk is nearly full ({free / 2**20:.0f} MB left): the video stops "
                                  f"after {self.frames_written} frames")
 
