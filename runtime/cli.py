@@ -18,7 +18,6 @@ app = cli_app("Segment a live video stream with Vivim: a rolling buffer of the l
               "frame it belongs to, FPS and capture-to-mask latency reported.", no_args_is_help=True)
 
 
-
 def _one_of(kind: str, **given: Optional[str]) -> tuple[Optional[str], Optional[str]]:
     chosen = [(name, value) for name, value in given.items() if value is not None]
     if len(chosen) > 1:

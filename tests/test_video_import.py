@@ -56,6 +56,14 @@ def _video_and_mask_folder(root: Path, name: str, images: list[np.ndarray], mask
     return videos, masks_root
 
 
+def _source_folders(root: Path, masks_name: str = "masks") -> tuple[Path, Path]:
+    """root/videos and root/<masks_name>, made empty: where a test writes the videos and masks it imports."""
+    videos, masks = root / "videos", root / masks_name
+    videos.mkdir()
+    masks.mkdir()
+    return videos, masks
+
+
 def _decoded(path: Path) -> list[np.ndarray]:
     capture, frames = cv2.VideoCapture(str(path)), []
     while True:
@@ -69,9 +77,7 @@ def _decoded(path: Path) -> list[np.ndarray]:
 def sources(tmp_path):
     """Two videos: one with a mask video (0/255, lossy codec), one with a folder of 0/1 PNG masks."""
     rng = np.random.default_rng()
-    videos, masks = tmp_path / "videos", tmp_path / "masks"
-    videos.mkdir()
-    masks.mkdir()
+    videos, masks = _source_folders(tmp_path)
     truth = {}
     first, first_masks = _scene(rng, 7)
     _write_video(videos / "case 1.mp4", first)
@@ -221,9 +227,7 @@ def test_a_file_name_opencv_cannot_open_is_one_line(tmp_path):
     import sys
 
     rng = np.random.default_rng()
-    videos, masks = tmp_path / "videos", tmp_path / "masks"
-    videos.mkdir()
-    masks.mkdir()
+    videos, masks = _source_folders(tmp_path)
     images, image_masks = _scene(rng, 2)
     _write_video(videos / "ok.avi", images)
     raw = os.path.join(os.fsencode(videos), b"\xe9cho.avi")
@@ -308,9 +312,7 @@ def test_a_mask_video_in_a_class_colour_keeps_its_lesion(tmp_path, colour):
     """Label tools export mask videos in class colours (VOC's dark red is 128): thresholded per frame at half of
     255, codec noise around 128 wiped most of the lesion. The threshold is half the video's own lesion level."""
     rng = np.random.default_rng()
-    videos, masks = tmp_path / "videos", tmp_path / "masks"
-    videos.mkdir()
-    masks.mkdir()
+    videos, masks = _source_folders(tmp_path)
     images, image_masks = _scene(rng, 5)
     _write_video(videos / "c.mp4", images)
     coloured = [np.where(m[..., None] > 0, np.array(colour, np.uint8), np.uint8(0)).astype(np.uint8) for m in image_masks]
@@ -343,9 +345,7 @@ def test_one_folder_of_numbered_masks_for_several_videos(tmp_path):
     its own images, in frame-number order, even where one video's name begins another's (case1, case10) and one
     import takes a single video from such a folder."""
     rng = np.random.default_rng()
-    videos, flat = tmp_path / "videos", tmp_path / "labels"
-    videos.mkdir()
-    flat.mkdir()
+    videos, flat = _source_folders(tmp_path, "labels")
     truth = {}
     for name, frames, pattern in (("case1", 5, "{name}_{n}.png"), ("case10", 4, "{name}_mask_{k:05d}.png")):
         images, masks = _scene(rng, frames)
