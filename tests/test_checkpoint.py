@@ -8,6 +8,7 @@ import torch
 
 import vivim
 from vivim.checkpoint import file_sha256, read_metadata
+from vivim.constants import TRAIN_RESIZE
 from vivim.errors import CheckpointError
 
 
@@ -26,6 +27,7 @@ def test_round_trip_restores_weights_config_and_metadata(tmp_path, tiny):
     assert meta["variant"] == "tiny" and meta["frames"] == 3 and meta["img_size"] == 64
     assert meta["note"] == "unit test" and meta["summary"] == {"dice": 0.5}
     assert meta["normalization"]["mean"] == [0.485, 0.456, 0.406]
+    assert meta["resize"] == TRAIN_RESIZE  # vivim-run resizes frames with the filter training used
     assert meta["package_version"] == vivim.__version__
     clip = torch.randn(1, 3, 3, 64, 64)
     with torch.no_grad():

@@ -101,15 +101,17 @@ def test_numpy_scan_long_sequence_is_vectorised():
 # ----------------------------------------------------------------------------------------- ORT custom op
 
 
-def single_scan_model(dtype: int, batch, dim, dstate, length, groups, softplus: int) -> onnx.ModelProto:
-    """A one-node graph exactly as the exporter writes it (domain vivim, 8 inputs, plugin attributes)."""
+def single_scan_model(dtype: int, batch, dim, dstate, length, groups, softplus: int | None) -> onnx.ModelProto:
+    """A one-node graph exactly as the exporter writes it (domain vivim, 8 inputs, plugin attributes);
+    softplus None leaves the delta_softplus attribute out (the node contract's default is 0)."""
     f32 = TensorProto.FLOAT
     specs = [("u", dtype, [batch, dim, length]), ("delta", dtype, [batch, dim, length]), ("A", f32, [dim, dstate]),
              ("B", dtype, [batch, groups, dstate, length]), ("C", dtype, [batch, groups, dstate, length]),
              ("D", f32, [dim]), ("z", dtype, [batch, dim, length]), ("delta_bias", f32, [dim])]
+    attributes = {} if softplus is None else {"delta_softplus": softplus}
     node = helper.make_node(
         "VivimSelectiveScan", [s[0] for s in specs], ["y"], name="scan0", domain="vivim",
-        delta_softplus=softplus, plugin_version="1", plugin_namespace="vivim",
+        plugin_version="1", plugin_namespace="vivim", **attributes,
     )
     graph = helper.make_graph(
         [node], "one_scan", [helper.make_tensor_value_info(*s) for s in specs],
@@ -121,7 +123,7 @@ def single_scan_model(dtype: int, batch, dim, dstate, length, groups, softplus: 
 
 
 @pytest.mark.parametrize("np_dtype,onnx_dtype", [(np.float32, TensorProto.FLOAT), (np.float16, TensorProto.FLOAT16)])
-@pytest.mark.parametrize("softplus", [0, 1])
+@pytest.mark.parametrize("softplus", [0, 1, None])  # None: no attribute, which means 0 (as in the TensorRT plugin)
 def test_ort_session_runs_vivim_node(tmp_path, np_dtype, onnx_dtype, softplus):
     rng = np.random.default_rng(RNG_SEED)
     shape = (2, 9, 4, 45, 3)

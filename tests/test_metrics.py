@@ -111,6 +111,10 @@ def test_accumulator_means_per_frame_and_per_video():
     assert s["dice"] == pytest.approx((1 + 2 / 3 + 0) / 3)
     assert s["per_video"]["a"]["dice"] == pytest.approx((1 + 2 / 3) / 2) and s["per_video"]["b"]["dice"] == 0.0
     assert s["frames"] == 3 and s["videos"] == 2 and s["empty_gt_frames"] == 0
+    # MAE per frame from the formula, each frame's own pixels: mean |p - g|
+    expected_mae = [float((prob[i] - gt[i].float()).abs().mean()) for i in range(3)]
+    assert s["mae"] == pytest.approx(sum(expected_mae) / 3)
+    assert s["per_video"]["b"]["mae"] == pytest.approx(expected_mae[2])
     assert [r["frame"] for r in acc.worst(2)] == [0, 1] and acc.worst(1)[0]["video"] == "b"
     assert "thresholds_256" in s and set(s["thresholds_256"]) >= {"dice", "jaccard", "precision", "recall"}
 

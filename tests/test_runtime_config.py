@@ -196,7 +196,7 @@ def test_flags_the_input_or_model_does_not_use_are_named():
     assert notes(source={"kind": "camera", "location": "0", "reconnect_attempts": 3}) == []
 
 
-def test_show_and_headless_together_are_refused():
+def test_show_and_headless_together_are_refused(tmp_path):
     from vivim.runtime.config import RunConfig
 
     with pytest.raises(VivimError, match="^--show opens a window and --headless never does; give one of them$"):
@@ -209,3 +209,9 @@ def test_show_and_headless_together_are_refused():
     example = os.path.join(os.path.dirname(__file__), "..", "runtime", "example.yaml")
     config = RunConfig.build(example, {"sink": {"headless": True}})
     assert config.sink.headless and not config.sink.show
+    # and the other way round: a file written for a server, run once at a desk with --show
+    server = tmp_path / "server.yaml"
+    server.write_text("source: {kind: video, location: clip.mp4}\nbackend: {kind: checkpoint, model: demo}\n"
+                      "sink: {headless: true}\n")
+    config = RunConfig.build(str(server), {"sink": {"show": True}})
+    assert config.sink.show and not config.sink.headless

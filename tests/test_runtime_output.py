@@ -249,11 +249,25 @@ def test_run_stats_percentiles_match_numpy():
     ms = latencies * 1000
     for q in (50, 90, 99):
         assert summary["latency_ms"][f"p{q}"] == pytest.approx(np.percentile(ms, q), abs=1e-3)
+        assert summary["infer_ms"][f"p{q}"] == pytest.approx(np.percentile(ms / 2, q), abs=1e-3)
+    assert summary["preprocess_ms"]["n"] == 0 and summary["preprocess_ms"]["p50"] is None
     assert summary["frames_captured"] == 60 and summary["frames_dropped"] == 10 and summary["frames_processed"] == 50
     # FPS from the first capture to the last mask
     assert summary["fps"] == pytest.approx(50 / (t - (100.05 - latencies[0])), rel=1e-3)
     empty = RunStats().summary()
     assert empty["latency_ms"]["p50"] is None and empty["frames_processed"] == 0
+
+
+def test_the_hud_frame_rate_follows_the_smoothed_interval_between_masks():
+    stats = RunStats()
+    assert stats.live_fps is None  # no interval yet
+    stats.record(t_capture=0.0, infer_s=0.01, t_done=0.0)
+    stats.record(t_capture=0.05, infer_s=0.01, t_done=0.1)  # first interval 0.1 s starts the average
+    assert stats.live_fps == pytest.approx(10.0)
+    stats.record(t_capture=0.25, infer_s=0.01, t_done=0.3)  # 0.2 s now weighs 0.1 of the average
+    assert stats.live_fps == pytest.approx(1 / (0.9 * 0.1 + 0.1 * 0.2))
+    stats.preprocess_ms.extend([1.0, 3.0, 2.0])
+    assert stats.summary()["preprocess_ms"]["p50"] == pytest.approx(2.0)
 
 
 def test_write_json_atomic(tmp_path):

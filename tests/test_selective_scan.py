@@ -6,7 +6,7 @@ import torch
 from scan_oracle import scan_oracle
 
 from vivim.errors import VivimError
-from vivim.ops import dispatch, selective_scan, selective_scan_reference
+from vivim.ops import dispatch, selective_scan, selective_scan_reference, selective_scan_sequential
 
 
 def random_scan_inputs(batch, dim, length, dstate, groups, dtype=torch.float32, grouped_layout=True):
@@ -41,6 +41,21 @@ def test_reference_matches_sequential_float64(rng_seed, length, groups, with_z, 
                                        **{k: (v.double() if torch.is_tensor(v) else v) for k, v in kwargs.items()})
     assert y.dtype == torch.float32 and y.shape == u.shape
     assert rel_error(y, oracle) <= 1e-5
+
+
+@pytest.mark.parametrize("length", [1, 9, 40])
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("options", [True, False])
+def test_the_public_sequential_scan_matches_the_tests_oracle(rng_seed, length, groups, options):
+    # vivim.ops exports selective_scan_sequential for users to check results with: it must be right on its own
+    inputs = [t.double() for t in random_scan_inputs(2, 6, length, 5, groups)]
+    u, delta, A, B, C, D, z, bias = inputs
+    kwargs = dict(D=D, z=z, delta_bias=bias, delta_softplus=True) if options else {}
+    if not options:
+        delta = delta.abs()
+    y = selective_scan_sequential(u, delta, A, B, C, **kwargs)
+    assert y.dtype == torch.float64 and y.shape == u.shape
+    assert rel_error(y, scan_oracle(u, delta, A, B, C, **kwargs)) <= 1e-12
 
 
 def test_three_dimensional_B_C_equal_one_group(rng_seed):

@@ -239,6 +239,13 @@ def test_onnx_metadata_is_read_from_metadata_props(tmp_path: Path) -> None:
     grouped.write_bytes(bytes([0x9B, 0x06, 0x08, 0x05, 0x13, 0x0A, 0x02]) + b"hi" + bytes([0x14, 0x9C, 0x06]) + data)
     assert {p.key: p.value for p in onnx.load(str(grouped), load_external_data=False).metadata_props} == props
     assert tb.onnx_metadata(grouped) == props
+    # an entry whose value field comes twice holds the last one (protobuf's rule, which onnx's parser follows)
+    entry = b"\x0a\x01k" + b"\x12\x02v1" + b"\x12\x02v2"
+    doubled = tmp_path / "doubled.onnx"
+    doubled.write_bytes(data + bytes([(14 << 3) | 2, len(entry)]) + entry)
+    reparsed = {p.key: p.value for p in onnx.load(str(doubled), load_external_data=False).metadata_props}
+    assert reparsed["k"] == "v2"
+    assert tb.onnx_metadata(doubled) == reparsed == {**props, "k": "v2"}
     cases = {"junk.onnx": b"\xff" * 64, "empty.onnx": b"", "half.onnx": data[: len(data) // 2],
              "text.onnx": b"this is not a model\n"}
     for name, content in cases.items():

@@ -6,6 +6,7 @@ known exactly (the masks): the imported dataset must hold the same pictures, in 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -117,8 +118,37 @@ def test_videos_and_their_masks_become_a_dataset_the_reader_takes(sources, tmp_p
                 np.testing.assert_array_equal(mask, expected > 0)
             else:  # a mask video through a lossy codec: the same disc up to its rim
                 assert (mask & (expected > 0)).sum() / (mask | (expected > 0)).sum() > 0.9
-    assert (out / "import.json").is_file()
+    manifest = json.loads((out / "import.json").read_text())
+    for video in manifest["videos"]:  # the lesion share of every pixel of every mask, for the "inverted?" check
+        expected_share = float(np.mean([m > 0 for m in truth[video["name"]]]))
+        assert video["lesion"] == pytest.approx(expected_share, abs=0.02)
+    assert "inverted" not in result.output and "empty" not in result.output
     assert not list(tmp_path.glob(".dataset.importing-*"))
+
+
+@pytest.mark.parametrize("level", [255, 128])
+def test_a_mask_video_is_cut_at_half_the_level_its_lesion_is_coded_with(tmp_path, level):
+    # a lossless codec, so that every pixel keeps its value: 0 background, `level` lesion (255, or a class colour),
+    # and a faint patch just below half the level (a codec's ringing), which must stay background
+    rng = np.random.default_rng()
+    images, _ = _scene(rng, 3)
+    videos, masks = _source_folders(tmp_path)
+    _write_video(videos / "case.avi", images)
+    coded = np.zeros((H, W), np.uint8)
+    coded[4:20, 4:24] = level
+    coded[26:34, 30:40] = level // 2 - 8
+    writer = cv2.VideoWriter(str(masks / "case.avi"), cv2.VideoWriter_fourcc(*"FFV1"), 10, (W, H))
+    assert writer.isOpened()
+    for _ in images:
+        writer.write(cv2.cvtColor(coded, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    out = tmp_path / "dataset"
+    result = _import(str(videos), "--masks", str(masks), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    (record,) = discover_videos(out)
+    assert len(record.masks) == len(images)
+    for mask_path in record.masks:
+        np.testing.assert_array_equal(read_mask(mask_path), coded == level)
 
 
 def test_png_frames_are_lossless(sources, tmp_path):

@@ -2,8 +2,9 @@
 
 `selective_scan_reference` is the CPU/generic implementation behind the `vivim::selective_scan` op: a chunked scan,
 vectorised over the sequence (a short loop inside chunks of ~sqrt(L) tokens, then a short loop carrying the states
-across chunks), fp32 accumulation, differentiable. `selective_scan_sequential` is the token-by-token oracle used by
-the tests (run it in float64).
+across chunks), fp32 accumulation, differentiable. `selective_scan_sequential` is a token-by-token recurrence for users
+checking a result (run it in float64); the tests keep an oracle of their own (tests/scan_oracle.py) and check this
+one against it.
 
 Shapes follow mamba-ssm's `selective_scan_fn`: u, delta, z (batch, D, L); A (D, N); B, C (batch, N, L) or
 (batch, G, N, L) with channel d using group d // (D // G); D, delta_bias (D,).
@@ -86,7 +87,7 @@ def selective_scan_sequential(
     delta_bias: Optional[Tensor] = None,
     delta_softplus: bool = False,
 ) -> Tensor:
-    """Token-by-token recurrence h_t = exp(dt A) h_{t-1} + dt B_t u_t, y_t = C_t . h_t: the test oracle."""
+    """Token-by-token recurrence h_t = exp(dt A) h_{t-1} + dt B_t u_t, y_t = C_t . h_t: a slow, plain check."""
     batch, dim, length, dstate, groups = check_shapes(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias)
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
     uf = u.to(acc)
