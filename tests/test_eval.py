@@ -412,3 +412,32 @@ def test_a_video_fingerprint_follows_the_frames_it_samples(tmp_path):
         shutil.copy(files[index], copy / files[index].name)
     assert video_fingerprint(VideoRecord("v", files[:4], [None] * 4)) != base
     assert video_fingerprint(VideoRecord("v", files[:4] + [tmp_path / "gone.bin"], [None] * 5)) is None
+
+
+def test_overlays_keep_the_frames_aspect(checkpoint, tmp_path):
+    """A 40x80 frame is shown 40:80 with the ground truth's outline on the lesion's border, as vivim-run shows it;
+    not squashed onto the model's square grid."""
+    from vivim.data.contact_sheet import GT_COLOUR
+    from vivim.evaluate import _overlay_size
+
+    rng = np.random.default_rng()
+    root, lesion = tmp_path / "wide", np.zeros((40, 80), np.uint8)
+    lesion[10:30, 44:72] = 1  # a box, so its outline is easy to place
+    for k in range(3):
+        frame = rng.integers(0, 80, (40, 80, 3), dtype=np.uint8)
+        frame[lesion > 0] = 230
+        for folder, image in (("JPEGImages", frame), ("Annotations", lesion * 255)):
+            (root / folder / "wide").mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / folder / "wide" / f"{k:05d}.{'jpg' if folder == 'JPEGImages' else 'png'}"), image)
+    summary, acc, dataset, model = evaluate_checkpoint(str(checkpoint), str(root), device="cpu", progress=False)
+    (path,) = write_overlays(tmp_path / "ov", acc, dataset, model, 1, summary["output_frame"])
+    image = cv2.imread(str(path))
+    h, w = _overlay_size(40, 80)
+    assert (h, w) == (192, 384) and image.shape == (h, 2 * w, 3)  # two panels, each 1:2 like the frame
+    right = image[:, w:]
+    green = np.all(right == np.array(GT_COLOUR, np.uint8), axis=2)
+    ys, xs = np.nonzero(green)
+    scale = w / 80  # the box's border, in panel pixels: rows 10..30, columns 44..72 of the frame
+    assert green.sum() > 0
+    assert abs(ys.min() - 10 * scale) <= scale + 2 and abs(ys.max() - 30 * scale) <= scale + 2
+    assert abs(xs.min() - 44 * scale) <= scale + 2 and abs(xs.max() - 72 * scale) <= scale + 2

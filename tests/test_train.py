@@ -81,14 +81,17 @@ def test_short_run_lowers_loss_and_writes_loadable_checkpoints(data, tmp_path):
 
 
 @pytest.mark.parametrize("workers", [0, 2])  # 2: persistent worker processes, vivim-train's default
-def test_resume_gives_identical_next_step_loss(data, tmp_path, workers):
+def test_resume_gives_identical_next_step_loss(data, tmp_path, workers, capsys):
     # three epochs, resumed after the first: the second resumed epoch runs on the restored schedule's learning rate
     full = run_training(_cfg(data, tmp_path / "full.safetensors", epochs=3, workers=workers))
     steps_per_epoch = len(full.step_losses) // 3
     first = run_training(_cfg(data, tmp_path / "part.safetensors", epochs=3, max_steps=steps_per_epoch,
                               workers=workers))
     assert first.step_losses == full.step_losses[:steps_per_epoch]
+    capsys.readouterr()
     resumed = run_training(_cfg(data, tmp_path / "part.safetensors", epochs=3, resume=True, workers=workers))
+    # no validation set: no Dice to report (the -1 that stands for none is not one)
+    assert "at epoch 2/3 (no validation Dice yet)" in capsys.readouterr().out
     assert resumed.step_losses[0] == full.step_losses[steps_per_epoch]  # bit-identical next step
     assert resumed.step_losses == full.step_losses[steps_per_epoch:]
     for key, value in full.final_state.items():
@@ -120,7 +123,7 @@ def test_max_steps_inside_an_epoch_leaves_it_open_and_resume_finishes_it_exactly
     assert meta["training"]["epochs_done"] == 1 and meta["training"]["partial_epoch"]["batches"] == 2
     # a second stop inside the same epoch, then the rest
     second = run_training(_cfg(data, out, epochs=2, workers=workers, val_fraction=0.34, resume=True, max_steps=1))
-    assert "resuming from" in capsys.readouterr().out
+    assert f"(best Dice so far {state['best_dice']:.4f})" in capsys.readouterr().out
     assert second.step_losses == full.step_losses[stop : stop + 1]
     rest = run_training(_cfg(data, out, epochs=2, workers=workers, val_fraction=0.34, resume=True))
     assert rest.step_losses == full.step_losses[stop + 1 :]

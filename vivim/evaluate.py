@@ -232,7 +232,6 @@ def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame:
 
     from vivim.data.contact_sheet import GT_COLOUR, PRED_COLOUR, draw_outline
     from vivim.data.image_io import read_frame, write_image
-    from vivim.data.transforms import resize_frame
 
     index = {(dataset.videos[v].name, i): k for k, (v, i) in enumerate(dataset.samples)}
     device = device or next(model.parameters()).device
@@ -254,10 +253,13 @@ def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame:
         pred = (torch.sigmoid(logits.float()[0, 0, 0]) > 0.5).cpu().numpy()
         gt = item["mask"][0].numpy() > 0.5
         v, i = dataset.samples[k]
-        frame = cv2.cvtColor(resize_frame(read_frame(dataset.videos[v].frames[i]), dataset.size, dataset.resize), cv2.COLOR_RGB2BGR)
-        scale = max(1, 384 // dataset.size)
-        big = lambda a: cv2.resize(a, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)  # noqa: E731
-        tinted = big(frame).copy()
+        # shown with the frame's own aspect (vivim-run's overlay keeps it too): the masks, scored on the model's
+        # square grid, are stretched back onto the frame rather than the frame squashed onto the grid
+        frame = cv2.cvtColor(read_frame(dataset.videos[v].frames[i]), cv2.COLOR_RGB2BGR)
+        shown = _overlay_size(frame.shape[0], frame.shape[1])
+        big = lambda a: cv2.resize(a, shown[::-1], interpolation=cv2.INTER_NEAREST)  # noqa: E731
+        frame = cv2.resize(frame, shown[::-1], interpolation=cv2.INTER_AREA)
+        tinted = frame.copy()
         fill = big(pred.astype(np.uint8)) > 0
         tinted[fill] = (0.6 * tinted[fill] + 0.4 * np.array(PRED_COLOUR)).astype(np.uint8)
         picture = draw_outline(draw_outline(tinted, big(gt.astype(np.uint8)), GT_COLOUR, 2), big(pred.astype(np.uint8)), PRED_COLOUR, 1)
@@ -265,7 +267,7 @@ def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame:
                     "(green GT, red prediction)",
                     (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
         path = out_dir / planned[rank - 1]
-        write_image(path, np.hstack([big(frame), picture]))
+        write_image(path, np.hstack([frame, picture]))
         written.append(path)
     # the folder holds this evaluation's ranking only: an earlier one's images would read as ranks here. Only files
     # an earlier vivim-eval listed are removed, never a file of the same pattern that someone else put there.
@@ -277,6 +279,13 @@ def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame:
 
 
 OVERLAY_LIST = "vivim-eval-overlays.json"
+
+
+def _overlay_size(height: int, width: int, small: int = 384, large: int = 768) -> tuple[int, int]:
+    """(h, w) of an overlay panel: the frame's aspect, its longer side brought into [small, large] pixels."""
+    longest = max(height, width)
+    scale = small / longest if longest < small else min(1.0, large / longest)
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def _overlay_name(rank: int, record: dict) -> str:

@@ -134,8 +134,9 @@ class Run:
         if self.dist.main and self.progress.start_epoch < cfg.epochs:  # a finished run gets the warning instead
             partial = self.progress.partial
             inside = f", batch {partial['batches'] + 1} of {partial['of']}" if partial else ""
-            print(f"resuming from {state_path} at epoch {self.progress.start_epoch + 1}/{cfg.epochs}{inside} "
-                  f"(best Dice so far {self.progress.best_dice:.4f})")
+            best = (f"best Dice so far {self.progress.best_dice:.4f}" if self.progress.best_dice >= 0
+                    else "no validation Dice yet")  # -1 stands for none: before the first epoch, or no validation set
+            print(f"resuming from {state_path} at epoch {self.progress.start_epoch + 1}/{cfg.epochs}{inside} ({best})")
 
     def train_epoch(self, epoch: int, data: TrainData) -> tuple[float, bool]:
         """One pass over the training clips, or the rest of one that --max-steps stopped inside; (mean loss, stopped by
