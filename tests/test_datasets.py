@@ -454,6 +454,29 @@ def test_a_missing_mask_names_the_sparse_flag(tmp_path, davis):
     assert video.masks[3] is None and 3 not in video.annotated and len(video.annotated) == len(video) - 1
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_masks_named_after_no_frame_are_named_not_skipped(tmp_path, davis, sparse):
+    # frames 00000.jpg..., masks renamed 00000_mask.png...: --sparse-masks would otherwise read a video with no mask
+    root = _copy(davis, tmp_path)
+    folder = root / "Annotations/synth_0001"
+    for mask in sorted(folder.iterdir()):
+        mask.rename(folder / f"{mask.stem}_mask{mask.suffix}")
+    message = _error(lambda: discover_videos(root, sparse=sparse))
+    count = len(list(folder.iterdir()))
+    assert message.startswith(f"{folder}: {count} of its {count} mask images are named after no frame of 'synth_0001' "
+                              "(e.g. 00000_mask.png; its frames are named like 00000.jpg)")
+    # one stray mask among matching ones: an error with --sparse-masks (it would never be read); without it, every
+    # frame has its mask and the stray one is left alone
+    root = _copy(davis, tmp_path / "one")
+    folder = root / "Annotations/synth_0001"
+    (folder / "00003.png").rename(folder / "frame3.png")
+    (folder / "00003.png").write_bytes((folder / "frame3.png").read_bytes())
+    if sparse:
+        assert "1 of its" in _error(lambda: discover_videos(root, sparse=True))
+    else:
+        assert len(next(v for v in discover_videos(root) if v.name == "synth_0001").annotated) == count
+
+
 @pytest.mark.parametrize("mode", ["centre", "newest"])
 def test_sparse_samples_are_the_annotated_frames_with_the_same_clips(tmp_path, davis, mode):
     # reference: the fully annotated dataset; a sparse copy must give exactly its items at the kept frames, so the

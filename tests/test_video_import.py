@@ -323,6 +323,24 @@ def test_mask_videos_beside_their_videos_and_the_same_folder_spelled_otherwise(t
     assert "no masks for b.mp4" in _error(_import("alone", "--masks", str(alone), "-o", "ds2"))
 
 
+def test_masks_given_by_path_but_named_after_another_video_are_said(tmp_path):
+    # a.mp4 and b.mp4 of one exam, of the same length and size: b's masks given for a import, with a warning
+    rng = np.random.default_rng()
+    exam = tmp_path / "exam"
+    exam.mkdir()
+    images, masks = _scene(rng, 4)
+    for name in ("a", "b"):
+        _write_video(exam / f"{name}.mp4", images)
+        (exam / f"{name}_mask").mkdir()
+        for k, mask in enumerate(masks):
+            cv2.imwrite(str(exam / f"{name}_mask" / f"{k:05d}.png"), mask * 255)
+    swapped = _import(str(exam / "a.mp4"), "--masks", str(exam / "b_mask"), "-o", str(tmp_path / "ds"))
+    assert swapped.exit_code == 0, swapped.output
+    assert f"--masks {exam / 'b_mask'} is named after b.mp4, not a.mp4" in swapped.output
+    own = _import(str(exam / "a.mp4"), "--masks", str(exam / "a_mask"), "-o", str(tmp_path / "ds2"))
+    assert own.exit_code == 0 and "warning" not in own.output, own.output
+
+
 def test_mask_images_must_be_numbered_without_gaps_or_repeats(tmp_path):
     """A lost mask file (frame_8.png) or a copy (frame_12 copy.png) would shift every later mask onto another frame."""
     images, image_masks = _scene(np.random.default_rng(), 6)

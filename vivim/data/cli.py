@@ -77,7 +77,7 @@ def import_command(
     """Turn video files and their masks into a dataset for vivim-train and vivim-eval."""
     from vivim.progress import bar as progress_bar
 
-    from vivim.data.video_import import find_videos, header_frames, import_videos, plan_import
+    from vivim.data.video_import import find_videos, header_frames, import_videos, named_for_another_video, plan_import
 
     if image_format not in ("jpg", "png"):
         raise VivimError(f"--format {image_format!r}: choose jpg or png")
@@ -86,6 +86,10 @@ def import_command(
     paths.check_writable(out, "-o", folder=True)
     files = find_videos(videos)
     sources = plan_import(files, masks, out)
+    if len(sources) == 1 and sources[0][1] == masks:  # one video's masks given by their own path
+        mismatch = named_for_another_video(files[0], masks)
+        if mismatch:
+            warn(mismatch)
     start = time.perf_counter()
     # SIGTERM unwinds like Ctrl-C: the half-written dataset under its temporary name is removed either way
     with progress_bar(total=sum(header_frames(v) for v in files) or None, unit="frame", desc="import") as bar:

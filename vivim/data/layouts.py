@@ -120,6 +120,15 @@ def _video_record(name: str, frame_dir: Path, mask_dir: Path, sparse: bool) -> V
         raise VivimError(f"{frame_dir}: several frames are named {twice}.* ({', '.join(names)}); keep one of them")
     masks_by_stem = masks_by_stem_in(mask_dir)
     missing = [frame for frame in frames if frame.stem not in masks_by_stem]
+    # masks named after no frame (frame_0001.jpg beside 0001_mask.png) would never be read: --sparse-masks must not
+    # turn a naming mismatch into a video without masks
+    stems = {frame.stem for frame in frames}
+    unnamed = sorted((mask for stem, mask in masks_by_stem.items() if stem not in stems), key=frame_order)
+    if unnamed and (sparse or len(unnamed) == len(masks_by_stem)):
+        raise VivimError(f"{mask_dir}: {len(unnamed)} of its {len(masks_by_stem)} mask images are named after no frame "
+                         f"of '{name}' (e.g. {unnamed[0].name}; its frames are named like {frames[0].name}); a mask "
+                         f"takes its frame's name ({frames[0].stem}.png): rename them, or import the video with "
+                         "vivim-data import, which pairs masks with frames by order")
     # a missing mask is an error unless the dataset says it is annotated sparsely: a file lost in a copy must not
     # silently shrink the training set
     if missing and not sparse:

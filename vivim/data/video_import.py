@@ -248,6 +248,19 @@ def plan_import(videos: list[Path], masks: Path, out: Path) -> list[tuple[Path, 
     return sources
 
 
+def named_for_another_video(video: Path, masks: Path) -> str | None:
+    """A warning when the masks given for a single video are named after another video beside it (`a.mp4` with
+    `--masks b_mask/` where `b.mp4` sits next to it): frame counts and sizes may well match, and nothing else would
+    tell the swap."""
+    named = _mask_named(masks.stem) or masks.stem
+    if named.casefold() == video.stem.casefold() or not video.parent.is_dir():
+        return None
+    other = next((p for p in sorted(video.parent.iterdir()) if p.stem.casefold() == named.casefold() and _is_video(p)
+                  and p.resolve() != video.resolve()), None)
+    return None if other is None else (f"--masks {masks} is named after {other.name}, not {video.name}; "
+                                       "check that these are the masks of the video being imported")
+
+
 def count_text(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{len(names)} videos ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
 
