@@ -807,3 +807,11 @@ def test_a_resumable_run_of_an_older_pt_out_is_pointed_at_its_files(data, tmp_pa
     run_training(_cfg(data, tmp_path / "z4.pt.safetensors", max_steps=1))
     with pytest.raises(VivimError, match=re.escape(f"use --out {tmp_path / 'z4.pt.safetensors'}")):
         run_training(_cfg(data, tmp_path / "z4.pt", resume=True))
+
+
+def test_a_large_variant_on_the_cpu_is_warned_about(data, tmp_path, capsys):
+    # the paper model took 44 s per step on a 2-core machine: a user trying vivim-train there should hear why
+    run_training(_cfg(data, tmp_path / "b1.safetensors", variant="b1", epochs=1, max_steps=1))
+    assert "warning: the b1 model (26.0 M params) trains very slowly on a CPU" in capsys.readouterr().err
+    run_training(_cfg(data, tmp_path / "tiny.safetensors", epochs=1, max_steps=1))
+    assert "trains very slowly" not in capsys.readouterr().err

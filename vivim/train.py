@@ -30,6 +30,9 @@ from vivim.training.state import (check_resumable, check_same_validation, histor
 
 __all__ = ["TrainConfig", "TrainResult", "run_training", "output_paths", "history_path", "load_state", "app", "main"]
 
+# Variants above this many million parameters get a warning when trained on a CPU (tiny 1.2 M, b0 7.0 M, b1 26 M).
+CPU_TRIAL_MAX_M_PARAMS = 10.0
+
 
 def run_training(cfg: TrainConfig) -> TrainResult:
     """Train as configured; returns paths, losses and the best validation Dice (rank 0 writes all files)."""
@@ -85,6 +88,10 @@ def run_training(cfg: TrainConfig) -> TrainResult:
               f"{count(len(data.train_videos), 'video')} / {count(len(data.train_ds), 'clip')} for training, {count(len(data.val_videos), 'video')} for "
               f"validation{' (' + data.val_source + ')' if data.val_videos else ''}; T={cfg.frames}, {cfg.size}x{cfg.size}, batch {cfg.batch}{' per process' if dist_info.world > 1 else ''}, "
               f"{'AMP fp16' if use_amp else 'fp32'}; {scan_implementations(device)}")
+        millions = sum(p.numel() for p in model.parameters()) / 1e6
+        if device.type == "cpu" and millions > CPU_TRIAL_MAX_M_PARAMS:  # a 2-core machine took 44 s per step for paper
+            warn(f"the {cfg.variant} model ({millions:.1f} M params) trains very slowly on a CPU (tens of seconds per "
+                 "step on a few cores); for a CPU trial use --variant tiny, for real training a GPU")
 
     start = time.perf_counter()
     for epoch in range(run.progress.start_epoch, cfg.epochs):
