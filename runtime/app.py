@@ -173,6 +173,16 @@ def build_sinks(cfg: RunConfig, log: Log, image_files: Optional[List[str]] = Non
     return sinks
 
 
+def turned_input_note(input_size: tuple[int, int], frame_shape: tuple[int, ...]) -> Optional[str]:
+    """A warning when a non-square model input lies the other way round from the frames (portrait against landscape):
+    every frame is then squeezed to the wrong aspect, most likely from an export's --size given as WxH, not HxW."""
+    (in_h, in_w), (fr_h, fr_w) = input_size, frame_shape[:2]
+    if in_h == in_w or fr_h == fr_w or (in_h > in_w) == (fr_h > fr_w):
+        return None
+    return (f"the model takes {in_h}x{in_w} (HxW) inputs and the frames are {fr_h}x{fr_w}: portrait against landscape, "
+            f"every frame is squeezed; was it exported with --size {in_w}x{in_h} in mind (vivim-export takes HxW)?")
+
+
 def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr, out: Log = print,
         ctrl_c_after: Any = None) -> Dict[str, Any]:
     """Run the pipeline until the input ends, --max-frames is reached, q is pressed or Ctrl-C; return the summary.
@@ -214,6 +224,9 @@ def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr
                 f"{backend.fixed_output_index} only; pass the matching --output-frame or re-export with --output-frame all"
             )
         assert source.frame_shape is not None
+        turned = turned_input_note(backend.input_size, source.frame_shape)
+        if turned:
+            log(f"warning: {turned}")
         backend.prepare(source.frame_shape)
     except BaseException:
         source.stop()

@@ -507,6 +507,28 @@ def test_onnx_runtime_backend_without_torch_matches_pytorch(tmp_path, onnx_model
         assert (a != b).mean() < 0.002, k  # pixels right at the threshold may flip
 
 
+def test_a_graph_exported_the_other_way_round_is_warned_about(tmp_path, workdir, checkpoint, clip):
+    """The clip is landscape (40x48, HxW): a graph exported portrait (--size 64x32, WxH given as HxW) squeezes every
+    frame, which vivim-run says once; a landscape graph, or a square one, is not warned about."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime_extensions")
+    from vivim.export.onnx_export import export_onnx
+    from vivim.runtime.app import turned_input_note
+
+    for size, turned in (((64, 32), True), ((32, 64), False)):
+        path = tmp_path / f"tiny{size[0]}x{size[1]}.onnx"
+        export_onnx(checkpoint, path, size=size, log=lambda m: None)
+        lines: list[str] = []
+        run(cfg(source={"kind": "video", "location": clip}, backend={"kind": "onnx", "model": str(path), "device": "cpu"},
+                sink={"headless": True, "quiet": True, "stats": str(tmp_path / "s.json")}), log=lines.append)
+        said = [line for line in lines if "portrait against landscape" in line]
+        assert len(said) == int(turned), lines
+    assert said == [] and turned_input_note((64, 32), (40, 48, 3)) == (
+        "the model takes 64x32 (HxW) inputs and the frames are 40x48: portrait against landscape, every frame is "
+        "squeezed; was it exported with --size 32x64 in mind (vivim-export takes HxW)?")
+    assert turned_input_note((32, 32), (40, 48, 3)) is None and turned_input_note((64, 32), (48, 48, 3)) is None
+
+
 def _training_input(frame_bgr, size):
     """What vivim-train feeds the model for one frame: the dataset's resize, then its normalisation."""
     from vivim.data.transforms import normalise, resize_frame
