@@ -815,3 +815,25 @@ def test_a_large_variant_on_the_cpu_is_warned_about(data, tmp_path, capsys):
     assert "warning: the b1 model (26.0 M params) trains very slowly on a CPU" in capsys.readouterr().err
     run_training(_cfg(data, tmp_path / "tiny.safetensors", epochs=1, max_steps=1))
     assert "trains very slowly" not in capsys.readouterr().err
+
+
+def test_resuming_inside_an_epoch_on_a_changed_training_set_is_warned_about(tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "data"
+    write_synthetic_dataset(root, videos=3, frames=4, size=48, seed=0, mp4=False, sheet=False)
+    out = tmp_path / "m.safetensors"
+    run_training(_cfg(root, out, epochs=2, max_steps=2))
+    capsys.readouterr()
+    extra = tmp_path / "extra"  # one more video, added while the run was stopped
+    write_synthetic_dataset(extra, videos=4, frames=4, size=48, seed=0, mp4=False, sheet=False)
+    for folder in ("JPEGImages", "Annotations"):
+        shutil.copytree(extra / folder / "synth_0003", root / folder / "synth_0003")
+    run_training(_cfg(root, out, epochs=2, resume=True, max_steps=1))
+    err = capsys.readouterr().err
+    assert "the training set changed since the run stopped inside epoch 1" in err, err
+    # the same set: no warning
+    again = tmp_path / "again.safetensors"
+    run_training(_cfg(root, again, epochs=2, max_steps=2))
+    run_training(_cfg(root, again, epochs=2, resume=True, max_steps=1))
+    assert "training set changed" not in capsys.readouterr().err

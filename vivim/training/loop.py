@@ -151,6 +151,10 @@ class Run:
         data.start_epoch(epoch, skip=done_before * cfg.batch)
         self.net.train()
         epoch_batches = done_before + len(data.train_loader)
+        if progress.partial and epoch_batches != progress.partial["of"] and self.dist.main:
+            warn(f"the training set changed since the run stopped inside epoch {epoch + 1} ({progress.partial['of']} "
+                 f"batches then, {epoch_batches} now): the rest of the epoch draws from the new set, so the run no "
+                 "longer repeats an uninterrupted one")
         bar = progress_bars.bar(total=epoch_batches, initial=done_before, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not (cfg.progress and self.dist.main), dynamic_ncols=True)
         try:
