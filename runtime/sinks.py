@@ -18,7 +18,7 @@ from typing import Iterator, List, Optional, Protocol, Tuple
 import numpy as np
 
 from vivim import atomic, paths
-from vivim.data.image_io import AtomicVideoWriter, DiskNearlyFull, check_disk_space, write_image
+from vivim.data.image_io import FRAME_EXTENSIONS, AtomicVideoWriter, DiskNearlyFull, check_disk_space, write_image
 from vivim.errors import VivimError
 
 import cv2  # noqa: E402
@@ -181,6 +181,13 @@ class MaskFolderSink:
                                  f"but no {self.marker}, so {self.tool} did not write them"
                                  f"{' (or one from before 2026-11-27 did)' if tool == 'vivim-run' else ''}; "
                                  f"choose another folder, or create an empty {self.marker} there to let it replace them")
+            # other pictures (a ground-truth folder's 00000.png ...) would sit among the masks, never lined up with them
+            pictures = sorted(name for name in present - planned
+                              if os.path.splitext(name)[1].lower() in FRAME_EXTENSIONS and not name.startswith("."))
+            if pictures:
+                raise VivimError(f"--save-masks {folder}: already holds {len(pictures)} image(s) that {self.tool} did "
+                                 f"not write (e.g. {pictures[0]}), which its masks would mix with; choose a new or empty "
+                                 "folder")
             earlier: set[str] = set()
         else:
             listed = paths.files_listed_in(os.path.join(folder, self.marker))

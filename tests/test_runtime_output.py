@@ -160,6 +160,23 @@ def _listing(folder) -> list:
     return sorted(os.listdir(folder))
 
 
+def test_a_folder_of_other_pictures_is_refused_for_masks(tmp_path):
+    # a ground-truth folder (00000.png, 5 digits) beside which 000000.png ... would never line up file by file
+    folder = tmp_path / "gt"
+    folder.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(folder / f"{k:05d}.png"), np.zeros((4, 4), np.uint8))
+    (folder / "readme.txt").write_text("labels by Dr X")
+    with pytest.raises(VivimError) as refused:
+        MaskFolderSink(str(folder))
+    assert str(refused.value) == (f"--save-masks {folder}: already holds 3 image(s) that vivim-run did not write (e.g. "
+                                  "00000.png), which its masks would mix with; choose a new or empty folder")
+    assert _listing(folder) == ["00000.png", "00001.png", "00002.png", "readme.txt"]  # nothing written
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("text only")
+    MaskFolderSink(str(tmp_path / "notes")).close()  # files that are no pictures do not mix with masks
+
+
 def test_mask_folder_replaces_an_earlier_run_instead_of_mixing(tmp_path):
     folder = tmp_path / "m"
     earlier = MaskFolderSink(str(folder))
