@@ -188,7 +188,8 @@ def _numbered(files: list[Path], folder: MaskSource) -> list[Path]:
     missing = [n for n in range(first, last + 1) if n not in by_number]
     if missing:
         raise VivimError(f"{folder}: the masks are numbered {first}..{last} but {len(missing)} are missing (e.g. "
-                         f"number {missing[0]}); every frame needs its mask, in order")
+                         f"number {missing[0]}); import needs every frame's mask, in order (sparsely annotated sets go in "
+                         "the DAVIS layout directly, see README)")
     return [by_number[n] for n in sorted(by_number)]
 
 
