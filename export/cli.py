@@ -78,7 +78,7 @@ def onnx(
           f"{result.nodes} nodes of which {result.scan_nodes} vivim::VivimSelectiveScan")
     precision = "--fp16" if fp16 else None
     next_command(shell("vivim-export", "check", checkpoint, "--onnx", result.path))
-    next_command(shell("vivim-export", "trt", result.path, precision, "-o", result.path.with_suffix(".engine")))
+    _next_after_onnx(result.path, precision)
 
 
 @app.command(short_help="ONNX Runtime against PyTorch on a synthetic clip.")
@@ -119,7 +119,18 @@ def check(
         raise typer.Exit(1)
     print(f"parity OK: {onnx_path} matches the PyTorch model")
     flag = "--fp16" if result.precision == "fp16" else None
-    next_command(shell("vivim-export", "trt", onnx_path, flag, "-o", Path(onnx_path).with_suffix(".engine")))
+    _next_after_onnx(Path(onnx_path), flag)
+
+
+def _next_after_onnx(onnx_path: Path, precision: str | None) -> None:
+    """The engine build where TensorRT is installed; elsewhere the graph runs as it is, and the build is for the
+    deployment machine (a Jetson, a GPU desktop)."""
+    build = shell("vivim-export", "trt", onnx_path, precision, "-o", onnx_path.with_suffix(".engine"))
+    if _tensorrt_installed():
+        next_command(build)
+        return
+    next_command(shell("vivim-run", "--onnx", onnx_path, "--video", bundled_asset(DEMO_CLIP)))
+    print(f"  (on a machine with TensorRT: {build})")
 
 
 @app.command(short_help="Build the TensorRT selective-scan plugin (CMake + nvcc).")

@@ -50,12 +50,30 @@ def exported_onnx(workdir) -> Path:
                         "--size", f"{SIZE[0]}x{SIZE[1]}", "--output-frame", "newest", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
+    (workdir / "out" / "export.log").write_text(out)  # what the export printed, for the tests of its next commands
     assert "input  frames   (1, 3, 3, 64, 64) float16" in out
     assert "output logits   (1, 1, 1, 64, 64) float16" in out
     assert "8 vivim::VivimSelectiveScan" in out and "MB" in out
     assert "next: vivim-export check tiny.safetensors --onnx 'out/model fp16.onnx'" in out  # pastes into a shell
-    assert "next: vivim-export trt 'out/model fp16.onnx' --fp16 -o 'out/model fp16.engine'" in out
+    build = "vivim-export trt 'out/model fp16.onnx' --fp16 -o 'out/model fp16.engine'"
+    if tensorrt_installed():
+        assert f"next: {build}" in out
+    else:  # the graph runs here as it is; the engine is built where TensorRT is
+        assert f"(on a machine with TensorRT: {build})" in out
+        assert "next: vivim-run --onnx 'out/model fp16.onnx' --video " in out
     return workdir / "out" / "model fp16.onnx"
+
+
+@pytest.mark.skipif(tensorrt_installed(), reason="with TensorRT the next command builds an engine")
+def test_the_run_printed_after_an_export_without_tensorrt_runs(workdir, exported_onnx):
+    pytest.importorskip("onnxruntime_extensions")
+    exported = (workdir / "out" / "export.log").read_text()
+    printed = next(line for line in exported.splitlines() if line.startswith("next: vivim-run"))[len("next: "):]
+    run = subprocess.run([sys.executable, "-m", "vivim.runtime.cli", *shlex.split(printed)[1:], "--max-frames", "4",
+                          "--headless", "--stats", "out/run.json"], cwd=workdir, capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert json.loads((workdir / "out" / "run.json").read_text())["frames_processed"] == 4
 
 
 def test_onnx_then_check_passes_and_writes_json(workdir, exported_onnx):
@@ -70,7 +88,7 @@ def test_onnx_then_check_passes_and_writes_json(workdir, exported_onnx):
     report = json.loads((workdir / "out" / "parity.json").read_text())
     assert report["passed"] is True and report["precision"] == "fp16" and report["output_frame"] == "newest"
     assert report["max_abs_err"] <= report["atol"] and report["dice"] >= report["min_dice"]
-    assert "next: vivim-export trt" in proc.stdout
+    assert ("next: vivim-export trt" if tensorrt_installed() else "(on a machine with TensorRT: vivim-export trt") in proc.stdout
 
 
 def test_check_exits_nonzero_beyond_tolerance(workdir, exported_onnx):
