@@ -230,6 +230,10 @@ def test_cli_writes_json_table_and_overlays(checkpoint, data, tmp_path):
     assert set(report["per_video"]) == {"synth_0000", "synth_0001"} and len(report["per_frame"]) == 10
     images = sorted((tmp_path / "ov").glob("*.png"))
     assert len(images) == 3 and cv2.imread(str(images[0])) is not None
+    named_csv = CliRunner().invoke(app, [str(checkpoint), "--data", str(data), "--json", str(tmp_path / "e.csv"),
+                                         "--device", "cpu", "--no-progress"])
+    assert named_csv.exit_code == 0 and "the numbers are written as JSON whatever the file's name" in named_csv.output
+    assert json.loads((tmp_path / "e.csv").read_text())["dice"] == report["dice"]
     first = images[0].stem.split("_")  # 001_<video>_<frame>: the worst frame comes first
     assert min(report["per_frame"], key=lambda r: (r["dice"], r["video"], r["frame"]))["frame"] == int(first[-1])
 

@@ -212,8 +212,15 @@ def test_frames_folder_errors(tmp_path):
     with pytest.raises(VivimError, match="no such folder"):
         create_source(SourceConfig(kind="frames", location=str(tmp_path / "missing")))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(VivimError, match="no images"):
+    with pytest.raises(VivimError, match="no images") as none:
         create_source(SourceConfig(kind="frames", location=str(tmp_path / "empty")))
+    assert "video" not in str(none.value)
+    (tmp_path / "exams").mkdir()
+    for name in ("b.avi", "a.MP4"):
+        (tmp_path / "exams" / name).write_bytes(b"")
+    with pytest.raises(VivimError) as videos:
+        create_source(SourceConfig(kind="frames", location=str(tmp_path / "exams")))
+    assert str(videos.value).endswith(f"; it holds video files: give one with --video, e.g. --video {tmp_path / 'exams' / 'a.MP4'}")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "0000.png").write_bytes(b"not a png")

@@ -323,6 +323,8 @@ def evaluate(
                                      folders=("--data",))
     if json_out:
         paths.check_writable(json_out, "--json")  # before the evaluation, not after it
+        if json_out.suffix.lower() != ".json":  # e.g. out.csv: a spreadsheet would not read what lands there
+            warn(f"--json {json_out}: the numbers are written as JSON whatever the file's name")
     if overlays:
         paths.check_writable(overlays, "--overlays", folder=True)
     if threads is not None and threads < 1:
