@@ -159,6 +159,17 @@ def test_console_table_lists_every_row_and_full_reasons() -> None:
     assert "CUDAExecutionProvider not available in this onnxruntime build" in text  # long reason in full
     assert "1.00x" in text and f"{rows[0].latency.mean:.2f}" in text
     assert sum(1 for line in lines if line.startswith(("PyTorch", "TensorRT", "ONNX"))) >= len(rows)
+    # every timed row's numbers, in their columns, from the samples themselves (linear percentiles, as NumPy's)
+    header = [h.strip() for h in report.TABLE_HEADER]
+    for row, cells in zip(rows, report.table_rows(rows)):
+        if row.latency is None:
+            continue
+        samples = np.array(row.samples_ms)
+        column = dict(zip(header, cells))
+        assert column["Mean ms"] == f"{samples.mean():.2f}" and column["P50 ms"] == f"{np.percentile(samples, 50):.2f}"
+        assert column["P95 ms"] == f"{np.percentile(samples, 95):.2f}"
+        assert column["P99 ms"] == f"{np.percentile(samples, 99):.2f}"
+        assert column["FPS"] == f"{1000.0 / samples.mean():.1f}"
 
 
 # ---------------------------------------------------------------------------------------------------- timing
@@ -170,8 +181,13 @@ def test_measure_counts_calls_and_times_wall_clock() -> None:
         time.sleep(0.002)
 
     m = timing.measure(work, device="cpu", warmup=2, iters=5)
+    finished = time.perf_counter()
     assert len(calls) == 7 and m.iters == 5 and len(m.samples_ms) == 5 and m.timer == "perf_counter"
     assert all(s >= 2.0 for s in m.samples_ms)
+    # each sample is its own call: no longer than from that call's start to the next one's (a timer started once
+    # before the loop would add up the calls before it)
+    bounds = [(b - a) * 1000.0 for a, b in zip(calls[2:], [*calls[3:], finished])]
+    assert all(sample <= bound for sample, bound in zip(m.samples_ms, bounds)), (m.samples_ms, bounds)
     assert timing.peak_memory_mb("cpu") is None
 
 

@@ -96,6 +96,9 @@ def test_davis_2017_resolution_folder_and_imagesets(tmp_path, davis):
     assert [v.name for v in discover_videos(root, "val")] == ["synth_0001"]
     assert len(discover_videos(root, "all")) == 3
     assert "480p" in str(discover_videos(root, "val")[0].masks[0])
+    (root / "ImageSets/2016").mkdir()
+    (root / "ImageSets/2016/val.txt").write_text("synth_0000\nsynth_0002\n")  # an older year's list: the latest wins
+    assert [v.name for v in discover_videos(root, "val")] == ["synth_0001"]
     (root / "ImageSets/2017/val.txt").write_text("synth_0001\nsynth_9999\n")  # a video that is not on disk
     with pytest.raises(VivimError, match=r"val.txt: 1 listed video\(s\) not in .* \(e.g. synth_9999\)"):
         discover_videos(root, "val")
@@ -187,7 +190,9 @@ def test_augmentation_is_clip_consistent_and_reproducible(davis):
         assert matches, f"item {idx}: frames and mask were not transformed together"
         seen.add(matches[0])
     assert len(seen) > 1, "geometry changes between clips"
-    assert torch.equal(aug[4]["clip"], aug[4]["clip"])
+    # reproducible: the same item twice, and from a second dataset built with the same seed (another worker, a resume)
+    again = ClipDataset(videos, frames=3, size=32, augment=geometry_only, seed=9)
+    assert torch.equal(aug[4]["clip"], aug[4]["clip"]) and torch.equal(aug[4]["clip"], again[4]["clip"])
     aug.set_epoch(1)
     assert not all(torch.equal(aug[i]["clip"], ClipDataset(videos, frames=3, size=32, augment=geometry_only, seed=9)[i]["clip"]) for i in range(len(aug)))
 

@@ -16,7 +16,7 @@ import vivim
 from vivim.constants import IMAGENET_MEAN, IMAGENET_STD
 from vivim.data.synth_dataset import write_synthetic_dataset
 from vivim.errors import VivimError
-from vivim.evaluate import evaluate_checkpoint, format_table, write_overlays
+from vivim.evaluate import default_split, evaluate_checkpoint, format_table, write_overlays
 
 
 
@@ -416,6 +416,19 @@ def test_a_video_fingerprint_follows_the_frames_it_samples(tmp_path):
         shutil.copy(files[index], copy / files[index].name)
     assert video_fingerprint(VideoRecord("v", files[:4], [None] * 4)) != base
     assert video_fingerprint(VideoRecord("v", files[:4] + [tmp_path / "gone.bin"], [None] * 5)) is None
+
+
+def test_a_davis_folder_with_a_val_list_is_scored_on_that_list_by_default(checkpoint, data, tmp_path):
+    import shutil
+
+    root = tmp_path / "listed"
+    shutil.copytree(data, root)
+    (root / "ImageSets/2017").mkdir(parents=True)
+    (root / "ImageSets/2017/train.txt").write_text("synth_0000\n")
+    (root / "ImageSets/2017/val.txt").write_text("synth_0001\n")
+    assert default_split(root) == "val"
+    summary, *_ = evaluate_checkpoint(str(checkpoint), str(root), device="cpu", progress=False)
+    assert summary["split"] == "val" and sorted(summary["per_video"]) == ["synth_0001"]
 
 
 def test_overlays_keep_the_frames_aspect(checkpoint, tmp_path):

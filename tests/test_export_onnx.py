@@ -524,3 +524,14 @@ def test_exporting_a_frame_the_model_was_not_trained_for_is_said(tiny_checkpoint
                 log=lambda *_: None)
     assert "tiny.safetensors was trained to segment the centre frame of its clip; --output-frame newest asks for " \
            "another" in capsys.readouterr().err
+
+
+def test_parity_dice_matches_the_formula_and_agrees_on_empty_masks():
+    # both masks empty: the two runtimes agree, Dice 1 (a random model's all-background logits must not fail parity)
+    from vivim.export.parity import dice
+
+    rng = np.random.default_rng()
+    a, b = rng.random((2, 17, 23)) > 0.6
+    assert dice(a, b) == pytest.approx(2 * (a & b).sum() / (a.sum() + b.sum()))
+    empty = np.zeros((4, 4), bool)
+    assert dice(empty, empty) == 1.0 and dice(empty, a[:4, :4] | True) == 0.0

@@ -837,3 +837,26 @@ def test_resuming_inside_an_epoch_on_a_changed_training_set_is_warned_about(tmp_
     run_training(_cfg(root, again, epochs=2, max_steps=2))
     run_training(_cfg(root, again, epochs=2, resume=True, max_steps=1))
     assert "training set changed" not in capsys.readouterr().err
+
+
+def test_validation_clips_are_never_augmented(data):
+    """Training augments; validation scores the clips as they are, every epoch (a flipped or jittered validation
+    clip would make the best checkpoint's Dice a matter of chance)."""
+    from vivim.data.dataset import ClipDataset
+    from vivim.training.data import build_data
+    from vivim.training.environment import Dist
+
+    cfg = _cfg(data, "unused.safetensors", val_fraction=0.34, batch=2)
+    assert cfg.augment
+    built = build_data(cfg, Dist(), torch.device("cpu"))
+    plain = ClipDataset(built.val_videos, frames=cfg.frames, size=cfg.size, output_frame=cfg.output_frame)
+    assert built.val_loader is not None and len(plain) > 0
+    for epoch in range(2):
+        built.start_epoch(epoch)
+        seen = 0
+        for batch in built.val_loader:
+            for k in range(batch["clip"].shape[0]):
+                item = plain[seen + k]
+                assert torch.equal(batch["clip"][k], item["clip"]) and torch.equal(batch["mask"][k], item["mask"])
+            seen += batch["clip"].shape[0]
+        assert seen == len(plain)

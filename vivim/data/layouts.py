@@ -156,7 +156,7 @@ def _davis_videos(root: Path, split: str, sparse: bool) -> list[VideoRecord]:
             have = sorted({p.stem for p in (root / "ImageSets").glob("**/*.txt")})
             raise VivimError(f"{root / 'ImageSets'}: no {split}.txt list (lists: {', '.join(have) or 'none'}); "
                              f"pass --split {' / '.join(have + ['all'])}")
-        if lists:
+        if lists:  # DAVIS keeps one folder per year (ImageSets/2016, ImageSets/2017): the latest year's list wins
             wanted = [line.strip() for line in lists[-1].read_text().splitlines() if line.strip()]
             missing = [n for n in wanted if n not in names]
             if missing:  # a list naming absent videos: the split would silently be smaller than it says
