@@ -134,6 +134,27 @@ def test_live_source_keeps_newest_and_counts_drops():
     assert len(got) + source.frames_dropped == source.frames_captured
 
 
+def test_a_live_frame_keeps_the_time_it_left_the_device_and_a_file_frame_the_time_it_was_taken():
+    # capture-to-mask latency starts at capture for a camera (time spent waiting in the mailbox counts), and when the
+    # pipeline takes the frame for a file (a file frame waits for nobody)
+    counter = [0]
+    source = FrameSource("fake camera", lambda: SyntheticDevice(counter, period=0.01), live=True, reconnect=False,
+                         max_frames=6)
+    source.open().start()
+    time.sleep(0.15)  # the pipeline busy: the newest frame waits in the mailbox
+    taken = time.monotonic()
+    frame = source.read(1.0)
+    source.stop()
+    assert frame is not None and taken - frame.t_capture >= 0.02  # stamped well before it was taken
+    files = FrameSource("fake file", lambda: SyntheticDevice([0], fail_after=8), live=False, reconnect=False)
+    files.open().start()
+    time.sleep(0.1)  # decoded ahead, then taken
+    taken = time.monotonic()
+    frame = files.read(1.0)
+    files.stop()
+    assert frame is not None and frame.t_capture >= taken
+
+
 def test_reconnects_with_backoff_after_the_device_is_lost():
     counter = [0]
     opens = []
@@ -163,6 +184,29 @@ def test_reconnects_with_backoff_after_the_device_is_lost():
     # the live probe frame (value 0) is not delivered; the rest arrive in order across the reconnect
     assert [f.index for f in frames] == list(range(10))
     assert [int(f.image[0, 0, 0]) for f in frames] == list(range(1, 11))
+
+
+def test_the_back_off_stops_growing_at_its_maximum():
+    # six failed reopenings from 0.05 s doubling would wait 0.05 + 0.1 + ... + 1.6 = 3.15 s; capped at 0.1 s, 0.55 s
+    counter, opens = [0], []
+
+    def opener():
+        opens.append(time.monotonic())
+        if len(opens) == 1:
+            return SyntheticDevice(counter, fail_after=2)
+        if len(opens) <= 7:
+            raise VivimError("camera gone")
+        return SyntheticDevice(counter, fail_after=None)
+
+    source = FrameSource("fake camera", opener, live=False, reconnect=True, max_frames=4, reconnect_attempts=10,
+                         reconnect_delay=0.05, reconnect_max_delay=0.1, log=lambda m: None)
+    source.open().start()
+    drain(source)
+    source.stop()
+    assert source.error is None and source.reconnects == 1 and len(opens) == 8
+    gaps = np.diff(opens[1:])
+    assert gaps[0] >= 0.09 and all(gap >= 0.095 for gap in gaps)  # 0.1 s each once capped (after 0.05 s doubled)
+    assert gaps.sum() < 1.2, gaps  # far below the uncapped 3.1 s
 
 
 def test_gives_up_after_the_last_attempt():
