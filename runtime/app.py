@@ -14,18 +14,16 @@ T // 2 masks, closing the files) and is what the user wants to keep.
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from vivim import paths
 from vivim.checkpoint import checkpoint_file
-from vivim.cli_utils import detach_from_terminal, stop_signals
 from vivim.constants import untrained_output_frame
-from vivim.errors import VivimError, signal_label
+from vivim.errors import VivimError
+from vivim.graceful_stop import GracefulStop
 from vivim.runtime.backends import Backend, create_backend
 from vivim.runtime.config import RunConfig
 from vivim.runtime.overlay import draw_hud, draw_mask, logit, mask_from_logits, parse_color
@@ -49,50 +47,6 @@ def _stderr(message: str) -> None:
         return
     with tqdm.external_write_mode(file=sys.stderr):
         print(message, file=sys.stderr, flush=True)
-
-
-class GracefulStop:
-    """SIGINT, SIGTERM and SIGHUP (see `stop_signals`) set a flag the loop checks; a second SIGINT raises
-    KeyboardInterrupt (hard abort) until `finishing()`: from then on the run is completing its last masks and files,
-    and aborting would only lose them. After SIGHUP (an SSH session dropped) the run ends as it would on Ctrl-C, its
-    console output going nowhere."""
-
-    def __init__(self, log: Log, ctrl_c_after: Any = None) -> None:
-        self.requested = False
-        self._ctrl_c_after = ctrl_c_after  # SIGINT's handler once the run is over (None: the one before it)
-        self.reason = ""  # "interrupted (Ctrl-C)", "terminated (SIGTERM)", "hung up (SIGHUP)": the summary's stopped_by
-        self._finishing = False
-        self._log = log
-        self._previous: Dict[int, Any] = {}
-
-    def finishing(self) -> None:
-        self._finishing = True
-
-    def __enter__(self) -> "GracefulStop":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, *stop_signals()):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, self._ctrl_c_after if sig == signal.SIGINT and self._ctrl_c_after is not None else handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if signum not in (signal.SIGINT, signal.SIGTERM):  # SIGHUP: the terminal is gone
-            detach_from_terminal()
-        if self._finishing:
-            self._log("finishing the last masks and the output files, one moment")
-            return
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if signum == signal.SIGINT:
-            by, reason = "Ctrl-C", "interrupted (Ctrl-C)"
-        else:
-            by, reason = signal.Signals(signum).name, signal_label(signum)
-        self.reason = self.reason or reason  # the first signal is why the run stopped
-        self.requested = True
-        self._log(f"{by}: stopping after the current frame (Ctrl-C again to abort)")
 
 
 class Pipeline:

@@ -645,7 +645,7 @@ def test_cuda_end_to_end(tmp_path, checkpoint, clip, flags):
 def test_first_ctrl_c_asks_to_stop_a_second_one_aborts():
     """In-process, with real signals: the first SIGINT sets the flag (the loop ends after the current frame), the
     second raises KeyboardInterrupt; the previous handlers come back afterwards."""
-    from vivim.runtime.app import GracefulStop
+    from vivim.graceful_stop import GracefulStop
 
     before = signal.getsignal(signal.SIGINT)
     lines = []
@@ -663,7 +663,7 @@ def test_first_ctrl_c_asks_to_stop_a_second_one_aborts():
 def test_once_the_run_is_over_ctrl_c_is_what_the_caller_asked_for():
     """vivim-run asks for SIGINT to be ignored from the moment its files are closed: what is left is the process's
     end, and a Ctrl-C there killed it without a word (exit -2). A library caller gets its own handler back."""
-    from vivim.runtime.app import GracefulStop
+    from vivim.graceful_stop import GracefulStop
 
     before = signal.getsignal(signal.SIGINT)
     try:
@@ -681,7 +681,7 @@ def test_once_the_run_is_over_ctrl_c_is_what_the_caller_asked_for():
 
 def test_ctrl_c_while_the_files_are_closed_does_not_abort():
     """Once the run closes its files, a further Ctrl-C only says to wait: aborting then would lose the video."""
-    from vivim.runtime.app import GracefulStop
+    from vivim.graceful_stop import GracefulStop
 
     lines = []
     with GracefulStop(lines.append) as stop:

@@ -350,10 +350,13 @@ def test_persistent_workers_draw_new_augmentation_each_epoch(data):
             assert torch.equal(clip, parallel[epoch][key]), f"epoch {epoch}, {key}: 2 workers must give the 0-worker clip"
 
 
-@pytest.mark.parametrize("signame, progress", [("SIGINT", False), ("SIGTERM", True)])
-def test_ctrl_c_says_what_was_saved_and_how_to_continue(data, tmp_path, signame, progress):
-    """Ctrl-C, and SIGTERM (a batch scheduler's time limit, docker stop): one line on a line of its own (the progress
-    bar is closed first), saying what is kept; exit 130 and 143, as a shell reports them."""
+@pytest.mark.parametrize("signame, progress, workers", [("SIGINT", False, 0), ("SIGTERM", True, 0), ("SIGINT", False, 2),
+                                                       ("SIGTERM", False, 2)])
+def test_ctrl_c_saves_the_batches_done_and_says_how_to_continue(data, tmp_path, signame, progress, workers):
+    """Ctrl-C, and SIGTERM (a batch scheduler's time limit, docker stop), inside an epoch: the run stops after the
+    current batch and saves it (the epoch left open for --resume), then one line on a line of its own (the progress
+    bar is closed first); exit 130 and 143, as a shell reports them. The signal goes to the whole process group, as
+    a terminal's Ctrl-C does: data-loading workers leave it to the main process."""
     import signal
     import subprocess
     import time
@@ -361,23 +364,58 @@ def test_ctrl_c_says_what_was_saved_and_how_to_continue(data, tmp_path, signame,
     out = tmp_path / "ctrl_c" / "model.safetensors"
     state = out.with_name("model.state.pt")
     command = [sys.executable, "-m", "vivim.train", "--data", str(data), "--variant", "tiny", "--size", "32", "--frames",
-               "3", "--epochs", "500", "--batch", "2", "--workers", "0", "--val-fraction", "0", "--out", str(out),
+               "3", "--epochs", "500", "--batch", "2", "--workers", str(workers), "--val-fraction", "0", "--out", str(out),
                "--device", "cpu", "--threads", "1", "--progress" if progress else "--no-progress"]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not inherited as ignored
     deadline = time.monotonic() + 120
     while not state.is_file() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # inside the next epoch's steps
-    child.send_signal(getattr(signal, signame))
-    _, err = child.communicate(timeout=60)
+    os.killpg(child.pid, getattr(signal, signame))
+    out_text, err = child.communicate(timeout=60)
     assert child.returncode == (130 if signame == "SIGINT" else 143), err
     lines = err.strip().splitlines()
     said = "interrupted" if signame == "SIGINT" else "terminated (SIGTERM)"
-    assert lines[-1] == f"{said}: the finished epochs are saved; continue with --resume and the same flags ({state})"
-    assert "Traceback" not in err
-    assert load_state(state)["epoch"] >= 0  # the state it points at is a finished epoch's
+    assert lines[-1] == f"{said}: what was trained is saved; continue with --resume and the same flags ({state})"
+    assert f"{'Ctrl-C' if signame == 'SIGINT' else 'SIGTERM'}: stopping after this batch and saving it (Ctrl-C again to abort)" in err
+    assert "Traceback" not in err and "DataLoader worker" not in err
+    saved = load_state(state)
+    if saved["partial"] is not None:  # the signal landed inside an epoch (it may land at an epoch's end)
+        assert 1 <= saved["partial"]["batches"] < saved["partial"]["of"]
+        how = "interrupted (Ctrl-C)" if signame == "SIGINT" else "terminated (SIGTERM)"
+        assert f"epoch {saved['epoch'] + 2}/500 {how} after {saved['partial']['batches']} of" in out_text, out_text
+
+
+def test_a_run_stopped_by_ctrl_c_resumes_to_the_uninterrupted_result(data, tmp_path, monkeypatch):
+    """Ctrl-C inside the second epoch, then --resume: the same losses, step for step, and the same final weights as
+    a run never stopped (the stop waits for the batch to end, so no step is half done)."""
+    import signal
+
+    import vivim.losses
+
+    full = run_training(_cfg(data, tmp_path / "full.safetensors", epochs=2))
+    steps_per_epoch = len(full.step_losses) // 2
+    real_loss, calls = vivim.losses.structure_loss, []
+
+    def loss_then_ctrl_c(*args, **kwargs):  # the real loss; Ctrl-C arrives while the second epoch's 2nd step runs
+        calls.append(1)
+        if len(calls) == steps_per_epoch + 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(vivim.losses, "structure_loss", loss_then_ctrl_c)
+    out = tmp_path / "stopped.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        run_training(_cfg(data, out, epochs=2))
+    monkeypatch.setattr(vivim.losses, "structure_loss", real_loss)
+    state = load_state(output_paths(out)[2])
+    assert state["epoch"] == 0 and state["partial"]["batches"] == 2
+    resumed = run_training(_cfg(data, out, epochs=2, resume=True))
+    assert resumed.step_losses == full.step_losses[steps_per_epoch + 2 :]
+    for key, value in full.final_state.items():
+        assert torch.equal(value, resumed.final_state[key]), key
 
 
 def test_ctrl_c_in_any_command_is_one_line_and_exit_130(tmp_path, capsys):

@@ -9,7 +9,9 @@ weights are saved as Vivim checkpoints, and `<out stem>.state.pt` holds everythi
 
 from __future__ import annotations
 
+import contextlib
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -20,6 +22,7 @@ from vivim import paths
 from vivim.cli_utils import cli_app, count, run_app, warn
 from vivim.constants import SEED_MAX
 from vivim.errors import Interrupted, VivimError
+from vivim.graceful_stop import GracefulStop
 from vivim.training.config import TrainConfig, TrainResult
 from vivim.training.data import build_data
 from vivim.training.environment import init_distributed, scan_implementations
@@ -94,22 +97,45 @@ def run_training(cfg: TrainConfig) -> TrainResult:
                  "step on a few cores); for a CPU trial use --variant tiny, for real training a GPU")
 
     start = time.perf_counter()
-    for epoch in range(run.progress.start_epoch, cfg.epochs):
-        if out_of_patience(run.progress, epoch, cfg.patience, dist_info.main):
-            break
-        t_epoch = time.perf_counter()
-        lr = run.optimizer.param_groups[0]["lr"]  # the epoch's learning rate (the schedule steps after the epoch)
-        mean_loss, stopped = run.train_epoch(epoch, data)
-        dice = validate(model, data.val_loader, device, cfg.output_frame, dist_info, run.amp_dtype) \
-            if data.val_loader is not None else float("nan")
-        if run.progress.partial is None:
-            improved = run.progress.record_epoch(mean_loss, dice, epoch, lr)
-        else:  # --max-steps stopped inside the epoch: validated and saved, the epoch left open for --resume
-            improved = run.progress.record_partial()
-        run.save_epoch(epoch, data, run.progress.elapsed_before + time.perf_counter() - start, improved, dice, t_epoch)
-        if stopped:
-            break
+    # One process: Ctrl-C, SIGTERM or SIGHUP ends the epoch after the current batch, which is saved (a second Ctrl-C
+    # aborts). Under DDP every rank would have to stop at the same batch; there they unwind at once, as before.
+    stop = GracefulStop(_stderr_line, step="this batch and saving it",
+                        finishing_note="saving what is trained, one moment") if dist_info.world == 1 else None
+    with stop if stop is not None else contextlib.nullcontext():
+        run.stop = stop
+        for epoch in range(run.progress.start_epoch, cfg.epochs):
+            if out_of_patience(run.progress, epoch, cfg.patience, dist_info.main):
+                break
+            t_epoch = time.perf_counter()
+            lr = run.optimizer.param_groups[0]["lr"]  # the epoch's learning rate (the schedule steps after the epoch)
+            mean_loss, stopped = run.train_epoch(epoch, data)
+            signalled = stop is not None and stop.requested
+            if signalled and run.progress.partial is not None:
+                # stopped inside the epoch by a signal: saved at once, without validating (a scheduler's SIGKILL
+                # follows its SIGTERM within seconds); the epoch stays open for --resume
+                stop.finishing()
+                run.save_epoch(epoch, data, run.progress.elapsed_before + time.perf_counter() - start, False,
+                               float("nan"), t_epoch)
+                raise stop.as_interrupt()
+            dice = validate(model, data.val_loader, device, cfg.output_frame, dist_info, run.amp_dtype) \
+                if data.val_loader is not None else float("nan")
+            if run.progress.partial is None:
+                improved = run.progress.record_epoch(mean_loss, dice, epoch, lr)
+            else:  # --max-steps stopped inside the epoch: validated and saved, the epoch left open for --resume
+                improved = run.progress.record_partial()
+            run.save_epoch(epoch, data, run.progress.elapsed_before + time.perf_counter() - start, improved, dice, t_epoch)
+            if stop is not None and stop.requested and epoch + 1 < cfg.epochs:  # asked during the epoch's end: saved
+                raise stop.as_interrupt()
+            if stopped:
+                break
     return run.finish(data, run.progress.elapsed_before + time.perf_counter() - start)
+
+
+def _stderr_line(message: str) -> None:
+    """A line on stderr that the progress bar, redrawn on its own line, does not overwrite."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 
@@ -204,7 +230,7 @@ def train(
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP through Terminated (run_app's handlers)
         state = output_paths(cfg.out)[2]
         if state.is_file() and (resume or state.stat().st_mtime >= started):  # this run's, or the one it continues
-            raise Interrupted(f"the finished epochs are saved; continue with --resume and the same flags ({state})",
+            raise Interrupted(f"what was trained is saved; continue with --resume and the same flags ({state})",
                               by=exc) from None
         raise Interrupted("before the first epoch finished; nothing was saved", by=exc) from None
     finally:

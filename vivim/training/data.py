@@ -120,7 +120,7 @@ def build_data(cfg: TrainConfig, dist_info: Dist, device: Any, val_kind: str | N
     sampler = EpochSampler(DistributedSampler(train_ds, num_replicas=dist_info.world, rank=dist_info.rank,
                                               shuffle=True, seed=cfg.seed, drop_last=False))
     loader_args: dict[str, Any] = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda",
-                                   "persistent_workers": cfg.workers > 0}
+                                   "persistent_workers": cfg.workers > 0, "worker_init_fn": leave_stop_signals_to_main}
     # each loader draws its workers' base seed from a generator of its own: from torch's global one, persistent
     # workers took one draw when first iterated, which a resumed run took again (dropout then drew other values)
     train_loader = DataLoader(train_ds, batch_size=cfg.batch, sampler=sampler,
@@ -132,6 +132,17 @@ def build_data(cfg: TrainConfig, dist_info: Dist, device: Any, val_kind: str | N
         val_loader = DataLoader(shard, batch_size=cfg.batch, shuffle=False,
                                 generator=torch.Generator().manual_seed(cfg.seed), **loader_args)
     return TrainData(train_videos, val_videos, train_ds, sampler, train_loader, val_loader, val_kind, val_source)
+
+
+def leave_stop_signals_to_main(worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C, SIGTERM and SIGHUP: a terminal's Ctrl-C (or a scheduler's SIGTERM) reaches
+    every process of the job, and a worker it ended would fail the batch being fetched. The main process decides:
+    it stops after its current batch and saves, and its loader then ends the workers."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if signum is not None:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def choose_val_kind(cfg: TrainConfig) -> str:

@@ -108,6 +108,7 @@ class Run:
         self.progress = Progress()
         self.net = model  # wrap_ddp() replaces it once the weights are final (after a resume)
         self.saw_lesion = False  # any training mask with a lesion in this run's first epoch
+        self.stop: Any = None  # a GracefulStop (one process): a signal ends the epoch after the current batch
 
     def wrap_ddp(self) -> None:
         """One process per GPU: DistributedDataParallel over the model, after resume() loaded its weights."""
@@ -209,6 +210,9 @@ class Run:
             if cfg.max_steps is not None and progress.steps >= cfg.max_steps:
                 stopped = True
                 break
+            if self.stop is not None and self.stop.requested:  # Ctrl-C, SIGTERM: this batch is the last one
+                stopped = True
+                break
         return total, batches, stopped
 
     def save_epoch(self, epoch: int, data: TrainData, seconds: float, improved: bool, dice: float, t_epoch: float) -> None:
@@ -258,10 +262,13 @@ class Run:
         atomic.write_text(history_path(cfg.out), history_csv(progress.history, progress.best_epoch))
         shown = f"val Dice {dice:.4f}" if math.isfinite(dice) else "no validation set"
         if partial:
-            print(f"epoch {epoch + 1}/{cfg.epochs} stopped by --max-steps after {partial['batches']} of {partial['of']} "
+            signalled = self.stop is not None and self.stop.requested
+            how = self.stop.reason if signalled else "stopped by --max-steps"  # "interrupted (Ctrl-C)", ...
+            shown = "not validated" if signalled and data.val_videos else shown
+            print(f"epoch {epoch + 1}/{cfg.epochs} {how} after {partial['batches']} of {partial['of']} "
                   f"batches: loss {partial['loss_sum'] / max(1, partial['batches']):.4f}, {shown}, "
                   f"{time.perf_counter() - t_epoch:.0f} s{' (the best file until an epoch completes)' if improved else ''}; "
-                  "--resume continues the epoch")
+                  "saved, --resume continues the epoch")
             return
         print(f"epoch {epoch + 1}/{cfg.epochs}: loss {progress.history['epoch_loss'][-1]:.4f}, {shown}, "
               f"lr {progress.history['lr'][-1]:.2e}, {time.perf_counter() - t_epoch:.0f} s{' (best)' if improved else ''}")
