@@ -420,3 +420,60 @@ def test_one_folder_of_numbered_masks_for_several_videos(tmp_path):
     for suffix in (".jpg", ".bmp"):  # two masks of one name, neither a .png: said as such, not as "no masks"
         cv2.imwrite(str(flat / f"case1_9{suffix}"), truth["case1"][0])
     assert "several masks are named case1_9.*" in _error(_import(str(videos), "--masks", str(flat), "-o", str(tmp_path / "ds3")))
+
+
+def test_a_folder_per_patient_is_imported_with_the_patients_in_the_names(tmp_path):
+    """raw/<patient>/<clip>.mp4 with masks in a mirrored masks/<patient>/ (or beside the clips, or in a masks folder
+    inside raw/): every clip, named <patient>_<clip> so that two patients' clip_a stay apart, masks lined up."""
+    rng = np.random.default_rng()
+    raw, masks = tmp_path / "raw", tmp_path / "masks"
+    truth = {}
+    for patient, clip, kind in (("patient01", "clip_a", "video"), ("patient01", "clip_b", "folder"),
+                                ("patient02", "clip_a", "video")):
+        images, clip_masks = _scene(rng, int(rng.integers(3, 6)))
+        (raw / patient).mkdir(parents=True, exist_ok=True)
+        (masks / patient).mkdir(parents=True, exist_ok=True)
+        _write_video(raw / patient / f"{clip}.avi", images)
+        if kind == "video":  # MJPG: lossy, so compared by overlap below
+            _write_video(masks / patient / f"{clip}_mask.avi", [cv2.cvtColor(m * 255, cv2.COLOR_GRAY2BGR) for m in clip_masks])
+        else:
+            (masks / patient / clip).mkdir()
+            for k, mask in enumerate(clip_masks):
+                cv2.imwrite(str(masks / patient / clip / f"{k:05d}.png"), mask)
+        truth[f"{patient}_{clip}"] = clip_masks
+    result = _import(str(raw), "--masks", str(masks), "-o", str(tmp_path / "ds"))
+    assert result.exit_code == 0, result.output
+    records = {v.name: v for v in discover_videos(tmp_path / "ds")}
+    assert sorted(records) == sorted(truth)
+    for name, expected in truth.items():
+        assert len(records[name].masks) == len(expected)
+        for path, mask in zip(records[name].masks, expected):
+            got = read_mask(path)
+            assert (got & (mask > 0)).sum() / (got | (mask > 0)).sum() > 0.9, name
+    # masks beside their clips, and a masks folder inside the imported one: neither is taken for a clip
+    beside = tmp_path / "beside"
+    (beside / "p1").mkdir(parents=True)
+    (beside / "masks" / "p2").mkdir(parents=True)
+    (beside / "p2").mkdir()
+    images, clip_masks = _scene(rng, 3)
+    for folder, mask_folder in ((beside / "p1", beside / "p1"), (beside / "p2", beside / "masks" / "p2")):
+        _write_video(folder / "a.avi", images)
+        _write_video(mask_folder / "a_mask.avi", [cv2.cvtColor(m * 255, cv2.COLOR_GRAY2BGR) for m in clip_masks])
+    assert _import(str(beside / "p1"), "--masks", str(beside / "p1"), "-o", str(tmp_path / "ds1")).exit_code == 0
+    assert [v.name for v in discover_videos(tmp_path / "ds1")] == ["a"]
+    (beside / "p1" / "a_mask.avi").rename(beside / "masks" / "p1_a_mask.avi")  # p1's mask in masks/, not mirrored
+    (beside / "masks" / "p1").mkdir()
+    (beside / "masks" / "p1_a_mask.avi").rename(beside / "masks" / "p1" / "a_mask.avi")
+    result = _import(str(beside), "--masks", str(beside / "masks"), "-o", str(tmp_path / "ds2"))
+    assert result.exit_code == 0, result.output
+    assert sorted(v.name for v in discover_videos(tmp_path / "ds2")) == ["p1_a", "p2_a"]
+    # two clips that would take one name are refused, both named
+    clash = tmp_path / "clash"
+    (clash / "p_1").mkdir(parents=True)
+    (clash / "p").mkdir()
+    _write_video(clash / "p_1" / "a.avi", images)
+    _write_video(clash / "p" / "1_a.avi", images)
+    message = _error(_import(str(clash), "--masks", str(clash), "-o", str(tmp_path / "ds3")))
+    assert message.startswith(f"{clash}: several videos would be named p_1_a (")
+    assert "p/1_a.avi" in message and "p_1/a.avi" in message and message.endswith("rename one (a mask video is named "
+                                                                                   "<stem>_mask.<ext>)")

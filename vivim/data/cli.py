@@ -69,8 +69,8 @@ def synth(
 
 @app.command("import", short_help="Video files and their masks -> a dataset for vivim-train.")
 def import_command(
-    videos: Path = typer.Argument(..., metavar="VIDEOS", help="A video file, or a folder of them (.mp4, .avi, .mov, .mkv, ...)."),
-    masks: Path = typer.Option(..., "--masks", "-m", help="Folder with, per video <stem>, a mask video (<stem>.mp4 or <stem>_mask.mp4, any container) or a folder (<stem>/ or <stem>_mask/) of one mask image per frame, or numbered images <stem>_00000.png ... among other videos' masks; for a single video, also its mask video or mask folder itself."),
+    videos: Path = typer.Argument(..., metavar="VIDEOS", help="A video file, or a folder of them (.mp4, .avi, .mov, .mkv, ...), or of subfolders of them (one per patient: named <patient>_<clip>)."),
+    masks: Path = typer.Option(..., "--masks", "-m", help="Folder with, per video <stem>, a mask video (<stem>.mp4 or <stem>_mask.mp4, any container) or a folder (<stem>/ or <stem>_mask/) of one mask image per frame, or numbered images <stem>_00000.png ... among other videos' masks; for a single video, also its mask video or mask folder itself. Clips in subfolders look in the same subfolder of --masks first."),
     out: Path = typer.Option(..., "--out", "--output", "-o", help="New dataset folder (DAVIS layout: JPEGImages/ + Annotations/)."),
     image_format: str = typer.Option("jpg", "--format", help="Frame files: jpg (quality 95, as DAVIS) or png (lossless)."),
 ) -> None:
@@ -84,8 +84,8 @@ def import_command(
     if not masks.exists():
         raise VivimError(f"--masks {masks}: no such folder or file")
     paths.check_writable(out, "-o", folder=True)
-    files = find_videos(videos)
-    sources = plan_import(files, masks, out)
+    files = find_videos(videos, masks)
+    sources = plan_import(files, masks, out, root=videos)
     if len(sources) == 1 and sources[0][1] == masks:  # one video's masks given by their own path
         mismatch = named_for_another_video(files[0], masks)
         if mismatch:

@@ -4,7 +4,9 @@ Users record clips as video files; the training layouts are folders of frames. E
 `JPEGImages/<stem>/00000.jpg ...`, and its masks `Annotations/<stem>/00000.png ...` (0/255), from either a mask
 video (`MASKS/<stem>.<ext>` or `MASKS/<stem>_mask.<ext>`; any container OpenCV reads) or a folder of one mask image
 per frame (`MASKS/<stem>/` or `MASKS/<stem>_mask/`), or the images `MASKS/<stem>_00000.png ...` among other videos'
-masks in one folder, numbered consecutively. A mask video is thresholded at half of
+masks in one folder, numbered consecutively. A folder holding one subfolder per patient or exam is imported whole:
+`patient01/clip_a.mp4` becomes `patient01_clip_a`, with its masks in `MASKS/patient01/` (or `MASKS`). A mask video
+is thresholded at half of
 the level its lesion is coded with (255, a class colour such as 128, or 1), measured over the whole video: a
 lossy codec's noise around a per-frame threshold would otherwise eat into the lesion. Mask images are read with the
 dataset reader's rules (0/1, 0/255, labels, alpha). The dataset is written under a temporary name and moved into
@@ -52,28 +54,46 @@ def _mask_named(stem: str) -> str | None:
     return next((stem[: -len(s)] for s in MASK_SUFFIXES if s and stem.endswith(s) and len(stem) > len(s)), None)
 
 
-def find_videos(source: Path) -> list[Path]:
-    """The video files to import: `source` itself, or the videos of a folder (hidden files aside, and mask videos
-    such as `a_mask.mp4` beside their `a.mp4`), by name."""
+def _videos_in(folder: Path) -> list[Path]:
+    """The videos of one folder, hidden files and mask videos beside their video (`a_mask.mp4` by `a.mp4`) aside."""
+    found = [p for p in folder.iterdir() if _is_video(p)]
+    stems = {p.stem for p in found}
+    return sorted((p for p in found if _mask_named(p.stem) not in stems), key=frame_order)
+
+
+def find_videos(source: Path, masks: Path | None = None) -> list[Path]:
+    """The video files to import: `source` itself, or the videos of a folder, by name. A folder with no video of its
+    own but videos in subfolders (one per patient or exam: `patient01/clip_a.mp4`) gives those, outside `masks`."""
     if source.is_file():
         if source.suffix.lower() not in VIDEO_EXTENSIONS:
             raise VivimError(f"{source}: not a video file ({', '.join(VIDEO_EXTENSIONS)})")
         return [source]
     if not source.is_dir():
         raise VivimError(f"{source}: no such video file or folder")
-    found = [p for p in source.iterdir() if _is_video(p)]
-    stems = {p.stem for p in found}
-    videos = sorted((p for p in found if _mask_named(p.stem) not in stems), key=frame_order)
+    videos = _videos_in(source)
     if not videos:
-        nested = sum(1 for p in source.rglob("*") if _is_video(p))
-        where = f" ({nested} in its subfolders: import each folder, or move them up)" if nested else ""
-        raise VivimError(f"{source}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in this folder{where}")
-    names = [v.stem for v in videos]
+        skip = masks.resolve() if masks is not None and masks.is_dir() and masks.resolve() != source.resolve() else None
+        folders = sorted((p for p in source.rglob("*") if p.is_dir() and not any(part.startswith(".") for part in
+                          p.relative_to(source).parts) and (skip is None or not p.resolve().is_relative_to(skip))),
+                         key=lambda p: [frame_order(Path(part)) for part in p.relative_to(source).parts])
+        videos = [video for folder in folders for video in _videos_in(folder)]
+    if not videos:
+        raise VivimError(f"{source}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in this folder or its subfolders")
+    names = [dataset_name(v, source) for v in videos]
     twice = next((s for s in names if names.count(s) > 1), None)
-    if twice is not None:  # one frame folder per stem
-        raise VivimError(f"{source}: several videos are named {twice}.* ({', '.join(v.name for v in videos if v.stem == twice)}); "
+    if twice is not None:  # one frame folder per name
+        raise VivimError(f"{source}: several videos would be named {twice} "
+                         f"({', '.join(str(v.relative_to(source)) for v, n in zip(videos, names) if n == twice)}); "
                          "rename one (a mask video is named <stem>_mask.<ext>)")
     return videos
+
+
+def dataset_name(video: Path, root: Path) -> str:
+    """The video's name in the dataset: its stem, prefixed by the subfolders it sits in below the folder imported
+    (`patient01/clip_a.mp4` -> `patient01_clip_a`), so that two patients' `clip_a` stay two videos."""
+    if root.is_file() or video.parent == root:
+        return video.stem
+    return "_".join((*video.parent.relative_to(root).parts, video.stem))
 
 
 @dataclass(frozen=True)
@@ -215,35 +235,40 @@ def header_frames(path: Path) -> int:
     return 0
 
 
-def plan_import(videos: list[Path], masks: Path, out: Path) -> list[tuple[Path, MaskSource]]:
-    """(video, its masks) for every video, and `out` checked, before any frame is decoded: a refusal is the only
-    output. For a single video, `masks` may also be its mask video or its folder of mask images itself (when the
-    folder holds no masks named after it)."""
+def plan_import(videos: list[Path], masks: Path, out: Path, root: Path | None = None) -> list[tuple[Path, MaskSource, str]]:
+    """(video, its masks, its name in the dataset) for every video, and `out` checked, before any frame is decoded: a
+    refusal is the only output. For a single video, `masks` may also be its mask video or its folder of mask images
+    itself (when the folder holds no masks named after it). A video in a subfolder of `root` (the folder imported)
+    finds its masks in the same subfolder of `masks` where there is one (`masks/patient01/clip_a_mask.mp4`), else in
+    `masks` itself."""
     from vivim.runtime.sources import openable_by_opencv
 
     openable_by_opencv(out, "-o")  # cv2.imwrite crashes on such a path too
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise VivimError(f"-o {out}: already exists and is not empty; choose a new folder")
-    sources: list[tuple[Path, MaskSource]] = []
+    root = root if root is not None and root.is_dir() else None
+    sources: list[tuple[Path, MaskSource, str]] = []
     if len(videos) == 1 and _is_video(masks):
-        sources = [(videos[0], masks)]  # the one video's mask video, given directly
+        sources = [(videos[0], masks, videos[0].stem)]  # the one video's mask video, given directly
     elif not masks.is_dir():
         raise VivimError(f"--masks {masks}: no such folder" + (" (a mask video goes with a single video file as "
                                                              "VIDEOS)" if masks.is_file() else ""))
     else:
         lacking = []
         for video in videos:
+            name = dataset_name(video, root) if root is not None else video.stem
+            mirrored = masks / video.parent.relative_to(root) if root is not None else masks
             try:
-                sources.append((video, masks_of(video, masks)))
+                sources.append((video, masks_of(video, mirrored if mirrored.is_dir() else masks), name))
             except NoMasksFound:
                 if len(videos) == 1 and list_frame_files(masks):  # the one video's own folder of masks
-                    sources.append((video, masks))
+                    sources.append((video, masks, name))
                 else:
-                    lacking.append(video.name)
+                    lacking.append(str(video.relative_to(root)) if root is not None else video.name)
         if lacking:  # every one named at once, not one per attempt
             raise VivimError(f"--masks {masks}: no masks for {count_text(lacking)} (looked for a folder or video "
                              f"named <stem> or <stem>_mask)")
-    for video, mask_source in sources:
+    for video, mask_source, _ in sources:
         for path in (video, *(mask_source.files if isinstance(mask_source, NumberedMasks) else [mask_source])):
             openable_by_opencv(path)
     return sources
@@ -266,9 +291,9 @@ def count_text(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{len(names)} videos ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
 
 
-def import_videos(sources: list[tuple[Path, MaskSource]], out: Path, *, image_format: str = "jpg",
+def import_videos(sources: list[tuple[Path, MaskSource, str]], out: Path, *, image_format: str = "jpg",
                   progress: Callable[[int], None] = lambda n: None) -> ImportSummary:
-    """Write each (video, masks) of `sources` (from `plan_import`) as a DAVIS-layout dataset at `out`."""
+    """Write each (video, masks, name) of `sources` (from `plan_import`) as a DAVIS-layout dataset at `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
     # staged beside `out` and renamed onto it; inside an `out` that exists already (an empty folder: perhaps a mount
     # point or a link to another disk), so every move stays on the disk the dataset is meant for
@@ -277,8 +302,8 @@ def import_videos(sources: list[tuple[Path, MaskSource]], out: Path, *, image_fo
     _remove_stale_staging(out)
     summary = ImportSummary()
     try:
-        for video, mask_source in sources:
-            record, warning = _import_one(video, mask_source, staging, image_format, progress)
+        for video, mask_source, name in sources:
+            record, warning = _import_one(video, mask_source, name, staging, image_format, progress)
             summary.videos.append(record)
             summary.frames += record["frames"]
             if warning:
@@ -334,9 +359,9 @@ def _stops_ignored() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _import_one(video: Path, mask_source: MaskSource, root: Path, image_format: str,
+def _import_one(video: Path, mask_source: MaskSource, name: str, root: Path, image_format: str,
                 progress: Callable[[int], None]) -> tuple[dict, str | None]:
-    frame_dir, mask_dir = root / "JPEGImages" / video.stem, root / "Annotations" / video.stem
+    frame_dir, mask_dir = root / "JPEGImages" / name, root / "Annotations" / name
     frame_dir.mkdir(parents=True)
     mask_dir.mkdir(parents=True)
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if image_format == "jpg" else []
@@ -352,11 +377,11 @@ def _import_one(video: Path, mask_source: MaskSource, root: Path, image_format: 
         mask, where = item
         if mask.shape != frame.shape[:2]:
             raise size_mismatch(where, mask.shape[::-1], f"{video} (frame {count})", frame.shape[1::-1])
-        name = f"{count:05d}"
-        if not cv2.imwrite(str(frame_dir / f"{name}.{image_format}"), frame, params):
-            raise VivimError(f"{frame_dir}: could not write {name}.{image_format} (disk full?)")
-        if not cv2.imwrite(str(mask_dir / f"{name}.png"), mask.astype(np.uint8) * 255):
-            raise VivimError(f"{mask_dir}: could not write {name}.png (disk full?)")
+        file = f"{count:05d}"
+        if not cv2.imwrite(str(frame_dir / f"{file}.{image_format}"), frame, params):
+            raise VivimError(f"{frame_dir}: could not write {file}.{image_format} (disk full?)")
+        if not cv2.imwrite(str(mask_dir / f"{file}.png"), mask.astype(np.uint8) * 255):
+            raise VivimError(f"{mask_dir}: could not write {file}.png (disk full?)")
         (height, width), count, lesion = frame.shape[:2], count + 1, lesion + float(mask.mean())
         progress(1)
     if count == 0:
@@ -373,7 +398,7 @@ def _import_one(video: Path, mask_source: MaskSource, root: Path, image_format: 
     warning = (f"{video.name}: every mask is empty" if share == 0 else
                f"{video.name}: {100 * share:.0f} % of the pixels are lesion; are its masks inverted?" if share > 0.5
                else None)
-    return ({"name": video.stem, "source": str(video.resolve()), "masks": _where(mask_source), "frames": count,
+    return ({"name": name, "source": str(video.resolve()), "masks": _where(mask_source), "frames": count,
              "width": width, "height": height, "lesion": round(share, 6)}, warning)
 
 
