@@ -898,3 +898,44 @@ def test_validation_clips_are_never_augmented(data):
                 assert torch.equal(batch["clip"][k], item["clip"]) and torch.equal(batch["mask"][k], item["mask"])
             seen += batch["clip"].shape[0]
         assert seen == len(plain)
+
+
+@pytest.mark.parametrize("output_frame", ["centre", "newest"])
+def test_the_first_step_trains_the_configured_frame_with_the_papers_loss(data, tmp_path, monkeypatch, output_frame):
+    """The first step's loss, recomputed outside the training loop: the model as it was (weights and dropout's
+    random state) on the same clip, decoding the frame --output-frame names, scored by the paper's loss written out
+    here (plain BCE + IoU weighted by 1 + 5 |avg31(mask) - mask|)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    import vivim.losses
+    from vivim.model.vivim import VivimModel
+
+    seen: dict = {}
+    real_forward, real_loss = VivimModel.forward, vivim.losses.structure_loss
+
+    def forward_seen(self, clip, *args, **kwargs):  # the model's state when the first training step starts
+        if self.training and "model" not in seen:
+            seen.update(model=copy.deepcopy(self), clip=clip.detach().clone(), rng=torch.get_rng_state())
+        return real_forward(self, clip, *args, **kwargs)
+
+    def loss_seen(logits, target, *args, **kwargs):
+        seen.setdefault("target", target.detach().clone())
+        return real_loss(logits, target, *args, **kwargs)
+
+    monkeypatch.setattr(VivimModel, "forward", forward_seen)
+    monkeypatch.setattr(vivim.losses, "structure_loss", loss_seen)
+    result = run_training(_cfg(data, tmp_path / "m.safetensors", epochs=1, max_steps=1, output_frame=output_frame))
+    monkeypatch.setattr(VivimModel, "forward", real_forward)
+
+    torch.set_rng_state(seen["rng"])
+    with torch.no_grad():
+        logits = seen["model"](seen["clip"], output_frame=output_frame)[:, 0].float()
+    target = seen["target"].float()
+    weight = 1 + 5 * (F.avg_pool2d(target, 31, stride=1, padding=15) - target).abs()
+    bce = -(target * F.logsigmoid(logits) + (1 - target) * F.logsigmoid(-logits)).mean()
+    prob = torch.sigmoid(logits)
+    inter, union = (prob * target * weight).sum((2, 3)), ((prob + target) * weight).sum((2, 3))
+    expected = bce + (1 - (inter + 1) / (union - inter + 1)).mean()
+    assert result.step_losses[0] == pytest.approx(float(expected), rel=1e-5)
