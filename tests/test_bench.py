@@ -415,6 +415,27 @@ def test_streaming_window_cuda_graph_replays_the_eager_step() -> None:
 
 
 @pytest.mark.gpu
+def test_capture_warms_up_on_a_side_stream_then_replays_the_step() -> None:
+    """The warm-up calls (lazy cuBLAS handles, allocator growth) run before the capture, on a stream of their own
+    as CUDA graphs require; then one call is captured, and a replay recomputes from the static input."""
+    torch = _needs_cuda()
+    default = torch.cuda.current_stream()
+    static_in = torch.randn(64, 64, device="cuda")
+    weight = torch.randn(64, 64, device="cuda")
+    calls: list[tuple[bool, bool]] = []  # (capturing, on the caller's stream) per call
+
+    def step():
+        calls.append((torch.cuda.is_current_stream_capturing(), torch.cuda.current_stream() == default))
+        return torch.relu(static_in @ weight)
+
+    graph, out = capture_cuda_graph(step, warmup=3)
+    assert calls[:3] == [(False, False)] * 3 and len(calls) == 4 and calls[3][0]  # 3 warm-up calls, then the capture
+    static_in.copy_(torch.randn(64, 64, device="cuda"))
+    graph.replay()
+    torch.testing.assert_close(out, torch.relu(static_in @ weight))
+
+
+@pytest.mark.gpu
 def test_cli_tiny_cuda_end_to_end(tmp_path) -> None:
     """Every CUDA path of vivim-bench once, small: events, CUDA graphs, streaming, runtime rows, long clips."""
     _needs_cuda()
