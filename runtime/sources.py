@@ -358,7 +358,8 @@ class ImageFolder:
         if not self.files:
             from vivim.data.video_import import VIDEO_EXTENSIONS
 
-            videos = sorted(name for name in os.listdir(folder) if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS)
+            videos = sorted(name for name in os.listdir(folder)
+                            if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS and not name.startswith("."))
             hint = f"; it holds video files: give one with --video, e.g. --video {os.path.join(folder, videos[0])}" \
                 if videos else ""
             raise VivimError(f"--frames {folder}: no images ({', '.join(FRAME_EXTENSIONS)}){hint}")

@@ -260,7 +260,7 @@ def test_frames_folder_errors(tmp_path):
         create_source(SourceConfig(kind="frames", location=str(tmp_path / "empty")))
     assert "video" not in str(none.value)
     (tmp_path / "exams").mkdir()
-    for name in ("b.avi", "a.MP4"):
+    for name in ("b.avi", "a.MP4", "._a.MP4"):  # a macOS resource fork is no video to name
         (tmp_path / "exams" / name).write_bytes(b"")
     with pytest.raises(VivimError) as videos:
         create_source(SourceConfig(kind="frames", location=str(tmp_path / "exams")))

@@ -91,7 +91,7 @@ def test_resume_gives_identical_next_step_loss(data, tmp_path, workers, capsys):
     capsys.readouterr()
     resumed = run_training(_cfg(data, tmp_path / "part.safetensors", epochs=3, resume=True, workers=workers))
     # no validation set: no Dice to report (the -1 that stands for none is not one)
-    assert "at epoch 2/3 (no validation Dice yet)" in capsys.readouterr().out
+    assert "at epoch 2/3 (no validation set)" in capsys.readouterr().out
     assert resumed.step_losses[0] == full.step_losses[steps_per_epoch]  # bit-identical next step
     assert resumed.step_losses == full.step_losses[steps_per_epoch:]
     for key, value in full.final_state.items():
@@ -382,40 +382,87 @@ def test_ctrl_c_saves_the_batches_done_and_says_how_to_continue(data, tmp_path, 
     assert f"{'Ctrl-C' if signame == 'SIGINT' else 'SIGTERM'}: stopping after this batch and saving it (Ctrl-C again to abort)" in err
     assert "Traceback" not in err and "DataLoader worker" not in err
     saved = load_state(state)
-    if saved["partial"] is not None:  # the signal landed inside an epoch (it may land at an epoch's end)
-        assert 1 <= saved["partial"]["batches"] < saved["partial"]["of"]
+    if "saving what is trained" not in err:  # unless it landed while an epoch's files were written, the epoch is open
+        assert 1 <= saved["partial"]["batches"] <= saved["partial"]["of"]
         how = "interrupted (Ctrl-C)" if signame == "SIGINT" else "terminated (SIGTERM)"
         assert f"epoch {saved['epoch'] + 2}/500 {how} after {saved['partial']['batches']} of" in out_text, out_text
 
 
-def test_a_run_stopped_by_ctrl_c_resumes_to_the_uninterrupted_result(data, tmp_path, monkeypatch):
-    """Ctrl-C inside the second epoch, then --resume: the same losses, step for step, and the same final weights as
-    a run never stopped (the stop waits for the batch to end, so no step is half done)."""
+@pytest.mark.parametrize("when, workers", [("inside", 0), ("inside", 2), ("last batch", 0), ("validation", 0),
+                                           ("max-steps validation", 0)])
+def test_a_run_stopped_by_ctrl_c_resumes_to_the_uninterrupted_result(data, tmp_path, monkeypatch, capsys, when, workers):
+    """Ctrl-C in the second of three epochs - inside it, with its last batch, or while it is validated (also the
+    validation --max-steps asks for) - then --resume: the same losses step for step, the same validation history and
+    the same final weights as a run never stopped. The stop waits for the batch to end, so no step is half done; a
+    cut validation is redone on resume."""
     import signal
 
     import vivim.losses
+    import vivim.train
 
-    full = run_training(_cfg(data, tmp_path / "full.safetensors", epochs=2))
-    steps_per_epoch = len(full.step_losses) // 2
-    real_loss, calls = vivim.losses.structure_loss, []
+    cfg = dict(epochs=3, val_fraction=0.34, workers=workers)
+    full = run_training(_cfg(data, tmp_path / "full.safetensors", **cfg))
+    steps_per_epoch = len(full.step_losses) // 3
+    real_loss, real_validate, calls, validations = vivim.losses.structure_loss, vivim.train.validate, [], []
+    at_step = {"inside": steps_per_epoch + 2, "last batch": 2 * steps_per_epoch}.get(when)
 
-    def loss_then_ctrl_c(*args, **kwargs):  # the real loss; Ctrl-C arrives while the second epoch's 2nd step runs
+    def loss_then_ctrl_c(*args, **kwargs):  # the real loss; Ctrl-C arrives while a chosen step runs
         calls.append(1)
-        if len(calls) == steps_per_epoch + 2:
+        if len(calls) == at_step:
             os.kill(os.getpid(), signal.SIGINT)
         return real_loss(*args, **kwargs)
 
+    def validate_then_ctrl_c(*args, **kwargs):  # Ctrl-C while the second epoch (or its --max-steps part) validates
+        validations.append(1)
+        if len(validations) == 2 and "validation" in when:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_validate(*args, **kwargs)
+
     monkeypatch.setattr(vivim.losses, "structure_loss", loss_then_ctrl_c)
+    monkeypatch.setattr(vivim.train, "validate", validate_then_ctrl_c)
     out = tmp_path / "stopped.safetensors"
+    max_steps = steps_per_epoch + 3 if when == "max-steps validation" else None
+    capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):
-        run_training(_cfg(data, out, epochs=2))
+        run_training(_cfg(data, out, max_steps=max_steps, **cfg))
+    printed = capsys.readouterr()
     monkeypatch.setattr(vivim.losses, "structure_loss", real_loss)
+    monkeypatch.setattr(vivim.train, "validate", real_validate)
     state = load_state(output_paths(out)[2])
-    assert state["epoch"] == 0 and state["partial"]["batches"] == 2
-    resumed = run_training(_cfg(data, out, epochs=2, resume=True))
-    assert resumed.step_losses == full.step_losses[steps_per_epoch + 2 :]
+    done = {"inside": 2, "last batch": steps_per_epoch, "validation": steps_per_epoch, "max-steps validation": 3}[when]
+    assert state["epoch"] == 0 and state["partial"]["batches"] == done and state["partial"]["of"] == steps_per_epoch
+    assert f"epoch 2/3 interrupted (Ctrl-C) after {done} of {steps_per_epoch} batches" in printed.out, printed.out
+    assert "not validated" in printed.out and "Ctrl-C: stopping after this batch and saving it" in printed.err
+    assert len(state["history"]["val_dice"]) == 1  # the open epoch has no row yet
+    resumed = run_training(_cfg(data, out, resume=True, **cfg))
+    assert resumed.step_losses == full.step_losses[steps_per_epoch + done :]
     for key, value in full.final_state.items():
         assert torch.equal(value, resumed.final_state[key]), key
+    assert load_state(output_paths(out)[2])["history"] == load_state(output_paths(tmp_path / "full.safetensors")[2])["history"]
+
+
+def test_a_second_ctrl_c_while_saving_waits_for_the_files(data, tmp_path, monkeypatch, capsys):
+    import signal
+
+    import vivim.training.loop as loop
+
+    real_save, saves = loop.save_state_file, []
+
+    def save_with_two_ctrl_c(*args, **kwargs):  # the resume state is being written when both arrive
+        saves.append(1)
+        if len(saves) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # would abort anywhere else
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_state_file", save_with_two_ctrl_c)
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_training(_cfg(data, out, epochs=3))
+    assert type(stopped.value).__name__ == "StoppedAndSaved"  # not the abort: the files were finished first
+    assert "saving what is trained, one moment" in capsys.readouterr().err
+    state = load_state(output_paths(out)[2])
+    assert state["epoch"] == 0 and state["partial"] is None  # the first epoch, whole, and nothing half written
 
 
 def test_ctrl_c_in_any_command_is_one_line_and_exit_130(tmp_path, capsys):

@@ -339,6 +339,10 @@ def test_masks_given_by_path_but_named_after_another_video_are_said(tmp_path):
     assert f"--masks {exam / 'b_mask'} is named after b.mp4, not a.mp4" in swapped.output
     own = _import(str(exam / "a.mp4"), "--masks", str(exam / "a_mask"), "-o", str(tmp_path / "ds2"))
     assert own.exit_code == 0 and "warning" not in own.output, own.output
+    # a mask video given by its path, named after nothing else there, is not taken for another video
+    _write_video(exam / "a_seg.avi", [cv2.cvtColor(m * 255, cv2.COLOR_GRAY2BGR) for m in masks])
+    seg = _import(str(exam / "a.mp4"), "--masks", str(exam / "a_seg.avi"), "-o", str(tmp_path / "ds3"))
+    assert seg.exit_code == 0 and "warning" not in seg.output, seg.output
 
 
 def test_mask_images_must_be_numbered_without_gaps_or_repeats(tmp_path):

@@ -4,9 +4,10 @@ vivim-run stops after the current frame and closes its files; vivim-train after 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Iterator
 
 from vivim.cli_utils import detach_from_terminal, stop_signals
 from vivim.errors import signal_label
@@ -38,6 +39,15 @@ class GracefulStop:
 
         return KeyboardInterrupt() if self.signum in (0, signal.SIGINT) else Terminated(self.signum)
 
+    @contextlib.contextmanager
+    def protected(self) -> Iterator[None]:
+        """A section that a second Ctrl-C must not cut short (files being written): it only says to wait."""
+        before, self._finishing = self._finishing, True
+        try:
+            yield
+        finally:
+            self._finishing = before
+
     def finishing(self) -> None:
         self._finishing = True
 
@@ -54,16 +64,17 @@ class GracefulStop:
     def _handle(self, signum: int, frame: object) -> None:
         if signum not in (signal.SIGINT, signal.SIGTERM):  # SIGHUP: the terminal is gone
             detach_from_terminal()
-        if self._finishing:
-            self._log(self._finishing_note)
-            return
-        if self.requested and signum == signal.SIGINT:
+        if self.requested and signum == signal.SIGINT and not self._finishing:
             raise KeyboardInterrupt
         if signum == signal.SIGINT:
             by, reason = "Ctrl-C", "interrupted (Ctrl-C)"
         else:
             by, reason = signal.Signals(signum).name, signal_label(signum)
+        first = not self.requested
         self.reason = self.reason or reason  # the first signal is why the run stopped
         self.signum = self.signum or signum
         self.requested = True
-        self._log(f"{by}: stopping after {self._step} (Ctrl-C again to abort)")
+        if self._finishing:  # files being written: a first signal still asks to stop afterwards, none aborts
+            self._log(self._finishing_note)
+        elif first:
+            self._log(f"{by}: stopping after {self._step} (Ctrl-C again to abort)")

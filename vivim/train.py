@@ -97,8 +97,9 @@ def run_training(cfg: TrainConfig) -> TrainResult:
                  "step on a few cores); for a CPU trial use --variant tiny, for real training a GPU")
 
     start = time.perf_counter()
-    # One process: Ctrl-C, SIGTERM or SIGHUP ends the epoch after the current batch, which is saved (a second Ctrl-C
-    # aborts). Under DDP every rank would have to stop at the same batch; there they unwind at once, as before.
+    # One process: Ctrl-C, SIGTERM or SIGHUP ends the epoch after the current batch (or cuts its validation short)
+    # and saves it unvalidated, for --resume to continue; a second Ctrl-C aborts, except while files are written.
+    # Under DDP every rank would have to stop at the same batch; there they unwind at once, as before.
     stop = GracefulStop(_stderr_line, step="this batch and saving it",
                         finishing_note="saving what is trained, one moment") if dist_info.world == 1 else None
     with stop if stop is not None else contextlib.nullcontext():
@@ -109,26 +110,36 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             t_epoch = time.perf_counter()
             lr = run.optimizer.param_groups[0]["lr"]  # the epoch's learning rate (the schedule steps after the epoch)
             mean_loss, stopped = run.train_epoch(epoch, data)
-            signalled = stop is not None and stop.requested
-            if signalled and run.progress.partial is not None:
-                # stopped inside the epoch by a signal: saved at once, without validating (a scheduler's SIGKILL
-                # follows its SIGTERM within seconds); the epoch stays open for --resume
-                stop.finishing()
-                run.save_epoch(epoch, data, run.progress.elapsed_before + time.perf_counter() - start, False,
-                               float("nan"), t_epoch)
-                raise stop.as_interrupt()
-            dice = validate(model, data.val_loader, device, cfg.output_frame, dist_info, run.amp_dtype) \
-                if data.val_loader is not None else float("nan")
-            if run.progress.partial is None:
+            dice = None if run.stopped_by_signal else (
+                validate(model, data.val_loader, device, cfg.output_frame, dist_info, run.amp_dtype, stop)
+                if data.val_loader is not None else float("nan"))
+            if dice is None:  # a signal: saved at once, unvalidated (a scheduler's SIGKILL follows its SIGTERM)
+                run.stopped_by_signal = True
+                run.progress.partial = run.progress.partial or run.epoch_sums  # the epoch stays open for --resume
+                improved, dice = False, float("nan")
+            elif run.progress.partial is None:
+                run.close_epoch()
                 improved = run.progress.record_epoch(mean_loss, dice, epoch, lr)
             else:  # --max-steps stopped inside the epoch: validated and saved, the epoch left open for --resume
                 improved = run.progress.record_partial()
-            run.save_epoch(epoch, data, run.progress.elapsed_before + time.perf_counter() - start, improved, dice, t_epoch)
-            if stop is not None and stop.requested and epoch + 1 < cfg.epochs:  # asked during the epoch's end: saved
-                raise stop.as_interrupt()
+            with stop.protected() if stop is not None else contextlib.nullcontext():
+                run.save_epoch(epoch, data, run.progress.elapsed_before + time.perf_counter() - start, improved, dice,
+                               t_epoch)
+            if stop is not None and stop.requested and (run.stopped_by_signal or not stopped) \
+                    and (run.progress.partial is not None or epoch + 1 < cfg.epochs):
+                raise StoppedAndSaved(stop.as_interrupt())  # what was trained is saved: exit as the signal asks
             if stopped:
                 break
     return run.finish(data, run.progress.elapsed_before + time.perf_counter() - start)
+
+
+class StoppedAndSaved(KeyboardInterrupt):
+    """A signal stopped training and what was trained is saved for --resume; `by`: the interrupt the signal stands
+    for (Ctrl-C, or a Terminated carrying SIGTERM or SIGHUP), which sets the exit status."""
+
+    def __init__(self, by: KeyboardInterrupt) -> None:
+        super().__init__()
+        self.by = by
 
 
 def _stderr_line(message: str) -> None:
@@ -227,10 +238,13 @@ def train(
     started = time.time()
     try:
         run_training(cfg)
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP through Terminated (run_app's handlers)
+    except StoppedAndSaved as exc:  # stopped at a batch, what was trained saved (one process)
+        raise Interrupted(f"what was trained is saved; continue with --resume and the same flags "
+                          f"({output_paths(cfg.out)[2]})", by=exc.by) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C before training, a second Ctrl-C, or a signal under DDP
         state = output_paths(cfg.out)[2]
         if state.is_file() and (resume or state.stat().st_mtime >= started):  # this run's, or the one it continues
-            raise Interrupted(f"what was trained is saved; continue with --resume and the same flags ({state})",
+            raise Interrupted(f"the finished epochs are saved; continue with --resume and the same flags ({state})",
                               by=exc) from None
         raise Interrupted("before the first epoch finished; nothing was saved", by=exc) from None
     finally:

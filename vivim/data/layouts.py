@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vivim.cli_utils import shell
+from vivim.cli_utils import count as count_text, shell, warn
 from vivim.data.image_io import FRAME_EXTENSIONS, image_size, size_mismatch
 from vivim.errors import VivimError
 
@@ -109,6 +109,9 @@ def masks_by_stem_in(mask_dir: Path) -> dict[str, Path]:
     return masks_by_stem
 
 
+_said_unnamed: set[str] = set()  # mask folders already warned about in this process (datasets are read repeatedly)
+
+
 def _video_record(name: str, frame_dir: Path, mask_dir: Path, sparse: bool) -> VideoRecord:
     if not mask_dir.is_dir():
         raise VivimError(f"{mask_dir}: mask folder for video '{name}' is missing")
@@ -124,11 +127,15 @@ def _video_record(name: str, frame_dir: Path, mask_dir: Path, sparse: bool) -> V
     # turn a naming mismatch into a video without masks
     stems = {frame.stem for frame in frames}
     unnamed = sorted((mask for stem, mask in masks_by_stem.items() if stem not in stems), key=frame_order)
-    if unnamed and (sparse or len(unnamed) == len(masks_by_stem)):
-        raise VivimError(f"{mask_dir}: {len(unnamed)} of its {len(masks_by_stem)} mask images are named after no frame "
-                         f"of '{name}' (e.g. {unnamed[0].name}; its frames are named like {frames[0].name}); a mask "
-                         f"takes its frame's name ({frames[0].stem}.png): rename them, or import the video with "
-                         "vivim-data import, which pairs masks with frames by order")
+    if unnamed and len(unnamed) == len(masks_by_stem):
+        raise VivimError(f"{mask_dir}: none of its {len(unnamed)} mask images is named after a frame of '{name}' "
+                         f"(e.g. {unnamed[0].name}; its frames are named like {frames[0].name}); a mask takes its "
+                         f"frame's name ({frames[0].stem}.png): rename them, or import the video with vivim-data "
+                         "import, which pairs masks with frames by order")
+    if unnamed and sparse and str(mask_dir) not in _said_unnamed:  # a stray file, or masks named another way
+        _said_unnamed.add(str(mask_dir))
+        warn(f"{mask_dir}: {count_text(len(unnamed), 'mask image')} named after no frame of '{name}' "
+             f"(e.g. {unnamed[0].name}) {'is' if len(unnamed) == 1 else 'are'} not read; a mask takes its frame's name")
     # a missing mask is an error unless the dataset says it is annotated sparsely: a file lost in a copy must not
     # silently shrink the training set
     if missing and not sparse:

@@ -282,7 +282,7 @@ def named_for_another_video(video: Path, masks: Path) -> str | None:
     if named.casefold() == video.stem.casefold() or not video.parent.is_dir():
         return None
     other = next((p for p in sorted(video.parent.iterdir()) if p.stem.casefold() == named.casefold() and _is_video(p)
-                  and p.resolve() != video.resolve()), None)
+                  and p.resolve() not in (video.resolve(), masks.resolve())), None)
     return None if other is None else (f"--masks {masks} is named after {other.name}, not {video.name}; "
                                        "check that these are the masks of the video being imported")
 

@@ -135,14 +135,25 @@ def build_data(cfg: TrainConfig, dist_info: Dist, device: Any, val_kind: str | N
 
 
 def leave_stop_signals_to_main(worker_id: int) -> None:
-    """DataLoader workers ignore Ctrl-C, SIGTERM and SIGHUP: a terminal's Ctrl-C (or a scheduler's SIGTERM) reaches
-    every process of the job, and a worker it ended would fail the batch being fetched. The main process decides:
-    it stops after its current batch and saves, and its loader then ends the workers."""
+    """DataLoader workers leave Ctrl-C, SIGHUP and a first SIGTERM to the main process: a terminal's Ctrl-C (or a
+    scheduler's SIGTERM) reaches every process of the job, and a worker it ended would fail the batch being fetched.
+    The main process stops after its current batch and saves, and its loader then ends the workers. A second
+    SIGTERM ends a worker: what a loader (or Python at exit) sends to one stuck in a read."""
     import signal
 
-    for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+    for signum in (signal.SIGINT, getattr(signal, "SIGHUP", None)):
         if signum is not None:
             signal.signal(signum, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_on_second_sigterm)
+
+
+_sigterms: list[int] = []
+
+
+def _end_on_second_sigterm(signum: int, frame: object) -> None:
+    if _sigterms:
+        os._exit(128 + signum)
+    _sigterms.append(signum)
 
 
 def choose_val_kind(cfg: TrainConfig) -> str:

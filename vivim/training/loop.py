@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from vivim.training.environment import Dist
 
 
-def validate(model, loader, device, output_frame: str, dist_info: Dist, amp_dtype) -> float:
-    """Mean Dice (threshold 0.5) over this rank's share of validation frames, reduced over ranks."""
+def validate(model, loader, device, output_frame: str, dist_info: Dist, amp_dtype, stop: Any = None) -> Optional[float]:
+    """Mean Dice (threshold 0.5) over this rank's share of validation frames, reduced over ranks; None when `stop`
+    (a GracefulStop, one process) was asked to stop meanwhile: the caller saves without the Dice."""
     import torch
     import torch.distributed as dist
 
@@ -40,6 +41,9 @@ def validate(model, loader, device, output_frame: str, dist_info: Dist, amp_dtyp
             gt = batch["mask"].to(device)[:, 0] > 0.5
             dice = fixed_threshold_scores(prob, gt)["dice"]
             total += torch.stack([dice.sum(), torch.tensor(float(len(dice)), dtype=torch.float64, device=device)])
+            if stop is not None and stop.requested:
+                model.train()
+                return None
     if dist_info.world > 1:
         dist.all_reduce(total)
     model.train()
@@ -109,6 +113,8 @@ class Run:
         self.net = model  # wrap_ddp() replaces it once the weights are final (after a resume)
         self.saw_lesion = False  # any training mask with a lesion in this run's first epoch
         self.stop: Any = None  # a GracefulStop (one process): a signal ends the epoch after the current batch
+        self.stopped_by_signal = False  # the signal came: what is saved next is unvalidated, the epoch left open
+        self.epoch_sums: dict = {}  # the last epoch's batches and loss sum, kept open if a signal cuts its validation
 
     def wrap_ddp(self) -> None:
         """One process per GPU: DistributedDataParallel over the model, after resume() loaded its weights."""
@@ -136,7 +142,7 @@ class Run:
             partial = self.progress.partial
             inside = f", batch {partial['batches'] + 1} of {partial['of']}" if partial else ""
             best = (f"best Dice so far {self.progress.best_dice:.4f}" if self.progress.best_dice >= 0
-                    else "no validation Dice yet")  # -1 stands for none: before the first epoch, or no validation set
+                    else "no validation set" if not state.get("val_videos") else "no validation Dice yet")
             print(f"resuming from {state_path} at epoch {self.progress.start_epoch + 1}/{cfg.epochs}{inside} ({best})")
 
     def train_epoch(self, epoch: int, data: TrainData) -> tuple[float, bool]:
@@ -168,16 +174,19 @@ class Run:
             warn(f"every training mask this epoch was empty: the model can only learn 'no lesion'; check how the masks "
                  f"mark the lesion with vivim-data check {shell(cfg.data)}")
         # "world": the batches are per process, so only the same number of processes can skip the right clips
-        progress.partial = None if batches >= epoch_batches else {"batches": batches, "of": epoch_batches,
-                                                                    "loss_sum": total, "world": self.dist.world}
-        if progress.partial is None:
-            with warnings.catch_warnings():
-                # AMP's grad scaler skips the steps whose gradients overflow, at first while it finds its scale; when
-                # that is every step of an epoch (a short epoch), torch warns that the schedule steps before the
-                # optimiser did. The schedule is per epoch, so the warning describes nothing wrong here.
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-                self.scheduler.step()
+        self.epoch_sums = {"batches": batches, "of": epoch_batches, "loss_sum": total, "world": self.dist.world}
+        # a signal keeps the epoch open even after its last batch: it is saved unvalidated, and --resume validates it
+        progress.partial = None if batches >= epoch_batches and not self.stopped_by_signal else self.epoch_sums
         return total / max(1, batches), stopped
+
+    def close_epoch(self) -> None:
+        """The learning-rate schedule's step, once an epoch is trained and validated."""
+        with warnings.catch_warnings():
+            # AMP's grad scaler skips the steps whose gradients overflow, at first while it finds its scale; when
+            # that is every step of an epoch (a short epoch), torch warns that the schedule steps before the
+            # optimiser did. The schedule is per epoch, so the warning describes nothing wrong here.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
 
     def _steps(self, epoch: int, data: TrainData, bar: Any, total: float, batches: int) -> tuple[float, int, bool]:
         """The optimisation steps of one epoch, continuing the sums (`total` loss over `batches`) of the batches done
@@ -211,7 +220,7 @@ class Run:
                 stopped = True
                 break
             if self.stop is not None and self.stop.requested:  # Ctrl-C, SIGTERM: this batch is the last one
-                stopped = True
+                stopped = self.stopped_by_signal = True
                 break
         return total, batches, stopped
 
@@ -262,7 +271,7 @@ class Run:
         atomic.write_text(history_path(cfg.out), history_csv(progress.history, progress.best_epoch))
         shown = f"val Dice {dice:.4f}" if math.isfinite(dice) else "no validation set"
         if partial:
-            signalled = self.stop is not None and self.stop.requested
+            signalled = self.stopped_by_signal
             how = self.stop.reason if signalled else "stopped by --max-steps"  # "interrupted (Ctrl-C)", ...
             shown = "not validated" if signalled and data.val_videos else shown
             print(f"epoch {epoch + 1}/{cfg.epochs} {how} after {partial['batches']} of {partial['of']} "
