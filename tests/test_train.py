@@ -986,3 +986,22 @@ def test_the_first_step_trains_the_configured_frame_with_the_papers_loss(data, t
     inter, union = (prob * target * weight).sum((2, 3)), ((prob + target) * weight).sum((2, 3))
     expected = bce + (1 - (inter + 1) / (union - inter + 1)).mean()
     assert result.step_losses[0] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_a_data_worker_outlives_one_sigterm_and_ends_on_the_second():
+    """A scheduler's SIGTERM to the whole job leaves the workers to the main process, which saves and ends them;
+    a second SIGTERM (a loader's, or Python's at exit, for a worker stuck in a read) ends one; Ctrl-C never does."""
+    import subprocess
+
+    script = ("import os, signal, time\\n"
+              "from vivim.training.data import leave_stop_signals_to_main\\n"
+              "leave_stop_signals_to_main(0)\\n"
+              "os.kill(os.getpid(), signal.SIGINT)\\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\\n"
+              "time.sleep(0.2)\\n"
+              "print('alive', flush=True)\\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\\n"
+              "time.sleep(5)\\n"
+              "print('still alive', flush=True)\\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["alive"] and done.returncode == 143, (done.stdout, done.stderr)
