@@ -993,15 +993,15 @@ def test_a_data_worker_outlives_one_sigterm_and_ends_on_the_second():
     a second SIGTERM (a loader's, or Python's at exit, for a worker stuck in a read) ends one; Ctrl-C never does."""
     import subprocess
 
-    script = ("import os, signal, time\\n"
-              "from vivim.training.data import leave_stop_signals_to_main\\n"
-              "leave_stop_signals_to_main(0)\\n"
-              "os.kill(os.getpid(), signal.SIGINT)\\n"
-              "os.kill(os.getpid(), signal.SIGTERM)\\n"
-              "time.sleep(0.2)\\n"
-              "print('alive', flush=True)\\n"
-              "os.kill(os.getpid(), signal.SIGTERM)\\n"
-              "time.sleep(5)\\n"
-              "print('still alive', flush=True)\\n")
+    script = ("import os, signal, time\n"
+              "from vivim.training.data import leave_stop_signals_to_main\n"
+              "leave_stop_signals_to_main(0)\n"
+              "os.kill(os.getpid(), signal.SIGINT)\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n"
+              "time.sleep(0.2)\n"
+              "print('alive', flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n"
+              "time.sleep(5)\n"
+              "print('still alive', flush=True)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["alive"] and done.returncode == 143, (done.stdout, done.stderr)
