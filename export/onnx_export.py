@@ -237,7 +237,7 @@ def export_onnx(
     *,
     fp16: bool = False,
     frames: int | None = None,
-    size: Sequence[int] | None = None,
+    size: Sequence[int] | int | None = None,
     output_frame: str = "all",
     opset: int | None = None,
     optimize: bool = True,
@@ -258,6 +258,8 @@ def export_onnx(
 
     trained_size = model.img_size
     frames = model.frames if frames is None else int(frames)  # 0 is an error, not "the default"
+    if isinstance(size, int):  # one side: square, as create_model(img_size=...) takes it
+        size = (size, size)
     size = (trained_size, trained_size) if size is None else (int(size[0]), int(size[1]))
     if frames < 1:
         raise VivimError(f"--frames must be at least 1, got {frames}")

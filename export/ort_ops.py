@@ -228,7 +228,7 @@ def create_session(onnx_path: str | os.PathLike[str], providers: Sequence[str] |
         options.intra_op_num_threads = int(threads)
     try:
         return ort.InferenceSession(
-            prepare_for_ort(model).SerializeToString(), options, providers=list(providers or ["CPUExecutionProvider"])
+            prepare_for_ort(model).SerializeToString(), options, providers=[providers] if isinstance(providers, str) else list(providers or ["CPUExecutionProvider"])
         )
     except Exception as exc:  # onnxruntime's own error types (InvalidGraph, InvalidArgument, Fail, ...)
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -60,8 +60,11 @@ class TorchBackend:
         # on by default on CUDA: at batch 1 the model is launch-bound (the demo, fp32: 54-61 FPS eager, 350-370
         # replayed, H200)
         cuda_graph = on_cuda if cuda_graph is None else (cuda_graph and on_cuda)
+        self._threads_before: Optional[int] = None
         if threads and not on_cuda:
-            # on a shared or small CPU, fewer threads than cores avoids OpenMP oversubscription stalls
+            # on a shared or small CPU, fewer threads than cores avoids OpenMP oversubscription stalls; the
+            # process's own setting comes back at close() (a library caller's other work keeps its threads)
+            self._threads_before = torch.get_num_threads()
             torch.set_num_threads(threads)
         self.dtype = torch.float16 if fp16 else torch.float32
         model = model.eval().to(self._device)
@@ -187,6 +190,9 @@ class TorchBackend:
         }
 
     def close(self) -> None:
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
         self._frame_graph = None
         self._clip_graphs.clear()
         self._prep_graphs.clear()

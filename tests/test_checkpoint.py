@@ -9,7 +9,7 @@ import torch
 import vivim
 from vivim.checkpoint import file_sha256, read_metadata
 from vivim.constants import TRAIN_RESIZE
-from vivim.errors import CheckpointError
+from vivim.errors import CheckpointError, VivimError
 
 
 @pytest.fixture
@@ -190,3 +190,42 @@ def test_fp16_model_is_stored_as_fp32_tensors_on_disk(tmp_path, tiny):
                 torch.testing.assert_close(stored, state[key].float(), rtol=0, atol=0)
             else:
                 assert stored.dtype == state[key].dtype and torch.equal(stored, state[key]), key
+
+
+def test_metadata_that_would_contradict_the_model_or_fail_to_load_is_refused_at_save(tmp_path, tiny):
+    """What save_checkpoint writes must load, and mean what the weights are: the model's own fields (variant, T,
+    size, config) cannot be overridden, and the fields readers act on are checked as load checks them."""
+    import torch.nn as nn
+
+    cases = {
+        "variant": dict(variant="paper"), "frames": dict(frames=5, img_size=32),
+        "normalization": dict(normalization={"mean": [0.5], "std": [0.5]}), "output_frame": dict(output_frame="last"),
+        "resize": dict(resize="cubic"),
+    }
+    for name, metadata in cases.items():
+        with pytest.raises(CheckpointError) as refused:
+            vivim.save_checkpoint(tiny, tmp_path / f"{name}.safetensors", **metadata)
+        assert "\n" not in str(refused.value) and name.split("_")[0] in str(refused.value), refused.value
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    with pytest.raises(CheckpointError, match="is a folder"):
+        vivim.save_checkpoint(tiny, tmp_path)
+    with pytest.raises(CheckpointError, match="takes a Vivim model .* got Linear"):
+        vivim.save_checkpoint(nn.Linear(2, 2), tmp_path / "linear.safetensors")
+    # the accepted forms still load
+    path = vivim.save_checkpoint(tiny, tmp_path / "ok.safetensors", output_frame="center", resize="area",
+                                 normalization={"mean": [0.2, 0.3, 0.4], "std": [0.5, 0.5, 0.5]})
+    assert vivim.load_checkpoint(path)[1]["output_frame"] == "center"
+
+
+def test_loading_leaves_the_callers_random_state_and_names_a_device_it_cannot_use(tmp_path, tiny):
+    path = vivim.save_checkpoint(tiny, tmp_path / "m.safetensors")
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    vivim.load_checkpoint(path)  # builds a model (random init) before the weights overwrite it
+    assert torch.equal(torch.rand(4), expected)
+    if not torch.cuda.is_available():
+        with pytest.raises(VivimError, match="^load_checkpoint map_location cuda: PyTorch sees no CUDA device"):
+            vivim.load_checkpoint(path, map_location="cuda")
+    with pytest.raises(VivimError, match="^load_checkpoint map_location must be cpu, cuda, cuda:N or auto, got 'gpu'"):
+        vivim.load_checkpoint(path, map_location="gpu")

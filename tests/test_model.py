@@ -316,3 +316,30 @@ def test_output_frame_outside_the_clip_is_refused(index):
     with pytest.raises(ValueError, match="outside a clip of 5 frames"):
         output_frame_index(index, 5)
     assert output_frame_index(4, 5) == 4 and output_frame_index(-5, 5) == 0
+    with pytest.raises(ValueError, match="got True"):  # a bool is no frame index (True would mean frame 1)
+        output_frame_index(True, 5)
+
+
+def test_a_clip_the_network_cannot_take_is_named_at_the_call():
+    """Wrong channels, dtype, sizes or an empty batch: one error naming `clip`, not one from inside a convolution
+    (or, for sizes the encoder cannot divide by 32, masks computed from misaligned stages)."""
+    import numpy as np
+
+    model = vivim.create_model("tiny", frames=3, img_size=64).eval()
+    good = torch.randn(1, 3, 3, 64, 96)
+    with torch.no_grad():
+        assert model(good).shape == (1, 3, 1, 64, 96)
+        cases = [
+            (np.zeros((1, 3, 3, 64, 64), np.float32), TypeError, "clip must be a torch.Tensor"),
+            (good[0], ValueError, r"clip must be \(batch, T, C, H, W\), got shape \(3, 3, 64, 96\)"),
+            (good[:, :0], ValueError, "at least one clip of at least one frame"),
+            (good[:, :, :1], ValueError, "clip has 1 channels per frame; this model takes 3"),
+            (torch.randn(1, 3, 3, 50, 64), ValueError, "clip frames are 50x64: each side must be a multiple of 32"),
+            (good.half(), TypeError, r"clip is torch.float16 but the model's weights are torch.float32"),
+            (good.to(torch.uint8), TypeError, "clip is torch.uint8"),
+        ]
+        for clip, error, message in cases:
+            with pytest.raises(error, match=message):
+                model(clip)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: fp32 weights take a bf16 clip
+            assert model(good.bfloat16()).shape == (1, 3, 1, 64, 96)

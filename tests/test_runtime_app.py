@@ -477,7 +477,7 @@ def onnx_model(workdir, checkpoint):
     from vivim.export.onnx_export import export_onnx
 
     path = workdir / "tiny32.onnx"
-    export_onnx(checkpoint, path, log=lambda m: None)
+    export_onnx(checkpoint, path, size=32, log=lambda m: None)  # one side: square, as create_model takes it
     return str(path)
 
 
@@ -948,3 +948,21 @@ def test_a_disk_filling_up_ends_the_run_with_its_video_so_far(tmp_path, checkpoi
     assert stats["stopped_by"] == "error" and "the disk is nearly full" in stats["error"]
     assert not [line for line in lines if "nearly full" in line]  # the error is the run's, said once (by its caller)
     assert count_frames(tmp_path / "o.mp4") == 4
+
+
+def test_the_pytorch_backend_gives_the_process_its_threads_back(checkpoint):
+    """--threads (BackendConfig.threads) is the run's setting: a library caller's torch threads come back at close."""
+    import torch
+
+    from vivim.runtime.backends import create_backend
+    from vivim.runtime.config import BackendConfig
+
+    before = torch.get_num_threads()
+    wanted = 1 if before > 1 else 2
+    backend = create_backend(BackendConfig(kind="checkpoint", model=checkpoint, device="cpu", threads=wanted),
+                             log=lambda m: None)
+    try:
+        assert torch.get_num_threads() == wanted
+    finally:
+        backend.close()
+    assert torch.get_num_threads() == before

@@ -5,7 +5,7 @@ import torch
 
 from scan_oracle import scan_oracle
 
-from vivim.errors import VivimError
+from vivim.errors import ScanShapeError, VivimError
 from vivim.ops import dispatch, selective_scan, selective_scan_reference, selective_scan_sequential
 
 
@@ -117,6 +117,14 @@ def test_bad_shapes_are_rejected():
         selective_scan_reference(u, delta, A, B, C)
     with pytest.raises(ValueError, match="delta shape"):
         selective_scan_reference(u, delta[..., :5], A, B, C)
+    # B grouped, C not (or the other way round): named, not a reshape error from inside the scan
+    u, delta, A, B, C, D, z, bias = random_scan_inputs(2, 6, 37, 4, 3)
+    with pytest.raises(ScanShapeError, match=r"^C must be \(2, 3, 4, 37\), got shape \(2, 4, 37\)$"):
+        selective_scan(u, delta, A, B, C[:, 0])
+    with pytest.raises(ScanShapeError, match=r"^C must be \(2, 4, 37\), got shape \(2, 3, 4, 37\)$"):
+        selective_scan(u, delta, A, B[:, 0], C)
+    with pytest.raises(ScanShapeError, match="^u must be a floating-point tensor, got torch.int64$"):
+        selective_scan(u.long(), delta, A, B, C)  # it ran and truncated its output to integers
 
 
 def test_optional_arguments_of_the_wrong_shape_are_rejected_not_broadcast():
@@ -382,3 +390,17 @@ def test_use_impl_nests_and_leaves_the_backward_to_a_differentiable_implementati
     finally:
         dispatch._REGISTRY.pop("outer")
         dispatch._REGISTRY.pop("forward_only")
+
+
+def test_an_implementation_asked_for_by_name_says_why_it_cannot_run():
+    # the README names vivim_cuda and mamba_ssm: on a machine without CUDA they are unavailable, not unknown
+    if torch.cuda.is_available():
+        pytest.skip("the CUDA implementations may be registered here")
+    for name in ("vivim_cuda", "mamba_ssm"):
+        assert dispatch.is_available(name) == (False, f"{name} needs CUDA (PyTorch sees no CUDA device here)")
+        with pytest.raises(VivimError, match=f"^{name} needs CUDA"):
+            with dispatch.use_impl(name):
+                pass
+    ok, reason = dispatch.is_available("vivim-cuda")
+    assert not ok and reason.startswith("unknown selective-scan implementation 'vivim-cuda' (known: ")
+    assert "mamba_ssm" in reason and "vivim_cuda" in reason and "reference" in reason

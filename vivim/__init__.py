@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from vivim.errors import CheckpointError, VivimError
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "create_model", "variants", "save_checkpoint", "load_checkpoint", "ops"]
+__all__ = ["__version__", "create_model", "variants", "save_checkpoint", "load_checkpoint", "ops", "VivimError",
+           "CheckpointError"]
 
 # public name -> (module, attribute); resolved lazily so `import vivim` does not import torch.
 _LAZY = {

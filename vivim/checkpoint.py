@@ -128,7 +128,16 @@ def save_checkpoint(model: "VivimModel", path: PathLike, **metadata: Any) -> Pat
     from safetensors.torch import save_file
 
     path = Path(path)
-    config = model.config
+    config: Any = getattr(model, "config", None)
+    if not hasattr(config, "to_dict"):
+        raise CheckpointError(f"save_checkpoint takes a Vivim model (vivim.create_model), got {type(model).__name__}")
+    reserved = sorted(set(metadata) & _FROM_THE_MODEL)
+    if reserved:  # a value here would contradict the weights' own config, and load or export would trust it
+        raise CheckpointError(f"save_checkpoint: {', '.join(reserved)} come(s) from the model's config, not from "
+                              "metadata (build the model with the values wanted)")
+    _check_saved_fields(metadata, config.frames)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; give the checkpoint's file name (e.g. {path / 'model.safetensors'})")
     meta = {
         "variant": config.name,
         "frames": config.frames,
@@ -155,6 +164,28 @@ def save_checkpoint(model: "VivimModel", path: PathLike, **metadata: Any) -> Pat
     return path
 
 
+# Metadata save_checkpoint writes from the model itself; a caller's value for one of them is refused.
+_FROM_THE_MODEL = frozenset({"variant", "frames", "img_size", "config", "package_version"})
+
+
+def _check_saved_fields(metadata: dict[str, Any], frames: int) -> None:
+    """The metadata fields readers act on, checked before anything is written: a checkpoint that saves must load."""
+    from vivim.constants import RESIZE_FILTERS, check_output_frame, parse_output_frame
+
+    try:
+        if "normalization" in metadata:
+            normalization_from_metadata(metadata["normalization"], "save_checkpoint")
+            if isinstance(metadata["normalization"], str):
+                raise VivimError("save_checkpoint: normalization must be a mapping {'mean': [...], 'std': [...]}")
+        if "output_frame" in metadata:
+            flag = "save_checkpoint output_frame"
+            check_output_frame(parse_output_frame(metadata["output_frame"], flag), frames, flag)
+    except (VivimError, ValueError) as exc:
+        raise CheckpointError(str(exc)) from None
+    if "resize" in metadata and metadata["resize"] not in RESIZE_FILTERS:
+        raise CheckpointError(f"save_checkpoint: resize must be one of {', '.join(RESIZE_FILTERS)}, got {metadata['resize']!r}")
+
+
 def load_checkpoint(path: PathLike, map_location: str = "cpu") -> tuple["VivimModel", dict[str, Any]]:
     """Load a checkpoint ('demo' for the bundled demo weights) -> (model in eval mode, metadata)."""
     from safetensors import SafetensorError
@@ -162,17 +193,23 @@ def load_checkpoint(path: PathLike, map_location: str = "cpu") -> tuple["VivimMo
 
     from vivim.model import VivimConfig, VivimModel
 
-    p = resolve_checkpoint(path)
+    import torch
+
+    from vivim.devices import torch_device
+
+    device = torch_device(str(map_location), "load_checkpoint map_location")  # before the file: a device it cannot
+    p = resolve_checkpoint(path)                                               # use is not a damaged file
     metadata = read_metadata(p)
     try:
         config = VivimConfig.from_dict(metadata["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{p}: checkpoint config is invalid ({exc})") from None
     try:
-        state = load_file(str(p), device=str(map_location))
+        state = load_file(str(p), device=str(device))
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"{p}: cannot read the weights (truncated or damaged file?): {exc}") from None
-    model = VivimModel(config)
+    with torch.random.fork_rng(devices=[]):  # the weights are overwritten: their random init must not use the caller's
+        model = VivimModel(config)            # random state (a seeded experiment would draw other numbers after a load)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -182,5 +219,5 @@ def load_checkpoint(path: PathLike, map_location: str = "cpu") -> tuple["VivimMo
                            (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
         raise CheckpointError(f"{p}: weights do not match the '{config.name}' model in its config ({detail})")
     model.load_state_dict(state)
-    model.to(map_location)
+    model.to(device)
     return model.eval(), metadata

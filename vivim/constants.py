@@ -78,6 +78,8 @@ def parse_output_frame(text: object, flag: str = "--output-frame", *, extra: "tu
 
 def output_frame_index(output_frame: "str | int", frames: int) -> int:
     """Index of the decoded frame inside a clip of `frames` frames ("centre" = T // 2, "newest" = T - 1)."""
+    if isinstance(output_frame, bool):  # True is an int to Python, and would silently mean frame 1
+        raise ValueError(f"output frame must be 'centre', 'newest' or an int index, got {output_frame!r}")
     if isinstance(output_frame, int):
         index = output_frame
     elif output_frame in ("centre", "center"):

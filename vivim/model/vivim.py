@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vivim.constants import output_frame_index
+from vivim.constants import output_frame_index, size_problem
 from vivim.model.config import VivimConfig
 from vivim.model.resize import BilinearResize
 from vivim.model.segformer import OverlapPatchEmbed, SegFormerBlock, init_segformer_weights
@@ -176,12 +176,32 @@ class VivimModel(nn.Module):
         equal to that frame of the full output (in eval mode; in training the decoder runs every frame up to its
         BatchNorm, whose batch statistics span all of them).
         """
-        if clip.dim() != 5:
-            raise ValueError(f"expected a clip (batch, T, C, H, W), got shape {tuple(clip.shape)}")
+        self._check_clip(clip)
         batch, frames = clip.shape[:2]
         features = self.frame_features(clip.flatten(0, 1))
         features = features.reshape(batch, frames, *features.shape[1:])
         return self.forward_from_frame_features(features, output_frame, out_size=(clip.shape[-2], clip.shape[-1]))
+
+    def _check_clip(self, clip: Tensor) -> None:
+        """A clip the network can take, or a ValueError/TypeError naming `clip` (instead of an error from deep in a
+        convolution, or masks from a size the encoder cannot divide evenly)."""
+        if not isinstance(clip, Tensor):
+            raise TypeError(f"clip must be a torch.Tensor (batch, T, 3, H, W), got {type(clip).__name__}")
+        if clip.dim() != 5:
+            raise ValueError(f"clip must be (batch, T, C, H, W), got shape {tuple(clip.shape)}")
+        batch, frames, channels, height, width = clip.shape
+        if batch < 1 or frames < 1:
+            raise ValueError(f"clip must hold at least one clip of at least one frame, got shape {tuple(clip.shape)}")
+        if channels != self.config.in_chans:
+            raise ValueError(f"clip has {channels} channels per frame; this model takes {self.config.in_chans} (RGB, "
+                             f"normalised), got shape {tuple(clip.shape)}")
+        problem = size_problem(int(height)) or size_problem(int(width))
+        if problem:
+            raise ValueError(f"clip frames are {height}x{width}: each side {problem}")
+        weight = cast(OverlapPatchEmbed, self.patch_embeds[0]).proj.weight
+        if not clip.is_floating_point() or (clip.dtype != weight.dtype and not torch.is_autocast_enabled(clip.device.type)):
+            raise TypeError(f"clip is {clip.dtype} but the model's weights are {weight.dtype}: pass "
+                            f"clip.to({weight.dtype}) (or run under torch.autocast)")
 
     # -- deployment helpers -------------------------------------------------------------------------------------------
     def ssm_fp32_parameters(self) -> list[Tensor]:

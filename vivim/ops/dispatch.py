@@ -85,8 +85,14 @@ def is_available(name: str, device_type: str = "cuda") -> tuple[bool, str]:
     """(available, reason) for an implementation on a device type; the reason explains a 'no'."""
     _load_optional_impls()
     impl = _REGISTRY.get(name)
+    if impl is None and name in _CUDA_ONLY:  # registered only where PyTorch sees a CUDA device, and it loads
+        if not torch.cuda.is_available():
+            return False, f"{name} needs CUDA (PyTorch sees no CUDA device here)"
+        return False, (f"{name} is not available here: " + ("mamba-ssm is not installed" if name == "mamba_ssm" else
+                                                             "the project's CUDA extension could not be built or loaded"))
     if impl is None:
-        return False, f"unknown selective-scan implementation {name!r} (known: {', '.join(sorted(_REGISTRY))})"
+        known = sorted({*_REGISTRY, *_CUDA_ONLY})
+        return False, f"unknown selective-scan implementation {name!r} (known: {', '.join(known)})"
     if device_type not in impl.devices:
         return False, f"{name} does not run on {device_type}"
     try:
@@ -151,6 +157,10 @@ def pick(device_type: str, need_grad: bool = False, dtype: Optional[torch.dtype]
 
 
 _optional_loaded = False
+
+
+# The CUDA implementations, registered on first use where a CUDA device is visible (vivim_cuda: the project's kernel).
+_CUDA_ONLY = ("mamba_ssm", "vivim_cuda")
 
 
 def _load_optional_impls() -> None:

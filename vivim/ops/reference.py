@@ -30,6 +30,8 @@ def check_shapes(
     for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
         if not isinstance(t, Tensor):
             raise ScanShapeError(f"{name} must be a tensor, got {type(t).__name__}")
+        if not t.is_floating_point():  # an integer scan would run and truncate its output
+            raise ScanShapeError(f"{name} must be a floating-point tensor, got {t.dtype}")
     if u.dim() != 3:
         raise ScanShapeError(f"u must be (batch, D, L), got shape {tuple(u.shape)}")
     batch, dim, length = u.shape
@@ -44,7 +46,8 @@ def check_shapes(
         raise ScanShapeError(f"A must be (D={dim}, N) with N (dstate) in 1..{max_dstate}, got shape {tuple(A.shape)}")
     groups = 1 if B.dim() == 3 else B.shape[1]
     for name, m in (("B", B), ("C", C)):
-        expected = (batch, dstate, length) if m.dim() == 3 else (batch, groups, dstate, length)
+        # C takes B's layout: (batch, N, L) for both, or (batch, G, N, L) for both
+        expected = (batch, dstate, length) if B.dim() == 3 else (batch, groups, dstate, length)
         if tuple(m.shape) != expected:
             raise ScanShapeError(f"{name} must be {expected}, got shape {tuple(m.shape)}")
     if groups < 1 or dim % groups:
