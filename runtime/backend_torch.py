@@ -66,6 +66,7 @@ class TorchBackend:
             # process's own setting comes back at close() (a library caller's other work keeps its threads)
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(threads)
+        self._run_threads = torch.get_num_threads()  # for the summary, which is written after close()
         self.dtype = torch.float16 if fp16 else torch.float32
         model = model.eval().to(self._device)
         if fp16:
@@ -186,7 +187,7 @@ class TorchBackend:
             "resize": self.interpolation,
             "scan_impl": scan,
             "torch": torch.__version__,
-            "threads": torch.get_num_threads() if self._device.type == "cpu" else None,
+            "threads": self._run_threads if self._device.type == "cpu" else None,
         }
 
     def close(self) -> None:

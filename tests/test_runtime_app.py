@@ -966,3 +966,4 @@ def test_the_pytorch_backend_gives_the_process_its_threads_back(checkpoint):
     finally:
         backend.close()
     assert torch.get_num_threads() == before
+    assert backend.describe()["threads"] == wanted  # the run's, in the summary written after close()
