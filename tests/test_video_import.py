@@ -481,3 +481,46 @@ def test_a_folder_per_patient_is_imported_with_the_patients_in_the_names(tmp_pat
     assert message.startswith(f"{clash}: several videos would be named p_1_a (")
     assert "p/1_a.avi" in message and "p_1/a.avi" in message and message.endswith("rename one (a mask video is named "
                                                                                    "<stem>_mask.<ext>)")
+
+
+def test_overwrite_replaces_an_earlier_import_only_once_the_new_one_is_complete(tmp_path):
+    rng = np.random.default_rng()
+    out = tmp_path / "ds"
+
+    def recordings(name: str, videos: dict[str, int]) -> tuple[Path, Path]:
+        root = tmp_path / name
+        for stem, frames in videos.items():
+            images, masks = _scene(rng, frames)
+            _video_and_mask_folder(root, stem, images, masks)
+        return root / "videos", root / "masks"
+
+    first = recordings("first", {"a": 3, "b": 4})
+    assert _import(str(first[0]), "--masks", str(first[1]), "-o", str(out)).exit_code == 0
+    second = recordings("second", {"c": 5})
+    refused = _error(_import(str(second[0]), "--masks", str(second[1]), "-o", str(out)))
+    assert refused.endswith("choose a new folder, or pass --overwrite to replace an earlier vivim-data import there")
+    # a failure midway (c's masks one short) leaves the earlier dataset as it was
+    short = tmp_path / "second" / "masks" / "c"
+    sorted(short.iterdir())[-1].unlink()
+    _error(_import(str(second[0]), "--masks", str(second[1]), "-o", str(out), "--overwrite"))
+    assert sorted(v.name for v in discover_videos(out)) == ["a", "b"]
+    assert sorted(p.name for p in out.iterdir()) == ["Annotations", "JPEGImages", "import.json"]
+    cv2.imwrite(str(short / "00004.png"), np.zeros((H, W), np.uint8))
+    replaced = _import(str(second[0]), "--masks", str(second[1]), "-o", str(out), "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert [v.name for v in discover_videos(out)] == ["c"] and len(discover_videos(out)[0].frames) == 5
+    assert sorted(p.name for p in out.iterdir()) == ["Annotations", "JPEGImages", "import.json"]  # nothing left over
+    # only an import's own output is replaced, and never the files being imported
+    (out / "ImageSets").mkdir()
+    assert "also holds ImageSets" in _error(_import(str(second[0]), "--masks", str(second[1]), "-o", str(out),
+                                                    "--overwrite"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not an import")
+    assert "replaces only a folder an earlier vivim-data import wrote" in _error(
+        _import(str(second[0]), "--masks", str(second[1]), "-o", str(mine), "--overwrite"))
+    assert (mine / "notes.txt").read_text() == "not an import"
+    (out / "ImageSets").rmdir()
+    inputs = out / "JPEGImages"
+    assert "an input of this import" in _error(_import(str(second[0]), "--masks", str(inputs), "-o", str(out),
+                                                       "--overwrite"))

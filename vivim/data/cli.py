@@ -73,6 +73,7 @@ def import_command(
     masks: Path = typer.Option(..., "--masks", "-m", help="Folder with, per video <stem>, a mask video (<stem>.mp4 or <stem>_mask.mp4, any container) or a folder (<stem>/ or <stem>_mask/) of one mask image per frame, or numbered images <stem>_00000.png ... among other videos' masks; for a single video, also its mask video or mask folder itself. Clips in subfolders look in the same subfolder of --masks first."),
     out: Path = typer.Option(..., "--out", "--output", "-o", help="New dataset folder (DAVIS layout: JPEGImages/ + Annotations/)."),
     image_format: str = typer.Option("jpg", "--format", help="Frame files: jpg (quality 95, as DAVIS) or png (lossless)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier vivim-data import in OUT (once the new one is complete)."),
 ) -> None:
     """Turn video files and their masks into a dataset for vivim-train and vivim-eval."""
     from vivim.progress import bar as progress_bar
@@ -85,7 +86,7 @@ def import_command(
         raise VivimError(f"--masks {masks}: no such folder or file")
     paths.check_writable(out, "-o", folder=True)
     files = find_videos(videos, masks)
-    sources = plan_import(files, masks, out, root=videos)
+    sources = plan_import(files, masks, out, root=videos, overwrite=overwrite)
     if len(sources) == 1 and sources[0][1] == masks:  # one video's masks given by their own path
         mismatch = named_for_another_video(files[0], masks)
         if mismatch:

@@ -235,7 +235,8 @@ def header_frames(path: Path) -> int:
     return 0
 
 
-def plan_import(videos: list[Path], masks: Path, out: Path, root: Path | None = None) -> list[tuple[Path, MaskSource, str]]:
+def plan_import(videos: list[Path], masks: Path, out: Path, root: Path | None = None,
+                overwrite: bool = False) -> list[tuple[Path, MaskSource, str]]:
     """(video, its masks, its name in the dataset) for every video, and `out` checked, before any frame is decoded: a
     refusal is the only output. For a single video, `masks` may also be its mask video or its folder of mask images
     itself (when the folder holds no masks named after it). A video in a subfolder of `root` (the folder imported)
@@ -245,7 +246,10 @@ def plan_import(videos: list[Path], masks: Path, out: Path, root: Path | None = 
 
     openable_by_opencv(out, "-o")  # cv2.imwrite crashes on such a path too
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise VivimError(f"-o {out}: already exists and is not empty; choose a new folder")
+        if not overwrite:
+            raise VivimError(f"-o {out}: already exists and is not empty; choose a new folder, or pass --overwrite to "
+                             "replace an earlier vivim-data import there")
+        _check_replaceable(out, [*videos, masks])
     root = root if root is not None and root.is_dir() else None
     sources: list[tuple[Path, MaskSource, str]] = []
     if len(videos) == 1 and _is_video(masks):
@@ -291,9 +295,29 @@ def count_text(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{len(names)} videos ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
 
 
+# What an import writes into its folder; --overwrite replaces a folder holding these and nothing else.
+_WRITTEN = ("JPEGImages", "Annotations", MANIFEST)
+
+
+def _check_replaceable(out: Path, inputs: list[Path]) -> None:
+    """--overwrite replaces only an earlier import's output, and never the files being imported."""
+    if not out.is_dir() or not (out / MANIFEST).is_file():
+        raise VivimError(f"-o {out}: --overwrite replaces only a folder an earlier vivim-data import wrote (it holds "
+                         f"{MANIFEST}); choose a new folder")
+    other = sorted(p.name for p in out.iterdir() if p.name not in _WRITTEN and not p.name.startswith("."))
+    if other:
+        raise VivimError(f"-o {out}: also holds {', '.join(other[:3])}{', ...' if len(other) > 3 else ''}, which "
+                         "vivim-data import did not write; --overwrite would remove it: choose a new folder")
+    inside = next((p for p in inputs if p.resolve().is_relative_to(out.resolve())), None)
+    if inside is not None:
+        raise VivimError(f"-o {out}: holds {inside}, an input of this import; --overwrite would remove it")
+
+
 def import_videos(sources: list[tuple[Path, MaskSource, str]], out: Path, *, image_format: str = "jpg",
                   progress: Callable[[int], None] = lambda n: None) -> ImportSummary:
-    """Write each (video, masks, name) of `sources` (from `plan_import`) as a DAVIS-layout dataset at `out`."""
+    """Write each (video, masks, name) of `sources` (from `plan_import`) as a DAVIS-layout dataset at `out`; an
+    earlier import's output there (which `plan_import(overwrite=True)` accepted) is replaced once the new one is
+    complete, so a failed or interrupted import leaves the earlier dataset as it was."""
     out.parent.mkdir(parents=True, exist_ok=True)
     # staged beside `out` and renamed onto it; inside an `out` that exists already (an empty folder: perhaps a mount
     # point or a link to another disk), so every move stays on the disk the dataset is meant for
@@ -310,19 +334,40 @@ def import_videos(sources: list[tuple[Path, MaskSource, str]], out: Path, *, ima
                 summary.warnings.append(warning)
         atomic.write_json(staging / MANIFEST, {"videos": summary.videos, "frames": summary.frames}, indent=1)
         if inside:
-            for entry in ("JPEGImages", "Annotations", MANIFEST):
-                os.replace(staging / entry, out / entry)
-            staging.rmdir()
+            with _stops_ignored():  # three renames: never a dataset half old, half new
+                _swap_in(staging, out)
         else:
             os.replace(staging, out)
     except BaseException:
         with _stops_ignored():  # a second Ctrl-C or stop signal must not leave the half-written dataset behind
-            shutil.rmtree(staging, ignore_errors=True)
-            if inside:
-                for entry in ("JPEGImages", "Annotations"):
-                    shutil.rmtree(out / entry, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)  # out itself holds what it held before (_swap_in puts back)
         raise
     return summary
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Move the staged dataset into `out`, an earlier import's entries first set aside and removed once the new
+    ones are in place (put back if a rename fails)."""
+    earlier = out / f".replaced-{os.getpid()}"
+    kept = [entry for entry in _WRITTEN if (out / entry).exists()]
+    if kept:
+        earlier.mkdir()
+    moved: list[str] = []
+    try:
+        for entry in kept:
+            os.replace(out / entry, earlier / entry)
+        for entry in _WRITTEN:
+            os.replace(staging / entry, out / entry)
+            moved.append(entry)
+    except OSError:
+        for entry in moved:  # back as it was: the earlier dataset whole
+            os.replace(out / entry, staging / entry)
+        for entry in kept:
+            os.replace(earlier / entry, out / entry)
+        shutil.rmtree(earlier, ignore_errors=True)
+        raise
+    staging.rmdir()
+    shutil.rmtree(earlier, ignore_errors=True)
 
 
 def _remove_stale_staging(out: Path) -> None:
