@@ -12,9 +12,11 @@ and `ort_ops` runs in ONNX Runtime. A, D and delta_bias stay fp32 in an FP16 gra
 
 from __future__ import annotations
 
+
 import contextlib
 import json
 import logging
+import numbers
 import os
 import time
 import warnings
@@ -258,9 +260,12 @@ def export_onnx(
 
     trained_size = model.img_size
     frames = model.frames if frames is None else int(frames)  # 0 is an error, not "the default"
-    if isinstance(size, int):  # one side: square, as create_model(img_size=...) takes it
-        size = (size, size)
-    size = (trained_size, trained_size) if size is None else (int(size[0]), int(size[1]))
+    if size is None:
+        size = (trained_size, trained_size)
+    elif isinstance(size, (int, numbers.Integral)):  # one side (also a NumPy integer): square, as create_model takes it
+        size = (int(size), int(size))
+    else:
+        size = (int(size[0]), int(size[1]))
     if frames < 1:
         raise VivimError(f"--frames must be at least 1, got {frames}")
     problem = size_problem(size[0]) or size_problem(size[1])

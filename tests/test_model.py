@@ -343,3 +343,17 @@ def test_a_clip_the_network_cannot_take_is_named_at_the_call():
                 model(clip)
         with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: fp32 weights take a bf16 clip
             assert model(good.bfloat16()).shape == (1, 3, 1, 64, 96)
+
+
+def test_the_clip_checks_leave_torch_export_with_dynamic_sides_working():
+    """Sides that are symbols (torch.export with dynamic H and W) are not forced to one value by the checks: the
+    export's constraint check would refuse it. (The decoder's resize weights still guard the traced program to its
+    example size; export for ONNX/TensorRT uses static sizes.)"""
+    from torch.export import Dim, export
+
+    model = vivim.create_model("tiny", frames=3, img_size=64).eval()
+    clip = torch.randn(1, 3, 3, 64, 96)
+    program = export(model, (clip,), dynamic_shapes={"clip": {3: 32 * Dim("h", min=1, max=8),
+                                                              4: 32 * Dim("w", min=1, max=8)}})
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(clip), model(clip), rtol=1e-4, atol=1e-4)

@@ -121,8 +121,14 @@ def test_bad_shapes_are_rejected():
     u, delta, A, B, C, D, z, bias = random_scan_inputs(2, 6, 37, 4, 3)
     with pytest.raises(ScanShapeError, match=r"^C must be \(2, 3, 4, 37\), got shape \(2, 4, 37\)$"):
         selective_scan(u, delta, A, B, C[:, 0])
-    with pytest.raises(ScanShapeError, match=r"^C must be \(2, 4, 37\), got shape \(2, 3, 4, 37\)$"):
+    with pytest.raises(ScanShapeError, match=r"^C must be \(2, 1, 4, 37\), got shape \(2, 3, 4, 37\)$"):
         selective_scan(u, delta, A, B[:, 0], C)
+    # one group may be written either way, as mamba-ssm takes it: B (batch, N, L) with C (batch, 1, N, L)
+    one = random_scan_inputs(2, 6, 37, 4, 1)
+    u1, d1, A1, B1, C1 = one[:5]
+    expected = selective_scan(u1, d1, A1, B1[:, 0], C1[:, 0])
+    torch.testing.assert_close(selective_scan(u1, d1, A1, B1[:, 0], C1), expected, rtol=0, atol=0)
+    torch.testing.assert_close(selective_scan(u1, d1, A1, B1, C1[:, 0]), expected, rtol=0, atol=0)
     with pytest.raises(ScanShapeError, match="^u must be a floating-point tensor, got torch.int64$"):
         selective_scan(u.long(), delta, A, B, C)  # it ran and truncated its output to integers
 

@@ -128,14 +128,24 @@ def save_checkpoint(model: "VivimModel", path: PathLike, **metadata: Any) -> Pat
     from safetensors.torch import save_file
 
     path = Path(path)
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: its state_dict keys carry a prefix
     config: Any = getattr(model, "config", None)
     if not hasattr(config, "to_dict"):
         raise CheckpointError(f"save_checkpoint takes a Vivim model (vivim.create_model), got {type(model).__name__}")
-    reserved = sorted(set(metadata) & _FROM_THE_MODEL)
-    if reserved:  # a value here would contradict the weights' own config, and load or export would trust it
-        raise CheckpointError(f"save_checkpoint: {', '.join(reserved)} come(s) from the model's config, not from "
+    own = {"variant": config.name, "frames": config.frames, "img_size": config.img_size, "config": config.to_dict()}
+    # a value here contradicting the weights' own config would be trusted by load and export; the same value (a
+    # loaded checkpoint's metadata saved again) is simply the model's
+    clashing = sorted(key for key in set(metadata) & _FROM_THE_MODEL
+                      if key != "package_version" and _json_value(metadata[key]) != _json_value(own[key]))
+    if clashing:
+        raise CheckpointError(f"save_checkpoint: {', '.join(clashing)} come(s) from the model's config, not from "
                               "metadata (build the model with the values wanted)")
+    metadata = {key: value for key, value in metadata.items() if key not in _FROM_THE_MODEL}
     _check_saved_fields(metadata, config.frames)
+    if "output_frame" in metadata:  # one spelling for every reader ('center' -> 'centre')
+        from vivim.constants import parse_output_frame
+
+        metadata["output_frame"] = parse_output_frame(metadata["output_frame"])
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder; give the checkpoint's file name (e.g. {path / 'model.safetensors'})")
     meta = {
@@ -164,8 +174,36 @@ def save_checkpoint(model: "VivimModel", path: PathLike, **metadata: Any) -> Pat
     return path
 
 
+def _load_device(map_location: Any) -> Any:
+    """load_checkpoint's device: None is the CPU; cpu/cuda/cuda:N/auto checked against what PyTorch sees (a bare
+    'cuda' is the current CUDA device, as torch takes it: a DDP rank's after set_device); any other torch device
+    type (mps, ...) is passed on as it is."""
+    import torch
+
+    from vivim.devices import parse_device, torch_device
+
+    if map_location is None:
+        return torch.device("cpu")
+    text = str(map_location).strip().lower()
+    try:
+        parse_device(text)
+    except VivimError:  # not one of ours: any device type torch knows (mps, xpu, ...), as torch takes it
+        try:
+            return torch.device(map_location)
+        except (RuntimeError, TypeError):
+            raise VivimError(f"load_checkpoint map_location must be a torch device (cpu, cuda, cuda:N, ...), got "
+                             f"{map_location!r}") from None
+    device = torch_device(text, "load_checkpoint map_location")  # CUDA asked for must be there
+    return torch.device("cuda", torch.cuda.current_device()) if text == "cuda" else device
+
+
 # Metadata save_checkpoint writes from the model itself; a caller's value for one of them is refused.
 _FROM_THE_MODEL = frozenset({"variant", "frames", "img_size", "config", "package_version"})
+
+
+def _json_value(value: Any) -> Any:
+    """A value as the checkpoint's JSON holds it (tuples as lists), to compare a caller's with the model's."""
+    return json.loads(json.dumps(value))
 
 
 def _check_saved_fields(metadata: dict[str, Any], frames: int) -> None:
@@ -195,10 +233,8 @@ def load_checkpoint(path: PathLike, map_location: str = "cpu") -> tuple["VivimMo
 
     import torch
 
-    from vivim.devices import torch_device
-
-    device = torch_device(str(map_location), "load_checkpoint map_location")  # before the file: a device it cannot
-    p = resolve_checkpoint(path)                                               # use is not a damaged file
+    device = _load_device(map_location)  # before the file: a device it cannot use is not a damaged file
+    p = resolve_checkpoint(path)
     metadata = read_metadata(p)
     try:
         config = VivimConfig.from_dict(metadata["config"])

@@ -195,9 +195,10 @@ class VivimModel(nn.Module):
         if channels != self.config.in_chans:
             raise ValueError(f"clip has {channels} channels per frame; this model takes {self.config.in_chans} (RGB, "
                              f"normalised), got shape {tuple(clip.shape)}")
-        problem = size_problem(int(height)) or size_problem(int(width))
-        if problem:
-            raise ValueError(f"clip frames are {height}x{width}: each side {problem}")
+        if isinstance(height, int) and isinstance(width, int):  # symbolic sides (torch.export, dynamic) go unchecked
+            problem = size_problem(height) or size_problem(width)
+            if problem:
+                raise ValueError(f"clip frames are {height}x{width}: each side {problem}")
         weight = cast(OverlapPatchEmbed, self.patch_embeds[0]).proj.weight
         if not clip.is_floating_point() or (clip.dtype != weight.dtype and not torch.is_autocast_enabled(clip.device.type)):
             raise TypeError(f"clip is {clip.dtype} but the model's weights are {weight.dtype}: pass "

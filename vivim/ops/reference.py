@@ -46,8 +46,8 @@ def check_shapes(
         raise ScanShapeError(f"A must be (D={dim}, N) with N (dstate) in 1..{max_dstate}, got shape {tuple(A.shape)}")
     groups = 1 if B.dim() == 3 else B.shape[1]
     for name, m in (("B", B), ("C", C)):
-        # C takes B's layout: (batch, N, L) for both, or (batch, G, N, L) for both
-        expected = (batch, dstate, length) if B.dim() == 3 else (batch, groups, dstate, length)
+        # (batch, N, L) stands for one group, as in mamba-ssm: B and C may each take either layout when G = 1
+        expected = (batch, dstate, length) if m.dim() == 3 and groups == 1 else (batch, groups, dstate, length)
         if tuple(m.shape) != expected:
             raise ScanShapeError(f"{name} must be {expected}, got shape {tuple(m.shape)}")
     if groups < 1 or dim % groups:
