@@ -12,7 +12,6 @@ and `ort_ops` runs in ONNX Runtime. A, D and delta_bias stay fp32 in an FP16 gra
 
 from __future__ import annotations
 
-
 import contextlib
 import json
 import logging

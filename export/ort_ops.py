@@ -226,9 +226,11 @@ def create_session(onnx_path: str | os.PathLike[str], providers: Sequence[str] |
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = int(threads)
+    # one provider may be named alone: a string is not a list of one-letter providers
+    provider_list = [providers] if isinstance(providers, str) else list(providers or ["CPUExecutionProvider"])
     try:
         return ort.InferenceSession(
-            prepare_for_ort(model).SerializeToString(), options, providers=[providers] if isinstance(providers, str) else list(providers or ["CPUExecutionProvider"])
+            prepare_for_ort(model).SerializeToString(), options, providers=provider_list
         )
     except Exception as exc:  # onnxruntime's own error types (InvalidGraph, InvalidArgument, Fail, ...)
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

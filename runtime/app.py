@@ -24,6 +24,7 @@ from vivim.checkpoint import checkpoint_file
 from vivim.constants import untrained_output_frame
 from vivim.errors import VivimError
 from vivim.graceful_stop import GracefulStop
+from vivim.progress import stderr_line
 from vivim.runtime.backends import Backend, create_backend
 from vivim.runtime.config import RunConfig
 from vivim.runtime.overlay import draw_hud, draw_mask, logit, mask_from_logits, parse_color
@@ -35,18 +36,6 @@ from vivim.runtime.sources import FrameSource, create_source
 from vivim.runtime.stats import RunStats, format_summary, write_json_atomic
 
 Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    """A message on stderr that a progress bar, redrawn on the same line, does not overwrite (a warning from the
-    capture thread arrives while the bar is drawn)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        print(message, file=sys.stderr, flush=True)
-        return
-    with tqdm.external_write_mode(file=sys.stderr):
-        print(message, file=sys.stderr, flush=True)
 
 
 class Pipeline:
@@ -137,7 +126,7 @@ def turned_input_note(input_size: tuple[int, int], frame_shape: tuple[int, ...])
             f"every frame is squeezed; was it exported with --size {in_w}x{in_h} in mind (vivim-export takes HxW)?")
 
 
-def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = _stderr, out: Log = print,
+def run(cfg: RunConfig, *, backend: Optional[Backend] = None, log: Log = stderr_line, out: Log = print,
         ctrl_c_after: Any = None) -> Dict[str, Any]:
     """Run the pipeline until the input ends, --max-frames is reached, q is pressed or Ctrl-C; return the summary.
     The backend (the caller's, or one made from cfg) is closed when run() returns or raises. `ctrl_c_after`: SIGINT's

@@ -356,12 +356,10 @@ class ImageFolder:
         # numbered frames in number order (frame_2 before frame_10), exactly as the dataset loaders read them
         self.files: List[str] = list(files) if files is not None else [str(p) for p in list_frame_files(Path(folder))]
         if not self.files:
-            from vivim.data.video_import import VIDEO_EXTENSIONS
+            from vivim.data.video_import import videos_in
 
-            videos = sorted(name for name in os.listdir(folder)
-                            if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS and not name.startswith("."))
-            hint = f"; it holds video files: give one with --video, e.g. --video {os.path.join(folder, videos[0])}" \
-                if videos else ""
+            videos = videos_in(Path(folder))
+            hint = f"; it holds video files: give one with --video, e.g. --video {videos[0]}" if videos else ""
             raise VivimError(f"--frames {folder}: no images ({', '.join(FRAME_EXTENSIONS)}){hint}")
         self._next = 0
 

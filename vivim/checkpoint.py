@@ -140,12 +140,8 @@ def save_checkpoint(model: "VivimModel", path: PathLike, **metadata: Any) -> Pat
     if clashing:
         raise CheckpointError(f"save_checkpoint: {', '.join(clashing)} come(s) from the model's config, not from "
                               "metadata (build the model with the values wanted)")
-    metadata = {key: value for key, value in metadata.items() if key not in _FROM_THE_MODEL}
-    _check_saved_fields(metadata, config.frames)
-    if "output_frame" in metadata:  # one spelling for every reader ('center' -> 'centre')
-        from vivim.constants import parse_output_frame
-
-        metadata["output_frame"] = parse_output_frame(metadata["output_frame"])
+    metadata = _checked_fields({key: value for key, value in metadata.items() if key not in _FROM_THE_MODEL},
+                               config.frames)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder; give the checkpoint's file name (e.g. {path / 'model.safetensors'})")
     meta = {
@@ -206,8 +202,9 @@ def _json_value(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _check_saved_fields(metadata: dict[str, Any], frames: int) -> None:
-    """The metadata fields readers act on, checked before anything is written: a checkpoint that saves must load."""
+def _checked_fields(metadata: dict[str, Any], frames: int) -> dict[str, Any]:
+    """The metadata fields readers act on, checked before anything is written (a checkpoint that saves must load);
+    returns `metadata` with output_frame in the one spelling every reader knows ('center' -> 'centre')."""
     from vivim.constants import RESIZE_FILTERS, check_output_frame, parse_output_frame
 
     try:
@@ -217,21 +214,23 @@ def _check_saved_fields(metadata: dict[str, Any], frames: int) -> None:
                 raise VivimError("save_checkpoint: normalization must be a mapping {'mean': [...], 'std': [...]}")
         if "output_frame" in metadata:
             flag = "save_checkpoint output_frame"
-            check_output_frame(parse_output_frame(metadata["output_frame"], flag), frames, flag)
+            output_frame = parse_output_frame(metadata["output_frame"], flag)
+            check_output_frame(output_frame, frames, flag)
+            metadata = {**metadata, "output_frame": output_frame}
     except (VivimError, ValueError) as exc:
         raise CheckpointError(str(exc)) from None
     if "resize" in metadata and metadata["resize"] not in RESIZE_FILTERS:
         raise CheckpointError(f"save_checkpoint: resize must be one of {', '.join(RESIZE_FILTERS)}, got {metadata['resize']!r}")
+    return metadata
 
 
 def load_checkpoint(path: PathLike, map_location: str = "cpu") -> tuple["VivimModel", dict[str, Any]]:
     """Load a checkpoint ('demo' for the bundled demo weights) -> (model in eval mode, metadata)."""
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from vivim.model import VivimConfig, VivimModel
-
-    import torch
 
     device = _load_device(map_location)  # before the file: a device it cannot use is not a damaged file
     p = resolve_checkpoint(path)

@@ -10,7 +10,7 @@ import threading
 from typing import Any, Callable, Dict, Iterator
 
 from vivim.cli_utils import detach_from_terminal, stop_signals
-from vivim.errors import signal_label
+from vivim.errors import Terminated, signal_label
 
 Log = Callable[[str], None]
 
@@ -35,8 +35,6 @@ class GracefulStop:
 
     def as_interrupt(self) -> KeyboardInterrupt:
         """The exception that ends the command the way its first signal asked (exit 130, 143 or 129)."""
-        from vivim.errors import Terminated
-
         return KeyboardInterrupt() if self.signum in (0, signal.SIGINT) else Terminated(self.signum)
 
     @contextlib.contextmanager

@@ -44,6 +44,18 @@ class Heartbeat:
 LOG_INTERVAL = 30.0  # seconds between two progress lines in a log file
 
 
+def stderr_line(message: str) -> None:
+    """A message on stderr that a progress bar, redrawn on the same line, does not overwrite (e.g. a warning from a
+    capture thread, or a stop request, arriving while the bar is drawn)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(message, file=sys.stderr, flush=True)
+        return
+    with tqdm.external_write_mode(file=sys.stderr):
+        print(message, file=sys.stderr, flush=True)
+
+
 def bar(iterable: Any = None, **kwargs: Any) -> Any:
     """A tqdm progress bar on a terminal. In a log file (stderr not a terminal: nohup, a batch scheduler, systemd)
     one plain line every LOG_INTERVAL seconds instead: tqdm's carriage-return redraws pile up there into one line of

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -23,6 +22,7 @@ from vivim.cli_utils import cli_app, count, run_app, warn
 from vivim.constants import SEED_MAX
 from vivim.errors import Interrupted, VivimError
 from vivim.graceful_stop import GracefulStop
+from vivim.progress import stderr_line
 from vivim.training.config import TrainConfig, TrainResult
 from vivim.training.data import build_data
 from vivim.training.environment import init_distributed, scan_implementations
@@ -87,11 +87,11 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         warn(f"{state_path}: already trained {run.progress.start_epoch} of --epochs {cfg.epochs}; nothing to do "
              "(the run is complete)")
     if dist_info.main:
-        print(f"training {cfg.variant} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on {device} x{dist_info.world}: "
+        millions = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f"training {cfg.variant} ({millions:.2f} M params) on {device} x{dist_info.world}: "
               f"{count(len(data.train_videos), 'video')} / {count(len(data.train_ds), 'clip')} for training, {count(len(data.val_videos), 'video')} for "
               f"validation{' (' + data.val_source + ')' if data.val_videos else ''}; T={cfg.frames}, {cfg.size}x{cfg.size}, batch {cfg.batch}{' per process' if dist_info.world > 1 else ''}, "
               f"{'AMP fp16' if use_amp else 'fp32'}; {scan_implementations(device)}")
-        millions = sum(p.numel() for p in model.parameters()) / 1e6
         if device.type == "cpu" and millions > CPU_TRIAL_MAX_M_PARAMS:  # a 2-core machine took 44 s per step for paper
             warn(f"the {cfg.variant} model ({millions:.1f} M params) trains very slowly on a CPU (tens of seconds per "
                  "step on a few cores); for a CPU trial use --variant tiny, for real training a GPU")
@@ -100,7 +100,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     # One process: Ctrl-C, SIGTERM or SIGHUP ends the epoch after the current batch (or cuts its validation short)
     # and saves it unvalidated, for --resume to continue; a second Ctrl-C aborts, except while files are written.
     # Under DDP every rank would have to stop at the same batch; there they unwind at once, as before.
-    stop = GracefulStop(_stderr_line, step="this batch and saving it",
+    stop = GracefulStop(stderr_line, step="this batch and saving it",
                         finishing_note="saving what is trained, one moment") if dist_info.world == 1 else None
     with stop if stop is not None else contextlib.nullcontext():
         run.stop = stop
@@ -140,13 +140,6 @@ class StoppedAndSaved(KeyboardInterrupt):
     def __init__(self, by: KeyboardInterrupt) -> None:
         super().__init__()
         self.by = by
-
-
-def _stderr_line(message: str) -> None:
-    """A line on stderr that the progress bar, redrawn on its own line, does not overwrite."""
-    from tqdm import tqdm
-
-    tqdm.write(message, file=sys.stderr)
 
 
 

@@ -119,8 +119,8 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     from vivim.constants import check_output_frame
 
     variant = _model_choice(checkpoint, variant)
-    _warn_unused_flags(given, streaming=streaming, long_clips=long_clips, device=str(torch_device(device)),
-                       backends=backends)
+    device = str(torch_device(device))
+    _warn_unused_flags(given, streaming=streaming, long_clips=long_clips, device=device, backends=backends)
     _check_counts(iters=iters, warmup=warmup, batch=batch, long_iters=long_iters, pipeline_frames=pipeline_frames)
     if not math.isfinite(max_row_seconds) or max_row_seconds < 0:  # nan would pass a range check, then break the JSON
         raise VivimError(f"--max-row-seconds must be a number of seconds >= 0 (0 = no limit), got {max_row_seconds}")
@@ -133,7 +133,6 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
             raise VivimError(f"{flag} must be auto or one of {', '.join(SCANS)}, got {name!r}")
     long_list = parse_frames_list(long_frames) if long_clips else []
     long_precision_list = parse_list(long_precisions, ("fp32", "fp16"), "--long-precisions")
-    device = str(torch_device(device))
     for flag, named in (("--video", video), ("--engine", engine), ("--plugin", trt_plugin)):
         if named is not None:
             paths.require_file(named, flag)

@@ -173,18 +173,16 @@ class AtomicVideoWriter:
     def _check_free_space(self) -> None:
         """DiskNearlyFull when less than the reserve is left: the larger of MIN_RESERVE and ~4 checks' worth of
         frames at the size written so far."""
-        import shutil
-
         assert self._tmp is not None
         if not self.frames_written:  # nothing to keep yet: a full disk is said as such
             check_disk_space(self._tmp, self.what)
             return
+        free = _free_bytes(self._tmp)
         try:
-            free = shutil.disk_usage(Path(self._tmp).parent).free
             per_frame = Path(self._tmp).stat().st_size / self.frames_written
         except OSError:
             return  # the writes themselves will tell
-        if free < max(self.MIN_RESERVE, 4 * self.CHECK_EVERY * per_frame):
+        if free is not None and free < max(self.MIN_RESERVE, 4 * self.CHECK_EVERY * per_frame):
             raise DiskNearlyFull(f"{self.what}: the disk is nearly full ({free / 2**20:.0f} MB left): the video stops "
                                  f"after {self.frames_written} frames")
 
@@ -213,15 +211,20 @@ class AtomicVideoWriter:
             self._tmp = None
 
 
-def check_disk_space(path: str | Path, what: str) -> None:
-    """A one-line error when the disk `path` goes to has less than a video's reserve left (checked before a run)."""
+def _free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the disk of `path`'s folder; None when the folder cannot be looked at."""
     import shutil
 
     try:
-        free = shutil.disk_usage(Path(path).parent).free
+        return shutil.disk_usage(Path(path).parent).free
     except OSError:
-        return  # the folder checks say what is wrong with it
-    if free < AtomicVideoWriter.MIN_RESERVE:
+        return None
+
+
+def check_disk_space(path: str | Path, what: str) -> None:
+    """A one-line error when the disk `path` goes to has less than a video's reserve left (checked before a run)."""
+    free = _free_bytes(path)
+    if free is not None and free < AtomicVideoWriter.MIN_RESERVE:  # None: the folder checks say what is wrong
         raise VivimError(f"{what}: its disk is full ({free / 2**20:.0f} MB left)")
 
 
@@ -238,11 +241,8 @@ def _video_opens(path: str) -> bool:
 
 
 def _disk_note(path: str) -> str:
-    import shutil
-
-    try:
-        free = shutil.disk_usage(Path(path).parent).free
-    except OSError:
+    free = _free_bytes(path)
+    if free is None:
         return "its folder is gone"
     return "the disk is full" if free < AtomicVideoWriter.MIN_RESERVE else "OpenCV wrote no readable file"
 

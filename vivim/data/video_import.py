@@ -54,7 +54,7 @@ def _mask_named(stem: str) -> str | None:
     return next((stem[: -len(s)] for s in MASK_SUFFIXES if s and stem.endswith(s) and len(stem) > len(s)), None)
 
 
-def _videos_in(folder: Path) -> list[Path]:
+def videos_in(folder: Path) -> list[Path]:
     """The videos of one folder, hidden files and mask videos beside their video (`a_mask.mp4` by `a.mp4`) aside."""
     found = [p for p in folder.iterdir() if _is_video(p)]
     stems = {p.stem for p in found}
@@ -70,13 +70,13 @@ def find_videos(source: Path, masks: Path | None = None) -> list[Path]:
         return [source]
     if not source.is_dir():
         raise VivimError(f"{source}: no such video file or folder")
-    videos = _videos_in(source)
+    videos = videos_in(source)
     if not videos:
         skip = masks.resolve() if masks is not None and masks.is_dir() and masks.resolve() != source.resolve() else None
         folders = sorted((p for p in source.rglob("*") if p.is_dir() and not any(part.startswith(".") for part in
                           p.relative_to(source).parts) and (skip is None or not p.resolve().is_relative_to(skip))),
                          key=lambda p: [frame_order(Path(part)) for part in p.relative_to(source).parts])
-        videos = [video for folder in folders for video in _videos_in(folder)]
+        videos = [video for folder in folders for video in videos_in(folder)]
     if not videos:
         raise VivimError(f"{source}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in this folder or its subfolders")
     names = [dataset_name(v, source) for v in videos]

@@ -146,8 +146,9 @@ class Run:
             print(f"resuming from {state_path} at epoch {self.progress.start_epoch + 1}/{cfg.epochs}{inside} ({best})")
 
     def train_epoch(self, epoch: int, data: TrainData) -> tuple[float, bool]:
-        """One pass over the training clips, or the rest of one that --max-steps stopped inside; (mean loss, stopped by
-        --max-steps). The LR schedule steps after a whole epoch; `progress.partial` tells an epoch left open."""
+        """One pass over the training clips, or the rest of one that --max-steps or a signal stopped inside; (mean
+        loss, stopped by --max-steps or a signal). `progress.partial` tells an epoch left open; the LR schedule steps
+        in close_epoch(), once the epoch is validated."""
         from vivim import progress as progress_bars
 
         cfg, progress = self.cfg, self.progress
@@ -190,7 +191,7 @@ class Run:
 
     def _steps(self, epoch: int, data: TrainData, bar: Any, total: float, batches: int) -> tuple[float, int, bool]:
         """The optimisation steps of one epoch, continuing the sums (`total` loss over `batches`) of the batches done
-        before; returns them and whether --max-steps ended the steps."""
+        before; returns them and whether --max-steps or a signal ended the steps."""
         import torch
 
         from vivim.losses import structure_loss
