@@ -734,13 +734,13 @@ def test_a_warning_during_the_progress_bar_gets_a_line_of_its_own(monkeypatch):
 
     from tqdm import tqdm
 
-    from vivim.runtime.app import _stderr
+    from vivim.progress import stderr_line
 
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
     with tqdm(total=60, desc="vivim-run", file=err, mininterval=0) as bar:
         bar.update(15)
-        _stderr("warning: video half.avi: decoding stopped at frame 22")
+        stderr_line("warning: video half.avi: decoding stopped at frame 22")
         bar.update(7)
     text = err.getvalue()
     at = text.index("warning: video half.avi")
