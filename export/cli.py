@@ -17,7 +17,8 @@ import typer
 from vivim import atomic, paths
 from vivim.checkpoint import DEMO_CLIP, bundled_asset, checkpoint_file
 from vivim.cli_utils import cli_app, next_command, run_app, shell, warn
-from vivim.constants import SEED_MAX
+from vivim.constants import SEED_MAX, image_hw
+from vivim.constants import parse_size as parse_size_flag
 from vivim.errors import VivimError
 from vivim.export.plugin import DEFAULT_PLUGIN_DIR, PLUGIN_LIBRARY_NAME, find_plugin_library
 
@@ -26,17 +27,8 @@ app = cli_app("Export Vivim checkpoints to ONNX (one VivimSelectiveScan node per
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
-    """--size: 'N' (square, as vivim-train and vivim-bench take it) or 'HxW' (also 'H,W') for another aspect."""
-    if text is None:
-        return None
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        values = [int(part) for part in parts]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 2):
-        raise VivimError(f"--size {text}: give one side N (square) or HxW, e.g. 256 or 256x320")
-    return (values[0], values[-1])
+    """--size: 'N' (square) or 'HxW' (also 'H,W'), as vivim-train takes it; None = the checkpoint's trained size."""
+    return None if text is None else image_hw(parse_size_flag(text))
 
 
 def _mb(n_bytes: int) -> str:

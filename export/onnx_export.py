@@ -33,7 +33,7 @@ from vivim.export.ort_ops import INPUT_NAMES, OP_DOMAIN, OP_TYPE
 
 import vivim
 from vivim.cli_utils import warn
-from vivim.constants import parse_output_frame, size_problem, untrained_output_frame
+from vivim.constants import parse_output_frame, size_label, size_problem, untrained_output_frame
 from vivim.errors import VivimError
 from vivim.export.plugin import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from vivim.progress import Heartbeat
@@ -257,10 +257,10 @@ def export_onnx(
         check_opset(opset)
     model, metadata, ckpt_path = load_model(checkpoint)
 
-    trained_size = model.img_size
+    trained_size = model.input_hw
     frames = model.frames if frames is None else int(frames)  # 0 is an error, not "the default"
     if size is None:
-        size = (trained_size, trained_size)
+        size = trained_size
     elif isinstance(size, (int, numbers.Integral)):  # one side (also a NumPy integer): square, as create_model takes it
         size = (int(size), int(size))
     else:
@@ -273,8 +273,8 @@ def export_onnx(
     # the network accepts other T and sizes (no positional embeddings), but accuracy is only known for the trained ones
     if frames != model.frames:
         warn(f"the checkpoint was trained on clips of {model.frames} frames; exporting --frames {frames}")
-    if size != (trained_size, trained_size):
-        warn(f"the checkpoint was trained at {trained_size}x{trained_size}; exporting --size {size[0]}x{size[1]}")
+    if size != trained_size:
+        warn(f"the checkpoint was trained at {size_label(trained_size)}; exporting --size {size_label(size)}")
     mismatch = untrained_output_frame(None if output_frame == "all" else output_frame,
                                       metadata.get("output_frame", "centre"), frames, ckpt_path.name)
     if mismatch:

@@ -309,7 +309,7 @@ def test_cli_smoke_and_one_line_errors(data, tmp_path, monkeypatch, capsys):
     empty.mkdir()
     for extra, needle in ((["--frames", "0"], "--frames must be at least 1, got 0"),
                           (["--lr", "-1"], "--lr must be a positive learning rate"),
-                          (["--size", "48"], "--size must be a multiple of 32, at least 32"),
+                          (["--size", "48"], "--size 48: must be a multiple of 32, at least 32"),
                           (["--val", str(tmp_path / "nope")], f"--val {tmp_path / 'nope'}: no such dataset folder"),
                           (["--val", str(empty)], f"--val {empty}: not a dataset folder (expected JPEGImages/"),
                           (["--workers", "-1"], "--workers must be 0 or more"),

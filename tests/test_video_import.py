@@ -37,7 +37,8 @@ def _scene(rng: np.random.Generator, frames: int) -> tuple[list[np.ndarray], lis
 
 
 def _write_video(path: Path, images: list[np.ndarray]) -> None:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*("MJPG" if path.suffix == ".avi" else "mp4v")), 10, (W, H))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*("MJPG" if path.suffix == ".avi" else "mp4v")), 10,
+                             (images[0].shape[1], images[0].shape[0]))
     assert writer.isOpened()
     for image in images:
         writer.write(image)
@@ -95,6 +96,23 @@ def sources(tmp_path):
 
 def _import(*args: str):
     return CliRunner().invoke(app, ["import", *args])
+
+
+def test_wide_videos_get_a_training_size_in_their_own_aspect(tmp_path):
+    """320x180 frames (16:9): the next command trains at HxW in that aspect, not at a square that squeezes them."""
+    from vivim.constants import image_hw, size_argument
+    from vivim.data.cli import suggested_train_size
+
+    images = [np.full((180, 320, 3), 40 * k, np.uint8) for k in range(2)]
+    masks = [np.zeros((180, 320), np.uint8) for _ in range(2)]
+    for mask in masks:
+        mask[60:120, 100:200] = 255
+    videos, masks_root = _video_and_mask_folder(tmp_path, "wide", images, masks)
+    result = _import(str(videos), "--masks", str(masks_root), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    size = suggested_train_size([(320, 180)])
+    height, width = image_hw(size)
+    assert width > height and f"--size {size_argument(size)} " in result.output and "x" in size_argument(size)
 
 
 def test_videos_and_their_masks_become_a_dataset_the_reader_takes(sources, tmp_path):

@@ -18,6 +18,61 @@ def size_problem(side: object) -> "str | None":
     return None
 
 
+# An input size: one side N (square) or (height, width). A square size is kept as its int, the form checkpoints
+# written before non-square training hold, so square models read and write the same metadata as before.
+def image_hw(size: object) -> "tuple[int, int]":
+    """(height, width) of an input size given as N or (H, W) (a list from JSON metadata too)."""
+    if isinstance(size, (tuple, list)) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    return int(size), int(size)  # type: ignore[call-overload]
+
+
+def canonical_size(size: object) -> "int | tuple[int, int]":
+    """N for a square size (also given as (N, N) or [N, N]), else (H, W)."""
+    height, width = image_hw(size)
+    return height if height == width else (height, width)
+
+
+def image_size_problem(size: object) -> "str | None":
+    """Why `size` (N or (H, W)) is not a usable input size, or None."""
+    if isinstance(size, (tuple, list)):
+        if len(size) != 2:
+            return f"must be one side N or two sides (H, W), got {size!r}"
+        problems = [size_problem(side) for side in size]
+        return next((f"each side {p}" for p in problems if p), None)
+    return size_problem(size)
+
+
+def size_label(size: object) -> str:
+    """'256x256' or '256x320' (height x width, as --size takes it)."""
+    height, width = image_hw(size)
+    return f"{height}x{width}"
+
+
+def size_argument(size: object) -> str:
+    """A size as --size takes it: 'N' when square, else 'HxW'."""
+    height, width = image_hw(size)
+    return str(height) if height == width else f"{height}x{width}"
+
+
+def parse_size(text: object, flag: str = "--size") -> "int | tuple[int, int]":
+    """A --size flag: 'N' (square) or 'HxW' (also 'H,W'), each side checked; a one-line VivimError naming `flag`."""
+    from vivim.errors import VivimError
+
+    parts = str(text).strip().lower().replace(",", "x").split("x")
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise VivimError(f"{flag} {text}: give one side N (square) or HxW, e.g. 256 or 256x320")
+    size = canonical_size((values[0], values[-1]))
+    problem = image_size_problem(size)
+    if problem:
+        raise VivimError(f"{flag} {text}: {problem}")
+    return size
+
+
 # Resize filters for frames going into the model. vivim-train resizes with TRAIN_RESIZE and records it in each
 # checkpoint ("resize"); export carries it into the ONNX and engine metadata, and vivim-run uses it by default, so a
 # model sees the same kind of pixels at run time as in training.

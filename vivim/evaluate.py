@@ -96,8 +96,8 @@ def evaluate_checkpoint(
     from vivim.progress import bar as progress_bar
 
     import vivim
-    from vivim.constants import (check_output_frame, normalization_from_metadata, resize_from_metadata,
-                                 untrained_output_frame)
+    from vivim.constants import (canonical_size, check_output_frame, normalization_from_metadata,
+                                 resize_from_metadata, untrained_output_frame)
     from vivim.data.dataset import ClipDataset
     from vivim.data.layouts import discover_videos, every_video_note
     from vivim.metrics import MetricAccumulator
@@ -105,7 +105,7 @@ def evaluate_checkpoint(
     device = str(torch_device(device))
     model, meta = model_and_meta or vivim.load_checkpoint(checkpoint, map_location=device)
     model.to(device).eval()
-    frames, size = int(meta["frames"]), int(meta["img_size"])
+    frames, size = int(meta["frames"]), canonical_size(meta["img_size"])  # N or (H, W)
     trained_frame = meta.get("output_frame", "centre")  # checkpoints record the frame they were trained for
     mismatch = untrained_output_frame(output_frame, trained_frame, frames, str(checkpoint))
     if mismatch:

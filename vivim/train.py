@@ -19,7 +19,7 @@ import typer
 
 from vivim import paths
 from vivim.cli_utils import cli_app, count, run_app, warn
-from vivim.constants import SEED_MAX
+from vivim.constants import SEED_MAX, parse_size, size_label
 from vivim.errors import Interrupted, VivimError
 from vivim.graceful_stop import GracefulStop
 from vivim.progress import stderr_line
@@ -90,7 +90,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         millions = sum(p.numel() for p in model.parameters()) / 1e6
         print(f"training {cfg.variant} ({millions:.2f} M params) on {device} x{dist_info.world}: "
               f"{count(len(data.train_videos), 'video')} / {count(len(data.train_ds), 'clip')} for training, {count(len(data.val_videos), 'video')} for "
-              f"validation{' (' + data.val_source + ')' if data.val_videos else ''}; T={cfg.frames}, {cfg.size}x{cfg.size}, batch {cfg.batch}{' per process' if dist_info.world > 1 else ''}, "
+              f"validation{' (' + data.val_source + ')' if data.val_videos else ''}; T={cfg.frames}, {size_label(cfg.size)}, batch {cfg.batch}{' per process' if dist_info.world > 1 else ''}, "
               f"{'AMP fp16' if use_amp else 'fp32'}; {scan_implementations(device)}")
         if device.type == "cpu" and millions > CPU_TRIAL_MAX_M_PARAMS:  # a 2-core machine took 44 s per step for paper
             warn(f"the {cfg.variant} model ({millions:.1f} M params) trains very slowly on a CPU (tens of seconds per "
@@ -146,11 +146,11 @@ class StoppedAndSaved(KeyboardInterrupt):
 def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
     """Every flag checked before any work, with one line naming it; returns the (best, last, state) paths."""
     import vivim
-    from vivim.constants import check_output_frame, parse_output_frame, size_problem
+    from vivim.constants import canonical_size, check_output_frame, image_size_problem, parse_output_frame
 
     if cfg.variant not in vivim.variants():
         raise VivimError(f"--variant {cfg.variant!r}: choose one of {', '.join(vivim.variants())}")
-    for flag, value in (("--epochs", cfg.epochs), ("--frames", cfg.frames), ("--batch", cfg.batch), ("--size", cfg.size),
+    for flag, value in (("--epochs", cfg.epochs), ("--frames", cfg.frames), ("--batch", cfg.batch),
                         ("--threads", cfg.threads), ("--max-steps", cfg.max_steps), ("--patience", cfg.patience)):
         if value is not None and value < 1:
             raise VivimError(f"{flag} must be at least 1, got {value}")
@@ -160,9 +160,10 @@ def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
         raise VivimError(f"--lr must be a positive learning rate, got {cfg.lr}")
     cfg.output_frame = str(parse_output_frame(cfg.output_frame))  # 'center' -> 'centre': one spelling in the state
     check_output_frame(cfg.output_frame, cfg.frames)  # after --frames: against a valid clip length
-    problem = size_problem(cfg.size)
+    problem = image_size_problem(cfg.size)
     if problem:
         raise VivimError(f"--size {problem}")
+    cfg.size = canonical_size(cfg.size)  # (256, 256) is 256: one form in the state, the checkpoint and --resume
     from vivim.data.layouts import detect_layout
 
     for flag, folder in (("--data", cfg.data), ("--val", cfg.val)):  # checked now, named by flag (there are two)
@@ -200,7 +201,7 @@ def train(
     variant: str = typer.Option("paper", "--variant", help="paper, b1, b0 or tiny."),
     epochs: int = typer.Option(100, "--epochs", help="Epochs (cosine schedule length)."),
     frames: int = typer.Option(5, "--frames", "-T", help="Clip length T."),
-    size: int = typer.Option(256, "--size", "-s", help="Input size (square, multiple of 32)."),
+    size: str = typer.Option("256", "--size", "-s", help="Input side N (square) or HxW, e.g. 256 or 256x320 for wide video (multiples of 32)."),
     batch: int = typer.Option(8, "--batch", help="Clips per step (per process under torchrun)."),
     workers: int = typer.Option(2, "--workers", help="Data-loading worker processes."),
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (cosine to 1e-6)."),
@@ -222,7 +223,7 @@ def train(
 ) -> None:
     """Train with the paper's recipe; validation each epoch, best + last checkpoints, exact --resume."""
     cfg = TrainConfig(
-        data=str(data), out=str(out), variant=variant, epochs=epochs, frames=frames, size=size, batch=batch,
+        data=str(data), out=str(out), variant=variant, epochs=epochs, frames=frames, size=parse_size(size), batch=batch,
         workers=workers, lr=lr, val=str(val) if val else None, val_fraction=val_fraction, seed=seed, resume=resume,
         init=str(init) if init else None, amp=amp, output_frame=output_frame, device=device, threads=threads,
         max_steps=max_steps, progress=progress, augment=not no_augment, overwrite=overwrite, sparse_masks=sparse_masks,

@@ -8,6 +8,7 @@ from typing import Callable
 
 from vivim.bench.common import CAPTURE_SHAPE, BenchSettings, ModelSource, quiet
 from vivim.bench.records import one_line
+from vivim.constants import size_label
 from vivim.errors import VivimError
 
 
@@ -65,8 +66,8 @@ class Artifacts:
             from vivim.export.onnx_export import export_onnx
 
             s = self.settings
-            target = self.folder() / f"vivim_{s.frames}x{s.size}_{precision}.onnx"
-            export_onnx(self.checkpoint(), target, fp16=precision == "fp16", frames=s.frames, size=(s.size, s.size),
+            target = self.folder() / f"vivim_{s.frames}x{size_label(s.size)}_{precision}.onnx"
+            export_onnx(self.checkpoint(), target, fp16=precision == "fp16", frames=s.frames, size=s.hw,
                         output_frame="all", log=quiet)
             return target
 

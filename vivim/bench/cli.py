@@ -14,7 +14,7 @@ import typer
 
 from vivim import paths
 from vivim.cli_utils import cli_app, next_command, run_app, warn
-from vivim.constants import SEED_MAX, parse_output_frame, size_problem
+from vivim.constants import SEED_MAX, parse_output_frame, parse_size, size_label
 from vivim.devices import torch_device
 from vivim.errors import VivimError
 
@@ -30,7 +30,7 @@ def bench(
     variant: Optional[str] = typer.Option(None, "--variant", "-v",
                                           help="Model variant with random weights (paper, b1, b0, tiny)."),
     frames: Optional[int] = typer.Option(None, "--frames", "-T", "-t", help="Clip length T (default: the checkpoint's, else 5)."),
-    size: Optional[int] = typer.Option(None, "--size", "-s", help="Square input size (default: the checkpoint's, else 256)."),
+    size: Optional[str] = typer.Option(None, "--size", "-s", help="Input side N (square) or HxW, e.g. 256 or 256x320 (default: the checkpoint's, else 256)."),
     batch: int = typer.Option(1, "--batch", help="Clips per call."),
     device: str = typer.Option("auto", "--device", "-d", help="cpu, cuda, cuda:N or auto."),
     backends: str = typer.Option("all", "--backends", "-b",
@@ -105,7 +105,7 @@ def _require_readable_video(video: str) -> None:
     FrameSource(f"--video {video}", open_video(video), live=False, reconnect=False).open().stop()
 
 
-def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optional[int], size: Optional[int],
+def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optional[int], size: Optional[str],
            batch: int, device: str, backends: str, scans: str, reference_scan: str, iters: int, warmup: int,
            max_row_seconds: float, out: Path, streaming: bool, output_frame: str, stream_scan: str,
            long_clips: bool, compile_rows: bool, long_frames: str, long_precisions: str, long_iters: int,
@@ -141,7 +141,7 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
 
     settings = BenchSettings(
         variant=variant, checkpoint=checkpoint, frames=5 if frames is None else frames,
-        size=256 if size is None else size, batch=batch, device=device,
+        size=256 if size is None else parse_size(size), batch=batch, device=device,
         warmup=warmup, iters=iters, max_row_seconds=max_row_seconds or None, output_frame=parse_output_frame(output_frame, allow_index=True),
         fp16_mode=fp16_mode, reference_scan=reference_scan, seed=seed, keep_onnx=keep_onnx, video=video,
         pipeline_frames=pipeline_frames, long_iters=long_iters, engine=engine, trt_plugin=trt_plugin,
@@ -151,12 +151,9 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
     if checkpoint is not None:
         trained_frames, trained_size = source.checkpoint_defaults()
         settings.frames = int(trained_frames or 5) if frames is None else frames  # 0 is an error, not "default"
-        settings.size = int(trained_size or 256) if size is None else size
+        settings.size = (trained_size or 256) if size is None else settings.size
     if settings.frames < 1:
         raise VivimError(f"--frames must be at least 1, got {settings.frames}")
-    problem = size_problem(settings.size)
-    if problem:
-        raise VivimError(f"--size {problem}")
     check_output_frame(settings.output_frame, settings.frames)  # an index must fit the clip: now, not after rows
 
     paths.check_writable(out, "--out", folder=True)  # after the flags, before the measurements
@@ -164,7 +161,7 @@ def _bench(*, checkpoint: Optional[str], variant: Optional[str], frames: Optiona
         paths.check_writable(keep_onnx, "--keep-onnx", folder=True)
     env = collect_environment(device)
     print(report.format_environment(env))
-    print(f"model: {checkpoint or variant}, clip {settings.batch}x{settings.frames}x3x{settings.size}x{settings.size}, "
+    print(f"model: {checkpoint or variant}, clip {settings.batch}x{settings.frames}x3x{size_label(settings.size)}, "
           f"device {device}, warm-up {warmup}, iterations {iters}")
 
     plan = plan_rows(settings, backends=backend_list, scans=scan_list, streaming=streaming, long_clips=long_list,

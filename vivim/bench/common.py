@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 from vivim.bench import timing
 from vivim.bench.records import Row, failed, one_line
+from vivim.constants import canonical_size, image_hw
 from vivim.errors import VivimError
 
 CAPTURE_SHAPE = (480, 640)  # height, width of the synthetic capture frames (VGA, a common HDMI-grabber mode)
@@ -26,7 +27,7 @@ class BenchSettings:
     variant: str | None = "tiny"
     checkpoint: str | None = None
     frames: int = 5
-    size: int = 256
+    size: int | tuple[int, int] = 256  # input side N (square) or (height, width)
     batch: int = 1
     device: str = "cpu"
     warmup: int = 10
@@ -44,6 +45,11 @@ class BenchSettings:
     trt_plugin: Path | None = None  # plugin library for building/running the engine
     compile: bool = False  # add torch.compile (Inductor) variants of the FP16 CUDA-graph rows
     threads: int | None = None  # CPU threads of PyTorch (set by the CLI) and of ONNX Runtime's CPU sessions
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """(height, width) of the benchmarked input."""
+        return image_hw(self.size)
 
 
 # --------------------------------------------------------------------------------------------- the model
@@ -88,15 +94,13 @@ class ModelSource:
         model.load_state_dict(base.state_dict())
         return model.eval()
 
-    def checkpoint_defaults(self) -> tuple[int | None, int | None]:
+    def checkpoint_defaults(self) -> tuple[int | None, int | tuple[int, int] | None]:
         """(frames, size) the checkpoint was trained with, for the CLI's defaults."""
         if self.settings.checkpoint is None:
             return None, None
         base = self.base()
         size = getattr(base, "img_size", None) or self.metadata.get("img_size")
-        if isinstance(size, (list, tuple)):
-            size = size[0]
-        return getattr(base, "frames", None) or self.metadata.get("frames"), size
+        return getattr(base, "frames", None) or self.metadata.get("frames"), None if size is None else canonical_size(size)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -235,7 +239,7 @@ def precision_scope(precision: str, settings: BenchSettings) -> Iterator[None]:
 def random_clip(settings: BenchSettings, frames: int, dtype: Any) -> Any:
     torch = torch_module()
     generator = torch.Generator().manual_seed(settings.seed)
-    x = torch.randn(settings.batch, frames, 3, settings.size, settings.size, generator=generator)
+    x = torch.randn(settings.batch, frames, 3, *settings.hw, generator=generator)
     return x.to(device=settings.device, dtype=dtype)
 
 

@@ -34,7 +34,7 @@ class Row:
     scan: str | None = None
     status: str = OK
     frames: int | None = None
-    size: int | None = None
+    size: int | tuple[int, int] | None = None  # side N (square) or (height, width)
     batch: int = 1
     output_frame: str | int | None = None
     latency: LatencyStats | None = None

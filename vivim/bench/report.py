@@ -19,6 +19,7 @@ from vivim import atomic
 from vivim.bench.env import environment_lines
 from vivim.bench.records import Row
 from vivim.cli_utils import warn
+from vivim.constants import size_label
 from vivim.errors import VivimError
 from vivim.latency import LATENCY_FIELDS
 
@@ -125,6 +126,8 @@ def _csv_record(row: Row) -> dict[str, Any]:
     record = row.to_dict(with_samples=False)
     flat: dict[str, Any] = {k: record[k] for k in ("backend", "precision", "scan", "mode", "status", "frames",
                                                    "size", "batch", "output_frame")}
+    if isinstance(flat["size"], (list, tuple)):  # a non-square input as one cell, HxW as --size takes it
+        flat["size"] = size_label(flat["size"])
     latency = record["latency_ms"] or {}
     for key in LATENCY_FIELDS:
         flat[f"latency_{key}_ms" if key != "n" else "latency_n"] = latency.get(key)

@@ -65,7 +65,7 @@ def ort_row(artifacts: Artifacts, settings: BenchSettings, *, provider: str, pre
             raise VivimError(f"{path}: expected one input, found {len(inputs)}")
         np_dtype = np.float16 if "float16" in inputs[0].type else np.float32
         rng = np.random.default_rng(settings.seed)
-        x = rng.standard_normal((settings.batch, settings.frames, 3, settings.size, settings.size)).astype(np_dtype)
+        x = rng.standard_normal((settings.batch, settings.frames, 3, *settings.hw)).astype(np_dtype)
         feed = {inputs[0].name: x}
         threads = f", {count(settings.threads, 'intra-op thread')}" if settings.threads else ""
         row.notes.append("host latency: includes host<->device copies" if provider != "CPUExecutionProvider"

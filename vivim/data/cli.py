@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import typer
 
 from vivim import paths
 from vivim.cli_utils import cli_app, count, next_command, run_app, shell, warn
-from vivim.constants import SEED_MAX
+from vivim.constants import SEED_MAX, SIZE_MULTIPLE, canonical_size, size_argument
 from vivim.errors import VivimError
 
 app = cli_app("Synthetic ultrasound data, video import and dataset checks.", no_args_is_help=True)
@@ -57,13 +58,13 @@ def synth(
           f"lesion pixels {100 * summary.foreground:.1f} %")
     if summary.contact_sheet:
         print(f"contact sheet: {summary.contact_sheet}")
-    train_size = max(32, min(size, 256) // 32 * 32)  # vivim-train takes multiples of 32 and resizes the frames
+    train_size = suggested_train_size([(size, size)])
     no_val = ["--val-fraction", 0] if len(summary.videos) < 2 else []  # one training video: nothing to hold out
     sparse = ["--sparse-masks"] if label_every > 1 else []
     if first_index > 0:  # a held-out set (same seed, later indices): score the model trained on the first set
         next_command(shell("vivim-eval", "runs/synth.safetensors", "--data", out, "--split", "all", *sparse))
         return
-    next_command(shell("vivim-train", "--data", out, "--variant", "tiny", "--size", train_size, "--epochs", 20, *no_val,
+    next_command(shell("vivim-train", "--data", out, "--variant", "tiny", "--size", size_argument(train_size), "--epochs", 20, *no_val,
                        *sparse, "--out", "runs/synth.safetensors"))
 
 
@@ -104,9 +105,27 @@ def import_command(
     if lesion == 0:
         warn(f"{masks}: every mask is empty; see README (Data) for how a mask marks the lesion")
     no_val = ["--val-fraction", 0] if len(summary.videos) < 2 else []  # one video: nothing to hold out
-    smallest = min(min(v["width"], v["height"]) for v in summary.videos)
-    train_size = max(32, min(smallest, 256) // 32 * 32)  # vivim-train takes multiples of 32 and resizes the frames
-    next_command(shell("vivim-train", "--data", out, "--size", train_size, *no_val, "--out", "runs/model.safetensors"))
+    train_size = suggested_train_size([(v["width"], v["height"]) for v in summary.videos])
+    next_command(shell("vivim-train", "--data", out, "--size", size_argument(train_size), *no_val,
+                       "--out", "runs/model.safetensors"))
+
+
+def suggested_train_size(frame_sizes: list[tuple[int, int]], side: int = 256) -> int | tuple[int, int]:
+    """The --size to suggest for frames of these (width, height): the paper's side x side pixels (or fewer, for small
+    frames) in multiples of 32; in the frames' own aspect when they share one that is not square (wide endoscopy
+    video would otherwise be squeezed), so a step costs about what a square one does."""
+    smallest = min(min(width, height) for width, height in frame_sizes)
+    side = max(SIZE_MULTIPLE, min(smallest, side) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    aspects = [width / height for width, height in frame_sizes]
+    aspect = math.exp(sum(math.log(a) for a in aspects) / len(aspects))
+    if max(aspects) / min(aspects) > 1.1 or abs(math.log(aspect)) < math.log(1.15):  # mixed or near square
+        return side
+
+    def multiple(x: float) -> int:
+        return max(SIZE_MULTIPLE, round(x / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+    height = multiple(side / math.sqrt(aspect))
+    return canonical_size((height, multiple(height * aspect)))
 
 
 @app.command(short_help="Check a dataset: videos, frames, sizes and lesion area.")

@@ -13,7 +13,7 @@ from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE, output_fr
 from vivim.data.clips import clip_indices
 from vivim.data.image_io import read_frame, read_mask, size_mismatch
 from vivim.data.layouts import VideoRecord
-from vivim.data.transforms import TrainAugment, apply_geometry, normalise, resize_frame, resize_mask, salt_and_pepper
+from vivim.data.transforms import ImageSize, TrainAugment, apply_geometry, normalise, resize_frame, resize_mask, salt_and_pepper
 from vivim.errors import VivimError
 
 
@@ -38,7 +38,7 @@ class ClipDataset(Dataset):
         videos: Sequence[VideoRecord],
         *,
         frames: int = 5,
-        size: int = 256,
+        size: ImageSize = 256,
         output_frame: str = "centre",
         augment: TrainAugment | None = None,
         seed: int = 0,

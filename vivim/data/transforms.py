@@ -8,29 +8,33 @@ Generator passed in, so a sample is a pure function of (seed, epoch, index).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, Union
 
 import cv2
 import numpy as np
 
-from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE
+from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE, image_hw
 from vivim.data.image_io import CV2_FILTERS
 
+ImageSize = Union[int, tuple[int, int]]  # side N (square) or (height, width)
 
-def resize_frame(image: np.ndarray, size: int, resize: str = TRAIN_RESIZE) -> np.ndarray:
-    """The training resize (TRAIN_RESIZE); checkpoints record its filter so that vivim-run and vivim-eval resize
-    alike."""
-    if image.shape[0] == size and image.shape[1] == size:
+
+def resize_frame(image: np.ndarray, size: ImageSize, resize: str = TRAIN_RESIZE) -> np.ndarray:
+    """The training resize to side N or (height, width) (TRAIN_RESIZE); checkpoints record its filter so that
+    vivim-run and vivim-eval resize alike."""
+    height, width = image_hw(size)
+    if image.shape[:2] == (height, width):
         return image
-    return cv2.resize(image, (size, size), interpolation=CV2_FILTERS[resize])
+    return cv2.resize(image, (width, height), interpolation=CV2_FILTERS[resize])
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+def resize_mask(mask: np.ndarray, size: ImageSize) -> np.ndarray:
     """Bilinear resize of a {0,1} mask to soft values in [0, 1] (float32), as the paper's loader does."""
     soft = mask.astype(np.float32)
-    if soft.shape[0] == size and soft.shape[1] == size:
+    height, width = image_hw(size)
+    if soft.shape[:2] == (height, width):
         return soft
-    return cv2.resize(soft, (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(soft, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def _step(rng: np.random.Generator, low: float, high: float) -> float:

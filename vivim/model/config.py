@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
-from vivim.constants import size_problem
+from vivim.constants import canonical_size, image_hw, image_size_problem
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class VivimConfig:
     expand: int = 2
     dsf_ratio: int = 4  # hidden width of the detail-specific feed-forward
     frames: int = 5  # clip length T, also the interleave period of the spatial branch
-    img_size: int = 256
+    img_size: Union[int, tuple[int, int]] = 256  # input side N (square) or (height, width)
     in_chans: int = 3
     num_classes: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
@@ -41,9 +41,16 @@ class VivimConfig:
         # ints checked as ints: a float T or size would be saved in the checkpoint and fail later, in export
         if isinstance(self.frames, bool) or not isinstance(self.frames, int) or self.frames < 1:
             raise ValueError(f"config {self.name}: frames must be an int >= 1, got {self.frames!r}")
-        problem = size_problem(self.img_size)
+        problem = image_size_problem(self.img_size)
         if problem:
             raise ValueError(f"config {self.name}: img_size {problem}")
+        # one form per size: N when square (as configs before non-square sizes held it), else (H, W)
+        object.__setattr__(self, "img_size", canonical_size(self.img_size))
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) of the input the network is built for."""
+        return image_hw(self.img_size)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

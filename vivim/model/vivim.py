@@ -22,11 +22,11 @@ OutputFrame = Optional[Union[str, int]]
 
 
 def stage_sizes(config: VivimConfig) -> list[tuple[int, int]]:
-    """(h, w) of each encoder stage's map for the configured square input (the patch embeddings' conv arithmetic)."""
-    sizes, side = [], config.img_size
+    """(h, w) of each encoder stage's map for the configured input (the patch embeddings' conv arithmetic)."""
+    sizes, (height, width) = [], config.input_hw
     for kernel, stride in zip(config.patch_sizes, config.strides):
-        side = (side + 2 * (kernel // 2) - kernel) // stride + 1
-        sizes.append((side, side))
+        height, width = ((side + 2 * (kernel // 2) - kernel) // stride + 1 for side in (height, width))
+        sizes.append((height, width))
     return sizes
 
 
@@ -109,8 +109,13 @@ class VivimModel(nn.Module):
         return self.config.frames
 
     @property
-    def img_size(self) -> int:
+    def img_size(self) -> Union[int, tuple[int, int]]:
+        """The trained input size: N (square) or (height, width)."""
         return self.config.img_size
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.config.input_hw
 
     # -- per-frame part -------------------------------------------------------------------------------------------
     def _spatial_stage(self, i: int, x: Tensor) -> tuple[Tensor, int, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 
 @dataclass
@@ -14,7 +14,7 @@ class TrainConfig:
     variant: str = "paper"
     epochs: int = 100
     frames: int = 5
-    size: int = 256
+    size: Union[int, tuple[int, int]] = 256  # side N (square) or (height, width)
     batch: int = 8
     workers: int = 2
     lr: float = 1e-4

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vivim.cli_utils import warn
+from vivim.constants import image_hw
 
 if TYPE_CHECKING:
+    from vivim.data.transforms import ImageSize
     from vivim.training.config import TrainConfig
     from vivim.training.environment import Dist
 
@@ -49,11 +51,12 @@ def annotated_only(videos: list, what: str, main: bool) -> list:
 CACHE_BUDGET = 2 * 1024**3  # bytes of decoded, resized frames kept in memory, over every copy on this machine
 
 
-def should_cache(videos, size: int, copies: int) -> bool:
+def should_cache(videos, size: ImageSize, copies: int) -> bool:
     """Cache decoded frames when every copy of them fits the budget: each DataLoader worker (or the process itself
     without workers) fills a cache of its own, and so does each training process on this machine."""
     frames = sum(len(v) for v in videos)
-    return frames * size * size * 3 * max(1, copies) < CACHE_BUDGET
+    height, width = image_hw(size)
+    return frames * height * width * 3 * max(1, copies) < CACHE_BUDGET
 
 
 

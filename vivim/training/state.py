@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vivim import atomic
+from vivim.constants import size_argument
 from vivim.errors import VivimError
 
 if TYPE_CHECKING:
@@ -109,6 +110,8 @@ def check_resumable(cfg: TrainConfig, state: dict, state_path: Path, last_path: 
                 differences.append(f"{'without' if was else 'with'} --no-augment")
             elif isinstance(was, bool):  # an on/off flag
                 differences.append(f"{'with' if was else 'without'} --{key.replace('_', '-')}")
+            elif key == "size":  # as the flag takes it: 256 or 256x320
+                differences.append(f"with --size {size_argument(was)}, not {size_argument(now)}")
             else:
                 differences.append(f"with --{key.replace('_', '-')} {was!r}, not {now!r}")
     if saved["epochs"] != cfg.epochs:  # the cosine schedule's length is part of the state

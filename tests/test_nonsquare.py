@@ -1,0 +1,109 @@
+"""Non-square input sizes end to end: --size HxW parsed alike by every tool, a model built for (H, W) (its decoder's
+cached resize weights included), vivim-train at HxW recording it, vivim-eval, --resume and vivim-export taking it
+from the checkpoint, and the size vivim-data suggests for wide frames."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import vivim
+from vivim.constants import canonical_size, image_hw, parse_size, size_argument
+from vivim.data.cli import suggested_train_size
+from vivim.data.synth_dataset import write_synthetic_dataset
+from vivim.errors import VivimError
+from vivim.train import TrainConfig, load_state, output_paths, run_training
+
+
+def test_size_flag_takes_one_side_or_height_by_width() -> None:
+    assert parse_size("64") == 64 and parse_size("64x96") == (64, 96) and parse_size("96,64") == (96, 64)
+    assert parse_size("96x96") == 96  # a square given as HxW is the square's one form
+    assert size_argument((64, 96)) == "64x96" and size_argument(64) == "64" and size_argument([96, 96]) == "96"
+    assert image_hw(64) == (64, 64) and image_hw([64, 96]) == (64, 96) and canonical_size([32, 32]) == 32
+    with pytest.raises(VivimError, match=r"^--size 64x80: each side must be a multiple of 32"):
+        parse_size("64x80")
+    with pytest.raises(VivimError, match=r"^--size 64x: give one side N"):
+        parse_size("64x")
+
+
+def test_model_built_for_height_by_width_matches_the_square_model_on_the_same_input(rng_seed) -> None:
+    """The (H, W) model's decoder resizes with weights cached for its stage sizes; a square model given the same
+    clip builds them per call: the same weights must give the same logits."""
+    wide = vivim.create_model("tiny", frames=3, img_size=(64, 96)).eval()
+    square = vivim.create_model("tiny", frames=3, img_size=64).eval()
+    square.load_state_dict(wide.state_dict())
+    assert wide.img_size == (64, 96) and wide.input_hw == (64, 96)
+    assert [m.dst for m in wide.decode_head.upsample] == [(16, 24)] * 3  # stage 1's map: 1/4 of each side
+    assert [m.src for m in wide.decode_head.upsample] == [(8, 12), (4, 6), (2, 3)]
+    clip = torch.randn(2, 3, 3, 64, 96)
+    with torch.no_grad():
+        got, want = wide(clip), square(clip)
+    assert got.shape == (2, 3, 1, 64, 96)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert vivim.create_model("tiny", img_size=(64, 64)).img_size == 64  # the config keeps one form per size
+
+
+@pytest.fixture(scope="module")
+def wide_run(tmp_path_factory):
+    """A few steps of vivim-train at 32x64 on 48x80 synthetic frames; the checkpoint and its config."""
+    root = tmp_path_factory.mktemp("wide")
+    data = root / "data"
+    write_synthetic_dataset(data, videos=3, frames=4, size=48, seed=0, mp4=False, sheet=False)
+    cfg = TrainConfig(data=str(data), out=str(root / "run" / "wide.safetensors"), variant="tiny", epochs=2, frames=3,
+                      size=(32, 64), batch=2, workers=0, lr=1e-3, val_fraction=0.34, seed=0, device="cpu",
+                      progress=False, max_steps=2)
+    run_training(cfg)
+    return cfg
+
+
+def test_training_at_height_by_width_records_it_and_eval_scores_at_it(wide_run, tmp_path) -> None:
+    from vivim.evaluate import evaluate_checkpoint
+
+    best, _, state_path = output_paths(wide_run.out)
+    model, meta = vivim.load_checkpoint(best)
+    assert meta["img_size"] == [32, 64] and meta["config"]["img_size"] == [32, 64] and model.input_hw == (32, 64)
+    assert tuple(load_state(state_path)["config"]["size"]) == (32, 64)
+    summary, _, dataset, _ = evaluate_checkpoint(best, wide_run.data, split="all", batch=2, workers=0, progress=False)
+    assert summary["img_size"] == (32, 64) and json.loads(json.dumps(summary))["img_size"] == [32, 64]
+    item = dataset[0]
+    assert item["clip"].shape == (3, 3, 32, 64) and item["mask"].shape[-2:] == (32, 64)
+
+
+def test_resume_names_a_different_size_as_the_flag_takes_it(wide_run) -> None:
+    cfg = TrainConfig(**{**wide_run.__dict__, "size": 32, "resume": True})
+    with pytest.raises(VivimError, match=r"the run was started with --size 32x64, not 32; resume with the same flags"):
+        run_training(cfg)
+    resumed = run_training(TrainConfig(**{**wide_run.__dict__, "size": (32, 64), "resume": True, "max_steps": None}))
+    assert resumed.epochs_done == 2
+
+
+def test_export_takes_the_trained_height_by_width(wide_run, tmp_path, capsys) -> None:
+    pytest.importorskip("onnx")
+    import onnx
+
+    from vivim.export.onnx_export import export_onnx
+
+    best = output_paths(wide_run.out)[0]
+    export_onnx(best, tmp_path / "wide.onnx", output_frame="newest", optimize=False)
+    graph = onnx.load(str(tmp_path / "wide.onnx"), load_external_data=False).graph
+    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 3, 32, 64]
+    assert "trained at" not in capsys.readouterr().err  # the trained size itself: nothing to warn about
+
+
+@pytest.mark.parametrize("frames", [[(1280, 720)], [(640, 480), (800, 600)], [(600, 800)], [(1920, 1080)] * 3])
+def test_suggested_size_keeps_a_shared_aspect_at_about_the_square_pixel_count(frames) -> None:
+    height, width = image_hw(suggested_train_size(frames))
+    aspect = math.exp(sum(math.log(w / h) for w, h in frames) / len(frames))
+    assert height % 32 == 0 and width % 32 == 0
+    assert abs(math.log((width / height) / aspect)) < math.log(1.2)  # the frames' aspect, to a 32-pixel step
+    assert 0.8 < height * width / 256**2 < 1.2  # what a square 256 step costs
+
+
+@pytest.mark.parametrize("frames, expected", [([(256, 256)], 256), ([(1280, 720), (640, 480)], 256),
+                                              ([(100, 100)], 96), ([(540, 500)], 256)])
+def test_suggested_size_is_square_for_square_small_or_mixed_frames(frames, expected) -> None:
+    assert suggested_train_size(frames) == expected
