@@ -38,6 +38,9 @@ from vivim.errors import VivimError
 from vivim.export.plugin import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from vivim.progress import Heartbeat
 
+# The largest state size N the selective-scan kernel takes (plugins/selective_scan: N <= 64).
+MAX_SCAN_STATES = 64
+
 INPUT_NAME = "frames"
 OUTPUT_NAME = "logits"
 MIN_OPSET = 18
@@ -270,6 +273,9 @@ def export_onnx(
     problem = size_problem(size[0]) or size_problem(size[1])
     if problem:
         raise VivimError(f"--size {size[0]}x{size[1]}: each side {problem}")
+    if model.config.d_state > MAX_SCAN_STATES:  # the graph would export, and fail only when TensorRT builds it
+        raise VivimError(f"{ckpt_path}: its model has d_state {model.config.d_state}; the scan plugin and CUDA kernel "
+                         f"hold at most {MAX_SCAN_STATES} states per channel")
     # the network accepts other T and sizes (no positional embeddings), but accuracy is only known for the trained ones
     if frames != model.frames:
         warn(f"the checkpoint was trained on clips of {model.frames} frames; exporting --frames {frames}")

@@ -488,6 +488,7 @@ def test_export_error_paths(tiny_checkpoint, tmp_path):
     from safetensors.numpy import save_file
     from vivim.export.onnx_export import export_onnx
 
+    import vivim
     from vivim.errors import CheckpointError, VivimError
 
     with pytest.raises(CheckpointError, match="nope.safetensors"):
@@ -506,6 +507,10 @@ def test_export_error_paths(tiny_checkpoint, tmp_path):
         export_onnx(tiny_checkpoint, tmp_path / "m.onnx", opset=13)
     with pytest.raises(VivimError, match="--size"):
         export_onnx(tiny_checkpoint, tmp_path / "m.onnx", size=(60, 64))
+    wide_state = tmp_path / "n65.safetensors"  # more states than the scan plugin holds: refused before the graph
+    vivim.save_checkpoint(vivim.create_model("tiny", frames=3, img_size=32, d_state=65), wide_state)
+    with pytest.raises(VivimError, match=r"n65.safetensors: its model has d_state 65; .* at most 64 states"):
+        export_onnx(wide_state, tmp_path / "m.onnx")
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*tmp"))
 
 
