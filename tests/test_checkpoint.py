@@ -40,6 +40,8 @@ def test_round_trip_restores_weights_config_and_metadata(tmp_path, tiny):
 def test_missing_file_and_folder(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         vivim.load_checkpoint(tmp_path / "absent.safetensors")
+    with pytest.raises(FileNotFoundError, match="absent.safetensors: checkpoint not found"):  # as a caller catches it
+        vivim.load_checkpoint(tmp_path / "absent.safetensors")
     with pytest.raises(CheckpointError, match="is a folder"):
         vivim.load_checkpoint(tmp_path)
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Union
 from vivim import __version__
 from vivim.atomic import atomic_path
 from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE, normalization_from_metadata
-from vivim.errors import CheckpointError, VivimError
+from vivim.errors import CheckpointError, CheckpointNotFound, VivimError
 
 if TYPE_CHECKING:  # torch stays out of `import vivim.checkpoint` for metadata-only readers
     from vivim.model import VivimModel
@@ -50,7 +50,7 @@ def resolve_checkpoint(path: PathLike) -> Path:
         return demo
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"{p}: checkpoint not found")
+        raise CheckpointNotFound(f"{p}: checkpoint not found")
     if p.is_dir():
         raise CheckpointError(f"{p}: is a folder, expected a .safetensors checkpoint file")
     return p

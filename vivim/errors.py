@@ -13,6 +13,10 @@ class CheckpointError(VivimError):
     """A checkpoint is missing, truncated, foreign or does not match the requested model."""
 
 
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No file where a checkpoint was named (also a FileNotFoundError, as a library caller would catch it)."""
+
+
 class ScanShapeError(VivimError, ValueError):
     """Selective-scan arguments of inconsistent shapes (also a ValueError, as for any torch op)."""
 
