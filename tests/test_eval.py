@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from importlib import resources
@@ -17,6 +18,7 @@ from vivim.constants import IMAGENET_MEAN, IMAGENET_STD
 from vivim.data.synth_dataset import write_synthetic_dataset
 from vivim.errors import VivimError
 from vivim.evaluate import default_split, evaluate_checkpoint, format_table, write_overlays
+from vivim.structure_metrics import s_measure, weighted_f_measure
 
 
 
@@ -67,6 +69,8 @@ def _reference_scores(checkpoint, data, mode):
                 "mae": float(np.abs(p - gt).mean()),
                 "dice_256": float(np.mean(swept)),
                 "empty_gt": not gt.any(),
+                "s_measure": float(s_measure(torch.from_numpy(p)[None], torch.from_numpy(gt)[None])[0]),
+                "weighted_f": float(weighted_f_measure(torch.from_numpy(p)[None], torch.from_numpy(gt)[None])[0]),
             }
     return scores
 
@@ -82,6 +86,8 @@ def test_scores_match_an_independent_recomputation(checkpoint, data, mode):
         for key in ("dice", "precision", "recall", "mae"):
             assert record[key] == pytest.approx(expected[key], abs=1e-5), (record["video"], record["frame"], key)
         assert record["thresholds_256"]["dice"] == pytest.approx(expected["dice_256"], abs=1e-5)
+        for key in ("s_measure", "weighted_f"):  # of the continuous map each frame's clip gave
+            assert record[key] == pytest.approx(expected[key], abs=1e-5), (record["video"], record["frame"], key)
     assert summary["dice"] == pytest.approx(np.mean([r["dice"] for r in ref.values()]), abs=1e-6)
     assert summary["thresholds_256"]["dice"] == pytest.approx(np.mean([r["dice_256"] for r in ref.values()]), abs=1e-6)
     assert summary["empty_gt_frames"] == sum(r["empty_gt"] for r in ref.values())
@@ -217,6 +223,7 @@ def test_cli_writes_json_table_and_overlays(checkpoint, data, tmp_path):
                                       "--worst", "3", "--device", "cpu", "--no-progress", "--save-masks", str(tmp_path / "pred")])
     assert result.exit_code == 0, result.output
     assert "all @0.5" in result.output and "256-thr" in result.output
+    assert re.search(r"all \(continuous p\)\s+10" + r"\s+0\.\d{4}" * 5, result.output), result.output
     assert f"wrote the predicted masks of 10 frames to {tmp_path / 'pred'}/<video>/" in result.output
     assert len(list((tmp_path / "pred").glob("*/*.png"))) == 10
     inside = CliRunner().invoke(app, [str(checkpoint), "--data", str(data), "--device", "cpu", "--no-progress",
@@ -224,8 +231,10 @@ def test_cli_writes_json_table_and_overlays(checkpoint, data, tmp_path):
     assert isinstance(inside.exception, VivimError) and "--save-masks" in str(inside.exception)
     assert not (data / "predictions").exists()
     report = json.loads(out.read_text())
-    for key in ("dice", "jaccard", "precision", "recall", "mae"):
+    for key in ("dice", "jaccard", "precision", "recall", "mae", "s_measure", "mean_e_measure", "max_e_measure",
+                "adaptive_e_measure", "weighted_f"):
         assert 0.0 <= report[key] <= 1.0
+        assert all(0.0 <= block[key] <= 1.0 for block in report["per_video"].values())
     assert set(report["thresholds_256"]) >= {"dice", "jaccard", "precision", "recall"}
     assert set(report["per_video"]) == {"synth_0000", "synth_0001"} and len(report["per_frame"]) == 10
     images = sorted((tmp_path / "ov").glob("*.png"))

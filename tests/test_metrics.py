@@ -119,6 +119,38 @@ def test_accumulator_means_per_frame_and_per_video():
     assert "thresholds_256" in s and set(s["thresholds_256"]) >= {"dice", "jaccard", "precision", "recall"}
 
 
+def test_accumulator_structure_measures_per_frame_video_and_set(rng_seed):
+    """S, mean/adaptive E and weighted F are frame means (of vivim.structure_metrics' per-frame values, tested against
+    references of their own); max E is the maximum over thresholds of the frames' mean E curve, per video and over
+    all frames, as the toolboxes take it, which is not the mean of each frame's max."""
+    from vivim.structure_metrics import e_measure, e_measure_curve, s_measure, weighted_f_measure
+
+    rng = np.random.default_rng(rng_seed)
+    gt = torch.zeros(5, 24, 32, dtype=torch.bool)
+    for i in range(5):
+        y, x = rng.integers(2, 14), rng.integers(2, 20)
+        gt[i, y:y + rng.integers(3, 9), x:x + rng.integers(3, 11)] = True
+    prob = torch.from_numpy(np.clip(gt.numpy() * 0.7 + rng.normal(0.15, 0.2, gt.shape), 0, 1)).float()
+    videos = ["a", "a", "b", "b", "b"]
+    acc = MetricAccumulator(sweep=False, structure=True)
+    acc.add(prob[:2], gt[:2], videos[:2], [0, 1])  # two batches: the curves must follow their records
+    acc.add(prob[2:], gt[2:], videos[2:], [0, 1, 2])
+    s = acc.summary()
+    per_frame = {"s_measure": s_measure(prob, gt), "mean_e_measure": e_measure(prob, gt)["mean"],
+                 "adaptive_e_measure": e_measure(prob, gt)["adaptive"], "weighted_f": weighted_f_measure(prob, gt)}
+    curves = e_measure_curve(prob, gt)
+    for name, frames in (("all", slice(0, 5)), ("a", slice(0, 2)), ("b", slice(2, 5))):
+        block = s if name == "all" else s["per_video"][name]
+        for key, values in per_frame.items():
+            assert block[key] == pytest.approx(float(values[frames].mean()), abs=1e-12), (name, key)
+        assert block["max_e_measure"] == pytest.approx(float(curves[frames].mean(0).max()), abs=1e-6), name
+    assert s["max_e_measure"] <= float(e_measure(prob, gt)["max"].mean()) + 1e-12  # max of the mean <= mean of maxes
+    assert all("e_curve" not in r for r in acc.records)  # 256 numbers a frame stay out of the per-frame JSON
+    plain = MetricAccumulator(sweep=False)
+    plain.add(prob, gt, videos, range(5))
+    assert "s_measure" not in plain.summary() and "s_measure" not in plain.records[0]
+
+
 def test_structure_loss_matches_the_formula(rng_seed):
     logits = torch.randn(2, 1, 40, 40)
     target = (torch.rand(2, 1, 40, 40) > 0.7).float()

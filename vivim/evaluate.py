@@ -21,6 +21,8 @@ from vivim.devices import torch_device
 from vivim.errors import VivimError
 
 ROWS = ("dice", "jaccard", "precision", "recall", "specificity", "mae")
+STRUCTURE_COLUMNS = (("S-measure", "s_measure"), ("mean E", "mean_e_measure"), ("max E", "max_e_measure"),
+                     ("adaptive E", "adaptive_e_measure"), ("weighted F", "weighted_f"))
 
 
 def default_split(data: str | Path) -> str:
@@ -85,6 +87,7 @@ def evaluate_checkpoint(
     batch: int = 8,
     workers: int = 0,
     sweep: bool = True,
+    structure: bool = True,
     progress: bool = True,
     model_and_meta=None,
     sparse_masks: bool = False,
@@ -134,7 +137,7 @@ def evaluate_checkpoint(
     dataset = ClipDataset(videos, frames=frames, size=size, output_frame=output_frame, normalization=normalization,
                           resize=resize_from_metadata(meta.get("resize")))
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers)
-    acc = MetricAccumulator(sweep=sweep)
+    acc = MetricAccumulator(sweep=sweep, structure=structure)
     predictions = PredictionFolders(save_masks, videos, data) if save_masks is not None else None
     start = time.perf_counter()
     with torch.no_grad(), progress_bar(total=len(dataset), unit="frame", desc="eval", disable=not progress,
@@ -170,7 +173,9 @@ def evaluate_checkpoint(
         "conventions": "metrics at the model input size; GT = bilinear-resized mask > 0.5; prediction = sigmoid > 0.5 "
                        "(top level) or mean over 256 thresholds linspace(1,0,256) with p > t (thresholds_256); a zero "
                        "denominator scores 0 (empty GT and empty prediction -> Dice 0); means over frames, per_video "
-                       "= mean over that video's frames",
+                       "= mean over that video's frames; s_measure (alpha 0.5), mean/adaptive_e_measure and weighted_f "
+                       "(beta^2 1) of the continuous p, as the video polyp segmentation toolboxes compute them; "
+                       "max_e_measure = max over thresholds t/255 of the frame-averaged E curve",
     }
     return summary, acc, dataset, model
 
@@ -221,6 +226,11 @@ def format_table(summary: dict) -> str:
         sweep = summary["thresholds_256"]
         lines.append(f"{'all 256-thr mean':<{width}}{summary['frames']:>7}"
                      + "".join(f"{sweep[k]:>12.4f}" for k in ROWS[:-1]) + f"{'':>12}")
+    if "s_measure" in summary:  # the measures of the continuous map that polyp papers report beside Dice
+        lines.append("")
+        lines.append(f"{'':<{width}}{'frames':>7}" + "".join(f"{label:>12}" for label, _ in STRUCTURE_COLUMNS))
+        lines.append(f"{'all (continuous p)':<{width}}{summary['frames']:>7}"
+                     + "".join(f"{summary[k]:>12.4f}" for _, k in STRUCTURE_COLUMNS))
     return "\n".join(lines)
 
 
@@ -317,7 +327,8 @@ def evaluate(
     save_masks: Optional[Path] = typer.Option(None, "--save-masks", help="Folder for each scored frame's predicted mask: DIR/<video>/<frame>.png, 0/255 at the frame's size."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
-    """Dice, Jaccard, precision, recall, MAE (threshold 0.5 and mean over 256 thresholds), per video and overall."""
+    """Dice, Jaccard, precision, recall, MAE (threshold 0.5 and mean over 256 thresholds), per video and overall;
+    S-measure, E-measure and weighted F of the probability map."""
     paths.refuse_writing_over_inputs({"--json": json_out, "--overlays": overlays, "--save-masks": save_masks},
                                      {"--data": data, "CHECKPOINT": checkpoint_file(checkpoint)},
                                      folders=("--data",))

@@ -6,6 +6,11 @@ Two protocols, both reported:
   prediction = p > τ (τ = 1 always predicts nothing, τ = 0 everything).
 The ground truth is binary (a soft resized mask is binarised at > 0.5 first).
 
+Structure-aware measures of the continuous p (vivim.structure_metrics; what the video polyp segmentation papers
+report beside Dice): S-measure (alpha 0.5), E-measure (mean over the 256 thresholds t / 255 per frame and then over
+frames; max = the maximum over thresholds of the frame-averaged curve, as the evaluation toolboxes take it; adaptive)
+and the weighted F-measure (beta^2 = 1).
+
 Empty-mask conventions (the released code's, spec §6): a ratio whose denominator is zero scores 0.
 So a frame with an empty ground truth and an empty prediction gets Dice = Jaccard = 0 (not 1), recall is 0
 when the ground truth is empty, precision is 0 when the prediction is empty, specificity is 0 when the frame
@@ -22,8 +27,12 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from vivim.structure_metrics import structure_scores
+
 METRICS = ("dice", "jaccard", "precision", "recall", "specificity")
 THRESHOLDS = 256
+# per frame, of the continuous p; a dataset's max E is formed from the frames' E curves (max_e_measure)
+STRUCTURE = ("s_measure", "mean_e_measure", "adaptive_e_measure", "weighted_f")
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -85,12 +94,16 @@ def mean_absolute_error(prob: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return (prob.double() - gt.double()).abs().reshape(prob.shape[0], -1).mean(1)
 
 
-def frame_scores(prob: torch.Tensor, gt: torch.Tensor, sweep: bool = True) -> list[dict]:
-    """Per-frame records for a batch: {'dice', …, 'mae', 'fg_pixels', 'thresholds_256': {…}}."""
+def frame_scores(prob: torch.Tensor, gt: torch.Tensor, sweep: bool = True,
+                 structure: bool = False) -> list[dict]:
+    """Per-frame records for a batch: {'dice', …, 'mae', 'fg_pixels', 'thresholds_256': {…}}, with `structure` also
+    's_measure', 'mean_e_measure', 'adaptive_e_measure', 'weighted_f' and the frame's E curve under 'e_curve' (256
+    values; MetricAccumulator keeps it out of its records)."""
     gt = gt.bool()
     fixed = fixed_threshold_scores(prob, gt)
     mae = mean_absolute_error(prob, gt)
     swept = threshold_sweep_scores(prob, gt) if sweep else None
+    shaped = structure_scores(prob.float(), gt) if structure else None
     fg = gt.reshape(gt.shape[0], -1).sum(1)
     records = []
     for i in range(prob.shape[0]):
@@ -99,6 +112,10 @@ def frame_scores(prob: torch.Tensor, gt: torch.Tensor, sweep: bool = True) -> li
         record["fg_pixels"] = int(fg[i])
         if swept is not None:
             record["thresholds_256"] = {k: float(swept[k][i]) for k in METRICS}
+        if shaped is not None:
+            record.update(s_measure=float(shaped["s_measure"][i]), mean_e_measure=float(shaped["e_curve"][i].mean()),
+                          adaptive_e_measure=float(shaped["adaptive_e"][i]), weighted_f=float(shaped["weighted_f"][i]),
+                          e_curve=shaped["e_curve"][i])
         records.append(record)
     return records
 
@@ -111,31 +128,42 @@ def _mean(records: list[dict], key: str, sub: str | None = None) -> float:
 class MetricAccumulator:
     """Collects per-frame scores; `summary()` gives frame-level means, per-video means and the worst frames."""
 
-    def __init__(self, sweep: bool = True) -> None:
+    def __init__(self, sweep: bool = True, structure: bool = False) -> None:
         self.sweep = sweep
+        self.structure = structure
         self.records: list[dict] = []
+        # each frame's E curve by record index: the max E of a set of frames is the maximum of their mean curve
+        self._e_curves: list[np.ndarray] = []
 
     def add(self, prob: torch.Tensor, gt: torch.Tensor, videos: Iterable[str], frames: Iterable[int]) -> None:
-        for record, video, frame in zip(frame_scores(prob.detach().float().cpu(), gt.detach().cpu(), self.sweep), videos, frames):
+        scored = frame_scores(prob.detach().float().cpu(), gt.detach().cpu(), self.sweep, self.structure)
+        for record, video, frame in zip(scored, videos, frames):
+            if self.structure:
+                self._e_curves.append(record.pop("e_curve").astype(np.float32))  # 1 KB a frame, not in the JSON
             record["video"] = video
             record["frame"] = int(frame)
             self.records.append(record)
 
-    def _block(self, records: list[dict]) -> dict:
+    def _block(self, indices: list[int]) -> dict:
+        records = [self.records[i] for i in indices]
         block: dict = {k: _mean(records, k) for k in (*METRICS, "mae")}
         if self.sweep:
             block["thresholds_256"] = {k: _mean(records, k, "thresholds_256") for k in METRICS}
+        if self.structure:
+            block.update({k: _mean(records, k) for k in STRUCTURE})
+            curves = [self._e_curves[i].astype(np.float64) for i in indices]
+            block["max_e_measure"] = float(np.mean(curves, axis=0).max()) if curves else 0.0
         block["frames"] = len(records)
         return block
 
     def summary(self) -> dict:
-        by_video: dict[str, list[dict]] = defaultdict(list)
-        for record in self.records:
-            by_video[record["video"]].append(record)
-        out = self._block(self.records)
+        by_video: dict[str, list[int]] = defaultdict(list)
+        for index, record in enumerate(self.records):
+            by_video[record["video"]].append(index)
+        out = self._block(list(range(len(self.records))))
         out["videos"] = len(by_video)
         out["empty_gt_frames"] = sum(1 for r in self.records if r["fg_pixels"] == 0)
-        out["per_video"] = {name: self._block(recs) for name, recs in sorted(by_video.items())}
+        out["per_video"] = {name: self._block(indices) for name, indices in sorted(by_video.items())}
         return out
 
     def worst(self, k: int) -> list[dict]:
