@@ -33,13 +33,10 @@ from vivim.export.ort_ops import INPUT_NAMES, OP_DOMAIN, OP_TYPE
 
 import vivim
 from vivim.cli_utils import warn
-from vivim.constants import parse_output_frame, size_label, size_problem, untrained_output_frame
+from vivim.constants import MAX_SCAN_STATES, parse_output_frame, size_label, size_problem, untrained_output_frame
 from vivim.errors import VivimError
 from vivim.export.plugin import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from vivim.progress import Heartbeat
-
-# The largest state size N the selective-scan kernel takes (plugins/selective_scan: N <= 64).
-MAX_SCAN_STATES = 64
 
 INPUT_NAME = "frames"
 OUTPUT_NAME = "logits"
@@ -187,7 +184,8 @@ def validate_scan_nodes(model: onnx.ModelProto) -> int:
 
 
 def build_metadata(
-    metadata: dict, *, frames: int, size: Sequence[int], output_frame: str, fp16: bool, checkpoint_path: Path
+    metadata: dict, *, frames: int, size: Sequence[int], output_frame: str, fp16: bool, checkpoint_path: Path,
+    scan_states: int,
 ) -> dict[str, str]:
     """metadata_props (all strings; JSON for structured values) read back by `check`, `trt` and `vivim-run`."""
     from vivim.checkpoint import file_sha256
@@ -210,6 +208,7 @@ def build_metadata(
         "checkpoint_sha256": file_sha256(checkpoint_path),
         "checkpoint_name": checkpoint_path.name,
         "scan_contract": f"{OP_DOMAIN}::{OP_TYPE} v{PLUGIN_VERSION}",
+        "scan_states": str(scan_states),  # N of every scan: vivim-export trt refuses more than the plugin holds
     }
 
 
@@ -273,14 +272,15 @@ def export_onnx(
     problem = size_problem(size[0]) or size_problem(size[1])
     if problem:
         raise VivimError(f"--size {size[0]}x{size[1]}: each side {problem}")
-    if model.config.d_state > MAX_SCAN_STATES:  # the graph would export, and fail only when TensorRT builds it
-        raise VivimError(f"{ckpt_path}: its model has d_state {model.config.d_state}; the scan plugin and CUDA kernel "
-                         f"hold at most {MAX_SCAN_STATES} states per channel")
+    if model.config.d_state > MAX_SCAN_STATES:  # ONNX Runtime runs it; vivim-export trt refuses it (metadata)
+        warn(f"{ckpt_path.name}: its model has d_state {model.config.d_state}; the graph runs in ONNX Runtime, but the "
+             f"TensorRT plugin and the CUDA kernel hold at most {MAX_SCAN_STATES} states per channel")
     # the network accepts other T and sizes (no positional embeddings), but accuracy is only known for the trained ones
     if frames != model.frames:
         warn(f"the checkpoint was trained on clips of {model.frames} frames; exporting --frames {frames}")
     if size != trained_size:
-        warn(f"the checkpoint was trained at {size_label(trained_size)}; exporting --size {size_label(size)}")
+        swapped = " (--size is HxW: height first)" if size == trained_size[::-1] else ""
+        warn(f"the checkpoint was trained at {size_label(trained_size)}; exporting --size {size_label(size)}{swapped}")
     mismatch = untrained_output_frame(None if output_frame == "all" else output_frame,
                                       metadata.get("output_frame", "centre"), frames, ckpt_path.name)
     if mismatch:
@@ -315,7 +315,7 @@ def export_onnx(
 
     n_scans = validate_scan_nodes(proto)
     meta = build_metadata(metadata, frames=frames, size=size, output_frame=output_frame, fp16=fp16,
-                          checkpoint_path=ckpt_path)
+                          checkpoint_path=ckpt_path, scan_states=model.config.d_state)
     del proto.metadata_props[:]
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from vivim import atomic, paths
 from vivim.checkpoint import file_sha256
 from vivim.cli_utils import shell
+from vivim.constants import MAX_SCAN_STATES
 from vivim.errors import VivimError
 from vivim.export.onnx_files import missing_vivim_metadata, onnx_metadata
 from vivim.export.plugin import DEFAULT_PLUGIN_DIR, PLUGIN_LIBRARY_NAME, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
@@ -366,7 +367,12 @@ def _check_build_arguments(onnx_path: Path, engine_path: Path, plugin_path: Path
     paths.check_writable(engine_path, "-o")
     # the sidecar carries the model's metadata to vivim-run (normalisation, output frame): a graph without it would
     # build, then draw masks from wrongly prepared frames
-    missing_vivim_metadata(onnx_metadata(onnx_path), str(onnx_path))
+    meta = onnx_metadata(onnx_path)
+    missing_vivim_metadata(meta, str(onnx_path))
+    states = meta.get("scan_states", "")  # graphs exported before it was recorded: the plugin itself refuses
+    if states.isdigit() and int(states) > MAX_SCAN_STATES:
+        raise VivimError(f"{onnx_path}: its scans have {states} states per channel (the model's d_state); the plugin "
+                         f"holds at most {MAX_SCAN_STATES}: run this graph with vivim-run --onnx (ONNX Runtime)")
 
 
 # The plugin library this process registered with TensorRT: (resolved path, sha256, handle). TensorRT keeps a

@@ -330,6 +330,10 @@ def test_bad_arguments_fail_before_tensorrt(no_tensorrt: None, tmp_path: Path) -
     foreign, _ = _inputs(_subdir(tmp_path, "foreign"), props={"author": "x"})
     with pytest.raises(VivimError, match="model.onnx: no Vivim metadata .*export it with vivim-export onnx"):
         tb.build_engine(foreign, engine, plugin)
+    many_states, _ = _inputs(_subdir(tmp_path, "n65"), props={**VIVIM_PROPS, "scan_states": "65"})
+    with pytest.raises(VivimError, match="model.onnx: its scans have 65 states .* at most 64: run this graph with "
+                                         "vivim-run --onnx"):
+        tb.build_engine(many_states, engine, plugin)
     assert not engine.exists()
 
 

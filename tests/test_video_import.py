@@ -120,7 +120,7 @@ def test_videos_and_their_masks_become_a_dataset_the_reader_takes(sources, tmp_p
     out = tmp_path / "dataset"
     result = _import(str(videos), "--masks", str(masks), "-o", str(out))
     assert result.exit_code == 0, result.output
-    assert "imported 2 videos, 11 frames (48x40)" in result.output
+    assert "imported 2 videos, 11 frames (48x40 width x height)" in result.output
     assert f"next: vivim-train --data {out} --size 32 --out runs/model.safetensors" in result.output
     records = {v.name: v for v in discover_videos(out)}
     assert sorted(records) == ["case 1", "case_2"]

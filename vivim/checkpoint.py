@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Union
 
 from vivim import __version__
 from vivim.atomic import atomic_path
-from vivim.constants import IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE, normalization_from_metadata
+from vivim.constants import (IMAGENET_MEAN, IMAGENET_STD, TRAIN_RESIZE, canonical_size, image_size_problem,
+                             normalization_from_metadata)
 from vivim.errors import CheckpointError, CheckpointNotFound, VivimError
 
 if TYPE_CHECKING:  # torch stays out of `import vivim.checkpoint` for metadata-only readers
@@ -115,6 +116,15 @@ def _check_metadata(p: Path, meta: dict[str, Any]) -> None:
     config = meta.get("config")
     if isinstance(config, dict) and "variant" in meta and meta["variant"] != config.get("name"):
         raise CheckpointError(f"{p}: metadata says variant {meta['variant']!r} but its config is {config.get('name')!r}")
+    size, config_size = meta.get("img_size"), config.get("img_size") if isinstance(config, dict) else None
+    for where, value in (("img_size", size), ("config img_size", config_size)):
+        problem = image_size_problem(value) if value is not None else None
+        if problem:
+            raise CheckpointError(f"{p}: metadata {where} {problem}")
+    if size is not None and config_size is not None and canonical_size(size) != canonical_size(config_size):
+        raise CheckpointError(f"{p}: metadata says img_size {size!r} but its config is {config_size!r}")
+    if isinstance(config, dict) and "frames" in meta and "frames" in config and meta["frames"] != config["frames"]:
+        raise CheckpointError(f"{p}: metadata says frames {meta['frames']!r} but its config is {config['frames']!r}")
     if isinstance(meta.get("normalization"), str):  # checkpoints hold a mapping; only ONNX metadata holds text
         raise CheckpointError(f"{p}: metadata normalization must be a mapping, got {meta['normalization']!r}")
     try:
@@ -198,8 +208,14 @@ _FROM_THE_MODEL = frozenset({"variant", "frames", "img_size", "config", "package
 
 
 def _json_value(value: Any) -> Any:
-    """A value as the checkpoint's JSON holds it (tuples as lists), to compare a caller's with the model's."""
-    return json.loads(json.dumps(value))
+    """A value as the checkpoint's JSON holds it (tuples as lists; a size in its one form, N for [N, N]), to
+    compare a caller's with the model's."""
+    value = json.loads(json.dumps(value))
+    if isinstance(value, dict) and "img_size" in value and not image_size_problem(value["img_size"]):
+        value["img_size"] = canonical_size(value["img_size"])  # a config
+    elif isinstance(value, list) and not image_size_problem(value):
+        value = canonical_size(value)  # a size
+    return value
 
 
 def _checked_fields(metadata: dict[str, Any], frames: int) -> dict[str, Any]:

@@ -1,10 +1,15 @@
 """Constants shared by training, export and the runtime (no torch import here)."""
 
+import re
+
 # ImageNet normalisation, as in the paper's pre-processing (SegFormer backbone pretrained on ImageNet/ADE20K).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # --seed of every tool: the range NumPy and torch both accept
 SEED_MAX = 2**32 - 1
+
+# The most states per channel (d_state, N) the selective-scan CUDA kernel and TensorRT plugin hold.
+MAX_SCAN_STATES = 64
 
 # Input sides the network takes: the encoder downsamples 32x (four stages), so a side is a multiple of 32.
 SIZE_MULTIPLE = 32
@@ -59,14 +64,11 @@ def parse_size(text: object, flag: str = "--size") -> "int | tuple[int, int]":
     """A --size flag: 'N' (square) or 'HxW' (also 'H,W'), each side checked; a one-line VivimError naming `flag`."""
     from vivim.errors import VivimError
 
-    parts = str(text).strip().lower().replace(",", "x").split("x")
-    try:
-        values = [int(part) for part in parts]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 2):
+    match = re.fullmatch(r"([0-9]+)(?:[xX,]([0-9]+))?", str(text).strip())
+    if match is None:
         raise VivimError(f"{flag} {text}: give one side N (square) or HxW, e.g. 256 or 256x320")
-    size = canonical_size((values[0], values[-1]))
+    height = int(match.group(1))
+    size = canonical_size((height, int(match.group(2) or height)))
     problem = image_size_problem(size)
     if problem:
         raise VivimError(f"{flag} {text}: {problem}")

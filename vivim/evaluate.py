@@ -99,8 +99,8 @@ def evaluate_checkpoint(
     from vivim.progress import bar as progress_bar
 
     import vivim
-    from vivim.constants import (canonical_size, check_output_frame, normalization_from_metadata,
-                                 resize_from_metadata, untrained_output_frame)
+    from vivim.constants import (check_output_frame, normalization_from_metadata, resize_from_metadata,
+                                 untrained_output_frame)
     from vivim.data.dataset import ClipDataset
     from vivim.data.layouts import discover_videos, every_video_note
     from vivim.metrics import MetricAccumulator
@@ -108,7 +108,7 @@ def evaluate_checkpoint(
     device = str(torch_device(device))
     model, meta = model_and_meta or vivim.load_checkpoint(checkpoint, map_location=device)
     model.to(device).eval()
-    frames, size = int(meta["frames"]), canonical_size(meta["img_size"])  # N or (H, W)
+    frames, size = model.frames, model.img_size  # the network's own (the metadata repeats them, checked at load)
     trained_frame = meta.get("output_frame", "centre")  # checkpoints record the frame they were trained for
     mismatch = untrained_output_frame(output_frame, trained_frame, frames, str(checkpoint))
     if mismatch:
@@ -264,7 +264,7 @@ def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame:
         gt = item["mask"][0].numpy() > 0.5
         v, i = dataset.samples[k]
         # shown with the frame's own aspect (vivim-run's overlay keeps it too): the masks, scored on the model's
-        # square grid, are stretched back onto the frame rather than the frame squashed onto the grid
+        # grid (square, or another aspect), are stretched back onto the frame rather than the frame onto the grid
         frame = cv2.cvtColor(read_frame(dataset.videos[v].frames[i]), cv2.COLOR_RGB2BGR)
         shown = _overlay_size(frame.shape[0], frame.shape[1])
         big = lambda a: cv2.resize(a, shown[::-1], interpolation=cv2.INTER_NEAREST)  # noqa: E731

@@ -19,7 +19,7 @@ from vivim import atomic
 from vivim.bench.env import environment_lines
 from vivim.bench.records import Row
 from vivim.cli_utils import warn
-from vivim.constants import size_label
+from vivim.constants import size_argument
 from vivim.errors import VivimError
 from vivim.latency import LATENCY_FIELDS
 
@@ -126,8 +126,8 @@ def _csv_record(row: Row) -> dict[str, Any]:
     record = row.to_dict(with_samples=False)
     flat: dict[str, Any] = {k: record[k] for k in ("backend", "precision", "scan", "mode", "status", "frames",
                                                    "size", "batch", "output_frame")}
-    if isinstance(flat["size"], (list, tuple)):  # a non-square input as one cell, HxW as --size takes it
-        flat["size"] = size_label(flat["size"])
+    if flat["size"] is not None:  # as --size takes it: 256, or HxW for a non-square input
+        flat["size"] = size_argument(flat["size"])
     latency = record["latency_ms"] or {}
     for key in LATENCY_FIELDS:
         flat[f"latency_{key}_ms" if key != "n" else "latency_n"] = latency.get(key)
@@ -169,7 +169,8 @@ def format_markdown(rows: Sequence[Row], env: dict[str, Any], config: dict[str, 
                     title: str = "vivim-bench results") -> str:
     out = [f"# {title}", ""]
     if config:
-        out += ["Run: " + ", ".join(f"{k}={v}" for k, v in config.items() if v not in (None, [], "")), ""]
+        shown = {k: size_argument(v) if k == "size" and v is not None else v for k, v in config.items()}
+        out += ["Run: " + ", ".join(f"{k}={v}" for k, v in shown.items() if v not in (None, [], "")), ""]
     out += ["Environment:", ""]
     out += [f"- {text}" for text in environment_lines(env)]
     out += ["", "| " + " | ".join(TABLE_HEADER) + " |", "|" + "|".join("---" for _ in TABLE_HEADER) + "|"]

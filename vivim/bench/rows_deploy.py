@@ -14,6 +14,7 @@ from vivim.bench.common import (
 )
 from vivim.bench.records import Row, one_line, skipped
 from vivim.cli_utils import count
+from vivim.constants import canonical_size
 from vivim.errors import VivimError
 from vivim.export.plugin import DEFAULT_PLUGIN_DIR, PLUGIN_LIBRARY_NAME
 
@@ -132,6 +133,8 @@ def tensorrt_rows(artifacts: Artifacts, settings: BenchSettings) -> list[Row]:
         backend = TensorRTBackend(str(engine_path()), device=settings.device,
                                   plugin=str(settings.trt_plugin) if settings.trt_plugin else None, log=quiet)
         try:
+            # what the engine was built for (a prebuilt --engine need not match --frames / --size)
+            row.frames, row.size = backend.frames, canonical_size(backend.input_size)
             frame = capture_frame(settings)
             backend.prepare(frame.shape)
             index = output_frame_index(settings.output_frame, backend.frames)

@@ -98,7 +98,8 @@ def import_command(
         summary = import_videos(sources, out, image_format=image_format, progress=bar.update)
     sizes = sorted({f"{v['width']}x{v['height']}" for v in summary.videos})
     lesion = sum(v["lesion"] * v["frames"] for v in summary.videos) / max(1, summary.frames)
-    print(f"imported {count(len(summary.videos), 'video')}, {count(summary.frames, 'frame')} ({', '.join(sizes)}) "
+    print(f"imported {count(len(summary.videos), 'video')}, {count(summary.frames, 'frame')} ({', '.join(sizes)} "
+          "width x height) "
           f"into {out} in {time.perf_counter() - start:.1f} s; lesion pixels {100 * lesion:.1f} %")
     for warning in summary.warnings:
         warn(warning)
@@ -165,7 +166,7 @@ def check(
     annotated = f"{len(fg)} of them annotated ({unlabelled} video(s) without any mask), " if sparse_masks else ""
     lesion = f"{100 * float(np.mean(fg)):.1f} %" if fg else "n/a"
     print(f"{data}: {detect_layout(Path(data))} layout, split {split}: {count(len(videos), 'video')}, {count(total, 'frame')}, "
-          f"{annotated}sizes {size_text}, lesion pixels {lesion} on average, {empty} frames with an empty mask")
+          f"{annotated}sizes {size_text} (width x height), lesion pixels {lesion} on average, {empty} frames with an empty mask")
     if fg and empty == len(fg):  # nothing to learn: most likely masks that encode the lesion in another way
         warn(f"{data}: every one of the {len(fg)} masks is empty; see README (Data) for how a mask marks the lesion")
     elif sparse_masks and not fg:
