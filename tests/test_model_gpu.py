@@ -94,3 +94,22 @@ def test_training_step_on_cuda_reduces_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("impl", scan_impls())
+def test_non_square_model_on_cuda_matches_cpu_reference(impl):
+    """A model built for 64x96 (its decoder's resize weights cached for that grid) on CUDA, each scan."""
+    torch.manual_seed(1)
+    model = vivim.create_model("b0", frames=3, img_size=(64, 96)).eval()
+    clip = torch.randn(2, 3, 3, 64, 96)
+    with torch.no_grad():
+        expected = model(clip)
+    gpu = vivim.create_model("b0", frames=3, img_size=(64, 96))
+    gpu.load_state_dict(model.state_dict())
+    gpu = gpu.cuda().eval()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    with torch.no_grad(), dispatch.use_impl(impl):
+        got = gpu(clip.cuda()).cpu()
+    assert got.shape == (2, 3, 1, 64, 96)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-4

@@ -206,3 +206,24 @@ def test_suggested_size_keeps_a_shared_aspect_at_about_the_square_pixel_count(fr
                                               ([(100, 100)], 96), ([(540, 500)], 256)])
 def test_suggested_size_is_square_for_square_small_or_mixed_frames(frames, expected) -> None:
     assert suggested_train_size(frames) == expected
+
+
+@pytest.mark.gpu
+def test_vivim_run_on_cuda_with_a_graph_matches_the_cpu_at_height_by_width(wide_run, rng_seed) -> None:
+    """The device resize to a non-square grid, the fp16 network and its CUDA graph against the CPU backend."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU (torch.cuda.is_available() is False)")
+    import numpy as np
+
+    from vivim.runtime.backend_torch import TorchBackend
+
+    best = output_paths(wide_run.out)[0]
+    frames = [np.random.default_rng(rng_seed + k).integers(0, 256, (48, 80, 3), dtype=np.uint8) for k in range(3)]
+    masks = []
+    for options in ({"device": "cpu"}, {"device": "cuda", "fp16": True, "cuda_graph": True}):
+        backend = TorchBackend.from_checkpoint(best, log=lambda m: None, **options)
+        backend.prepare(frames[0].shape)
+        masks.append(backend.infer([backend.preprocess(f) for f in frames], 2))
+        backend.close()
+    assert masks[0].shape == masks[1].shape == (32, 64)
+    assert np.abs(masks[0].astype(np.float32) - masks[1].astype(np.float32)).max() < 0.05 * np.abs(masks[0]).max() + 0.05
