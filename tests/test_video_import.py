@@ -499,6 +499,19 @@ def test_a_folder_per_patient_is_imported_with_the_patients_in_the_names(tmp_pat
     assert message.startswith(f"{clash}: several videos would be named p_1_a (")
     assert "p/1_a.avi" in message and "p_1/a.avi" in message and message.endswith("rename one (a mask video is named "
                                                                                    "<stem>_mask.<ext>)")
+    # a flat masks folder holding one patient's clip_a masks: found for both patients' clip_a, so refused
+    flat = tmp_path / "flat_masks"
+    flat.mkdir()
+    (flat / "clip_a").mkdir()
+    for k, mask in enumerate(truth["patient01_clip_a"]):
+        cv2.imwrite(str(flat / "clip_a" / f"{k:05d}.png"), mask)
+    (flat / "clip_b").mkdir()
+    for k, mask in enumerate(truth["patient01_clip_b"]):
+        cv2.imwrite(str(flat / "clip_b" / f"{k:05d}.png"), mask)
+    message = _error(_import(str(raw), "--masks", str(flat), "-o", str(tmp_path / "ds4")))
+    assert message.startswith(f"--masks {flat}: {flat / 'clip_a'} would be the masks of both patient01_clip_a and "
+                              "patient02_clip_a; give each patient's masks a subfolder"), message
+    assert not (tmp_path / "ds4" / "JPEGImages").exists()  # refused before any frame was written
 
 
 def test_overwrite_replaces_an_earlier_import_only_once_the_new_one_is_complete(tmp_path):

@@ -272,10 +272,24 @@ def plan_import(videos: list[Path], masks: Path, out: Path, root: Path | None = 
         if lacking:  # every one named at once, not one per attempt
             raise VivimError(f"--masks {masks}: no masks for {count_text(lacking)} (looked for a folder or video "
                              f"named <stem> or <stem>_mask)")
+    _refuse_shared_masks(sources, masks)
     for video, mask_source, _ in sources:
         for path in (video, *(mask_source.files if isinstance(mask_source, NumberedMasks) else [mask_source])):
             openable_by_opencv(path)
     return sources
+
+
+def _refuse_shared_masks(sources: list[tuple[Path, MaskSource, str]], masks: Path) -> None:
+    """One set of masks found for two videos (patient02/clip_a.mp4 falling back on --masks's clip_a.mp4, which is
+    patient01's) would train the second video on the first one's lesion: refused, both videos named."""
+    claimed: dict[tuple[str, ...], str] = {}
+    for _, mask_source, name in sources:
+        files = mask_source.files if isinstance(mask_source, NumberedMasks) else [mask_source]
+        key = tuple(str(Path(f).resolve()) for f in files)
+        if key in claimed:
+            raise VivimError(f"--masks {masks}: {mask_source} would be the masks of both {claimed[key]} and {name}; give "
+                             "each patient's masks a subfolder of --masks named like the videos' (patient02/clip_a.mp4)")
+        claimed[key] = name
 
 
 def named_for_another_video(video: Path, masks: Path) -> str | None:
