@@ -29,9 +29,12 @@ def test_a_bar_in_a_log_file_writes_whole_lines_at_an_interval(monkeypatch, caps
 
     monkeypatch.setattr(progress, "LOG_INTERVAL", 0.05)
     with progress.bar(total=40, desc="epoch 1/3", unit="batch") as bar:  # capsys: stderr is no terminal
-        for _ in range(40):
+        for k in range(40):
             time.sleep(0.005)
             bar.update(1)
+            bar.set_postfix(loss=f"{1 / (k + 1):.4f}")  # as vivim-train does per batch: no line of its own
+            bar.set_postfix_str(f"step {k}")
+            bar.set_description("epoch 1/3")
     err = capsys.readouterr().err
     lines = err.splitlines()
     assert "\r" not in err and err.endswith("\n")

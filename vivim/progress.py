@@ -65,7 +65,26 @@ def bar(iterable: Any = None, **kwargs: Any) -> Any:
     if not kwargs.get("disable") and not sys.stderr.isatty():
         kwargs = {**kwargs, "file": _LogLines(sys.stderr), "mininterval": LOG_INTERVAL, "ascii": True,
                   "dynamic_ncols": False, "ncols": 100}
+        return _log_bar_class()(iterable, **kwargs)
     return tqdm(iterable, **kwargs)
+
+
+def _log_bar_class() -> Any:
+    """tqdm whose postfix and description wait for the next interval's line: tqdm redraws at once on each of them
+    by default, which in a log is a line per call (per batch, for vivim-train's loss)."""
+    from tqdm import tqdm
+
+    class LogBar(tqdm):  # type: ignore[misc]
+        def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
+            super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+        def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+            super().set_postfix_str(s, refresh=False)
+
+        def set_description(self, desc: Optional[str] = None, refresh: bool = True) -> None:
+            super().set_description(desc, refresh=False)
+
+    return LogBar
 
 
 class _LogLines:
