@@ -223,7 +223,8 @@ def test_cli_writes_json_table_and_overlays(checkpoint, data, tmp_path):
                                       "--worst", "3", "--device", "cpu", "--no-progress", "--save-masks", str(tmp_path / "pred")])
     assert result.exit_code == 0, result.output
     assert "all @0.5" in result.output and "256-thr" in result.output
-    assert re.search(r"all \(continuous p\)\s+10" + r"\s+0\.\d{4}" * 5, result.output), result.output
+    assert re.search(r"\nall\s+10" + r"\s+0\.\d{4}" * 5 + r"\nvideos\s+10" + r"\s+0\.\d{4}" * 5, result.output), \
+        result.output  # the structure measures over all frames and over the videos' means
     assert f"wrote the predicted masks of 10 frames to {tmp_path / 'pred'}/<video>/" in result.output
     assert len(list((tmp_path / "pred").glob("*/*.png"))) == 10
     inside = CliRunner().invoke(app, [str(checkpoint), "--data", str(data), "--device", "cpu", "--no-progress",
@@ -234,7 +235,7 @@ def test_cli_writes_json_table_and_overlays(checkpoint, data, tmp_path):
     for key in ("dice", "jaccard", "precision", "recall", "mae", "s_measure", "mean_e_measure", "max_e_measure",
                 "adaptive_e_measure", "weighted_f"):
         assert 0.0 <= report[key] <= 1.0
-        assert all(0.0 <= block[key] <= 1.0 for block in report["per_video"].values())
+        assert all(0.0 <= block[key] <= 1.0 for block in [*report["per_video"].values(), report["over_videos"]])
     assert set(report["thresholds_256"]) >= {"dice", "jaccard", "precision", "recall"}
     assert set(report["per_video"]) == {"synth_0000", "synth_0001"} and len(report["per_frame"]) == 10
     images = sorted((tmp_path / "ov").glob("*.png"))

@@ -145,6 +145,13 @@ def test_accumulator_structure_measures_per_frame_video_and_set(rng_seed):
             assert block[key] == pytest.approx(float(values[frames].mean()), abs=1e-12), (name, key)
         assert block["max_e_measure"] == pytest.approx(float(curves[frames].mean(0).max()), abs=1e-6), name
     assert s["max_e_measure"] <= float(e_measure(prob, gt)["max"].mean()) + 1e-12  # max of the mean <= mean of maxes
+    # the toolboxes' dataset score: each video's mean, then the mean over videos (2 and 3 frames here, so it differs
+    # from the frame mean); max E from the mean of the videos' mean curves
+    over = s["over_videos"]
+    for key, values in (*per_frame.items(), ("dice", fixed_threshold_scores(prob, gt)["dice"])):
+        assert over[key] == pytest.approx((float(values[:2].mean()) + float(values[2:].mean())) / 2, abs=1e-12), key
+    video_curves = (curves[:2].mean(0) + curves[2:].mean(0)) / 2
+    assert over["max_e_measure"] == pytest.approx(float(video_curves.max()), abs=1e-6) and over["videos"] == 2
     assert all("e_curve" not in r for r in acc.records)  # 256 numbers a frame stay out of the per-frame JSON
     plain = MetricAccumulator(sweep=False)
     plain.add(prob, gt, videos, range(5))

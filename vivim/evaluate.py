@@ -173,9 +173,11 @@ def evaluate_checkpoint(
         "conventions": "metrics at the model input size; GT = bilinear-resized mask > 0.5; prediction = sigmoid > 0.5 "
                        "(top level) or mean over 256 thresholds linspace(1,0,256) with p > t (thresholds_256); a zero "
                        "denominator scores 0 (empty GT and empty prediction -> Dice 0); means over frames, per_video "
-                       "= mean over that video's frames; s_measure (alpha 0.5), mean/adaptive_e_measure and weighted_f "
-                       "(beta^2 1) of the continuous p, as the video polyp segmentation toolboxes compute them; "
-                       "max_e_measure = max over thresholds t/255 of the frame-averaged E curve",
+                       "= mean over that video's frames, over_videos = mean of the per_video means (the VPS "
+                       "toolboxes' dataset score, though they also skip each video's first and last frame and score "
+                       "at the GT's resolution); s_measure (alpha 0.5), mean/adaptive_e_measure and weighted_f "
+                       "(beta^2 1) of the continuous p, per frame as those toolboxes compute them; max_e_measure = max "
+                       "over thresholds t/255 of the frame-averaged (over_videos: video-averaged) E curve",
     }
     return summary, acc, dataset, model
 
@@ -222,15 +224,23 @@ def format_table(summary: dict) -> str:
         lines.append(f"{name:<{width}}{block['frames']:>7}" + "".join(f"{block[k]:>12.4f}" for k in ROWS))
     lines.append("-" * len(head))
     lines.append(f"{'all @0.5':<{width}}{summary['frames']:>7}" + "".join(f"{summary[k]:>12.4f}" for k in ROWS))
+    videos = summary.get("over_videos") or {}
+    if videos:
+        lines.append(f"{'videos @0.5':<{width}}{summary['frames']:>7}" + "".join(f"{videos[k]:>12.4f}" for k in ROWS))
     if "thresholds_256" in summary:
         sweep = summary["thresholds_256"]
         lines.append(f"{'all 256-thr mean':<{width}}{summary['frames']:>7}"
                      + "".join(f"{sweep[k]:>12.4f}" for k in ROWS[:-1]) + f"{'':>12}")
     if "s_measure" in summary:  # the measures of the continuous map that polyp papers report beside Dice
         lines.append("")
-        lines.append(f"{'':<{width}}{'frames':>7}" + "".join(f"{label:>12}" for label, _ in STRUCTURE_COLUMNS))
-        lines.append(f"{'all (continuous p)':<{width}}{summary['frames']:>7}"
-                     + "".join(f"{summary[k]:>12.4f}" for _, k in STRUCTURE_COLUMNS))
+        lines.append(f"{'continuous p':<{width}}{'frames':>7}"
+                     + "".join(f"{label:>12}" for label, _ in STRUCTURE_COLUMNS))
+        for name, block in (("all", summary), ("videos", videos)):
+            if block:
+                lines.append(f"{name:<{width}}{summary['frames']:>7}"
+                             + "".join(f"{block[k]:>12.4f}" for _, k in STRUCTURE_COLUMNS))
+    if videos:
+        lines.append("all = mean over frames; videos = mean over the videos' own means (the VPS toolboxes' score)")
     return "\n".join(lines)
 
 

@@ -164,6 +164,23 @@ class MetricAccumulator:
         out["videos"] = len(by_video)
         out["empty_gt_frames"] = sum(1 for r in self.records if r["fg_pixels"] == 0)
         out["per_video"] = {name: self._block(indices) for name, indices in sorted(by_video.items())}
+        out["over_videos"] = self._over_videos(out["per_video"], list(by_video.values()))
+        return out
+
+    def _over_videos(self, per_video: dict[str, dict], videos: list[list[int]]) -> dict:
+        """Each measure averaged over the videos' own means, the VPS toolboxes' dataset score (a long video counts
+        once, as a short one does); max E from the mean of the videos' mean E curves."""
+        blocks = list(per_video.values())
+        if not blocks:
+            return {}
+        out: dict = {k: float(np.mean([b[k] for b in blocks])) for k in (*METRICS, "mae")}
+        if self.sweep:
+            out["thresholds_256"] = {k: float(np.mean([b["thresholds_256"][k] for b in blocks])) for k in METRICS}
+        if self.structure:
+            out.update({k: float(np.mean([b[k] for b in blocks])) for k in STRUCTURE})
+            curves = [np.mean([self._e_curves[i].astype(np.float64) for i in indices], axis=0) for indices in videos]
+            out["max_e_measure"] = float(np.mean(curves, axis=0).max())
+        out["videos"] = len(blocks)
         return out
 
     def worst(self, k: int) -> list[dict]:

@@ -23,7 +23,7 @@ Conventions: the authors' MATLAB code (as in the PNS-Net/SUN-SEG VPS toolbox); w
   scores 0 (PySODMetrics; MATLAB gives NaN).
 - wF: exact Euclidean distance to the nearest foreground pixel; among equally near ones the first in row-major
   order gives the error copied to a background pixel (bwdist/scipy's EDT pick by their algorithm's internals:
-  scores then differ from PySODMetrics by up to ~1e-4 on a 256x256 frame).
+  scores then differ from PySODMetrics by up to ~2e-4 on a frame, more for small objects).
 - wF: 7x7 Gaussian with sigma 5, normalised, zero padding (fspecial + imfilter); background importance
   2 - exp(ln(0.5) / 5 * distance).
 """
