@@ -227,3 +227,15 @@ def test_vivim_run_on_cuda_with_a_graph_matches_the_cpu_at_height_by_width(wide_
         backend.close()
     assert masks[0].shape == masks[1].shape == (32, 64)
     assert np.abs(masks[0].astype(np.float32) - masks[1].astype(np.float32)).max() < 0.05 * np.abs(masks[0]).max() + 0.05
+
+
+def test_vivim_train_names_a_size_turned_against_the_frames(wide_run) -> None:
+    """48x80 (landscape) frames: --size 64x32 (portrait, HxW) would squeeze every frame; 32x64 and squares pass."""
+    from vivim.data.layouts import discover_videos
+    from vivim.train import turned_size_note
+
+    videos = discover_videos(wide_run.data, "all")
+    note = turned_size_note((64, 32), videos)
+    assert note is not None and note.startswith("--size 64x32 is portrait (height x width) but the frames are 80 "
+                                                "wide and 48 high") and note.endswith("--size 32x64 keeps theirs")
+    assert turned_size_note((32, 64), videos) is None and turned_size_note(64, videos) is None

@@ -19,7 +19,7 @@ import typer
 
 from vivim import paths
 from vivim.cli_utils import cli_app, count, run_app, warn
-from vivim.constants import SEED_MAX, parse_size, size_label
+from vivim.constants import SEED_MAX, parse_size, size_argument, size_label
 from vivim.errors import Interrupted, VivimError
 from vivim.graceful_stop import GracefulStop
 from vivim.progress import stderr_line
@@ -92,6 +92,9 @@ def run_training(cfg: TrainConfig) -> TrainResult:
               f"{count(len(data.train_videos), 'video')} / {count(len(data.train_ds), 'clip')} for training, {count(len(data.val_videos), 'video')} for "
               f"validation{' (' + data.val_source + ')' if data.val_videos else ''}; T={cfg.frames}, {size_label(cfg.size)}, batch {cfg.batch}{' per process' if dist_info.world > 1 else ''}, "
               f"{'AMP fp16' if use_amp else 'fp32'}; {scan_implementations(device)}")
+        turned = turned_size_note(cfg.size, data.train_videos)
+        if turned:
+            warn(turned)
         if device.type == "cpu" and millions > CPU_TRIAL_MAX_M_PARAMS:  # a 2-core machine took 44 s per step for paper
             warn(f"the {cfg.variant} model ({millions:.1f} M params) trains very slowly on a CPU (tens of seconds per "
                  "step on a few cores); for a CPU trial use --variant tiny, for real training a GPU")
@@ -141,6 +144,23 @@ class StoppedAndSaved(KeyboardInterrupt):
         super().__init__()
         self.by = by
 
+
+
+def turned_size_note(size: object, videos: list) -> Optional[str]:
+    """A warning when a non-square --size lies the other way round from the training frames (HxW given as WxH):
+    every frame would be squeezed to the other aspect, in training and wherever the model runs."""
+    from vivim.constants import image_hw
+    from vivim.data.image_io import image_size
+
+    height, width = image_hw(size)
+    if height == width or not videos:
+        return None
+    frame_w, frame_h = image_size(videos[0].frames[0], "frame")
+    if frame_w == frame_h or (height > width) == (frame_h > frame_w):
+        return None
+    return (f"--size {size_argument(size)} is {'portrait' if height > width else 'landscape'} (height x width) but the "
+            f"frames are {frame_w} wide and {frame_h} high ({videos[0].name}): every frame is squeezed to the other "
+            f"aspect; --size {width}x{height} keeps theirs")
 
 
 def _check_flags(cfg: TrainConfig) -> tuple[Path, Path, Path]:
