@@ -245,7 +245,7 @@ def format_table(summary: dict) -> str:
 
 
 def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame: str, device: Optional[str] = None) -> list[Path]:
-    """Images of the `worst` frames by Dice: the input frame with ground truth (green) and prediction (red)."""
+    """Images of the `worst` frames by Dice: the input frame with ground truth (green) and prediction (cyan)."""
     import cv2
     import numpy as np
     import torch
@@ -284,7 +284,7 @@ def write_overlays(out_dir: Path, acc, dataset, model, worst: int, output_frame:
         tinted[fill] = (0.6 * tinted[fill] + 0.4 * np.array(PRED_COLOUR)).astype(np.uint8)
         picture = draw_outline(draw_outline(tinted, big(gt.astype(np.uint8)), GT_COLOUR, 2), big(pred.astype(np.uint8)), PRED_COLOUR, 1)
         cv2.putText(picture, f"{record['video']} #{record['frame']} {record.get('file', '')}  Dice {record['dice']:.3f}  "
-                    "(green GT, red prediction)",
+                    "(green GT, cyan prediction)",
                     (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
         path = out_dir / planned[rank - 1]
         write_image(path, np.hstack([frame, picture]))

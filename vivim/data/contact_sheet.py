@@ -11,7 +11,7 @@ import numpy as np
 from vivim.data.image_io import write_image
 
 GT_COLOUR = (0, 220, 0)  # BGR green
-PRED_COLOUR = (0, 64, 255)  # BGR orange-red
+PRED_COLOUR = (255, 200, 0)  # BGR cyan: stands out on red mucosa (endoscopy) as on grey ultrasound
 
 
 def to_bgr(image: np.ndarray) -> np.ndarray:
