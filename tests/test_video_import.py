@@ -555,3 +555,37 @@ def test_overwrite_replaces_an_earlier_import_only_once_the_new_one_is_complete(
     inputs = out / "JPEGImages"
     assert "an input of this import" in _error(_import(str(second[0]), "--masks", str(inputs), "-o", str(out),
                                                        "--overwrite"))
+
+
+def test_a_carved_validation_split_that_shares_a_patient_is_named(tmp_path):
+    """vivim-train's carved split is by video; an import from per-patient folders records each clip's folder, so a
+    patient with clips on both sides is said (validation would score a patient the model trains on)."""
+    from vivim.training.data import patient_on_both_sides
+
+    rng = np.random.default_rng()
+    raw, masks = tmp_path / "raw", tmp_path / "masks"
+    for patient in ("patient01", "patient02"):
+        for clip in ("clip_a", "clip_b"):
+            images, clip_masks = _scene(rng, 3)
+            (raw / patient).mkdir(parents=True, exist_ok=True)
+            (masks / patient / clip).mkdir(parents=True)
+            _write_video(raw / patient / f"{clip}.avi", images)
+            for k, mask in enumerate(clip_masks):
+                cv2.imwrite(str(masks / patient / clip / f"{k:05d}.png"), mask)
+    out = tmp_path / "ds"
+    assert _import(str(raw), "--masks", str(masks), "-o", str(out)).exit_code == 0
+    videos = {v.name: v for v in discover_videos(out)}
+    mixed = patient_on_both_sides(out, [videos["patient01_clip_a"], videos["patient02_clip_a"]],
+                                  [videos["patient01_clip_b"], videos["patient02_clip_b"]])
+    assert mixed is not None and mixed.startswith("--val-fraction: patient01 has videos on both sides of the "
+                                                  "validation split (patient01_clip_a for training, patient01_clip_b")
+    whole = patient_on_both_sides(out, [videos["patient01_clip_a"], videos["patient01_clip_b"]],
+                                  [videos["patient02_clip_a"], videos["patient02_clip_b"]])
+    assert whole is None
+    flat = tmp_path / "flat"  # one source folder: nothing known about patients, nothing said
+    flat.mkdir()
+    for name in ("clip_a", "clip_b"):
+        (raw / "patient01" / f"{name}.avi").rename(flat / f"{name}.avi")
+    assert _import(str(flat), "--masks", str(masks / "patient01"), "-o", str(tmp_path / "flat_ds")).exit_code == 0
+    flat_videos = discover_videos(tmp_path / "flat_ds")
+    assert patient_on_both_sides(tmp_path / "flat_ds", flat_videos[:1], flat_videos[1:]) is None

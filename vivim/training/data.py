@@ -4,6 +4,7 @@ videos held out from --data, never a test split), caching, and the data loaders.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,29 @@ def annotated_only(videos: list, what: str, main: bool) -> list:
     if len(kept) < len(videos) and main:
         warn(f"{len(videos) - len(kept)} {what} video(s) have no mask at all and are left out (e.g. {next(v.name for v in videos if not v.annotated)})")
     return kept
+
+
+def patient_on_both_sides(data: Path, train_videos: list, val_videos: list) -> str | None:
+    """A warning when a carved validation split puts videos of one source folder (a patient or exam, as vivim-data
+    import records it in import.json) on both sides: the model then validates on a patient it trains on, and the
+    validation Dice reads high. Only for imports from several such folders (a flat import has one source folder)."""
+    from vivim.data.video_import import MANIFEST
+
+    try:
+        records = json.loads((data / MANIFEST).read_text())["videos"]
+        folder = {str(r["name"]): str(Path(r["source"]).parent) for r in records}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not an import, or a manifest of another form: nothing known about patients
+    if len(set(folder.values())) < 2:
+        return None
+    trained = {folder[v.name]: v.name for v in train_videos if v.name in folder}
+    both = next(((v.name, trained[folder[v.name]]) for v in val_videos
+                 if v.name in folder and folder[v.name] in trained), None)
+    if both is None:
+        return None
+    return (f"--val-fraction: {Path(folder[both[0]]).name} has videos on both sides of the validation split ({both[1]} "
+            f"for training, {both[0]} for validation), so validation Dice reads high; to hold out whole patients, "
+            "import them into another folder and pass it as --val")
 
 
 CACHE_BUDGET = 2 * 1024**3  # bytes of decoded, resized frames kept in memory, over every copy on this machine
@@ -109,6 +133,9 @@ def build_data(cfg: TrainConfig, dist_info: Dist, device: Any, val_kind: str | N
     else:
         train_videos, val_videos = split_by_video(all_train, cfg.val_fraction, cfg.seed)
         val_source = f"{len(val_videos)} video(s) carved from --data"
+        shared = patient_on_both_sides(Path(cfg.data), train_videos, val_videos)
+        if shared and dist_info.main:
+            warn(shared)
         unlabelled_val = Path(cfg.data) / "Val"
         if val_videos and unlabelled_val.is_dir() and not (Path(cfg.data) / "Val_GT").is_dir() and dist_info.main:
             warn(f"{unlabelled_val} has no Val_GT/ beside it (no masks to score): validating on videos carved from "
