@@ -33,7 +33,8 @@ from vivim.export.ort_ops import INPUT_NAMES, OP_DOMAIN, OP_TYPE
 
 import vivim
 from vivim.cli_utils import warn
-from vivim.constants import MAX_SCAN_STATES, parse_output_frame, size_label, size_problem, untrained_output_frame
+from vivim.constants import (MAX_SCAN_STATES, image_size_problem, parse_output_frame, size_label,
+                             untrained_output_frame)
 from vivim.errors import VivimError
 from vivim.export.plugin import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from vivim.progress import Heartbeat
@@ -269,9 +270,9 @@ def export_onnx(
         size = (int(size[0]), int(size[1]))
     if frames < 1:
         raise VivimError(f"--frames must be at least 1, got {frames}")
-    problem = size_problem(size[0]) or size_problem(size[1])
+    problem = image_size_problem(size)
     if problem:
-        raise VivimError(f"--size {size[0]}x{size[1]}: each side {problem}")
+        raise VivimError(f"--size {size_label(size)}: {problem}")
     if model.config.d_state > MAX_SCAN_STATES:  # ONNX Runtime runs it; vivim-export trt refuses it (metadata)
         warn(f"{ckpt_path.name}: its model has d_state {model.config.d_state}; the graph runs in ONNX Runtime, but the "
              f"TensorRT plugin and the CUDA kernel hold at most {MAX_SCAN_STATES} states per channel")

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from vivim import paths
 from vivim.checkpoint import checkpoint_file
-from vivim.constants import untrained_output_frame
+from vivim.constants import turned_against, untrained_output_frame
 from vivim.errors import VivimError
 from vivim.graceful_stop import GracefulStop
 from vivim.progress import stderr_line
@@ -120,7 +120,7 @@ def turned_input_note(input_size: tuple[int, int], frame_shape: tuple[int, ...])
     """A warning when a non-square model input lies the other way round from the frames (portrait against landscape):
     every frame is then squeezed to the wrong aspect, most likely from an export's --size given as WxH, not HxW."""
     (in_h, in_w), (fr_h, fr_w) = input_size, frame_shape[:2]
-    if in_h == in_w or fr_h == fr_w or (in_h > in_w) == (fr_h > fr_w):
+    if not turned_against(input_size, (fr_h, fr_w)):
         return None
     return (f"the model takes {in_h}x{in_w} (HxW) inputs and the frames are {fr_h}x{fr_w}: portrait against landscape, "
             f"every frame is squeezed; was it exported with --size {in_w}x{in_h} in mind (vivim-export takes HxW)?")

@@ -48,6 +48,13 @@ def image_size_problem(size: object) -> "str | None":
     return size_problem(size)
 
 
+def turned_against(size: object, frame_hw: "tuple[int, int]") -> bool:
+    """Whether a non-square input size lies the other way round from non-square frames (portrait against landscape):
+    each frame would be squeezed to the other aspect, most likely from an HxW given as WxH."""
+    (height, width), (frame_h, frame_w) = image_hw(size), frame_hw
+    return height != width and frame_h != frame_w and (height > width) != (frame_h > frame_w)
+
+
 def size_label(size: object) -> str:
     """'256x256' or '256x320' (height x width, as --size takes it)."""
     height, width = image_hw(size)

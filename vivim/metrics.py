@@ -151,10 +151,13 @@ class MetricAccumulator:
             block["thresholds_256"] = {k: _mean(records, k, "thresholds_256") for k in METRICS}
         if self.structure:
             block.update({k: _mean(records, k) for k in STRUCTURE})
-            curves = [self._e_curves[i].astype(np.float64) for i in indices]
-            block["max_e_measure"] = float(np.mean(curves, axis=0).max()) if curves else 0.0
+            block["max_e_measure"] = float(self._mean_e_curve(indices).max()) if indices else 0.0
         block["frames"] = len(records)
         return block
+
+    def _mean_e_curve(self, indices: list[int]) -> np.ndarray:
+        """The mean E curve (256 values, float64) of these frames."""
+        return np.mean([self._e_curves[i].astype(np.float64) for i in indices], axis=0)
 
     def summary(self) -> dict:
         by_video: dict[str, list[int]] = defaultdict(list)
@@ -178,8 +181,7 @@ class MetricAccumulator:
             out["thresholds_256"] = {k: float(np.mean([b["thresholds_256"][k] for b in blocks])) for k in METRICS}
         if self.structure:
             out.update({k: float(np.mean([b[k] for b in blocks])) for k in STRUCTURE})
-            curves = [np.mean([self._e_curves[i].astype(np.float64) for i in indices], axis=0) for indices in videos]
-            out["max_e_measure"] = float(np.mean(curves, axis=0).max())
+            out["max_e_measure"] = float(np.mean([self._mean_e_curve(indices) for indices in videos], axis=0).max())
         out["videos"] = len(blocks)
         return out
 

@@ -149,14 +149,14 @@ class StoppedAndSaved(KeyboardInterrupt):
 def turned_size_note(size: object, videos: list) -> Optional[str]:
     """A warning when a non-square --size lies the other way round from the training frames (HxW given as WxH):
     every frame would be squeezed to the other aspect, in training and wherever the model runs."""
-    from vivim.constants import image_hw
+    from vivim.constants import image_hw, turned_against
     from vivim.data.image_io import image_size
 
     height, width = image_hw(size)
-    if height == width or not videos:
+    if height == width or not videos:  # a square size: no frame header to read
         return None
     frame_w, frame_h = image_size(videos[0].frames[0], "frame")
-    if frame_w == frame_h or (height > width) == (frame_h > frame_w):
+    if not turned_against(size, (frame_h, frame_w)):
         return None
     return (f"--size {size_argument(size)} is {'portrait' if height > width else 'landscape'} (height x width) but the "
             f"frames are {frame_w} wide and {frame_h} high ({videos[0].name}): every frame is squeezed to the other "
