@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import vivim
+from vivim.model import VivimModel
 from vivim.ops import dispatch
 
 pytestmark = pytest.mark.gpu
@@ -29,16 +30,21 @@ def model_and_clip():
     return model, clip, expected
 
 
-@pytest.mark.parametrize("impl", scan_impls())
-def test_cuda_fp32_matches_cpu_reference(model_and_clip, impl):
-    model, clip, expected = model_and_clip
-    gpu = vivim.create_model("b0", frames=5, img_size=128)
+def cuda_fp32_logits(model, clip, impl):
+    """The same weights in a fresh model of the same config on CUDA, fp32 without TF32, scans by `impl`."""
+    gpu = VivimModel(model.config)
     gpu.load_state_dict(model.state_dict())
     gpu = gpu.cuda().eval()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     with torch.no_grad(), dispatch.use_impl(impl):
-        got = gpu(clip.cuda()).cpu()
+        return gpu(clip.cuda()).cpu()
+
+
+@pytest.mark.parametrize("impl", scan_impls())
+def test_cuda_fp32_matches_cpu_reference(model_and_clip, impl):
+    model, clip, expected = model_and_clip
+    got = cuda_fp32_logits(model, clip, impl)
     assert ((got - expected).norm() / expected.norm()).item() < 1e-4
 
 
@@ -104,12 +110,6 @@ def test_non_square_model_on_cuda_matches_cpu_reference(impl):
     clip = torch.randn(2, 3, 3, 64, 96)
     with torch.no_grad():
         expected = model(clip)
-    gpu = vivim.create_model("b0", frames=3, img_size=(64, 96))
-    gpu.load_state_dict(model.state_dict())
-    gpu = gpu.cuda().eval()
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    with torch.no_grad(), dispatch.use_impl(impl):
-        got = gpu(clip.cuda()).cpu()
+    got = cuda_fp32_logits(model, clip, impl)
     assert got.shape == (2, 3, 1, 64, 96)
     assert ((got - expected).norm() / expected.norm()).item() < 1e-4
